@@ -1,0 +1,35 @@
+# sealink developer entry points. `make test` and `make demo` run `setup` first and are
+# idempotent: setup only reinstalls when pyproject.toml changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STAMPS ?= 50
+
+.PHONY: setup system test lint demo bench fuzz
+
+setup: system $(STAMP)
+
+system:
+	@bash tools/setup-system.sh
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[emulator,ble,tools,test]'
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check host protocol tools hil-tests
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+demo: setup
+	$(VENV)/bin/sealink demo --stamps $(STAMPS)
+
+bench: setup
+	$(PY) tools/bench.py
+
+fuzz: setup
+	$(PY) tools/fuzz.py
