@@ -1,0 +1,68 @@
+# flashdev.py: the emulated board's flash, a littlefs block device on an image file.
+# It counts block writes and can lose power after write N (the power-cut tests).
+from micropython import const
+
+# 4096 = the erase sector of the ESP32's and the RP2040's NOR flash, which their MicroPython
+# ports give littlefs as block size: the emulator then sees the same littlefs write pattern.
+BLOCK_SIZE = const(4096)
+_IOCTL_BLOCK_COUNT = const(4)
+_IOCTL_BLOCK_SIZE = const(5)
+_IOCTL_ERASE = const(6)
+_EIO = const(5)
+_ERASED = b"\xff" * 256
+
+
+class FileBlockDevice:
+    # littlefs's extended block protocol. Every program and every erase is one "block write".
+    # Write number `cut_at` reaches the image, then the device is dead: `on_cut` runs and
+    # every later write fails with EIO and is NOT applied, so the image file holds exactly
+    # writes 1..cut_at, as after the power went. With `tear`, write cut_at lands only in part
+    # (its first half), as when NOR flash loses power in the middle of a program.
+    def __init__(self, path, cut_at=0, on_cut=None, on_write=None, tear=False):
+        self._f = open(path, "r+b")
+        self.block_count = self._f.seek(0, 2) // BLOCK_SIZE
+        self.writes = 0
+        self.cut_at = cut_at
+        self.dead = False
+        self._on_cut = on_cut
+        self._on_write = on_write
+        self._tear = tear
+
+    def readblocks(self, block, buf, offset=0):
+        self._f.seek(block * BLOCK_SIZE + offset)
+        self._f.readinto(buf)
+
+    def _write(self, pos, data, repeat):
+        if self.dead:
+            return -_EIO
+        self._f.seek(pos)
+        if self._tear and self.writes + 1 == self.cut_at:
+            repeat = (repeat + 1) // 2
+            if repeat == 1:
+                data = memoryview(data)[: (len(data) + 1) // 2]
+        for _ in range(repeat):
+            self._f.write(data)
+        self.writes += 1
+        if self._on_write:
+            self._on_write(self.writes)
+        if self.writes == self.cut_at:
+            self.dead = True
+            if self._on_cut:
+                self._on_cut(self.writes)
+        return 0
+
+    def writeblocks(self, block, buf, offset=0):
+        return self._write(block * BLOCK_SIZE + offset, buf, 1)
+
+    def ioctl(self, op, arg):
+        if op == _IOCTL_BLOCK_COUNT:
+            return self.block_count
+        if op == _IOCTL_BLOCK_SIZE:
+            return BLOCK_SIZE
+        if op == _IOCTL_ERASE:
+            # NOR flash erases to 0xFF. An erase is one write: the power may go right after it.
+            return self._write(arg * BLOCK_SIZE, _ERASED, BLOCK_SIZE // len(_ERASED))
+        return 0
+
+    def close(self):
+        self._f.close()

@@ -1,0 +1,226 @@
+# hal.py for the emulated board: the board HAL contract on the MicroPython unix port.
+# UART = pty, flash = littlefs2 on an image file, GPIO = stdin/stdout lines, RTC = host clock.
+import os
+import sys
+import time
+
+import asyncio
+import vfs
+from board import JOURNAL_CAPACITY, LOW_BATTERY_MV, NAME  # noqa: F401 - read by seal.app
+from flashdev import FileBlockDevice
+from micropython import const
+
+BOARD = NAME
+
+# The launcher (host/sealink/emulator.py) configures the board through these variables.
+_ENV_FLASH = "SEAL_FLASH"
+_ENV_CUT_AT = "SEAL_CUT_AT"
+_ENV_UART_FD = "SEAL_UART_FD"
+_ENV_RTC_OFFSET_S = "SEAL_RTC_OFFSET_S"
+_ENV_BATTERY_MV = "SEAL_BATTERY_MV"
+_ENV_STAMP = "SEAL_STAMP"
+_ENV_TAMPER = "SEAL_TAMPER"
+
+MOUNT_POINT = "/flash"
+
+
+def _report_line(name, value):
+    # One write per line, so a report never interleaves with other output on the pipe.
+    sys.stdout.write("@%s %s\n" % (name, value))
+
+
+def _lose_power(writes):
+    # No os._exit and no signal module here, and sys.exit would run `finally` blocks that
+    # write more flash: report, then hang until the launcher SIGKILLs the process.
+    _report_line("powercut", writes)
+    while True:
+        time.sleep(3600)
+
+
+def _count_write(writes):
+    _report_line("writes", writes)
+
+
+_bdev = None
+
+
+def mount():
+    global _bdev
+    if _bdev is None:
+        cut = os.getenv(_ENV_CUT_AT)
+        _bdev = FileBlockDevice(os.getenv(_ENV_FLASH), int(cut) if cut else 0, _lose_power,
+                                _count_write)
+        # Never format here: a flash that does not mount is a fault to report, not to erase.
+        vfs.mount(vfs.VfsLfs2(_bdev), MOUNT_POINT)
+    return MOUNT_POINT + "/journal"
+
+
+def load_provisioning():
+    import json
+
+    mount()
+    with open(MOUNT_POINT + "/seal.json") as f:
+        conf = json.load(f)
+    key = bytes.fromhex(conf["key"])
+    if len(key) != 32:
+        raise ValueError("seal.json: key must be 32 bytes")
+    return conf["device_id"], key
+
+
+def report(name, value):
+    _report_line(name, value)
+
+
+# --- GPIO: the control channel -------------------------------------------------------------
+# The launcher writes one command a line on stdin: "press", "release", "open", "close",
+# "battery <mv>", "stamp" (press, hold, release, hold). Holds are timed on the device's clock,
+# so the debouncer sees real presses whatever the host's scheduling. After each command the
+# board reports "@done <n>". Edges call the registered handlers from a task, as an IRQ would.
+# Longer than the firmware's debounce (10 ms stable, sampled every 2 ms). A stalled host
+# process cannot shorten a hold as the firmware sees it: its sampling task is always due
+# before the control task's next change, so it samples each level first.
+_HOLD_MS = const(20)
+
+
+class _Input:
+    def __init__(self, level):
+        self._level = level
+        self._handler = None
+
+    def value(self):
+        return self._level
+
+    def irq(self, handler=None, trigger=None):
+        self._handler = handler
+
+    def _set(self, level):
+        if level != self._level:
+            self._level = level
+            if self._handler:
+                self._handler(self)
+
+
+class _Output:
+    def __init__(self, name):
+        self._name = name
+        self._level = 0
+
+    def value(self, v=None):
+        if v is None:
+            return self._level
+        v = 1 if v else 0
+        if v != self._level:
+            self._level = v
+            report(self._name, v)
+        return None
+
+
+def _env_int(name, default):
+    v = os.getenv(name)
+    return int(v) if v else default
+
+
+stamp = _Input(_env_int(_ENV_STAMP, 0))
+tamper = _Input(_env_int(_ENV_TAMPER, 0))
+lock = _Output("lock")
+led = _Output("led")
+_battery_mv = _env_int(_ENV_BATTERY_MV, 3700)
+
+
+def battery_mv():
+    return _battery_mv
+
+
+async def _apply(words):
+    # Every level is held _HOLD_MS before the next command: no finger is faster than that,
+    # and the debouncer must see each level settle.
+    global _battery_mv
+    cmd = words[0]
+    if cmd == "stamp":
+        stamp._set(1)
+        await asyncio.sleep_ms(_HOLD_MS)
+        stamp._set(0)
+    elif cmd in _LEVELS:
+        pin, level = _LEVELS[cmd]
+        pin._set(level)
+    elif cmd == "battery":
+        _battery_mv = int(words[1])
+        return
+    else:
+        report("error", "unknown-command")
+        return
+    await asyncio.sleep_ms(_HOLD_MS)
+
+
+_LEVELS = {"press": (stamp, 1), "release": (stamp, 0), "open": (tamper, 1), "close": (tamper, 0)}
+
+
+async def _control():
+    # A finger does not act before the firmware watches its inputs: commands wait until both
+    # inputs have handlers and their debouncers had time to learn the level found at boot.
+    while stamp._handler is None or tamper._handler is None:
+        await asyncio.sleep_ms(_HOLD_MS)
+    await asyncio.sleep_ms(_HOLD_MS)
+    reader = asyncio.StreamReader(sys.stdin)
+    done = 0
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        words = (line.decode() if isinstance(line, bytes) else line).split()
+        if words:
+            await _apply(words)
+            done += 1
+            report("done", done)
+
+
+# Queued now, runs as soon as the firmware starts its event loop (asyncio.run).
+asyncio.create_task(_control())
+
+
+# --- UART, RTC, randomness ------------------------------------------------------------------
+
+_uart = None
+
+
+def uart():
+    # The pty master, opened non-blocking by the launcher; its slave is the host's serial port.
+    global _uart
+    if _uart is None:
+        _uart = open(int(os.getenv(_ENV_UART_FD)), "r+b")
+    return _uart
+
+
+_rtc_offset_ms = 0
+_rtc_set = False
+
+
+def _init_rtc():
+    global _rtc_offset_ms, _rtc_set
+    offset = os.getenv(_ENV_RTC_OFFSET_S)
+    if offset is not None and offset != "none":
+        _rtc_offset_ms = int(float(offset) * 1000)
+        _rtc_set = True
+
+
+_init_rtc()
+
+
+def time_s():
+    if not _rtc_set:
+        return 0
+    return (time.time_ns() // 1000000 + _rtc_offset_ms) // 1000
+
+
+def set_time_ms(ms):
+    global _rtc_offset_ms, _rtc_set
+    _rtc_offset_ms = ms - time.time_ns() // 1000000
+    _rtc_set = True
+
+
+def ticks_ms():
+    return time.ticks_ms()
+
+
+def urandom(n):
+    return os.urandom(n)

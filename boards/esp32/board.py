@@ -1,0 +1,25 @@
+# board.py for ESP32-DevKitC (ESP32-WROOM-32): pins and capabilities as data, read by hal.py.
+# Switches pull the pin to GND (internal pull-up): "active low" means 0 V = pressed / case open.
+NAME = "esp32"
+CAPABILITIES = ("uart", "ble", "battery_adc")
+
+STAMP_PIN = 32  # stamp sensor switch to GND
+STAMP_ACTIVE_LOW = True
+TAMPER_PIN = 33  # case switch: closed to GND while the case is shut, so open = high
+TAMPER_ACTIVE_LOW = False
+LOCK_PIN = 26  # lock actuator driver (MOSFET gate): high = unlocked
+LED_PIN = 2  # status LED (DevKitC has none on board: LED + 330 ohm to GND)
+
+# Battery through a 100k/100k divider into ADC1 channel 7 (ADC2 is unusable with the radio on).
+BATTERY_ADC_PIN = 35
+BATTERY_DIVIDER = (200, 100)  # (R_top + R_bottom, R_bottom): battery mV = pin mV * 200 / 100
+LOW_BATTERY_MV = 3400
+
+# UART2 to the gateway (UART0 stays the USB REPL that mpremote uses).
+UART_ID = 2
+UART_TX_PIN = 17
+UART_RX_PIN = 16
+UART_BAUD = 115200
+
+# The littlefs partition of ESP32_GENERIC (~2 MiB) holds far more; this bounds the backlog.
+JOURNAL_CAPACITY = 2000

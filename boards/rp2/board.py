@@ -1,0 +1,28 @@
+# board.py for Raspberry Pi Pico W (RP2040 + CYW43439): pins and capabilities as data.
+# Switches pull the pin to GND (internal pull-up): "active low" means 0 V = pressed / case open.
+NAME = "rp2"
+CAPABILITIES = ("uart", "ble", "battery_adc")
+
+STAMP_PIN = 15  # GP15, stamp sensor switch to GND
+STAMP_ACTIVE_LOW = True
+TAMPER_PIN = 14  # GP14, case switch: closed to GND while the case is shut, so open = high
+TAMPER_ACTIVE_LOW = False
+LOCK_PIN = 16  # GP16, lock actuator driver (MOSFET gate): high = unlocked
+LED_PIN = "LED"  # the on-board LED, wired to the CYW43 chip
+
+# Battery through a 100k/100k divider into ADC0 (GP26). VSYS/3 on GP29 is shared with the
+# CYW43 SPI clock on the Pico W, so it is not used.
+BATTERY_ADC_PIN = 26
+BATTERY_DIVIDER = (200, 100)  # (R_top + R_bottom, R_bottom): battery mV = pin mV * 200 / 100
+ADC_VREF_MV = 3300
+LOW_BATTERY_MV = 3400
+
+# UART0 on GP0/GP1 to the gateway (the REPL is on USB).
+UART_ID = 0
+UART_TX_PIN = 0
+UART_RX_PIN = 1
+UART_BAUD = 115200
+
+# The Pico W's littlefs is ~848 KiB; 16-event journal segments of ~2 KiB each use one 4 KiB
+# block, so 1000 events take ~63 blocks and leave littlefs room for copy-on-write.
+JOURNAL_CAPACITY = 1000

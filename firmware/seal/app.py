@@ -1,0 +1,87 @@
+# Entry point the board's main.py calls: mount flash, load provisioning, open the journal,
+# start a new boot, then run the sensor, link and housekeeping tasks under asyncio.
+import asyncio
+import sys
+from micropython import const
+
+import hal
+
+from seal.events import Recorder, Uptime
+from seal.guard import Guard
+from seal.journal import Journal
+from seal.link import Link
+from seal.permits import Permits
+from seal.sensor import count_presses, watch
+from seal.uart import StreamPort, serve
+
+# Wire numbers of sealproto (SPEC §4, §7) as const: a name imported from there costs RAM.
+# firmware/tests/test_wire_constants.py checks them against sealproto.
+_AL_JOURNAL_FAULT = const(5)
+
+FIRMWARE = "seal-0.1.0"
+_HOUSEKEEPING_MS = const(1000)
+_BATTERY_EVERY = const(30)
+_LOW_BATTERY_MV = const(3400)
+
+
+def run():
+    try:
+        root = hal.mount()
+        device_id, key = hal.load_provisioning()
+        capacity = getattr(hal, "JOURNAL_CAPACITY", None)
+        journal = Journal(root) if capacity is None else Journal(root, capacity_events=capacity)
+        journal.open()
+        boot_id = journal.new_boot()
+    except OSError:
+        # Nothing can be recorded, so nothing may be unlocked: the lock stays shut.
+        hal.lock.value(0)
+        hal.report("alarm", _AL_JOURNAL_FAULT)
+        raise
+    try:
+        asyncio.run(_main(device_id, key, journal, boot_id))
+    finally:
+        # However the firmware stops, nobody counts presses any more: the lock must be shut.
+        hal.lock.value(0)
+        hal.report("lock", 0)
+
+
+async def _main(device_id, key, journal, boot_id):
+    uptime = Uptime()
+    recorder = Recorder(journal, key, boot_id, hal.time_s, uptime)
+    permits = Permits(hal.time_s)
+    low_mv = getattr(hal, "LOW_BATTERY_MV", _LOW_BATTERY_MV)
+    guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
+                  hal.set_time_ms, low_mv)
+    port = StreamPort(hal.uart())
+    link = Link(device_id, key, boot_id, FIRMWARE + "/" + hal.BOARD, journal, recorder, guard,
+                hal.battery_mv, hal.urandom, port.send)
+    guard.alarm_sink = link.alarm
+    guard.status_changed = link.status_changed
+    # A torn record means power was cut while an event was being journaled: the act it stood
+    # for may have happened without counting, so the boot says so with a REBOOT event.
+    if journal.discarded:
+        guard.record_reboot()
+    if hal.tamper.value():
+        await guard.on_tamper(1)
+    asyncio.create_task(_fail_closed(count_presses(hal.stamp, guard.on_press)))
+    asyncio.create_task(_fail_closed(watch(hal.tamper, guard.on_tamper)))
+    asyncio.create_task(_fail_closed(serve(link, port)))
+    rounds = 0
+    while True:
+        uptime.ms()
+        if rounds % _BATTERY_EVERY == 0:
+            guard.check_battery(hal.battery_mv())
+        guard.update_lock()
+        rounds += 1
+        await asyncio.sleep_ms(_HOUSEKEEPING_MS)
+
+
+async def _fail_closed(task):
+    # A task that dies would leave nobody counting presses or talking to the host: stop the
+    # whole firmware instead (SystemExit leaves asyncio.run; run() then shuts the lock).
+    try:
+        await task
+    except Exception as e:
+        hal.report("error", type(e).__name__)
+        sys.print_exception(e)
+        raise SystemExit(1)

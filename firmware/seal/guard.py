@@ -1,0 +1,205 @@
+# Policy between the inputs, the permits, the journal and the lock: what a press becomes, when
+# the lock may open, and how every journal fault fails closed (lock shut, alarm raised).
+from micropython import const
+
+from seal.journal import JournalFull
+
+# Wire numbers of sealproto (SPEC §4, §7) as const: a name imported from there costs RAM.
+# firmware/tests/test_wire_constants.py checks them against sealproto.
+_AL_CLOCK_UNSET = const(6)
+_AL_FORCED_STAMP = const(1)
+_AL_JOURNAL_FAULT = const(5)
+_AL_JOURNAL_FULL = const(4)
+_AL_LOW_BATTERY = const(3)
+_AL_TAMPER = const(2)
+_F_CLOCK_UNSET = const(16)
+_F_JOURNAL_FULL = const(8)
+_F_LOCKED = const(1)
+_F_LOW_BATTERY = const(4)
+_F_PERMIT_ACTIVE = const(32)
+_F_TAMPERED = const(2)
+_KIND_FORCED = const(1)
+_KIND_IMPRESSION = const(0)
+_KIND_LOW_BATTERY = const(3)
+_KIND_REBOOT = const(4)
+_KIND_TAMPER = const(2)
+_PE_COUNT = const(2)
+_PE_ID = const(1)
+_PE_NOT_AFTER = const(4)
+_PE_NOT_BEFORE = const(3)
+_PE_OPERATOR = const(5)
+_PERMIT = const(8)
+_R_BAD_FIELD = const(1)
+_R_NO_TIME = const(4)
+_R_OK = const(0)
+_REVOKE = const(9)
+_RV_PERMIT = const(1)
+_TI_TIME = const(1)
+_TIME = const(10)
+
+# Recover from low battery only well above the threshold, so a sagging cell raises one alarm.
+_BATTERY_HYSTERESIS_MV = const(100)
+
+
+class Guard:
+    def __init__(self, journal, recorder, permits, lock, led, report, clock, set_time_ms,
+                 low_battery_mv):
+        self._journal = journal
+        self._recorder = recorder
+        self._permits = permits
+        self._lock = lock
+        self._led = led
+        self._report = report
+        self._clock = clock
+        self._set_time_ms = set_time_ms
+        self._low_battery_mv = low_battery_mv
+        # Set by the app once the link exists: alarm(code, detail) and status_changed().
+        self.alarm_sink = None
+        self.status_changed = None
+        self.unlocked = False
+        self.permit = 0
+        self.case_open = False
+        # Sticky until reboot, as STATUS reports it (SPEC §4.3).
+        self.tampered = False
+        self.low_battery = False
+        self.faulted = False
+        self._full_alarmed = False
+        lock.value(0)
+        led.value(0)
+        report("lock", 0)
+        report("counter", recorder.next_counter - 1)
+
+    def time_s(self):
+        return self._clock()
+
+    def raise_alarm(self, code, detail=0):
+        self._report("alarm", code)
+        if self.alarm_sink:
+            self.alarm_sink(code, detail)
+
+    def _record(self, kind, permit=0, operator=0):
+        if self.faulted:
+            self._recover()
+        if self.faulted:
+            self.raise_alarm(_AL_JOURNAL_FAULT, kind)
+            return 0
+        try:
+            counter = self._recorder.record(kind, permit, operator)
+        except JournalFull:
+            self.raise_alarm(_AL_JOURNAL_FULL, kind)
+            return 0
+        except (OSError, ValueError):
+            self.faulted = True
+            self.raise_alarm(_AL_JOURNAL_FAULT, kind)
+            return 0
+        self._report("counter", counter)
+        return counter
+
+    def _recover(self):
+        # A failed append leaves the journal's tail unknown: reopen it (the same recovery as
+        # after a power cut) and continue from what is really on flash.
+        try:
+            self._journal.open()
+        except OSError:
+            return
+        self._recorder.resync()
+        self.faulted = False
+
+    def record_reboot(self):
+        self._record(_KIND_REBOOT)
+
+    async def on_press(self, level=1):
+        if not level:
+            return
+        if self.unlocked:
+            if self._record(_KIND_IMPRESSION, self.permit, self._permits.operator):
+                self._permits.use()
+        else:
+            self._record(_KIND_FORCED)
+            self.raise_alarm(_AL_FORCED_STAMP)
+        self.update_lock()
+
+    async def on_tamper(self, level):
+        self.case_open = bool(level)
+        if level:
+            self.tampered = True
+            self._record(_KIND_TAMPER)
+            self.raise_alarm(_AL_TAMPER)
+            self._changed()
+        self.update_lock()
+
+    def check_battery(self, mv):
+        if not self.low_battery and mv < self._low_battery_mv:
+            self.low_battery = True
+            self._record(_KIND_LOW_BATTERY)
+            self.raise_alarm(_AL_LOW_BATTERY, mv)
+            self._changed()
+        elif self.low_battery and mv >= self._low_battery_mv + _BATTERY_HYSTERESIS_MV:
+            self.low_battery = False
+            self._changed()
+
+    def update_lock(self):
+        full = self._journal.full
+        if full and not self._full_alarmed:
+            self.raise_alarm(_AL_JOURNAL_FULL)
+        if full != self._full_alarmed:
+            self._full_alarmed = full
+            self._changed()
+        permit = 0
+        if not (full or self.case_open or self.faulted):
+            permit = self._permits.active()
+        self.permit = permit
+        unlocked = permit != 0
+        if unlocked != self.unlocked:
+            self.unlocked = unlocked
+            self._lock.value(1 if unlocked else 0)
+            self._led.value(1 if unlocked else 0)
+            self._report("lock", 1 if unlocked else 0)
+            self._changed()
+
+    def _changed(self):
+        if self.status_changed:
+            self.status_changed()
+
+    def set_time_ms(self, ms):
+        if self._clock() == 0:
+            self._changed()  # CLOCK_UNSET clears
+        self._set_time_ms(ms)
+        self.update_lock()
+
+    def command(self, kind, msg):
+        if kind == _PERMIT:
+            code = self._permits.grant(msg[_PE_ID], msg[_PE_COUNT], msg[_PE_NOT_BEFORE],
+                                       msg[_PE_NOT_AFTER], msg[_PE_OPERATOR])
+            if code == _R_NO_TIME:
+                self.raise_alarm(_AL_CLOCK_UNSET)
+        elif kind == _REVOKE:
+            code = self._permits.revoke(msg[_RV_PERMIT])
+        elif kind == _TIME:
+            if msg[_TI_TIME] == 0:
+                return _R_BAD_FIELD
+            self.set_time_ms(msg[_TI_TIME])
+            code = _R_OK
+        else:
+            return _R_BAD_FIELD
+        # PERMIT_ACTIVE and permit_left may change without the lock moving.
+        self._changed()
+        self.update_lock()
+        return code
+
+    def flags(self):
+        flags = 0 if self.unlocked else _F_LOCKED
+        if self.tampered:
+            flags |= _F_TAMPERED
+        if self.low_battery:
+            flags |= _F_LOW_BATTERY
+        if self._journal.full:
+            flags |= _F_JOURNAL_FULL
+        if self._clock() == 0:
+            flags |= _F_CLOCK_UNSET
+        if self._permits.installed():
+            flags |= _F_PERMIT_ACTIVE
+        return flags
+
+    def permit_left(self):
+        return self._permits.left if self._permits.installed() else 0

@@ -1,0 +1,288 @@
+# seal/journal.py: the durable event journal on littlefs (SPEC.md §10).
+# Records live in append-only segment files; littlefs commits each close atomically.
+import binascii
+import hashlib
+import os
+import struct
+
+from micropython import const
+
+# Each record is framed: u16 payload length, u32 counter, u32 CRC32 over those six bytes
+# and the payload. The counter in the frame lets recovery check contiguity without CBOR.
+_HDR = const(10)
+_MAX_PAYLOAD = const(480)
+_STATE_SIZE = const(12)
+_SEG_EVENTS = const(16)
+_MAX_U32 = const(0xFFFFFFFF)
+_ENOENT = const(2)
+_EIO = const(5)
+_S_IFREG = const(0x8000)
+
+GENESIS = bytes(32)
+
+
+class JournalFull(Exception):
+    pass
+
+
+class JournalCorrupt(OSError):
+    pass
+
+
+def _seg_name(first):
+    return "s%08x" % first
+
+
+class Journal:
+    def __init__(self, root, capacity_events=1000, segment_events=_SEG_EVENTS):
+        self.root = root
+        self.capacity_events = capacity_events
+        self._seg_events = segment_events
+        self._buf = bytearray(_HDR + _MAX_PAYLOAD)
+        self._mv = memoryview(self._buf)
+        self._state = bytearray(_STATE_SIZE)
+        self._segs = []
+        self._tail_count = 0
+        self._broken = True
+        self.boot_id = 0
+        self.next_counter = 1
+        self.last_hash = GENESIS
+        self.acked = 0
+        self.discarded = 0
+
+    @property
+    def backlog(self):
+        return self.next_counter - 1 - self.acked
+
+    @property
+    def free(self):
+        left = self.capacity_events - self.backlog
+        return left if left > 0 else 0
+
+    @property
+    def full(self):
+        return self.backlog >= self.capacity_events
+
+    def _path(self, name):
+        return self.root + "/" + name
+
+    def open(self):
+        self._broken = True
+        try:
+            os.mkdir(self.root)
+        except OSError:
+            pass
+        segs = []
+        has_state = False
+        # Listed first: removing entries while littlefs iterates the directory is unsafe.
+        for entry in list(os.ilistdir(self.root)):
+            name = entry[0]
+            if name.endswith(".tmp"):
+                # A replacement that was cut before its rename never took effect.
+                os.remove(self._path(name))
+            elif name == "state":
+                has_state = True
+            elif name[0] == "s" and len(name) == 9 and entry[1] == _S_IFREG:
+                try:
+                    segs.append(int(name[1:], 16))
+                except ValueError:
+                    raise JournalCorrupt(_EIO, "journal: stray file " + name)
+            else:
+                raise JournalCorrupt(_EIO, "journal: stray file " + name)
+        segs.sort()
+        self.boot_id, acked = self._read_state() if has_state else (0, 0)
+        if segs and not has_state:
+            raise JournalCorrupt(_EIO, "journal: records without state")
+        self._segs = segs
+        self.discarded = 0
+        self.next_counter = 1
+        self.last_hash = GENESIS
+        last = len(segs) - 1
+        for i in range(len(segs)):
+            self._scan(segs[i], i == 0, i == last)
+        self._tail_count = self.next_counter - self._segs[-1] if self._segs else 0
+        if self._segs:
+            # Records of deleted segments had all been acked (compaction deletes nothing else).
+            acked = max(acked, self._segs[0] - 1)
+        if acked > self.next_counter - 1:
+            raise JournalCorrupt(_EIO, "journal: acked beyond last record")
+        self.acked = acked
+        self._broken = False
+        self._compact()
+        return self
+
+    def _read_state(self):
+        st = self._state
+        with open(self._path("state"), "rb") as f:
+            n = f.readinto(st)
+        boot_id, acked, crc = struct.unpack("<III", st)
+        if n != _STATE_SIZE or binascii.crc32(memoryview(st)[:8]) != crc:
+            raise JournalCorrupt(_EIO, "journal: bad state")
+        return boot_id, acked
+
+    def _write_state(self, boot_id, acked):
+        st = self._state
+        struct.pack_into("<II", st, 0, boot_id, acked)
+        struct.pack_into("<I", st, 8, binascii.crc32(memoryview(st)[:8]))
+        tmp = self._path("state.tmp")
+        with open(tmp, "wb") as f:
+            f.write(st)
+        # littlefs renames atomically: a cut leaves either the old state or the new one.
+        os.rename(tmp, self._path("state"))
+
+    def _scan(self, first, is_first, is_tail):
+        # Check every record of a segment; only the newest segment may end in a torn record.
+        if first != self.next_counter and not is_first:
+            raise JournalCorrupt(_EIO, "journal: gap before segment %d" % first)
+        expect = first
+        good = 0
+        count = 0
+        path = self._path(_seg_name(first))
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            while good < size:
+                n = self._read_record(f, expect, size - good)
+                if n < 0:
+                    break
+                self.last_hash = hashlib.sha256(self._mv[_HDR:n]).digest()
+                good += n
+                expect += 1
+                count += 1
+        self.next_counter = expect
+        if good < size:
+            if not is_tail:
+                raise JournalCorrupt(_EIO, "journal: bad record in segment %d" % first)
+            self.discarded += 1
+        if count == 0:
+            self._drop_empty(first, is_tail)
+        elif good < size:
+            self._truncate(path, good)
+
+    def _drop_empty(self, first, is_tail):
+        # An empty segment is a creation whose first record never committed.
+        if not is_tail:
+            raise JournalCorrupt(_EIO, "journal: empty segment %d" % first)
+        os.remove(self._path(_seg_name(first)))
+        self._segs.pop()
+
+    def _read_record(self, f, expect, left):
+        # Returns the record length, or -1 if the bytes at the file position are no record.
+        mv = self._mv
+        if left < _HDR or f.readinto(mv[:_HDR]) != _HDR:
+            return -1
+        length, counter, crc = struct.unpack_from("<HII", self._buf)
+        if length == 0 or length > _MAX_PAYLOAD or counter != expect or _HDR + length > left:
+            return -1
+        if f.readinto(mv[_HDR : _HDR + length]) != length:
+            return -1
+        if binascii.crc32(mv[_HDR : _HDR + length], binascii.crc32(mv[:6])) != crc:
+            return -1
+        return _HDR + length
+
+    def _truncate(self, path, good):
+        tmp = path + ".tmp"
+        mv = self._mv
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            left = good
+            while left:
+                n = src.readinto(mv[: min(left, len(mv))])
+                dst.write(mv[:n])
+                left -= n
+        os.rename(tmp, path)
+
+    def _check(self):
+        if self._broken:
+            raise OSError(_EIO, "journal: not open")
+
+    def new_boot(self):
+        self._check()
+        if self.boot_id >= _MAX_U32:
+            raise OSError(_EIO, "journal: boot_id exhausted")
+        self._broken = True
+        self._write_state(self.boot_id + 1, self.acked)
+        self.boot_id += 1
+        self._broken = False
+        return self.boot_id
+
+    def append(self, counter, payload):
+        self._check()
+        if not self.boot_id:
+            raise ValueError("journal: append before new_boot")
+        if counter != self.next_counter:
+            raise ValueError("journal: counter %d, expected %d" % (counter, self.next_counter))
+        n = len(payload)
+        if n == 0 or n > _MAX_PAYLOAD:
+            raise ValueError("journal: payload size")
+        if self.full:
+            raise JournalFull()
+        buf = self._buf
+        struct.pack_into("<HI", buf, 0, n, counter)
+        buf[_HDR : _HDR + n] = payload
+        mv = self._mv
+        struct.pack_into("<I", buf, 6, binascii.crc32(mv[_HDR : _HDR + n], binascii.crc32(mv[:6])))
+        new_seg = not self._segs or self._tail_count >= self._seg_events
+        first = counter if new_seg else self._segs[-1]
+        # Until close() returns, littlefs may or may not hold the record: any failure leaves
+        # the journal unusable until open() rescans the flash.
+        self._broken = True
+        with open(self._path(_seg_name(first)), "ab") as f:
+            f.write(mv[: _HDR + n])
+        if new_seg:
+            self._segs.append(first)
+            self._tail_count = 0
+        self._tail_count += 1
+        self.next_counter = counter + 1
+        self.last_hash = hashlib.sha256(mv[_HDR : _HDR + n]).digest()
+        self._broken = False
+
+    def read(self, counter):
+        self._check()
+        segs = self._segs
+        if not segs or counter < segs[0] or counter >= self.next_counter:
+            return None
+        lo = 0
+        hi = len(segs)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if segs[mid] <= counter:
+                lo = mid
+            else:
+                hi = mid
+        first = segs[lo]
+        hdr = self._mv[:_HDR]
+        with open(self._path(_seg_name(first)), "rb") as f:
+            for _ in range(counter - first):
+                if f.readinto(hdr) != _HDR:
+                    raise JournalCorrupt(_EIO, "journal: short segment")
+                f.seek(struct.unpack_from("<H", self._buf)[0], 1)
+            n = self._read_record(f, counter, _HDR + _MAX_PAYLOAD)
+        if n < 0:
+            raise JournalCorrupt(_EIO, "journal: bad record %d" % counter)
+        return bytes(self._mv[_HDR:n])
+
+    def ack(self, counter):
+        self._check()
+        if counter <= self.acked:
+            return
+        if counter >= self.next_counter:
+            raise ValueError("journal: ack %d beyond last record" % counter)
+        self.acked = counter
+        self._compact()
+
+    def _compact(self):
+        # Delete segments whose records are all acked, never the newest: it holds the
+        # counter and hash the next record continues from.
+        segs = self._segs
+        dead = 0
+        while dead < len(segs) - 1 and segs[dead + 1] - 1 <= self.acked:
+            dead += 1
+        if not dead:
+            return
+        self._broken = True
+        # State first: were the cut to come between, acked is still known from it.
+        self._write_state(self.boot_id, self.acked)
+        for i in range(dead):
+            os.remove(self._path(_seg_name(segs[i])))
+        del segs[:dead]
+        self._broken = False

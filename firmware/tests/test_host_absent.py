@@ -1,0 +1,70 @@
+"""Host absent: the emulated board (real firmware, real micropython) records 1,000 impressions
+with nobody on its UART, then drains them in order to a peer host speaking the protocol over the
+board's pty. The peer (mpy/peer.py, sealproto only) accepts an event only if its device MAC
+verifies, its counter is the next one and its prev-hash chains; anything else is recorded."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "mpy"))
+
+from peer import Peer
+from sealproto import messages
+
+serial = pytest.importorskip("serial")
+emulator = pytest.importorskip("sealink.emulator")
+
+IMPRESSIONS = int(os.environ.get("SEAL_TEST_IMPRESSIONS", "1000"))
+# The firmware's .mpy code alone takes ~61 KB of heap on this 64-bit unix port (a board keeps
+# frozen code in flash, not RAM), so 64k cannot boot it yet: test_emulator.py's
+# test_firmware_boots_at_64k tracks that budget; this test gives the board the room the other
+# emulator tests give it.
+HEAPSIZE = os.environ.get("SEAL_TEST_HEAPSIZE", "128k")
+DRAIN_TIMEOUT_S = 120.0
+
+
+def _pump(port: serial.Serial, peer: Peer, until, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"peer has {peer.stored} of {IMPRESSIONS} events after "
+                f"{timeout:.0f} s; errors {peer.errors[:5]!r}"
+            )
+        data = port.read(4096)
+        if data:
+            answer = peer.feed(data)
+            if answer:
+                port.write(answer)
+
+
+def test_thousand_impressions_without_host_then_drained_in_order(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    with emulator.EmulatedBoard(
+        tmp_path, device_id="seal-absent", device_key=key, heapsize=HEAPSIZE
+    ) as board:
+        start = board.counter
+        assert start == 0, "a fresh board starts at counter 0"
+        for _ in range(IMPRESSIONS):
+            board.stamp()
+        board.wait_until(lambda b: b.counter == IMPRESSIONS, timeout=30)
+        peer = Peer(key)
+        port = serial.serial_for_url(board.uart_path, baudrate=115200, timeout=0.05)
+        try:
+            port.write(peer.sync())
+            _pump(port, peer, lambda: peer.stored >= IMPRESSIONS, DRAIN_TIMEOUT_S)
+        finally:
+            port.close()
+        device_log = board.log_path
+    assert peer.counters() == list(range(1, IMPRESSIONS + 1)), device_log
+    assert [e for e in peer.errors if e[0] != "session"] == [], (peer.errors, device_log)
+    kinds = {messages.decode(p)[messages.EV_KIND] for p in peer.events}
+    # No host ever granted a permit: every press was with the lock shut.
+    assert kinds == {messages.KIND_FORCED}
+    assert len(peer.hellos) >= 1

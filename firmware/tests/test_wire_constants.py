@@ -1,0 +1,35 @@
+"""The firmware spells sealproto's wire numbers as local `_NAME = const(n)` (a name imported
+from sealproto costs RAM on the board); each must equal the sealproto name it copies."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import sealproto
+from sealproto import errors, framing, messages
+
+SEAL = Path(__file__).resolve().parents[1] / "seal"
+_CONST = re.compile(r"^_(\w+) = const\((\w+)\)", re.MULTILINE)
+_SOURCES = (messages, errors, framing, sealproto)
+
+
+def _copies() -> list[tuple[str, str, int]]:
+    found = []
+    for path in sorted(SEAL.glob("*.py")):
+        for name, value in _CONST.findall(path.read_text()):
+            if any(hasattr(m, name) for m in _SOURCES):
+                found.append((path.name, name, int(value, 0)))
+    return found
+
+
+@pytest.mark.parametrize(("module", "name", "value"), _copies())
+def test_firmware_constant_matches_sealproto(module: str, name: str, value: int) -> None:
+    want = next(getattr(m, name) for m in _SOURCES if hasattr(m, name))
+    assert value == want, f"{module}: _{name} = {value}, sealproto says {want}"
+
+
+def test_the_copies_are_found() -> None:
+    names = {name for _, name, _ in _copies()}
+    assert {"EVENT", "K_TYPE", "KIND_FORCED", "R_OK", "REPLAY"} <= names

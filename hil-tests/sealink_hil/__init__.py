@@ -1,0 +1,1 @@
+"""sealink's hardware-in-the-loop pytest plugin: boards, the faulty wire, the gateway, soak."""

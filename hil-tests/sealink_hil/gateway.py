@@ -1,0 +1,202 @@
+"""The gateway service under test, as the separate process it is in production.
+
+    sealink keys init --config gateway.toml
+    sealink devices add DEVICE --key-file DEVICE.key --config gateway.toml
+    sealink run --config gateway.toml          (through sealink_hil.clockshift)
+
+`kill()` is SIGKILL (a crash: whatever was not committed is gone); `start()` again runs on the
+same ledger and key. `jump_clock()` steps the service's wall clock while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["HostProcess"]
+
+_HIL_DIR = Path(__file__).resolve().parents[1]
+_READY_LINE = "gateway started"
+_START_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 15.0
+
+
+class HostError(AssertionError):
+    """The gateway failed to start or to do what the test asked; the message names its log."""
+
+
+class HostProcess:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        broker_port: int,
+        log_path: Path,
+        gateway_id: str = "gw-hil",
+        prefix: str = "sealink",
+    ) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.broker_port = broker_port
+        self.log_path = log_path
+        self.gateway_id = gateway_id
+        self.prefix = prefix
+        self.config_path = workdir / "gateway.toml"
+        self.ledger_path = workdir / "ledger.sqlite"
+        self.clock_file = workdir / "clock-offset-s"
+        self.clock_offset_s = 0.0
+        self.ports: list[str] = []
+        self.starts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._write_config()
+
+    # -- setup through the real CLI -------------------------------------------------------
+
+    def _write_config(self) -> None:
+        ports = "".join(f'\n[[ports]]\nurl = "{url}"\n' for url in self.ports)
+        self.config_path.write_text(
+            f'[gateway]\nid = "{self.gateway_id}"\nkey_file = "gateway.key"\n'
+            f'ledger = "{self.ledger_path.name}"\n\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker_port}\nprefix = "{self.prefix}"\n'
+            # Reconnect fast: a broker restart is a fault the suite injects on purpose.
+            "reconnect_min_s = 0.1\nreconnect_max_s = 1.0\n"
+            f'{ports}\n[log]\nlevel = "info"\n'
+        )
+
+    def cli(self, *args: str) -> str:
+        """Run `sealink ARGS --config ...`; its output goes to the host log as well."""
+        result = subprocess.run(
+            [sys.executable, "-m", "sealink.cli", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        with self.log_path.open("ab") as log:
+            log.write(f"$ sealink {' '.join(args)}\n".encode() + result.stderr)
+        if result.returncode != 0:
+            raise HostError(
+                f"sealink {' '.join(args)} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace').strip()}; host log: {self.log_path}"
+            )
+        return result.stdout.decode()
+
+    def init_keys(self) -> None:
+        self.cli("keys", "init")
+
+    def public_key_pem(self) -> bytes:
+        return self.cli("keys", "show", "--format", "pem").encode()
+
+    def add_device(self, device_id: str, key: bytes, port_url: str) -> None:
+        key_file = self.workdir / f"{device_id}.key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(key.hex())
+        self.cli("devices", "add", device_id, "--key-file", str(key_file))
+        self.ports.append(port_url)
+        self._write_config()
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the ledger stored (`sealink events list`): device, counter, received_ms, hash."""
+        return [json.loads(line) for line in self.cli("events", "list").splitlines() if line]
+
+    def issue_permit(self, device_id: str, count: int, valid_for_s: int = 86400) -> str:
+        return self.cli(
+            "permits", "issue", device_id, "--count", str(count), "--valid-for", str(valid_for_s)
+        )
+
+    # -- the service process --------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> HostProcess:
+        if self.running:
+            return self
+        self.clock_file.write_text(repr(self.clock_offset_s))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_HIL_DIR), env.get("PYTHONPATH")]))
+        offset = self.log_mark()
+        self._log = self.log_path.open("ab")
+        self._log.write(f"--- sealink run (start {self.starts + 1}) ---\n".encode())
+        self._log.flush()
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sealink_hil.clockshift",
+                str(self.clock_file),
+                "run",
+                "--config",
+                str(self.config_path),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.starts += 1
+        self.wait_for_log(_READY_LINE, offset, _START_TIMEOUT_S)
+        return self
+
+    def log_mark(self) -> int:
+        """Where the host log ends now: `wait_for_log` looks only at what comes after."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def wait_for_log(self, text: str, offset: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                if text.encode() in log.read():
+                    return
+            if not self.running:
+                raise HostError(f"sealink run exited before '{text}'; host log: {self.log_path}")
+            if time.monotonic() > deadline:
+                raise HostError(f"no '{text}' within {timeout_s} s; host log: {self.log_path}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: the gateway crashes with whatever it had in memory."""
+        self._end(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """SIGTERM: the clean shutdown a service manager does."""
+        self._end(signal.SIGTERM)
+
+    def _end(self, sig: signal.Signals) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._log is not None:
+            self._log.write(f"--- sealink run ended ({sig.name}) ---\n".encode())
+            self._log.close()
+            self._log = None
+
+    def jump_clock(self, offset_s: float) -> None:
+        """Step the running service's wall clock by `offset_s` (cumulative, like NTP steps)."""
+        self.clock_offset_s += offset_s
+        text = repr(self.clock_offset_s)
+        self.clock_file.write_text(text)
+        applied = self.clock_file.with_name(self.clock_file.name + ".applied")
+        deadline = time.monotonic() + 10
+        while not (applied.exists() and applied.read_text() == text):
+            if not self.running:
+                return  # applied at the next start, from the same file
+            if time.monotonic() > deadline:
+                raise HostError(f"the clock step to {text} s was never applied; {self.log_path}")
+            time.sleep(0.005)

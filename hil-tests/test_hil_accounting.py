@@ -1,0 +1,98 @@
+"""The soak's verdict can fail: hand-made observer tallies force each wrong outcome.
+
+The accounting in sealink_hil.rig is arithmetic over what the device counted and what the
+observer verified; the other parts are stand-ins here (no board, host or broker runs) because
+only the arithmetic is under test. The end-to-end tests run it on the real link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import cbor2
+import pytest
+from sealink.observer import DeviceTally
+from sealink_hil.artifacts import Artifacts
+from sealink_hil.faults import ALL_KINDS, Faults
+from sealink_hil.rig import Rig
+
+DEVICE = "seal-acct-1"
+KINDS = {"impression": 0, "forced": 1, "reboot": 4}
+
+
+def _event(counter: int, kind: str, prev: bytes) -> bytes:
+    return cbor2.dumps({0: 4, 1: counter, 5: KINDS[kind], 8: prev}, canonical=True)
+
+
+def _tally(kinds: list[str], skip: int | None = None) -> DeviceTally:
+    tally = DeviceTally(DEVICE)
+    prev = bytes(32)
+    for counter, kind in enumerate(kinds, start=1):
+        event = _event(counter, kind, prev)
+        prev = hashlib.sha256(event).digest()
+        if counter == skip:
+            continue
+        tally.events[counter] = event
+        tally.published += 1
+        tally.verified += 1
+    while tally.contiguous + 1 in tally.events:
+        tally.contiguous += 1
+    return tally
+
+
+def _rig(tmp_path: Path, tally: DeviceTally, counted: set[int]) -> Rig:
+    observer = SimpleNamespace(device=lambda _id: tally, problems=[])
+    board = SimpleNamespace(device_id=DEVICE, capabilities=frozenset({"flash_cut"}))
+    faults = Faults(7, Artifacts(tmp_path, "acct"), echo=lambda _line: None)
+    rig = Rig(board, None, None, None, observer, faults, faults.artifacts)  # type: ignore[arg-type]
+    rig.counted = counted
+    return rig
+
+
+def test_every_counted_impression_verified_is_a_pass(tmp_path: Path) -> None:
+    tally = _tally(["forced", "impression", "reboot", "impression"])
+    tally.published += 2  # two MQTT redeliveries of already-verified counters
+    result = _rig(tmp_path, tally, {1, 2, 4}).result(3)
+    assert result.ok, result.line
+    assert result.line == (
+        "soak: stamps=3 faults=0 lost=0 duplicates_after_dedupe=0 verified=3 "
+        "mqtt_redeliveries=2 seed=7"
+    )
+
+
+def test_a_counted_impression_that_never_arrived_is_lost(tmp_path: Path) -> None:
+    result = _rig(tmp_path, _tally(["impression"] * 3, skip=2), {1, 2, 3}).result(3)
+    assert not result.ok
+    assert (result.lost, result.verified) == (1, 2)
+
+
+def test_a_press_that_became_two_records_is_a_duplicate(tmp_path: Path) -> None:
+    result = _rig(tmp_path, _tally(["impression"] * 3), {1, 2}).result(2)
+    assert not result.ok
+    assert result.duplicates_after_dedupe == 1
+
+
+def test_the_same_counter_with_other_bytes_is_a_duplicate(tmp_path: Path) -> None:
+    tally = _tally(["impression"] * 2)
+    tally.conflicts = 1
+    result = _rig(tmp_path, tally, {1, 2}).result(2)
+    assert not result.ok and result.duplicates_after_dedupe == 1
+
+
+@pytest.mark.parametrize("stamps", [10, 300, 10_000])
+def test_the_schedule_has_every_kind_and_one_fault_per_fifty_stamps(
+    tmp_path: Path, stamps: int
+) -> None:
+    tally = _tally([])
+    rig = _rig(tmp_path, tally, set())
+    rig.board.capabilities = frozenset({"flash_cut", "power_control", "rtc_control", "gpio"})
+    plan = rig.schedule(stamps)
+    kinds = [kind for at in plan.values() for kind in at]
+    assert set(kinds) == set(ALL_KINDS)
+    assert len(kinds) >= stamps / 50
+    assert all(1 <= at <= stamps for at in plan)
+    again = _rig(tmp_path / "again", tally, set())
+    again.board.capabilities = rig.board.capabilities
+    assert again.schedule(stamps) == plan, "the same seed must give the same schedule"

@@ -1,0 +1,308 @@
+"""The gateway's one TOML configuration file, validated with errors that name key and problem.
+
+[gateway]
+id = "gw-1"                          # [A-Za-z0-9._-], 1..32; names the gateway topics
+key_file = "/etc/sealink/gateway.key" # made by `sealink keys init`, must be 0600
+ledger = "/var/lib/sealink/ledger.sqlite"
+
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+prefix = "sealink"
+client_id = "sealink-gw-1"           # optional; default "sealink-<gateway.id>"
+keepalive_s = 30
+inflight = 256                       # publishes awaiting PUBACK, at most
+reconnect_min_s = 0.1
+reconnect_max_s = 10.0
+
+[ledger]
+group_commit_rows = 512              # at most this many rows per transaction
+group_commit_ms = 0.0                # linger before a commit to gather more rows
+
+[[ports]]
+url = "/dev/ttyUSB0"                 # any pyserial URL: rfc2217://, socket://, spy://
+transport = "serial"                 # "serial"; "ble" is reserved
+baudrate = 115200
+
+[log]
+level = "info"
+json = false
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._errors import ConfigError
+from ._signer import check_private_file
+
+__all__ = ["Config", "LedgerConfig", "LogConfig", "MqttConfig", "PortConfig", "load_config"]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+_TOPIC_FORBIDDEN = set("+#\0")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_SERIAL_SCHEMES = ("", "rfc2217", "socket", "spy", "loop", "hwgrep", "alt", "cp2110")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "sealink"
+    client_id: str = ""
+    keepalive_s: int = 30
+    inflight: int = 256
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    group_commit_rows: int = 512
+    group_commit_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class PortConfig:
+    url: str
+    transport: str = "serial"
+    baudrate: int = 115200
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway_id: str
+    key_file: Path
+    ledger_path: Path
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    ports: tuple[PortConfig, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"sealink-{self.gateway_id}"
+
+
+_Check = Callable[[str, Any], Any]
+
+
+def _type(expected: type, name: str) -> _Check:
+    def check(key: str, value: Any) -> Any:
+        # bool is an int in Python; a config that says `port = true` is still wrong.
+        if isinstance(value, bool) and expected is not bool:
+            raise ConfigError(key, f"must be {name}, got a boolean")
+        if expected is float and isinstance(value, int):
+            return float(value)
+        if not isinstance(value, expected):
+            raise ConfigError(key, f"must be {name}, got {type(value).__name__} {value!r}")
+        return value
+
+    return check
+
+
+def _int_range(lo: int, hi: int) -> _Check:
+    def check(key: str, value: Any) -> Any:
+        value = _type(int, "an integer")(key, value)
+        if not lo <= value <= hi:
+            raise ConfigError(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return check
+
+
+def _positive_float(key: str, value: Any) -> Any:
+    value = _type(float, "a number")(key, value)
+    if value < 0:
+        raise ConfigError(key, f"must not be negative, got {value}")
+    return value
+
+
+def _name(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not NAME_RE.match(value):
+        raise ConfigError(key, f"must be 1..32 characters of A-Z a-z 0-9 . _ -, got {value!r}")
+    return value
+
+
+def _host(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not value or any(c.isspace() for c in value) or "/" in value:
+        raise ConfigError(key, f"must be a host name or address, got {value!r}")
+    return value
+
+
+def _prefix(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not value or value.startswith("/") or value.endswith("/") or _TOPIC_FORBIDDEN & set(value):
+        raise ConfigError(key, f"must be an MQTT topic prefix without wildcards, got {value!r}")
+    return value
+
+
+def _level(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if value.lower() not in _LOG_LEVELS:
+        raise ConfigError(key, f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return value.lower()
+
+
+def _transport(key: str, value: Any) -> Any:
+    from ._transport import TRANSPORTS
+
+    value = _type(str, "a string")(key, value)
+    if value not in TRANSPORTS:
+        raise ConfigError(key, f"unknown transport {value!r}; known: {', '.join(TRANSPORTS)}")
+    return value
+
+
+def _serial_url(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not value.strip():
+        raise ConfigError(key, "must not be empty")
+    scheme = urlsplit(value).scheme if "://" in value else ""
+    if scheme not in _SERIAL_SCHEMES:
+        raise ConfigError(
+            key,
+            f"unsupported URL scheme {scheme!r}; use a device path or one of "
+            "rfc2217://, socket://, spy://, loop://",
+        )
+    if scheme in ("rfc2217", "socket"):
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise ConfigError(key, f"{scheme}:// URL needs host:port, got {value!r}")
+    return value
+
+
+def _path(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not value:
+        raise ConfigError(key, "must be a file path")
+    return value
+
+
+# schema: section -> key -> (check, required)
+_SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
+    "gateway": {
+        "id": (_name, True),
+        "key_file": (_path, True),
+        "ledger": (_path, True),
+    },
+    "mqtt": {
+        "host": (_host, False),
+        "port": (_int_range(1, 65535), False),
+        "prefix": (_prefix, False),
+        "client_id": (_type(str, "a string"), False),
+        "keepalive_s": (_int_range(1, 65535), False),
+        "inflight": (_int_range(1, 65535), False),
+        "reconnect_min_s": (_positive_float, False),
+        "reconnect_max_s": (_positive_float, False),
+    },
+    "ledger": {
+        "group_commit_rows": (_int_range(1, 100_000), False),
+        "group_commit_ms": (_positive_float, False),
+    },
+    "ports": {
+        "url": (_serial_url, True),
+        "transport": (_transport, False),
+        "baudrate": (_int_range(50, 20_000_000), False),
+    },
+    "log": {
+        "level": (_level, False),
+        "json": (_type(bool, "true or false"), False),
+    },
+}
+
+
+def _section(name: str, table: Any, key_prefix: str) -> dict[str, Any]:
+    if not isinstance(table, Mapping):
+        raise ConfigError(key_prefix, f"must be a table, got {type(table).__name__}")
+    schema = _SCHEMA[name]
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in schema:
+            known = ", ".join(schema)
+            raise ConfigError(f"{key_prefix}.{key}", f"unknown key (known: {known})")
+        check, _ = schema[key]
+        out[key] = check(f"{key_prefix}.{key}", value)
+    for key, (_, required) in schema.items():
+        if required and key not in out:
+            raise ConfigError(f"{key_prefix}.{key}", "missing (required)")
+    return out
+
+
+def parse_config(
+    data: Mapping[str, Any], base: Path | None = None, check_key_file: bool = True
+) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against `base`."""
+    for name in data:
+        if name not in _SCHEMA:
+            raise ConfigError(name, f"unknown section (known: {', '.join(_SCHEMA)})")
+    if "gateway" not in data:
+        raise ConfigError("gateway", "missing section [gateway]")
+    gateway = _section("gateway", data["gateway"], "gateway")
+    mqtt = _section("mqtt", data.get("mqtt", {}), "mqtt")
+    ledger = _section("ledger", data.get("ledger", {}), "ledger")
+    log = _section("log", data.get("log", {}), "log")
+    ports_raw = data.get("ports", [])
+    if not isinstance(ports_raw, list):
+        raise ConfigError("ports", "must be an array of tables ([[ports]])")
+    ports = tuple(
+        PortConfig(**_section("ports", p, f"ports[{i}]")) for i, p in enumerate(ports_raw)
+    )
+    mqtt_cfg = MqttConfig(**mqtt)
+    if mqtt_cfg.reconnect_max_s < mqtt_cfg.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_max_s", "must not be less than mqtt.reconnect_min_s")
+
+    def resolve(p: str) -> Path:
+        path = Path(os.path.expanduser(p))
+        return path if path.is_absolute() or base is None else base / path
+
+    key_file = resolve(gateway["key_file"])
+    if check_key_file:
+        if not os.access(key_file, os.R_OK):
+            raise ConfigError("gateway.key_file", f"cannot read {key_file}")
+        try:
+            check_private_file(key_file, "key file")
+        except Exception as exc:
+            raise ConfigError("gateway.key_file", str(exc)) from None
+    return Config(
+        gateway_id=gateway["id"],
+        key_file=key_file,
+        ledger_path=resolve(gateway["ledger"]),
+        mqtt=mqtt_cfg,
+        ledger=LedgerConfig(**ledger),
+        ports=ports,
+        log=LogConfig(**log),
+    )
+
+
+def load_config(path: str | os.PathLike[str], check_key_file: bool = True) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
+    config = parse_config(data, path.resolve().parent, check_key_file)
+    return Config(**{**config.__dict__, "source": path})

@@ -1,0 +1,201 @@
+"""Gateway countersignature: COSE_Sign1 (RFC 9052) with EdDSA over Ed25519, and its key file.
+
+COSE_Sign1 = tag 18 [ protected: bstr({1: -8, 4: kid}), unprotected: {}, payload: bstr, sig ]
+payload    = {"counter": uint, "device": tstr, "event": bstr, "gateway": tstr, "received_ms": uint}
+             (deterministic CBOR; "event" is the device's EVENT wire payload, byte for byte)
+kid        = the first 8 bytes of SHA-256(raw 32-byte Ed25519 public key)
+
+See protocol/SPEC.md §11. Private keys never leave this module in any printable form.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ._errors import KeyFileError
+
+__all__ = [
+    "ALG_EDDSA",
+    "GatewayKey",
+    "check_private_file",
+    "countersign_payload",
+    "key_id",
+]
+
+ALG_EDDSA = -8
+_HDR_ALG = 1
+_HDR_KID = 4
+_TAG_SIGN1 = 18
+_COSE_KEY_OKP = 1
+_COSE_CRV_ED25519 = 6
+
+
+# tag 18 + array(4); array(4) + "Signature1"
+_SIGN1_HEAD = b"\xd2\x84"
+_SIG_STRUCTURE_HEAD = b"\x84\x6aSignature1"
+
+
+def _bstr_head(length: int) -> bytes:
+    if length < 24:
+        return bytes([0x40 | length])
+    if length < 0x100:
+        return bytes([0x58, length])
+    if length < 0x10000:
+        return b"\x59" + length.to_bytes(2, "big")
+    return b"\x5a" + length.to_bytes(4, "big")
+
+
+def key_id(public: Ed25519PublicKey) -> bytes:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).digest()[:8]
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse a secret file that anyone but its owner may read or write."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise KeyFileError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise KeyFileError(f"{what} {path}: not a regular file")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{what} {path}: mode {stat.S_IMODE(mode):04o} lets others read it; "
+            f"run: chmod 600 {path}"
+        )
+
+
+def countersign_payload(
+    device: str, counter: int, event: bytes, received_ms: int, gateway: str
+) -> bytes:
+    return bytes(
+        cbor2.dumps(
+            {
+                "counter": counter,
+                "device": device,
+                "event": event,
+                "gateway": gateway,
+                "received_ms": received_ms,
+            },
+            canonical=True,
+        )
+    )
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class GatewayKey:
+    """The gateway's Ed25519 signing key. repr() never shows the private half."""
+
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> GatewayKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> GatewayKey:
+        path = Path(path)
+        check_private_file(path, "gateway key")
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError, OSError) as exc:
+            raise KeyFileError(f"gateway key {path}: not a PEM private key ({exc})") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"gateway key {path}: not an Ed25519 key")
+        return cls(key)
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Write the key PKCS#8 PEM, created 0600 (never briefly readable by others)."""
+        path = Path(path)
+        pem = self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise KeyFileError(f"gateway key {path}: already exists; not overwriting") from None
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(pem)
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def kid(self) -> bytes:
+        return key_id(self.public)
+
+    def public_pem(self) -> bytes:
+        return self.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def public_raw(self) -> bytes:
+        return self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def cose_key(self) -> bytes:
+        """The public key as a COSE_Key (RFC 9053 OKP): {1: 1, 2: kid, 3: -8, -1: 6, -2: x}."""
+        cose_key: dict[int, Any] = {
+            1: _COSE_KEY_OKP,
+            2: self.kid,
+            3: ALG_EDDSA,
+            -1: _COSE_CRV_ED25519,
+            -2: self.public_raw(),
+        }
+        return bytes(cbor2.dumps(cose_key, canonical=True))
+
+    def sign1(self, payload: bytes) -> bytes:
+        """COSE_Sign1, assembled from fixed CBOR heads: the same bytes cbor2 would produce
+        (host/tests/test_signer.py checks it), without four encoder calls per event."""
+        protected = self._protected
+        to_sign = b"".join(
+            (
+                _SIG_STRUCTURE_HEAD,
+                _bstr_head(len(protected)),
+                protected,
+                b"\x40",
+                _bstr_head(len(payload)),
+                payload,
+            )
+        )
+        signature = self.private.sign(to_sign)
+        return b"".join(
+            (
+                _SIGN1_HEAD,
+                _bstr_head(len(protected)),
+                protected,
+                b"\xa0",
+                _bstr_head(len(payload)),
+                payload,
+                b"\x58\x40",
+                signature,
+            )
+        )
+
+    def sign1_reference(self, payload: bytes) -> bytes:
+        """The same COSE_Sign1 built with cbor2, the reference the tests compare against."""
+        protected = cbor2.dumps({_HDR_ALG: ALG_EDDSA, _HDR_KID: self.kid}, canonical=True)
+        to_sign = cbor2.dumps(["Signature1", protected, b"", payload])
+        signature = self.private.sign(to_sign)
+        return bytes(cbor2.dumps(cbor2.CBORTag(_TAG_SIGN1, [protected, {}, payload, signature])))
+
+    @functools.cached_property
+    def _protected(self) -> bytes:
+        return bytes(cbor2.dumps({_HDR_ALG: ALG_EDDSA, _HDR_KID: self.kid}, canonical=True))
+
+    def __repr__(self) -> str:
+        return f"<GatewayKey kid={self.kid.hex()}>"

@@ -1,0 +1,255 @@
+"""A simulated seal speaking the real protocol (sealproto) over any Transport.
+
+Not the firmware: the firmware runs under MicroPython (sealink.emulator). This peer exists for
+what the firmware cannot do on purpose: drive the gateway with thousands of devices in one
+process (benchmarks), and send hand-crafted bad records (tests of every rejection kind).
+It follows SPEC §5: HELLO on SYNC, window of 8 events, cumulative ACK, go-back-N on timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from typing import Any
+
+from sealproto import auth, framing, messages
+from sealproto.errors import DecodeError
+from sealproto.messages import K_SEQ, K_TYPE
+
+from ._fastpath import decode_ack, device_mac_ok
+from ._transport import Transport
+
+__all__ = ["SimDevice", "make_event"]
+
+WINDOW = 8
+RTO_S = 0.5
+
+
+def make_event(
+    key: bytes,
+    counter: int,
+    prev: bytes,
+    *,
+    boot_id: int = 1,
+    kind: int = messages.KIND_IMPRESSION,
+    permit: int = 0,
+    operator: int = 0,
+    time_s: int = 0,
+    uptime_ms: int = 0,
+) -> bytes:
+    """The wire payload of one device-MACed EVENT."""
+    msg = {
+        K_TYPE: messages.EVENT,
+        messages.EV_COUNTER: counter,
+        messages.EV_BOOT: boot_id,
+        messages.EV_UPTIME: uptime_ms,
+        messages.EV_TIME: time_s,
+        messages.EV_KIND: kind,
+        messages.EV_PERMIT: permit,
+        messages.EV_OPERATOR: operator,
+        messages.EV_PREV: prev,
+    }
+    return messages.encode(auth.sign(msg, key))
+
+
+class SimDevice:
+    def __init__(self, device_id: str, key: bytes, transport: Transport, boot_id: int = 1):
+        self.device_id = device_id
+        self.key = key
+        self.transport = transport
+        self.boot_id = boot_id
+        self.journal: list[bytes] = []  # journal[i] is the payload of counter i + 1
+        self.acked = 0
+        self.welcomed = asyncio.Event()
+        self.results: list[tuple[int, int]] = []  # (message type, its seq) answered
+        self.commands: list[dict[int, Any]] = []
+        self.errors: list[DecodeError] = []
+        self._session_key = b""
+        self._seq = 0
+        self._host_seq = 0
+        self._next_send = 1
+        self._progress = asyncio.Event()
+        self._acked_event = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._frames: dict[int, bytes] = {}
+
+    @property
+    def next_counter(self) -> int:
+        return len(self.journal) + 1
+
+    @property
+    def last_hash(self) -> bytes:
+        return hashlib.sha256(self.journal[-1]).digest() if self.journal else auth.GENESIS
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> SimDevice:
+        self._tasks = [
+            asyncio.create_task(self._reader(), name=f"sim:{self.device_id}:reader"),
+            asyncio.create_task(self._retransmitter(), name=f"sim:{self.device_id}:rto"),
+        ]
+        await self.send_hello()
+        return self
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    async def __aenter__(self) -> SimDevice:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # what a device does ----------------------------------------------------------------------
+
+    def record(self, count: int = 1, **fields: Any) -> None:
+        """Journal `count` events (not yet sent)."""
+        for _ in range(count):
+            self.journal.append(
+                make_event(
+                    self.key, self.next_counter, self.last_hash, boot_id=self.boot_id, **fields
+                )
+            )
+
+    async def stamp(self, count: int = 1, **fields: Any) -> None:
+        self.record(count, **fields)
+        await self._pump()
+
+    async def send_hello(self, override: dict[int, Any] | None = None) -> None:
+        self._nonce = os.urandom(messages.NONCE_LEN)
+        msg = {
+            K_TYPE: messages.HELLO,
+            messages.HE_VERSION: 1,
+            messages.HE_DEVICE: self.device_id,
+            messages.HE_NONCE: self._nonce,
+            messages.HE_BOOT: self.boot_id,
+            messages.HE_NEXT: self.next_counter,
+            messages.HE_FIRMWARE: "simdevice",
+        }
+        msg.update(override or {})
+        self.welcomed.clear()
+        await self.send_payload(messages.encode(auth.sign(msg, self.key)))
+
+    async def send_payload(self, payload: bytes) -> None:
+        await self.transport.send(framing.encode_frame(payload))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.transport.send(data)
+
+    async def send_session(self, msg: dict[int, Any], seq: int | None = None) -> None:
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
+        msg[K_SEQ] = seq
+        await self.send_payload(messages.encode(auth.sign(msg, self._session_key)))
+
+    async def wait_acked(self, counter: int, timeout: float = 10.0) -> None:
+        async def until() -> None:
+            async with self._acked_event:
+                await self._acked_event.wait_for(lambda: self.acked >= counter)
+
+        await asyncio.wait_for(until(), timeout)
+
+    # protocol machinery ----------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        if not self.welcomed.is_set():
+            return
+        while self._next_send <= len(self.journal) and self._next_send <= self.acked + WINDOW:
+            await self.transport.send(self._frame(self._next_send))
+            self._next_send += 1
+
+    def _frame(self, counter: int) -> bytes:
+        # Frames are cached: a benchmark measures the gateway, not this peer's COBS encoder.
+        frame = self._frames.get(counter)
+        if frame is None:
+            frame = self._frames[counter] = framing.encode_frame(self.journal[counter - 1])
+        return frame
+
+    def prepare_frames(self) -> None:
+        for counter in range(1, len(self.journal) + 1):
+            self._frame(counter)
+
+    async def _retransmitter(self) -> None:
+        while True:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), RTO_S)
+            except TimeoutError:
+                if self.welcomed.is_set() and self.acked < len(self.journal):
+                    self._next_send = self.acked + 1
+                    await self._pump()
+
+    async def _reader(self) -> None:
+        decoder = framing.FrameDecoder()
+        while True:
+            data = await self.transport.receive()
+            for item in decoder.feed(data):
+                if isinstance(item, DecodeError):
+                    self.errors.append(item)
+                    continue
+                try:
+                    # ACKs are most of what a device reads: checked at C speed (same result)
+                    ack = decode_ack(item)
+                    if ack is not None and self._session_key:
+                        if device_mac_ok(item, self._session_key) and ack[K_SEQ] > self._host_seq:
+                            self._host_seq = ack[K_SEQ]
+                            await self._on_ack_message(ack)
+                        continue
+                    await self._on_message(messages.decode(item))
+                except DecodeError as exc:
+                    # e.g. a WELCOME answering an older HELLO (keyed to its nonce): ignore
+                    self.errors.append(exc)
+
+    async def _on_message(self, msg: dict[int, Any]) -> None:
+        kind = msg[K_TYPE]
+        if kind == messages.SYNC:
+            await self.send_hello()
+            return
+        if kind == messages.WELCOME:
+            key = auth.session_key(self.key, self._nonce, msg[messages.WE_NONCE])
+            auth.verify(msg, key)
+            self._session_key, self._seq, self._host_seq = key, 0, msg[K_SEQ]
+            await self._on_ack(msg[messages.WE_ACKED])
+            self._next_send = self.acked + 1
+            self.welcomed.set()
+            await self._pump()
+            return
+        if not self._session_key:
+            return
+        auth.verify(msg, self._session_key)
+        if msg[K_SEQ] <= self._host_seq:
+            return
+        self._host_seq = msg[K_SEQ]
+        if kind == messages.ACK:
+            await self._on_ack_message(msg)
+        elif kind in (messages.PERMIT, messages.REVOKE, messages.TIME):
+            self.commands.append(msg)
+            await self.send_session(
+                {
+                    K_TYPE: messages.RESULT,
+                    messages.RE_SEQ: msg[K_SEQ],
+                    messages.RE_CODE: messages.R_OK,
+                }
+            )
+
+    async def _on_ack_message(self, msg: dict[int, Any]) -> None:
+        counter = msg[messages.AK_COUNTER]
+        if counter == self.acked and self.acked < len(self.journal):
+            self._next_send = self.acked + 1  # fast retransmit
+        await self._on_ack(counter)
+        await self._pump()
+
+    async def _on_ack(self, counter: int) -> None:
+        if counter > self.acked:
+            self.acked = counter
+            self._progress.set()
+        async with self._acked_event:
+            self._acked_event.notify_all()

@@ -1,0 +1,431 @@
+"""An emulated seal: the real firmware under the MicroPython unix port, driven from Python.
+
+    with EmulatedBoard(workdir, device_id="seal-0001", device_key=key) as board:
+        serial.serial_for_url(board.uart_path)      # the device's UART, a pty
+        board.stamp(); board.wait_until(lambda b: b.counter >= 1, timeout=10)
+        board.power_cut(); board.start()            # reboot on the same flash image
+
+The board is `boards/emulated`: UART = a pseudo-terminal (this object keeps it across reboots,
+like a USB-serial adapter), flash = littlefs2 on `workdir/flash.img` (a block device that counts
+writes and can lose power after write N), GPIO = lines on the process's stdin and `@name value`
+reports on its stdout, RTC = host clock + offset. The firmware runs as the .mpy build of
+tools/build.py, as on a device (built once per source content, in the temp folder).
+Everything the device prints goes to `workdir/device.log`; `block_writes` and the
+`power_cut_at_write` index count the flash writes (programs and erases) of the current boot.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import tty
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from sealink._errors import SealinkError
+
+__all__ = ["EmulatedBoard", "EmulatorError"]
+
+_ROOT = Path(__file__).resolve().parents[2]
+_BLOCK_SIZE = 4096
+_BOOT_TIMEOUT_S = 30.0
+_COMMAND_TIMEOUT_S = 10.0
+
+# Formats the image and writes /seal.json; the secret arrives on stdin, never in argv or env.
+_PROVISION = """
+import json, sys, vfs
+from flashdev import FileBlockDevice
+conf = json.loads(sys.stdin.read())
+dev = FileBlockDevice(conf.pop("image"))
+vfs.VfsLfs2.mkfs(dev)
+vfs.mount(vfs.VfsLfs2(dev), "/flash")
+with open("/flash/seal.json", "w") as f:
+    f.write(json.dumps(conf))
+vfs.umount("/flash")
+print("provisioned")
+"""
+
+
+class EmulatorError(SealinkError):
+    """The emulated board could not be built, provisioned or started."""
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    raise EmulatorError(
+        f"{name} not found next to {sys.executable}: pip install -e '.[emulator,tools]'"
+    )
+
+
+class EmulatedBoard:
+    """One emulated seal device; see the module docstring.
+
+    What the board reported in its current (or last) boot: `counter` (newest event counter,
+    None until the firmware reported it), `lock_open`, `led`, `alarms` (codes, in order),
+    `reports` (every `(name, value)`), `block_writes`, `powercut` (it lost power), `exited`.
+    GPIO levels set while the board is off (`press()`, `open_case()`) hold at its next boot.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        device_id: str,
+        device_key: bytes,
+        heapsize: str = "64k",
+        rtc_offset_s: float | None = 0.0,
+        power_cut_at_write: int | None = None,
+        battery_mv: int = 3700,
+    ) -> None:
+        if len(device_key) != 32:
+            raise ValueError("device_key must be 32 bytes")
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.device_id = device_id
+        self._key = device_key
+        self.heapsize = heapsize
+        self.rtc_offset_s = rtc_offset_s
+        # Armed for the next start() only: the boot that loses power at this block write.
+        self.power_cut_at_write = power_cut_at_write
+        self.flash_path = self.workdir / "flash.img"
+        self.log_path = self.workdir / "device.log"
+        self.build_dir = _build_cache()
+        self._pressed = False
+        self._case_open = False
+        self._battery_mv = battery_mv
+        self._cond = threading.Condition()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._log: IO[bytes] | None = None
+        self._boots = 0
+        self._sent = 0
+        self._reset_state()
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        # The device side is the pty master, non-blocking; the host opens the slave by path.
+        os.set_blocking(self._master, False)
+        self.uart_path = os.ttyname(self._slave)
+
+    # --- state the board reported --------------------------------------------------------
+
+    def _reset_state(self) -> None:
+        self.lock_open = False
+        self.led = False
+        self.counter: int | None = None
+        self.alarms: list[int] = []
+        self.reports: list[tuple[str, str]] = []
+        self.block_writes = 0
+        self.powercut = False
+        self.exited = False
+        self._done = 0
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and not self.powercut
+
+    @property
+    def boots(self) -> int:
+        """How many times this object has started the board."""
+        return self._boots
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _ensure_build(self) -> None:
+        if (self.build_dir / "main.py").exists():
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=self.build_dir.name + ".", dir=self.build_dir.parent))
+        proc = subprocess.run(
+            [sys.executable, str(_ROOT / "tools" / "build.py"), "emulated", "--out", str(tmp)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise EmulatorError(f"firmware build failed:\n{proc.stdout}{proc.stderr}")
+        try:
+            # Boards started in parallel share the build: the first complete one wins.
+            tmp.rename(self.build_dir)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # ".frozen" keeps the interpreter's built-in modules (asyncio) importable.
+        env["MICROPYPATH"] = f".frozen:{self.build_dir}"
+        env["SEAL_FLASH"] = str(self.flash_path)
+        return env
+
+    def _ensure_flash(self) -> None:
+        if self.flash_path.exists():
+            return
+        blocks = _board_data().get("FLASH_BLOCKS", 512)
+        if not isinstance(blocks, int):
+            raise EmulatorError("boards/emulated/board.py: FLASH_BLOCKS must be an int")
+        tmp = self.flash_path.with_suffix(".new")
+        # The image holds the device key: owner-only, like any key file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\xff" * (blocks * _BLOCK_SIZE))
+        conf = {"image": str(tmp), "device_id": self.device_id, "key": self._key.hex()}
+        proc = subprocess.run(
+            [_tool("micropython"), "-c", _PROVISION],
+            input=json.dumps(conf),
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            cwd=self.workdir,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0 or "provisioned" not in proc.stdout:
+            tmp.unlink(missing_ok=True)
+            raise EmulatorError(f"provisioning the flash image failed:\n{proc.stdout}{proc.stderr}")
+        tmp.rename(self.flash_path)
+
+    def start(self) -> None:
+        """Power the board on (boot from the flash image) and wait until the firmware is up.
+
+        Returns once the firmware reported its counter, or lost power during boot (a cut armed
+        with `power_cut_at_write`). Raises EmulatorError if the firmware exits instead.
+        """
+        if self._proc is not None:
+            self.stop()
+        self._ensure_build()
+        self._ensure_flash()
+        self._drain_uart()
+        env = self._env()
+        env["SEAL_UART_FD"] = str(self._master)
+        env["SEAL_STAMP"] = "1" if self._pressed else "0"
+        env["SEAL_TAMPER"] = "1" if self._case_open else "0"
+        env["SEAL_BATTERY_MV"] = str(self._battery_mv)
+        env["SEAL_RTC_OFFSET_S"] = "none" if self.rtc_offset_s is None else repr(self.rtc_offset_s)
+        if self.power_cut_at_write:
+            env["SEAL_CUT_AT"] = str(self.power_cut_at_write)
+        self.power_cut_at_write = None
+        with self._cond:
+            self._reset_state()
+            self._sent = 0
+            self._boots += 1
+        # Closed by the reader thread when the process's output ends.
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self._log.write(
+            f"=== boot {self._boots} (heapsize {self.heapsize}"
+            f"{', cut at write ' + env['SEAL_CUT_AT'] if 'SEAL_CUT_AT' in env else ''})"
+            f" ===\n".encode()
+        )
+        self._log.flush()
+        self._proc = subprocess.Popen(
+            [
+                _tool("micropython"),
+                "-X",
+                f"heapsize={self.heapsize}",
+                str(self.build_dir / "main.py"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
+            pass_fds=(self._master,),
+        )
+        self._reader = threading.Thread(
+            target=self._read_output,
+            args=(self._proc, self._log),
+            daemon=True,
+            name=f"emulator-{self.device_id}",
+        )
+        self._reader.start()
+        self._wait(
+            lambda b: b.counter is not None or b.powercut or b.exited,
+            _BOOT_TIMEOUT_S,
+            "the firmware to boot",
+        )
+        if self.exited and not self.powercut:
+            raise EmulatorError(f"the firmware exited during boot; device log: {self.log_path}")
+
+    def _drain_uart(self) -> None:
+        # Bytes the host sent while the board was off are lost, as in a real UART's FIFO.
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._master, 4096):
+                pass
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.stdin:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        self._proc = None
+        self._reader = None
+
+    def power_cut(self) -> None:
+        """Lose power now: SIGKILL; the flash image keeps exactly the writes done so far."""
+        with self._cond:
+            self.powercut = True
+        self._kill()
+
+    def stop(self) -> None:
+        """Power the board off. A device has no clean shutdown: this is a power cut too."""
+        self._kill()
+
+    def restart(self) -> None:
+        """Reboot on the same flash image."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        for fd in (self._master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._master = self._slave = -1
+
+    # --- the device's output ---------------------------------------------------------------
+
+    def _read_output(self, proc: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                log.write(raw)
+                log.flush()
+                if raw.startswith(b"@"):
+                    self._on_report(proc, raw.decode(errors="replace").strip())
+        finally:
+            log.close()
+            with self._cond:
+                self.exited = True
+                self._cond.notify_all()
+
+    def _on_report(self, proc: subprocess.Popen[bytes], line: str) -> None:
+        name, _, value = line[1:].partition(" ")
+        if name == "powercut":
+            # The board hangs after the cut write; nothing more may reach the flash.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+        with self._cond:
+            self.reports.append((name, value))
+            if name == "writes":
+                self.block_writes = int(value)
+            elif name == "powercut":
+                self.block_writes = int(value)
+                self.powercut = True
+            elif name == "lock":
+                self.lock_open = value == "1"
+            elif name == "led":
+                self.led = value == "1"
+            elif name == "counter":
+                self.counter = int(value)
+            elif name == "alarm":
+                self.alarms.append(int(value))
+            elif name == "done":
+                self._done = int(value)
+            self._cond.notify_all()
+
+    def wait_until(self, condition: Callable[[EmulatedBoard], bool], timeout: float = 10.0) -> None:
+        """Wait until `condition(board)` holds; TimeoutError names the device log."""
+        self._wait(condition, timeout, "the condition")
+
+    def _wait(self, condition: Callable[[EmulatedBoard], bool], timeout: float, what: str) -> None:
+        with self._cond:
+            if self._cond.wait_for(lambda: condition(self), timeout):
+                return
+        raise TimeoutError(
+            f"timed out after {timeout:g} s waiting for {what} on "
+            f"{self.device_id}; device log: {self.log_path}"
+        )
+
+    # --- GPIO ------------------------------------------------------------------------------
+
+    def _command(self, line: str) -> None:
+        # Waits until the board has applied the command, so what a test does next follows it.
+        proc = self._proc
+        if not self.running or proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(line.encode() + b"\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            return
+        self._sent += 1
+        sent = self._sent
+        self._wait(
+            lambda b: b._done >= sent or not b.running,
+            _COMMAND_TIMEOUT_S,
+            f"the board to apply {line!r}",
+        )
+
+    def press(self) -> None:
+        self._pressed = True
+        self._command("press")
+
+    def release(self) -> None:
+        self._pressed = False
+        self._command("release")
+
+    def stamp(self) -> None:
+        """One impression: press, hold, release, hold (timed on the device's clock)."""
+        self._command("stamp")
+
+    def open_case(self) -> None:
+        self._case_open = True
+        self._command("open")
+
+    def close_case(self) -> None:
+        self._case_open = False
+        self._command("close")
+
+    def set_battery_mv(self, mv: int) -> None:
+        self._battery_mv = mv
+        self._command(f"battery {int(mv)}")
+
+
+def _build_cache() -> Path:
+    """Where the .mpy build of the current sources lives (one build per source content)."""
+    digest = hashlib.sha256()
+    sources = [_ROOT / "tools" / "build.py"]
+    for folder in ("firmware/seal", "protocol/sealproto", "boards/emulated"):
+        sources += sorted((_ROOT / folder).glob("*.py"))
+    for src in sources:
+        digest.update(str(src.relative_to(_ROOT)).encode() + b"\0" + src.read_bytes())
+    return Path(tempfile.gettempdir()) / f"sealink-fw-{digest.hexdigest()[:16]}"
+
+
+def _board_data() -> dict[str, object]:
+    """The emulated board's board.py: constants only, so it is read, not executed."""
+    tree = ast.parse((_ROOT / "boards" / "emulated" / "board.py").read_text())
+    data: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            data[node.targets[0].id] = ast.literal_eval(node.value)
+    return data

@@ -1,0 +1,196 @@
+"""Shared fixtures for the gateway tests: a real Mosquitto, gateway files, a pty link, a runner.
+
+Layers, as in pytest-embedded: the device (a simulated seal speaking sealproto, or the real
+firmware on an EmulatedBoard) -> the port (a real pseudo-terminal opened through pyserial)
+-> the gateway under test -> a real broker -> an independent observer (cwt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pty
+import random
+import tty
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sealink._config import Config, LedgerConfig, MqttConfig, PortConfig
+from sealink._errors import TransportError
+from sealink._gateway import Gateway
+from sealink._ledger import Ledger
+from sealink._signer import GatewayKey
+from sealink.broker import Mosquitto
+from sealink.observer import Observer
+
+T = TypeVar("T")
+
+DEVICE = "seal-t-0001"
+
+
+@pytest.fixture
+def seed() -> int:
+    """Every randomised test draws from this seed, printed so a failure can be replayed."""
+    value = int(os.environ.get("SEALINK_TEST_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"seed={value} (replay: SEALINK_TEST_SEED={value})")
+    return value
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "broker") as mosquitto:
+        yield mosquitto
+
+
+@dataclass
+class GatewayFiles:
+    root: Path
+    key: GatewayKey
+    device_keys: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "gateway.key"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    def add_device(self, device: str, key: bytes | None = None) -> bytes:
+        key = key or os.urandom(32)
+        ledger = Ledger(self.ledger_path)
+        try:
+            ledger.add_device(device, key)
+        finally:
+            ledger.close()
+        self.device_keys[device] = key
+        return key
+
+    def config(self, port: int, ports: tuple[PortConfig, ...] = (), **mqtt: Any) -> Config:
+        return Config(
+            gateway_id="gw-test",
+            key_file=self.key_file,
+            ledger_path=self.ledger_path,
+            mqtt=replace(MqttConfig(port=port, prefix="sealink-test"), **mqtt),
+            ledger=LedgerConfig(),
+            ports=ports,
+        )
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_path)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> GatewayFiles:
+    root = tmp_path / "gateway"
+    root.mkdir()
+    key = GatewayKey.generate()
+    files = GatewayFiles(root, key)
+    key.save(files.key_file)
+    files.add_device(DEVICE)
+    return files
+
+
+@pytest.fixture
+def observer(broker: Mosquitto, files: GatewayFiles) -> Iterator[Observer]:
+    with Observer("127.0.0.1", broker.port, files.key.public_pem(), prefix="sealink-test") as obs:
+        yield obs
+
+
+class FdTransport:
+    """The device end of a pty (its master fd): what the board's UART would be."""
+
+    def __init__(self, fd: int, name: str = "pty-master") -> None:
+        self.fd = fd
+        self.name = name
+        os.set_blocking(fd, False)
+
+    @property
+    def mtu(self) -> int:
+        return 4096
+
+    async def connect(self) -> None:
+        return None
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+
+    async def receive(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_reader(self.fd, ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(self.fd)
+                continue
+            except OSError as exc:
+                raise TransportError(f"{self.name}: {exc}") from None
+            if not data:
+                raise TransportError(f"{self.name}: closed")
+            return data
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+@dataclass
+class PtyLink:
+    device_end: FdTransport
+    host_path: str
+
+
+@pytest.fixture
+def pty_link() -> Iterator[PtyLink]:
+    """A pseudo-terminal: the device holds the master, the gateway opens the slave by path."""
+    master, slave = pty.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    link = PtyLink(FdTransport(master), path)
+    try:
+        yield link
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(master)
+        with contextlib.suppress(OSError):
+            os.close(slave)
+
+
+def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
+    """Run one async test body with an overall timeout (no plugin needed)."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Gateway]:
+    async with Gateway(config) as gateway:
+        yield gateway
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a condition on the event loop (the gateway runs on the same loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)

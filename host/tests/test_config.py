@@ -1,0 +1,122 @@
+"""The TOML config: each kind of error names the key and the problem; `sealink run` exits 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sealink._config import load_config
+from sealink._errors import ConfigError
+from sealink._signer import GatewayKey
+
+GOOD = """
+[gateway]
+id = "gw-1"
+key_file = "gateway.key"
+ledger = "ledger.sqlite"
+
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+prefix = "plant/seals"
+
+[[ports]]
+url = "/dev/ttyUSB0"
+
+[[ports]]
+url = "rfc2217://10.0.0.5:4001"
+baudrate = 115200
+
+[log]
+level = "debug"
+json = true
+"""
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path) -> Path:
+    GatewayKey.generate().save(tmp_path / "gateway.key")
+    return tmp_path
+
+
+def _write(conf_dir: Path, text: str) -> Path:
+    path = conf_dir / "sealink.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_config_loads_with_paths_relative_to_the_file(conf_dir: Path) -> None:
+    config = load_config(_write(conf_dir, GOOD))
+    assert config.gateway_id == "gw-1"
+    assert config.key_file == conf_dir / "gateway.key"
+    assert config.mqtt.prefix == "plant/seals" and config.mqtt.port == 1883
+    assert [p.url for p in config.ports] == ["/dev/ttyUSB0", "rfc2217://10.0.0.5:4001"]
+    assert config.log.json is True and config.client_id == "sealink-gw-1"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "problem"),
+    [
+        (("port = 1883", "port = 1883\nhots = 'x'"), "mqtt.hots", "unknown key"),
+        (("[log]", "[logging]"), "logging", "unknown section"),
+        (("port = 1883", 'port = "1883"'), "mqtt.port", "must be an integer"),
+        (("port = 1883", "port = 70000"), "mqtt.port", "between 1 and 65535"),
+        (("port = 1883", "port = true"), "mqtt.port", "boolean"),
+        (('id = "gw-1"\n', ""), "gateway.id", "missing"),
+        (('id = "gw-1"', 'id = "gw/1"'), "gateway.id", "A-Z a-z 0-9"),
+        (('prefix = "plant/seals"', 'prefix = "plant/#"'), "mqtt.prefix", "wildcards"),
+        (('url = "/dev/ttyUSB0"', 'url = "ftp://x/y"'), "ports[0].url", "unsupported URL scheme"),
+        (("rfc2217://10.0.0.5:4001", "rfc2217://10.0.0.5"), "ports[1].url", "host:port"),
+        (("rfc2217://10.0.0.5:4001", "rfc2217://10.0.0.5:99999"), "ports[1].url", "host:port"),
+        (
+            ("baudrate = 115200", "baudrate = 115200\ntransport = 'usb'"),
+            "ports[1].transport",
+            "unknown transport",
+        ),
+        (("json = true", 'json = "yes"'), "log.json", "true or false"),
+        (('level = "debug"', 'level = "loud"'), "log.level", "one of"),
+        (
+            ('key_file = "gateway.key"', 'key_file = "missing.key"'),
+            "gateway.key_file",
+            "cannot read",
+        ),
+    ],
+)
+def test_each_error_names_the_key_and_the_problem(
+    conf_dir: Path, edit: tuple[str, str], key: str, problem: str
+) -> None:
+    assert edit[0] in GOOD
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(conf_dir, GOOD.replace(edit[0], edit[1], 1)))
+    assert err.value.key == key, str(err.value)
+    assert problem in str(err.value)
+
+
+def test_a_key_file_readable_by_others_is_refused(conf_dir: Path) -> None:
+    os.chmod(conf_dir / "gateway.key", 0o644)
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(conf_dir, GOOD))
+    assert err.value.key == "gateway.key_file"
+    assert "chmod 600" in str(err.value)
+
+
+def test_not_toml_and_unreadable_file(conf_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(conf_dir, "[gateway\nid="))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(conf_dir / "absent.toml")
+
+
+def test_sealink_run_reports_the_config_error_and_exits_2(conf_dir: Path) -> None:
+    path = _write(conf_dir, GOOD.replace("port = 1883", "port = 0"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sealink.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "mqtt.port" in proc.stderr and "between 1 and 65535" in proc.stderr

@@ -1,0 +1,80 @@
+# sealproto.auth: HMAC-SHA256, the session key and the record hash chain (SPEC §4.1, §4.2).
+# Built on hashlib.sha256 alone: MicroPython has no hmac module.
+import hashlib
+
+from sealproto import messages
+from sealproto.errors import MAC, REPLAY, DecodeError
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+_BLOCK = const(64)
+# The HMAC pads as integers: one big-int XOR makes a padded key in C, not in a Python loop
+_IPAD = int.from_bytes(b"\x36" * 64, "big")
+_OPAD = int.from_bytes(b"\x5c" * 64, "big")
+_SESSION_LABEL = b"sealink/session/v1"
+
+GENESIS = bytes(32)
+
+
+def hmac_sha256(key, data):
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    padded = int.from_bytes(key, "big") << (8 * (_BLOCK - len(key)))
+    inner = hashlib.sha256((padded ^ _IPAD).to_bytes(_BLOCK, "big"))
+    inner.update(data)
+    outer = hashlib.sha256((padded ^ _OPAD).to_bytes(_BLOCK, "big"))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def equal(a, b):
+    # Constant time for equal lengths; a length is never secret here.
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for i in range(len(a)):
+        diff |= a[i] ^ b[i]
+    return diff == 0
+
+
+def sign(msg, key):
+    body = dict(msg)
+    body.pop(messages.K_MAC, None)
+    msg[messages.K_MAC] = hmac_sha256(key, messages.encode(body))
+    return msg
+
+
+def verify(msg, key):
+    mac = msg.get(messages.K_MAC)
+    if not isinstance(mac, bytes):
+        raise DecodeError(MAC, "no MAC")
+    body = dict(msg)
+    del body[messages.K_MAC]
+    if not equal(hmac_sha256(key, messages.encode(body)), mac):
+        raise DecodeError(MAC, "MAC does not verify")
+
+
+def accept(msg, key, last_seq):
+    # A session message counts only if its MAC verifies and its seq moves forward (SPEC §4.2);
+    # MAC first, so a message from another session reports MAC, a repeat in this one REPLAY.
+    verify(msg, key)
+    seq = msg.get(messages.K_SEQ)
+    if not isinstance(seq, int) or seq <= last_seq:
+        raise DecodeError(REPLAY, "seq " + str(seq) + " not after " + str(last_seq))
+    return seq
+
+
+def session_key(device_key, device_nonce, host_nonce):
+    if len(device_nonce) != messages.NONCE_LEN or len(host_nonce) != messages.NONCE_LEN:
+        raise ValueError("nonces must be 16 bytes")
+    return hmac_sha256(device_key, _SESSION_LABEL + bytes(device_nonce) + bytes(host_nonce))
+
+
+def record_hash(payload):
+    return hashlib.sha256(payload).digest()

@@ -1,0 +1,246 @@
+"""Gateway figures: ingest throughput against raw MQTT, and impression -> PUBACK latency.
+
+    .venv/bin/python tools/benches/bench_ingest.py      # or through tools/bench.py
+
+ingest: many simulated seals (sealink._simdevice, the real protocol through sealproto) replay
+a journal backlog over in-process byte pipes through the whole gateway path (decode, MAC,
+counter and chain checks, COSE_Sign1, SQLite WAL group commit with fsync, ACK, outbox, MQTT
+QoS 1) until every event is PUBACKed; in the same run, raw paho QoS 1 publishes of the same
+payload to the same broker give the ceiling. ratio = events_per_s / raw_publish_per_s.
+
+latency: one stamp at a time on an EmulatedBoard (real firmware under MicroPython, over its
+pty): from the moment the board reports the impression journaled to the PUBACK of its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+for extra in (ROOT / "host", ROOT / "protocol"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+DEVICES = int(os.environ.get("SEALINK_BENCH_DEVICES", "64"))
+EVENTS_PER_DEVICE = int(os.environ.get("SEALINK_BENCH_EVENTS", "250"))
+LATENCY_STAMPS = int(os.environ.get("SEALINK_BENCH_STAMPS", "100"))
+# The emulated seal's MicroPython heap; empty = the board's default.
+BOARD_HEAP = os.environ.get("SEALINK_BENCH_HEAP", "")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _raw_publish_rate(port: int, payload: bytes, count: int, inflight: int) -> float:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    done = threading.Event()
+    acked = 0
+
+    def on_publish(client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        nonlocal acked
+        acked += 1
+        if acked >= count:
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(inflight)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        start = time.perf_counter()
+        for i in range(count):
+            client.publish(f"bench/raw/{i % DEVICES}/events", payload, qos=1)
+        if not done.wait(120):
+            raise TimeoutError(f"raw publish: {acked}/{count} PUBACKs")
+        return count / (time.perf_counter() - start)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
+    from sealink._config import Config, MqttConfig
+    from sealink._gateway import Gateway
+    from sealink._ledger import Ledger
+    from sealink._pipe import pipe_pair
+    from sealink._signer import GatewayKey
+    from sealink._simdevice import SimDevice
+
+    key = GatewayKey.generate()
+    key.save(work / "gateway.key")
+    ledger = Ledger(work / "ledger.sqlite")
+    sims_keys = {f"bench-{i:04d}": os.urandom(32) for i in range(DEVICES)}
+    for device, device_key in sims_keys.items():
+        ledger.add_device(device, device_key)
+    ledger.close()
+    config = Config(
+        gateway_id="bench",
+        key_file=work / "gateway.key",
+        ledger_path=work / "ledger.sqlite",
+        mqtt=MqttConfig(port=port, prefix="bench"),
+    )
+    total = DEVICES * EVENTS_PER_DEVICE
+    async with Gateway(config, key=key) as gateway:
+        await gateway.publisher.wait_connected(10)
+        sims = []
+        for device, device_key in sims_keys.items():
+            host_end, device_end = pipe_pair(device)
+            gateway.attach(host_end)
+            sim = SimDevice(device, device_key, device_end)
+            # The backlog a seal accumulated offline, built before the clock starts.
+            sim.record(EVENTS_PER_DEVICE)
+            sim.prepare_frames()
+            sims.append(sim)
+        sample: list[bytes] = []
+
+        def keep_first(row: Any) -> None:
+            if not sample:
+                sample.append(row.payload)
+
+        gateway.publisher.on_published = keep_first
+        start = time.perf_counter()
+        for sim in sims:
+            await sim.start()
+        while gateway.publisher.published < total:
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        for sim in sims:
+            await sim.stop()
+    return total / elapsed, sample[0]
+
+
+def bench_ingest() -> dict[str, Any]:
+    from sealink.broker import Mosquitto
+
+    with tempfile.TemporaryDirectory(prefix="sealink-bench-") as tmp:
+        work = Path(tmp)
+        with Mosquitto(work / "broker", autosave_s=3600) as broker:
+            rate, payload = asyncio.run(_ingest(work, broker.port))
+            raw = _raw_publish_rate(broker.port, payload, DEVICES * EVENTS_PER_DEVICE, 256)
+    return {
+        "bench": "ingest",
+        "events_per_s": round(rate),
+        "raw_publish_per_s": round(raw),
+        "ratio": round(rate / raw, 3),
+        "devices": DEVICES,
+    }
+
+
+async def _latency(
+    work: Path, port: int, board: Any, device: str, key: Any
+) -> tuple[list[float], list[float]]:
+    from sealink._config import Config, MqttConfig, PortConfig
+    from sealink._gateway import Gateway
+
+    config = Config(
+        gateway_id="bench",
+        key_file=work / "gateway.key",
+        ledger_path=work / "ledger.sqlite",
+        mqtt=MqttConfig(port=port, prefix="bench"),
+        ports=(PortConfig(board.uart_path),),
+    )
+    pubacks: dict[int, float] = {}
+    pubacks_wall_ms: dict[int, float] = {}
+
+    def published(row: Any) -> None:
+        pubacks.setdefault(row.counter or 0, time.perf_counter())
+        pubacks_wall_ms.setdefault(row.counter or 0, time.time() * 1000)
+
+    async with Gateway(config, key=key) as gateway:
+        gateway.publisher.on_published = published
+        await gateway.publisher.wait_connected(10)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not any(s.state is not None for s in gateway.sessions):
+            if loop.time() > deadline:
+                raise TimeoutError(f"no handshake; device log {board.log_path}")
+            await asyncio.sleep(0.01)
+        now = int(time.time())
+        await gateway.issue_permit(device, LATENCY_STAMPS + 10, now - 60, now + 3600)
+        while True:
+            commands = await gateway.db(gateway.ledger.commands, device)
+            if commands and commands[-1].state != "pending":
+                break
+            await asyncio.sleep(0.01)
+        journaled: dict[int, float] = {}
+        for _ in range(LATENCY_STAMPS):
+            before = board.counter or 0
+            press = asyncio.create_task(asyncio.to_thread(board.stamp))
+            await asyncio.to_thread(board.wait_until, lambda b, n=before: (b.counter or 0) > n, 15)
+            journaled[board.counter] = time.perf_counter()
+            await press
+            while board.counter not in pubacks:
+                await asyncio.sleep(0.0005)
+        received = {
+            e["counter"]: e["received_ms"]
+            for e in await gateway.db(lambda: list(gateway.ledger.events(device)))
+        }
+    total = [(pubacks[c] - t) * 1000 for c, t in journaled.items()]
+    host = [pubacks_wall_ms[c] - received[c] for c in journaled]
+    return total, host
+
+
+def bench_latency() -> dict[str, Any]:
+    from sealink._ledger import Ledger
+    from sealink._signer import GatewayKey
+    from sealink.broker import Mosquitto
+    from sealink.emulator import EmulatedBoard
+
+    device = "bench-latency"
+    with tempfile.TemporaryDirectory(prefix="sealink-bench-") as tmp:
+        work = Path(tmp)
+        key = GatewayKey.generate()
+        key.save(work / "gateway.key")
+        device_key = os.urandom(32)
+        ledger = Ledger(work / "ledger.sqlite")
+        ledger.add_device(device, device_key)
+        ledger.close()
+        with (
+            Mosquitto(work / "broker", autosave_s=3600) as broker,
+            EmulatedBoard(
+                work / "board",
+                device_id=device,
+                device_key=device_key,
+                **({"heapsize": BOARD_HEAP} if BOARD_HEAP else {}),  # type: ignore[arg-type]
+            ) as board,
+        ):
+            values, host = asyncio.run(_latency(work, broker.port, board, device, key))
+    return {
+        "bench": "latency",
+        "p50_ms": round(statistics.median(values), 3),
+        "p99_ms": round(_percentile(values, 0.99), 3),
+        "stamps": len(values),
+        # the gateway's share: EVENT frame received -> PUBACK (wall clock, ms resolution)
+        "gateway_p50_ms": round(statistics.median(host), 3),
+        "gateway_p99_ms": round(_percentile(host, 0.99), 3),
+    }
+
+
+def run() -> list[dict[str, Any]]:
+    results = [bench_ingest()]
+    try:
+        results.append(bench_latency())
+    except Exception as exc:  # the emulated board may be unavailable (no micropython wheel)
+        results.append({"bench": "latency", "error": f"{type(exc).__name__}: {exc}"})
+    return results
+
+
+if __name__ == "__main__":
+    import json
+
+    for result in run():
+        print(json.dumps(result))

@@ -1,0 +1,72 @@
+"""Copy a board's .mpy build to a real board with mpremote, then reset it.
+
+    python tools/deploy.py esp32 --port /dev/ttyUSB0
+    python tools/deploy.py rp2 --port /dev/ttyACM0 --dry-run    # print the plan, touch nothing
+
+Builds first (tools/build.py) unless --no-build. The key is not part of the build: provision
+the board once with tools/provision.py. Needs MicroPython 1.23+ on the board (.mpy v6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_BOARDS = ("esp32", "rp2")
+
+
+def _build_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("_seal_build", ROOT / "tools" / "build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mpremote() -> str:
+    local = Path(sys.executable).parent / "mpremote"
+    return str(local) if local.exists() else (shutil.which("mpremote") or "mpremote")
+
+
+def command(port: str, build_dir: Path) -> list[str]:
+    """The mpremote command line, run with build_dir as working directory."""
+    entries = sorted(p.name for p in build_dir.iterdir())
+    if "main.py" not in entries:
+        raise SystemExit(f"deploy: {build_dir} has no main.py; run tools/build.py first")
+    # `cp -r` recreates seal/ and sealproto/ on the board; `+ reset` starts the new firmware.
+    return [mpremote(), "connect", port, "fs", "cp", "-r", *entries, ":", "+", "reset"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("board", choices=DEVICE_BOARDS)
+    parser.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
+    parser.add_argument("--build-dir", type=Path, help="default build/<board>")
+    parser.add_argument("--no-build", action="store_true", help="deploy the existing build")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    args = parser.parse_args(argv)
+    build_dir = args.build_dir or ROOT / "build" / args.board
+    build = _build_module()
+    if not args.no_build:
+        try:
+            build.build(args.board, build_dir)
+        except build.BuildError as e:
+            print(f"deploy: {e}", file=sys.stderr)
+            return 1
+    cmd = command(args.port, build_dir)
+    for path in sorted(p for p in build_dir.rglob("*") if p.is_file()):
+        print(f"{path.stat().st_size:7d}  {path.relative_to(build_dir)}")
+    print(f"cd {shlex.quote(str(build_dir))} && {shlex.join(cmd)}")
+    if args.dry_run:
+        return 0
+    return subprocess.run(cmd, cwd=build_dir).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
