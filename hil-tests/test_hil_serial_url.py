@@ -1,15 +1,16 @@
 """`--board serial:URL`, the path QA uses on a bench, run here against an emulated board.
 
-A bench exposes a board through ser2net (raw TCP or RFC 2217) and presses its stamp with an
-actuator driven by a shell command. Here the board is the emulated one (real firmware), exposed
-through a small TCP bridge, and the "actuator" is a shell command writing to a FIFO that this
-test turns into the emulated board's stamp command. The inner pytest run sees only what it would
-see on a bench: a `socket://` URL, a device id, a key file and a press command.
+A bench exposes a board through ser2net (raw TCP or RFC 2217), presses its stamp with an
+actuator and switches its supply, both driven by shell commands. Here the board is the emulated
+one (real firmware) behind a small TCP bridge, and the bench commands write to a FIFO that this
+test turns into the emulated board's stamp, power cut and power on. The inner pytest run sees
+only what it would see on a bench: a `socket://` URL, a seal.json, and three shell commands.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import threading
@@ -22,35 +23,51 @@ from sealink_hil.plugin import HilSettings
 from sealink_hil.tcpbridge import TcpSerialBridge
 
 INNER_TEST = """
+import pytest
+
+@pytest.mark.needs_gpio
+@pytest.mark.needs_power_control
 def test_stamps_over_a_socket_url(rig, hil):
     assert hil.board.kind == "serial" and hil.board.target.startswith("socket://")
-    for _ in range(5):
+    for _ in range(3):
+        rig.stamp()
+    rig.inject("power_cut_random")
+    for _ in range(2):
         rig.stamp()
     rig.settle()
     result = rig.result(5)
     assert result.ok, result.line + "; " + rig.where()
+
+@pytest.mark.needs_flash_cut
+def test_flash_cut_is_skipped_on_a_real_board(rig):
+    raise AssertionError("must be skipped")
 """
 
 
 class _FifoActuator:
-    """Each line written to the FIFO presses the emulated board's stamp once."""
+    """The bench's actuator and power switch: each line written to the FIFO is one action."""
 
     def __init__(self, path: Path, board: Any) -> None:
         self.path = path
         self.board = board
         os.mkfifo(path)
         self._stop = False
-        self.presses = 0
+        self.actions: list[str] = []
         self._thread = threading.Thread(target=self._serve, name="fifo-actuator", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
+        act = {"stamp": self.board.stamp, "off": self.board.power_cut, "on": self.board.start}
         while not self._stop:
-            with self.path.open() as fifo:  # blocks until a press command opens it
+            with self.path.open() as fifo:  # blocks until a bench command opens it
                 for line in fifo:
-                    if line.strip() == "stamp":
-                        self.presses += 1
-                        self.board.stamp()
+                    action = line.strip()
+                    if action in act:
+                        self.actions.append(action)
+                        act[action]()
+
+    def command(self, action: str) -> str:
+        return f"sh -c 'echo {action} > {self.path}'"
 
     def close(self) -> None:
         self._stop = True
@@ -64,12 +81,16 @@ class _FifoActuator:
 def bench(
     tmp_path: Path, hil: HilSettings
 ) -> Iterator[tuple[TcpSerialBridge, _FifoActuator, Path, str]]:
+    if hil.board.kind != "emulated":
+        pytest.skip(
+            "self-test of the serial:URL path on an emulated board; this run has a real one"
+        )
     from sealink.emulator import EmulatedBoard
 
     key = secrets.token_bytes(32)
-    key_file = tmp_path / "seal-bench-1.key"
+    key_file = tmp_path / "seal-bench-1.json"  # as tools/provision.py writes it
     key_file.touch(mode=0o600)
-    key_file.write_text(key.hex())
+    key_file.write_text(json.dumps({"device_id": "seal-bench-1", "key": key.hex()}))
     with EmulatedBoard(
         tmp_path / "board", device_id="seal-bench-1", device_key=key, heapsize=hil.emulator_heap
     ) as board:
@@ -92,12 +113,16 @@ def test_a_board_on_a_socket_url_runs_the_suite(
         "sealink_hil.plugin",
         "-p",
         "no:cacheprovider",
+        "-rs",
         f"--board=serial:{bridge.url}",
-        "--device-id=seal-bench-1",
         f"--device-key-file={key_file}",
-        f"--press-cmd=sh -c 'echo stamp > {actuator.path}'",
+        f"--press-cmd={actuator.command('stamp')}",
+        f"--power-cmd-off={actuator.command('off')}",
+        f"--power-cmd-on={actuator.command('on')}",
         f"--hil-results={pytester.path / 'results'}",
     )
     assert result.ret == 0, f"inner run failed; device log: {device_log}\n{result.stdout.str()}"
-    result.assert_outcomes(passed=1)
-    assert actuator.presses == 5
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*lacks flash_cut*"])
+    assert actuator.actions.count("stamp") == 5
+    assert actuator.actions.count("off") == 1

@@ -15,6 +15,9 @@ from sealink_hil.rig import Rig
 
 SHORT_SOAK_STAMPS = 300
 
+# Every test here presses the stamp: a real board needs an actuator (--press-cmd).
+pytestmark = pytest.mark.needs_gpio
+
 
 def _soak(rig: Rig, request: pytest.FixtureRequest, stamps: int) -> None:
     result = rig.soak(stamps)

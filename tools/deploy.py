@@ -2,9 +2,13 @@
 
     python tools/deploy.py esp32 --port /dev/ttyUSB0
     python tools/deploy.py rp2 --port /dev/ttyACM0 --dry-run    # print the plan, touch nothing
+    python tools/deploy.py rp2 --port /dev/ttyACM0 --romfs      # code in the ROMFS partition
 
 Builds first (tools/build.py) unless --no-build. The key is not part of the build: provision
 the board once with tools/provision.py. Needs MicroPython 1.23+ on the board (.mpy v6).
+With --romfs the modules go into the board's ROMFS partition (`mpremote romfs deploy`,
+MicroPython 1.25+ with such a partition) and run in place from flash, taking no RAM; only
+main.py is copied to the filesystem.
 """
 
 from __future__ import annotations
@@ -34,11 +38,31 @@ def mpremote() -> str:
     return str(local) if local.exists() else (shutil.which("mpremote") or "mpremote")
 
 
-def command(port: str, build_dir: Path) -> list[str]:
+def command(port: str, build_dir: Path, romfs: bool = False) -> list[str]:
     """The mpremote command line, run with build_dir as working directory."""
-    entries = sorted(p.name for p in build_dir.iterdir())
+    build = _build_module()
+    entries = sorted(p.name for p in build_dir.iterdir() if p.name != build.ROMFS_IMAGE)
     if "main.py" not in entries:
         raise SystemExit(f"deploy: {build_dir} has no main.py; run tools/build.py first")
+    if romfs:
+        if not (build_dir / build.ROMFS_IMAGE).exists():
+            raise SystemExit(f"deploy: {build_dir} has no {build.ROMFS_IMAGE}; build with --romfs")
+        # The image replaces the partition's contents; main.py runs from the filesystem.
+        return [
+            mpremote(),
+            "connect",
+            port,
+            "romfs",
+            "deploy",
+            build.ROMFS_IMAGE,
+            "+",
+            "fs",
+            "cp",
+            "main.py",
+            ":main.py",
+            "+",
+            "reset",
+        ]
     # `cp -r` recreates seal/ and sealproto/ on the board; `+ reset` starts the new firmware.
     return [mpremote(), "connect", port, "fs", "cp", "-r", *entries, ":", "+", "reset"]
 
@@ -50,16 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-dir", type=Path, help="default build/<board>")
     parser.add_argument("--no-build", action="store_true", help="deploy the existing build")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument("--romfs", action="store_true", help="modules into the ROMFS partition")
     args = parser.parse_args(argv)
     build_dir = args.build_dir or ROOT / "build" / args.board
     build = _build_module()
     if not args.no_build:
         try:
-            build.build(args.board, build_dir)
+            build.build(args.board, build_dir, romfs=args.romfs)
         except build.BuildError as e:
             print(f"deploy: {e}", file=sys.stderr)
             return 1
-    cmd = command(args.port, build_dir)
+    cmd = command(args.port, build_dir, romfs=args.romfs)
     for path in sorted(p for p in build_dir.rglob("*") if p.is_file()):
         print(f"{path.stat().st_size:7d}  {path.relative_to(build_dir)}")
     print(f"cd {shlex.quote(str(build_dir))} && {shlex.join(cmd)}")

@@ -1,6 +1,7 @@
 # hal.py for the emulated board: the board HAL contract on the MicroPython unix port.
 # UART = pty, flash = littlefs2 on an image file, GPIO = stdin/stdout lines, RTC = host clock.
 import os
+import select
 import sys
 import time
 
@@ -13,18 +14,20 @@ from micropython import const
 BOARD = NAME
 
 # The launcher (host/sealink/emulator.py) configures the board through these variables.
-_ENV_FLASH = "SEAL_FLASH"
-_ENV_CUT_AT = "SEAL_CUT_AT"
-_ENV_UART_FD = "SEAL_UART_FD"
-_ENV_RTC_OFFSET_S = "SEAL_RTC_OFFSET_S"
-_ENV_BATTERY_MV = "SEAL_BATTERY_MV"
-_ENV_STAMP = "SEAL_STAMP"
-_ENV_TAMPER = "SEAL_TAMPER"
+# Private consts, strings too: folded into the code, no name in the module's dict (RAM).
+_ENV_FLASH = const("SEAL_FLASH")
+_ENV_CUT_AT = const("SEAL_CUT_AT")
+_ENV_UART_FD = const("SEAL_UART_FD")
+_ENV_RTC_OFFSET_S = const("SEAL_RTC_OFFSET_S")
+_ENV_BATTERY_MV = const("SEAL_BATTERY_MV")
+_ENV_STAMP = const("SEAL_STAMP")
+_ENV_TAMPER = const("SEAL_TAMPER")
+_ENV_HEAP_PROBE_MS = const("SEAL_HEAP_PROBE_MS")
 
-MOUNT_POINT = "/flash"
+_MOUNT_POINT = const("/flash")
 
 
-def _report_line(name, value):
+def report(name, value):
     # One write per line, so a report never interleaves with other output on the pipe.
     sys.stdout.write("@%s %s\n" % (name, value))
 
@@ -32,13 +35,13 @@ def _report_line(name, value):
 def _lose_power(writes):
     # No os._exit and no signal module here, and sys.exit would run `finally` blocks that
     # write more flash: report, then hang until the launcher SIGKILLs the process.
-    _report_line("powercut", writes)
+    report("powercut", writes)
     while True:
         time.sleep(3600)
 
 
 def _count_write(writes):
-    _report_line("writes", writes)
+    report("writes", writes)
 
 
 _bdev = None
@@ -51,24 +54,20 @@ def mount():
         _bdev = FileBlockDevice(os.getenv(_ENV_FLASH), int(cut) if cut else 0, _lose_power,
                                 _count_write)
         # Never format here: a flash that does not mount is a fault to report, not to erase.
-        vfs.mount(vfs.VfsLfs2(_bdev), MOUNT_POINT)
-    return MOUNT_POINT + "/journal"
+        vfs.mount(vfs.VfsLfs2(_bdev), _MOUNT_POINT)
+    return _MOUNT_POINT + "/journal"
 
 
 def load_provisioning():
     import json
 
     mount()
-    with open(MOUNT_POINT + "/seal.json") as f:
+    with open(_MOUNT_POINT + "/seal.json") as f:
         conf = json.load(f)
     key = bytes.fromhex(conf["key"])
     if len(key) != 32:
         raise ValueError("seal.json: key must be 32 bytes")
     return conf["device_id"], key
-
-
-def report(name, value):
-    _report_line(name, value)
 
 
 # --- GPIO: the control channel -------------------------------------------------------------
@@ -80,6 +79,7 @@ def report(name, value):
 # process cannot shorten a hold as the firmware sees it: its sampling task is always due
 # before the control task's next change, so it samples each level first.
 _HOLD_MS = const(20)
+_POLL_MS = const(5)
 
 
 class _Input:
@@ -140,9 +140,10 @@ async def _apply(words):
         stamp._set(1)
         await asyncio.sleep_ms(_HOLD_MS)
         stamp._set(0)
-    elif cmd in _LEVELS:
-        pin, level = _LEVELS[cmd]
-        pin._set(level)
+    elif cmd == "press" or cmd == "release":
+        stamp._set(1 if cmd == "press" else 0)
+    elif cmd == "open" or cmd == "close":
+        tamper._set(1 if cmd == "open" else 0)
     elif cmd == "battery":
         _battery_mv = int(words[1])
         return
@@ -152,8 +153,6 @@ async def _apply(words):
     await asyncio.sleep_ms(_HOLD_MS)
 
 
-_LEVELS = {"press": (stamp, 1), "release": (stamp, 0), "open": (tamper, 1), "close": (tamper, 0)}
-
 
 async def _control():
     # A finger does not act before the firmware watches its inputs: commands wait until both
@@ -161,13 +160,20 @@ async def _control():
     while stamp._handler is None or tamper._handler is None:
         await asyncio.sleep_ms(_HOLD_MS)
     await asyncio.sleep_ms(_HOLD_MS)
-    reader = asyncio.StreamReader(sys.stdin)
+    # Polled, not an asyncio.StreamReader: asyncio's stream module would take ~1.7 KB of the
+    # 64 KB heap for emulation machinery a device does not have. The launcher writes whole
+    # lines, so a readable stdin holds a whole command.
+    poller = select.poll()
+    poller.register(sys.stdin, select.POLLIN)
     done = 0
     while True:
-        line = await reader.readline()
+        if not poller.poll(0):
+            await asyncio.sleep_ms(_POLL_MS)
+            continue
+        line = sys.stdin.readline()
         if not line:
             return
-        words = (line.decode() if isinstance(line, bytes) else line).split()
+        words = line.split()
         if words:
             await _apply(words)
             done += 1
@@ -176,6 +182,25 @@ async def _control():
 
 # Queued now, runs as soon as the firmware starts its event loop (asyncio.run).
 asyncio.create_task(_control())
+
+
+async def _heap_probe(interval_ms):
+    # For the firmware bench: the live heap (collected first, so garbage waiting for the GC
+    # does not count) at a scheduling point every interval_ms; each new peak is reported.
+    import gc
+
+    peak = 0
+    while True:
+        gc.collect()
+        used = gc.mem_alloc()
+        if used > peak:
+            peak = used
+            report("heap", peak)
+        await asyncio.sleep_ms(interval_ms)
+
+
+if os.getenv(_ENV_HEAP_PROBE_MS):
+    asyncio.create_task(_heap_probe(int(os.getenv(_ENV_HEAP_PROBE_MS))))
 
 
 # --- UART, RTC, randomness ------------------------------------------------------------------
@@ -193,17 +218,9 @@ def uart():
 
 _rtc_offset_ms = 0
 _rtc_set = False
-
-
-def _init_rtc():
-    global _rtc_offset_ms, _rtc_set
-    offset = os.getenv(_ENV_RTC_OFFSET_S)
-    if offset is not None and offset != "none":
-        _rtc_offset_ms = int(float(offset) * 1000)
-        _rtc_set = True
-
-
-_init_rtc()
+if os.getenv(_ENV_RTC_OFFSET_S) not in (None, "none"):
+    _rtc_offset_ms = int(float(os.getenv(_ENV_RTC_OFFSET_S)) * 1000)
+    _rtc_set = True
 
 
 def time_s():
@@ -218,9 +235,6 @@ def set_time_ms(ms):
     _rtc_set = True
 
 
-def ticks_ms():
-    return time.ticks_ms()
-
-
-def urandom(n):
-    return os.urandom(n)
+# The functions themselves: a wrapper would be one more function object in RAM.
+ticks_ms = time.ticks_ms
+urandom = os.urandom

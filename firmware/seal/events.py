@@ -3,7 +3,7 @@
 from micropython import const
 from time import ticks_diff, ticks_ms
 
-from sealproto import auth, messages
+from sealproto import auth, codec
 
 from seal.journal import JournalFull
 
@@ -67,7 +67,7 @@ class Recorder:
             _EV_OPERATOR: operator,
             _EV_PREV: self.prev,
         }
-        payload = messages.encode(auth.sign(msg, self._key))
+        payload = codec.encode(auth.sign(msg, self._key))
         self._journal.append(counter, payload)
         self.prev = auth.record_hash(payload)
         self.next_counter = counter + 1

@@ -155,16 +155,13 @@ class Journal:
                 raise JournalCorrupt(_EIO, "journal: bad record in segment %d" % first)
             self.discarded += 1
         if count == 0:
-            self._drop_empty(first, is_tail)
+            # An empty segment is a creation whose first record never committed.
+            if not is_tail:
+                raise JournalCorrupt(_EIO, "journal: empty segment %d" % first)
+            os.remove(path)
+            self._segs.pop()
         elif good < size:
             self._truncate(path, good)
-
-    def _drop_empty(self, first, is_tail):
-        # An empty segment is a creation whose first record never committed.
-        if not is_tail:
-            raise JournalCorrupt(_EIO, "journal: empty segment %d" % first)
-        os.remove(self._path(_seg_name(first)))
-        self._segs.pop()
 
     def _read_record(self, f, expect, left):
         # Returns the record length, or -1 if the bytes at the file position are no record.

@@ -3,7 +3,7 @@
 from micropython import const
 from time import ticks_diff
 
-from sealproto import auth, messages
+from sealproto import auth, codec
 from sealproto.errors import DecodeError
 from sealproto.framing import FrameDecoder, encode_frame
 
@@ -123,7 +123,7 @@ class Link:
 
     def _on_payload(self, payload, now_ms):
         try:
-            msg = messages.decode(payload)
+            msg = codec.decode(payload)
         except DecodeError:
             self.rejected_decode += 1
             return
@@ -279,7 +279,7 @@ class Link:
     def _send_session(self, msg):
         self._tx_seq += 1
         msg[_K_SEQ] = self._tx_seq
-        self._send(encode_frame(messages.encode(auth.sign(msg, self._session_key))))
+        self._send(encode_frame(codec.encode(auth.sign(msg, self._session_key))))
 
     def _hello(self, now_ms, first=True):
         # A fresh nonce per HELLO: only a WELCOME answering the latest HELLO verifies, so the
@@ -299,4 +299,4 @@ class Link:
             _HE_NEXT: self._recorder.next_counter,
             _HE_FIRMWARE: self._firmware,
         }
-        self._send(encode_frame(messages.encode(auth.sign(msg, self._key))))
+        self._send(encode_frame(codec.encode(auth.sign(msg, self._key))))

@@ -3,9 +3,10 @@
 A script `firmware/tests/mpy/mp_NAME.py` defines `test_*` functions; the runner starts
 `micropython -X heapsize=64k -c "import mpyunit; mpyunit.main('mp_NAME')"`, which prints
 `@@PASS name` or `@@FAIL name`, the traceback and `@@END name` for each test. The firmware is
-compiled first with tools/build.py (board "emulated", which supplies `hal`) and the scripts with
-mpy-cross, as a device runs them: compiling source at import costs more heap than the 64 KB the
-firmware must live in. pytest gets one item per test function (found by reading the source, so
+compiled first with tools/build.py (board "emulated", which supplies `hal`) into a ROMFS image
+that runs from memory outside the heap, as a device runs its code from flash (the emulator's
+launcher, sealink.emulator.rom_command); the test scripts are .mpy (compiled with mpy-cross) in
+the heap, beside the firmware's RAM. pytest gets one item per test function (found by reading the source, so
 collection needs no MicroPython) and every item reads its outcome from the script's single run.
 """
 
@@ -24,15 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sealink.emulator import ROMFS_IMAGE, rom_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MPY_DIR = Path(__file__).resolve().parent / "mpy"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 HEAPSIZE = "64k"
 TIMEOUT_S = 600.0
+# What the board's main.py does first (boards/emulated/main.py): mount the mapped ROMFS image.
+MOUNT_ROM = """
+import os, sys, uctypes, vfs
+_a, _n = os.getenv("SEAL_ROM").split(":")
+vfs.mount(vfs.VfsRom(uctypes.bytearray_at(int(_a), int(_n))), "/rom")
+sys.path.insert(0, "/rom")
+del _a, _n
+"""
 
-# A script whose scaffolding (flash images, an in-process peer host) does not fit beside the
-# firmware in 64 KB says so in a line `# heapsize: 128k  (why)`; the firmware alone must fit.
+# A script whose test code (flash images, an in-process peer host) does not fit beside the
+# firmware in 64 KB says so in a line `# heapsize: 96k  (why)`; the firmware alone must fit.
 _HEAPSIZE_LINE = re.compile(r"^# heapsize: (\d+k)\b", re.MULTILINE)
 _TEST_DEF = re.compile(r"^(?:async\s+)?def\s+(test_\w+)\s*\(", re.MULTILINE)
 _LINE = re.compile(r"^@@(PASS|FAIL|END|DONE) ?(.*)$")
@@ -82,7 +92,7 @@ def compiled() -> Path:
     spec.loader.exec_module(build)
     out = Path(tempfile.mkdtemp(prefix="seal-mpy-build-"))
     atexit.register(shutil.rmtree, out, True)
-    build.build("emulated", out / "fw")
+    build.build("emulated", out / "fw", romfs=True)
     tests = out / "tests"
     tests.mkdir()
     for src in sorted(MPY_DIR.glob("*.py")):
@@ -106,17 +116,18 @@ def run_script(script: Path, heapsize: str = HEAPSIZE) -> dict[str, Outcome]:
     build = compiled()
     tmp = tempfile.mkdtemp(prefix="seal-mpy-")
     env = dict(os.environ)
-    # ".frozen" keeps the interpreter's built-in modules (asyncio) importable.
-    env["MICROPYPATH"] = ":".join([".frozen", str(build / "tests"), str(build / "fw")])
+    # ".frozen" keeps the interpreter's built-in modules (asyncio) importable; the firmware
+    # comes from the ROMFS image only.
+    env["MICROPYPATH"] = ":".join([".frozen", str(build / "tests")])
     env["SEAL_TMP"] = tmp
     env["SEAL_TEST_TMP"] = tmp
-    cmd = [
-        str(MICROPYTHON),
+    cmd = rom_command(
+        build / "fw" / ROMFS_IMAGE,
         "-X",
         "heapsize=" + heapsize,
         "-c",
-        f"import mpyunit; mpyunit.main({Path(script).stem!r})",
-    ]
+        f"{MOUNT_ROM}\nimport mpyunit\nmpyunit.main({Path(script).stem!r})",
+    )
     try:
         proc = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp

@@ -21,11 +21,8 @@ serial = pytest.importorskip("serial")
 emulator = pytest.importorskip("sealink.emulator")
 
 IMPRESSIONS = int(os.environ.get("SEAL_TEST_IMPRESSIONS", "1000"))
-# The firmware's .mpy code alone takes ~61 KB of heap on this 64-bit unix port (a board keeps
-# frozen code in flash, not RAM), so 64k cannot boot it yet: test_emulator.py's
-# test_firmware_boots_at_64k tracks that budget; this test gives the board the room the other
-# emulator tests give it.
-HEAPSIZE = os.environ.get("SEAL_TEST_HEAPSIZE", "128k")
+# The device's RAM budget; the firmware's code runs from the emulated flash (ROMFS image).
+HEAPSIZE = os.environ.get("SEAL_TEST_HEAPSIZE", "64k")
 DRAIN_TIMEOUT_S = 120.0
 
 

@@ -105,6 +105,23 @@ def test_deploy_dry_run_builds_and_prints_the_mpremote_command(
     assert "seal/link.mpy" in printed and "reset" in printed.splitlines()[-1]
 
 
+def test_deploy_romfs_puts_the_modules_in_the_romfs_partition(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rp2"
+    argv = ["rp2", "--port", "/dev/ttyACM9", "--build-dir", str(out), "--romfs", "--dry-run"]
+    assert deploy.main(argv) == 0
+    printed = capsys.readouterr().out
+    cmd = deploy.command("/dev/ttyACM9", out, romfs=True)
+    assert cmd[1:] == ["connect", "/dev/ttyACM9", "romfs", "deploy", "rom.img",
+                       "+", "fs", "cp", "main.py", ":main.py", "+", "reset"]
+    # The image `mpremote romfs build` makes: its header, then the modules by name.
+    image = (out / "rom.img").read_bytes()
+    assert image.startswith(b"\xd2\xcd\x31")
+    assert b"link.mpy" in image and b"hal.mpy" in image and b"main.py" not in image
+    assert "romfs deploy" in printed.splitlines()[-1]
+
+
 def test_provision_writes_0600_seal_json_and_never_prints_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -283,7 +283,12 @@ class SerialDut:
     def wait_until(self, predicate: Callable[[SerialDut], bool], timeout: float, what: str) -> None:
         if self.observer is None:
             raise RuntimeError("attach an observer first: a real board's counter comes from it")
-        self.observer.wait_until(lambda _obs: predicate(self), timeout, what)
+        from sealink import ObserverError
+
+        try:
+            self.observer.wait_until(lambda _obs: predicate(self), timeout, what)
+        except ObserverError as exc:
+            raise TimeoutError(str(exc)) from None
 
     def start(self) -> SerialDut:
         if self.power is not None:

@@ -56,7 +56,6 @@ class Faults:
         self.artifacts = artifacts
         self.counts: collections.Counter[str] = collections.Counter()
         self.effects: collections.Counter[str] = collections.Counter()
-        self._echo = echo
         echo(f"sealink HIL seed={seed} (replay: --hil-seed {seed}); faults: {artifacts.faults}")
         artifacts.append_json(FAULTS, {"seed": seed, "test": artifacts.nodeid})
 
@@ -76,7 +75,11 @@ class Faults:
     # -- the device -----------------------------------------------------------------------
 
     def power_cut_at_write(self, board: _Board, writes_from_now: int | None = None) -> int:
-        """Cut power during the N-th flash block write from now (the write is torn or lost)."""
+        """Cut power at the N-th flash block write after a boot's own writes.
+
+        The emulated block device is armed at boot, so the board reboots first (the cut-short
+        boot is part of this fault); the cut then tears or loses whatever write N was for.
+        """
         n = writes_from_now if writes_from_now is not None else self.rng.randint(1, 8)
         self.record("power_cut_write", at_write=n)
         board.power_cut(at_write=n)
@@ -114,9 +117,13 @@ class Faults:
         host.kill()
         host.start()
 
-    def broker_restart(self, broker: _Broker, crash: bool | None = None) -> None:
-        """Stop the broker (SIGTERM, or SIGKILL if `crash`) and start it again on its port."""
-        crash = crash if crash is not None else self.rng.random() < 0.5
+    def broker_restart(self, broker: _Broker, crash: bool = False) -> None:
+        """Stop the broker (SIGTERM, or SIGKILL if `crash`) and start it again on its port.
+
+        The soak only stops it cleanly: Mosquitto saves its state every `autosave_s`, so a
+        crash loses the messages it had PUBACKed but not yet saved for an offline subscriber,
+        a loss no gateway can see (see the README, "QA: hardware-in-the-loop").
+        """
         self.record("broker_restart", crash=crash)
         if crash:
             broker.kill()

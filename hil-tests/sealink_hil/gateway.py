@@ -151,13 +151,15 @@ class HostProcess:
         """Where the host log ends now: `wait_for_log` looks only at what comes after."""
         return self.log_path.stat().st_size if self.log_path.exists() else 0
 
-    def wait_for_log(self, text: str, offset: int, timeout_s: float) -> None:
+    def wait_for_log(self, text: str, offset: int, timeout_s: float) -> str:
+        """Wait for a log line containing `text` after `offset`; return that line."""
         deadline = time.monotonic() + timeout_s
         while True:
             with self.log_path.open("rb") as log:
                 log.seek(offset)
-                if text.encode() in log.read():
-                    return
+                for line in log.read().decode(errors="replace").splitlines():
+                    if text in line:
+                        return line
             if not self.running:
                 raise HostError(f"sealink run exited before '{text}'; host log: {self.log_path}")
             if time.monotonic() > deadline:

@@ -207,6 +207,10 @@ class Gateway:
         except* TransportError as group:
             why = "; ".join(str(exc) for exc in group.exceptions)
             log.info("link closed", extra={"fields": {"port": transport.name, "why": why}})
+        except* Exception:
+            # A fault in one link must not stop the others: log it, drop the link (the port
+            # task reopens it); nothing unacked is lost, the device resends.
+            log.exception("session failed", extra={"fields": {"port": transport.name}})
         finally:
             self.sessions.discard(session)
             await session.closed()

@@ -133,6 +133,7 @@ class Publisher:
         self._sock: Any = None
         self._writing = False
         self._connecting = False
+        self._retained: dict[str, bytes] = {}
         self._closing = False
         self._ever_connected = False
         self._lost = asyncio.Event()
@@ -312,14 +313,18 @@ class Publisher:
 
     def publish_now(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Best effort, not from the outbox: retained status, and alarms about the ledger
-        itself (which cannot go through the ledger)."""
-        if self._connecting:
-            return  # the connect thread owns the client for now; status is republished later
-        self._client.publish(topic, payload, qos=1, retain=retain)
-        self._flush()
+        itself (which cannot go through the ledger). While disconnected only the latest
+        retained message per topic is kept (memory bounded by the number of devices) and sent
+        on reconnect; a non-retained one is dropped (it was logged)."""
+        if retain:
+            self._retained[topic] = payload
+        if self.connected and not self._connecting:
+            self._client.publish(topic, payload, qos=1, retain=retain)
+            self._flush()
 
     async def wait_connected(self, timeout: float) -> None:
-        await asyncio.wait_for(self._connect_event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._connect_event.wait()
 
     # the drain loop --------------------------------------------------------------------------
 
@@ -397,6 +402,9 @@ class Publisher:
             self._ever_connected = True
             self._connect_event.set()
             self._wake.set()
+            for topic, payload in self._retained.items():
+                self._client.publish(topic, payload, qos=1, retain=True)
+            self._flush()
             log.info("mqtt connected", extra={"fields": {"inflight": len(self._inflight)}})
         else:
             self._connect_event.clear()

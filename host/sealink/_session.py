@@ -113,7 +113,8 @@ class Session:
             if time.monotonic() - self._last_sync >= _SYNC_INTERVAL_S:
                 await self._send_sync()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._welcomed.wait(), _SYNC_INTERVAL_S)
+                async with asyncio.timeout(_SYNC_INTERVAL_S):
+                    await self._welcomed.wait()
 
     async def _acker(self) -> None:
         while True:
@@ -412,7 +413,8 @@ class Session:
         self._results[seq] = fut
         try:
             await self._send_session(msg)
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self._results.pop(seq, None)
 
@@ -453,7 +455,8 @@ class Session:
                 )
             state.command_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.command_wake.wait(), _COMMAND_POLL_S)
+                async with asyncio.timeout(_COMMAND_POLL_S):
+                    await state.command_wake.wait()
 
     @staticmethod
     def _command_message(kind: str, body: dict[str, Any]) -> dict[int, Any]:

@@ -118,6 +118,10 @@ class SimDevice:
                 )
             )
 
+    async def send_backlog(self) -> None:
+        """Send what the journal holds and the window allows (as after a reconnect)."""
+        await self._pump()
+
     async def stamp(self, count: int = 1, **fields: Any) -> None:
         self.record(count, **fields)
         await self._pump()
@@ -155,7 +159,8 @@ class SimDevice:
             async with self._acked_event:
                 await self._acked_event.wait_for(lambda: self.acked >= counter)
 
-        await asyncio.wait_for(until(), timeout)
+        async with asyncio.timeout(timeout):
+            await until()
 
     # protocol machinery ----------------------------------------------------------------------
 
@@ -163,10 +168,10 @@ class SimDevice:
         if not self.welcomed.is_set():
             return
         while self._next_send <= len(self.journal) and self._next_send <= self.acked + WINDOW:
-            await self.transport.send(self._frame(self._next_send))
+            await self.transport.send(self.frame(self._next_send))
             self._next_send += 1
 
-    def _frame(self, counter: int) -> bytes:
+    def frame(self, counter: int) -> bytes:
         # Frames are cached: a benchmark measures the gateway, not this peer's COBS encoder.
         frame = self._frames.get(counter)
         if frame is None:
@@ -175,13 +180,14 @@ class SimDevice:
 
     def prepare_frames(self) -> None:
         for counter in range(1, len(self.journal) + 1):
-            self._frame(counter)
+            self.frame(counter)
 
     async def _retransmitter(self) -> None:
         while True:
             self._progress.clear()
             try:
-                await asyncio.wait_for(self._progress.wait(), RTO_S)
+                async with asyncio.timeout(RTO_S):
+                    await self._progress.wait()
             except TimeoutError:
                 if self.welcomed.is_set() and self.acked < len(self.journal):
                     self._next_send = self.acked + 1

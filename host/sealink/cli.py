@@ -249,7 +249,13 @@ def cmd_events_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    try:
+        from ._demo import run_demo
+    except ImportError as exc:
+        raise SealinkError(
+            f"the demo needs the emulator and test extras: pip install -e '.[emulator,test]' "
+            f"({exc})"
+        ) from None
 
     if not args.json:
         configure_logging("warning")

@@ -10,6 +10,15 @@ like a USB-serial adapter), flash = littlefs2 on `workdir/flash.img` (a block de
 writes and can lose power after write N), GPIO = lines on the process's stdin and `@name value`
 reports on its stdout, RTC = host clock + offset. The firmware runs as the .mpy build of
 tools/build.py, as on a device (built once per source content, in the temp folder).
+
+Code lives in flash, as on a device: a board keeps its code frozen or in a ROMFS partition
+(memory-mapped flash) and runs the bytecode in place, so the code takes no RAM. The
+`micropython` interpreter here is an extension module inside a CPython process, so the board's
+launcher (`_LAUNCHER`) is a few lines of CPython that map the build's ROMFS image
+(`tools/build.py --romfs`) into memory outside MicroPython's GC heap and hand its address to
+the board's main.py, which mounts it with `vfs.VfsRom` at /rom, as the port does with its ROMFS
+partition. The heap (`-X heapsize=64k`) then holds what a device's RAM holds. It is still one
+process: SIGKILL is still a power cut.
 Everything the device prints goes to `workdir/device.log`; `block_writes` and the
 `power_cut_at_write` index count the flash writes (programs and erases) of the current boot.
 """
@@ -35,7 +44,7 @@ from typing import IO, Self
 
 from sealink._errors import SealinkError
 
-__all__ = ["EmulatedBoard", "EmulatorError"]
+__all__ = ["ROMFS_IMAGE", "EmulatedBoard", "EmulatorError", "rom_command"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 _BLOCK_SIZE = 4096
@@ -57,8 +66,32 @@ print("provisioned")
 """
 
 
+# Runs `micropython` (an extension module: micropython_run) in this CPython process with the
+# ROMFS image argv[1] mapped outside its heap; the rest of argv is micropython's command line.
+# The buffer lives as long as the process, as flash does: the interpreter reads code from it.
+_LAUNCHER = """
+import ctypes, os, sys
+import micropython_run
+with open(sys.argv[1], "rb") as f:
+    image = f.read()
+flash = ctypes.create_string_buffer(image, len(image))
+os.environ["SEAL_ROM"] = "%d:%d" % (ctypes.addressof(flash), len(image))
+sys.exit(micropython_run.run_main(["micropython", *sys.argv[2:]]))
+"""
+ROMFS_IMAGE = "rom.img"
+
+
 class EmulatorError(SealinkError):
     """The emulated board could not be built, provisioned or started."""
+
+
+def rom_command(image: str | os.PathLike[str], *args: str) -> list[str]:
+    """The command line that runs `micropython *args` with the ROMFS `image` mapped as flash.
+
+    MICROPYPATH must not name the same modules as files, or they load into the heap again.
+    """
+    _tool("micropython")  # the launcher needs the same extension module
+    return [sys.executable, "-c", _LAUNCHER, str(image), *args]
 
 
 def _tool(name: str) -> str:
@@ -75,7 +108,8 @@ class EmulatedBoard:
 
     What the board reported in its current (or last) boot: `counter` (newest event counter,
     None until the firmware reported it), `lock_open`, `led`, `alarms` (codes, in order),
-    `reports` (every `(name, value)`), `block_writes`, `powercut` (it lost power), `exited`.
+    `reports` (every `(name, value)`), `block_writes`, `powercut` (it lost power), `exited`,
+    `heap_peak` (live heap bytes, with `heap_probe_ms` only).
     GPIO levels set while the board is off (`press()`, `open_case()`) hold at its next boot.
     """
 
@@ -88,6 +122,7 @@ class EmulatedBoard:
         rtc_offset_s: float | None = 0.0,
         power_cut_at_write: int | None = None,
         battery_mv: int = 3700,
+        heap_probe_ms: int | None = None,
     ) -> None:
         if len(device_key) != 32:
             raise ValueError("device_key must be 32 bytes")
@@ -97,6 +132,8 @@ class EmulatedBoard:
         self._key = device_key
         self.heapsize = heapsize
         self.rtc_offset_s = rtc_offset_s
+        # Benchmarks only: the board samples its live heap this often and reports each peak.
+        self.heap_probe_ms = heap_probe_ms
         # Armed for the next start() only: the boot that loses power at this block write.
         self.power_cut_at_write = power_cut_at_write
         self.flash_path = self.workdir / "flash.img"
@@ -127,6 +164,7 @@ class EmulatedBoard:
         self.alarms: list[int] = []
         self.reports: list[tuple[str, str]] = []
         self.block_writes = 0
+        self.heap_peak: int | None = None
         self.powercut = False
         self.exited = False
         self._done = 0
@@ -155,11 +193,12 @@ class EmulatedBoard:
         self.close()
 
     def _ensure_build(self) -> None:
-        if (self.build_dir / "main.py").exists():
+        if (self.build_dir / ROMFS_IMAGE).exists():
             return
         tmp = Path(tempfile.mkdtemp(prefix=self.build_dir.name + ".", dir=self.build_dir.parent))
+        build = [sys.executable, str(_ROOT / "tools" / "build.py"), "emulated", "--romfs"]
         proc = subprocess.run(
-            [sys.executable, str(_ROOT / "tools" / "build.py"), "emulated", "--out", str(tmp)],
+            [*build, "--out", str(tmp)],
             capture_output=True,
             text=True,
             check=False,
@@ -224,6 +263,8 @@ class EmulatedBoard:
         env["SEAL_TAMPER"] = "1" if self._case_open else "0"
         env["SEAL_BATTERY_MV"] = str(self._battery_mv)
         env["SEAL_RTC_OFFSET_S"] = "none" if self.rtc_offset_s is None else repr(self.rtc_offset_s)
+        if self.heap_probe_ms:
+            env["SEAL_HEAP_PROBE_MS"] = str(self.heap_probe_ms)
         if self.power_cut_at_write:
             env["SEAL_CUT_AT"] = str(self.power_cut_at_write)
         self.power_cut_at_write = None
@@ -239,13 +280,15 @@ class EmulatedBoard:
             f" ===\n".encode()
         )
         self._log.flush()
+        # The code comes from the ROMFS image only; ".frozen" = the interpreter's own (asyncio).
+        env["MICROPYPATH"] = ".frozen"
         self._proc = subprocess.Popen(
-            [
-                _tool("micropython"),
+            rom_command(
+                self.build_dir / ROMFS_IMAGE,
                 "-X",
                 f"heapsize={self.heapsize}",
                 str(self.build_dir / "main.py"),
-            ],
+            ),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -348,6 +391,8 @@ class EmulatedBoard:
                 self.counter = int(value)
             elif name == "alarm":
                 self.alarms.append(int(value))
+            elif name == "heap":
+                self.heap_peak = int(value)
             elif name == "done":
                 self._done = int(value)
             self._cond.notify_all()
@@ -413,7 +458,8 @@ class EmulatedBoard:
 def _build_cache() -> Path:
     """Where the .mpy build of the current sources lives (one build per source content)."""
     digest = hashlib.sha256()
-    sources = [_ROOT / "tools" / "build.py"]
+    # This module too: how it builds and boots the firmware is part of what the cache holds.
+    sources = [_ROOT / "tools" / "build.py", Path(__file__).resolve()]
     for folder in ("firmware/seal", "protocol/sealproto", "boards/emulated"):
         sources += sorted((_ROOT / folder).glob("*.py"))
     for src in sources:

@@ -175,7 +175,8 @@ def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
     """Run one async test body with an overall timeout (no plugin needed)."""
 
     async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
+        async with asyncio.timeout(timeout):
+            return await coro
 
     return asyncio.run(bounded())
 

@@ -295,3 +295,88 @@ def test_gateway_restart_resumes_from_the_ledger(
     assert (tally.verified, tally.lost, tally.chain_breaks) == (20, 0, 0)
     status = json.loads(json.dumps(tally.status)) if tally.status else {}
     assert status.get("device") == DEVICE
+
+
+class _StreamTransport:
+    """The device end of a TCP connection (a serial-over-TCP server, as ser2net offers)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.name = "tcp-device"
+        self._reader, self._writer = reader, writer
+
+    @property
+    def mtu(self) -> int:
+        return 4096
+
+    async def connect(self) -> None:
+        return None
+
+    async def send(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def receive(self) -> bytes:
+        data = await self._reader.read(4096)
+        if not data:
+            from sealink._errors import TransportError
+
+            raise TransportError("tcp closed")
+        return data
+
+    async def close(self) -> None:
+        self._writer.close()
+
+
+def test_a_socket_url_port_works_like_a_serial_port(
+    files: GatewayFiles, broker: Mosquitto, observer: Observer
+) -> None:
+    """pyserial's socket:// handler has no file descriptor: the threaded path of the transport."""
+    key = files.device_keys[DEVICE]
+
+    async def body() -> None:
+        connected: asyncio.Queue[_StreamTransport] = asyncio.Queue()
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await connected.put(_StreamTransport(reader, writer))
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = files.config(broker.port, ports=(PortConfig(f"socket://127.0.0.1:{port}"),))
+        async with server, running(config):
+            device_end = await asyncio.wait_for(connected.get(), 10)
+            async with SimDevice(DEVICE, key, device_end) as sim:
+                await _welcomed(sim)
+                await sim.stamp(10)
+                await sim.wait_acked(10)
+
+    run(body())
+    tally = observer.wait_for(DEVICE, 10, timeout=15)
+    assert (tally.verified, tally.invalid, tally.lost) == (10, 0, 0)
+
+
+def test_a_lost_frame_is_recovered_in_order_without_loss_or_duplicate(
+    files: GatewayFiles, broker: Mosquitto, observer: Observer, pty_link: PtyLink
+) -> None:
+    key = files.device_keys[DEVICE]
+
+    async def body() -> None:
+        async with (
+            running(_serial_config(files, broker, pty_link)) as gateway,
+            SimDevice(DEVICE, key, pty_link.device_end) as sim,
+        ):
+            await _welcomed(sim)
+            sim.record(6)
+            # Frames 1, 2, 4, 5, 6 arrive; 3 was lost on the wire.
+            for counter in (1, 2, 4, 5, 6):
+                await sim.send_raw(sim.frame(counter))
+            # The gateway stores 1..2, holds nothing beyond the gap, asks for a resend once;
+            # go-back-N from the device fills it in order.
+            await sim.wait_acked(6, timeout=10)
+            stored = await gateway.db(lambda: list(gateway.ledger.events(DEVICE)))
+            assert [e["counter"] for e in stored] == [1, 2, 3, 4, 5, 6]
+            quarantined = await gateway.db(gateway.ledger.quarantined)
+            assert quarantined == []
+
+    run(body())
+    tally = observer.wait_for(DEVICE, 6, timeout=15)
+    assert (tally.verified, tally.duplicates, tally.conflicts, tally.lost) == (6, 0, 0, 0)

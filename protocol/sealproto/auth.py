@@ -2,8 +2,8 @@
 # Built on hashlib.sha256 alone: MicroPython has no hmac module.
 import hashlib
 
-from sealproto import messages
-from sealproto.errors import MAC, REPLAY, DecodeError
+from sealproto import codec
+from sealproto.errors import DecodeError
 
 try:
     from micropython import const
@@ -13,6 +13,12 @@ except ImportError:
         return x
 
 
+# The numbers of sealproto.errors and .messages as private consts: no name table on a device.
+_MAC = const(9)
+_REPLAY = const(10)
+_K_SEQ = const(14)
+_K_MAC = const(15)
+_NONCE_LEN = const(16)
 _BLOCK = const(64)
 # The HMAC pads as integers: one big-int XOR makes a padded key in C, not in a Python loop
 _IPAD = int.from_bytes(b"\x36" * 64, "big")
@@ -45,33 +51,33 @@ def equal(a, b):
 
 def sign(msg, key):
     body = dict(msg)
-    body.pop(messages.K_MAC, None)
-    msg[messages.K_MAC] = hmac_sha256(key, messages.encode(body))
+    body.pop(_K_MAC, None)
+    msg[_K_MAC] = hmac_sha256(key, codec.encode(body))
     return msg
 
 
 def verify(msg, key):
-    mac = msg.get(messages.K_MAC)
+    mac = msg.get(_K_MAC)
     if not isinstance(mac, bytes):
-        raise DecodeError(MAC, "no MAC")
+        raise DecodeError(_MAC, "no MAC")
     body = dict(msg)
-    del body[messages.K_MAC]
-    if not equal(hmac_sha256(key, messages.encode(body)), mac):
-        raise DecodeError(MAC, "MAC does not verify")
+    del body[_K_MAC]
+    if not equal(hmac_sha256(key, codec.encode(body)), mac):
+        raise DecodeError(_MAC, "MAC does not verify")
 
 
 def accept(msg, key, last_seq):
     # A session message counts only if its MAC verifies and its seq moves forward (SPEC §4.2);
     # MAC first, so a message from another session reports MAC, a repeat in this one REPLAY.
     verify(msg, key)
-    seq = msg.get(messages.K_SEQ)
+    seq = msg.get(_K_SEQ)
     if not isinstance(seq, int) or seq <= last_seq:
-        raise DecodeError(REPLAY, "seq " + str(seq) + " not after " + str(last_seq))
+        raise DecodeError(_REPLAY, "seq " + str(seq) + " not after " + str(last_seq))
     return seq
 
 
 def session_key(device_key, device_nonce, host_nonce):
-    if len(device_nonce) != messages.NONCE_LEN or len(host_nonce) != messages.NONCE_LEN:
+    if len(device_nonce) != _NONCE_LEN or len(host_nonce) != _NONCE_LEN:
         raise ValueError("nonces must be 16 bytes")
     return hmac_sha256(device_key, _SESSION_LABEL + bytes(device_nonce) + bytes(host_nonce))
 

@@ -1,6 +1,6 @@
 # sealproto.cbor: deterministic CBOR for the subset of SPEC §3 (RFC 8949 §4.2.1).
 # Subset: ints (64-bit), bytes, text, arrays, maps with keys 0..23, true, false, null; depth <= 4.
-from sealproto.errors import CBOR, NONCANONICAL, DecodeError
+from sealproto.errors import DecodeError
 
 try:
     from micropython import const
@@ -9,6 +9,10 @@ except ImportError:
     def const(x):
         return x
 
+
+# Reason codes of sealproto.errors as private consts: no name table on a device.
+_CBOR = const(5)
+_NONCANONICAL = const(6)
 
 MAX_DEPTH = const(4)
 _MAX_KEY = const(23)
@@ -84,14 +88,14 @@ def _encode(out, obj, depth):
 def loads(data):
     value, end = _decode(data, 0, len(data), 1)
     if end != len(data):
-        raise DecodeError(CBOR, "trailing bytes")
+        raise DecodeError(_CBOR, "trailing bytes")
     return value
 
 
 def _read_head(data, i, n):
     # Returns (major type, argument, index after the head); data[i] is below 0xC0.
     if i >= n:
-        raise DecodeError(CBOR, "truncated")
+        raise DecodeError(_CBOR, "truncated")
     initial = data[i]
     major = initial >> 5
     info = initial & 0x1F
@@ -100,25 +104,25 @@ def _read_head(data, i, n):
         return major, info, i
     if info == 31:
         if major >= 2:
-            raise DecodeError(NONCANONICAL, "indefinite length")
-        raise DecodeError(CBOR, "reserved head")
+            raise DecodeError(_NONCANONICAL, "indefinite length")
+        raise DecodeError(_CBOR, "reserved head")
     if info > 27:
-        raise DecodeError(CBOR, "reserved head")
+        raise DecodeError(_CBOR, "reserved head")
     size = 1 << (info - 24)
     if i + size > n:
-        raise DecodeError(CBOR, "truncated")
+        raise DecodeError(_CBOR, "truncated")
     value = 0
     for k in range(i, i + size):
         value = (value << 8) | data[k]
     # Shortest form: a value that fits the next smaller head must use it
     if value < (24 if size == 1 else 1 << (4 * size)):
-        raise DecodeError(NONCANONICAL, "head not in shortest form")
+        raise DecodeError(_NONCANONICAL, "head not in shortest form")
     return major, value, i + size
 
 
 def _decode(data, i, n, depth):
     if i >= n:
-        raise DecodeError(CBOR, "truncated")
+        raise DecodeError(_CBOR, "truncated")
     initial = data[i]
     if initial >= 0xC0:
         if initial == 0xF4:
@@ -128,10 +132,10 @@ def _decode(data, i, n, depth):
         if initial == 0xF6:
             return None, i + 1
         if initial < 0xE0:
-            raise DecodeError(CBOR, "tag")
+            raise DecodeError(_CBOR, "tag")
         if 0xF9 <= initial <= 0xFB:
-            raise DecodeError(CBOR, "float")
-        raise DecodeError(CBOR, "simple value outside false/true/null")
+            raise DecodeError(_CBOR, "float")
+        raise DecodeError(_CBOR, "simple value outside false/true/null")
     major, value, i = _read_head(data, i, n)
     if major == 0:
         return value, i
@@ -140,18 +144,18 @@ def _decode(data, i, n, depth):
     if major == 2 or major == 3:
         end = i + value
         if end > n:
-            raise DecodeError(CBOR, "truncated string")
+            raise DecodeError(_CBOR, "truncated string")
         raw = bytes(data[i:end])
         if major == 2:
             return raw, end
         if not _utf8_ok(raw):
-            raise DecodeError(CBOR, "text is not UTF-8")
+            raise DecodeError(_CBOR, "text is not UTF-8")
         return str(raw, "utf-8"), end
     if depth > MAX_DEPTH:
-        raise DecodeError(CBOR, "nesting deeper than 4")
+        raise DecodeError(_CBOR, "nesting deeper than 4")
     if major == 4:
         if value > n - i:
-            raise DecodeError(CBOR, "truncated array")
+            raise DecodeError(_CBOR, "truncated array")
         items = []
         for _ in range(value):
             item, i = _decode(data, i, n, depth + 1)
@@ -159,22 +163,22 @@ def _decode(data, i, n, depth):
         return items, i
     # major 5: a map
     if value > _MAX_KEY + 1:
-        raise DecodeError(CBOR, "map with more than 24 entries")
+        raise DecodeError(_CBOR, "map with more than 24 entries")
     if 2 * value > n - i:
-        raise DecodeError(CBOR, "truncated map")
+        raise DecodeError(_CBOR, "truncated map")
     result = {}
     last = -1
     for _ in range(value):
         if i >= n:
-            raise DecodeError(CBOR, "truncated")
+            raise DecodeError(_CBOR, "truncated")
         key = data[i]
         if key > _MAX_KEY:
             if key == 0x18 and i + 1 < n and data[i + 1] <= _MAX_KEY:
-                raise DecodeError(NONCANONICAL, "head not in shortest form")
-            raise DecodeError(CBOR, "map key outside 0..23")
+                raise DecodeError(_NONCANONICAL, "head not in shortest form")
+            raise DecodeError(_CBOR, "map key outside 0..23")
         i += 1
         if key <= last:
-            raise DecodeError(NONCANONICAL, "map keys unsorted or duplicated")
+            raise DecodeError(_NONCANONICAL, "map keys unsorted or duplicated")
         last = key
         result[key], i = _decode(data, i, n, depth + 1)
     return result, i

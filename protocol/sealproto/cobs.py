@@ -1,6 +1,17 @@
 # sealproto.cobs: Consistent Overhead Byte Stuffing (Cheshire & Baker), SPEC §2.
 # The output never contains 0x00; a block of 254 data bytes (code 0xFF) implies no zero.
-from sealproto.errors import COBS, DecodeError
+from sealproto.errors import DecodeError
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+# Reason codes of sealproto.errors as private consts: no name table on a device.
+_COBS = const(1)
 
 
 def encode(data):
@@ -34,15 +45,15 @@ def decode(data):
     while i < n:
         code = data[i]
         if code == 0:
-            raise DecodeError(COBS, "zero byte inside a frame")
+            raise DecodeError(_COBS, "zero byte inside a frame")
         end = i + code
         if end > n:
-            raise DecodeError(COBS, "block runs past the end")
+            raise DecodeError(_COBS, "block runs past the end")
         i += 1
         while i < end:
             b = data[i]
             if b == 0:
-                raise DecodeError(COBS, "zero byte inside a frame")
+                raise DecodeError(_COBS, "zero byte inside a frame")
             out[length] = b
             length += 1
             i += 1

@@ -3,7 +3,7 @@
 import binascii
 
 from sealproto import cobs
-from sealproto.errors import COBS, CRC, OVERSIZE, SHORT, DecodeError
+from sealproto.errors import DecodeError
 
 try:
     from micropython import const
@@ -12,6 +12,12 @@ except ImportError:
     def const(x):
         return x
 
+
+# Reason codes of sealproto.errors as private consts: no name table on a device.
+_COBS = const(1)
+_CRC = const(3)
+_OVERSIZE = const(4)
+_SHORT = const(2)
 
 MAX_PAYLOAD = const(480)
 _CRC_LEN = const(4)
@@ -70,7 +76,7 @@ class FrameDecoder:
                 pass
             elif left:
                 if n == cap:
-                    err = OVERSIZE
+                    err = _OVERSIZE
                 else:
                     buf[n] = b
                     n += 1
@@ -79,7 +85,7 @@ class FrameDecoder:
                 seen = True
                 if zero:
                     if n == cap:
-                        err = OVERSIZE
+                        err = _OVERSIZE
                         continue
                     buf[n] = 0
                     n += 1
@@ -97,9 +103,9 @@ class FrameDecoder:
         if self._err:
             error = DecodeError(self._err, "frame longer than " + str(self._cap) + " bytes")
         elif self._left:
-            error = DecodeError(COBS, "block runs past the delimiter")
+            error = DecodeError(_COBS, "block runs past the delimiter")
         elif n <= _CRC_LEN:
-            error = DecodeError(SHORT, str(n) + " bytes")
+            error = DecodeError(_SHORT, str(n) + " bytes")
         else:
             buf = self._buf
             end = n - _CRC_LEN
@@ -107,6 +113,6 @@ class FrameDecoder:
             if binascii.crc32(self._view[:end]) & 0xFFFFFFFF == got:
                 self.frames += 1
                 return bytes(self._view[:end])
-            error = DecodeError(CRC, "crc mismatch")
+            error = DecodeError(_CRC, "crc mismatch")
         self.dropped += 1
         return error

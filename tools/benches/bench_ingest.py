@@ -100,11 +100,17 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
         for device, device_key in sims_keys.items():
             host_end, device_end = pipe_pair(device)
             gateway.attach(host_end)
-            sim = SimDevice(device, device_key, device_end)
+            sims.append(SimDevice(device, device_key, device_end))
+        for sim in sims:
+            await sim.start()
+        for sim in sims:
+            await asyncio.wait_for(sim.welcomed.wait(), 30)
+        while any(not sim.commands for sim in sims):  # the TIME sync after each handshake
+            await asyncio.sleep(0.01)
+        for sim in sims:
             # The backlog a seal accumulated offline, built before the clock starts.
             sim.record(EVENTS_PER_DEVICE)
             sim.prepare_frames()
-            sims.append(sim)
         sample: list[bytes] = []
 
         def keep_first(row: Any) -> None:
@@ -112,11 +118,12 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
                 sample.append(row.payload)
 
         gateway.publisher.on_published = keep_first
+        published_before = gateway.publisher.published
         start = time.perf_counter()
         for sim in sims:
-            await sim.start()
-        while gateway.publisher.published < total:
-            await asyncio.sleep(0.005)
+            await sim.send_backlog()
+        while gateway.publisher.published - published_before < total:
+            await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - start
         for sim in sims:
             await sim.stop()
@@ -130,7 +137,12 @@ def bench_ingest() -> dict[str, Any]:
         work = Path(tmp)
         with Mosquitto(work / "broker", autosave_s=3600) as broker:
             rate, payload = asyncio.run(_ingest(work, broker.port))
-            raw = _raw_publish_rate(broker.port, payload, DEVICES * EVENTS_PER_DEVICE, 256)
+            # Twice, averaged: on a shared machine single rates wander by tens of percent.
+            raws = [
+                _raw_publish_rate(broker.port, payload, DEVICES * EVENTS_PER_DEVICE, 256)
+                for _ in range(2)
+            ]
+            raw = statistics.mean(raws)
     return {
         "bench": "ingest",
         "events_per_s": round(rate),

@@ -1,5 +1,5 @@
-# heapsize: 128k  (the peer host and the flash helpers share this interpreter; the firmware alone
-# runs at 64k on the emulated board)
+# heapsize: 96k  (test code: the peer host, mpy/peer.py with the sealproto.messages names, and
+# the in-memory wire run in this interpreter beside the firmware, which alone fits in 64k)
 # Host absent: 1,000 impressions recorded with no host at all, then drained in order to a peer
 # that speaks the protocol, over an in-memory wire, under micropython.
 import time

@@ -1,5 +1,3 @@
-# heapsize: 128k  (flash-image helpers and test code share this interpreter; the firmware alone
-# runs at 64k on the emulated board)
 # Event building (SPEC §4.1) on the real journal on an emulated flash, under micropython.
 import flashimg
 from mpyunit import equal

@@ -1,5 +1,3 @@
-# heapsize: 128k  (flash-image helpers and test code share this interpreter; the firmware alone
-# runs at 64k on the emulated board)
 # The guard policy: impressions, forced stamps, permits, fail-closed journal faults, tamper,
 # battery; on the real journal on an emulated flash, under micropython.
 from mpyunit import equal

@@ -1,5 +1,5 @@
-# heapsize: 128k  (the peer host and the flash helpers share this interpreter; the firmware alone
-# runs at 64k on the emulated board)
+# heapsize: 96k  (test code: the peer host, mpy/peer.py with the sealproto.messages names, and
+# the in-memory wire run in this interpreter beside the firmware, which alone fits in 64k)
 # The link state machine (SPEC §4.2, §5) against a peer host written with sealproto, through an
 # in-memory wire: handshake, window, cumulative ACK, fast retransmit, RTO, resume, commands.
 import os

@@ -98,7 +98,7 @@ async def test_watch_coroutine_reports_each_edge_once():
     async def handler(level):
         got.append(level)
 
-    task = asyncio.create_task(watch(pin, handler, 10))
+    task = asyncio.create_task(watch(pin, asyncio.ThreadSafeFlag(), handler, 10))
     await _settle()
     for _ in range(3):
         # A bounce on each edge: the handler must still see one press and one release.
@@ -119,7 +119,7 @@ async def test_watch_ignores_the_level_found_at_boot():
     async def handler(level):
         got.append(level)
 
-    task = asyncio.create_task(watch(pin, handler, 10))
+    task = asyncio.create_task(watch(pin, asyncio.ThreadSafeFlag(), handler, 10))
     await _settle()
     equal(got, [], "level at boot")
     pin.set(0)
@@ -187,7 +187,7 @@ async def test_presses_during_a_slow_handler_are_not_lost():
             time.sleep_ms(15)
             pin.set(0)
 
-    task = asyncio.create_task(count_presses(pin, on_press, 10))
+    task = asyncio.create_task(count_presses(pin, asyncio.ThreadSafeFlag(), on_press, 10))
     await _settle()
     pin.set(1)
     await _settle()
@@ -202,7 +202,7 @@ async def test_count_presses_ignores_press_held_at_boot():
     async def on_press():
         got.append(1)
 
-    task = asyncio.create_task(count_presses(pin, on_press, 10))
+    task = asyncio.create_task(count_presses(pin, asyncio.ThreadSafeFlag(), on_press, 10))
     await _settle()
     equal(got, [], "press held at boot")
     pin.set(0)
@@ -211,3 +211,37 @@ async def test_count_presses_ignores_press_held_at_boot():
     await _settle()
     task.cancel()
     equal(got, [1])
+
+
+async def test_a_lost_edge_is_caught_by_the_poll():
+    # The IRQ never fires (a lost edge); the owner's housekeeping sets the flag, and the
+    # coroutines sample the pins then.
+    press_pin = _Pin(0)
+    case_pin = _Pin(0)
+    press_flag = asyncio.ThreadSafeFlag()
+    case_flag = asyncio.ThreadSafeFlag()
+    presses = []
+    edges = []
+
+    async def on_press():
+        presses.append(1)
+
+    async def on_case(level):
+        edges.append(level)
+
+    tasks = [
+        asyncio.create_task(count_presses(press_pin, press_flag, on_press, 10)),
+        asyncio.create_task(watch(case_pin, case_flag, on_case, 10)),
+    ]
+    await _settle()
+    press_pin.level = 1
+    case_pin.level = 1
+    await _settle()
+    equal((presses, edges), ([], []), "nothing seen without an IRQ or a poll")
+    press_flag.set()
+    case_flag.set()
+    await _settle()
+    for task in tasks:
+        task.cancel()
+    equal(presses, [1])
+    equal(edges, [PRESS])

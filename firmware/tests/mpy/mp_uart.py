@@ -1,5 +1,5 @@
-# heapsize: 128k  (the peer host and the flash helpers share this interpreter; the firmware alone
-# runs at 64k on the emulated board)
+# heapsize: 96k  (test code: the peer host, mpy/peer.py with the sealproto.messages names, and
+# the in-memory wire run in this interpreter beside the firmware, which alone fits in 64k)
 # The transport glue: serve() runs the link over a raw non-blocking byte stream. Here the stream
 # is an in-memory pipe that takes partial writes and hands out bytes in random chunks (seeded),
 # with a peer host on the other end; 40 impressions go through under asyncio.
