@@ -170,13 +170,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def record_soak_line(config: pytest.Config, line: str) -> None:
-    """Soak verdicts are printed again as the run's very last lines (after pytest's summary)."""
+    """Soak verdicts are printed again at the end: a `-m soak` run ends with its soak line."""
     config.stash[_SOAK_LINES].append(line)
 
 
+def _soak_run(config: pytest.Config) -> bool:
+    return "soak" in (config.getoption("markexpr") or "")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    # In the default run pytest's own closing line stays last, for CI to read.
+    if not _soak_run(config):
+        for line in config.stash.get(_SOAK_LINES, []):
+            terminalreporter.write_line(line)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for line in config.stash.get(_SOAK_LINES, []):
-        print(line, flush=True)
+    if _soak_run(config):
+        for line in config.stash.get(_SOAK_LINES, []):
+            print(line, flush=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -190,7 +202,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Soak tests run only when `-m` asks for them; capability markers turn into skips."""
     hil = settings(config)
-    if "soak" not in (config.getoption("markexpr") or ""):
+    if not _soak_run(config):
         soak = [item for item in items if item.get_closest_marker("soak")]
         if soak:
             config.hook.pytest_deselected(items=soak)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from ._config import Config, PortConfig
 from ._errors import LedgerError, TransportError, TransportUnavailableError
 from ._ledger import Batch, EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
-from ._publisher import Publisher
+from ._mqttproc import PublisherProcess
 from ._signer import GatewayKey
 from ._transport import Transport, open_transport
 
@@ -70,7 +70,7 @@ class Gateway:
         self.gateway_id = config.gateway_id
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sealink-ledger")
         self._ledger: Ledger | None = None
-        self._publisher: Publisher | None = None
+        self._publisher: PublisherProcess | None = None
         self._devices: dict[str, DeviceState] = {}
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._batch = Batch()
@@ -93,7 +93,7 @@ class Gateway:
         ledger = self._ledger
         first = await self.db(lambda: ledger.pending_outbox(0, 1))
         first_id = first[0].id if first else await self.db(ledger.max_outbox_id) + 1
-        self._publisher = Publisher(
+        self._publisher = PublisherProcess(
             self.config.mqtt,
             self.config.client_id,
             self.gateway_id,
@@ -150,7 +150,7 @@ class Gateway:
         """Give what is committed a moment to reach the broker before stopping (what does
         not make it stays in the outbox for the next start)."""
         publisher = self._publisher
-        if publisher is None or not publisher.connected:
+        if publisher is None or not (publisher.connected or publisher.starting):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -174,7 +174,7 @@ class Gateway:
             self._ready.set()
 
     @property
-    def publisher(self) -> Publisher:
+    def publisher(self) -> PublisherProcess:
         assert self._publisher is not None
         return self._publisher
 

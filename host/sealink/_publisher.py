@@ -25,9 +25,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ._config import MqttConfig
 from ._ledger import OutboxRow
@@ -80,6 +81,41 @@ class _UserProperties(Properties):
     __repr__ = __str__
 
 
+class _Client(mqtt.Client):
+    """paho's client with a lean path for the common PUBACK (MQTT v5 §3.4: packet identifier,
+    optional reason code, no properties). paho's generic path builds two ReasonCode objects and
+    a Properties object per PUBACK, which measured ~60 µs on this machine, more than the rest of
+    the PUBACK. Anything else (a PUBACK with properties, PUBCOMP) takes paho's own path."""
+
+    on_puback: Callable[[int, int], None] | None = None
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        callback = self.on_puback
+        if (
+            cmd != "PUBACK"
+            or callback is None
+            or not 2 <= len(packet) <= 4
+            or (len(packet) == 4 and packet[3] != 0)
+        ):
+            return super()._handle_pubackcomp(cmd)
+        mid = int.from_bytes(packet[:2], "big")
+        code = packet[2] if len(packet) > 2 else 0
+        with self._out_message_mutex:
+            msg = self._out_messages.pop(mid, None)
+            if msg is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            msg.info._set_as_published()
+            if msg.qos > 0:
+                self._inflight_messages -= 1
+                if self._max_inflight_messages > 0:
+                    rc: MQTTErrorCode = self._update_inflight()
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        return rc
+        callback(mid, code)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 class Publisher:
     """Owns the gateway's MQTT client. Use from the event loop; paho's thread calls back."""
 
@@ -112,9 +148,10 @@ class Publisher:
         self.on_published: Callable[[OutboxRow], None] | None = None
         self.published = 0
         self.failed_pubacks = 0
-        self._client = mqtt.Client(
+        self._client = _Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
+        self._client.on_puback = self._fast_puback
         # Our own window bounds what is in flight; paho's own limit rescans its whole queue on
         # every PUBACK.
         self._client.max_inflight_messages_set(0)
@@ -395,6 +432,13 @@ class Publisher:
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
         self._puback(mid, int(getattr(reason, "value", 0)), reason)
+
+    def _fast_puback(self, mid: int, code: int) -> None:
+        reason: Any = code
+        if code >= 0x80:  # rare: the readable name for the log
+            with contextlib.suppress(Exception):
+                reason = ReasonCode(PacketTypes.PUBACK, identifier=code)
+        self._puback(mid, code, reason)
 
     def _connected(self, up: bool, why: str = "") -> None:
         self.connected = up

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ for extra in (ROOT / "host", ROOT / "protocol"):
 
 DEVICES = int(os.environ.get("SEALINK_BENCH_DEVICES", "64"))
 EVENTS_PER_DEVICE = int(os.environ.get("SEALINK_BENCH_EVENTS", "250"))
+ROUNDS = int(os.environ.get("SEALINK_BENCH_ROUNDS", "3"))
 LATENCY_STAMPS = int(os.environ.get("SEALINK_BENCH_STAMPS", "100"))
 # The emulated seal's MicroPython heap; empty = the board's default.
 BOARD_HEAP = os.environ.get("SEALINK_BENCH_HEAP", "")
@@ -41,35 +42,53 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _raw_publish_rate(port: int, payload: bytes, count: int, inflight: int) -> float:
+def _raw_publish_rate(port: int, payload: bytes, count: int, window: int) -> float:
+    """The ceiling: plain paho QoS 1 publishing, done well. One thread drives paho's socket
+    itself (loop_read/loop_write on select, as the gateway's publisher does), keeps `window`
+    messages in flight with paho's own inflight limit off (it rescans its queue on every
+    PUBACK), and the clock stops at the last PUBACK. Measured here, this beats loop_start()
+    with a publishing thread by 10-40%."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    done = threading.Event()
     acked = 0
 
     def on_publish(client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         nonlocal acked
         acked += 1
-        if acked >= count:
-            done.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(inflight)
+    client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     client.on_publish = on_publish
     client.connect("127.0.0.1", port)
-    client.loop_start()
+    deadline = time.monotonic() + 10
+    while not client.is_connected():
+        if time.monotonic() > deadline:
+            raise TimeoutError("raw publish: no CONNACK")
+        client.loop(0.05)
+    sock = client.socket()
+    sent = 0
     try:
         start = time.perf_counter()
-        for i in range(count):
-            client.publish(f"bench/raw/{i % DEVICES}/events", payload, qos=1)
-        if not done.wait(120):
-            raise TimeoutError(f"raw publish: {acked}/{count} PUBACKs")
+        deadline = time.monotonic() + 120
+        while acked < count:
+            while sent < count and sent - acked < window:
+                client.publish(f"bench/raw/{sent % DEVICES}/events", payload, qos=1)
+                sent += 1
+            readable, writable, _ = select.select(
+                [sock], [sock] if client.want_write() else [], [], 1.0
+            )
+            if writable:
+                client.loop_write()
+            if readable:
+                client.loop_read()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw publish: {acked}/{count} PUBACKs")
         return count / (time.perf_counter() - start)
     finally:
         client.disconnect()
-        client.loop_stop()
+        client.loop_write()
 
 
 async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
@@ -131,24 +150,34 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
 
 
 def bench_ingest() -> dict[str, Any]:
+    from sealink._config import MqttConfig
     from sealink.broker import Mosquitto
 
+    rates: list[float] = []
+    raws: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sealink-bench-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "broker", autosave_s=3600) as broker:
-            rate, payload = asyncio.run(_ingest(work, broker.port))
-            # Twice, averaged: on a shared machine single rates wander by tens of percent.
-            raws = [
-                _raw_publish_rate(broker.port, payload, DEVICES * EVENTS_PER_DEVICE, 256)
-                for _ in range(2)
-            ]
-            raw = statistics.mean(raws)
+            # Interleaved rounds, medians: on a shared machine single rates wander by tens of
+            # percent, and neighbours' load then hits both sides alike.
+            for i in range(ROUNDS):
+                round_dir = work / f"round-{i}"
+                round_dir.mkdir()
+                rate, payload = asyncio.run(_ingest(round_dir, broker.port))
+                rates.append(rate)
+                # the same window as the gateway's publisher
+                window = MqttConfig().inflight
+                raws.append(
+                    _raw_publish_rate(broker.port, payload, DEVICES * EVENTS_PER_DEVICE, window)
+                )
+    rate, raw = statistics.median(rates), statistics.median(raws)
     return {
         "bench": "ingest",
         "events_per_s": round(rate),
         "raw_publish_per_s": round(raw),
         "ratio": round(rate / raw, 3),
         "devices": DEVICES,
+        "rounds": ROUNDS,
     }
 
 
