@@ -1,53 +1,18 @@
-# hal.py for ESP32-DevKitC: the board HAL contract as a thin wrapper over `machine`.
+# hal.py for ESP32-DevKitC: the board HAL contract over `machine` (shared part: seal.mcu).
 # Pin numbers and scaling come from board.py; littlefs is already mounted at "/" by the port.
-import json
-import os
-import time
-
 from board import (
     BATTERY_ADC_PIN,
     BATTERY_DIVIDER,
     JOURNAL_CAPACITY,  # noqa: F401 - read by seal.app
-    LED_PIN,
-    LOCK_PIN,
     LOW_BATTERY_MV,  # noqa: F401 - read by seal.app
-    NAME,
-    STAMP_ACTIVE_LOW,
-    STAMP_PIN,
-    TAMPER_ACTIVE_LOW,
-    TAMPER_PIN,
     UART_BAUD,
     UART_ID,
     UART_RX_PIN,
     UART_TX_PIN,
 )
-from machine import ADC, RTC, UART, Pin
-from micropython import const
+from machine import ADC, UART, Pin
+from seal.mcu import *  # noqa: F403
 
-BOARD = NAME
-# Any clock reading before 2024-01-01 is the RTC's power-on default, never a set time.
-_VALID_AFTER_S = const(1704067200)
-# Ports whose time.time() counts from 2000 need this added to be Unix time.
-_EPOCH_S = 0 if time.gmtime(0)[0] == 1970 else 946684800
-
-
-class _Input:
-    def __init__(self, pin, active_low):
-        self._pin = Pin(pin, Pin.IN, Pin.PULL_UP)
-        self._invert = 1 if active_low else 0
-
-    def value(self):
-        return self._pin.value() ^ self._invert
-
-    def irq(self, handler):
-        self._pin.irq(handler, Pin.IRQ_RISING | Pin.IRQ_FALLING)
-
-
-stamp = _Input(STAMP_PIN, STAMP_ACTIVE_LOW)
-tamper = _Input(TAMPER_PIN, TAMPER_ACTIVE_LOW)
-# Shut at boot: the pin is driven low from the moment it becomes an output.
-lock = Pin(LOCK_PIN, Pin.OUT, value=0)
-led = Pin(LED_PIN, Pin.OUT, value=0)
 _adc = ADC(Pin(BATTERY_ADC_PIN), atten=ADC.ATTN_11DB)
 _uart = None
 
@@ -63,40 +28,3 @@ def uart():
         _uart = UART(UART_ID, baudrate=UART_BAUD, tx=UART_TX_PIN, rx=UART_RX_PIN, timeout=0,
                      rxbuf=1024)
     return _uart
-
-
-def mount():
-    return "/journal"
-
-
-def load_provisioning():
-    with open("/seal.json") as f:
-        conf = json.load(f)
-    key = bytes.fromhex(conf["key"])
-    if len(key) != 32:
-        raise ValueError("/seal.json: key must be 32 bytes")
-    return conf["device_id"], key
-
-
-def time_s():
-    t = time.time() + _EPOCH_S
-    return t if t >= _VALID_AFTER_S else 0
-
-
-def set_time_ms(ms):
-    # gmtime: (year, month, day, hour, minute, second, weekday, ...); RTC wants the weekday
-    # fourth and sub-seconds last.
-    t = time.gmtime(ms // 1000 - _EPOCH_S)
-    RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], (ms % 1000) * 1000))
-
-
-def ticks_ms():
-    return time.ticks_ms()
-
-
-def urandom(n):
-    return os.urandom(n)
-
-
-def report(name, value):
-    print("@%s %s" % (name, value))
