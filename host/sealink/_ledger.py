@@ -79,6 +79,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def id_runs(ids: list[int]) -> list[tuple[int, int]]:
+    """The ids as (first, last) runs of consecutive integers: each run holds exactly ids."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(set(ids)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
 @dataclass(frozen=True, slots=True)
 class EventRow:
     device: str
@@ -276,9 +287,10 @@ class Ledger:
                     )
                 if batch.published:
                     ms = now_ms()
+                    # PUBACKs come back in id order: one statement per run, not per row
                     db.executemany(
-                        "UPDATE outbox SET published_ms = ? WHERE id = ?",
-                        [(ms, i) for i in batch.published],
+                        "UPDATE outbox SET published_ms = ? WHERE id BETWEEN ? AND ?",
+                        [(ms, first, last) for first, last in id_runs(batch.published)],
                     )
                 if batch.command_states:
                     ms = now_ms()

@@ -210,6 +210,7 @@ class PublisherProcess:
                 raise
             finally:
                 self._writer = None
+                self._closed = True  # nothing may pile up for a child that is gone
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.to_thread(child.wait), _CLOSE_TIMEOUT_S)
                 if child.poll() is None:
@@ -340,8 +341,10 @@ async def _child(fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    # Ctrl-C reaches the whole process group: the parent decides when this process stops.
+    # Ctrl-C reaches the whole process group, and systemd signals the whole cgroup: the
+    # parent decides when this process stops (it says "close", or its socket end closes).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     asyncio.run(_child(int(argv[0])))
     return 0
 

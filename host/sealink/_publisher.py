@@ -1,11 +1,14 @@
 """MQTT v5 publisher: drains the ledger's outbox in order, QoS 1, marks rows only on PUBACK.
 
-paho-mqtt 2.x is driven from the gateway's event loop through its external-loop API (socket
+The gateway runs it in a process of its own (_mqttproc.py carries its calls), so this class
+sees the gateway only through `load`, `mark`/`on_published` and `offer`.
+paho-mqtt 2.x is driven from its event loop through its external-loop API (socket
 readable -> loop_read, writable -> loop_write, a 1 s tick -> loop_misc), which is what aiomqtt
 does internally, without that extra dependency. One thread means no lock contention between
 paho's network thread and the publishing code and no wake-up per message: measured, it more than
-doubles the events per second of the whole gateway on a 2-core machine. paho's `on_publish`
-hands us each PUBACK's reason code, which alone decides whether a row counts as published.
+doubles the events per second of the whole gateway on a 2-core machine. paho (`on_publish`,
+or `_Client.on_puback` on the common path) hands us each PUBACK's reason code, which alone
+decides whether a row counts as published.
 Only the blocking TCP connect runs in a worker thread; reconnects back off exponentially.
 
 Memory is bounded whatever the outage: at most `inflight` messages sit in paho awaiting PUBACK

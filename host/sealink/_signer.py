@@ -29,6 +29,7 @@ __all__ = [
     "GatewayKey",
     "check_private_file",
     "countersign_payload",
+    "countersign_payload_reference",
     "key_id",
 ]
 
@@ -75,7 +76,60 @@ def check_private_file(path: Path, what: str) -> None:
         )
 
 
+# The countersigned map's keys in deterministic order (length first, then bytewise).
+_CS_EVENT = b"\x65event"
+_CS_DEVICE = b"\x66device"
+_CS_COUNTER = b"\x67counter"
+_CS_GATEWAY = b"\x67gateway"
+_CS_RECEIVED = b"\x6breceived_ms"
+_U64_END = 1 << 64
+
+
+def _head(major: int, n: int) -> bytes:
+    """A CBOR head (RFC 8949 §3), shortest form; n < 2**64."""
+    top = major << 5
+    if n < 24:
+        return bytes([top | n])
+    if n < 0x100:
+        return bytes([top | 24, n])
+    if n < 0x10000:
+        return bytes([top | 25]) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes([top | 26]) + n.to_bytes(4, "big")
+    return bytes([top | 27]) + n.to_bytes(8, "big")
+
+
 def countersign_payload(
+    device: str, counter: int, event: bytes, received_ms: int, gateway: str
+) -> bytes:
+    """Deterministic CBOR of the countersigned map, assembled from fixed pieces: the same bytes
+    as `countersign_payload_reference` (host/tests/test_fastpath.py), at a fraction of the
+    cost of cbor2's canonical map encoder, once per event."""
+    if not (0 <= counter < _U64_END and 0 <= received_ms < _U64_END):
+        return countersign_payload_reference(device, counter, event, received_ms, gateway)
+    device_raw = device.encode()
+    gateway_raw = gateway.encode()
+    return b"".join(
+        (
+            b"\xa5",
+            _CS_EVENT,
+            _head(2, len(event)),
+            event,
+            _CS_DEVICE,
+            _head(3, len(device_raw)),
+            device_raw,
+            _CS_COUNTER,
+            _head(0, counter),
+            _CS_GATEWAY,
+            _head(3, len(gateway_raw)),
+            gateway_raw,
+            _CS_RECEIVED,
+            _head(0, received_ms),
+        )
+    )
+
+
+def countersign_payload_reference(
     device: str, counter: int, event: bytes, received_ms: int, gateway: str
 ) -> bytes:
     return bytes(

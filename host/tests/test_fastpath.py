@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 
+import paho.mqtt.client as mqtt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from sealink._fastpath import FrameDecoder, decode_event, device_mac_ok, encode_session
-from sealink._publisher import _properties, _UserProperties
-from sealink._signer import GatewayKey
+from sealink._publisher import _Client, _properties, _UserProperties
+from sealink._signer import GatewayKey, countersign_payload, countersign_payload_reference
 from sealink._simdevice import make_event
 from sealproto import auth, framing, messages
 from sealproto.errors import DecodeError
@@ -88,6 +91,62 @@ def test_cose_sign1_matches_cbor2_assembly(payload: bytes) -> None:
 
 
 _KEY = GatewayKey.generate()
+
+
+@given(
+    st.text(max_size=300),
+    st.integers(0, 2**64 - 1),
+    st.binary(max_size=70000),
+    st.integers(0, 2**64 - 1),
+    st.text(max_size=300),
+)
+def test_countersign_payload_matches_cbor2(
+    device: str, counter: int, event: bytes, received_ms: int, gateway: str
+) -> None:
+    assert countersign_payload(device, counter, event, received_ms, gateway) == (
+        countersign_payload_reference(device, counter, event, received_ms, gateway)
+    )
+
+
+@pytest.mark.parametrize(
+    ("packet", "code"),
+    [
+        (b"\x00\x01", 0x00),  # MQTT v5 §3.4.2.1: no reason code means success
+        (b"\x00\x01\x00", 0x00),
+        (b"\x00\x01\x10\x00", 0x10),  # "no matching subscribers" is still a success
+        (b"\x00\x01\x87", 0x87),  # not authorised
+        (b"\x00\x01\x97\x00", 0x97),  # quota exceeded
+    ],
+)
+def test_lean_puback_path_reports_the_reason_code(packet: bytes, code: int) -> None:
+    """The lean PUBACK path must hand over the reason code exactly: it alone decides whether
+    an outbox row is marked published. Driven without a broker: paho keeps a QoS 1 message
+    queued while disconnected, and its packet buffer is filled as _packet_read would."""
+    client = _Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5)
+    seen: list[tuple[int, int]] = []
+    client.on_puback = lambda mid, rc: seen.append((mid, rc))
+    info = client.publish("t/x", b"payload", qos=1)
+    assert info.mid == 1
+    client._in_packet["packet"] = bytearray(packet)
+    client._handle_pubackcomp("PUBACK")
+    assert seen == [(1, code)]
+    assert 1 not in client._out_messages  # paho forgot it, as after its own PUBACK path
+    client._handle_pubackcomp("PUBACK")  # a duplicate PUBACK for a mid no longer held
+    assert seen == [(1, code)]
+
+
+def test_puback_with_properties_takes_pahos_own_path() -> None:
+    client = _Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5)
+    lean: list[tuple[int, int]] = []
+    full: list[int] = []
+    client.on_puback = lambda mid, rc: lean.append((mid, rc))
+    client.on_publish = lambda c, u, mid, reason, props: full.append(reason.value)
+    client.publish("t/x", b"payload", qos=1)
+    # reason 0x10, properties: reason string "x" (0x1F)
+    client._in_packet["command"] = 0x40
+    client._in_packet["packet"] = bytearray(b"\x00\x01\x10\x04\x1f\x00\x01x")
+    client._handle_pubackcomp("PUBACK")
+    assert (lean, full) == ([], [0x10])
 
 
 @given(st.text(min_size=1, max_size=40), st.integers(1, 2**32 - 1))

@@ -6,7 +6,8 @@ ingest: many simulated seals (sealink._simdevice, the real protocol through seal
 a journal backlog over in-process byte pipes through the whole gateway path (decode, MAC,
 counter and chain checks, COSE_Sign1, SQLite WAL group commit with fsync, ACK, outbox, MQTT
 QoS 1) until every event is PUBACKed; in the same run, raw paho QoS 1 publishes of the same
-payload to the same broker give the ceiling. ratio = events_per_s / raw_publish_per_s.
+payload to the same broker give the ceiling. Both are measured in ROUNDS interleaved rounds
+(SEALINK_BENCH_ROUNDS, default 3) and reported as medians; ratio = the ratio of the medians.
 
 latency: one stamp at a time on an EmulatedBoard (real firmware under MicroPython, over its
 pty): from the moment the board reports the impression journaled to the PUBACK of its event.
