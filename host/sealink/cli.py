@@ -5,6 +5,7 @@ sealink keys init|show --config FILE      the gateway's Ed25519 countersigning k
 sealink devices add|list --config FILE    register a seal (the host half of provisioning)
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
 sealink events list|export                JSON Lines
+sealink verify EXPORT --public-key PEM    an auditor's offline check of an export
 sealink demo --stamps N [--json]          everything on one machine, no hardware
 """
 
@@ -245,6 +246,39 @@ def cmd_events_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# verify ------------------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .audit import verify_export  # cwt is only needed here and by the observer
+
+    device_keys: dict[str, bytes] = {}
+    for spec in args.device_key:
+        device, sep, path = spec.partition("=")
+        if not sep or not device or not path:
+            raise KeyFileError(f"--device-key {spec!r}: expected DEVICE=KEYFILE")
+        device_keys[device] = read_device_key(path)
+    try:
+        public_pem = Path(args.public_key).read_bytes()
+        with open(args.export, encoding="utf-8") as export:
+            audits = verify_export(export, public_pem, device_keys)
+    except OSError as exc:
+        raise SealinkError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise KeyFileError(f"{args.public_key}: not a PEM public key ({exc})") from None
+    for audit in audits:
+        _print_json(audit.summary(), sys.stdout)
+        for problem in audit.problems:
+            print(f"sealink verify: {problem}", file=sys.stderr)
+    failed = not audits or any(audit.problems for audit in audits)
+    print(
+        f"sealink verify: {sum(a.events for a in audits)} events of {len(audits)} devices, "
+        + ("FAILED" if failed else "all verified"),
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
 # demo --------------------------------------------------------------------------------------------
 
 
@@ -371,6 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--since", type=int, default=0, metavar="COUNTER")
     p.add_argument("--out", help="file to write (default: stdout)")
+
+    p = command(sub, "verify", cmd_verify, "auditor's offline check of `events export` output")
+    p.add_argument("export", help="JSON Lines written by `sealink events export`")
+    p.add_argument(
+        "--public-key", required=True, metavar="PEM", help="from `sealink keys show --format pem`"
+    )
+    p.add_argument(
+        "--device-key",
+        action="append",
+        default=[],
+        metavar="DEVICE=KEYFILE",
+        help="also check this device's MACs (key file 0600); repeatable",
+    )
 
     p = command(
         sub, "demo", cmd_demo, "emulated seal + gateway + local Mosquitto + independent verifier"

@@ -44,7 +44,7 @@ from paho.mqtt.properties import Properties
 
 from ._errors import ObserverError
 
-__all__ = ["DeviceTally", "Observer"]
+__all__ = ["DeviceTally", "Observer", "derive_kid"]
 
 # EVENT field keys (protocol/SPEC.md §4), restated here so the observer stays independent.
 _EV_COUNTER = 1
@@ -98,7 +98,7 @@ class DeviceTally:
         }
 
 
-def _derive_kid(public_key_pem: bytes) -> bytes:
+def derive_kid(public_key_pem: bytes) -> bytes:
     """kid per SPEC §11: the first 8 bytes of SHA-256 over the raw Ed25519 public key."""
     public = serialization.load_pem_public_key(public_key_pem)
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -136,7 +136,7 @@ class Observer:
         self.prefix = prefix.rstrip("/")
         self.client_id = client_id or f"sealink-observer-{uuid.uuid4().hex[:8]}"
         self.connect_timeout_s = connect_timeout_s
-        self._key = COSEKey.from_pem(public_key_pem, kid=kid or _derive_kid(public_key_pem))
+        self._key = COSEKey.from_pem(public_key_pem, kid=kid or derive_kid(public_key_pem))
         self._cose = COSE.new()
         self._cond = threading.Condition()
         self._devices: dict[str, DeviceTally] = {}

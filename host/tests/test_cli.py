@@ -148,3 +148,8 @@ def test_permits_are_queued_sent_by_the_service_and_events_exported(
     for row in rows:
         payload = COSE.new().decode(base64.b64decode(row["cose"]), key)
         assert bytes.fromhex(row["event"]) in payload
+    # The auditor's offline check agrees, device MACs included.
+    pem = tmp_path / "gateway.pub.pem"
+    pem.write_text(public["public_pem"])
+    verify = ["verify", str(out), "--public-key", str(pem), "--device-key", f"seal-1={key_path}"]
+    assert main(verify) == 0

@@ -1,0 +1,143 @@
+"""`sealink verify`: an auditor's offline check of an evidence export.
+
+Input: the JSON Lines written by `sealink events export`, the gateway's public key (PEM, from
+`sealink keys show --format pem`) and, optionally, device keys. Like the observer, it shares no
+code with the gateway's signing or protocol path: `cwt` verifies each COSE_Sign1, cbor2 and
+hashlib/hmac check what is inside. Per device it proves (SPEC §4.1, §11):
+
+- every countersignature verifies under the gateway key, and its signed payload names the
+  exported device and counter and embeds exactly the exported event bytes;
+- counters are contiguous from the first one exported (from 1: complete since the device's
+  first record), none repeated;
+- each event's `prev` is SHA-256 of the event before it (32 zero bytes for counter 1), so no
+  record was inserted, removed or altered;
+- with the device's key, each event's device MAC.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+from cwt import COSE, COSEKey
+
+from .observer import derive_kid
+
+__all__ = ["DeviceAudit", "verify_export"]
+
+_EV_COUNTER = 1
+_EV_PREV = 8
+_MAC = 15
+_GENESIS = bytes(32)
+
+
+@dataclass
+class DeviceAudit:
+    device: str
+    events: int = 0
+    first: int = 0
+    last: int = 0
+    macs_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "events": self.events,
+            "counters": [self.first, self.last],
+            "complete_from_first_record": self.first == 1 and not self.problems,
+            "macs_checked": self.macs_checked,
+            "problems": len(self.problems),
+        }
+
+
+class _Checker:
+    def __init__(self, public_key_pem: bytes, device_keys: dict[str, bytes]) -> None:
+        self._key = COSEKey.from_pem(public_key_pem, kid=derive_kid(public_key_pem))
+        self._cose = COSE.new()
+        self._device_keys = device_keys
+        self.devices: dict[str, DeviceAudit] = {}
+        self._last_event: dict[str, bytes] = {}
+
+    def line(self, number: int, text: str) -> None:
+        try:
+            row = json.loads(text)
+            device = str(row["device"])
+            counter = int(row["counter"])
+            event_bytes = bytes.fromhex(row["event"])
+            cose = base64.b64decode(row["cose"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            self._device("?").problems.append(f"line {number}: not an export row: {exc!r}")
+            return
+        audit = self._device(device)
+        where = f"line {number} ({device} #{counter})"
+        audit.problems.extend(f"{where}: {p}" for p in self._row(audit, counter, event_bytes, cose))
+
+    def _device(self, device: str) -> DeviceAudit:
+        return self.devices.setdefault(device, DeviceAudit(device))
+
+    def _row(self, audit: DeviceAudit, counter: int, event_bytes: bytes, cose: bytes) -> list[str]:
+        problems = self._countersignature(audit.device, counter, event_bytes, cose)
+        try:
+            event = cbor2.loads(event_bytes)
+        except (cbor2.CBORDecodeError, ValueError) as exc:
+            event = {}
+            problems.append(f"event bytes unreadable: {exc!r}")
+        if event and event.get(_EV_COUNTER) != counter:
+            problems.append(f"the event itself says counter {event.get(_EV_COUNTER)}")
+        follows = audit.events and counter == audit.last + 1
+        if audit.events and not follows:
+            problems.append(f"counter follows {audit.last}: records missing or repeated")
+        previous = self._last_event.get(audit.device)
+        if counter == 1 or (follows and previous is not None):
+            expected = _GENESIS if counter == 1 else hashlib.sha256(previous or b"").digest()
+            if event and event.get(_EV_PREV) != expected:
+                problems.append("prev does not chain to the record before it")
+        key = self._device_keys.get(audit.device)
+        if key is not None and event:
+            unsigned = {k: v for k, v in event.items() if k != _MAC}
+            mac = hmac.digest(key, cbor2.dumps(unsigned, canonical=True), "sha256")
+            if not hmac.compare_digest(mac, event.get(_MAC, b"")):
+                problems.append("device MAC does not verify")
+            audit.macs_checked += 1
+        # The sequence advances over every exported row, verified or not, so one damaged row
+        # is reported once, not again by the rows after it.
+        if not audit.events:
+            audit.first = counter
+        audit.events += 1
+        audit.last = counter
+        self._last_event[audit.device] = event_bytes
+        return problems
+
+    def _countersignature(
+        self, device: str, counter: int, event_bytes: bytes, cose: bytes
+    ) -> list[str]:
+        try:
+            signed = cbor2.loads(self._cose.decode(cose, self._key))
+        except Exception as exc:  # cwt raises several types; any of them means "not verified"
+            return [f"countersignature does not verify: {exc}"]
+        if not isinstance(signed, dict) or (
+            signed.get("device"),
+            signed.get("counter"),
+            signed.get("event"),
+        ) != (device, counter, event_bytes):
+            return ["the signed payload names another device, counter or event"]
+        return []
+
+
+def verify_export(
+    lines: Iterable[str], public_key_pem: bytes, device_keys: dict[str, bytes] | None = None
+) -> list[DeviceAudit]:
+    """Check every row of an export (rows of one device in counter order, as exported)."""
+    checker = _Checker(public_key_pem, device_keys or {})
+    for number, text in enumerate(lines, 1):
+        if text.strip():
+            checker.line(number, text)
+    return list(checker.devices.values())
