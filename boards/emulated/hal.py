@@ -28,8 +28,9 @@ _MOUNT_POINT = const("/flash")
 
 
 def report(name, value):
-    # One write per line, so a report never interleaves with other output on the pipe.
-    sys.stdout.write("@%s %s\n" % (name, value))
+    # One write per line, so a report never interleaves with other output on the pipe. The
+    # board's wall clock (us) goes along, so the harness can time what happened on the board.
+    sys.stdout.write("@%s %s %d\n" % (name, value, time.time_ns() // 1000))
 
 
 def _lose_power(writes):

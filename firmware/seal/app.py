@@ -3,6 +3,7 @@
 import asyncio
 import sys
 from micropython import const
+from time import ticks_ms
 
 import hal
 
@@ -66,7 +67,14 @@ async def _main(device_id, key, journal, boot_id):
     stamp_flag = asyncio.ThreadSafeFlag()
     tamper_flag = asyncio.ThreadSafeFlag()
     asyncio.get_event_loop().set_exception_handler(_task_died)
-    asyncio.create_task(count_presses(hal.stamp, stamp_flag, guard.on_press))
+
+    async def on_press():
+        await guard.on_press()
+        # Send the new record now, not at the link's next idle poll (seal/uart.py, up to 5 ms).
+        link.tick(ticks_ms())
+        port.flush()
+
+    asyncio.create_task(count_presses(hal.stamp, stamp_flag, on_press))
     asyncio.create_task(watch(hal.tamper, tamper_flag, guard.on_tamper))
     asyncio.create_task(serve(link, port))
     rounds = 0

@@ -107,7 +107,8 @@ class EmulatedBoard:
     """One emulated seal device; see the module docstring.
 
     What the board reported in its current (or last) boot: `counter` (newest event counter,
-    None until the firmware reported it), `lock_open`, `led`, `alarms` (codes, in order),
+    None until the firmware reported it), `counted_at_us` (counter -> board wall-clock time
+    when it counted), `lock_open`, `led`, `alarms` (codes, in order),
     `reports` (every `(name, value)`), `block_writes`, `powercut` (it lost power), `exited`,
     `heap_peak` (live heap bytes, with `heap_probe_ms` only).
     GPIO levels set while the board is off (`press()`, `open_case()`) hold at its next boot.
@@ -161,6 +162,8 @@ class EmulatedBoard:
         self.lock_open = False
         self.led = False
         self.counter: int | None = None
+        # counter -> the board's wall-clock time (us) when that impression counted.
+        self.counted_at_us: dict[int, int] = {}
         self.alarms: list[int] = []
         self.reports: list[tuple[str, str]] = []
         self.block_writes = 0
@@ -371,7 +374,8 @@ class EmulatedBoard:
                 self._cond.notify_all()
 
     def _on_report(self, proc: subprocess.Popen[bytes], line: str) -> None:
-        name, _, value = line[1:].partition(" ")
+        name, _, rest = line[1:].partition(" ")
+        value, _, at_us = rest.partition(" ")
         if name == "powercut":
             # The board hangs after the cut write; nothing more may reach the flash.
             with contextlib.suppress(ProcessLookupError):
@@ -389,6 +393,7 @@ class EmulatedBoard:
                 self.led = value == "1"
             elif name == "counter":
                 self.counter = int(value)
+                self.counted_at_us[self.counter] = int(at_us or 0)
             elif name == "alarm":
                 self.alarms.append(int(value))
             elif name == "heap":
