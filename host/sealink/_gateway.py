@@ -74,7 +74,8 @@ class Gateway:
         self._devices: dict[str, DeviceState] = {}
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._batch = Batch()
-        self._batch_futures: list[asyncio.Future[None]] = []
+        # resolved once the current batch is on disk; shared by everything in the batch
+        self._batch_done: asyncio.Future[None] | None = None
         self._commit_wake = asyncio.Event()
         self._mark_timer: asyncio.TimerHandle | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -267,7 +268,9 @@ class Gateway:
         quarantine: QuarantineRow | None = None,
         command_state: tuple[int, str, int | None] | None = None,
     ) -> asyncio.Future[None]:
-        """Add rows to the next group commit; the future resolves once they are on disk."""
+        """Add rows to the next group commit; the future resolves once they are on disk. It is
+        the whole batch's future (one per commit, not per event): await it through
+        asyncio.shield() where the waiting task may be cancelled."""
         batch = self._batch
         if event is not None:
             batch.events.append(event)
@@ -277,10 +280,11 @@ class Gateway:
             batch.quarantine.append(quarantine)
         if command_state is not None:
             batch.command_states.append(command_state)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._batch_futures.append(fut)
+        done = self._batch_done
+        if done is None:
+            done = self._batch_done = asyncio.get_running_loop().create_future()
         self._commit_wake.set()
-        return fut
+        return done
 
     def _mark_published(self, ids: list[int]) -> None:
         self._batch.published.extend(ids)
@@ -303,10 +307,10 @@ class Gateway:
             self._commit_wake.clear()
             if linger_s and len(self._batch.events) < max_rows:
                 await asyncio.sleep(linger_s)
-            batch, futures = self._batch, self._batch_futures
+            batch, done = self._batch, self._batch_done
             if not len(batch):
                 continue
-            self._batch, self._batch_futures = Batch(), []
+            self._batch, self._batch_done = Batch(), None
             outbox = await self._commit(batch)
             self.commits += 1
             self.events_stored += len(batch.events)
@@ -318,9 +322,8 @@ class Gateway:
                     state.stored_hash = row.hash
                     state.pending_bytes.pop(row.counter, None)
                     state.pending.pop(row.counter, None)
-            for fut in futures:
-                if not fut.done():
-                    fut.set_result(None)
+            if done is not None and not done.done():
+                done.set_result(None)
             for session in self.sessions:
                 session.committed()
             self.publisher.offer(outbox)
@@ -429,10 +432,6 @@ class Gateway:
         permit = await self.db(queue)
         self.wake_commands(device)
         return permit
-
-    async def revoke_permit(self, device: str, permit: int) -> None:
-        await self.db(self.ledger.queue_command, device, "revoke", {"permit": permit})
-        self.wake_commands(device)
 
     def wake_commands(self, device: str) -> None:
         state = self._devices.get(device)

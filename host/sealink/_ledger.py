@@ -356,6 +356,3 @@ class Ledger:
             f"SELECT id, device, kind, body, state, result FROM commands {where}", args
         ).fetchall()
         return [Command(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
-
-    def set_command_state(self, command_id: int, state: str, result: int | None = None) -> None:
-        self.commit(Batch(command_states=[(command_id, state, result)]))

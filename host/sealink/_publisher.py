@@ -182,10 +182,6 @@ class Publisher:
     def gateway_status_topic(self) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/status"
 
-    @property
-    def gateway_alarm_topic(self) -> str:
-        return f"{self.prefix}/gateway/{self.gateway_id}/alarms"
-
     def _status_payload(self, state: str) -> bytes:
         body = {"gateway": self.gateway_id, "state": state, "time_ms": time.time_ns() // 1_000_000}
         return json.dumps({**self._info, **body}, sort_keys=True).encode()

@@ -22,7 +22,7 @@ from sealproto import auth, errors, framing, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 
-from ._fastpath import FrameDecoder, decode_event, device_mac_ok, encode_session
+from ._fastpath import FrameDecoder, decode_event, device_mac_ok, encode_frame, encode_session
 from ._ledger import EventRow, now_ms
 from ._signer import countersign_payload
 from ._transport import Transport
@@ -129,7 +129,7 @@ class Session:
                 self._acked_sent = stored
                 self._host_seq += 1
                 ack = {K_TYPE: messages.ACK, messages.AK_COUNTER: stored, K_SEQ: self._host_seq}
-                frame = framing.encode_frame(encode_session(ack, self._session_key))
+                frame = encode_frame(encode_session(ack, self._session_key))
                 await self.transport.send(frame)
 
     # receiving -------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ class Session:
                     await asyncio.sleep(_COMMAND_RETRY_S)
                     break
                 result_state = "done" if code == messages.R_OK else "failed"
-                await gateway.submit(command_state=(cmd.id, result_state, code))
+                await asyncio.shield(gateway.submit(command_state=(cmd.id, result_state, code)))
                 log.info(
                     "command result",
                     extra={

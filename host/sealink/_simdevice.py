@@ -120,6 +120,9 @@ class SimDevice:
 
     async def send_backlog(self) -> None:
         """Send what the journal holds and the window allows (as after a reconnect)."""
+        # Fresh sends restart the retransmission timer: it runs from the oldest unacked send,
+        # not from the last ack before the backlog was recorded.
+        self._progress.set()
         await self._pump()
 
     async def stamp(self, count: int = 1, **fields: Any) -> None:
@@ -167,9 +170,13 @@ class SimDevice:
     async def _pump(self) -> None:
         if not self.welcomed.is_set():
             return
+        frames = []
         while self._next_send <= len(self.journal) and self._next_send <= self.acked + WINDOW:
-            await self.transport.send(self.frame(self._next_send))
+            frames.append(self.frame(self._next_send))
             self._next_send += 1
+        if frames:
+            # one write for the whole window, as a UART driver's buffer would carry it
+            await self.transport.send(b"".join(frames))
 
     def frame(self, counter: int) -> bytes:
         # Frames are cached: a benchmark measures the gateway, not this peer's COBS encoder.

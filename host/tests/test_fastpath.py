@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from sealink._fastpath import FrameDecoder, decode_event, device_mac_ok, encode_session
+from sealink._fastpath import (
+    FrameDecoder,
+    decode_ack,
+    decode_event,
+    device_mac_ok,
+    encode_frame,
+    encode_session,
+    hmac_sha256,
+)
 from sealink._publisher import _Client, _properties, _UserProperties
 from sealink._signer import GatewayKey, countersign_payload, countersign_payload_reference
 from sealink._simdevice import make_event
@@ -75,6 +85,80 @@ def test_the_shortcut_never_accepts_what_sealproto_rejects(
     assert fast is None or fast == reference
 
 
+def _same_map_other_bytes(payload: bytes) -> list[bytes]:
+    """Encodings of the very map `payload` holds that deterministic CBOR forbids, each of
+    which cbor2 decodes to an equal dict."""
+    msg = cbor2.loads(payload)
+    head = payload[0]
+    counter_at = payload.index(b"\x01", 3)  # key 1 follows key 0 and the type value
+    shared_prev = dict(msg)
+    shared_prev[messages.EV_PREV] = cbor2.CBORTag(28, msg[messages.EV_PREV])
+    mac_refers_to_prev = bytes(cbor2.dumps(shared_prev))
+    return [
+        bytes(cbor2.dumps(dict(reversed(list(msg.items()))))),  # keys out of order
+        bytes([0xB8, head & 0x1F]) + payload[1:],  # map head in two bytes
+        payload[: counter_at + 1]
+        + bytes([0x1B])
+        + msg[messages.EV_COUNTER].to_bytes(8, "big")
+        + payload[counter_at + 1 + len(cbor2.dumps(msg[messages.EV_COUNTER])) :],  # u32 in 8 bytes
+        payload[:-33] + b"\x5f\x50" + payload[-32:-16] + b"\x50" + payload[-16:] + b"\xff",
+        mac_refers_to_prev,  # tagged prev (value sharing), still decodes to equal bytes
+        payload + b"\x00",  # trailing data
+        payload[:-35] + b"\xfb" + struct.pack(">d", 15.0) + payload[-34:],  # key 15 as a float
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(events)
+def test_non_deterministic_encodings_of_an_event_are_refused(payload: bytes) -> None:
+    for variant in _same_map_other_bytes(payload):
+        assert decode_event(variant) is None
+        with pytest.raises(DecodeError):
+            messages.decode(variant)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.binary(min_size=1, max_size=framing.MAX_PAYLOAD),
+        st.lists(
+            st.sampled_from([b"\x00", b"\x01" * 253, b"\x02" * 254, b"\x03" * 255, b"\x04" * 250])
+        )
+        .map(b"".join)
+        .filter(lambda b: 0 < len(b) <= framing.MAX_PAYLOAD),
+    )
+)
+def test_frames_encode_like_sealproto(payload: bytes) -> None:
+    assert encode_frame(payload) == framing.encode_frame(payload)
+
+
+def test_frame_sizes_are_checked_like_sealproto() -> None:
+    for size in (0, framing.MAX_PAYLOAD + 1):
+        with pytest.raises(ValueError):
+            framing.encode_frame(bytes(size))
+        with pytest.raises(ValueError):
+            encode_frame(bytes(size))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=600))
+def test_hmac_matches_sealproto(key: bytes, data: bytes) -> None:
+    assert hmac_sha256(key, data) == auth.hmac_sha256(key, data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1))
+def test_acks_decode_like_sealproto(counter: int, seq: int) -> None:
+    session_key = hashlib.sha256(b"session").digest()
+    msg = {messages.K_TYPE: messages.ACK, messages.AK_COUNTER: counter, messages.K_SEQ: seq}
+    payload = messages.encode(auth.sign(msg, session_key))
+    assert decode_ack(payload) == messages.decode(payload)
+    unordered = bytes(cbor2.dumps(dict(reversed(list(cbor2.loads(payload).items())))))
+    assert decode_ack(unordered) is None
+    float_key = payload[:-35] + b"\xfb" + struct.pack(">d", 15.0) + payload[-34:]
+    assert decode_ack(float_key) is None
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1))
 def test_session_messages_encode_like_sealproto(counter: int, seq: int) -> None:
@@ -91,6 +175,14 @@ def test_cose_sign1_matches_cbor2_assembly(payload: bytes) -> None:
 
 
 _KEY = GatewayKey.generate()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_signatures_are_the_ones_cryptography_makes(message: bytes) -> None:
+    key = GatewayKey.generate()
+    assert key._sign(message) == key.private.sign(message)
+    key.public.verify(key._sign(message), message)
 
 
 @given(

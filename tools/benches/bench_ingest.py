@@ -2,10 +2,11 @@
 
     .venv/bin/python tools/benches/bench_ingest.py      # or through tools/bench.py
 
-ingest: many simulated seals (sealink._simdevice, the real protocol through sealproto) replay
-a journal backlog over in-process byte pipes through the whole gateway path (decode, MAC,
-counter and chain checks, COSE_Sign1, SQLite WAL group commit with fsync, ACK, outbox, MQTT
-QoS 1) until every event is PUBACKed; in the same run, raw paho QoS 1 publishes of the same
+ingest: many simulated seals (sealink._simdevice, the real protocol through sealproto), all in
+one child process (real seals are not inside the gateway either), replay a journal backlog over
+one socketpair each through the whole gateway path (decode, MAC, counter and chain checks,
+COSE_Sign1, SQLite WAL group commit with fsync, ACK, outbox, MQTT QoS 1) until every event is
+PUBACKed; in the same run, raw paho QoS 1 publishes of the same
 payload to the same broker give the ceiling. Both are measured in ROUNDS interleaved rounds
 (SEALINK_BENCH_ROUNDS, default 3) and reported as medians; ratio = the ratio of the medians.
 
@@ -16,9 +17,12 @@ pty): from the moment the board reports the impression journaled to the PUBACK o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import select
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,9 +100,8 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
     from sealink._config import Config, MqttConfig
     from sealink._gateway import Gateway
     from sealink._ledger import Ledger
-    from sealink._pipe import pipe_pair
+    from sealink._pipe import SocketTransport
     from sealink._signer import GatewayKey
-    from sealink._simdevice import SimDevice
 
     key = GatewayKey.generate()
     key.save(work / "gateway.key")
@@ -114,40 +117,93 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
         mqtt=MqttConfig(port=port, prefix="bench"),
     )
     total = DEVICES * EVENTS_PER_DEVICE
+    loop = asyncio.get_running_loop()
     async with Gateway(config, key=key) as gateway:
         await gateway.publisher.wait_connected(10)
-        sims = []
-        for device, device_key in sims_keys.items():
-            host_end, device_end = pipe_pair(device)
-            gateway.attach(host_end)
-            sims.append(SimDevice(device, device_key, device_end))
-        for sim in sims:
-            await sim.start()
-        for sim in sims:
-            await asyncio.wait_for(sim.welcomed.wait(), 30)
-        while any(not sim.commands for sim in sims):  # the TIME sync after each handshake
-            await asyncio.sleep(0.01)
-        for sim in sims:
-            # The backlog a seal accumulated offline, built before the clock starts.
-            sim.record(EVENTS_PER_DEVICE)
-            sim.prepare_frames()
-        sample: list[bytes] = []
+        links = {device: socket.socketpair() for device in sims_keys}
+        control, fleet_control = socket.socketpair()
+        fleet = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--fleet",
+                str(fleet_control.fileno()),
+                *(str(device_end.fileno()) for _, device_end in links.values()),
+            ],
+            pass_fds=[fleet_control.fileno(), *(d.fileno() for _, d in links.values())],
+        )
+        try:
+            fleet_control.close()
+            for _, device_end in links.values():
+                device_end.close()
+            for device, (host_end, _) in links.items():
+                gateway.attach(SocketTransport(f"{device}:host", host_end))
+            control.setblocking(False)
+            hello = [[device, device_key.hex()] for device, device_key in sims_keys.items()]
+            spec = json.dumps({"devices": hello, "events": EVENTS_PER_DEVICE}) + "\n"
+            await loop.sock_sendall(control, spec.encode())
+            ready = await asyncio.wait_for(loop.sock_recv(control, 64), 120)
+            if ready != b"ready\n":
+                raise RuntimeError(f"simulated device fleet failed: {ready!r}")
+            sample: list[bytes] = []
 
-        def keep_first(row: Any) -> None:
-            if not sample:
-                sample.append(row.payload)
+            def keep_first(row: Any) -> None:
+                if not sample:
+                    sample.append(row.payload)
 
-        gateway.publisher.on_published = keep_first
-        published_before = gateway.publisher.published
-        start = time.perf_counter()
+            gateway.publisher.on_published = keep_first
+            published_before = gateway.publisher.published
+            start = time.perf_counter()
+            await loop.sock_sendall(control, b"go\n")
+            while gateway.publisher.published - published_before < total:
+                await asyncio.sleep(0.002)
+            elapsed = time.perf_counter() - start
+        finally:
+            control.close()  # the fleet's cue to stop
+            try:
+                fleet.wait(10)
+            except subprocess.TimeoutExpired:
+                fleet.kill()
+                fleet.wait()
+    return total / elapsed, sample[0]
+
+
+async def _fleet(control: socket.socket, fds: list[int]) -> None:
+    """The child process: every simulated seal, each on its own socket to the gateway. Its
+    own process, as real devices are: the gateway's core does only the gateway's work."""
+    from sealink._pipe import SocketTransport
+    from sealink._simdevice import SimDevice
+
+    loop = asyncio.get_running_loop()
+    control.setblocking(False)
+    spec = b""
+    while not spec.endswith(b"\n"):
+        spec += await loop.sock_recv(control, 1 << 16)
+    setup = json.loads(spec)
+    sims = [
+        SimDevice(device, bytes.fromhex(key_hex), SocketTransport(f"{device}:device", sock))
+        for (device, key_hex), sock in zip(
+            setup["devices"], (socket.socket(fileno=fd) for fd in fds), strict=True
+        )
+    ]
+    for sim in sims:
+        await sim.start()
+    for sim in sims:
+        await asyncio.wait_for(sim.welcomed.wait(), 60)
+    while any(not sim.commands for sim in sims):  # the TIME sync after each handshake
+        await asyncio.sleep(0.01)
+    for sim in sims:
+        # The backlog a seal accumulated offline, built before the clock starts.
+        sim.record(setup["events"])
+        sim.prepare_frames()
+    await loop.sock_sendall(control, b"ready\n")
+    if await loop.sock_recv(control, 64) == b"go\n":
         for sim in sims:
             await sim.send_backlog()
-        while gateway.publisher.published - published_before < total:
-            await asyncio.sleep(0.002)
-        elapsed = time.perf_counter() - start
-        for sim in sims:
-            await sim.stop()
-    return total / elapsed, sample[0]
+        await loop.sock_recv(control, 64)  # b"" once the parent has measured
+    for sim in sims:
+        await sim.stop()
+        await sim.transport.close()
 
 
 def bench_ingest() -> dict[str, Any]:
@@ -195,11 +251,9 @@ async def _latency(
         mqtt=MqttConfig(port=port, prefix="bench"),
         ports=(PortConfig(board.uart_path),),
     )
-    pubacks: dict[int, float] = {}
     pubacks_wall_ms: dict[int, float] = {}
 
     def published(row: Any) -> None:
-        pubacks.setdefault(row.counter or 0, time.perf_counter())
         pubacks_wall_ms.setdefault(row.counter or 0, time.time() * 1000)
 
     async with Gateway(config, key=key) as gateway:
@@ -218,21 +272,23 @@ async def _latency(
             if commands and commands[-1].state != "pending":
                 break
             await asyncio.sleep(0.01)
-        journaled: dict[int, float] = {}
+        counted: list[int] = []
         for _ in range(LATENCY_STAMPS):
             before = board.counter or 0
             press = asyncio.create_task(asyncio.to_thread(board.stamp))
             await asyncio.to_thread(board.wait_until, lambda b, n=before: (b.counter or 0) > n, 15)
-            journaled[board.counter] = time.perf_counter()
+            counted.append(board.counter)
             await press
-            while board.counter not in pubacks:
+            while board.counter not in pubacks_wall_ms:
                 await asyncio.sleep(0.0005)
         received = {
             e["counter"]: e["received_ms"]
             for e in await gateway.db(lambda: list(gateway.ledger.events(device)))
         }
-    total = [(pubacks[c] - t) * 1000 for c, t in journaled.items()]
-    host = [pubacks_wall_ms[c] - received[c] for c in journaled]
+    # From the moment the impression counted on the board (journaled; its own wall-clock
+    # report) to the PUBACK: the board shares this machine's clock.
+    total = [pubacks_wall_ms[c] - board.counted_at_us[c] / 1000 for c in counted]
+    host = [pubacks_wall_ms[c] - received[c] for c in counted]
     return total, host
 
 
@@ -282,7 +338,9 @@ def run() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    import json
-
+    if sys.argv[1:2] == ["--fleet"]:
+        fleet_control = socket.socket(fileno=int(sys.argv[2]))
+        asyncio.run(_fleet(fleet_control, [int(fd) for fd in sys.argv[3:]]))
+        sys.exit(0)
     for result in run():
         print(json.dumps(result))
