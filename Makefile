@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check host protocol tools hil-tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint
 	$(VENV)/bin/pytest

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import cbor2
 import pytest
-from sealink.observer import DeviceTally
 from sealink_hil.artifacts import Artifacts
 from sealink_hil.faults import ALL_KINDS, Faults
 from sealink_hil.rig import Rig
+from sealink_sim.observer import DeviceTally
 
 DEVICE = "seal-acct-1"
 KINDS = {"impression": 0, "forced": 1, "reboot": 4}

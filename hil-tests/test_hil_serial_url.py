@@ -85,7 +85,7 @@ def bench(
         pytest.skip(
             "self-test of the serial:URL path on an emulated board; this run has a real one"
         )
-    from sealink.emulator import EmulatedBoard
+    from sealink_sim.emulator import EmulatedBoard
 
     key = secrets.token_bytes(32)
     key_file = tmp_path / "seal-bench-1.json"  # as tools/provision.py writes it

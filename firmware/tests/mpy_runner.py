@@ -5,7 +5,7 @@ A script `firmware/tests/mpy/mp_NAME.py` defines `test_*` functions; the runner 
 `@@PASS name` or `@@FAIL name`, the traceback and `@@END name` for each test. The firmware is
 compiled first with tools/build.py (board "emulated", which supplies `hal`) into a ROMFS image
 that runs from memory outside the heap, as a device runs its code from flash (the emulator's
-launcher, sealink.emulator.rom_command); the test scripts are .mpy (compiled with mpy-cross) in
+launcher, sealink_sim.emulator.rom_command); the test scripts are .mpy (compiled with mpy-cross) in
 the heap, beside the firmware's RAM. pytest gets one item per test function (found by reading the source, so
 collection needs no MicroPython) and every item reads its outcome from the script's single run.
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sealink.emulator import ROMFS_IMAGE, rom_command
+from sealink_sim.emulator import ROMFS_IMAGE, rom_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MPY_DIR = Path(__file__).resolve().parent / "mpy"

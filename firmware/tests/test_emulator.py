@@ -1,4 +1,4 @@
-"""The emulated board (boards/emulated + sealink.emulator) running the real firmware.
+"""The emulated board (boards/emulated + sealink_sim.emulator) running the real firmware.
 
 Nothing is mocked: `micropython` runs the firmware's .mpy build from a ROMFS image mapped as
 flash outside its 64 KB heap; the UART is a real pty, the flash a littlefs image, power cuts
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import serial
-from sealink.emulator import EmulatedBoard, EmulatorError
+from sealink_sim.emulator import EmulatedBoard, EmulatorError
 from sealproto import auth, framing, messages
 from sealproto.messages import AL_FORCED_STAMP, EV_TIME, HE_DEVICE, HELLO, K_TYPE
 

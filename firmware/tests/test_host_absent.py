@@ -18,7 +18,7 @@ from peer import Peer
 from sealproto import messages
 
 serial = pytest.importorskip("serial")
-emulator = pytest.importorskip("sealink.emulator")
+emulator = pytest.importorskip("sealink_sim.emulator")
 
 IMPRESSIONS = int(os.environ.get("SEAL_TEST_IMPRESSIONS", "1000"))
 # The device's RAM budget; the firmware's code runs from the emulated flash (ROMFS image).

@@ -1,6 +1,6 @@
 """The Dut layer: which board the suite runs against, what it can do, and one API over all of them.
 
-    --board emulated            the real firmware under micropython (sealink.emulator.EmulatedBoard)
+    --board emulated            the real firmware under micropython (sealink_sim.emulator)
     --board serial:URL          a real, provisioned board on any pyserial URL
     --board ble:ADDRESS         parsed; tests skip until BLE boards are supported
 
@@ -140,7 +140,7 @@ class EmulatedDut:
         rtc_offset_s: float = 0.0,
         heapsize: str = "64k",
     ) -> None:
-        from sealink.emulator import EmulatedBoard  # the emulation extra: x86_64 Linux only
+        from sealink_sim.emulator import EmulatedBoard  # the emulation extra: x86_64 Linux only
 
         self.spec = BoardSpec("emulated")
         self.capabilities = capabilities(self.spec, power_cmds=False, press_cmd=False)

@@ -288,7 +288,7 @@ def faults(request: pytest.FixtureRequest, hil: HilSettings, artifacts: Artifact
 @pytest.fixture
 def broker(artifacts: Artifacts, tmp_path: Path) -> Iterator[Any]:
     """A real Mosquitto on a free loopback port; `stop()`/`kill()` then `start()` reuse it."""
-    from sealink.broker import Mosquitto
+    from sealink_sim.broker import Mosquitto
 
     mosquitto = Mosquitto(tmp_path / "broker")
     try:
@@ -386,7 +386,7 @@ def host(
 @pytest.fixture
 def observer(broker: Any, host: Any) -> Iterator[Any]:
     """An independent subscriber: verifies every COSE signature with cwt, tallies per device."""
-    from sealink.observer import Observer
+    from sealink_sim.observer import Observer
 
     with Observer("127.0.0.1", broker.port, host.public_key_pem(), prefix=host.prefix) as obs:
         _wait_broker_saved(broker)

@@ -4,15 +4,15 @@
     async with Gateway(load_config("/etc/sealink/sealink.toml")) as gateway:
         await gateway.wait_closed()
 
-Test and demo helpers live in their own public modules: `sealink.broker` (a private
-Mosquitto), `sealink.observer` (the independent verifying subscriber), `sealink.emulator`.
+Test and demo helpers live in their own public modules: `sealink_sim.broker` (a private
+Mosquitto), `sealink_sim.observer` (the independent verifying subscriber), `sealink_sim.emulator`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
+from sealink.errors import (
     BrokerError,
     CommandError,
     ConfigError,
@@ -26,10 +26,10 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._config import Config, load_config
-    from ._gateway import Gateway
-    from ._signer import GatewayKey
-    from ._transport import Transport, open_transport
+    from sealink.config import Config, load_config
+    from sealink.crypto import GatewayKey
+    from sealink.gateway import Gateway
+    from sealink.transport import Transport, open_transport
 
 __all__ = [
     "BrokerError",
@@ -52,12 +52,12 @@ __all__ = [
 
 # Imported on first use: `import sealink` (e.g. for its errors) stays free of paho and SQLite.
 _LAZY = {
-    "Config": "._config",
-    "load_config": "._config",
-    "Gateway": "._gateway",
-    "GatewayKey": "._signer",
-    "Transport": "._transport",
-    "open_transport": "._transport",
+    "Config": "sealink.config",
+    "load_config": "sealink.config",
+    "Gateway": "sealink.gateway",
+    "GatewayKey": "sealink.crypto",
+    "Transport": "sealink.transport",
+    "open_transport": "sealink.transport",
 }
 
 
@@ -67,4 +67,4 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'sealink' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module, __name__), name)
+    return getattr(importlib.import_module(module), name)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sealink._config import Config, LedgerConfig, MqttConfig, PortConfig
-from sealink._errors import TransportError
-from sealink._gateway import Gateway
-from sealink._ledger import Ledger
-from sealink._signer import GatewayKey
-from sealink.broker import Mosquitto
-from sealink.observer import Observer
+from sealink.config import Config, LedgerConfig, MqttConfig, PortConfig
+from sealink.crypto.signer import GatewayKey
+from sealink.errors import TransportError
+from sealink.gateway.service import Gateway
+from sealink.ledger.sqlite import Ledger
+from sealink_sim.broker import Mosquitto
+from sealink_sim.observer import Observer
 
 T = TypeVar("T")
 

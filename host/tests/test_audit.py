@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
-from sealink._signer import GatewayKey, countersign_payload
-from sealink._simdevice import make_event
-from sealink.audit import verify_export
 from sealink.cli import main
+from sealink.crypto.signer import GatewayKey, countersign_payload
+from sealink_sim.simdevice import make_event
+from sealink_verify.audit import verify_export
 from sealproto import auth
 
 DEVICE_KEY = bytes(range(32))

@@ -10,10 +10,10 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sealink._errors import ObserverError
-from sealink._signer import GatewayKey, countersign_payload
-from sealink.broker import Mosquitto
-from sealink.observer import Observer
+from sealink.crypto.signer import GatewayKey, countersign_payload
+from sealink.errors import ObserverError
+from sealink_sim.broker import Mosquitto
+from sealink_sim.observer import Observer
 
 
 def _publisher(port: int) -> mqtt.Client:

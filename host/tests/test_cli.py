@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import run
 from cwt import COSE, COSEKey
-from sealink._config import load_config
-from sealink._gateway import Gateway
-from sealink._pipe import pipe_pair
-from sealink._simdevice import SimDevice
-from sealink.broker import Mosquitto
-from sealink.cli import build_parser, main
+from sealink.cli.main import build_parser, main
+from sealink.config import load_config
+from sealink.gateway.service import Gateway
+from sealink_sim.broker import Mosquitto
+from sealink_sim.pipe import pipe_pair
+from sealink_sim.simdevice import SimDevice
 
 
 def sealink(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from sealink._config import load_config
-from sealink._errors import ConfigError
-from sealink._signer import GatewayKey
+from sealink.config import load_config
+from sealink.crypto.signer import GatewayKey
+from sealink.errors import ConfigError
 
 GOOD = """
 [gateway]

@@ -12,10 +12,10 @@ from pathlib import Path
 import cbor2
 import pytest
 from conftest import GatewayFiles, run
-from sealink._config import PortConfig
-from sealink._gateway import Gateway
-from sealink.broker import Mosquitto
-from sealink.observer import Observer
+from sealink.config import PortConfig
+from sealink.gateway.service import Gateway
+from sealink_sim.broker import Mosquitto
+from sealink_sim.observer import Observer
 
 pytestmark = pytest.mark.skipif(
     shutil.which("micropython", path=str(Path(sys.executable).parent)) is None,
@@ -52,7 +52,7 @@ async def _permit(gateway: Gateway, count: int, log: Path) -> None:
 def test_real_firmware_impressions_are_verified_by_an_independent_subscriber(
     tmp_path: Path, files: GatewayFiles, broker: Mosquitto, observer: Observer
 ) -> None:
-    from sealink.emulator import EmulatedBoard
+    from sealink_sim.emulator import EmulatedBoard
 
     key = files.add_device(SEAL)
     stamps = 12

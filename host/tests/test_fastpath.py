@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from sealink._fastpath import (
+from sealink.crypto.signer import GatewayKey, countersign_payload, countersign_payload_reference
+from sealink.gateway.fastpath import (
     FrameDecoder,
     decode_ack,
     decode_event,
@@ -22,9 +23,8 @@ from sealink._fastpath import (
     encode_session,
     hmac_sha256,
 )
-from sealink._publisher import _Client, _properties, _UserProperties
-from sealink._signer import GatewayKey, countersign_payload, countersign_payload_reference
-from sealink._simdevice import make_event
+from sealink.mqtt.publisher import _Client, _properties, _UserProperties
+from sealink_sim.simdevice import make_event
 from sealproto import auth, framing, messages
 from sealproto.errors import DecodeError
 

@@ -1,6 +1,6 @@
 """The gateway end to end over a real pty and a real Mosquitto, with a simulated seal.
 
-The simulated seal (sealink._simdevice) speaks the real protocol through sealproto; it stands
+The simulated seal (sealink_sim.simdevice) speaks the real protocol through sealproto; it stands
 in for the firmware where a test needs records the firmware never makes on purpose (bad MACs,
 broken chains, replays). The firmware itself is covered by test_emulated.py.
 """
@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from conftest import DEVICE, GatewayFiles, PtyLink, run, running, until
-from sealink._config import PortConfig
-from sealink._errors import LedgerError
-from sealink._gateway import Gateway
-from sealink._ledger import Ledger
-from sealink._simdevice import SimDevice, make_event
-from sealink.broker import Mosquitto
-from sealink.observer import Observer
+from sealink.config import PortConfig
+from sealink.errors import LedgerError
+from sealink.gateway.service import Gateway
+from sealink.ledger.sqlite import Ledger
+from sealink_sim.broker import Mosquitto
+from sealink_sim.observer import Observer
+from sealink_sim.simdevice import SimDevice, make_event
 from sealproto import messages
 from sealproto.messages import K_TYPE
 
@@ -270,7 +270,7 @@ def test_ledger_failure_means_no_ack_then_recovery_loses_nothing(
 def test_gateway_restart_resumes_from_the_ledger(
     files: GatewayFiles, broker: Mosquitto, observer: Observer
 ) -> None:
-    from sealink._pipe import pipe_pair
+    from sealink_sim.pipe import pipe_pair
 
     key = files.device_keys[DEVICE]
     config = files.config(broker.port)
@@ -318,7 +318,7 @@ class _StreamTransport:
     async def receive(self) -> bytes:
         data = await self._reader.read(4096)
         if not data:
-            from sealink._errors import TransportError
+            from sealink.errors import TransportError
 
             raise TransportError("tcp closed")
         return data

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
-from sealink._ledger import Batch, Ledger, id_runs
+from sealink.ledger.sqlite import Batch, Ledger, id_runs
 
 
 @given(st.lists(st.integers(1, 200), max_size=60))

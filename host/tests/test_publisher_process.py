@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 from conftest import GatewayFiles
-from sealink.broker import Mosquitto
+from sealink_sim.broker import Mosquitto
 
 _GATEWAY = """
 import asyncio, sys
 from pathlib import Path
-from sealink._config import Config, MqttConfig
-from sealink._gateway import Gateway
+from sealink.config import Config, MqttConfig
+from sealink.gateway.service import Gateway
 
 async def main() -> None:
     config = Config(

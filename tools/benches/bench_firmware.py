@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import serial
-from sealink.emulator import ROMFS_IMAGE, EmulatedBoard, rom_command
+from sealink_sim.emulator import ROMFS_IMAGE, EmulatedBoard, rom_command
 from sealproto import messages
 
 ROOT = Path(__file__).resolve().parents[2]

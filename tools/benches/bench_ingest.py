@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/benches/bench_ingest.py      # or through tools/bench.py
 
-ingest: many simulated seals (sealink._simdevice, the real protocol through sealproto), all in
+ingest: many simulated seals (sealink_sim.simdevice, the real protocol through sealproto), all in
 one child process (real seals are not inside the gateway either), replay a journal backlog over
 one socketpair each through the whole gateway path (decode, MAC, counter and chain checks,
 COSE_Sign1, SQLite WAL group commit with fsync, ACK, outbox, MQTT QoS 1) until every event is
@@ -97,11 +97,11 @@ def _raw_publish_rate(port: int, payload: bytes, count: int, window: int) -> flo
 
 
 async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
-    from sealink._config import Config, MqttConfig
-    from sealink._gateway import Gateway
-    from sealink._ledger import Ledger
-    from sealink._pipe import SocketTransport
-    from sealink._signer import GatewayKey
+    from sealink.config import Config, MqttConfig
+    from sealink.crypto.signer import GatewayKey
+    from sealink.gateway.service import Gateway
+    from sealink.ledger.sqlite import Ledger
+    from sealink_sim.pipe import SocketTransport
 
     key = GatewayKey.generate()
     key.save(work / "gateway.key")
@@ -171,8 +171,8 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
 async def _fleet(control: socket.socket, fds: list[int]) -> None:
     """The child process: every simulated seal, each on its own socket to the gateway. Its
     own process, as real devices are: the gateway's core does only the gateway's work."""
-    from sealink._pipe import SocketTransport
-    from sealink._simdevice import SimDevice
+    from sealink_sim.pipe import SocketTransport
+    from sealink_sim.simdevice import SimDevice
 
     loop = asyncio.get_running_loop()
     control.setblocking(False)
@@ -207,8 +207,8 @@ async def _fleet(control: socket.socket, fds: list[int]) -> None:
 
 
 def bench_ingest() -> dict[str, Any]:
-    from sealink._config import MqttConfig
-    from sealink.broker import Mosquitto
+    from sealink.config import MqttConfig
+    from sealink_sim.broker import Mosquitto
 
     rates: list[float] = []
     raws: list[float] = []
@@ -241,8 +241,8 @@ def bench_ingest() -> dict[str, Any]:
 async def _latency(
     work: Path, port: int, board: Any, device: str, key: Any
 ) -> tuple[list[float], list[float]]:
-    from sealink._config import Config, MqttConfig, PortConfig
-    from sealink._gateway import Gateway
+    from sealink.config import Config, MqttConfig, PortConfig
+    from sealink.gateway.service import Gateway
 
     config = Config(
         gateway_id="bench",
@@ -293,10 +293,10 @@ async def _latency(
 
 
 def bench_latency() -> dict[str, Any]:
-    from sealink._ledger import Ledger
-    from sealink._signer import GatewayKey
-    from sealink.broker import Mosquitto
-    from sealink.emulator import EmulatedBoard
+    from sealink.crypto.signer import GatewayKey
+    from sealink.ledger.sqlite import Ledger
+    from sealink_sim.broker import Mosquitto
+    from sealink_sim.emulator import EmulatedBoard
 
     device = "bench-latency"
     with tempfile.TemporaryDirectory(prefix="sealink-bench-") as tmp:

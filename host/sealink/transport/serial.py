@@ -16,7 +16,7 @@ from typing import Any
 import serial
 import serial.serialposix
 
-from ._errors import TransportError
+from sealink.errors import TransportError
 
 __all__ = ["SerialTransport"]
 

@@ -1,6 +1,6 @@
 """A simulated seal speaking the real protocol (sealproto) over any Transport.
 
-Not the firmware: the firmware runs under MicroPython (sealink.emulator). This peer exists for
+Not the firmware: the firmware runs under MicroPython (sealink_sim.emulator). This peer exists for
 what the firmware cannot do on purpose: drive the gateway with thousands of devices in one
 process (benchmarks), and send hand-crafted bad records (tests of every rejection kind).
 It follows SPEC §5: HELLO on SYNC, window of 8 events, cumulative ACK, go-back-N on timeout.
@@ -14,12 +14,11 @@ import hashlib
 import os
 from typing import Any
 
+from sealink.gateway.fastpath import decode_ack, device_mac_ok
+from sealink.transport.base import Transport
 from sealproto import auth, framing, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
-
-from ._fastpath import decode_ack, device_mac_ok
-from ._transport import Transport
 
 __all__ = ["SimDevice", "make_event"]
 

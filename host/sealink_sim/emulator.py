@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from sealink._errors import SealinkError
+from sealink.errors import SealinkError
 
 __all__ = ["ROMFS_IMAGE", "EmulatedBoard", "EmulatorError", "rom_command"]
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+from sealink.config import Config, MqttConfig, PortConfig
+from sealink.crypto.signer import GatewayKey
+from sealink.gateway.service import Gateway
+from sealink.ledger.sqlite import Ledger
 
-from ._config import Config, MqttConfig, PortConfig
-from ._gateway import Gateway
-from ._ledger import Ledger
-from ._signer import GatewayKey
-from .broker import Mosquitto
-from .observer import Observer
+from sealink_sim.broker import Mosquitto
+from sealink_sim.observer import Observer
 
 __all__ = ["run_demo"]
 
@@ -62,7 +62,7 @@ class _Progress:
 def run_demo(
     stamps: int, *, as_json: bool, workdir: str | None = None, heap: str | None = None
 ) -> int:
-    from .emulator import EmulatedBoard
+    from sealink_sim.emulator import EmulatedBoard
 
     progress = _Progress(not as_json)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sealink-demo-"))

@@ -22,13 +22,19 @@ from sealproto import auth, errors, framing, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 
-from ._fastpath import FrameDecoder, decode_event, device_mac_ok, encode_frame, encode_session
-from ._ledger import EventRow, now_ms
-from ._signer import countersign_payload
-from ._transport import Transport
+from sealink.crypto.signer import countersign_payload
+from sealink.gateway.fastpath import (
+    FrameDecoder,
+    decode_event,
+    device_mac_ok,
+    encode_frame,
+    encode_session,
+)
+from sealink.ledger.sqlite import EventRow, now_ms
+from sealink.transport.base import Transport
 
 if TYPE_CHECKING:
-    from ._gateway import DeviceState, Gateway
+    from sealink.gateway.service import DeviceState, Gateway
 
 __all__ = ["Session"]
 

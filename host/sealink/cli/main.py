@@ -5,8 +5,8 @@ sealink keys init|show --config FILE      the gateway's Ed25519 countersigning k
 sealink devices add|list --config FILE    register a seal (the host half of provisioning)
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
 sealink events list|export                JSON Lines
-sealink verify EXPORT --public-key PEM    an auditor's offline check of an export
-sealink demo --stamps N [--json]          everything on one machine, no hardware
+sealink verify EXPORT --public-key PEM    an auditor's offline check (package sealink_verify)
+sealink demo --stamps N [--json]          everything on one machine (package sealink_sim)
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._config import NAME_RE, Config, load_config
-from ._errors import DeviceError, KeyFileError, SealinkError
-from ._ledger import Ledger
-from ._logging import configure_logging
-from ._signer import GatewayKey, check_private_file
+from sealink.config import NAME_RE, Config, load_config
+from sealink.crypto.signer import GatewayKey, check_private_file
+from sealink.errors import DeviceError, KeyFileError, SealinkError
+from sealink.ledger.sqlite import Ledger
+from sealink.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -78,7 +79,7 @@ def _print_json(obj: Any, out: TextIO = sys.stdout) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args, check_key=True)
     configure_logging(args.log_level or config.log.level, args.log_json or config.log.json)
-    from ._gateway import Gateway
+    from sealink.gateway.service import Gateway
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
@@ -246,56 +247,6 @@ def cmd_events_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# verify ------------------------------------------------------------------------------------------
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from .audit import verify_export  # cwt is only needed here and by the observer
-
-    device_keys: dict[str, bytes] = {}
-    for spec in args.device_key:
-        device, sep, path = spec.partition("=")
-        if not sep or not device or not path:
-            raise KeyFileError(f"--device-key {spec!r}: expected DEVICE=KEYFILE")
-        device_keys[device] = read_device_key(path)
-    try:
-        public_pem = Path(args.public_key).read_bytes()
-        with open(args.export, encoding="utf-8") as export:
-            audits = verify_export(export, public_pem, device_keys)
-    except OSError as exc:
-        raise SealinkError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise KeyFileError(f"{args.public_key}: not a PEM public key ({exc})") from None
-    for audit in audits:
-        _print_json(audit.summary(), sys.stdout)
-        for problem in audit.problems:
-            print(f"sealink verify: {problem}", file=sys.stderr)
-    failed = not audits or any(audit.problems for audit in audits)
-    print(
-        f"sealink verify: {sum(a.events for a in audits)} events of {len(audits)} devices, "
-        + ("FAILED" if failed else "all verified"),
-        file=sys.stderr,
-    )
-    return 1 if failed else 0
-
-
-# demo --------------------------------------------------------------------------------------------
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from ._demo import run_demo
-    except ImportError as exc:
-        raise SealinkError(
-            f"the demo needs the emulator and test extras: pip install -e '.[emulator,test]' "
-            f"({exc})"
-        ) from None
-
-    if not args.json:
-        configure_logging("warning")
-    return run_demo(args.stamps, as_json=args.json, workdir=args.workdir, heap=args.heap)
-
-
 # parser ------------------------------------------------------------------------------------------
 
 
@@ -307,6 +258,27 @@ def _with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
         metavar="FILE",
         help="the gateway's TOML configuration file",
     )
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands registered by other installed packages (entry point group
+    `sealink.commands`): `verify` from sealink_verify, `demo` from sealink_sim."""
+    for entry in sorted(entry_points(group="sealink.commands"), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            log.debug("command plugin unavailable", extra={"fields": {"name": entry.name}})
+            p = sub.add_parser(entry.name, help=f"(unavailable: {exc})")
+            p.set_defaults(fn=_unavailable(entry.name, exc))
+            continue
+        register(sub)
+
+
+def _unavailable(name: str, exc: ImportError) -> Callable[[argparse.Namespace], int]:
+    def fn(args: argparse.Namespace) -> int:
+        raise SealinkError(f"`sealink {name}` cannot load: {exc}")
+
+    return fn
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,26 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=int, default=0, metavar="COUNTER")
     p.add_argument("--out", help="file to write (default: stdout)")
 
-    p = command(sub, "verify", cmd_verify, "auditor's offline check of `events export` output")
-    p.add_argument("export", help="JSON Lines written by `sealink events export`")
-    p.add_argument(
-        "--public-key", required=True, metavar="PEM", help="from `sealink keys show --format pem`"
-    )
-    p.add_argument(
-        "--device-key",
-        action="append",
-        default=[],
-        metavar="DEVICE=KEYFILE",
-        help="also check this device's MACs (key file 0600); repeatable",
-    )
-
-    p = command(
-        sub, "demo", cmd_demo, "emulated seal + gateway + local Mosquitto + independent verifier"
-    )
-    p.add_argument("--stamps", type=int, default=50, help="impressions to make (default 50)")
-    p.add_argument("--json", action="store_true", help="print only the JSON summary")
-    p.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
-    p.add_argument("--heap", help="the emulated seal's MicroPython heap (default: the board's)")
+    _add_plugin_commands(sub)
     return parser
 
 
@@ -439,7 +392,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

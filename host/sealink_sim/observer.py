@@ -36,15 +36,14 @@ from typing import Any
 
 import cbor2
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives import serialization
 from cwt import COSE, COSEKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sealink.errors import ObserverError
+from sealink_verify import derive_kid
 
-from ._errors import ObserverError
-
-__all__ = ["DeviceTally", "Observer", "derive_kid"]
+__all__ = ["DeviceTally", "Observer"]
 
 # EVENT field keys (protocol/SPEC.md §4), restated here so the observer stays independent.
 _EV_COUNTER = 1
@@ -96,13 +95,6 @@ class DeviceTally:
             "lost": self.lost,
             "alarms": self.alarms,
         }
-
-
-def derive_kid(public_key_pem: bytes) -> bytes:
-    """kid per SPEC §11: the first 8 bytes of SHA-256 over the raw Ed25519 public key."""
-    public = serialization.load_pem_public_key(public_key_pem)
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).digest()[:8]
 
 
 def _percentile(values: list[float], q: float) -> float:

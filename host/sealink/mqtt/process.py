@@ -1,7 +1,7 @@
 """The MQTT publisher in its own process, so that MQTT never competes with ingest for a core.
 
     publisher = PublisherProcess(mqtt_config, client_id, gateway_id, load=..., mark=..., ...)
-    await publisher.run()      # spawns `python -m sealink._mqttproc FD`, runs until cancelled
+    await publisher.run()      # spawns `python -m sealink.mqtt.process FD`, runs until cancelled
 
 The child runs the `Publisher` of _publisher.py unchanged (paho, QoS 1, reconnects, order,
 bounded memory); this module only carries its calls over a socketpair. paho's per-message work
@@ -31,9 +31,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._config import MqttConfig
-from ._errors import SealinkError
-from ._ledger import OutboxRow
+from sealink.config import MqttConfig
+from sealink.errors import SealinkError
+from sealink.ledger.sqlite import OutboxRow
 
 __all__ = ["PublisherProcess"]
 
@@ -87,7 +87,7 @@ def _child_env() -> dict[str, str]:
 
 def _log_settings() -> tuple[str | None, bool]:
     """How the parent logs (level, JSON?), or (None, False) if logging is not configured."""
-    from ._logging import _JsonFormatter
+    from sealink.logs import _JsonFormatter
 
     root = logging.getLogger("sealink")
     if not root.handlers:
@@ -184,7 +184,7 @@ class PublisherProcess:
         with parent_sock:
             try:
                 child = subprocess.Popen(
-                    [sys.executable, "-m", "sealink._mqttproc", str(child_sock.fileno())],
+                    [sys.executable, "-m", "sealink.mqtt.process", str(child_sock.fileno())],
                     pass_fds=(child_sock.fileno(),),
                     stdin=subprocess.DEVNULL,
                     env=_child_env(),
@@ -250,8 +250,8 @@ class PublisherProcess:
 
 
 async def _child(fd: int) -> None:
-    from ._logging import configure_logging
-    from ._publisher import Publisher
+    from sealink.logs import configure_logging
+    from sealink.mqtt.publisher import Publisher
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 # (host/tests/test_fastpath.py).
 from nacl import bindings as sodium
 
-from ._errors import KeyFileError
+from sealink.errors import KeyFileError
 
 __all__ = [
     "ALG_EDDSA",

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._errors import ConfigError
-from ._signer import check_private_file
+from sealink.crypto.signer import check_private_file
+from sealink.errors import ConfigError
 
 __all__ = ["Config", "LedgerConfig", "LogConfig", "MqttConfig", "PortConfig", "load_config"]
 
@@ -161,7 +161,7 @@ def _level(key: str, value: Any) -> Any:
 
 
 def _transport(key: str, value: Any) -> Any:
-    from ._transport import TRANSPORTS
+    from sealink.transport.base import TRANSPORTS
 
     value = _type(str, "a string")(key, value)
     if value not in TRANSPORTS:

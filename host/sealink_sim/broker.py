@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import BrokerError
+from sealink.errors import BrokerError
 
 __all__ = ["MOSQUITTO", "Mosquitto"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from ._errors import TransportUnavailableError
+from sealink.errors import TransportUnavailableError
 
 __all__ = ["TRANSPORTS", "Transport", "open_transport"]
 
@@ -40,7 +40,7 @@ def open_transport(kind: str, url: str, **options: Any) -> Transport:
     match kind:
         case "serial":
             try:
-                from ._serial import SerialTransport
+                from sealink.transport.serial import SerialTransport
             except ImportError as exc:
                 raise TransportUnavailableError(
                     f"serial transport needs pyserial: pip install pyserial ({exc})"

@@ -28,14 +28,19 @@ from typing import Any
 import cbor2
 from cwt import COSE, COSEKey
 
-from .observer import derive_kid
-
-__all__ = ["DeviceAudit", "verify_export"]
+__all__ = ["DeviceAudit", "derive_kid", "verify_export"]
 
 _EV_COUNTER = 1
 _EV_PREV = 8
 _MAC = 15
 _GENESIS = bytes(32)
+_COSE_KEY_X = -2
+
+
+def derive_kid(public_key_pem: bytes) -> bytes:
+    """kid per SPEC §11.1: the first 8 bytes of SHA-256 over the raw Ed25519 public key."""
+    raw = COSEKey.from_pem(public_key_pem).to_dict()[_COSE_KEY_X]
+    return hashlib.sha256(raw).digest()[:8]
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from ._errors import TransportError
+from sealink.errors import TransportError
 
 __all__ = ["PipeTransport", "SocketTransport", "pipe_pair"]
 

@@ -33,8 +33,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ._config import MqttConfig
-from ._ledger import OutboxRow
+from sealink.config import MqttConfig
+from sealink.ledger.sqlite import OutboxRow
+from sealink.topics import Topics
 
 __all__ = ["Publisher"]
 
@@ -180,7 +181,7 @@ class Publisher:
 
     @property
     def gateway_status_topic(self) -> str:
-        return f"{self.prefix}/gateway/{self.gateway_id}/status"
+        return Topics(self.prefix, self.gateway_id).gateway_status()
 
     def _status_payload(self, state: str) -> bytes:
         body = {"gateway": self.gateway_id, "state": state, "time_ms": time.time_ns() // 1_000_000}

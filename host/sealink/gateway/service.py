@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._config import Config, PortConfig
-from ._errors import LedgerError, TransportError, TransportUnavailableError
-from ._ledger import Batch, EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
-from ._mqttproc import PublisherProcess
-from ._signer import GatewayKey
-from ._transport import Transport, open_transport
+from sealink.config import Config, PortConfig
+from sealink.crypto.signer import GatewayKey
+from sealink.errors import LedgerError, TransportError, TransportUnavailableError
+from sealink.ledger.sqlite import Batch, EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
+from sealink.mqtt.process import PublisherProcess
+from sealink.topics import Topics
+from sealink.transport.base import Transport, open_transport
 
 __all__ = ["DeviceState", "Gateway"]
 
@@ -68,6 +69,7 @@ class Gateway:
         self.key = key or GatewayKey.load(config.key_file)
         self.prefix = config.mqtt.prefix
         self.gateway_id = config.gateway_id
+        self.topics = Topics(config.mqtt.prefix, config.gateway_id)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sealink-ledger")
         self._ledger: Ledger | None = None
         self._publisher: PublisherProcess | None = None
@@ -197,7 +199,7 @@ class Gateway:
         return self._tg.create_task(self._serve(transport, connect), name=transport.name)
 
     async def _serve(self, transport: Transport, connect: bool) -> None:
-        from ._session import Session
+        from sealink.gateway.session import Session
 
         if connect:
             await transport.connect()
@@ -366,15 +368,13 @@ class Gateway:
     # alarms ----------------------------------------------------------------------------------
 
     def alarm_topic(self, device: str | None) -> str:
-        if device is None:
-            return f"{self.prefix}/gateway/{self.gateway_id}/alarms"
-        return f"{self.prefix}/{device}/alarms"
+        return self.topics.alarms(device)
 
     def event_topic(self, device: str) -> str:
-        return f"{self.prefix}/{device}/events"
+        return self.topics.events(device)
 
     def status_topic(self, device: str) -> str:
-        return f"{self.prefix}/{device}/status"
+        return self.topics.status(device)
 
     def alarm_payload(self, device: str | None, **fields: Any) -> bytes:
         body = {"device": device, "gateway": self.gateway_id, "time_ms": now_ms(), **fields}

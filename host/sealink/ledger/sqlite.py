@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import DeviceError, LedgerError
+from sealink.errors import DeviceError, LedgerError
 
 __all__ = ["Batch", "Command", "EventRow", "Ledger", "OutboxRow", "QuarantineRow", "now_ms"]
 

@@ -1,0 +1,115 @@
+"""`sealink verify` (and the standalone `sealink-verify`): check an evidence export offline.
+
+Registered into the `sealink` command line through the `sealink.commands` entry point group, so
+the gateway's CLI offers it without importing this package's code into the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sealink_verify.audit import verify_export
+
+__all__ = ["main", "register"]
+
+
+class VerifyInputError(Exception):
+    """An input the verifier cannot read: named, without a traceback."""
+
+
+def read_device_key(path: str) -> bytes:
+    """A device key file: 64 hex digits, or the provisioning JSON {"device_id", "key"}; 0600."""
+    try:
+        st = os.stat(path)
+        text = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read device key file {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise VerifyInputError(
+            f"device key file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"chmod 600 {path}"
+        )
+    try:
+        if text.startswith(b"{"):
+            text = json.loads(text)["key"].encode()
+        key = bytes.fromhex(text.decode())
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise VerifyInputError(
+            f"device key file {path}: expected 64 hex digits or "
+            '{"device_id": ..., "key": "<64 hex>"}'
+        ) from None
+    if len(key) != 32:
+        raise VerifyInputError(f"device key file {path}: key is {len(key)} bytes, expected 32")
+    return key
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export", help="JSON Lines written by `sealink events export`")
+    p.add_argument(
+        "--public-key", required=True, metavar="PEM", help="from `sealink keys show --format pem`"
+    )
+    p.add_argument(
+        "--device-key",
+        action="append",
+        default=[],
+        metavar="DEVICE=KEYFILE",
+        help="also check this device's MACs (key file 0600); repeatable",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """0: every event verified; 1: something failed to verify; 2: an input is unusable."""
+    try:
+        return _verify(args)
+    except VerifyInputError as exc:
+        print(f"sealink verify: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _verify(args: argparse.Namespace) -> int:
+    device_keys: dict[str, bytes] = {}
+    for spec in args.device_key:
+        device, sep, path = spec.partition("=")
+        if not sep or not device or not path:
+            raise VerifyInputError(f"--device-key {spec!r}: expected DEVICE=KEYFILE")
+        device_keys[device] = read_device_key(path)
+    try:
+        public_pem = Path(args.public_key).read_bytes()
+        with open(args.export, encoding="utf-8") as export:
+            audits = verify_export(export, public_pem, device_keys)
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise VerifyInputError(f"{args.public_key}: not a PEM public key ({exc})") from None
+    for audit in audits:
+        sys.stdout.write(json.dumps(audit.summary(), sort_keys=True) + "\n")
+        for problem in audit.problems:
+            print(f"sealink verify: {problem}", file=sys.stderr)
+    failed = not audits or any(audit.problems for audit in audits)
+    print(
+        f"sealink verify: {sum(a.events for a in audits)} events of {len(audits)} devices, "
+        + ("FAILED" if failed else "all verified"),
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def register(sub: Any) -> None:
+    """Add `verify` to the `sealink` command line (entry point group `sealink.commands`)."""
+    help_ = "auditor's offline check of `events export` output"
+    p: argparse.ArgumentParser = sub.add_parser("verify", help=help_, description=help_)
+    add_arguments(p)
+    p.set_defaults(fn=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sealink-verify", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
