@@ -25,5 +25,9 @@ class Topics:
             return f"{self.prefix}/gateway/{self.gateway_id}/alarms"
         return f"{self.prefix}/{device}/alarms"
 
+    def gaps(self, device: str) -> str:
+        """Countersigned statements of counters an operator declared lost (SPEC §5.8)."""
+        return f"{self.prefix}/{device}/gaps"
+
     def gateway_status(self) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/status"

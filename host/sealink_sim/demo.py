@@ -143,7 +143,7 @@ async def _drive(
     async with Gateway(config, key=key) as gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _SETUP_TIMEOUT_S
-        while not any(s.device == DEVICE and s.state is not None for s in gateway.sessions):
+        while not any(s.device == DEVICE for s in gateway.sessions):
             if loop.time() > deadline:
                 raise TimeoutError(f"the seal never completed its handshake; log {board.log_path}")
             await asyncio.sleep(0.02)

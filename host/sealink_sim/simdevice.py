@@ -143,6 +143,20 @@ class SimDevice:
         self.welcomed.clear()
         await self.send_payload(messages.encode(auth.sign(msg, self.key)))
 
+    async def send_status(self, **fields: int) -> None:
+        """STATUS (SPEC §4, type 7) as this device's journal stands; `fields` override."""
+        body = {
+            messages.ST_BATTERY: 3900,
+            messages.ST_BACKLOG: len(self.journal) - self.acked,
+            messages.ST_FREE: 100,
+            messages.ST_FLAGS: 0,
+            messages.ST_PERMIT_LEFT: 0,
+            messages.ST_NEXT: self.next_counter,
+        }
+        for name, value in fields.items():
+            body[getattr(messages, name)] = value
+        await self.send_session({K_TYPE: messages.STATUS, **body})
+
     async def send_payload(self, payload: bytes) -> None:
         await self.transport.send(framing.encode_frame(payload))
 
@@ -231,6 +245,8 @@ class SimDevice:
             self._session_key, self._seq, self._host_seq = key, 0, msg[K_SEQ]
             await self._on_ack(msg[messages.WE_ACKED])
             self._next_send = self.acked + 1
+            # SPEC §5.2: STATUS first; it also confirms the handshake to the host.
+            await self.send_status()
             self.welcomed.set()
             await self._pump()
             return

@@ -5,6 +5,6 @@ imports sealink or sealproto, so a bug in the gateway's code cannot hide in the 
 output.
 """
 
-from sealink_verify.audit import DeviceAudit, derive_kid, verify_export
+from sealink_verify.audit import DeviceAudit, GapStatement, derive_kid, verify_export
 
-__all__ = ["DeviceAudit", "derive_kid", "verify_export"]
+__all__ = ["DeviceAudit", "GapStatement", "derive_kid", "verify_export"]

@@ -11,7 +11,12 @@ hashlib/hmac check what is inside. Per device it proves (SPEC §4.1, §11):
   first record), none repeated;
 - each event's `prev` is SHA-256 of the event before it (32 zero bytes for counter 1), so no
   record was inserted, removed or altered;
-- with the device's key, each event's device MAC.
+- with the device's key, each event's device MAC;
+- a gap (counters an operator declared lost: `sealink devices adopt`) is accepted in the
+  sequence only if its statement is countersigned by the gateway key and names exactly the
+  exported device and counters; the event after it anchors the chain again (its `prev` names a
+  record nobody holds, so it cannot be checked). Gaps are listed, never hidden: a verified
+  export with gaps is complete only as far as the operator's word goes.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 import cbor2
 from cwt import COSE, COSEKey
 
-__all__ = ["DeviceAudit", "derive_kid", "verify_export"]
+__all__ = ["DeviceAudit", "GapStatement", "derive_kid", "verify_export"]
 
 _EV_COUNTER = 1
 _EV_PREV = 8
@@ -43,6 +48,17 @@ def derive_kid(public_key_pem: bytes) -> bytes:
     return hashlib.sha256(raw).digest()[:8]
 
 
+@dataclass(frozen=True)
+class GapStatement:
+    """A verified gap: counters first..last declared lost by `operator` at `adopted_ms`."""
+
+    first: int
+    last: int
+    adopted_ms: int
+    operator: str
+    note: str
+
+
 @dataclass
 class DeviceAudit:
     device: str
@@ -51,6 +67,8 @@ class DeviceAudit:
     last: int = 0
     macs_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    gaps: list[GapStatement] = field(default_factory=list)
+    rows: int = 0  # events and gaps, verified or not: the sequence advances over each
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -58,6 +76,7 @@ class DeviceAudit:
             "events": self.events,
             "counters": [self.first, self.last],
             "complete_from_first_record": self.first == 1 and not self.problems,
+            "gaps": [[gap.first, gap.last] for gap in self.gaps],
             "macs_checked": self.macs_checked,
             "problems": len(self.problems),
         }
@@ -69,11 +88,18 @@ class _Checker:
         self._cose = COSE.new()
         self._device_keys = device_keys
         self.devices: dict[str, DeviceAudit] = {}
-        self._last_event: dict[str, bytes] = {}
+        self._last_event: dict[str, bytes | None] = {}
 
     def line(self, number: int, text: str) -> None:
         try:
             row = json.loads(text)
+        except ValueError as exc:
+            self._device("?").problems.append(f"line {number}: not an export row: {exc!r}")
+            return
+        if isinstance(row, dict) and "gap" in row:
+            self._gap_line(number, row)
+            return
+        try:
             device = str(row["device"])
             counter = int(row["counter"])
             event_bytes = bytes.fromhex(row["event"])
@@ -97,9 +123,10 @@ class _Checker:
             problems.append(f"event bytes unreadable: {exc!r}")
         if event and event.get(_EV_COUNTER) != counter:
             problems.append(f"the event itself says counter {event.get(_EV_COUNTER)}")
-        follows = audit.events and counter == audit.last + 1
-        if audit.events and not follows:
+        follows = audit.rows and counter == audit.last + 1
+        if audit.rows and not follows:
             problems.append(f"counter follows {audit.last}: records missing or repeated")
+        # None after a gap: the record before this one is lost, this one anchors the chain.
         previous = self._last_event.get(audit.device)
         if counter == 1 or (follows and previous is not None):
             expected = _GENESIS if counter == 1 else hashlib.sha256(previous or b"").digest()
@@ -114,11 +141,62 @@ class _Checker:
             audit.macs_checked += 1
         # The sequence advances over every exported row, verified or not, so one damaged row
         # is reported once, not again by the rows after it.
-        if not audit.events:
-            audit.first = counter
+        self._advance(audit, counter, counter)
         audit.events += 1
-        audit.last = counter
         self._last_event[audit.device] = event_bytes
+        return problems
+
+    def _advance(self, audit: DeviceAudit, first: int, last: int) -> None:
+        if not audit.rows:
+            audit.first = first
+        audit.rows += 1
+        audit.last = last
+
+    def _gap_line(self, number: int, row: dict[str, Any]) -> None:
+        try:
+            gap = row["gap"]
+            device = str(gap["device"])
+            statement = GapStatement(
+                int(gap["first"]),
+                int(gap["last"]),
+                int(gap["adopted_ms"]),
+                str(gap["operator"]),
+                str(gap["note"]),
+            )
+            cose = base64.b64decode(row["cose"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            self._device("?").problems.append(f"line {number}: not an export gap row: {exc!r}")
+            return
+        audit = self._device(device)
+        where = f"line {number} ({device} gap {statement.first}..{statement.last})"
+        problems = self._gap(audit, statement, cose)
+        audit.problems.extend(f"{where}: {p}" for p in problems)
+        if not problems:
+            audit.gaps.append(statement)
+        self._advance(audit, statement.first, statement.last)
+        self._last_event[device] = None
+
+    def _gap(self, audit: DeviceAudit, gap: GapStatement, cose: bytes) -> list[str]:
+        problems = []
+        if not 1 <= gap.first <= gap.last:
+            problems.append("not a range of counters")
+        if audit.rows and gap.first != audit.last + 1:
+            problems.append(f"gap follows {audit.last}: records missing or repeated")
+        try:
+            signed = cbor2.loads(self._cose.decode(cose, self._key))
+        except Exception as exc:  # cwt raises several types; any of them means "not verified"
+            return [*problems, f"gap statement does not verify: {exc}"]
+        expected = {
+            "kind": "gap",
+            "device": audit.device,
+            "first": gap.first,
+            "last": gap.last,
+            "adopted_ms": gap.adopted_ms,
+            "operator": gap.operator,
+            "note": gap.note,
+        }
+        if signed != expected:
+            problems.append("the signed statement is not this gap of this device")
         return problems
 
     def _countersignature(
@@ -140,7 +218,8 @@ class _Checker:
 def verify_export(
     lines: Iterable[str], public_key_pem: bytes, device_keys: dict[str, bytes] | None = None
 ) -> list[DeviceAudit]:
-    """Check every row of an export (rows of one device in counter order, as exported)."""
+    """Check every row of an export (events and gaps of one device in counter order, as
+    exported)."""
     checker = _Checker(public_key_pem, device_keys or {})
     for number, text in enumerate(lines, 1):
         if text.strip():

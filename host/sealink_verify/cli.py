@@ -7,6 +7,7 @@ the gateway's CLI offers it without importing this package's code into the produ
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import stat
@@ -15,9 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sealink_verify.audit import verify_export
+from sealink_verify.audit import DeviceAudit, GapStatement, verify_export
 
 __all__ = ["main", "register"]
+
+EXIT_VERIFIED = 0
+EXIT_FAILED = 1
+EXIT_UNUSABLE = 2
+EXIT_GAPS = 3
+
+_EPILOG = """\
+exit status:
+  0  every row verified and every counter is evidenced by a record
+  1  something failed to verify: a signature, a record's bytes, the hash chain, a missing
+     record, a gap statement that is unsigned, forged or does not fit the sequence
+  2  an input is unusable (a file missing or unreadable, not a PEM public key)
+  3  everything verified, but some counters are covered only by an operator-declared gap
+     (`sealink devices adopt`: the records were lost; a warning names each gap)
+"""
 
 
 class VerifyInputError(Exception):
@@ -65,12 +81,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: every event verified; 1: something failed to verify; 2: an input is unusable."""
+    """0: verified and complete; 1: something failed to verify; 2: an input is unusable;
+    3: verified, with operator-declared gaps."""
     try:
         return _verify(args)
     except VerifyInputError as exc:
         print(f"sealink verify: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -92,24 +109,57 @@ def _verify(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(audit.summary(), sort_keys=True) + "\n")
         for problem in audit.problems:
             print(f"sealink verify: {problem}", file=sys.stderr)
-    failed = not audits or any(audit.problems for audit in audits)
-    print(
-        f"sealink verify: {sum(a.events for a in audits)} events of {len(audits)} devices, "
-        + ("FAILED" if failed else "all verified"),
-        file=sys.stderr,
+        for gap in audit.gaps:
+            print(f"sealink verify: warning: {_gap_warning(audit, gap)}", file=sys.stderr)
+    return _outcome(audits)
+
+
+def _gap_warning(audit: DeviceAudit, gap: GapStatement) -> str:
+    when = datetime.datetime.fromtimestamp(gap.adopted_ms / 1000, datetime.UTC)
+    return (
+        f"{audit.device}: counters {gap.first}..{gap.last} have no record: declared lost by "
+        f"operator {gap.operator!r} at {when.isoformat(timespec='seconds')} ({gap.note!r}); "
+        f"the gateway signed that statement, the seal's records for them are gone"
     )
-    return 1 if failed else 0
+
+
+def _outcome(audits: list[DeviceAudit]) -> int:
+    events = f"{sum(a.events for a in audits)} events of {len(audits)} devices"
+    gaps = sum(len(a.gaps) for a in audits)
+    if not audits or any(audit.problems for audit in audits):
+        print(f"sealink verify: {events}, FAILED", file=sys.stderr)
+        return EXIT_FAILED
+    if gaps:
+        print(
+            f"sealink verify: {events} verified, with {gaps} operator-declared gap(s): "
+            "complete only as far as the operator's word goes",
+            file=sys.stderr,
+        )
+        return EXIT_GAPS
+    print(f"sealink verify: {events}, all verified", file=sys.stderr)
+    return EXIT_VERIFIED
 
 
 def register(sub: Any) -> None:
     """Add `verify` to the `sealink` command line (entry point group `sealink.commands`)."""
     help_ = "auditor's offline check of `events export` output"
-    p: argparse.ArgumentParser = sub.add_parser("verify", help=help_, description=help_)
+    p: argparse.ArgumentParser = sub.add_parser(
+        "verify",
+        help=help_,
+        description=help_,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     p.set_defaults(fn=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sealink-verify", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sealink-verify",
+        description=__doc__,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

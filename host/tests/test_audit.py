@@ -7,10 +7,12 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sealink.cli import main
 from sealink.crypto.signer import GatewayKey, countersign_payload
+from sealink.ledger import gap_payload
 from sealink_sim.simdevice import make_event
 from sealink_verify.audit import verify_export
 from sealproto import auth
@@ -112,3 +114,125 @@ def test_cli_exit_codes(
     assert main(args) == 1
     assert "FAILED" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nope.jsonl"), "--public-key", str(pem)]) == 2
+
+
+# operator-declared gaps (sealink devices adopt) ---------------------------------------------------
+
+
+def _gap_row(
+    key: GatewayKey, device: str, first: int, last: int, changes: dict[str, Any] | None = None
+) -> str:
+    """A gap row as exported, signed; `changes` alter the exported fields after signing."""
+    gap = {
+        "device": device,
+        "first": first,
+        "last": last,
+        "adopted_ms": 1_700_000_000_000,
+        "operator": "alice",
+        "note": "ledger restored",
+    }
+    cose = key.sign1(
+        gap_payload(device, first, last, 1_700_000_000_000, "alice", "ledger restored")
+    )
+    exported = {**gap, **(changes or {})}
+    return json.dumps({"gap": exported, "cose": base64.b64encode(cose).decode()})
+
+
+def _with_gap(key: GatewayKey, first: int, last: int, count: int) -> list[str]:
+    """Events 1..count of one chain, with first..last lost and adopted as a gap."""
+    rows = _export(key, "seal-1", count)
+    return [*rows[: first - 1], _gap_row(key, "seal-1", first, last), *rows[last:]]
+
+
+def test_a_signed_gap_is_accepted_listed_and_the_next_event_anchors(key: GatewayKey) -> None:
+    [audit] = verify_export(_with_gap(key, 3, 6, 8), key.public_pem(), {"seal-1": DEVICE_KEY})
+    assert audit.problems == []
+    assert [(g.first, g.last, g.operator) for g in audit.gaps] == [(3, 6, "alice")]
+    summary = audit.summary()
+    assert summary["gaps"] == [[3, 6]] and summary["counters"] == [1, 8]
+    assert summary["events"] == 4 and summary["complete_from_first_record"] is True
+
+
+def test_a_gap_at_the_start_and_at_the_end(key: GatewayKey) -> None:
+    rows = _export(key, "seal-1", 5)
+    audits = verify_export([_gap_row(key, "seal-1", 1, 3), *rows[3:]], key.public_pem())
+    assert audits[0].problems == [] and audits[0].summary()["gaps"] == [[1, 3]]
+    audits = verify_export([*rows[:2], _gap_row(key, "seal-1", 3, 9)], key.public_pem())
+    assert audits[0].problems == [] and audits[0].summary()["counters"] == [1, 9]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"last": 7}, "not this gap"),  # widened after signing
+        ({"operator": "mallory"}, "not this gap"),
+        ({"device": "seal-2"}, "not this gap"),
+    ],
+)
+def test_an_altered_gap_fails(key: GatewayKey, change: dict[str, Any], expected: str) -> None:
+    rows = _export(key, "seal-1", 8)
+    gap = _gap_row(key, "seal-1", 3, 6, change)
+    last = change.get("last", 6)
+    problems = _problems([*rows[:2], gap, *rows[last:]], key, with_mac=False)
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_gap_signed_by_another_key_or_unsigned_fails(key: GatewayKey) -> None:
+    rows = _export(key, "seal-1", 8)
+    forged = _gap_row(GatewayKey.generate(), "seal-1", 3, 6)
+    problems = _problems([*rows[:2], forged, *rows[6:]], key)
+    assert problems and all("gap 3..6" in p for p in problems), problems
+    assert any("does not verify" in p for p in problems)
+    unsigned = json.dumps({**json.loads(forged), "cose": ""})
+    assert any("does not verify" in p for p in _problems([*rows[:2], unsigned, *rows[6:]], key))
+    # An event's countersignature is not a gap statement, even under the right key.
+    event_cose = json.loads(rows[2])["cose"]
+    swapped = json.dumps({**json.loads(_gap_row(key, "seal-1", 3, 6)), "cose": event_cose})
+    assert any("not this gap" in p for p in _problems([*rows[:2], swapped, *rows[6:]], key))
+
+
+def test_events_missing_beside_a_gap_still_fail(key: GatewayKey) -> None:
+    rows = _with_gap(key, 3, 6, 10)  # 1 2 gap(3..6) 7 8 9 10
+    del rows[4]  # event 8
+    problems = _problems(rows, key)
+    assert any("#9" in p and "missing" in p for p in problems), problems
+    # a gap that does not start right after the last record accounted for
+    rows = _export(key, "seal-1", 8)
+    problems = _problems([*rows[:1], _gap_row(key, "seal-1", 3, 6), *rows[6:]], key)
+    assert any("gap follows 1" in p for p in problems), problems
+
+
+def test_a_gap_does_not_excuse_a_broken_chain_after_its_anchor(key: GatewayKey) -> None:
+    rows = _with_gap(key, 3, 4, 7)  # 1 2 gap 5 6 7
+    # Swap in an event 7 from a different chain: its prev does not name event 6.
+    other = make_event(DEVICE_KEY, 7, bytes(32))
+    signed = key.sign1(countersign_payload("seal-1", 7, other, 1, "gw"))
+    rows[5] = json.dumps(
+        {
+            "device": "seal-1",
+            "counter": 7,
+            "event": other.hex(),
+            "cose": base64.b64encode(signed).decode(),
+        }
+    )
+    problems = _problems(rows, key)
+    assert len(problems) == 1 and "#7" in problems[0] and "chain" in problems[0], problems
+
+
+def test_cli_exit_code_3_and_a_warning_for_gaps(
+    key: GatewayKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = tmp_path / "gateway.pub.pem"
+    pem.write_bytes(key.public_pem())
+    export = tmp_path / "export.jsonl"
+    export.write_text("\n".join(_with_gap(key, 2, 3, 5)) + "\n")
+    assert main(["verify", str(export), "--public-key", str(pem)]) == 3
+    out, err = capsys.readouterr()
+    assert json.loads(out)["gaps"] == [[2, 3]]
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "2..3" in warnings[0] and "alice" in warnings[0], err
+    forged = _with_gap(GatewayKey.generate(), 2, 3, 5)
+    rows = _with_gap(key, 2, 3, 5)
+    export.write_text("\n".join([*rows[:1], forged[1], *rows[2:]]) + "\n")
+    assert main(["verify", str(export), "--public-key", str(pem)]) == 1
+    assert "FAILED" in capsys.readouterr().err

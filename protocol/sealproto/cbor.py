@@ -173,7 +173,14 @@ def _decode(data, i, n, depth):
             raise DecodeError(_CBOR, "truncated")
         key = data[i]
         if key > _MAX_KEY:
-            if key == 0x18 and i + 1 < n and data[i + 1] <= _MAX_KEY:
+            # A key 0..23 written with a 1-, 2-, 4- or 8-byte head (0x18..0x1b) is well-formed
+            # but not deterministic (SPEC §3); any other key is outside the subset.
+            size = 1 << (key - 0x18) if 0x18 <= key <= 0x1B else 0
+            if (
+                size
+                and i + size < n
+                and int.from_bytes(data[i + 1 : i + 1 + size], "big") <= _MAX_KEY
+            ):
                 raise DecodeError(_NONCANONICAL, "head not in shortest form")
             raise DecodeError(_CBOR, "map key outside 0..23")
         i += 1

@@ -261,7 +261,7 @@ async def _latency(
         await gateway.publisher.wait_connected(10)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
-        while not any(s.state is not None for s in gateway.sessions):
+        while not any(s.device is not None for s in gateway.sessions):
             if loop.time() > deadline:
                 raise TimeoutError(f"no handshake; device log {board.log_path}")
             await asyncio.sleep(0.01)

@@ -3,97 +3,85 @@
     async with Gateway(config) as gateway:
         await gateway.wait_closed()          # or gateway.attach(transport) for extra links
 
-One task per port (reconnecting), one session per connected device, one group committer that
-turns everything the sessions accepted or rejected into one SQLite transaction, then resolves
-the sessions' pending-ack futures and hands the new outbox rows to the publisher.
+One task per port (reconnecting), one session per link, one group committer, one poll of the
+ledger for what other processes (the CLI) changed: pending commands, operator actions on
+devices (release, adopt, hold) and newly registered devices.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
 from sealink.config import Config, PortConfig
-from sealink.crypto.signer import GatewayKey
+from sealink.crypto import GatewayKey, countersign_payload
 from sealink.errors import LedgerError, TransportError, TransportUnavailableError
-from sealink.ledger.sqlite import Batch, EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
+from sealink.gateway.actions import (
+    Alarm,
+    CommandDone,
+    Displace,
+    Reject,
+    SessionOpen,
+    Status,
+    Store,
+)
+from sealink.gateway.committer import GroupCommitter, OutboxEntry
+from sealink.gateway.machine import LinkMachine
+from sealink.gateway.registry import DeviceRegistry
+from sealink.gateway.session import Session
+from sealink.gateway.watch import LedgerWatch
+from sealink.ledger import EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
 from sealink.mqtt.process import PublisherProcess
 from sealink.topics import Topics
-from sealink.transport.base import Transport, open_transport
+from sealink.transport import Transport, open_transport
 
-__all__ = ["DeviceState", "Gateway"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger("sealink.gateway")
 
 T = TypeVar("T")
 
-_MARK_FLUSH_S = 0.05
-_MARK_FLUSH_ROWS = 256
-_COMMIT_RETRY_MIN_S = 0.1
-_COMMIT_RETRY_MAX_S = 5.0
 _PORT_RETRY_MIN_S = 0.2
 _PORT_RETRY_MAX_S = 5.0
-
-
-@dataclass
-class DeviceState:
-    """What the gateway knows about one registered device, shared by its successive sessions."""
-
-    device: str
-    key: bytes
-    stored: int
-    stored_hash: bytes
-    accepted: int = 0
-    last_hash: bytes = b""
-    # counter -> resolved once the group commit holding that event is on disk
-    pending: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-    pending_bytes: dict[int, bytes] = field(default_factory=dict)
-    session: Any = None
-    command_wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.accepted = self.stored
-        self.last_hash = self.stored_hash
 
 
 class Gateway:
     def __init__(self, config: Config, *, key: GatewayKey | None = None) -> None:
         self.config = config
         self.key = key or GatewayKey.load(config.key_file)
-        self.prefix = config.mqtt.prefix
         self.gateway_id = config.gateway_id
         self.topics = Topics(config.mqtt.prefix, config.gateway_id)
+        self.registry = DeviceRegistry()
+        self.sessions: set[Session] = set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sealink-ledger")
         self._ledger: Ledger | None = None
         self._publisher: PublisherProcess | None = None
-        self._devices: dict[str, DeviceState] = {}
-        self._device_locks: dict[str, asyncio.Lock] = {}
-        self._batch = Batch()
-        # resolved once the current batch is on disk; shared by everything in the batch
-        self._batch_done: asyncio.Future[None] | None = None
-        self._commit_wake = asyncio.Event()
-        self._mark_timer: asyncio.TimerHandle | None = None
-        self._tg: asyncio.TaskGroup | None = None
+        self._committer: GroupCommitter | None = None
         self._main: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
-        self._ledger_failing = False
-        self.sessions: set[Any] = set()
-        self.commits = 0
-        self.events_stored = 0
-        self.quarantined = 0
 
     # lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Gateway:
-        self._ledger = await self.db(Ledger, self.config.ledger_path)
-        ledger = self._ledger
+        self._ledger = ledger = await self.db(Ledger, self.config.ledger_path)
+        self._committer = GroupCommitter(
+            ledger,
+            self.db,
+            self.registry,
+            self.config.ledger,
+            on_committed=self._committed,
+            on_failing=self._ledger_failing,
+        )
+        self._watch = LedgerWatch(ledger, self.db, self.registry, self.sessions, self._committer)
+        await self._watch.load()
         first = await self.db(lambda: ledger.pending_outbox(0, 1))
         first_id = first[0].id if first else await self.db(ledger.max_outbox_id) + 1
         self._publisher = PublisherProcess(
@@ -101,7 +89,7 @@ class Gateway:
             self.config.client_id,
             self.gateway_id,
             load=lambda after, limit: self.db(ledger.pending_outbox, after, limit),
-            mark=self._mark_published,
+            mark=self._committer.mark_published,
             first_pending_id=first_id,
             gateway_info={"kid": self.key.kid.hex()},
         )
@@ -118,6 +106,7 @@ class Gateway:
                     "gateway": self.gateway_id,
                     "kid": self.key.kid.hex(),
                     "ledger": str(self.config.ledger_path),
+                    "devices": len(self.registry),
                 }
             },
         )
@@ -142,9 +131,9 @@ class Gateway:
         # Whatever was accepted but not yet committed is committed now (never acked: the
         # devices resend it anyway, and it is deduplicated).
         if self._ledger is not None:
-            if len(self._batch):
+            if self._committer is not None and len(self._committer):
                 with contextlib.suppress(LedgerError):
-                    await self.db(self._ledger.commit, self._batch)
+                    await self._committer.commit_now()
             await self.db(self._ledger.close)
             self._ledger = None
         self._executor.shutdown(wait=True)
@@ -152,13 +141,15 @@ class Gateway:
     async def _drain(self, timeout_s: float) -> None:
         """Give what is committed a moment to reach the broker before stopping (what does
         not make it stays in the outbox for the next start)."""
-        publisher = self._publisher
-        if publisher is None or not (publisher.connected or publisher.starting):
+        publisher, committer = self._publisher, self._committer
+        if publisher is None or committer is None:
+            return
+        if not (publisher.connected or publisher.starting):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline and (
-            len(self._batch) or publisher.inflight or publisher.buffered or publisher.backlog
+            len(committer) or publisher.inflight or publisher.buffered or publisher.backlog
         ):
             await asyncio.sleep(0.01)
 
@@ -167,11 +158,12 @@ class Gateway:
             await self._main
 
     async def _run(self) -> None:
-        assert self._publisher is not None
+        assert self._publisher is not None and self._committer is not None
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            tg.create_task(self._commit_loop(), name="committer")
+            tg.create_task(self._committer.run(), name="committer")
             tg.create_task(self._publisher.run(), name="publisher")
+            tg.create_task(self._watch.run(), name="ledger-watch")
             for port in self.config.ports:
                 tg.create_task(self._serve_port(port), name=f"port:{port.url}")
             self._ready.set()
@@ -180,6 +172,11 @@ class Gateway:
     def publisher(self) -> PublisherProcess:
         assert self._publisher is not None
         return self._publisher
+
+    @property
+    def committer(self) -> GroupCommitter:
+        assert self._committer is not None
+        return self._committer
 
     @property
     def ledger(self) -> Ledger:
@@ -199,11 +196,9 @@ class Gateway:
         return self._tg.create_task(self._serve(transport, connect), name=transport.name)
 
     async def _serve(self, transport: Transport, connect: bool) -> None:
-        from sealink.gateway.session import Session
-
         if connect:
             await transport.connect()
-        session = Session(self, transport)
+        session = Session(self, transport, LinkMachine(transport.name, self.registry))
         self.sessions.add(session)
         try:
             await session.serve()
@@ -216,7 +211,11 @@ class Gateway:
             log.exception("session failed", extra={"fields": {"port": transport.name}})
         finally:
             self.sessions.discard(session)
-            await session.closed()
+            device = session.device
+            session.closed()
+            state = self.registry.get(device) if device is not None else None
+            if state is not None and state.owner is None:
+                self._publish_status(state.device, transport.name, {"online": False})
             with contextlib.suppress(TransportError):
                 await transport.close()
 
@@ -242,173 +241,122 @@ class Gateway:
             await self._serve(transport, connect=False)
             await asyncio.sleep(_PORT_RETRY_MIN_S)
 
-    async def device_state(self, device: str) -> DeviceState | None:
-        state = self._devices.get(device)
-        if state is not None:
-            return state
-        lock = self._device_locks.setdefault(device, asyncio.Lock())
-        async with lock:
-            state = self._devices.get(device)
-            if state is None:
-                ledger = self.ledger
-                key = await self.db(ledger.device_key, device)
-                if key is None:
-                    return None
-                last = await self.db(ledger.last_event, device)
-                counter, digest = last if last else (0, bytes(32))
-                state = DeviceState(device, key, counter, digest)
-                self._devices[device] = state
-        return state
+    def _session_of(self, device: str) -> Session | None:
+        for session in self.sessions:
+            if session.device == device:
+                return session
+        return None
 
-    # the group commit ------------------------------------------------------------------------
+    # what the sessions' machines decided (LinkHost) ------------------------------------------
 
-    def submit(
-        self,
-        *,
-        event: EventRow | None = None,
-        outbox: list[tuple[str, bytes, str | None, int | None]] | None = None,
-        quarantine: QuarantineRow | None = None,
-        command_state: tuple[int, str, int | None] | None = None,
-    ) -> asyncio.Future[None]:
-        """Add rows to the next group commit; the future resolves once they are on disk. It is
-        the whole batch's future (one per commit, not per event): await it through
-        asyncio.shield() where the waiting task may be cancelled."""
-        batch = self._batch
-        if event is not None:
-            batch.events.append(event)
-        if outbox:
-            batch.outbox.extend(outbox)
-        if quarantine is not None:
-            batch.quarantine.append(quarantine)
-        if command_state is not None:
-            batch.command_states.append(command_state)
-        done = self._batch_done
-        if done is None:
-            done = self._batch_done = asyncio.get_running_loop().create_future()
-        self._commit_wake.set()
-        return done
-
-    def _mark_published(self, ids: list[int]) -> None:
-        self._batch.published.extend(ids)
-        if len(self._batch.published) >= _MARK_FLUSH_ROWS:
-            self._commit_wake.set()
-        elif self._mark_timer is None:
-            self._mark_timer = asyncio.get_running_loop().call_later(
-                _MARK_FLUSH_S, self._flush_marks
+    def store(self, port: str, action: Store) -> None:
+        received = now_ms()
+        cose = self.key.sign1(
+            countersign_payload(
+                action.device, action.counter, action.payload, received, self.gateway_id
             )
-
-    def _flush_marks(self) -> None:
-        self._mark_timer = None
-        self._commit_wake.set()
-
-    async def _commit_loop(self) -> None:
-        linger_s = self.config.ledger.group_commit_ms / 1000
-        max_rows = self.config.ledger.group_commit_rows
-        while True:
-            await self._commit_wake.wait()
-            self._commit_wake.clear()
-            if linger_s and len(self._batch.events) < max_rows:
-                await asyncio.sleep(linger_s)
-            batch, done = self._batch, self._batch_done
-            if not len(batch):
-                continue
-            self._batch, self._batch_done = Batch(), None
-            outbox = await self._commit(batch)
-            self.commits += 1
-            self.events_stored += len(batch.events)
-            self.quarantined += len(batch.quarantine)
-            for row in batch.events:
-                state = self._devices.get(row.device)
-                if state is not None and row.counter > state.stored:
-                    state.stored = row.counter
-                    state.stored_hash = row.hash
-                    state.pending_bytes.pop(row.counter, None)
-                    state.pending.pop(row.counter, None)
-            if done is not None and not done.done():
-                done.set_result(None)
-            for session in self.sessions:
-                session.committed()
-            self.publisher.offer(outbox)
-
-    async def _commit(self, batch: Batch) -> list[OutboxRow]:
-        """Commit, retrying for as long as the disk refuses. Nothing is acked meanwhile."""
-        delay = _COMMIT_RETRY_MIN_S
-        while True:
-            try:
-                rows = await self.db(self._commit_rows, batch)
-            except LedgerError as exc:
-                log.error(
-                    "ledger commit failed; nothing is acked until it succeeds",
-                    extra={"fields": {"error": str(exc), "retry_s": delay}},
-                )
-                if not self._ledger_failing:
-                    self._ledger_failing = True
-                    self._gateway_alarm("ledger_failure", str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _COMMIT_RETRY_MAX_S)
-                continue
-            if self._ledger_failing:
-                self._ledger_failing = False
-                self._gateway_alarm("ledger_recovered", "commits succeed again")
-            return rows
-
-    def _commit_rows(self, batch: Batch) -> list[OutboxRow]:
-        ledger = self.ledger
-        ledger.commit(batch)
-        if not batch.outbox:
-            return []
-        # One writer (this thread): the new rows hold the highest ids, in insertion order.
-        last = ledger.max_outbox_id()
-        first = last - len(batch.outbox) + 1
-        return [
-            OutboxRow(first + i, topic, payload, device, counter)
-            for i, (topic, payload, device, counter) in enumerate(batch.outbox)
-        ]
-
-    # alarms ----------------------------------------------------------------------------------
-
-    def alarm_topic(self, device: str | None) -> str:
-        return self.topics.alarms(device)
-
-    def event_topic(self, device: str) -> str:
-        return self.topics.events(device)
-
-    def status_topic(self, device: str) -> str:
-        return self.topics.status(device)
-
-    def alarm_payload(self, device: str | None, **fields: Any) -> bytes:
-        body = {"device": device, "gateway": self.gateway_id, "time_ms": now_ms(), **fields}
-        return json.dumps(body, sort_keys=True).encode()
-
-    def _gateway_alarm(self, reason: str, detail: str) -> None:
-        # About the ledger itself, so it cannot travel through the ledger's outbox.
-        payload = self.alarm_payload(None, source="gateway", reason=reason, detail=detail)
-        self.publisher.publish_now(self.alarm_topic(None), payload)
-
-    def quarantine(
-        self,
-        device: str | None,
-        port: str,
-        reason: str,
-        detail: str,
-        data: bytes | None,
-        *,
-        alarm: bool = True,
-        **alarm_fields: Any,
-    ) -> asyncio.Future[None]:
-        """Record a rejected input and raise an alarm about it, in the same commit."""
-        row = QuarantineRow(device, port, reason, detail, data, now_ms())
-        log.warning(
-            "quarantined",
-            extra={"fields": {"device": device, "port": port, "reason": reason, "detail": detail}},
         )
-        outbox: list[tuple[str, bytes, str | None, int | None]] | None = None
-        if alarm:
-            payload = self.alarm_payload(
-                device, source="gateway", reason=reason, detail=detail, port=port, **alarm_fields
+        self.committer.submit(
+            event=EventRow(
+                action.device, action.counter, action.payload, action.digest, cose, received
+            ),
+            outbox=[(self.topics.events(action.device), cose, action.device, action.counter)],
+        )
+
+    def reject(self, port: str, action: Reject) -> None:
+        committer = self.committer
+        committer.count_rejection(port, action.device, action.reason)
+        if not action.row and action.alarm is None:
+            return
+        fields = {"device": action.device, "port": port, "reason": action.reason}
+        log.warning("rejected", extra={"fields": {**fields, "detail": action.detail}})
+        row = None
+        if action.row:
+            row = QuarantineRow(
+                action.device, port, action.reason, action.detail, action.data, now_ms()
             )
-            outbox = [(self.alarm_topic(device), payload, device, None)]
-        return self.submit(quarantine=row, outbox=outbox)
+        outbox: list[OutboxEntry] | None = None
+        if action.alarm is not None:
+            payload = self._alarm_payload(
+                action.device,
+                source="gateway",
+                reason=action.reason,
+                detail=action.detail,
+                port=port,
+                **action.alarm,
+            )
+            outbox = [(self.topics.alarms(action.device), payload, action.device, None)]
+        committer.submit(quarantine=row, outbox=outbox)
+
+    def alarm(self, port: str, action: Alarm) -> None:
+        if action.fields.get("source") == "device":
+            fields = dict(action.fields)  # SPEC §11.2: code, time_s, detail from the seal
+        else:
+            fields = {"source": "gateway", "reason": action.reason, "detail": action.detail}
+            fields.update(action.fields)
+            log.warning(
+                "alarm", extra={"fields": {"device": action.device, "port": port, **fields}}
+            )
+        payload = self._alarm_payload(action.device, port=port, **fields)
+        self.committer.submit(
+            outbox=[(self.topics.alarms(action.device), payload, action.device, None)]
+        )
+
+    def status(self, port: str, action: Status) -> None:
+        self._publish_status(action.device, port, action.fields)
+
+    def session_open(self, session: Session, action: SessionOpen) -> None:
+        fields = dataclasses.asdict(action)
+        log.info("session open", extra={"fields": {**fields, "port": session.port}})
+        status = {"online": True, "firmware": action.firmware, "boot_id": action.boot_id}
+        self._publish_status(action.device, session.port, status)
+        self._wake_commands(session)
+
+    def displace(self, action: Displace) -> None:
+        for session in self.sessions:
+            if session.port == action.port and session.device == action.device:
+                log.warning(
+                    "device moved to another link",
+                    extra={"fields": {"device": action.device, "from": action.port}},
+                )
+                session.displace()
+
+    def command_done(self, action: CommandDone) -> None:
+        log.info(
+            "command result",
+            extra={"fields": {"command": action.command_id, "state": action.state}},
+        )
+        self.committer.submit(command_state=(action.command_id, action.state, action.code))
+
+    async def stored_event(self, device: str, counter: int) -> bytes | None:
+        return await self.db(self.ledger.event_bytes, device, counter)
+
+    # after a commit --------------------------------------------------------------------------
+
+    def _committed(self, devices: set[str], outbox: list[OutboxRow]) -> None:
+        if devices:
+            for session in self.sessions:
+                if session.device in devices:
+                    session.committed()
+        self.publisher.offer(outbox)
+
+    def _ledger_failing(self, error: str | None) -> None:
+        # About the ledger itself, so it cannot travel through the ledger's outbox.
+        reason, detail = (
+            ("ledger_failure", error) if error is not None else ("ledger_recovered", "ok")
+        )
+        payload = self._alarm_payload(None, source="gateway", reason=reason, detail=detail)
+        self.publisher.publish_now(self.topics.alarms(None), payload)
+
+    def _wake_commands(self, session: Session) -> None:
+        device = session.device
+        if device is None or self._tg is None:
+            return
+
+        async def fetch() -> None:
+            session.offer_commands(await self.db(self.ledger.pending_commands, device))
+
+        self._tg.create_task(fetch(), name=f"{session.port}:commands")
 
     # operator actions (in-process; the CLI writes the same rows from its own process) ---------
 
@@ -430,10 +378,19 @@ class Gateway:
             return permit
 
         permit = await self.db(queue)
-        self.wake_commands(device)
+        session = self._session_of(device)
+        if session is not None:
+            self._wake_commands(session)
         return permit
 
-    def wake_commands(self, device: str) -> None:
-        state = self._devices.get(device)
-        if state is not None:
-            state.command_wake.set()
+    # payloads --------------------------------------------------------------------------------
+
+    def _alarm_payload(self, device: str | None, **fields: Any) -> bytes:
+        body = {"device": device, "gateway": self.gateway_id, "time_ms": now_ms(), **fields}
+        return json.dumps(body, sort_keys=True).encode()
+
+    def _publish_status(self, device: str, port: str, fields: dict[str, Any]) -> None:
+        body = {"device": device, "port": port, "time_ms": now_ms(), **fields}
+        self.publisher.publish_now(
+            self.topics.status(device), json.dumps(body, sort_keys=True).encode(), retain=True
+        )

@@ -1,13 +1,16 @@
 """The gateway's durable ledger: SQLite in WAL mode, synchronous=FULL.
 
-Tables: devices, events (the exact device bytes, their hash and the COSE countersignature),
-quarantine (everything rejected, with the bytes), commands (permits, revocations waiting to be
-sent and their results), outbox (what must reach MQTT, in order), alarms live in the outbox.
+Tables (ledger/schema.py): devices (key, B, the sticky quarantine), events (the exact device
+bytes, their hash and the COSE countersignature), gaps (counters an operator declared lost,
+countersigned), quarantine (rejected inputs with their bytes, rate-limited) and rejections
+(every rejected input counted), commands (permits, revocations waiting to be sent and their
+results), operator_actions (the audit trail), outbox (what must reach MQTT, in order; alarms
+live there too).
 
 The service writes through ONE connection owned by one worker thread; `commit()` writes a whole
-group (events of many devices, quarantine rows, outbox rows, publish marks) in one transaction,
-so one fsync serves them all. The CLI opens its own short-lived connection: WAL lets it read and
-queue commands while the service runs.
+group (events of many devices, quarantine rows, outbox rows, publish marks, device updates) in
+one transaction, so one fsync serves them all. The CLI opens its own short-lived connection:
+WAL lets it read, queue commands and act on quarantines while the service runs.
 """
 
 from __future__ import annotations
@@ -15,138 +18,33 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from sealink.commands import validate_command
 from sealink.errors import DeviceError, LedgerError
+from sealink.ledger import operator as ops
+from sealink.ledger import queue
+from sealink.ledger.db import transaction
+from sealink.ledger.records import (
+    Batch,
+    Command,
+    DeviceRecord,
+    EventRow,
+    Gap,
+    OperatorAction,
+    OutboxRow,
+    Quarantine,
+    QuarantineRow,
+    Rejection,
+    id_runs,
+    now_ms,
+)
+from sealink.ledger.schema import SchemaTooNew, create_or_migrate
 
 __all__ = ["Batch", "Command", "EventRow", "Ledger", "OutboxRow", "QuarantineRow", "now_ms"]
-
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY,
-    key BLOB NOT NULL,
-    registered_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    device TEXT NOT NULL,
-    counter INTEGER NOT NULL,
-    event BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    cose BLOB NOT NULL,
-    received_ms INTEGER NOT NULL,
-    PRIMARY KEY (device, counter)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY,
-    device TEXT,
-    port TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    data BLOB,
-    received_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS commands (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    body TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    result INTEGER,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS commands_pending ON commands (device, id) WHERE state = 'pending';
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    device TEXT,
-    counter INTEGER,
-    created_ms INTEGER NOT NULL,
-    published_ms INTEGER
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE published_ms IS NULL;
-"""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def id_runs(ids: list[int]) -> list[tuple[int, int]]:
-    """The ids as (first, last) runs of consecutive integers: each run holds exactly ids."""
-    runs: list[tuple[int, int]] = []
-    for i in sorted(set(ids)):
-        if runs and runs[-1][1] == i - 1:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    return runs
-
-
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    device: str
-    counter: int
-    event: bytes
-    hash: bytes
-    cose: bytes
-    received_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineRow:
-    device: str | None
-    port: str
-    reason: str
-    detail: str
-    data: bytes | None
-    received_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    topic: str
-    payload: bytes
-    device: str | None
-    counter: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    id: int
-    device: str
-    kind: str
-    body: dict[str, Any]
-    state: str
-    result: int | None
-
-
-@dataclass
-class Batch:
-    """One group commit. Outbox entries are (topic, payload, device, counter)."""
-
-    events: list[EventRow] = field(default_factory=list)
-    quarantine: list[QuarantineRow] = field(default_factory=list)
-    outbox: list[tuple[str, bytes, str | None, int | None]] = field(default_factory=list)
-    published: list[int] = field(default_factory=list)
-    command_states: list[tuple[int, str, int | None]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return (
-            len(self.events)
-            + len(self.quarantine)
-            + len(self.outbox)
-            + len(self.published)
-            + len(self.command_states)
-        )
 
 
 class Ledger:
@@ -166,28 +64,35 @@ class Ledger:
             # FULL: a commit is on disk when it returns; the device is acked right after.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                (str(_SCHEMA_VERSION),),
-            )
-        except sqlite3.Error as exc:
+            create_or_migrate(self._db)
+        except (sqlite3.Error, OSError, SchemaTooNew) as exc:
             raise LedgerError(f"ledger {self.path}: cannot open: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
+
+    def _write(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self.path, what)
 
     # devices ---------------------------------------------------------------------------------
 
     def add_device(self, device: str, key: bytes, *, replace: bool = False) -> None:
         if len(key) != 32:
             raise DeviceError(f"device {device}: key must be 32 bytes, got {len(key)}")
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
         try:
-            self._db.execute(
-                f"{verb} INTO devices (id, key, registered_ms) VALUES (?, ?, ?)",
-                (device, key, now_ms()),
-            )
+            if replace:
+                # A new key for a known seal keeps what the ledger knows of it (B, quarantine).
+                self._db.execute(
+                    "INSERT INTO devices (id, key, registered_ms) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET key = excluded.key, "
+                    "registered_ms = excluded.registered_ms",
+                    (device, key, now_ms()),
+                )
+            else:
+                self._db.execute(
+                    "INSERT INTO devices (id, key, registered_ms) VALUES (?, ?, ?)",
+                    (device, key, now_ms()),
+                )
         except sqlite3.IntegrityError:
             raise DeviceError(f"device {device} is already registered") from None
 
@@ -195,15 +100,49 @@ class Ledger:
         row = self._db.execute("SELECT key FROM devices WHERE id = ?", (device,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def device_record(self, device: str) -> DeviceRecord | None:
+        """Everything the host keeps per device (SPEC §5.1), read in one snapshot."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            row = db.execute(
+                "SELECT key, boot_id, quarantine_reason, quarantine_detail, quarantine_ms, "
+                "ahead_acked FROM devices WHERE id = ?",
+                (device,),
+            ).fetchone()
+            stored, stored_hash = ops.stored_head(db, device)
+        finally:
+            db.execute("COMMIT")
+        if row is None:
+            return None
+        quarantine = None if row[2] is None else Quarantine(row[2], row[3] or "", row[4] or 0)
+        return DeviceRecord(
+            device, bytes(row[0]), stored, stored_hash, int(row[1]), quarantine, row[5]
+        )
+
     def devices(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT d.id, d.registered_ms, "
+            "SELECT d.id, d.registered_ms, d.boot_id, d.quarantine_reason, d.quarantine_detail, "
+            "d.quarantine_ms, d.ahead_acked, "
             "(SELECT MAX(counter) FROM events e WHERE e.device = d.id), "
+            "(SELECT MAX(last) FROM gaps g WHERE g.device = d.id), "
             "(SELECT COUNT(*) FROM quarantine q WHERE q.device = d.id) "
             "FROM devices d ORDER BY d.id"
         ).fetchall()
         return [
-            {"device": r[0], "registered_ms": r[1], "last_counter": r[2] or 0, "quarantined": r[3]}
+            {
+                "device": r[0],
+                "registered_ms": r[1],
+                "boot_id": r[2],
+                "quarantined": r[3] is not None,
+                "quarantine": None
+                if r[3] is None
+                else {"reason": r[3], "detail": r[4], "since_ms": r[5]},
+                "ahead_acked": r[6],
+                "last_counter": r[7] or 0,
+                "stored": max(r[7] or 0, r[8] or 0),
+                "quarantine_rows": r[9],
+            }
             for r in rows
         ]
 
@@ -244,66 +183,84 @@ class Ledger:
                 "received_ms": r[5],
             }
 
-    def quarantined(self, device: str | None = None) -> list[QuarantineRow]:
-        rows = self._db.execute(
+    def gaps(self, device: str | None = None) -> list[Gap]:
+        """Adopted gaps, by device then first counter."""
+        return ops.gaps(self._db, device)
+
+    def quarantined(
+        self, device: str | None = None, limit: int | None = None
+    ) -> list[QuarantineRow]:
+        """Quarantine rows, oldest first; with `limit`, only the newest `limit` of them."""
+        sql = (
             "SELECT device, port, reason, detail, data, received_ms FROM quarantine "
-            "WHERE (? IS NULL OR device = ?) ORDER BY id",
+            "WHERE (? IS NULL OR device = ?) ORDER BY id"
+        )
+        if limit is None:
+            rows = self._db.execute(sql, (device, device)).fetchall()
+        else:
+            rows = self._db.execute(f"{sql} DESC LIMIT ?", (device, device, limit)).fetchall()
+            rows.reverse()
+        return [QuarantineRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def rejections(self, device: str | None = None) -> list[Rejection]:
+        """Rejected-input counts (device None: inputs no authenticated device is blamed for)."""
+        rows = self._db.execute(
+            "SELECT port, device, reason, count, first_ms, last_ms FROM rejections "
+            "WHERE (? IS NULL OR device = ?) ORDER BY device, port, reason",
             (device, device),
         ).fetchall()
-        return [QuarantineRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [Rejection(r[0], r[1] or None, r[2], r[3], r[4], r[5]) for r in rows]
 
     # the group commit ------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
         """Write the whole batch in one transaction, or nothing (LedgerError)."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if batch.events:
-                    db.executemany(
-                        "INSERT INTO events (device, counter, event, hash, cose, received_ms) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        [
-                            (e.device, e.counter, e.event, e.hash, e.cose, e.received_ms)
-                            for e in batch.events
-                        ],
-                    )
-                if batch.quarantine:
-                    db.executemany(
-                        "INSERT INTO quarantine (device, port, reason, detail, data, received_ms)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        [
-                            (q.device, q.port, q.reason, q.detail, q.data, q.received_ms)
-                            for q in batch.quarantine
-                        ],
-                    )
-                if batch.outbox:
-                    ms = now_ms()
-                    db.executemany(
-                        "INSERT INTO outbox (topic, payload, device, counter, created_ms) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        [(t, p, d, c, ms) for t, p, d, c in batch.outbox],
-                    )
-                if batch.published:
-                    ms = now_ms()
-                    # PUBACKs come back in id order: one statement per run, not per row
-                    db.executemany(
-                        "UPDATE outbox SET published_ms = ? WHERE id BETWEEN ? AND ?",
-                        [(ms, first, last) for first, last in id_runs(batch.published)],
-                    )
-                if batch.command_states:
-                    ms = now_ms()
-                    db.executemany(
-                        "UPDATE commands SET state = ?, result = ?, updated_ms = ? WHERE id = ?",
-                        [(s, r, ms, i) for i, s, r in batch.command_states],
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path}: commit failed: {exc}") from None
+        with self._write("commit") as db:
+            if batch.events:
+                db.executemany(
+                    "INSERT INTO events (device, counter, event, hash, cose, received_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (e.device, e.counter, e.event, e.hash, e.cose, e.received_ms)
+                        for e in batch.events
+                    ],
+                )
+            if batch.quarantine:
+                db.executemany(
+                    "INSERT INTO quarantine (device, port, reason, detail, data, received_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (q.device, q.port, q.reason, q.detail, q.data, q.received_ms)
+                        for q in batch.quarantine
+                    ],
+                )
+            ms = now_ms()
+            if batch.outbox:
+                db.executemany(
+                    "INSERT INTO outbox (topic, payload, device, counter, created_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(t, p, d, c, ms) for t, p, d, c in batch.outbox],
+                )
+            if batch.published:
+                # PUBACKs come back in id order: one statement per run, not per row
+                db.executemany(
+                    "UPDATE outbox SET published_ms = ? WHERE id BETWEEN ? AND ?",
+                    [(ms, first, last) for first, last in id_runs(batch.published)],
+                )
+            if batch.command_states:
+                db.executemany(
+                    "UPDATE commands SET state = ?, result = ?, updated_ms = ? WHERE id = ?",
+                    [(s, r, ms, i) for i, s, r in batch.command_states],
+                )
+            for update in batch.devices:
+                ops.apply_device_update(db, update, ms)
+            if batch.rejections:
+                db.executemany(
+                    "INSERT INTO rejections (port, device, reason, count, first_ms, last_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (port, device, reason) DO UPDATE "
+                    "SET count = count + excluded.count, last_ms = excluded.last_ms",
+                    [(p, d or "", r, n, ms, ms) for p, d, r, n in batch.rejections],
+                )
 
     # outbox ----------------------------------------------------------------------------------
 
@@ -326,24 +283,16 @@ class Ledger:
     # commands --------------------------------------------------------------------------------
 
     def queue_command(self, device: str, kind: str, body: dict[str, Any]) -> int:
-        if self.device_key(device) is None:
-            raise DeviceError(f"device {device} is not registered (sealink devices add)")
-        ms = now_ms()
-        cur = self._db.execute(
-            "INSERT INTO commands (device, kind, body, created_ms, updated_ms) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (device, kind, json.dumps(body, sort_keys=True), ms, ms),
-        )
-        return int(cur.lastrowid or 0)
+        """Queue a command after checking its fields (CommandError names the bad one); a permit
+        id must be above every permit id queued for the device before (SPEC §5.7)."""
+        validate_command(kind, body)
+        with self._write("queue a command") as db:
+            return queue.queue_command(db, device, kind, body)
 
     def next_permit_id(self, device: str) -> int:
-        ids = [
-            json.loads(r[0]).get("permit", 0)
-            for r in self._db.execute(
-                "SELECT body FROM commands WHERE device = ? AND kind = 'permit'", (device,)
-            )
-        ]
-        return max(ids, default=0) + 1
+        """One above the highest permit id queued for the device; CommandError when the wire
+        has no larger id."""
+        return queue.next_permit_id(self._db, device)
 
     def pending_commands(self, device: str) -> list[Command]:
         return self._commands("WHERE device = ? AND state = 'pending' ORDER BY id", (device,))
@@ -356,3 +305,31 @@ class Ledger:
             f"SELECT id, device, kind, body, state, result FROM commands {where}", args
         ).fetchall()
         return [Command(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    # operator actions (ledger/operator.py) ---------------------------------------------------
+
+    def quarantine_device(self, device: str, operator: str, note: str) -> None:
+        with self._write("quarantine") as db:
+            ops.quarantine_device(db, device, operator, note)
+
+    def release(self, device: str, operator: str, note: str) -> Quarantine:
+        with self._write("release") as db:
+            return ops.release(db, device, operator, note)
+
+    def adopt(
+        self,
+        device: str,
+        operator: str,
+        note: str,
+        sign: Callable[[bytes], bytes],
+        topic: str,
+    ) -> tuple[int, int]:
+        with self._write("adopt") as db:
+            return ops.adopt(db, device, operator, note, sign, topic)
+
+    def operator_actions(self, after_id: int = 0) -> list[OperatorAction]:
+        return ops.operator_actions(self._db, after_id)
+
+    def max_operator_action_id(self) -> int:
+        row = self._db.execute("SELECT MAX(id) FROM operator_actions").fetchone()
+        return int(row[0] or 0)

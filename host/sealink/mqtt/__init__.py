@@ -1,5 +1,5 @@
-"""Publishing the ledger's outbox to MQTT v5 (QoS 1, in order, marked only on PUBACK)."""
+"""Publishing the ledger's outbox to MQTT v5 (QoS 1, in order, marked only on PUBACK).
 
-from sealink.mqtt.process import PublisherProcess
-
-__all__ = ["PublisherProcess"]
+`process.PublisherProcess` runs `publisher.Publisher` in a child process; the child is started
+as `python -m sealink.mqtt.process`, so this package imports neither module itself.
+"""

@@ -1,0 +1,297 @@
+"""`sealink devices add|list|quarantine|release|adopt`: registered seals and their quarantine.
+
+A quarantine (SPEC §5.8) is sticky: the gateway sets it when a seal's input fails a check, and
+only an operator clears it here; the running service learns of it from the ledger's audit trail
+(`operator_actions`). A seal ahead of the ledger (it holds acknowledgements for events this
+ledger never stored) is cleared only by `adopt`, which records the missing counters as a gap
+countersigned with the gateway key: evidence, exported and verified like the events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sealink.cli.common import (
+    add_command,
+    default_operator,
+    iso_ms,
+    load,
+    open_ledger,
+    print_json,
+    with_config,
+    with_operator,
+)
+from sealink.config import NAME_RE
+from sealink.crypto.signer import GatewayKey, check_private_file
+from sealink.errors import DeviceError, KeyFileError
+from sealink.ledger import AHEAD_OF_LEDGER, Ledger
+from sealink.topics import Topics
+
+__all__ = ["read_device_key", "register"]
+
+_HEX_SHOWN = 16  # bytes of each rejected frame shown by `devices quarantine DEVICE`
+
+
+def read_device_key(path: str | os.PathLike[str]) -> bytes:
+    """A device key file: 64 hex digits, or the provisioning JSON {"device_id", "key"}; 0600."""
+    path = Path(path)
+    check_private_file(path, "device key file")
+    text = path.read_bytes().strip()
+    try:
+        if text.startswith(b"{"):
+            text = json.loads(text)["key"].encode()
+        key = bytes.fromhex(text.decode())
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise KeyFileError(
+            f"device key file {path}: expected 64 hex digits or "
+            '{"device_id": ..., "key": "<64 hex>"}'
+        ) from None
+    if len(key) != 32:
+        raise KeyFileError(f"device key file {path}: key is {len(key)} bytes, expected 32")
+    return key
+
+
+def cmd_devices_add(args: argparse.Namespace) -> int:
+    if not NAME_RE.match(args.device) or args.device == "gateway":
+        raise DeviceError(
+            f"device id {args.device!r}: 1..32 characters of A-Z a-z 0-9 . _ - (not 'gateway')"
+        )
+    key = read_device_key(args.key_file)
+    with open_ledger(load(args)) as ledger:
+        ledger.add_device(args.device, key, replace=args.replace)
+    print(f"registered {args.device}", file=sys.stderr)
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    with open_ledger(load(args)) as ledger:
+        for row in ledger.devices():
+            print_json(row)
+    return 0
+
+
+# quarantine ------------------------------------------------------------------------------------
+
+
+def cmd_devices_quarantine(args: argparse.Namespace) -> int:
+    if args.hold:
+        if not args.device or not args.note:
+            raise DeviceError("--hold needs a DEVICE and --note TEXT (why, for the audit trail)")
+        operator = args.operator or default_operator()
+        with open_ledger(load(args)) as ledger:
+            ledger.quarantine_device(args.device, operator, args.note)
+        print_json({"device": args.device, "action": "quarantine", "operator": operator})
+        print(
+            f"{args.device}: quarantined; nothing it sends is acked until released", file=sys.stderr
+        )
+        return 0
+    with open_ledger(load(args)) as ledger:
+        if args.device:
+            return _show_device(ledger, args.device, args.limit, args.json)
+        return _show_all(ledger, args.json)
+
+
+def _show_all(ledger: Ledger, as_json: bool) -> int:
+    held = [d for d in ledger.devices() if d["quarantine"] is not None]
+    if as_json:
+        for d in held:
+            print_json(
+                {
+                    "device": d["device"],
+                    "stored": d["stored"],
+                    "ahead_acked": d["ahead_acked"],
+                    **d["quarantine"],
+                }
+            )
+        return 0
+    if not held:
+        print("no device is quarantined")
+        return 0
+    print(f"{'DEVICE':<32}  {'REASON':<18}  {'SINCE':<24}  DETAIL")
+    for d in held:
+        q = d["quarantine"]
+        print(f"{d['device']:<32}  {q['reason']:<18}  {iso_ms(q['since_ms']):<24}  {q['detail']}")
+    return 0
+
+
+def _show_device(ledger: Ledger, device: str, limit: int, as_json: bool) -> int:
+    report = _device_report(ledger, device, limit)
+    if as_json:
+        print_json(report)
+    else:
+        _print_device_report(report, limit)
+    return 0
+
+
+def _device_report(ledger: Ledger, device: str, limit: int) -> dict[str, Any]:
+    record = ledger.device_record(device)
+    if record is None:
+        raise DeviceError(f"device {device} is not registered (sealink devices add)")
+    q = record.quarantine
+    rows = [
+        {
+            "received_ms": row.received_ms,
+            "port": row.port,
+            "reason": row.reason,
+            "detail": row.detail,
+            "size": len(row.data or b""),
+            "hex": (row.data or b"")[:_HEX_SHOWN].hex(),
+        }
+        for row in ledger.quarantined(device, limit=limit)
+    ]
+    counts = [
+        {
+            "port": r.port,
+            "reason": r.reason,
+            "count": r.count,
+            "first_ms": r.first_ms,
+            "last_ms": r.last_ms,
+        }
+        for r in ledger.rejections(device)
+    ]
+    return {
+        "device": device,
+        "quarantine": None
+        if q is None
+        else {"reason": q.reason, "detail": q.detail, "since_ms": q.since_ms},
+        "stored": record.stored,
+        "ahead_acked": record.ahead_acked,
+        "rows": rows,
+        "rejections": counts,
+    }
+
+
+def _print_device_report(report: dict[str, Any], limit: int) -> None:
+    device, q, stored, ahead = (
+        report["device"],
+        report["quarantine"],
+        report["stored"],
+        report["ahead_acked"],
+    )
+    if q is None:
+        print(f"{device}: not quarantined (stored up to counter {stored})")
+    else:
+        print(f"{device}: quarantined since {iso_ms(q['since_ms'])}: {q['reason']}: {q['detail']}")
+        if q["reason"] == AHEAD_OF_LEDGER and ahead is not None:
+            print(
+                f"  the seal acknowledged up to {ahead}, this ledger holds {stored}: "
+                f"`sealink devices adopt {device} --note ...` records {stored + 1}..{ahead} "
+                "as lost"
+            )
+    rows = report["rows"]
+    print(
+        f"recent rejected inputs (newest last, at most {limit}):"
+        if rows
+        else "no rejected input kept"
+    )
+    for r in rows:
+        more = "…" if r["size"] > _HEX_SHOWN else ""
+        print(
+            f"  {iso_ms(r['received_ms'])}  {r['port']}  {r['reason']}  {r['size']} bytes "
+            f"{r['hex']}{more}  {r['detail']}"
+        )
+    if report["rejections"]:
+        print("rejections counted:")
+    for c in report["rejections"]:
+        print(
+            f"  {c['port']}  {c['reason']}: {c['count']} "
+            f"({iso_ms(c['first_ms'])} .. {iso_ms(c['last_ms'])})"
+        )
+
+
+def cmd_devices_release(args: argparse.Namespace) -> int:
+    operator = args.operator or default_operator()
+    with open_ledger(load(args)) as ledger:
+        was = ledger.release(args.device, operator, args.note)
+    print_json(
+        {
+            "device": args.device,
+            "action": "release",
+            "operator": operator,
+            "released": {"reason": was.reason, "detail": was.detail},
+        }
+    )
+    print(
+        f"{args.device}: released ({was.reason}); the running gateway acks it again",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_devices_adopt(args: argparse.Namespace) -> int:
+    operator = args.operator or default_operator()
+    config = load(args)
+    key = GatewayKey.load(config.key_file)  # the gap is evidence: countersigned like an event
+    topic = Topics(config.mqtt.prefix, config.gateway_id).gaps(args.device)
+    with open_ledger(config) as ledger:
+        first, last = ledger.adopt(args.device, operator, args.note, key.sign1, topic)
+    print_json(
+        {
+            "device": args.device,
+            "action": "adopt",
+            "operator": operator,
+            "gap": [first, last],
+            "note": args.note,
+        }
+    )
+    print(
+        f"{args.device}: counters {first}..{last} recorded as lost (a gap signed by kid "
+        f"{key.kid.hex()}); its next event anchors the chain, the quarantine is cleared",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    devices = sub.add_parser("devices", help="registered seals and their quarantine")
+    dev_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    p = add_command(dev_sub, "add", cmd_devices_add, "register a seal with its 32-byte key")
+    with_config(p)
+    p.add_argument("device", help="device id ([A-Za-z0-9._-], 1..32)")
+    p.add_argument(
+        "--key-file",
+        required=True,
+        help="file (mode 0600) with the key as 64 hex digits or provisioning JSON",
+    )
+    p.add_argument("--replace", action="store_true", help="replace an existing registration")
+    p = add_command(dev_sub, "list", cmd_devices_list, "list registered seals (JSON Lines)")
+    with_config(p)
+
+    p = add_command(
+        dev_sub,
+        "quarantine",
+        cmd_devices_quarantine,
+        "show quarantined seals (one DEVICE: its rejected inputs and counts), or hold one",
+    )
+    with_config(p)
+    p.add_argument("device", nargs="?", help="show (or with --hold: quarantine) this device")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.add_argument("--limit", type=int, default=20, help="rejected inputs shown (default 20)")
+    p.add_argument("--hold", action="store_true", help="quarantine DEVICE now (needs --note)")
+    p.add_argument("--note", metavar="TEXT", help="with --hold: why (kept in the audit trail)")
+    p.add_argument("--operator", metavar="NAME", help="who acts (default: $SUDO_USER, else $USER)")
+
+    p = add_command(
+        dev_sub,
+        "release",
+        cmd_devices_release,
+        "clear a seal's quarantine (not for a seal ahead of the ledger: see adopt)",
+    )
+    with_config(p)
+    p.add_argument("device")
+    with_operator(p)
+
+    p = add_command(
+        dev_sub,
+        "adopt",
+        cmd_devices_adopt,
+        "a seal ahead of the ledger: record the missing counters as a signed gap, release it",
+    )
+    with_config(p)
+    p.add_argument("device")
+    with_operator(p)

@@ -1,0 +1,74 @@
+"""The host's verdicts on one message (SPEC §5.2, §5.4), as pure functions of device state.
+
+Each returns None when the message passes, else the detail of why not; the link machine turns
+a verdict into a quarantine, an alarm or an answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sealproto import errors, messages
+from sealproto.errors import DecodeError
+
+from sealink.gateway.registry import DeviceState
+
+__all__ = ["chain_fault", "describe", "device_alarm", "rollback", "seal_ahead", "status_fields"]
+
+
+def describe(exc: DecodeError) -> str:
+    return f"{errors.reason_name(exc.reason)}: {exc.detail}"
+
+
+def rollback(state: DeviceState, next_counter: int, boot_id: int) -> str | None:
+    """§5.2 step 5: the seal no longer holds what the ledger stored, or boots "earlier"."""
+    if next_counter - 1 < state.stored or boot_id < state.boot_id:
+        return (
+            f"HELLO next_counter {next_counter} boot_id {boot_id}; the gateway holds up to "
+            f"{state.stored}, boot_id {state.boot_id}"
+        )
+    return None
+
+
+def chain_fault(state: DeviceState, event: dict[int, Any], hello_boot: int) -> str | None:
+    """§5.4 step 2 for the event after the last accepted one: prev and boot_id must chain."""
+    counter = event[messages.EV_COUNTER]
+    if state.accepted_hash is not None and event[messages.EV_PREV] != state.accepted_hash:
+        return f"EVENT {counter}: prev is not the hash of event {counter - 1}"
+    boot = event[messages.EV_BOOT]
+    if not state.accepted_boot <= boot <= hello_boot:
+        return (
+            f"EVENT {counter}: boot_id {boot} outside {state.accepted_boot}..{hello_boot} "
+            f"(event {counter - 1} .. this session's HELLO)"
+        )
+    return None
+
+
+def seal_ahead(state: DeviceState, status: dict[int, Any]) -> int | None:
+    """§5.2 step 6: the counter the seal has compacted up to, if the ledger never stored it."""
+    device_acked = status[messages.ST_NEXT] - 1 - status[messages.ST_BACKLOG]
+    return device_acked if device_acked > state.stored else None
+
+
+def status_fields(state: DeviceState, status: dict[int, Any]) -> dict[str, Any]:
+    """The retained status topic's fields from a STATUS (SPEC §11.2)."""
+    return {
+        "online": True,
+        "battery_mv": status[messages.ST_BATTERY],
+        "backlog": status[messages.ST_BACKLOG],
+        "journal_free": status[messages.ST_FREE],
+        "flags": status[messages.ST_FLAGS],
+        "permit_left": status[messages.ST_PERMIT_LEFT],
+        "next_counter": status[messages.ST_NEXT],
+        "quarantined": state.quarantine is not None,
+    }
+
+
+def device_alarm(alarm: dict[int, Any]) -> dict[str, Any]:
+    """An ALARM's fields as published (SPEC §11.2: source device, code, time_s, detail)."""
+    return {
+        "source": "device",
+        "code": alarm[messages.AL_CODE],
+        "time_s": alarm[messages.AL_TIME],
+        "detail": alarm[messages.AL_DETAIL],
+    }

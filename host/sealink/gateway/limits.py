@@ -1,0 +1,167 @@
+"""Rate limits that keep one noisy link from costing storage, log volume or other links' time.
+
+Every rejected input is counted; only some keep their bytes (a quarantine row) or raise an
+alarm. Per link and reason: alarms are coalesced to one per `ALARM_INTERVAL_MS` carrying the
+number suppressed since the last one; rows follow a token bucket (`ROW_BURST` at once, then one
+per `ROW_INTERVAL_MS`), so a 115,200-baud line of garbage keeps a few frames a minute as
+samples instead of every frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sealproto.timers import SYNC_INTERVAL_MAX_MS, SYNC_INTERVAL_MS
+
+from sealink.gateway.actions import Reject
+from sealink.gateway.registry import DeviceRegistry, DeviceState
+
+__all__ = [
+    "ALARM_INTERVAL_MS",
+    "ROW_BURST",
+    "ROW_INTERVAL_MS",
+    "RateGate",
+    "RejectLimiter",
+    "Rejector",
+    "SeenOnce",
+    "SyncPacer",
+]
+
+ALARM_INTERVAL_MS = 1000
+ROW_BURST = 8
+ROW_INTERVAL_MS = 60_000
+
+
+@dataclass(slots=True)
+class RateGate:
+    """A token bucket: `allow(now)` is true at most `burst` times at once, then once per
+    `interval_ms`."""
+
+    burst: int
+    interval_ms: int
+    tokens: float = -1.0
+    last_ms: int = 0
+
+    def allow(self, now_ms: int) -> bool:
+        if self.tokens < 0:
+            self.tokens, self.last_ms = float(self.burst), now_ms
+        elapsed = now_ms - self.last_ms
+        if elapsed > 0:
+            self.tokens = min(float(self.burst), self.tokens + elapsed / self.interval_ms)
+            self.last_ms = now_ms
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class _ReasonLimit:
+    rows: RateGate
+    alarms: RateGate
+    suppressed: int = 0
+
+
+@dataclass
+class RejectLimiter:
+    """Per reason on one link: may this rejection keep a row, and raise an alarm?"""
+
+    row_burst: int = ROW_BURST
+    row_interval_ms: int = ROW_INTERVAL_MS
+    alarm_interval_ms: int = ALARM_INTERVAL_MS
+    _limits: dict[str, _ReasonLimit] = field(default_factory=dict)
+
+    def decide(self, reason: str, now_ms: int) -> tuple[bool, dict[str, Any] | None]:
+        """(keep a row, alarm fields or None). The alarm fields carry `suppressed_since_last`."""
+        limit = self._limits.get(reason)
+        if limit is None:
+            limit = self._limits[reason] = _ReasonLimit(
+                RateGate(self.row_burst, self.row_interval_ms),
+                RateGate(1, self.alarm_interval_ms),
+            )
+        row = limit.rows.allow(now_ms)
+        if limit.alarms.allow(now_ms):
+            alarm = {"suppressed_since_last": limit.suppressed}
+            limit.suppressed = 0
+            return row, alarm
+        limit.suppressed += 1
+        return row, None
+
+
+class Rejector:
+    """Turns a rejection into its action: counted always, row and alarm as the limits allow."""
+
+    def __init__(self, registry: DeviceRegistry, limiter: RejectLimiter) -> None:
+        self._registry = registry
+        self._limiter = limiter
+
+    def reject(
+        self, reason: str, detail: str, device: str | None, data: bytes | None, now_ms: int
+    ) -> Reject:
+        row, alarm = self._limiter.decide(reason, now_ms)
+        return Reject(reason, detail, device, data if row else None, row, alarm)
+
+    def quarantine(
+        self,
+        state: DeviceState,
+        reason: str,
+        detail: str,
+        data: bytes | None,
+        now_ms: int,
+        ahead_acked: int | None,
+    ) -> Reject:
+        if self._registry.quarantine(state, reason, detail, now_ms, ahead_acked):
+            # The transition always keeps its bytes and always alarms.
+            return Reject(reason, detail, state.device, data, True, {"quarantine": True})
+        return self.reject(reason, detail, state.device, data, now_ms)
+
+
+class SyncPacer:
+    """When a link without a session sends SYNC (SPEC §5.1, §5.9): at link open; periodically
+    with the interval doubling up to `SYNC_INTERVAL_MAX_MS` while nobody answers, so that a
+    seal nobody registered is not asked for a HELLO (one alarm each) every second for ever;
+    and in answer to a frame that needs a session, at most once per `SYNC_INTERVAL_MS`."""
+
+    def __init__(self) -> None:
+        self.due_ms = 0
+        self._last_ms: int | None = None
+        self._interval_ms = SYNC_INTERVAL_MS
+
+    def sent(self, now_ms: int) -> None:
+        self._last_ms = now_ms
+        self.due_ms = max(self.due_ms, now_ms + self._interval_ms)
+
+    def periodic(self, now_ms: int) -> bool:
+        """Is the periodic SYNC due? If so, it counts as sent and the interval doubles."""
+        if now_ms < self.due_ms:
+            return False
+        self.sent(now_ms)
+        self._interval_ms = min(2 * self._interval_ms, SYNC_INTERVAL_MAX_MS)
+        self.due_ms = now_ms + self._interval_ms
+        return True
+
+    def may_answer(self, now_ms: int) -> bool:
+        return self._last_ms is None or now_ms - self._last_ms >= SYNC_INTERVAL_MS
+
+    def session_opened(self) -> None:
+        self._interval_ms = SYNC_INTERVAL_MS
+
+
+class SeenOnce:
+    """Remembers up to `limit` keys (then starts over): evidence kept once, not per resend."""
+
+    def __init__(self, limit: int) -> None:
+        self._seen: set[object] = set()
+        self._limit = limit
+
+    def first(self, key: object) -> bool:
+        if key in self._seen:
+            return False
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(key)
+        return True
+
+    def clear(self) -> None:
+        self._seen.clear()

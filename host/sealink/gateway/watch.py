@@ -1,0 +1,100 @@
+"""What other processes change in the ledger, seen by the running service once a `POLL_S`.
+
+The CLI writes from its own process (WAL lets it): operator actions on devices (hold, release,
+adopt), newly registered or re-registered devices, pending commands. The watch reloads the
+affected devices into the registry and hands each live session its pending commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from sealproto import messages
+
+from sealink.gateway.committer import GroupCommitter
+from sealink.gateway.fastpath import decode_event
+from sealink.gateway.registry import DeviceRegistry
+from sealink.gateway.session import Session
+from sealink.ledger import Ledger
+
+__all__ = ["POLL_S", "LedgerWatch"]
+
+log = logging.getLogger("sealink.gateway")
+
+POLL_S = 1.0
+Db = Callable[..., Awaitable[Any]]
+
+
+class LedgerWatch:
+    def __init__(
+        self,
+        ledger: Ledger,
+        db: Db,
+        registry: DeviceRegistry,
+        sessions: Iterable[Session],
+        committer: GroupCommitter,
+    ) -> None:
+        self._ledger = ledger
+        self._db = db
+        self._registry = registry
+        self._sessions = sessions
+        self._committer = committer
+        self._action_id = 0
+        self._shape: tuple[int, int] = (0, 0)
+
+    async def load(self) -> None:
+        """Every registered device, at start; operator actions from now on are news."""
+        self._action_id = await self._db(self._ledger.max_operator_action_id)
+        await self._load_all()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        ledger = self._ledger
+        for action in await self._db(ledger.operator_actions, self._action_id):
+            self._action_id = max(self._action_id, action.id)
+            fields = {"device": action.device, "action": action.action, "by": action.operator}
+            log.info("operator action", extra={"fields": fields})
+            await self.load_device(action.device)
+        if await self._devices_shape() != self._shape:
+            await self._load_all()
+        for session in list(self._sessions):
+            if session.device is not None:
+                session.offer_commands(await self._db(ledger.pending_commands, session.device))
+        # Rejection counters ride on the next commit; with nothing else happening they still
+        # reach the ledger within a poll.
+        if len(self._committer):
+            self._committer.wake()
+
+    async def load_device(self, device: str) -> None:
+        ledger = self._ledger
+        record = await self._db(ledger.device_record, device)
+        if record is None:
+            self._registry.forget(device)
+            return
+        boot = 0
+        if record.stored and record.stored_hash is not None:
+            payload = await self._db(ledger.event_bytes, device, record.stored)
+            event = decode_event(payload) if payload is not None else None
+            boot = event[messages.EV_BOOT] if event is not None else 0
+        self._registry.load(record, boot)
+        for session in self._sessions:
+            if session.device == device:
+                # A release may have made stored events ackable.
+                session.committed()
+
+    async def _devices_shape(self) -> tuple[int, int]:
+        """Changes when a device is registered or re-registered (`sealink devices add`)."""
+        rows = await self._db(self._ledger.devices)
+        return len(rows), max((r["registered_ms"] for r in rows), default=0)
+
+    async def _load_all(self) -> None:
+        self._shape = await self._devices_shape()
+        for row in await self._db(self._ledger.devices):
+            await self.load_device(row["device"])

@@ -1,0 +1,156 @@
+"""The ledger's tables, and the in-place migration of an older file (meta 'schema').
+
+v1: meta, devices, events, quarantine, commands, outbox.
+v2: devices gains boot_id (B, SPEC §5.1), the sticky quarantine (reason, detail, since) and
+    ahead_acked; new tables rejections (a count per port, device and reason, so every rejected
+    input is counted even when its quarantine row was rate-limited away), operator_actions (the
+    audit trail, polled by the running service) and gaps (counters an operator declared lost,
+    countersigned).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["SCHEMA_VERSION", "create_or_migrate"]
+
+SCHEMA_VERSION = 2
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY,
+        key BLOB NOT NULL,
+        registered_ms INTEGER NOT NULL,
+        boot_id INTEGER NOT NULL DEFAULT 0,
+        quarantine_reason TEXT,
+        quarantine_detail TEXT,
+        quarantine_ms INTEGER,
+        ahead_acked INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        device TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        event BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        cose BLOB NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (device, counter)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY,
+        device TEXT,
+        port TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        data BLOB,
+        received_ms INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS commands (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        result INTEGER,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS commands_pending ON commands (device, id) WHERE state = 'pending'",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        device TEXT,
+        counter INTEGER,
+        created_ms INTEGER NOT NULL,
+        published_ms INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE published_ms IS NULL",
+)
+
+# New in v2. The tables' own CREATEs are idempotent; the devices columns are added by
+# _V2_COLUMNS when a v1 file is opened.
+_TABLES_V2 = (
+    """CREATE TABLE IF NOT EXISTS rejections (
+        port TEXT NOT NULL,
+        device TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        PRIMARY KEY (port, device, reason)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS operator_actions (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        action TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        note TEXT NOT NULL,
+        ms INTEGER NOT NULL,
+        detail TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS gaps (
+        device TEXT NOT NULL,
+        first INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        adopted_ms INTEGER NOT NULL,
+        operator TEXT NOT NULL,
+        note TEXT NOT NULL,
+        cose BLOB NOT NULL,
+        PRIMARY KEY (device, first)
+    ) WITHOUT ROWID""",
+    # `devices quarantine DEVICE` shows a device's newest rows: without this, a scan of every
+    # row ever rejected.
+    "CREATE INDEX IF NOT EXISTS quarantine_device ON quarantine (device, id)",
+)
+
+_V2_COLUMNS = (
+    "ALTER TABLE devices ADD COLUMN boot_id INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE devices ADD COLUMN quarantine_reason TEXT",
+    "ALTER TABLE devices ADD COLUMN quarantine_detail TEXT",
+    "ALTER TABLE devices ADD COLUMN quarantine_ms INTEGER",
+    "ALTER TABLE devices ADD COLUMN ahead_acked INTEGER",
+)
+
+
+class SchemaTooNew(Exception):
+    def __init__(self, version: str) -> None:
+        super().__init__(
+            f"schema {version} was written by a newer sealink (this one knows {SCHEMA_VERSION})"
+        )
+
+
+def create_or_migrate(db: sqlite3.Connection) -> None:
+    """Create a new ledger, or bring an older one to SCHEMA_VERSION, in one transaction (a
+    crash midway leaves the file as it was). SchemaTooNew: refuse what a newer sealink wrote."""
+    if _version(db) == str(SCHEMA_VERSION):
+        return  # the common case: no write, so opening never waits for the service's lock
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(_TABLES[0])
+        version = _version(db)
+        if version is not None and version not in ("1", str(SCHEMA_VERSION)):
+            raise SchemaTooNew(version)
+        for statement in _TABLES[1:]:
+            db.execute(statement)
+        if version == "1":
+            for statement in _V2_COLUMNS:
+                db.execute(statement)
+        for statement in _TABLES_V2:
+            db.execute(statement)
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _version(db: sqlite3.Connection) -> str | None:
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: a new file
+        return None
+    return str(row[0]) if row else None

@@ -1,0 +1,452 @@
+"""The host link state machine (SPEC §5) on its own: bytes in, actions out, a fake clock.
+
+No I/O here, so each MUST of the host side is checked exactly and quickly; the gateway tests
+(test_gateway.py) run the same machine behind real ptys, a real ledger and a real broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from typing import Any
+
+import pytest
+from sealink.gateway.actions import (
+    Action,
+    Alarm,
+    CommandDone,
+    CompareStored,
+    Displace,
+    Reject,
+    Send,
+    SessionOpen,
+    Status,
+    Store,
+)
+from sealink.gateway.limits import ROW_BURST
+from sealink.gateway.machine import LinkMachine
+from sealink.gateway.registry import DeviceRegistry
+from sealink.ledger import GENESIS, Command, DeviceRecord
+from sealproto import auth, framing, messages
+from sealproto.messages import K_SEQ, K_TYPE
+from sealproto.timers import (
+    COMMAND_ATTEMPTS,
+    COMMAND_TIMEOUT_MS,
+    DUP_ACK_HOLDOFF_MS,
+    SYNC_INTERVAL_MAX_MS,
+    SYNC_INTERVAL_MS,
+)
+
+DEVICE = "seal-m-0001"
+KEY = bytes(range(32))
+
+
+class Seal:
+    """A device written from SPEC.md alone: just enough to drive the host machine."""
+
+    def __init__(self, key: bytes = KEY, device: str = DEVICE) -> None:
+        self.key = key
+        self.device = device
+        self.journal: list[bytes] = []
+        self.boot = 1
+        self.nonce = b""
+        self.session_key = b""
+        self.seq = 0
+        self.host_seq = 0
+
+    def record(self, n: int = 1, boot: int | None = None) -> list[bytes]:
+        made = []
+        for _ in range(n):
+            prev = auth.record_hash(self.journal[-1]) if self.journal else GENESIS
+            made.append(self.event(len(self.journal) + 1, prev, boot=boot))
+            self.journal.append(made[-1])
+        return made
+
+    def event(self, counter: int, prev: bytes, *, boot: int | None = None, key: bytes = b""):
+        msg = {
+            K_TYPE: messages.EVENT,
+            messages.EV_COUNTER: counter,
+            messages.EV_BOOT: self.boot if boot is None else boot,
+            messages.EV_UPTIME: 1000 + counter,
+            messages.EV_TIME: 1_764_115_242,
+            messages.EV_KIND: messages.KIND_IMPRESSION,
+            messages.EV_PERMIT: 1,
+            messages.EV_OPERATOR: 7,
+            messages.EV_PREV: prev,
+        }
+        return messages.encode(auth.sign(msg, key or self.key))
+
+    def hello(self, next_counter: int | None = None, boot: int | None = None) -> bytes:
+        self.nonce = os.urandom(messages.NONCE_LEN)
+        msg = {
+            K_TYPE: messages.HELLO,
+            messages.HE_VERSION: 1,
+            messages.HE_DEVICE: self.device,
+            messages.HE_NONCE: self.nonce,
+            messages.HE_BOOT: self.boot if boot is None else boot,
+            messages.HE_NEXT: len(self.journal) + 1 if next_counter is None else next_counter,
+            messages.HE_FIRMWARE: "test",
+        }
+        return messages.encode(auth.sign(msg, self.key))
+
+    def welcome(self, actions: list[Action]) -> dict[int, Any]:
+        for msg in host_messages(actions):
+            if msg[K_TYPE] == messages.WELCOME:
+                key = auth.session_key(self.key, self.nonce, msg[messages.WE_NONCE])
+                auth.verify(msg, key)
+                self.session_key, self.seq, self.host_seq = key, 0, 1
+                return msg
+        raise AssertionError(f"no WELCOME in {actions}")
+
+    def session(self, kind: int, **fields: int) -> bytes:
+        self.seq += 1
+        msg = {K_TYPE: kind, **{getattr(messages, k): v for k, v in fields.items()}}
+        msg[K_SEQ] = self.seq
+        return messages.encode(auth.sign(msg, self.session_key))
+
+    def status(self, acked: int) -> bytes:
+        nxt = len(self.journal) + 1
+        return self.session(
+            messages.STATUS,
+            ST_BATTERY=3900,
+            ST_BACKLOG=nxt - 1 - acked,
+            ST_FREE=100,
+            ST_FLAGS=0,
+            ST_PERMIT_LEFT=0,
+            ST_NEXT=nxt,
+        )
+
+
+def wire(*payloads: bytes) -> bytes:
+    return b"".join(framing.encode_frame(p) for p in payloads)
+
+
+def host_messages(actions: list[Action]) -> list[dict[int, Any]]:
+    out = []
+    for action in actions:
+        if isinstance(action, Send):
+            for item in framing.FrameDecoder().feed(action.data):
+                assert isinstance(item, bytes)
+                out.append(messages.decode(item))
+    return out
+
+
+def acks(actions: list[Action]) -> list[int]:
+    return [m[messages.AK_COUNTER] for m in host_messages(actions) if m[K_TYPE] == messages.ACK]
+
+
+def of(kind: type, actions: list[Action]) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+class Host:
+    """One registry, as many link machines as a test needs, one fake monotonic clock."""
+
+    def __init__(self, stored: int = 0, stored_hash: bytes | None = GENESIS, boot: int = 0):
+        self.registry = DeviceRegistry()
+        self.registry.load(DeviceRecord(DEVICE, KEY, stored, stored_hash, boot, None, None), 1)
+        self.now = 1_000_000
+        self.links: dict[str, LinkMachine] = {}
+
+    def link(self, port: str = "tty0") -> LinkMachine:
+        if port not in self.links:
+            self.links[port] = LinkMachine(port, self.registry, wall_ms=lambda: 1_764_115_242_000)
+            self.links[port].start(self.now)
+        return self.links[port]
+
+    def commit(self, actions: list[Action]) -> None:
+        for store in of(Store, actions):
+            self.registry.stored(store.device, store.counter, store.digest)
+
+    @property
+    def state(self) -> Any:
+        return self.registry.get(DEVICE)
+
+
+def connect(host: Host, seal: Seal, port: str = "tty0") -> list[Action]:
+    link = host.link(port)
+    seal.welcome(link.feed(wire(seal.hello()), host.now))
+    acked = min(host.state.stored, len(seal.journal))
+    return link.feed(wire(seal.status(acked)), host.now)
+
+
+def test_events_are_stored_then_acked_only_after_the_commit() -> None:
+    host, seal = Host(), Seal()
+    opened = connect(host, seal)
+    assert of(SessionOpen, opened) and of(Status, opened)
+    link = host.link()
+    actions = link.feed(wire(*seal.record(3)), host.now)
+    assert [s.counter for s in of(Store, actions)] == [1, 2, 3]
+    assert acks(actions) == []  # SPEC §5.4: an ACK MUST NOT be sent before the commit
+    host.commit(actions)
+    assert acks(link.committed(host.now)) == [3]
+
+
+def test_unknown_device_gets_no_answer_and_leaves_no_state() -> None:
+    host, stranger = Host(), Seal(device="seal-unknown-9")
+    link = host.link()
+    for _ in range(50):
+        actions = link.feed(wire(stranger.hello()), host.now)
+        assert host_messages(actions) == []
+    assert [r.reason for r in of(Reject, actions)] == ["unknown_device"]
+    assert len(host.registry) == 1
+
+
+def test_hello_with_a_bad_mac_or_another_version_gets_no_welcome() -> None:
+    host = Host()
+    forged = Seal(key=os.urandom(32))
+    actions = host.link().feed(wire(forged.hello()), host.now)
+    assert host_messages(actions) == [] and of(Reject, actions)[0].reason == "bad_mac"
+    seal = Seal()
+    msg = messages.decode(seal.hello())
+    msg[messages.HE_VERSION] = 2
+    del msg[messages.K_MAC]
+    actions = host.link().feed(wire(messages.encode(auth.sign(msg, KEY))), host.now)
+    assert host_messages(actions) == [] and of(Reject, actions)[0].reason == "version"
+    assert host.state.quarantine is None
+
+
+def test_a_replayed_hello_neither_moves_the_session_nor_quarantines() -> None:
+    host, seal = Host(), Seal()
+    old_hello = seal.hello()  # recorded by an eavesdropper at next_counter 1
+    connect(host, seal)
+    host.commit(host.link().feed(wire(*seal.record(5)), host.now))
+    host.link().committed(host.now)
+    for port in ("tty0", "tty-attacker"):
+        actions = host.link(port).feed(wire(old_hello), host.now)
+        assert [m[K_TYPE] for m in host_messages(actions)] == [messages.WELCOME]
+    assert host.state.quarantine is None and host.state.owner == "tty0"
+    # The genuine session carries on.
+    actions = host.link().feed(wire(*seal.record(1)), host.now)
+    host.commit(actions)
+    assert acks(host.link().committed(host.now)) == [6]
+
+
+def test_a_confirmed_rollback_is_quarantined_and_the_welcome_lets_it_compact_nothing() -> None:
+    host = Host(stored=10, stored_hash=os.urandom(32), boot=4)
+    seal = Seal()
+    seal.record(3)  # a flash image restored to counter 3
+    link = host.link()
+    welcome = seal.welcome(link.feed(wire(seal.hello(boot=5)), host.now))
+    assert welcome[messages.WE_ACKED] == 0
+    actions = link.feed(wire(seal.status(0)), host.now)
+    assert host.state.quarantine.reason == "counter_rollback"
+    assert any(r.reason == "counter_rollback" and r.alarm for r in of(Reject, actions))
+
+
+def test_a_lower_boot_id_is_a_rollback() -> None:
+    host = Host(boot=7)
+    seal = Seal()
+    seal.boot = 6
+    connect(host, seal)
+    assert host.state.quarantine.reason == "counter_rollback"
+
+
+def test_boot_id_is_remembered_and_an_event_from_a_later_boot_breaks_the_chain() -> None:
+    host, seal = Host(), Seal()
+    seal.boot = 3
+    connect(host, seal)
+    assert host.state.boot_id == 3
+    assert [u.boot_id for u in host.registry.take_updates()] == [3]
+    actions = host.link().feed(wire(*seal.record(1, boot=4)), host.now)
+    assert not of(Store, actions) and host.state.quarantine.reason == "chain_break"
+
+
+def test_a_seal_ahead_of_the_ledger_is_quarantined_at_once() -> None:
+    host, seal = Host(), Seal()
+    seal.record(20)
+    link = host.link()
+    seal.welcome(link.feed(wire(seal.hello()), host.now))
+    link.feed(wire(seal.status(acked=12)), host.now)  # compacted 1..12 with another gateway
+    q = host.state.quarantine
+    assert (q.reason, host.state.ahead_acked) == ("ahead_of_ledger", 12)
+    actions = link.feed(wire(seal.journal[12]), host.now)
+    assert acks(actions) == [] and not of(Store, actions)
+
+
+def test_quarantine_is_sticky_keeps_evidence_once_and_alarms_each_session() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    forged = seal.event(1, GENESIS, key=os.urandom(32))
+    link.feed(wire(forged), host.now)
+    assert host.state.quarantine.reason == "bad_mac"
+    genuine = seal.record(2)
+    first = link.feed(wire(*genuine), host.now)
+    again = link.feed(wire(*genuine), host.now)  # retransmitted every RTO
+    assert [r.reason for r in of(Reject, first)] == ["quarantined_event"] * 2
+    assert of(Reject, again) == [] and acks(first + again) == [] and not of(Store, first)
+    reopened = connect(host, seal)
+    assert any(a.reason == "quarantined" for a in of(Alarm, reopened))
+
+
+def test_duplicates_get_one_ack_per_holdoff_and_a_gap_one_ack_per_gap() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    events = seal.record(10)
+    host.commit(link.feed(wire(*events[:3]), host.now))
+    assert acks(link.committed(host.now)) == [3]
+    dups = link.feed(wire(*(events[:3] * 20)), host.now)
+    assert acks(dups) == [3]  # 60 duplicates, one ACK
+    host.now += DUP_ACK_HOLDOFF_MS
+    assert acks(link.feed(wire(events[0]), host.now)) == [3]
+    gap = link.feed(wire(*events[5:9]), host.now)  # 4 and 5 were lost
+    assert acks(gap) == [3] and not of(Store, gap)
+
+
+def test_an_old_duplicate_is_compared_with_the_ledger() -> None:
+    host, seal = Host(stored=200, stored_hash=b"\x01" * 32), Seal()
+    seal.record(201)
+    link = host.link()
+    seal.welcome(link.feed(wire(seal.hello()), host.now))
+    link.feed(wire(seal.status(200)), host.now)
+    (ask,) = of(CompareStored, link.feed(wire(seal.journal[4]), host.now))
+    assert ask.counter == 5
+    assert acks(link.stored_bytes(DEVICE, 5, ask.payload, ask.payload, host.now)) == [200]
+    link.stored_bytes(DEVICE, 5, ask.payload, b"other bytes", host.now)
+    assert host.state.quarantine.reason == "counter_rollback"
+
+
+def test_session_messages_bad_mac_is_counted_replay_is_rejected() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    status = seal.status(0)
+    replay = link.feed(wire(status, status), host.now)
+    assert [r.reason for r in of(Reject, replay)] == ["replay"]
+    stale_key, seal.session_key = seal.session_key, os.urandom(32)
+    counted = of(Reject, link.feed(wire(seal.status(0)), host.now))
+    assert [(r.reason, r.row, r.alarm) for r in counted] == [("session_mac", False, None)]
+    seal.session_key = stale_key
+    ack = {K_TYPE: messages.ACK, messages.AK_COUNTER: 1, K_SEQ: 9}
+    unexpected = link.feed(wire(messages.encode(auth.sign(ack, stale_key))), host.now)
+    assert [r.reason for r in of(Reject, unexpected)] == ["unexpected"]
+
+
+def test_commands_are_resent_with_a_new_seq_then_the_device_is_reported_unreachable() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    body = {"permit": 1, "count": 2, "not_before_s": 0, "not_after_s": 0, "operator": 3}
+    sent = host_messages(
+        link.offer_commands([Command(7, DEVICE, "permit", body, "pending", None)], host.now)
+    )
+    time_cmd = [m for m in sent if m[K_TYPE] == messages.TIME]
+    assert time_cmd, "TIME goes first in every session"
+    result = seal.session(messages.RESULT, RE_SEQ=time_cmd[0][K_SEQ], RE_CODE=messages.R_OK)
+    permits = host_messages(link.feed(wire(result), host.now))
+    seqs = [m[K_SEQ] for m in permits if m[K_TYPE] == messages.PERMIT]
+    alarms: list[Alarm] = []
+    for _ in range(COMMAND_ATTEMPTS):
+        host.now += COMMAND_TIMEOUT_MS
+        actions = link.tick(host.now)
+        alarms += of(Alarm, actions)
+        seqs += [m[K_SEQ] for m in host_messages(actions) if m[K_TYPE] == messages.PERMIT]
+    assert len(seqs) == COMMAND_ATTEMPTS and len(set(seqs)) == COMMAND_ATTEMPTS
+    assert [a.reason for a in alarms] == ["device_unreachable"]
+    # A RESULT to any of the seqs it was sent with answers it (a resend after a lost RESULT).
+    host2, seal2 = Host(), Seal()
+    connect(host2, seal2)
+    link2 = host2.link()
+    first = host_messages(
+        link2.offer_commands(
+            [Command(8, DEVICE, "revoke", {"permit": 1}, "pending", None)], host2.now
+        )
+    )
+    done = link2.feed(
+        wire(seal2.session(messages.RESULT, RE_SEQ=first[0][K_SEQ], RE_CODE=0)), host2.now
+    )
+    host2.now += COMMAND_TIMEOUT_MS
+    revoke = [
+        m for m in host_messages(done + link2.tick(host2.now)) if m[K_TYPE] == messages.REVOKE
+    ]
+    host2.now += COMMAND_TIMEOUT_MS
+    revoke += [m for m in host_messages(link2.tick(host2.now)) if m[K_TYPE] == messages.REVOKE]
+    answered = link2.feed(
+        wire(seal2.session(messages.RESULT, RE_SEQ=revoke[0][K_SEQ], RE_CODE=0)), host2.now
+    )
+    assert [(d.command_id, d.state) for d in of(CommandDone, answered)] == [(8, "done")]
+
+
+def test_a_quarantined_seal_gets_revocations_but_no_permits() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    link.feed(wire(seal.event(1, b"\x42" * 32)), host.now)
+    assert host.state.quarantine is not None
+    permit = {"permit": 1, "count": 2, "not_before_s": 0, "not_after_s": 0, "operator": 3}
+    sent = host_messages(
+        link.offer_commands(
+            [
+                Command(1, DEVICE, "permit", permit, "pending", None),
+                Command(2, DEVICE, "revoke", {"permit": 1}, "pending", None),
+            ],
+            host.now,
+        )
+    )
+    kinds = []
+    while sent:
+        m = sent.pop(0)
+        kinds.append(m[K_TYPE])
+        result = seal.session(messages.RESULT, RE_SEQ=m[K_SEQ], RE_CODE=0)
+        sent += host_messages(link.feed(wire(result), host.now))
+    assert messages.REVOKE in kinds and messages.PERMIT not in kinds
+
+
+def test_an_unanswered_link_backs_its_sync_off() -> None:
+    host = Host()
+    link = host.link()
+    syncs = []
+    for _ in range(12):
+        due = link.deadline_ms()
+        assert due is not None
+        host.now = due
+        if any(m[K_TYPE] == messages.SYNC for m in host_messages(link.tick(host.now))):
+            syncs.append(host.now)
+    gaps = [b - a for a, b in itertools.pairwise(syncs)]
+    assert gaps[0] == 2 * SYNC_INTERVAL_MS and gaps[-1] == SYNC_INTERVAL_MAX_MS
+    assert gaps == sorted(gaps)
+
+
+def test_a_garbage_flood_costs_counters_not_rows_or_alarms() -> None:
+    host = Host()
+    link = host.link()
+    rng = random.Random(20261201)
+    print("seed 20261201")
+    rows = alarms = rejects = 0
+    for _ in range(600):  # a minute of a noisy line, a chunk each 100 ms
+        host.now += 100
+        chunk = bytes(rng.getrandbits(8) for _ in range(1000))
+        for r in of(Reject, link.feed(chunk, host.now)):
+            rejects += 1
+            rows += r.row
+            alarms += r.alarm is not None
+    assert rejects > 1000
+    assert rows <= 2 * (ROW_BURST + 2)  # two reasons, a burst each and one a minute after
+    assert alarms <= 2 * 61
+
+
+def test_a_session_moved_to_another_link_displaces_the_old_one() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal, "tty0")
+    moved = connect(host, seal, "tty1")
+    assert [(d.device, d.port) for d in of(Displace, moved)] == [(DEVICE, "tty0")]
+    host.link("tty0").displaced()
+    actions = host.link("tty1").feed(wire(*seal.record(1)), host.now)
+    host.commit(actions)
+    assert acks(host.link("tty0").committed(host.now)) == []
+    assert acks(host.link("tty1").committed(host.now)) == [1]
+
+
+@pytest.mark.parametrize("bad", ["no_session_event", "no_session_status"])
+def test_frames_outside_a_session_get_a_rate_limited_sync(bad: str) -> None:
+    host, seal = Host(), Seal()
+    link = host.link()
+    seal.session_key = os.urandom(32)
+    payload = seal.record(1)[0] if bad == "no_session_event" else seal.status(0)
+    host.now += SYNC_INTERVAL_MS
+    actions = link.feed(wire(payload, payload, payload), host.now)
+    assert [m[K_TYPE] for m in host_messages(actions)] == [messages.SYNC]
+    assert {r.reason for r in of(Reject, actions)} == {"no_session"}

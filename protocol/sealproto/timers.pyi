@@ -1,0 +1,16 @@
+"""The link's constants of SPEC §5.1."""
+
+from typing import Final
+
+WINDOW: Final = 8
+RTO_MS: Final = 500
+RTO_MAX_MS: Final = 8000
+HELLO_RETRY_MS: Final = 1000
+HELLO_RETRY_MAX_MS: Final = 30000
+LINK_DEAD_MS: Final = 30000
+SYNC_INTERVAL_MS: Final = 1000
+SYNC_INTERVAL_MAX_MS: Final = 30000
+DUP_ACK_HOLDOFF_MS: Final = 250
+STATUS_INTERVAL_MS: Final = 60000
+COMMAND_TIMEOUT_MS: Final = 2000
+COMMAND_ATTEMPTS: Final = 6
