@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pty
 import random
-import tty
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,11 +19,11 @@ from typing import Any, TypeVar
 import pytest
 from sealink.config import Config, LedgerConfig, MqttConfig, PortConfig
 from sealink.crypto.signer import GatewayKey
-from sealink.errors import TransportError
 from sealink.gateway.service import Gateway
 from sealink.ledger.sqlite import Ledger
 from sealink_sim.broker import Mosquitto
 from sealink_sim.observer import Observer
+from sealink_sim.ptylink import PtyLink, open_pty_link
 
 T = TypeVar("T")
 
@@ -101,74 +99,11 @@ def observer(broker: Mosquitto, files: GatewayFiles) -> Iterator[Observer]:
         yield obs
 
 
-class FdTransport:
-    """The device end of a pty (its master fd): what the board's UART would be."""
-
-    def __init__(self, fd: int, name: str = "pty-master") -> None:
-        self.fd = fd
-        self.name = name
-        os.set_blocking(fd, False)
-
-    @property
-    def mtu(self) -> int:
-        return 4096
-
-    async def connect(self) -> None:
-        return None
-
-    async def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.fd, view) :]
-            except BlockingIOError:
-                await asyncio.sleep(0.001)
-
-    async def receive(self) -> bytes:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = os.read(self.fd, 4096)
-            except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_reader(self.fd, ready.set_result, None)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self.fd)
-                continue
-            except OSError as exc:
-                raise TransportError(f"{self.name}: {exc}") from None
-            if not data:
-                raise TransportError(f"{self.name}: closed")
-            return data
-
-    async def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-@dataclass
-class PtyLink:
-    device_end: FdTransport
-    host_path: str
-
-
 @pytest.fixture
 def pty_link() -> Iterator[PtyLink]:
     """A pseudo-terminal: the device holds the master, the gateway opens the slave by path."""
-    master, slave = pty.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    path = os.ttyname(slave)
-    link = PtyLink(FdTransport(master), path)
-    try:
+    with open_pty_link() as link:
         yield link
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(master)
-        with contextlib.suppress(OSError):
-            os.close(slave)
 
 
 def run(coro: Awaitable[T], timeout: float = 60.0) -> T:

@@ -1,10 +1,10 @@
 """Rate limits that keep one noisy link from costing storage, log volume or other links' time.
 
 Every rejected input is counted; only some keep their bytes (a quarantine row) or raise an
-alarm. Per link and reason: alarms are coalesced to one per `ALARM_INTERVAL_MS` carrying the
-number suppressed since the last one; rows follow a token bucket (`ROW_BURST` at once, then one
-per `ROW_INTERVAL_MS`), so a 115,200-baud line of garbage keeps a few frames a minute as
-samples instead of every frame.
+alarm. Per link and reason, both follow a token bucket: alarms `ALARM_BURST` at once, then one
+per `ALARM_INTERVAL_MS`, each carrying the number suppressed since the last one; rows
+`ROW_BURST` at once, then one per `ROW_INTERVAL_MS`. A 115,200-baud line of garbage thus keeps
+a few frames a minute as samples instead of every frame (`make bench`: the `line_cost` lines).
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from typing import Any
 
 from sealproto.timers import SYNC_INTERVAL_MAX_MS, SYNC_INTERVAL_MS
 
-from sealink.gateway.actions import Reject
+from sealink.gateway.actions import Action, CommandDone, Reject, SessionOpen, Status, Store
 from sealink.gateway.registry import DeviceRegistry, DeviceState
 
 __all__ = [
+    "ALARM_BURST",
     "ALARM_INTERVAL_MS",
+    "NOISY_BYTES_PER_S",
     "ROW_BURST",
     "ROW_INTERVAL_MS",
+    "FloodMeter",
     "RateGate",
     "RejectLimiter",
     "Rejector",
@@ -28,7 +31,8 @@ __all__ = [
     "SyncPacer",
 ]
 
-ALARM_INTERVAL_MS = 1000
+ALARM_BURST = 3
+ALARM_INTERVAL_MS = 60_000
 ROW_BURST = 8
 ROW_INTERVAL_MS = 60_000
 
@@ -69,6 +73,7 @@ class RejectLimiter:
 
     row_burst: int = ROW_BURST
     row_interval_ms: int = ROW_INTERVAL_MS
+    alarm_burst: int = ALARM_BURST
     alarm_interval_ms: int = ALARM_INTERVAL_MS
     _limits: dict[str, _ReasonLimit] = field(default_factory=dict)
 
@@ -78,7 +83,7 @@ class RejectLimiter:
         if limit is None:
             limit = self._limits[reason] = _ReasonLimit(
                 RateGate(self.row_burst, self.row_interval_ms),
-                RateGate(1, self.alarm_interval_ms),
+                RateGate(self.alarm_burst, self.alarm_interval_ms),
             )
         row = limit.rows.allow(now_ms)
         if limit.alarms.allow(now_ms):
@@ -165,3 +170,35 @@ class SeenOnce:
 
     def clear(self) -> None:
         self._seen.clear()
+
+
+# A real UART at 115,200 baud delivers 11,520 bytes/s; a link producing only rejected input is
+# read at twice that, so a flood (a pty, a socket, a stuck transmitter) costs the gateway what
+# a noisy serial line would, and the other links' events keep their latency
+# (`make bench`: the `flood` lines).
+NOISY_BYTES_PER_S = 23_040
+# Rejected frames in a row, with nothing accepted between them, that make a link noisy.
+NOISY_AFTER_REJECTS = 32
+
+
+class FloodMeter:
+    """Is a link producing nothing but rejected input? Any accepted progress (an event stored,
+    a session opened or confirmed, a STATUS, a RESULT) clears it at once."""
+
+    def __init__(self) -> None:
+        self._rejects = 0
+
+    def observe(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Reject):
+                self._rejects += 1
+            elif isinstance(action, Store | SessionOpen | Status | CommandDone):
+                self._rejects = 0
+
+    @property
+    def noisy(self) -> bool:
+        return self._rejects >= NOISY_AFTER_REJECTS
+
+    def throttle_s(self, nbytes: int) -> float:
+        """How long to wait before reading more of this link."""
+        return nbytes / NOISY_BYTES_PER_S if self.noisy else 0.0

@@ -5,8 +5,10 @@ reader feeds it whatever the transport returns, and the timer wakes it at its ne
 when the service has news (a commit, pending commands, a displacement). Both run on the event
 loop's thread, so the machine is never entered twice at once.
 
-Fairness: the reader yields to the loop after every chunk, so one port flooding bytes at line
-rate cannot hold the loop while another port's events wait (`make bench`: the `flood` lines).
+Fairness: the reader yields to the loop after every chunk, and a link that produces nothing
+but rejected input is read no faster than a serial line would deliver it (`limits.FloodMeter`),
+so one port flooding bytes cannot hold the loop while another port's events wait
+(`make bench`: the `flood` lines).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sealink.gateway.actions import (
     Status,
     Store,
 )
+from sealink.gateway.limits import FloodMeter
 from sealink.gateway.machine import LinkMachine
 from sealink.ledger import Command
 from sealink.transport import Transport
@@ -94,12 +97,15 @@ class Session:
     # tasks -----------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        machine = self.machine
+        machine, flood = self.machine, FloodMeter()
         while True:
             data = await self.transport.receive()
-            await self._run(machine.feed(data, monotonic_ms()))
-            # Let every other link and the committer run between two chunks of this one.
-            await asyncio.sleep(0)
+            actions = machine.feed(data, monotonic_ms())
+            flood.observe(actions)
+            await self._run(actions)
+            # Let every other link and the committer run between two chunks of this one; a
+            # link that sends nothing but rejected input is read no faster than a UART.
+            await asyncio.sleep(flood.throttle_s(len(data)))
 
     async def _timer(self) -> None:
         machine = self.machine
