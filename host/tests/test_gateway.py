@@ -15,13 +15,16 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from conftest import DEVICE, GatewayFiles, PtyLink, run, running, until
+from sealink.cli.events import export_rows
 from sealink.config import PortConfig
 from sealink.errors import LedgerError
 from sealink.gateway.service import Gateway
 from sealink.ledger.sqlite import Ledger
 from sealink_sim.broker import Mosquitto
 from sealink_sim.observer import Observer
+from sealink_sim.ptylink import open_pty_link
 from sealink_sim.simdevice import SimDevice, make_event
+from sealink_verify import verify_export
 from sealproto import messages
 from sealproto.messages import K_TYPE
 
@@ -390,3 +393,89 @@ def test_a_lost_frame_is_recovered_in_order_without_loss_or_duplicate(
     run(body())
     tally = observer.wait_for(DEVICE, 6, timeout=15)
     assert (tally.verified, tally.duplicates, tally.conflicts, tally.lost) == (6, 0, 0, 0)
+
+
+def test_a_seal_ahead_of_the_ledger_is_held_until_an_operator_adopts_the_gap(
+    files: GatewayFiles, broker: Mosquitto, observer: Observer, pty_link: PtyLink
+) -> None:
+    """A seal that compacted events 1..6 with another gateway (or before this ledger was
+    restored from an older copy): alarmed at once, nothing acked, until `adopt` records the
+    gap as countersigned evidence; then its backlog flows and the export verifies with the
+    gap declared."""
+    key = files.device_keys[DEVICE]
+
+    async def body() -> list[str]:
+        async with running(_serial_config(files, broker, pty_link)) as gateway:
+            sim = SimDevice(DEVICE, key, pty_link.device_end)
+            sim.record(10)
+            sim.acked = 6
+            async with sim:
+                await _welcomed(sim)
+                await _quarantine_rows(gateway, ("ahead_of_ledger",))
+                await _quarantine_rows(gateway, ("quarantined_event",))
+                stored = await gateway.db(lambda: list(gateway.ledger.events(DEVICE)))
+                assert stored == [] and sim.acked == 6
+                ledger = files.ledger()
+                try:
+                    gap = ledger.adopt(
+                        DEVICE,
+                        "qa",
+                        "seal moved from gw-old",
+                        files.key.sign1,
+                        gateway.topics.gaps(DEVICE),
+                    )
+                finally:
+                    ledger.close()
+                assert gap == (1, 6)
+                await sim.wait_acked(10, timeout=20)
+                exported = await gateway.db(lambda: list(gateway.ledger.events(DEVICE)))
+                assert [e["counter"] for e in exported] == [7, 8, 9, 10]
+            ledger = files.ledger()
+            try:
+                return [json.dumps(row) for row in export_rows(ledger, DEVICE, 0)]
+            finally:
+                ledger.close()
+
+    export = run(body())
+    (audit,) = verify_export(export, files.key.public_pem(), {DEVICE: key})
+    assert audit.summary()["gaps"] == [[1, 6]] and audit.problems == []
+    assert (audit.summary()["counters"], audit.events) == ([1, 10], 4)
+
+
+def test_a_replayed_hello_on_another_port_neither_moves_nor_quarantines_the_seal(
+    files: GatewayFiles, broker: Mosquitto, pty_link: PtyLink
+) -> None:
+    key = files.device_keys[DEVICE]
+
+    async def body() -> None:
+        with open_pty_link() as attacker:
+            config = files.config(
+                broker.port, ports=(PortConfig(pty_link.host_path), PortConfig(attacker.host_path))
+            )
+            async with (
+                running(config) as gateway,
+                SimDevice(DEVICE, key, pty_link.device_end) as sim,
+            ):
+                await _welcomed(sim)
+                await sim.stamp(3)
+                await sim.wait_acked(3)
+                # The HELLO the seal sent when it had nothing journaled, replayed later from a
+                # recording, on the same port and on another one.
+                recorded = SimDevice(DEVICE, key, attacker.device_end)
+                await recorded.send_hello()
+                await recorded.send_hello()
+                recorded.transport = pty_link.device_end
+                await recorded.send_hello()
+                await until(
+                    lambda: sum(1 for s in gateway.sessions if s.machine._pending) >= 2,
+                    10,
+                    "the replays answered",
+                )
+                state = gateway.registry.get(DEVICE)
+                assert state is not None and state.quarantine is None
+                (genuine,) = [s.port for s in gateway.sessions if s.device == DEVICE]
+                assert state.owner == genuine and pty_link.host_path in genuine
+                await sim.stamp(2)
+                await sim.wait_acked(5)
+
+    run(body())
