@@ -236,3 +236,17 @@ def test_cli_exit_code_3_and_a_warning_for_gaps(
     export.write_text("\n".join([*rows[:1], forged[1], *rows[2:]]) + "\n")
     assert main(["verify", str(export), "--public-key", str(pem)]) == 1
     assert "FAILED" in capsys.readouterr().err
+
+
+def test_a_countersignature_naming_another_counter_is_rejected(key: GatewayKey) -> None:
+    """SPEC §11.1: a verifier MUST check that the signed `counter` is the event's field 1."""
+    rows = _export(key, "seal-1", 3)
+    row = json.loads(rows[2])
+    event = bytes.fromhex(row["event"])
+    # A genuine gateway signature, but over a payload that files event 3 under counter 4.
+    forged = key.sign1(countersign_payload("seal-1", 4, event, 1_700_000_000_000, "gw"))
+    row["counter"] = 4
+    row["cose"] = base64.b64encode(forged).decode()
+    rows[2] = json.dumps(row)
+    problems = _problems(rows, key)
+    assert any("#4" in p and "counter 3" in p for p in problems), problems

@@ -193,7 +193,7 @@ def test_unknown_device_is_quarantined_and_never_welcomed(
     assert "seal-stranger" not in observer.devices or observer.device("seal-stranger").verified == 0
 
 
-def test_hello_with_rolled_back_counter_is_refused(
+def test_a_rolled_back_hello_is_quarantined_once_the_seal_confirms_it(
     files: GatewayFiles, broker: Mosquitto, pty_link: PtyLink
 ) -> None:
     key = files.device_keys[DEVICE]
@@ -209,6 +209,11 @@ def test_hello_with_rolled_back_counter_is_refused(
             # A device whose flash was wiped: it claims to start again at counter 1.
             await sim.send_hello({messages.HE_NEXT: 1})
             await _quarantine_rows(gateway, ("counter_rollback",))
+            state = gateway.registry.get(DEVICE)
+            assert state is not None and state.quarantine is not None
+            assert state.quarantine.reason == "counter_rollback"
+            # Its WELCOME said acked 0: the seal was told to compact nothing.
+            assert sim.acked == 4
 
     run(body())
 

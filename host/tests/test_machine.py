@@ -450,3 +450,22 @@ def test_frames_outside_a_session_get_a_rate_limited_sync(bad: str) -> None:
     actions = link.feed(wire(payload, payload, payload), host.now)
     assert [m[K_TYPE] for m in host_messages(actions)] == [messages.SYNC]
     assert {r.reason for r in of(Reject, actions)} == {"no_session"}
+
+
+def test_undecodable_payloads_are_rejected_counted_and_coalesced() -> None:
+    host = Host()
+    link = host.link()
+    junk = [
+        bytes([0xA1, 0x00, 0xF9, 0x3C, 0x00]),
+        bytes([0x9F, 0xFF]),
+        bytes([0xA1, 0x18, 0x05, 0x00]),
+    ]
+    rejects = []
+    for i in range(300):
+        host.now += 10
+        rejects += of(Reject, link.feed(wire(junk[i % len(junk)]), host.now))
+    assert len(rejects) == 300 and {r.reason for r in rejects} == {"undecodable"}
+    assert "CBOR" in rejects[0].detail or "NONCANONICAL" in rejects[0].detail
+    assert sum(r.row for r in rejects) == ROW_BURST
+    alarms = [r.alarm for r in rejects if r.alarm is not None]
+    assert len(alarms) == 3
