@@ -23,7 +23,9 @@ from sealink.gateway.fastpath import (
     encode_session,
     hmac_sha256,
 )
-from sealink.mqtt.publisher import _Client, _properties, _UserProperties
+from sealink.mqtt.pahofast import LeanClient as _Client
+from sealink.mqtt.pahofast import UserProperties as _UserProperties
+from sealink.mqtt.pahofast import properties as _properties
 from sealink_sim.simdevice import make_event
 from sealproto import auth, framing, messages
 from sealproto.errors import DecodeError

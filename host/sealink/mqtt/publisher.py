@@ -1,14 +1,14 @@
 """MQTT v5 publisher: drains the ledger's outbox in order, QoS 1, marks rows only on PUBACK.
 
-The gateway runs it in a process of its own (_mqttproc.py carries its calls), so this class
+The gateway runs it in a process of its own (process.py carries its calls), so this class
 sees the gateway only through `load`, `mark`/`on_published` and `offer`.
 paho-mqtt 2.x is driven from its event loop through its external-loop API (socket
 readable -> loop_read, writable -> loop_write, a 1 s tick -> loop_misc), which is what aiomqtt
 does internally, without that extra dependency. One thread means no lock contention between
 paho's network thread and the publishing code and no wake-up per message: measured, it more than
 doubles the events per second of the whole gateway on a 2-core machine. paho (`on_publish`,
-or `_Client.on_puback` on the common path) hands us each PUBACK's reason code, which alone
-decides whether a row counts as published.
+or `pahofast.LeanClient.on_puback` on the common path) hands us each PUBACK's reason code,
+which alone decides whether a row counts as published.
 Only the blocking TCP connect runs in a worker thread; reconnects back off exponentially.
 
 Memory is bounded whatever the outage: at most `inflight` messages sit in paho awaiting PUBACK
@@ -28,13 +28,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sealink.config import MqttConfig
 from sealink.ledger.sqlite import OutboxRow
+from sealink.mqtt.pahofast import UserProperties, lean_client, properties
 from sealink.topics import Topics
 
 __all__ = ["Publisher"]
@@ -43,81 +42,6 @@ log = logging.getLogger("sealink.publisher")
 
 _SESSION_EXPIRY_S = 24 * 3600
 _RETRY_FAILED_S = 1.0
-
-
-def _properties(packet: int) -> Properties:
-    return Properties(packet)  # type: ignore[no-untyped-call]
-
-
-def _str16(text: str) -> bytes:
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, byte = n >> 7, n & 0x7F
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-class _UserProperties(Properties):
-    """PUBLISH properties holding only user properties, packed once by us (MQTT v5 §3.3.2.3;
-    paho's generic Properties packing cost more than the rest of a publish). paho only ever
-    calls pack() on the properties of an outgoing PUBLISH."""
-
-    _USER_PROPERTY = 0x26
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        body = b"".join(bytes([self._USER_PROPERTY]) + _str16(k) + _str16(v) for k, v in pairs)
-        object.__setattr__(self, "_packed", _varint(len(body)) + body)
-        object.__setattr__(self, "_pairs", pairs)
-
-    def pack(self) -> bytes:
-        packed: bytes = object.__getattribute__(self, "_packed")
-        return packed
-
-    def __str__(self) -> str:
-        return f"[UserProperty : {object.__getattribute__(self, '_pairs')}]"
-
-    __repr__ = __str__
-
-
-class _Client(mqtt.Client):
-    """paho's client with a lean path for the common PUBACK (MQTT v5 §3.4: packet identifier,
-    optional reason code, no properties). paho's generic path builds two ReasonCode objects and
-    a Properties object per PUBACK, which measured ~60 µs on this machine, more than the rest of
-    the PUBACK. Anything else (a PUBACK with properties, PUBCOMP) takes paho's own path."""
-
-    on_puback: Callable[[int, int], None] | None = None
-
-    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
-        packet = self._in_packet["packet"]
-        callback = self.on_puback
-        if (
-            cmd != "PUBACK"
-            or callback is None
-            or not 2 <= len(packet) <= 4
-            or (len(packet) == 4 and packet[3] != 0)
-        ):
-            return super()._handle_pubackcomp(cmd)
-        mid = int.from_bytes(packet[:2], "big")
-        code = packet[2] if len(packet) > 2 else 0
-        with self._out_message_mutex:
-            msg = self._out_messages.pop(mid, None)
-            if msg is None:
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-            msg.info._set_as_published()
-            if msg.qos > 0:
-                self._inflight_messages -= 1
-                if self._max_inflight_messages > 0:
-                    rc: MQTTErrorCode = self._update_inflight()
-                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        return rc
-        callback(mid, code)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class Publisher:
@@ -152,18 +76,7 @@ class Publisher:
         self.on_published: Callable[[OutboxRow], None] | None = None
         self.published = 0
         self.failed_pubacks = 0
-        self._client = _Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
-        self._client.on_puback = self._fast_puback
-        # Our own window bounds what is in flight; paho's own limit rescans its whole queue on
-        # every PUBACK.
-        self._client.max_inflight_messages_set(0)
-        self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(
-            min_delay=max(1, int(config.reconnect_min_s)),
-            max_delay=max(1, int(config.reconnect_max_s)),
-        )
+        self._client = lean_client(client_id, config, self._fast_puback)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
@@ -221,7 +134,7 @@ class Publisher:
             self._shutdown()
 
     async def _connection(self) -> None:
-        props = _properties(PacketTypes.CONNECT)
+        props = properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = _SESSION_EXPIRY_S
         delay = self.config.reconnect_min_s
         first = True
@@ -399,7 +312,7 @@ class Publisher:
             user = [("device", row.device)]
             if row.counter is not None:
                 user.append(("counter", str(row.counter)))
-            props = _UserProperties(user)
+            props = UserProperties(user)
         info = self._client.publish(row.topic, row.payload, qos=1, properties=props)
         # Kept by paho until PUBACKed, and resent in order after a reconnect.
         self._inflight[info.mid] = row
