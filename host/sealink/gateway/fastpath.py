@@ -19,9 +19,10 @@ import zlib
 from typing import Any
 
 import cbor2
-from sealproto import framing
+from sealproto import framing, messages
 from sealproto.errors import DecodeError
 from sealproto.framing import MAX_PAYLOAD
+from sealproto.messages import K_MAC, K_SEQ, K_TYPE
 
 __all__ = [
     "FrameDecoder",
@@ -36,29 +37,31 @@ __all__ = [
 _CRC_LEN = 4
 _COBS_BLOCK = 254
 
-_EVENT = 4
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
-# An EVENT in deterministic CBOR (SPEC §3, §4) is one fixed shape: a map of 10 (0xaa), key 0 =
-# type 4, keys 1..7 unsigned ints in their shortest form, then key 8 and key 15 (the MAC), each
-# a 32-byte byte string. (key, low, high) for the ints, in key order:
-_EVENT_HEAD = b"\xaa\x00\x04"
+# CBOR heads (RFC 8949 §3): a map of n entries (n < 24), a byte string of n bytes (24 <= n < 256).
+_CBOR_MAP = 0xA0
+_CBOR_BYTES_1 = 0x58
+# An EVENT in deterministic CBOR (SPEC §3, §4) is one fixed shape: a map of 10, key 0 = the
+# type, keys 1..7 unsigned ints in their shortest form, then `prev` and the MAC, each a 32-byte
+# byte string. (key, low, high) for the ints, in key order:
+_EVENT_HEAD = bytes([_CBOR_MAP + 10, K_TYPE, messages.EVENT])
 _EVENT_INTS = (
-    (1, 1, _U32),  # counter
-    (2, 0, _U32),  # boot
-    (3, 0, _U64),  # uptime
-    (4, 0, _U64),  # time
-    (5, 0, 4),  # kind
-    (6, 0, _U32),  # permit
-    (7, 0, _U32),  # operator
+    (messages.EV_COUNTER, 1, _U32),
+    (messages.EV_BOOT, 0, _U32),
+    (messages.EV_UPTIME, 0, _U64),
+    (messages.EV_TIME, 0, _U64),
+    (messages.EV_KIND, 0, messages.KIND_REBOOT),
+    (messages.EV_PERMIT, 0, _U32),
+    (messages.EV_OPERATOR, 0, _U32),
 )
-_PREV_HEAD = b"\x08\x58\x20"
-_MAC_TAIL = b"\x0f\x58\x20"
-_MAC_TAIL_LEN = 3 + 32
+_PREV_HEAD = bytes([messages.EV_PREV, _CBOR_BYTES_1, messages.HASH_LEN])
+_MAC_TAIL = bytes([K_MAC, _CBOR_BYTES_1, messages.MAC_LEN])
+_MAC_TAIL_LEN = 3 + messages.MAC_LEN
 _EVENT_TAIL_LEN = 2 * _MAC_TAIL_LEN
 # uint head byte -> (argument bytes, least value that may use it: shortest form only)
 _UINT_FORMS = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}
-_ACK_KEYS = (0, 1, 14, 15)
+_ACK_KEYS = (K_TYPE, messages.AK_COUNTER, K_SEQ, K_MAC)
 
 
 def decode_event(payload: bytes) -> dict[int, Any] | None:
@@ -66,7 +69,7 @@ def decode_event(payload: bytes) -> dict[int, Any] | None:
     None. Parsed against the one shape such an EVENT has: no CBOR decoder, no re-encoding."""
     if payload[:3] != _EVENT_HEAD:
         return None
-    msg: dict[int, Any] = {0: _EVENT}
+    msg: dict[int, Any] = {K_TYPE: messages.EVENT}
     pos = 3
     end = len(payload)
     for key, low, high in _EVENT_INTS:
@@ -95,8 +98,8 @@ def decode_event(payload: bytes) -> dict[int, Any] | None:
         or payload[pos + _MAC_TAIL_LEN : pos + _MAC_TAIL_LEN + 3] != _MAC_TAIL
     ):
         return None
-    msg[8] = payload[pos + 3 : pos + _MAC_TAIL_LEN]
-    msg[15] = payload[end - 32 :]
+    msg[messages.EV_PREV] = payload[pos + 3 : pos + _MAC_TAIL_LEN]
+    msg[K_MAC] = payload[end - messages.MAC_LEN :]
     return msg
 
 
@@ -110,13 +113,13 @@ def decode_ack(payload: bytes) -> dict[int, Any] | None:
         type(msg) is not dict
         or tuple(msg) != _ACK_KEYS
         or any(type(key) is not int for key in msg)
-        or msg[0] != 5
-        or type(msg[1]) is not int
-        or not 0 <= msg[1] <= _U32
-        or type(msg[14]) is not int
-        or not 1 <= msg[14] <= _U32
-        or type(msg[15]) is not bytes
-        or len(msg[15]) != 32
+        or msg[K_TYPE] != messages.ACK
+        or type(msg[messages.AK_COUNTER]) is not int
+        or not 0 <= msg[messages.AK_COUNTER] <= _U32
+        or type(msg[K_SEQ]) is not int
+        or not 1 <= msg[K_SEQ] <= _U32
+        or type(msg[K_MAC]) is not bytes
+        or len(msg[K_MAC]) != messages.MAC_LEN
         or cbor2.dumps(msg) != payload
     ):
         return None
@@ -130,10 +133,11 @@ def device_mac_ok(payload: bytes, key: bytes) -> bool:
     key 15 gives exactly these bytes minus the trailing MAC entry, one map entry fewer.
     """
     head = payload[0]
-    if not (0xA1 <= head <= 0xB7) or payload[-_MAC_TAIL_LEN:-32] != _MAC_TAIL:
+    mac_at = len(payload) - messages.MAC_LEN
+    if not (_CBOR_MAP + 1 <= head <= _CBOR_MAP + 23) or payload[-_MAC_TAIL_LEN:mac_at] != _MAC_TAIL:
         return False
     body = bytes([head - 1]) + payload[1:-_MAC_TAIL_LEN]
-    return hmac.compare_digest(hmac_sha256(key, body), payload[-32:])
+    return hmac.compare_digest(hmac_sha256(key, body), payload[mac_at:])
 
 
 _HMAC_BLOCK = 64
