@@ -15,24 +15,28 @@ import cbor2
 import pytest
 from sealink_hil.artifacts import Artifacts
 from sealink_hil.faults import ALL_KINDS, Faults
+from sealink_hil.history import History
 from sealink_hil.rig import Rig
 from sealink_sim.observer import DeviceTally
+from sealproto import messages as m
 
 DEVICE = "seal-acct-1"
-KINDS = {"impression": 0, "forced": 1, "reboot": 4}
+KINDS = {"impression": m.KIND_IMPRESSION, "forced": m.KIND_FORCED, "reboot": m.KIND_REBOOT}
 
 
 def _event(counter: int, kind: str, prev: bytes) -> bytes:
-    return cbor2.dumps({0: 4, 1: counter, 5: KINDS[kind], 8: prev}, canonical=True)
+    event = {m.K_TYPE: m.EVENT, m.EV_COUNTER: counter, m.EV_KIND: KINDS[kind], m.EV_PREV: prev}
+    return cbor2.dumps(event, canonical=True)
 
 
-def _tally(kinds: list[str], skip: int | None = None) -> DeviceTally:
+def _tally(kinds: list[str], skip: int | None = None, history: int = 0) -> DeviceTally:
+    """The observer's tally of `kinds` as counters 1..; those up to `history` never arrived."""
     tally = DeviceTally(DEVICE)
     prev = bytes(32)
     for counter, kind in enumerate(kinds, start=1):
         event = _event(counter, kind, prev)
         prev = hashlib.sha256(event).digest()
-        if counter == skip:
+        if counter == skip or counter <= history:
             continue
         tally.events[counter] = event
         tally.published += 1
@@ -42,11 +46,12 @@ def _tally(kinds: list[str], skip: int | None = None) -> DeviceTally:
     return tally
 
 
-def _rig(tmp_path: Path, tally: DeviceTally, counted: set[int]) -> Rig:
+def _rig(tmp_path: Path, tally: DeviceTally, counted: set[int], base: int = 0) -> Rig:
     observer = SimpleNamespace(device=lambda _id: tally, problems=[])
-    board = SimpleNamespace(device_id=DEVICE, capabilities=frozenset({"flash_cut"}))
+    board = SimpleNamespace(device_id=DEVICE, capabilities=frozenset({"flash_cut"}), port=None)
     faults = Faults(7, Artifacts(tmp_path, "acct"), echo=lambda _line: None)
-    rig = Rig(board, None, None, None, observer, faults, faults.artifacts)  # type: ignore[arg-type]
+    history = History(DEVICE, counter=base, ledger=base, board_acked=base, boot=1, firmware="?")
+    rig = Rig(board, None, None, observer, faults, faults.artifacts, history)  # type: ignore[arg-type]
     rig.counted = counted
     return rig
 
@@ -79,6 +84,31 @@ def test_the_same_counter_with_other_bytes_is_a_duplicate(tmp_path: Path) -> Non
     tally.conflicts = 1
     result = _rig(tmp_path, tally, {1, 2}).result(2)
     assert not result.ok and result.duplicates_after_dedupe == 1
+
+
+def test_a_board_with_history_is_counted_from_its_counter_not_from_zero(tmp_path: Path) -> None:
+    # 40 records from earlier runs were published to other brokers: this test never sees them.
+    tally = _tally(["reboot"] * 40 + ["impression"] * 3, history=40)
+    rig = _rig(tmp_path, tally, {41, 42, 43}, base=40)
+    result = rig.result(3)
+    assert result.ok, result.line
+    assert result.verified == 3 and result.lost == 0
+    assert rig.verified_through() == 43
+
+
+def test_history_does_not_hide_a_loss_after_it(tmp_path: Path) -> None:
+    tally = _tally(["impression"] * 13, skip=12, history=10)
+    result = _rig(tmp_path, tally, {11, 12, 13}, base=10).result(3)
+    assert not result.ok
+    assert (result.lost, result.verified) == (1, 2)
+
+
+def test_what_came_before_the_history_is_not_this_tests_to_count(tmp_path: Path) -> None:
+    # The ledger was behind the board at the start: counters up to 10 arrive during this test.
+    tally = _tally(["impression"] * 12, history=6)
+    result = _rig(tmp_path, tally, {11, 12}, base=10).result(2)
+    assert result.ok, result.line
+    assert result.duplicates_after_dedupe == 0
 
 
 @pytest.mark.parametrize("stamps", [10, 300, 10_000])

@@ -1,10 +1,20 @@
-"""`--board serial:URL`, the path QA uses on a bench, run here against an emulated board.
+"""`--board serial:URL`, the path QA uses on a bench: the suite, twice, against one board.
 
 A bench exposes a board through ser2net (raw TCP or RFC 2217), presses its stamp with an
-actuator and switches its supply, both driven by shell commands. Here the board is the emulated
-one (real firmware) behind a small TCP bridge, and the bench commands write to a FIFO that this
-test turns into the emulated board's stamp, power cut and power on. The inner pytest run sees
-only what it would see on a bench: a `socket://` URL, a seal.json, and three shell commands.
+actuator and switches its supply, both driven by shell commands; the board keeps its journal
+from run to run. Here the board is the emulated one (real firmware, one flash image for the
+whole test) behind a small TCP bridge, and the bench commands go through a FIFO that this test
+turns into the emulated board's stamp, power cut and power on. Each inner run is a fresh
+`pytest` process started in a folder of its own, loading the plugin by its entry point, and
+sees only what it would see on a bench: a `socket://` URL, a seal.json, three shell commands and
+a state folder for its gateway's ledger (`--hil-state`), the same for both runs.
+
+The inner runs are a subset of test_hil_faults.py (the whole suite twice over would triple the
+default run's time): plain impressions, power cuts (between presses: an actuator cannot hold the
+stamp), a gateway SIGKILL with events in flight, and a flash-cut test that must be skipped. The
+second run starts where the first ended, dozens of counters and several boots in, and must pass
+all the same; a third, whose gateway lost its ledger, must fail at once and say so. The whole
+suite runs the same way by hand (README, "QA: hardware-in-the-loop").
 """
 
 from __future__ import annotations
@@ -14,60 +24,64 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sealink_hil.plugin import HilSettings
 from sealink_hil.tcpbridge import TcpSerialBridge
+from sealink_sim.emulator import EmulatedBoard
 
-INNER_TEST = """
-import pytest
-
-@pytest.mark.needs_gpio
-@pytest.mark.needs_power_control
-def test_stamps_over_a_socket_url(rig, hil):
-    assert hil.board.kind == "serial" and hil.board.target.startswith("socket://")
-    for _ in range(3):
-        rig.stamp()
-    rig.inject("power_cut_random")
-    for _ in range(2):
-        rig.stamp()
-    rig.settle()
-    result = rig.result(5)
-    assert result.ok, result.line + "; " + rig.where()
-
-@pytest.mark.needs_flash_cut
-def test_flash_cut_is_skipped_on_a_real_board(rig):
-    raise AssertionError("must be skipped")
-"""
+HIL_DIR = Path(__file__).resolve().parent
+SUBSET = [
+    "test_hil_faults.py::test_impressions_reach_the_observer_signed_and_in_order",
+    "test_hil_faults.py::test_power_cut_at_a_random_instant_of_a_press",
+    "test_hil_faults.py::test_host_sigkill_and_restart_on_the_same_ledger",
+    "test_hil_faults.py::test_power_cut_at_a_flash_block_write",
+]
+PASSED = 3
+SKIPPED = 1  # the flash cut: a real board has no block device to cut at
 
 
 class _FifoActuator:
-    """The bench's actuator and power switch: each line written to the FIFO is one action."""
+    """The bench's actuator and power switch: each line written to the FIFO is one action.
 
-    def __init__(self, path: Path, board: Any) -> None:
-        self.path = path
-        self.board = board
-        os.mkfifo(path)
-        self._stop = False
+    A bench command returns once its action is done (as `uhubctl` does once the port is
+    switched): it writes the action, then reads the acknowledgement from a second FIFO.
+    """
+
+    def __init__(self, folder: Path, board: EmulatedBoard) -> None:
+        self.path = folder / "actuator.fifo"
+        self.ack = folder / "actuator.ack"
+        os.mkfifo(self.path)
+        os.mkfifo(self.ack)
         self.actions: list[str] = []
+        self._stop = False
+        act: dict[str, Callable[[], None]] = {
+            "stamp": board.stamp,
+            "off": board.power_cut,
+            # A switch turned on that is already on changes nothing.
+            "on": lambda: None if board.running else board.start(),
+        }
+        self._act = act
         self._thread = threading.Thread(target=self._serve, name="fifo-actuator", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        act = {"stamp": self.board.stamp, "off": self.board.power_cut, "on": self.board.start}
         while not self._stop:
             with self.path.open() as fifo:  # blocks until a bench command opens it
                 for line in fifo:
                     action = line.strip()
-                    if action in act:
+                    if action in self._act:
                         self.actions.append(action)
-                        act[action]()
+                        self._act[action]()
+                    with self.ack.open("w") as ack:  # blocks until the command reads it
+                        ack.write("done\n")
 
     def command(self, action: str) -> str:
-        return f"sh -c 'echo {action} > {self.path}'"
+        return f"sh -c 'echo {action} > {self.path} && read done < {self.ack}'"
 
     def close(self) -> None:
         self._stop = True
@@ -77,16 +91,19 @@ class _FifoActuator:
         self._thread.join(timeout=5)
 
 
-@pytest.fixture
-def bench(
-    tmp_path: Path, hil: HilSettings
-) -> Iterator[tuple[TcpSerialBridge, _FifoActuator, Path, str]]:
-    if hil.board.kind != "emulated":
-        pytest.skip(
-            "self-test of the serial:URL path on an emulated board; this run has a real one"
-        )
-    from sealink_sim.emulator import EmulatedBoard
+@dataclass
+class _Bench:
+    board: EmulatedBoard
+    bridge: TcpSerialBridge
+    actuator: _FifoActuator
+    key_file: Path
+    state: Path
 
+
+@pytest.fixture
+def bench(tmp_path: Path, hil: HilSettings, requires: Callable[..., None]) -> Iterator[_Bench]:
+    # The board is this test's own emulated one: the run's board plays no part here.
+    requires("emulator")
     key = secrets.token_bytes(32)
     key_file = tmp_path / "seal-bench-1.json"  # as tools/provision.py writes it
     key_file.touch(mode=0o600)
@@ -95,34 +112,81 @@ def bench(
         tmp_path / "board", device_id="seal-bench-1", device_key=key, heapsize=hil.emulator_heap
     ) as board:
         bridge = TcpSerialBridge(board.uart_path).start()
-        actuator = _FifoActuator(tmp_path / "actuator.fifo", board)
+        actuator = _FifoActuator(tmp_path, board)
         try:
-            yield bridge, actuator, key_file, str(board.log_path)
+            yield _Bench(board, bridge, actuator, key_file, tmp_path / "bench-state")
         finally:
             actuator.close()
             bridge.close()
 
 
-def test_a_board_on_a_socket_url_runs_the_suite(
-    pytester: pytest.Pytester, bench: tuple[TcpSerialBridge, _FifoActuator, Path, str]
-) -> None:
-    bridge, actuator, key_file, device_log = bench
-    pytester.makepyfile(INNER_TEST)
-    result = pytester.runpytest(
-        "-p",
-        "sealink_hil.plugin",
+def _run_inner(
+    pytester: pytest.Pytester, bench: _Bench, name: str, tests: list[str], state: Path
+) -> pytest.RunResult:
+    results = pytester.path / name
+    return pytester.runpytest_subprocess(
+        *(str(HIL_DIR / test) for test in tests),
         "-p",
         "no:cacheprovider",
+        "-p",
+        "no:hypothesispytest",  # unused here, and ~1 s to import
         "-rs",
-        f"--board=serial:{bridge.url}",
-        f"--device-key-file={key_file}",
-        f"--press-cmd={actuator.command('stamp')}",
-        f"--power-cmd-off={actuator.command('off')}",
-        f"--power-cmd-on={actuator.command('on')}",
-        f"--hil-results={pytester.path / 'results'}",
+        f"--board=serial:{bench.bridge.url}",
+        f"--device-key-file={bench.key_file}",
+        f"--press-cmd={bench.actuator.command('stamp')}",
+        f"--power-cmd-off={bench.actuator.command('off')}",
+        f"--power-cmd-on={bench.actuator.command('on')}",
+        f"--hil-state={state}",
+        f"--hil-results={results}",
+        f"--junit-xml={results / 'junit.xml'}",
     )
-    assert result.ret == 0, f"inner run failed; device log: {device_log}\n{result.stdout.str()}"
-    result.assert_outcomes(passed=1, skipped=1)
+
+
+def _run_suite(pytester: pytest.Pytester, bench: _Bench, name: str) -> list[dict[str, str]]:
+    """One inner run of SUBSET on the bench; the JUnit properties of each test that ran."""
+    results = pytester.path / name
+    junit = results / "junit.xml"
+    result = _run_inner(pytester, bench, name, SUBSET, bench.state)
+    assert result.ret == 0, (
+        f"{name} failed; device log: {bench.board.log_path}; artifacts: {results}\n"
+        f"{result.stdout.str()}"
+    )
+    result.assert_outcomes(passed=PASSED, skipped=SKIPPED)
     result.stdout.fnmatch_lines(["SKIPPED*lacks flash_cut*"])
-    assert actuator.actions.count("stamp") == 5
-    assert actuator.actions.count("off") == 1
+    cases = []
+    for case in ET.parse(junit).iter("testcase"):
+        props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+        if "history_counter" in props:
+            cases.append({"test": case.get("name", ""), **props})
+    return cases
+
+
+def test_the_suite_passes_twice_in_a_row_on_a_board_with_history(
+    pytester: pytest.Pytester, bench: _Bench
+) -> None:
+    first = _run_suite(pytester, bench, "run-1")
+    after_first = int(bench.board.counter or 0)
+    second = _run_suite(pytester, bench, "run-2")
+
+    assert int(first[0]["history_counter"]) == 0, first
+    assert after_first >= 20, f"run 1 left the board at counter {after_first}"
+    # Run 2 started where run 1 ended: the board's history and the ledger that holds it.
+    start = second[0]
+    assert int(start["history_counter"]) == after_first, (first, second)
+    assert int(start["history_ledger"]) == after_first, (first, second)
+    counters = [int(c["history_counter"]) for c in first + second]
+    assert counters == sorted(counters) and len(set(counters)) == len(counters), counters
+    assert int(bench.board.counter or 0) > after_first
+    # Three power cuts a run, each switched off and on again by the bench commands.
+    assert bench.actuator.actions.count("off") == 6, bench.actuator.actions
+
+    # The same board with its history, against a gateway whose ledger was lost: the first test
+    # fails at once and says what happened and what to do, instead of 40 tests failing later.
+    lost = _run_inner(pytester, bench, "run-3", SUBSET[:1], bench.state.with_name("lost-state"))
+    lost.assert_outcomes(errors=1)
+    lost.stdout.fnmatch_lines(
+        [
+            "*the board has seen counters up to * acknowledged, but this gateway's ledger*"
+            "holds only up to 0*bench state was lost*"
+        ]
+    )

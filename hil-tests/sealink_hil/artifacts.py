@@ -5,6 +5,7 @@ results/<test>/
     host.log       the gateway service's log
     broker.log     Mosquitto's log
     wire.hexdump   every byte between board and host, with the faults applied to them
+    wire.log       every frame between them, decoded: type, key fields, decode errors
     faults.jsonl   one line per fault injected, in order, with the seed first
 """
 
@@ -24,6 +25,7 @@ BOARD_LOG = "board.log"
 HOST_LOG = "host.log"
 BROKER_LOG = "broker.log"
 WIRE_HEXDUMP = "wire.hexdump"
+WIRE_LOG = "wire.log"
 FAULTS = "faults.jsonl"
 
 
@@ -64,6 +66,10 @@ class Artifacts:
         return self.path(WIRE_HEXDUMP)
 
     @property
+    def wire_log(self) -> Path:
+        return self.path(WIRE_LOG)
+
+    @property
     def faults(self) -> Path:
         return self.path(FAULTS)
 
@@ -82,6 +88,7 @@ class Artifacts:
         """The sentence failure messages end with: where to look."""
         return (
             f"device log: {self.board_log}; wire hexdump: {self.wire_hexdump}; "
+            f"decoded wire log: {self.wire_log}; "
             f"host log: {self.host_log}; broker log: {self.broker_log}; "
             f"faults and seed: {self.faults}"
         )

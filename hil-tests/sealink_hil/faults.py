@@ -1,9 +1,12 @@
 """Seeded fault injection across every part of the link, each fault recorded as it happens.
 
-One `Faults` per test: a `random.Random(seed)` draws every choice (which fault, where, how
-long), the seed is printed at the start and written first in faults.jsonl, so a failing run can
-be replayed with `--hil-seed SEED`. The objects faulted are the suite's own layers (a Dut, the
-WireProxy, the gateway process, the broker); this module only decides and records.
+One `Faults` per test: its seed is printed at the start and written first in faults.jsonl, so
+a failing run replays with `--hil-seed SEED`. Every choice (which fault, where, how long, which
+byte a corruption hits) comes from a stream derived from that seed: `rng` for the test and the
+soak's schedule, `stream(name)` for each part that decides on its own (the link's fault engine
+gets `stream("wire")`), so one part's draws never shift another's. The objects faulted are the
+suite's own layers (a Dut, its Port, the gateway process, the broker); this module decides and
+records, they act.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .artifacts import FAULTS, Artifacts
-from .wire import FAULT_KINDS, WireFault, WireProxy
+from .linkfaults import FAULT_KINDS, WireFault
 
 __all__ = ["ALL_KINDS", "WIRE_KINDS", "Faults"]
 
@@ -35,6 +38,10 @@ class _Board(Protocol):
     def set_rtc_offset(self, offset_s: float) -> None: ...
 
 
+class _Link(Protocol):
+    def inject(self, fault: WireFault) -> None: ...
+
+
 class _Host(Protocol):
     def kill(self) -> None: ...
     def start(self) -> Any: ...
@@ -50,7 +57,9 @@ class _Broker(Protocol):
 class Faults:
     """Decide faults from the seed and apply them to the parts handed in, recording each."""
 
-    def __init__(self, seed: int, artifacts: Artifacts, echo: Callable[[str], None] = print):
+    def __init__(
+        self, seed: int, artifacts: Artifacts, echo: Callable[[str], None] = print
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.artifacts = artifacts
@@ -58,6 +67,11 @@ class Faults:
         self.effects: collections.Counter[str] = collections.Counter()
         echo(f"sealink HIL seed={seed} (replay: --hil-seed {seed}); faults: {artifacts.faults}")
         artifacts.append_json(FAULTS, {"seed": seed, "test": artifacts.nodeid})
+
+    def stream(self, name: str) -> random.Random:
+        """An independent stream of choices for one part, derived from the seed."""
+        self.artifacts.append_json(FAULTS, {"stream": name, "seed": f"{self.seed}/{name}"})
+        return random.Random(f"{self.seed}/{name}")
 
     @property
     def total(self) -> int:
@@ -90,34 +104,46 @@ class Faults:
         self.record("power_cut_random")
         board.power_cut()
 
+    def rtc_offset(self, low_s: float = 5.0, high_s: float = 7200.0) -> float:
+        """A drift of the device clock, ahead or behind, `low_s`..`high_s` seconds."""
+        return self.rng.choice((-1, 1)) * self.rng.uniform(low_s, high_s)
+
     def rtc_drift(self, board: _Board, offset_s: float | None = None) -> float:
-        offset = (
-            offset_s
-            if offset_s is not None
-            else self.rng.choice((-1, 1)) * self.rng.uniform(5, 7200)
-        )
+        offset = offset_s if offset_s is not None else self.rtc_offset()
         self.record("rtc_drift", offset_s=round(offset, 3))
         board.set_rtc_offset(offset)
         return offset
 
-    # -- the serial link ------------------------------------------------------------------
+    # -- the link -------------------------------------------------------------------------
 
-    def wire(self, proxy: WireProxy, kind: str | None = None) -> WireFault:
-        """Arm one link fault; drawn from the seed unless `kind` (drop, corrupt, ...) is given."""
+    def wire(
+        self,
+        link: _Link,
+        kind: str | None = None,
+        *,
+        direction: str | None = None,
+        amount: int | None = None,
+    ) -> WireFault:
+        """Arm one link fault: drawn from the seed, except what the caller fixes."""
         fault = WireFault.random(self.rng, (kind,) if kind else FAULT_KINDS)
+        if direction is not None:
+            fault.direction = direction
+        if amount is not None:
+            fault.amount = amount
         self.record(f"wire_{fault.kind}", direction=fault.direction, amount=fault.amount)
-        proxy.inject(fault)
+        link.inject(fault)
         return fault
 
     # -- the gateway and the broker -------------------------------------------------------
 
-    def host_kill(self, host: _Host) -> None:
-        """SIGKILL the gateway mid-flight and start it again on the same ledger and keys."""
+    def host_kill(self, host: _Host, restart: bool = True) -> None:
+        """SIGKILL the gateway mid-flight; start it again on the same ledger and keys."""
         self.record("host_kill")
         host.kill()
-        host.start()
+        if restart:
+            host.start()
 
-    def broker_restart(self, broker: _Broker, crash: bool = False) -> None:
+    def broker_restart(self, broker: _Broker, crash: bool = False, restart: bool = True) -> None:
         """Stop the broker (SIGTERM, or SIGKILL if `crash`) and start it again on its port.
 
         The soak only stops it cleanly: Mosquitto saves its state every `autosave_s`, so a
@@ -129,10 +155,11 @@ class Faults:
             broker.kill()
         else:
             broker.stop()
-        broker.start()
+        if restart:
+            broker.start()
 
     def clock_jump(self, host: _Host, offset_s: float | None = None) -> float:
-        """Restart the gateway with its wall clock shifted (NTP step, a wrong RTC on a Pi)."""
+        """Step the gateway's wall clock (NTP step, a wrong RTC on a Pi) while it runs."""
         offset = (
             offset_s
             if offset_s is not None

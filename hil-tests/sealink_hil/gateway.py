@@ -6,6 +6,11 @@
 
 `kill()` is SIGKILL (a crash: whatever was not committed is gone); `start()` again runs on the
 same ledger and key. `jump_clock()` steps the service's wall clock while it runs.
+
+The ledger and the gateway key live in `state_dir`. For an emulated board that is the test's
+own folder; a bench board keeps its history from test to test and run to run, so its gateway
+keeps one ledger for it too (`--hil-state`): a fresh ledger would meet a seal that is ahead
+of it, which the gateway must refuse (SPEC §5: "STATUS: device acked beyond the ledger").
 """
 
 from __future__ import annotations
@@ -14,15 +19,15 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["HostProcess"]
+__all__ = ["HostError", "HostProcess"]
 
-_HIL_DIR = Path(__file__).resolve().parents[1]
 _READY_LINE = "gateway started"
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
@@ -39,17 +44,24 @@ class HostProcess:
         *,
         broker_port: int,
         log_path: Path,
+        state_dir: Path | None = None,
         gateway_id: str = "gw-hil",
         prefix: str = "sealink",
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state_dir or workdir
+        # The ledger holds device keys: owner-only, like the key files.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.broker_port = broker_port
         self.log_path = log_path
         self.gateway_id = gateway_id
         self.prefix = prefix
         self.config_path = workdir / "gateway.toml"
-        self.ledger_path = workdir / "ledger.sqlite"
+        self.key_path = self.state_dir / "gateway.key"
+        self.ledger_path = self.state_dir / "ledger.sqlite"
+        # A ledger that does not exist yet holds nothing: no need to ask the CLI what it holds.
+        self.fresh = not self.ledger_path.exists()
         self.clock_file = workdir / "clock-offset-s"
         self.clock_offset_s = 0.0
         self.ports: list[str] = []
@@ -61,10 +73,11 @@ class HostProcess:
     # -- setup through the real CLI -------------------------------------------------------
 
     def _write_config(self) -> None:
-        ports = "".join(f'\n[[ports]]\nurl = "{url}"\n' for url in self.ports)
+        ports = "".join(f"\n[[ports]]\nurl = {json.dumps(url)}\n" for url in self.ports)
         self.config_path.write_text(
-            f'[gateway]\nid = "{self.gateway_id}"\nkey_file = "gateway.key"\n'
-            f'ledger = "{self.ledger_path.name}"\n\n'
+            f"[gateway]\nid = {json.dumps(self.gateway_id)}\n"
+            f"key_file = {json.dumps(str(self.key_path))}\n"
+            f"ledger = {json.dumps(str(self.ledger_path))}\n\n"
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker_port}\nprefix = "{self.prefix}"\n'
             # Reconnect fast: a broker restart is a fault the suite injects on purpose.
             "reconnect_min_s = 0.1\nreconnect_max_s = 1.0\n"
@@ -89,22 +102,55 @@ class HostProcess:
         return result.stdout.decode()
 
     def init_keys(self) -> None:
-        self.cli("keys", "init")
+        """The gateway's key, made once per state folder: a bench gateway keeps its identity."""
+        if not self.key_path.exists():
+            self.cli("keys", "init")
 
     def public_key_pem(self) -> bytes:
         return self.cli("keys", "show", "--format", "pem").encode()
 
     def add_device(self, device_id: str, key: bytes, port_url: str) -> None:
-        key_file = self.workdir / f"{device_id}.key"
-        key_file.touch(mode=0o600)
-        key_file.write_text(key.hex())
-        self.cli("devices", "add", device_id, "--key-file", str(key_file))
+        """Register the device (unless this ledger already has it) and listen on its port."""
+        if self.fresh or not any(row["device"] == device_id for row in self.devices()):
+            key_file = self.workdir / f"{device_id}.key"
+            key_file.touch(mode=0o600)
+            key_file.write_text(key.hex())
+            self.cli("devices", "add", device_id, "--key-file", str(key_file))
         self.ports.append(port_url)
         self._write_config()
 
-    def events(self) -> list[dict[str, Any]]:
+    def devices(self) -> list[dict[str, Any]]:
+        """`sealink devices list`: device, last_counter, quarantined, ..."""
+        return [json.loads(line) for line in self.cli("devices", "list").splitlines() if line]
+
+    def ledger_counter(self, device_id: str) -> int:
+        """L: the newest counter the ledger holds for the device (0: none)."""
+        for row in self.devices():
+            if row["device"] == device_id:
+                return int(row.get("last_counter") or 0)
+        return 0
+
+    def events(self, device: str | None = None, since: int = 0) -> list[dict[str, Any]]:
         """What the ledger stored (`sealink events list`): device, counter, received_ms, hash."""
-        return [json.loads(line) for line in self.cli("events", "list").splitlines() if line]
+        args = ["events", "list", "--since", str(since)]
+        if device is not None:
+            args += ["--device", device]
+        return [json.loads(line) for line in self.cli(*args).splitlines() if line]
+
+    def unpublished(self, device: str, above: int = 0) -> int:
+        """Events of `device` past counter `above` stored but not yet PUBACKed: the backlog.
+
+        No CLI command shows the outbox, so this reads the ledger read-only, as an operator's
+        `sqlite3 -readonly` would: the gateway keeps writing, nothing here can disturb it.
+        """
+        uri = f"{self.ledger_path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE published_ms IS NULL AND device = ? "
+                "AND counter > ?",
+                (device, above),
+            ).fetchone()
+        return int(row[0])
 
     def issue_permit(self, device_id: str, count: int, valid_for_s: int = 86400) -> str:
         return self.cli(
@@ -122,7 +168,6 @@ class HostProcess:
             return self
         self.clock_file.write_text(repr(self.clock_offset_s))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_HIL_DIR), env.get("PYTHONPATH")]))
         offset = self.log_mark()
         self._log = self.log_path.open("ab")
         self._log.write(f"--- sealink run (start {self.starts + 1}) ---\n".encode())

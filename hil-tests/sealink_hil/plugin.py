@@ -1,51 +1,72 @@
 """The sealink HIL pytest plugin: options, markers, fixtures and per-test artifacts.
 
-Layers, after pytest-embedded: the built firmware (App: its git sha) -> the port it talks over
-(`wire`: a fault-injecting pty proxy with a hexdump) -> the device under test (`board`). Around
-them the real parts of the system: `broker` (Mosquitto), `host` (the gateway service as a
-subprocess), `observer` (an independent subscriber that verifies every signature).
+Installed with the project and found through its `pytest11` entry point, so a bench runs
+`pytest --board serial:URL ...` from any folder. Layers, after pytest-embedded:
+
+    app   the firmware under test (App: version, git sha, board)
+    port  the byte link to the board (Port: relay + seeded fault engine + hexdump + wire log)
+    dut   the device under test (Dut: press, power, clock, counter, capabilities)
+
+Around them the real parts of the system: `broker` (Mosquitto), `host` (the gateway service
+as a subprocess), `observer` (an independent subscriber that verifies every signature),
+`history` (where the board's counter and the ledger stand at the test's start) and `rig`
+(all of it driven as one). A test that needs what the board lacks says so with
+`@pytest.mark.requires("power_control", ...)` and is skipped with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import secrets
-import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .app import App
 from .artifacts import BOARD_LOG, BROKER_LOG, Artifacts
 from .boards import (
+    CAPABILITIES,
     CAPABILITY_MARKERS,
     BoardSpec,
-    EmulatedDut,
     ExternalPower,
-    SerialDut,
     capabilities,
     skip_reason,
 )
+from .dut import Dut, EmulatedDut, SerialDut
 from .faults import Faults
+from .gateway import HostProcess
+from .history import History, fresh_history, read_history
+from .linkfaults import LinkFaults
+from .port import Port, open_port
 from .rig import Rig
-from .wire import Hexdump, WireProxy
+from .wirelog import Hexdump, WireLog
 
-__all__ = ["HilSettings"]
+if TYPE_CHECKING:
+    from sealink_sim.broker import Mosquitto
+    from sealink_sim.observer import Observer
+
+__all__ = ["HilSettings", "record_soak_line", "settings"]
 
 # The suite tests its own options and skip reasons in throwaway pytest runs.
 pytest_plugins = ["pytester"]
 
 GROUP = "sealink HIL"
-REPO = Path(__file__).resolve().parents[2]
 BLE_SKIP = "BLE boards not yet supported"
+EMULATED_DEVICE = "seal-hil-0001"
 _SETTINGS = pytest.StashKey["HilSettings"]()
 _ARTIFACTS = pytest.StashKey[Artifacts]()
 _SOAK_LINES = pytest.StashKey[list[str]]()
+
+
+def _default_state() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sealink-hil"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,6 +105,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a real board's seal.json from tools/provision.py (or its key as 64 hex digits)",
     )
     group.addoption(
+        "--hil-state",
+        metavar="DIR",
+        help="where the gateway of a real board keeps its ledger and key between tests and "
+        "runs, one folder per device (default: $XDG_STATE_HOME/sealink-hil, else "
+        "~/.local/state/sealink-hil); an emulated board starts afresh in every test",
+    )
+    group.addoption(
         "--emulator-heap",
         default="64k",
         metavar="SIZE",
@@ -107,7 +135,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--hil-results",
         default="results",
         metavar="DIR",
-        help="folder for per-test artifacts: logs, wire hexdump, faults (default: results/)",
+        help="folder for per-test artifacts: logs, wire hexdump and decoded wire log, faults "
+        "(default: results/)",
     )
 
 
@@ -132,6 +161,7 @@ class HilSettings:
     soak_stamps: int
     seed: int | None
     results: Path
+    state: Path
     capabilities: frozenset[str]
 
 
@@ -139,9 +169,19 @@ def settings(config: pytest.Config) -> HilSettings:
     return config.stash[_SETTINGS]
 
 
+def _absolute(config: pytest.Config, path: str) -> Path:
+    found = Path(path).expanduser()
+    return found if found.is_absolute() else Path(config.rootpath) / found
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    for marker, (_capability, what) in CAPABILITY_MARKERS.items():
-        config.addinivalue_line("markers", f"{marker}: skip unless the board can {what}")
+    config.addinivalue_line(
+        "markers",
+        "requires(*capabilities): skip unless the board has them all; known: "
+        + ", ".join(sorted(CAPABILITIES)),
+    )
+    for marker, capability in CAPABILITY_MARKERS.items():
+        config.addinivalue_line("markers", f"{marker}: requires({capability!r})")
     config.addinivalue_line(
         "markers", "soak: long no-loss soak under mixed faults (runs only with -m soak)"
     )
@@ -151,9 +191,7 @@ def pytest_configure(config: pytest.Config) -> None:
     spec: BoardSpec = config.getoption("board")
     power = ExternalPower(off, on) if off and on else None
     press_cmd = config.getoption("press_cmd")
-    results = Path(config.getoption("hil_results"))
-    if not results.is_absolute():
-        results = Path(config.rootpath) / results
+    state = config.getoption("hil_state")
     config.stash[_SOAK_LINES] = []
     config.stash[_SETTINGS] = HilSettings(
         board=spec,
@@ -164,7 +202,8 @@ def pytest_configure(config: pytest.Config) -> None:
         emulator_heap=config.getoption("emulator_heap"),
         soak_stamps=config.getoption("soak_stamps"),
         seed=config.getoption("hil_seed"),
-        results=results,
+        results=_absolute(config, config.getoption("hil_results")),
+        state=_absolute(config, state) if state else _default_state(),
         capabilities=capabilities(spec, power_cmds=power is not None, press_cmd=bool(press_cmd)),
     )
 
@@ -193,14 +232,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     hil = settings(config)
+    app = App.from_checkout(hil.board.kind)
     return (
         f"sealink HIL: board {hil.board} capabilities {sorted(hil.capabilities)} "
-        f"firmware {firmware_sha()} results {hil.results}"
+        f"firmware {app.version} @ {app.sha} results {hil.results}"
     )
 
 
+def needed_capabilities(item: pytest.Item) -> list[str]:
+    """Every capability an item's `requires` (and legacy `needs_*`) markers ask for."""
+    needed: list[str] = []
+    for mark in item.iter_markers("requires"):
+        needed += [str(arg) for arg in mark.args]
+    needed += [cap for marker, cap in CAPABILITY_MARKERS.items() if item.get_closest_marker(marker)]
+    return needed
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak tests run only when `-m` asks for them; capability markers turn into skips."""
+    """Soak tests run only when `-m` asks for them; missing capabilities turn into skips."""
     hil = settings(config)
     if not _soak_run(config):
         soak = [item for item in items if item.get_closest_marker("soak")]
@@ -208,53 +257,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=soak)
             items[:] = [item for item in items if not item.get_closest_marker("soak")]
     for item in items:
-        for marker in CAPABILITY_MARKERS:
-            if item.get_closest_marker(marker):
-                reason = skip_reason(hil.board, marker, hil.capabilities)
-                if reason:
-                    item.add_marker(pytest.mark.skip(reason=reason))
+        for capability in needed_capabilities(item):
+            try:
+                reason = skip_reason(hil.board, capability, hil.capabilities)
+            except ValueError as exc:
+                raise pytest.UsageError(f"{item.nodeid}: requires(): {exc}") from None
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """A failure names its artifacts: device log, wire hexdump, host log, faults and seed."""
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failure names its artifacts: device log, wire logs, host log, faults and seed."""
     report = yield
     artifacts = item.stash.get(_ARTIFACTS, None)
     if artifacts is not None and report.failed:
         report.sections.append(("sealink HIL artifacts", artifacts.describe()))
     return report
-
-
-_SHA: list[str] = []
-# What the firmware image is built from: an edit under these makes the sha "-dirty".
-_FIRMWARE_SOURCES = ("firmware", "boards", "protocol/sealproto")
-
-
-def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    # --no-optional-locks: other people work in this tree; never touch its index.
-    return subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(REPO), *args],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-
-
-def firmware_sha() -> str:
-    """The commit the firmware was built from, `-dirty` if its sources differ from it."""
-    if not _SHA:
-        try:
-            head = _git("rev-parse", "--short=12", "HEAD")
-            changed = _git("diff", "--quiet", "HEAD", "--", *_FIRMWARE_SOURCES).returncode != 0
-            untracked = _git("ls-files", "--others", "--exclude-standard", "--", *_FIRMWARE_SOURCES)
-            sha = head.stdout.strip() if head.returncode == 0 else "unknown"
-            if sha != "unknown" and (changed or untracked.stdout.strip()):
-                sha += "-dirty"
-        except (OSError, subprocess.SubprocessError):
-            sha = "unknown"
-        _SHA.append(sha)
-    return _SHA[0]
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -267,12 +289,32 @@ def hil(request: pytest.FixtureRequest) -> HilSettings:
 
 
 @pytest.fixture
-def artifacts(request: pytest.FixtureRequest, hil: HilSettings) -> Artifacts:
+def requires(hil: HilSettings) -> Callable[..., None]:
+    """`requires("rtc_control", ...)` inside a test or fixture: skip unless the board has it."""
+
+    def check(*needed: str) -> None:
+        for capability in needed:
+            reason = skip_reason(hil.board, capability, hil.capabilities)
+            if reason:
+                pytest.skip(reason)
+
+    return check
+
+
+@pytest.fixture
+def app(hil: HilSettings) -> App:
+    """The firmware under test, as built from this checkout."""
+    return App.from_checkout(hil.board.kind)
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest, hil: HilSettings, app: App) -> Artifacts:
     """This test's results folder; recorded as JUnit properties with the board and firmware."""
     found = Artifacts(hil.results, request.node.nodeid)
     request.node.stash[_ARTIFACTS] = found
     request.node.user_properties.append(("board", str(hil.board)))
-    request.node.user_properties.append(("firmware_sha", firmware_sha()))
+    request.node.user_properties.append(("firmware_sha", app.sha))
+    request.node.user_properties.append(("firmware_version", app.version))
     request.node.user_properties.append(("artifacts", str(found.dir)))
     return found
 
@@ -286,7 +328,7 @@ def faults(request: pytest.FixtureRequest, hil: HilSettings, artifacts: Artifact
 
 
 @pytest.fixture
-def broker(artifacts: Artifacts, tmp_path: Path) -> Iterator[Any]:
+def broker(artifacts: Artifacts, tmp_path: Path) -> Iterator[Mosquitto]:
     """A real Mosquitto on a free loopback port; `stop()`/`kill()` then `start()` reuse it."""
     from sealink_sim.broker import Mosquitto
 
@@ -300,9 +342,7 @@ def broker(artifacts: Artifacts, tmp_path: Path) -> Iterator[Any]:
 
 
 def _device_identity(hil: HilSettings) -> tuple[str, bytes]:
-    """Emulated: a fresh identity. Real: the seal.json tools/provision.py wrote (or 64 hex)."""
-    if hil.board.kind == "emulated":
-        return "seal-hil-0001", secrets.token_bytes(32)
+    """A real board's seal.json from tools/provision.py (or 64 hex digits and --device-id)."""
     if not hil.device_key_file:
         pytest.skip(
             f"board {hil.board}: give --device-key-file (the seal.json tools/provision.py "
@@ -319,64 +359,90 @@ def _device_identity(hil: HilSettings) -> tuple[str, bytes]:
     return device_id, bytes.fromhex(text)
 
 
-@pytest.fixture
-def board(hil: HilSettings, artifacts: Artifacts, tmp_path: Path) -> Iterator[Any]:
-    """The device under test, started: EmulatedDut or SerialDut behind one API."""
+def _make_dut(
+    hil: HilSettings, app: App, faults: Faults, artifacts: Artifacts, tmp_path: Path
+) -> Dut:
+    """Choose the Dut by the --board kind (the one place that does), with its Port started."""
     if hil.board.kind == "ble":
         pytest.skip(BLE_SKIP)
-    device_id, key = _device_identity(hil)
-    dut: Any
+    hexdump = Hexdump(artifacts.wire_hexdump)
+    wire = WireLog(artifacts.wire_log)
+    engine = LinkFaults(faults.stream("wire"))
     if hil.board.kind == "emulated":
-        dut = EmulatedDut(tmp_path / "board", device_id, key, heapsize=hil.emulator_heap)
-    else:
-        dut = SerialDut(
-            hil.board,
-            device_id,
-            key,
-            power=hil.power,
-            press_cmd=hil.press_cmd,
-            log_path=artifacts.board_log,
+        from sealink_sim.emulator import EmulatedBoard  # the emulation extra: x86_64 Linux only
+
+        key = secrets.token_bytes(32)
+        board = EmulatedBoard(
+            tmp_path / "board",
+            device_id=EMULATED_DEVICE,
+            device_key=key,
+            heapsize=hil.emulator_heap,
         )
-    try:
-        dut.start()
-        yield dut
-    finally:
-        dut.stop()
-        if dut.log_path != artifacts.board_log:
-            artifacts.collect(BOARD_LOG, dut.log_path)
+        port = open_port(str(board.uart_path), tmp_path / "board.tty", engine, hexdump, wire)
+        return EmulatedDut(app, port, board, key)
+    device_id, key = _device_identity(hil)
+    port = open_port(hil.board.target, tmp_path / f"{device_id}.tty", engine, hexdump, wire)
+    return SerialDut(
+        app,
+        port,
+        hil.board,
+        device_id,
+        key,
+        power=hil.power,
+        press_cmd=hil.press_cmd,
+        log_path=artifacts.board_log,
+    )
 
 
 @pytest.fixture
-def wire(board: Any, artifacts: Artifacts, faults: Faults, tmp_path: Path) -> Iterator[WireProxy]:
-    """The port: board UART <-> fault proxy <-> a pty the host opens; every byte is dumped."""
-    hexdump = Hexdump(artifacts.wire_hexdump)
-    proxy = WireProxy(
-        board.port_url,
-        tmp_path / f"{board.device_id}.tty",
-        hexdump,
-        rng=random.Random(faults.rng.getrandbits(64)),
-    )
-    proxy.start()
+def dut(
+    hil: HilSettings, app: App, faults: Faults, artifacts: Artifacts, tmp_path: Path
+) -> Iterator[Dut]:
+    """The device under test, started, on its Port: EmulatedDut or SerialDut, one API."""
+    made = _make_dut(hil, app, faults, artifacts, tmp_path)
+    port = made.port
     try:
-        yield proxy
+        made.start()
+        yield made
     finally:
-        proxy.close()
-        hexdump.close()
-    if proxy.error is not None:
-        pytest.fail(f"the wire proxy failed: {proxy.error!r}; wire hexdump: {hexdump.path}")
+        made.stop()
+        port.close()
+        port.hexdump.close()
+        port.wire.close()
+        if made.log_path != artifacts.board_log:
+            artifacts.collect(BOARD_LOG, made.log_path)
+    if port.error is not None:
+        pytest.fail(
+            f"the port's relay failed: {port.error!r}; wire hexdump: {port.hexdump.path}; "
+            f"decoded wire log: {port.wire.path}"
+        )
+
+
+@pytest.fixture
+def port(dut: Dut) -> Port:
+    """The byte link to the board: `port.inject(WireFault(...))`, `port.wire` (decoded)."""
+    return dut.port
+
+
+def _state_dir(hil: HilSettings, dut: Dut, tmp_path: Path) -> Path:
+    """A board that keeps its history keeps its gateway's ledger too (see sealink_hil.gateway)."""
+    return hil.state / dut.device_id if dut.keeps_history else tmp_path / "host"
 
 
 @pytest.fixture
 def host(
-    broker: Any, board: Any, wire: WireProxy, artifacts: Artifacts, tmp_path: Path
-) -> Iterator[Any]:
-    """The gateway (`sealink run --config`) as a subprocess, with its own ledger and keys."""
-    from .gateway import HostProcess
-
-    gateway = HostProcess(tmp_path / "host", broker_port=broker.port, log_path=artifacts.host_log)
+    hil: HilSettings, broker: Mosquitto, dut: Dut, artifacts: Artifacts, tmp_path: Path
+) -> Iterator[HostProcess]:
+    """The gateway (`sealink run --config`) as a subprocess, with the board's ledger and key."""
+    gateway = HostProcess(
+        tmp_path / "host",
+        broker_port=broker.port,
+        log_path=artifacts.host_log,
+        state_dir=_state_dir(hil, dut, tmp_path),
+    )
     try:
         gateway.init_keys()
-        gateway.add_device(board.device_id, board.device_key, str(wire.link_path))
+        gateway.add_device(dut.device_id, dut.device_key, dut.port.host_url)
         gateway.start()
         yield gateway
     finally:
@@ -384,44 +450,41 @@ def host(
 
 
 @pytest.fixture
-def observer(broker: Any, host: Any) -> Iterator[Any]:
-    """An independent subscriber: verifies every COSE signature with cwt, tallies per device."""
+def history(
+    request: pytest.FixtureRequest, hil: HilSettings, dut: Dut, host: HostProcess
+) -> History:
+    """Where the board's counter and the ledger stand at the start (see sealink_hil.history)."""
+    if dut.keeps_history or not host.fresh:
+        found = read_history(dut, str(host.state_dir))
+    else:
+        found = fresh_history(dut)
+    request.node.user_properties.extend(found.properties())
+    print(f"sealink HIL history: {found}")
+    return found
+
+
+@pytest.fixture
+def observer(broker: Mosquitto, host: HostProcess) -> Iterator[Observer]:
+    """An independent subscriber: verifies every COSE signature with cwt, tallies per device.
+
+    Its session is on the broker's disk after the broker's next autosave (or a clean stop): a
+    test that crashes the broker waits for that first (`Rig.restart_broker(crash=True)`).
+    """
     from sealink_sim.observer import Observer
 
     with Observer("127.0.0.1", broker.port, host.public_key_pem(), prefix=host.prefix) as obs:
-        _wait_broker_saved(broker)
         yield obs
-
-
-_BROKER_SAVED = "Saving in-memory database"
-
-
-def _wait_broker_saved(broker: Any, timeout_s: float = 10.0) -> None:
-    """Wait for Mosquitto's next autosave, so the observer's subscription is on disk.
-
-    Mosquitto persists sessions every `autosave_s`, not on SUBSCRIBE: a broker crash in the
-    first second would forget the observer, and everything published before it subscribes
-    again would be delivered to nobody: a loss of the test's eyes, not of the system's data.
-    """
-    seen = broker.log_path.read_text(errors="replace").count(_BROKER_SAVED)
-    deadline = time.monotonic() + timeout_s
-    while broker.log_path.read_text(errors="replace").count(_BROKER_SAVED) <= seen:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Mosquitto never autosaved; broker log: {broker.log_path}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
 def rig(
-    board: Any,
-    wire: WireProxy,
-    host: Any,
-    broker: Any,
-    observer: Any,
+    dut: Dut,
+    host: HostProcess,
+    broker: Mosquitto,
+    observer: Observer,
     faults: Faults,
     artifacts: Artifacts,
+    history: History,
 ) -> Rig:
     """The whole link as one: stamp, inject faults, settle, account (see sealink_hil.rig)."""
-    if isinstance(board, SerialDut):
-        board.attach(observer)
-    return Rig(board, wire, host, broker, observer, faults, artifacts)
+    return Rig(dut, host, broker, observer, faults, artifacts, history)
