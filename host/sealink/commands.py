@@ -50,6 +50,7 @@ class CommandFieldError(CommandError):
     def __init__(self, kind: str, field: str, problem: str) -> None:
         self.kind = kind
         self.field = field
+        self.problem = problem
         super().__init__(f"{kind}: {field} {problem}")
 
 

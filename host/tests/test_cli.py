@@ -195,7 +195,7 @@ def test_an_out_of_range_permit_is_refused_and_nothing_is_queued(
     issue = ["permits", "issue", "--config", str(conf), "seal-1", "--count", "5"]
     refused = sealink(*issue, "--permit", "4294967296")
     assert refused.returncode == 2, refused.stderr
-    assert refused.stderr.startswith("sealink: error: --permit: ")
+    assert refused.stderr.startswith("sealink: error: --permit 4294967296 ")
     assert "4294967296 is out of range for the wire" in refused.stderr
     for extra, option in [
         (["--count", "0"], "--count"),
@@ -206,7 +206,7 @@ def test_an_out_of_range_permit_is_refused_and_nothing_is_queued(
         (["--permit", "0"], "--permit"),
     ]:
         done = sealink(*issue, *extra)
-        assert done.returncode == 2 and f"error: {option}:" in done.stderr, (extra, done.stderr)
+        assert done.returncode == 2 and f"error: {option} " in done.stderr, (extra, done.stderr)
     revoke = sealink("permits", "revoke", "--config", str(conf), "seal-1", "4294967296")
     assert revoke.returncode == 2 and "out of range" in revoke.stderr
     assert _queued(conf) == []

@@ -29,7 +29,7 @@ def _checked(kind: str, body: dict[str, Any], options: dict[str, str] = _OPTIONS
         validate_command(kind, body)
     except CommandFieldError as exc:
         option = options.get(exc.field)
-        raise CommandError(f"{option}: {exc}" if option else str(exc)) from None
+        raise CommandError(f"{option} {exc.problem}" if option else str(exc)) from None
 
 
 def cmd_permits_issue(args: argparse.Namespace) -> int:
