@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sealproto import PROTOCOL_VERSION, auth, framing, messages
+from sealproto import PROTOCOL_VERSION, auth, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 
 from sealink.gateway.checks import rollback
-from sealink.gateway.fastpath import device_mac_ok, encode_session
+from sealink.gateway.fastpath import device_mac_ok, encode_frame, encode_session
 from sealink.gateway.registry import DeviceRegistry, DeviceState
 
 __all__ = ["Handshake", "NoAnswer", "answer_hello"]
@@ -75,5 +75,5 @@ def answer_hello(
         messages.WE_TIME: host_time_ms,
         K_SEQ: 1,
     }
-    frame = framing.encode_frame(encode_session(welcome, key))
+    frame = encode_frame(encode_session(welcome, key))
     return Handshake(state, key, boot_id, next_counter, hello[messages.HE_FIRMWARE], acked, frame)

@@ -27,6 +27,7 @@ from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 from sealproto.timers import DUP_ACK_HOLDOFF_MS
 
+from sealink.gateway import checks
 from sealink.gateway.actions import (
     Action,
     Alarm,
@@ -38,16 +39,14 @@ from sealink.gateway.actions import (
     Status,
     Store,
 )
-from sealink.gateway.checks import (
-    chain_fault,
-    describe,
-    device_alarm,
-    rollback,
-    seal_ahead,
-    status_fields,
-)
 from sealink.gateway.commanding import CommandQueue
-from sealink.gateway.fastpath import FrameDecoder, decode_event, device_mac_ok, encode_session
+from sealink.gateway.fastpath import (
+    FrameDecoder,
+    decode_event,
+    device_mac_ok,
+    encode_frame,
+    encode_session,
+)
 from sealink.gateway.handshake import Handshake, NoAnswer, answer_hello
 from sealink.gateway.limits import RejectLimiter, Rejector, SeenOnce, SyncPacer
 from sealink.gateway.registry import DeviceRegistry, DeviceState
@@ -109,7 +108,7 @@ class LinkMachine:
     def feed(self, data: bytes, now_ms: int) -> list[Action]:
         for item in self._decoder.feed(data):
             if isinstance(item, DecodeError):
-                self._reject("malformed_frame", describe(item), None, None, now_ms)
+                self._reject("malformed_frame", checks.describe(item), None, None, now_ms)
             else:
                 self._on_payload(item, now_ms)
         return self._take()
@@ -184,7 +183,7 @@ class LinkMachine:
             try:
                 msg = messages.decode(payload)
             except DecodeError as exc:
-                self._reject("undecodable", describe(exc), self.device, payload, now_ms)
+                self._reject("undecodable", checks.describe(exc), self.device, payload, now_ms)
                 return
         kind = msg[K_TYPE]
         if kind == messages.EVENT:
@@ -227,7 +226,7 @@ class LinkMachine:
         self._out.append(
             SessionOpen(state.device, hs.boot_id, hs.next_counter, hs.acked, hs.firmware)
         )
-        detail = rollback(state, hs.next_counter, hs.boot_id)
+        detail = checks.rollback(state, hs.next_counter, hs.boot_id)
         if detail is not None:
             self._quarantine(state, "counter_rollback", detail, None, now_ms)
         else:
@@ -272,7 +271,7 @@ class LinkMachine:
                 self._gap_flag = True
                 self._send_ack(state.stored)
             return
-        fault = chain_fault(state, msg, self._hello_boot)
+        fault = checks.chain_fault(state, msg, self._hello_boot)
         if fault is not None:
             self._quarantine(state, "chain_break", fault, payload, now_ms)
             return
@@ -317,7 +316,7 @@ class LinkMachine:
     def _send_session(self, msg: dict[int, Any]) -> int:
         self._host_seq += 1
         msg[K_SEQ] = self._host_seq
-        self._out.append(Send(framing.encode_frame(encode_session(msg, self._key))))
+        self._out.append(Send(encode_frame(encode_session(msg, self._key))))
         return self._host_seq
 
     # session messages from the device --------------------------------------------------------
@@ -334,11 +333,11 @@ class LinkMachine:
             self._device_seq = auth.accept(msg, self._key, self._device_seq)
         except DecodeError as exc:
             if exc.reason == errors.REPLAY:
-                self._reject("replay", describe(exc), self.device, payload, now_ms)
+                self._reject("replay", checks.describe(exc), self.device, payload, now_ms)
             else:
                 # Expected around a re-handshake (a message of the old session): counted only.
                 self._out.append(
-                    Reject("session_mac", describe(exc), self.device, None, False, None)
+                    Reject("session_mac", checks.describe(exc), self.device, None, False, None)
                 )
             return
         kind = msg[K_TYPE]
@@ -347,19 +346,19 @@ class LinkMachine:
         elif kind == messages.STATUS:
             self._on_status(msg, now_ms)
         else:
-            self._out.append(Alarm(self.device, "", "", device_alarm(msg)))
+            self._out.append(Alarm(self.device, "", "", checks.device_alarm(msg)))
 
     def _on_status(self, msg: dict[int, Any], now_ms: int) -> None:
         state = self.state
         assert state is not None
-        ahead = seal_ahead(state, msg)
+        ahead = checks.seal_ahead(state, msg)
         if ahead is not None:
             # A ledger restored from an older copy, a gateway replaced, or a seal moved from
             # another gateway: only an operator can adopt the gap (`sealink devices adopt`),
             # which records it as evidence.
             detail = f"the seal has compacted up to {ahead}, the ledger holds {state.stored}"
             self._quarantine(state, "ahead_of_ledger", detail, None, now_ms, ahead_acked=ahead)
-        self._out.append(Status(state.device, status_fields(state, msg)))
+        self._out.append(Status(state.device, checks.status_fields(state, msg)))
 
     def _pump_commands(self, now_ms: int) -> None:
         if self.state is not None and self._key:
