@@ -18,6 +18,7 @@ reconnect_max_s = 10.0
 [ledger]
 group_commit_rows = 512              # at most this many rows per transaction
 group_commit_ms = 0.0                # linger before a commit to gather more rows
+checkpoint_interval_s = 10.0         # sign a transparency-log checkpoint this often (if it grew)
 
 [[ports]]
 url = "/dev/ttyUSB0"                 # any pyserial URL: rfc2217://, socket://, spy://
@@ -67,6 +68,7 @@ class MqttConfig:
 class LedgerConfig:
     group_commit_rows: int = 512
     group_commit_ms: float = 0.0
+    checkpoint_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,13 @@ def _positive_float(key: str, value: Any) -> Any:
     value = _type(float, "a number")(key, value)
     if value < 0:
         raise ConfigError(key, f"must not be negative, got {value}")
+    return value
+
+
+def _interval_s(key: str, value: Any) -> Any:
+    value = _type(float, "a number")(key, value)
+    if not 0.1 <= value <= 86_400:
+        raise ConfigError(key, f"must be between 0.1 and 86400 seconds, got {value}")
     return value
 
 
@@ -218,6 +227,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
     "ledger": {
         "group_commit_rows": (_int_range(1, 100_000), False),
         "group_commit_ms": (_positive_float, False),
+        "checkpoint_interval_s": (_interval_s, False),
     },
     "ports": {
         "url": (_serial_url, True),

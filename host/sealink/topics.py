@@ -31,3 +31,7 @@ class Topics:
 
     def gateway_status(self) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/status"
+
+    def checkpoint(self) -> str:
+        """The latest signed checkpoint of the gateway's transparency log (SPEC §14.2)."""
+        return f"{self.prefix}/gateway/{self.gateway_id}/checkpoint"

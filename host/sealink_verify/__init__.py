@@ -2,9 +2,25 @@
 
 An independent implementation: it depends only on cwt, cbor2 and the standard library and never
 imports sealink or sealproto, so a bug in the gateway's code cannot hide in the check of its
-output.
+output. `tlog` re-implements RFC 9162 proofs and the C2SP checkpoint note from their texts.
 """
 
-from sealink_verify.audit import DeviceAudit, GapStatement, derive_kid, verify_export
+from sealink_verify.audit import (
+    DeviceAudit,
+    GapStatement,
+    derive_kid,
+    read_export,
+    verify_export,
+)
+from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof
 
-__all__ = ["DeviceAudit", "GapStatement", "derive_kid", "verify_export"]
+__all__ = [
+    "DeviceAudit",
+    "EvidenceAudit",
+    "GapStatement",
+    "check_checkpoints",
+    "check_proof",
+    "derive_kid",
+    "read_export",
+    "verify_export",
+]

@@ -16,7 +16,12 @@ hashlib/hmac check what is inside. Per device it proves (SPEC §4.1, §11):
   sequence only if its statement is countersigned by the gateway key and names exactly the
   exported device and counters; the event after it anchors the chain again (its `prev` names a
   record nobody holds, so it cannot be checked). Gaps are listed, never hidden: a verified
-  export with gaps is complete only as far as the operator's word goes.
+  export with gaps is complete only as far as the operator's word goes;
+- every exported plaintext column agrees with signed data: `received_ms` with the
+  countersigned payload, `hash` with SHA-256 of the event bytes;
+- the first row is counter 1 or a signed gap from 1 (else the head was cut off);
+- with a checkpoint (`events export --with-checkpoint`, SPEC §14), `sealink_verify.evidence`
+  checks the rest: signature, device heads (tail truncation), the recomputed root.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from typing import Any
 import cbor2
 from cwt import COSE, COSEKey
 
-__all__ = ["DeviceAudit", "GapStatement", "derive_kid", "verify_export"]
+from sealink_verify import tlog
+
+__all__ = ["DeviceAudit", "GapStatement", "derive_kid", "read_export", "verify_export"]
 
 _EV_COUNTER = 1
 _EV_PREV = 8
@@ -69,6 +76,8 @@ class DeviceAudit:
     problems: list[str] = field(default_factory=list)
     gaps: list[GapStatement] = field(default_factory=list)
     rows: int = 0  # events and gaps, verified or not: the sequence advances over each
+    # (leaf index or None, first, last, RFC 9162 leaf hash) of each row, in export order
+    leaves: list[tuple[int | None, int, int, bytes]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -79,6 +88,7 @@ class DeviceAudit:
             "gaps": [[gap.first, gap.last] for gap in self.gaps],
             "macs_checked": self.macs_checked,
             "problems": len(self.problems),
+            "problem_list": list(self.problems),
         }
 
 
@@ -89,12 +99,18 @@ class _Checker:
         self._device_keys = device_keys
         self.devices: dict[str, DeviceAudit] = {}
         self._last_event: dict[str, bytes | None] = {}
+        self.trailer: dict[str, Any] | None = None
 
     def line(self, number: int, text: str) -> None:
         try:
             row = json.loads(text)
         except ValueError as exc:
             self._device("?").problems.append(f"line {number}: not an export row: {exc!r}")
+            return
+        if isinstance(row, dict) and "checkpoint" in row:
+            if self.trailer is not None:
+                self._device("?").problems.append(f"line {number}: a second checkpoint line")
+            self.trailer = row
             return
         if isinstance(row, dict) and "gap" in row:
             self._gap_line(number, row)
@@ -104,18 +120,36 @@ class _Checker:
             counter = int(row["counter"])
             event_bytes = bytes.fromhex(row["event"])
             cose = base64.b64decode(row["cose"], validate=True)
+            # Plaintext copies of signed data, compared when present (nothing hides in absence).
+            columns = (
+                None if row.get("received_ms") is None else int(row["received_ms"]),
+                None if row.get("hash") is None else bytes.fromhex(row["hash"]),
+            )
+            leaf = None if row.get("leaf") is None else int(row["leaf"])
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             self._device("?").problems.append(f"line {number}: not an export row: {exc!r}")
             return
         audit = self._device(device)
         where = f"line {number} ({device} #{counter})"
-        audit.problems.extend(f"{where}: {p}" for p in self._row(audit, counter, event_bytes, cose))
+        problems = self._row(audit, counter, event_bytes, cose, columns)
+        audit.problems.extend(f"{where}: {p}" for p in problems)
+        data = tlog.event_leaf_data(device, counter, event_bytes, cose)
+        audit.leaves.append((leaf, counter, counter, tlog.rfc9162_leaf(data)))
 
     def _device(self, device: str) -> DeviceAudit:
         return self.devices.setdefault(device, DeviceAudit(device))
 
-    def _row(self, audit: DeviceAudit, counter: int, event_bytes: bytes, cose: bytes) -> list[str]:
-        problems = self._countersignature(audit.device, counter, event_bytes, cose)
+    def _row(
+        self,
+        audit: DeviceAudit,
+        counter: int,
+        event_bytes: bytes,
+        cose: bytes,
+        columns: tuple[int | None, bytes | None],
+    ) -> list[str]:
+        problems = self._countersignature(audit.device, counter, event_bytes, cose, columns[0])
+        if columns[1] is not None and columns[1] != hashlib.sha256(event_bytes).digest():
+            problems.append("the exported hash column is not SHA-256 of the event bytes")
         try:
             event = cbor2.loads(event_bytes)
         except (cbor2.CBORDecodeError, ValueError) as exc:
@@ -164,10 +198,13 @@ class _Checker:
                 str(gap["note"]),
             )
             cose = base64.b64decode(row["cose"], validate=True)
+            leaf = None if row.get("leaf") is None else int(row["leaf"])
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             self._device("?").problems.append(f"line {number}: not an export gap row: {exc!r}")
             return
         audit = self._device(device)
+        data = tlog.gap_leaf_data(device, statement.first, statement.last, cose)
+        audit.leaves.append((leaf, statement.first, statement.last, tlog.rfc9162_leaf(data)))
         where = f"line {number} ({device} gap {statement.first}..{statement.last})"
         problems = self._gap(audit, statement, cose)
         audit.problems.extend(f"{where}: {p}" for p in problems)
@@ -200,7 +237,7 @@ class _Checker:
         return problems
 
     def _countersignature(
-        self, device: str, counter: int, event_bytes: bytes, cose: bytes
+        self, device: str, counter: int, event_bytes: bytes, cose: bytes, received_ms: int | None
     ) -> list[str]:
         try:
             signed = cbor2.loads(self._cose.decode(cose, self._key))
@@ -212,16 +249,41 @@ class _Checker:
             signed.get("event"),
         ) != (device, counter, event_bytes):
             return ["the signed payload names another device, counter or event"]
+        if received_ms is not None and signed.get("received_ms") != received_ms:
+            return [
+                f"the exported received_ms {received_ms} is not the signed "
+                f"{signed.get('received_ms')}"
+            ]
         return []
 
 
-def verify_export(
-    lines: Iterable[str], public_key_pem: bytes, device_keys: dict[str, bytes] | None = None
-) -> list[DeviceAudit]:
+def read_export(
+    lines: Iterable[str],
+    public_key_pem: bytes,
+    device_keys: dict[str, bytes] | None = None,
+    allow_partial: bool = False,
+) -> tuple[list[DeviceAudit], dict[str, Any] | None]:
     """Check every row of an export (events and gaps of one device in counter order, as
-    exported)."""
+    exported); also returns its checkpoint line, if any (unchecked: sealink_verify.evidence)."""
     checker = _Checker(public_key_pem, device_keys or {})
     for number, text in enumerate(lines, 1):
         if text.strip():
             checker.line(number, text)
-    return list(checker.devices.values())
+    audits = list(checker.devices.values())
+    for audit in audits:
+        if audit.rows and audit.first != 1 and not allow_partial:
+            audit.problems.append(
+                f"the export starts at counter {audit.first}: records 1..{audit.first - 1} "
+                "are missing (head truncated), and no signed gap accounts for them"
+            )
+    return audits, checker.trailer
+
+
+def verify_export(
+    lines: Iterable[str],
+    public_key_pem: bytes,
+    device_keys: dict[str, bytes] | None = None,
+    allow_partial: bool = False,
+) -> list[DeviceAudit]:
+    """read_export without the checkpoint line."""
+    return read_export(lines, public_key_pem, device_keys, allow_partial)[0]

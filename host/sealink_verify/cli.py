@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sealink_verify.audit import DeviceAudit, GapStatement, verify_export
+from sealink_verify.audit import DeviceAudit, GapStatement, derive_kid, read_export
+from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof, load_proof
 
 __all__ = ["main", "register"]
 
@@ -33,6 +34,10 @@ exit status:
   2  an input is unusable (a file missing or unreadable, not a PEM public key)
   3  everything verified, but some counters are covered only by an operator-declared gap
      (`sealink devices adopt`: the records were lost; a warning names each gap)
+
+Every problem is also in the JSON output ("problem_list"); with a checkpoint (an export made
+with --with-checkpoint, --checkpoint notes, --proof files) a last line {"evidence": {...}}
+says what the transparency log proves.
 """
 
 
@@ -67,7 +72,9 @@ def read_device_key(path: str) -> bytes:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("export", help="JSON Lines written by `sealink events export`")
+    p.add_argument(
+        "export", nargs="?", help="JSON Lines written by `sealink events export` (optional)"
+    )
     p.add_argument(
         "--public-key", required=True, metavar="PEM", help="from `sealink keys show --format pem`"
     )
@@ -77,6 +84,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="DEVICE=KEYFILE",
         help="also check this device's MACs (key file 0600); repeatable",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NOTE",
+        help="a signed checkpoint obtained elsewhere (the retained MQTT copy, an older export):"
+        " forks, replayed old views and unproven consistency are reported; repeatable",
+    )
+    p.add_argument(
+        "--proof",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="`sealink evidence prove|consistency --json` output to verify; repeatable",
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="an export that starts after counter 1 (--since) is not a failure",
     )
 
 
@@ -97,10 +124,26 @@ def _verify(args: argparse.Namespace) -> int:
         if not sep or not device or not path:
             raise VerifyInputError(f"--device-key {spec!r}: expected DEVICE=KEYFILE")
         device_keys[device] = read_device_key(path)
+    if args.export is None and not (args.proof or args.checkpoint):
+        raise VerifyInputError("nothing to verify: give an EXPORT, --proof or --checkpoint")
+    audits: list[DeviceAudit] = []
+    trailer = None
+    evidence = EvidenceAudit()
     try:
         public_pem = Path(args.public_key).read_bytes()
-        with open(args.export, encoding="utf-8") as export:
-            audits = verify_export(export, public_pem, device_keys)
+        derive_kid(public_pem)
+        if args.export is not None:
+            with open(args.export, encoding="utf-8") as export:
+                audits, trailer = read_export(export, public_pem, device_keys, args.allow_partial)
+        for path in args.proof:
+            try:
+                check_proof(
+                    load_proof(Path(path).read_text(encoding="utf-8")), public_pem, evidence
+                )
+            except ValueError as exc:  # not JSON
+                evidence.problems.append(f"{path}: not a proof: {exc}")
+        notes = [Path(path).read_text(encoding="utf-8") for path in args.checkpoint]
+        check_checkpoints(audits, trailer, notes, public_pem, evidence)
     except OSError as exc:
         raise VerifyInputError(f"cannot read {exc.filename}: {exc.strerror}") from None
     except ValueError as exc:
@@ -111,7 +154,16 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"sealink verify: {problem}", file=sys.stderr)
         for gap in audit.gaps:
             print(f"sealink verify: warning: {_gap_warning(audit, gap)}", file=sys.stderr)
-    return _outcome(audits)
+    used = trailer is not None or args.proof or args.checkpoint
+    if used:
+        sys.stdout.write(json.dumps({"evidence": evidence.summary()}, sort_keys=True) + "\n")
+        for problem in evidence.problems:
+            print(f"sealink verify: {problem}", file=sys.stderr)
+        for warning in evidence.warnings:
+            print(f"sealink verify: warning: {warning}", file=sys.stderr)
+    if args.export is None:
+        return EXIT_FAILED if evidence.problems else EXIT_VERIFIED
+    return _outcome(audits, evidence.problems)
 
 
 def _gap_warning(audit: DeviceAudit, gap: GapStatement) -> str:
@@ -123,10 +175,10 @@ def _gap_warning(audit: DeviceAudit, gap: GapStatement) -> str:
     )
 
 
-def _outcome(audits: list[DeviceAudit]) -> int:
+def _outcome(audits: list[DeviceAudit], evidence_problems: list[str]) -> int:
     events = f"{sum(a.events for a in audits)} events of {len(audits)} devices"
     gaps = sum(len(a.gaps) for a in audits)
-    if not audits or any(audit.problems for audit in audits):
+    if not audits or evidence_problems or any(audit.problems for audit in audits):
         print(f"sealink verify: {events}, FAILED", file=sys.stderr)
         return EXIT_FAILED
     if gaps:

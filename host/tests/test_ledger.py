@@ -157,7 +157,7 @@ def test_a_v1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path) -> Non
     ledger.close()
 
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
     columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
     assert {"boot_id", "quarantine_reason", "quarantine_detail", "quarantine_ms"} <= columns
     assert "ahead_acked" in columns
@@ -174,7 +174,7 @@ def test_a_ledger_from_a_newer_sealink_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite"
     Ledger(path).close()
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
     db.commit()
     db.close()
     with pytest.raises(LedgerError, match="newer sealink"):

@@ -4,6 +4,9 @@
 order, one line per event {"device", "counter", "received_ms", "hash", "event" (hex), "cose"
 (base64 COSE_Sign1)} and, where an operator adopted lost counters, one line per gap
 {"gap": {"device", "first", "last", "adopted_ms", "operator", "note"}, "cose": base64}.
+With `--with-checkpoint`, each row also names its leaf in the transparency log ("leaf") and a
+last line {"checkpoint": {...}, "heads": [...]} carries the latest signed checkpoint and the
+device heads it commits to (SPEC §14.4), read in the same snapshot as the rows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from sealink.cli.common import add_command, load, open_ledger, print_json, with_config
+from sealink.cli.evidence import checkpoint_trailer
+from sealink.errors import SealinkError
 from sealink.ledger import Gap, Ledger
 
 __all__ = ["export_rows", "register"]
@@ -49,8 +54,11 @@ def _gap_row(gap: Gap) -> dict[str, Any]:
     }
 
 
-def export_rows(ledger: Ledger, device: str | None, since: int) -> Iterator[dict[str, Any]]:
-    """Events and gaps of each device merged in counter order (a gap sorts at its first)."""
+def export_rows(
+    ledger: Ledger, device: str | None, since: int, leaves: dict[tuple[str, int], int] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Events and gaps of each device merged in counter order (a gap sorts at its first); with
+    `leaves` ((device, first counter) -> leaf index), each row names its leaf."""
     events = (
         (
             (e["device"], e["counter"]),
@@ -66,16 +74,26 @@ def export_rows(ledger: Ledger, device: str | None, since: int) -> Iterator[dict
         for e in ledger.events(device, since)
     )
     gaps = (((g.device, g.first), _gap_row(g)) for g in ledger.gaps(device) if g.last >= since)
-    for _, row in heapq.merge(events, gaps, key=lambda item: item[0]):
+    for key, row in heapq.merge(events, gaps, key=lambda item: item[0]):
+        if leaves is not None and key in leaves:
+            row["leaf"] = leaves[key]
         yield row
 
 
 def cmd_events_export(args: argparse.Namespace) -> int:
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
-        with open_ledger(load(args)) as ledger:
-            for row in export_rows(ledger, args.device, args.since):
+        with open_ledger(load(args)) as ledger, ledger.log.snapshot():
+            checkpoint = ledger.log.checkpoint() if args.with_checkpoint else None
+            if args.with_checkpoint and checkpoint is None:
+                raise SealinkError("no checkpoint yet (see `sealink evidence checkpoint`)")
+            leaves = ledger.log.leaf_indices(args.device) if checkpoint else None
+            for row in export_rows(ledger, args.device, args.since, leaves):
                 print_json(row, out)
+            if checkpoint is not None:
+                trailer = checkpoint_trailer(ledger, checkpoint)
+                trailer["export"] = {"device": args.device, "since": args.since}
+                print_json(trailer, out)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -100,3 +118,8 @@ def register(sub: Any) -> None:
     p.add_argument("--device")
     p.add_argument("--since", type=int, default=0, metavar="COUNTER")
     p.add_argument("--out", help="file to write (default: stdout)")
+    p.add_argument(
+        "--with-checkpoint",
+        action="store_true",
+        help="add leaf indices and the latest signed checkpoint with its device heads",
+    )

@@ -5,6 +5,7 @@ sealink keys init|show --config FILE      the gateway's Ed25519 countersigning k
 sealink devices add|list|quarantine|release|adopt   seals, and what an operator decides
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
 sealink events list|export                JSON Lines
+sealink evidence checkpoint|prove|consistency   the transparency log's checkpoints and proofs
 sealink verify EXPORT --public-key PEM    an auditor's offline check (package sealink_verify)
 sealink demo --stamps N [--json]          everything on one machine (package sealink_sim)
 
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from sealink.cli import devices, events, keys, permits, run
+from sealink.cli import devices, events, evidence, keys, permits, run
 from sealink.errors import SealinkError
 
 __all__ = ["build_parser", "main"]
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 2 error (one line on stderr), 70 internal error",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for noun in (run, keys, devices, permits, events):
+    for noun in (run, keys, devices, permits, events, evidence):
         noun.register(sub)
     _add_plugin_commands(sub)
     return parser

@@ -32,6 +32,7 @@ from sealink.gateway.actions import (
     Status,
     Store,
 )
+from sealink.gateway.checkpoints import Checkpoints
 from sealink.gateway.committer import GroupCommitter, OutboxEntry
 from sealink.gateway.machine import LinkMachine
 from sealink.gateway.registry import DeviceRegistry
@@ -67,6 +68,7 @@ class Gateway:
         self._main: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
+        self.checkpoints = Checkpoints(self)  # the transparency log's signed heads (SPEC §14)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class Gateway:
         main, self._main = self._main, None
         if main is not None and not main.done():
             await self._drain(drain_timeout_s)
+            await self.checkpoints.make()  # the last one, published while the broker link lives
         if main is not None:
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,6 +167,7 @@ class Gateway:
             tg.create_task(self._committer.run(), name="committer")
             tg.create_task(self._publisher.run(), name="publisher")
             tg.create_task(self._watch.run(), name="ledger-watch")
+            tg.create_task(self.checkpoints.run(), name="checkpoints")
             for port in self.config.ports:
                 tg.create_task(self._serve_port(port), name=f"port:{port.url}")
             self._ready.set()

@@ -20,6 +20,8 @@ from typing import Any
 import cbor2
 
 from sealink.errors import DeviceError
+from sealink.evidence import gap_leaf
+from sealink.ledger import log
 from sealink.ledger.records import GENESIS, DeviceUpdate, Gap, OperatorAction, Quarantine, now_ms
 
 __all__ = [
@@ -184,6 +186,7 @@ def adopt(
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (device, first, last, ms, operator, note, cose),
     )
+    log.append(db, [(device, "gap", first, last, gap_leaf(device, first, last, cose))])
     db.execute(
         "INSERT INTO outbox (topic, payload, device, counter, created_ms) VALUES (?, ?, ?, ?, ?)",
         (topic, cose, device, None, ms),

@@ -6,15 +6,21 @@ v2: devices gains boot_id (B, SPEC §5.1), the sticky quarantine (reason, detail
     input is counted even when its quarantine row was rate-limited away), operator_actions (the
     audit trail, polled by the running service) and gaps (counters an operator declared lost,
     countersigned).
+v3: the transparency log (SPEC §14): log_leaves (one row per stored event or adopted gap, in
+    commit order), log_nodes (the hash of every perfect subtree, leaves included, so appends
+    read only the frontier and proofs are look-ups) and checkpoints (the signed notes). A v2
+    file's events and gaps enter the log at migration, in the order they were received.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
+from sealink.ledger import log
+
 __all__ = ["SCHEMA_VERSION", "create_or_migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -114,6 +120,37 @@ _V2_COLUMNS = (
 )
 
 
+# New in v3: the transparency log. `first`/`last` are the counters a leaf covers (an event:
+# first = last = its counter).
+_TABLES_V3 = (
+    """CREATE TABLE IF NOT EXISTS log_leaves (
+        idx INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        first INTEGER NOT NULL,
+        last INTEGER NOT NULL
+    )""",
+    # `evidence prove DEVICE COUNTER`, and each device's head at a tree size (a device's leaves
+    # rise in counter and index together, so one index serves both)
+    "CREATE INDEX IF NOT EXISTS log_leaves_device ON log_leaves (device, first)",
+    """CREATE TABLE IF NOT EXISTS log_nodes (
+        level INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        size INTEGER PRIMARY KEY,
+        root BLOB NOT NULL,
+        heads_hash BLOB NOT NULL,
+        time_ms INTEGER NOT NULL,
+        note TEXT NOT NULL
+    )""",
+)
+
+_KNOWN = ("1", "2", str(SCHEMA_VERSION))
+
+
 class SchemaTooNew(Exception):
     def __init__(self, version: str) -> None:
         super().__init__(
@@ -130,7 +167,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     try:
         db.execute(_TABLES[0])
         version = _version(db)
-        if version is not None and version not in ("1", str(SCHEMA_VERSION)):
+        if version is not None and version not in _KNOWN:
             raise SchemaTooNew(version)
         for statement in _TABLES[1:]:
             db.execute(statement)
@@ -139,6 +176,10 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
                 db.execute(statement)
         for statement in _TABLES_V2:
             db.execute(statement)
+        for statement in _TABLES_V3:
+            db.execute(statement)
+        if version in ("1", "2"):
+            log.backfill(db)
         db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )

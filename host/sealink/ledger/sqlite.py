@@ -5,7 +5,8 @@ bytes, their hash and the COSE countersignature), gaps (counters an operator dec
 countersigned), quarantine (rejected inputs with their bytes, rate-limited) and rejections
 (every rejected input counted), commands (permits, revocations waiting to be sent and their
 results), operator_actions (the audit trail), outbox (what must reach MQTT, in order; alarms
-live there too).
+live there too), and the transparency log (log_leaves, log_nodes, checkpoints: ledger/log.py,
+SPEC §14), appended in the same transaction as the records it holds.
 
 The service writes through ONE connection owned by one worker thread; `commit()` writes a whole
 group (events of many devices, quarantine rows, outbox rows, publish marks, device updates) in
@@ -25,8 +26,8 @@ from typing import Any
 
 from sealink.commands import validate_command
 from sealink.errors import DeviceError, LedgerError
+from sealink.ledger import log, queue
 from sealink.ledger import operator as ops
-from sealink.ledger import queue
 from sealink.ledger.db import transaction
 from sealink.ledger.records import (
     Batch,
@@ -67,6 +68,8 @@ class Ledger:
             create_or_migrate(self._db)
         except (sqlite3.Error, OSError, SchemaTooNew) as exc:
             raise LedgerError(f"ledger {self.path}: cannot open: {exc}") from None
+        # The transparency log (SPEC §14), read on this connection.
+        self.log = log.LogStore(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -225,6 +228,8 @@ class Ledger:
                         for e in batch.events
                     ],
                 )
+                # In the same transaction: a record is in the log exactly when it is stored.
+                log.append_events(db, batch.events)
             if batch.quarantine:
                 db.executemany(
                     "INSERT INTO quarantine (device, port, reason, detail, data, received_ms)"
