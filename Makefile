@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check host protocol tools hil-tests
+	$(VENV)/bin/ruff check host protocol tools hil-tests firmware boards
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 

@@ -1,18 +1,27 @@
 """Compile the firmware for one board to .mpy with mpy-cross: build/<board>/.
 
-    python tools/build.py esp32            # file list and sizes
-    python tools/build.py rp2 --json       # the same as one JSON object
-    python tools/build.py rp2 --romfs      # also build/rp2/rom.img, a ROMFS image of the .mpy
+    python -m tools.build esp32            # file list and sizes (or: python tools/build.py)
+    python -m tools.build rp2 --json       # the same as one JSON object
+    python -m tools.build rp2 --romfs      # also build/rp2/rom.img, a ROMFS image of the .mpy
+
+What goes in is what the board's manifest says (`boards/<board>/manifest.py`, MicroPython's
+manifest format, the same file the port's `make FROZEN_MANIFEST=...` freezes): it includes
+`firmware/manifest.py`, which includes one manifest per firmware feature, then adds the board's
+own modules. `include`, `package` and `module` are evaluated as MicroPython's makemanifest.py
+does (paths relative to the manifest that names them; a file included twice counts once).
+Includes of the port itself (`$(PORT_DIR)`, `$(MPY_DIR)`: asyncio and the like) are skipped:
+the MicroPython firmware on the board already holds them.
 
 The tree mirrors the board's filesystem: seal/*.mpy, sealproto/*.mpy, the board's own modules
-(hal.mpy, board.mpy) at the top, and main.py as source (MicroPython only runs main.py from
-source). Bytecode .mpy files need MicroPython 1.23 or newer on the board (mpy format v6).
+(hal.mpy, board.mpy) at the top, and the board's main.py as source (MicroPython runs main.py
+from the filesystem, never frozen). Bytecode .mpy files need MicroPython 1.23 or newer on the
+board (mpy format v6).
 
 With --romfs the same .mpy tree (without main.py) is also packed into `rom.img`, the image
 `mpremote romfs build` makes: a board with a ROMFS partition (MicroPython 1.25+,
 `mpremote romfs deploy rom.img`) mounts it at /rom and imports the code in place from
 memory-mapped flash, so bytecode and constant data take no RAM. The emulated board runs the
-same image from memory outside its heap (host/sealink/emulator.py).
+same image from memory outside its heap (sealink_sim.emulator).
 """
 
 from __future__ import annotations
@@ -25,12 +34,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BOARDS = ("esp32", "rp2", "emulated")
-PACKAGES = {"seal": ROOT / "firmware" / "seal", "sealproto": ROOT / "protocol" / "sealproto"}
-# Kept as source on the board: main.py must be; manifest.py is for the firmware build only.
-_AS_SOURCE = {"main.py"}
-_NOT_SHIPPED = {"manifest.py"}
+BOARDS = tuple(sorted(p.parent.name for p in (ROOT / "boards").glob("*/manifest.py")))
+MAIN = "main.py"
 ROMFS_IMAGE = "rom.img"
+# The port's own manifests: what the MicroPython firmware on the board already holds.
+_PORT_VARS = ("$(PORT_DIR)", "$(MPY_DIR)")
 
 
 class BuildError(Exception):
@@ -45,31 +53,84 @@ def mpy_cross() -> str:
     return found
 
 
-def sources(board: str) -> list[tuple[Path, str]]:
-    """(source file, path on the board) for everything the board runs."""
+def manifest_files(manifest: Path) -> list[tuple[Path, str]]:
+    """(source file, module path on the board) for every file `manifest` freezes."""
+    frozen: dict[str, Path] = {}
+    visited: set[Path] = set()
+
+    def run(path: Path) -> None:
+        path = path.resolve()
+        if path in visited:
+            return
+        visited.add(path)
+        here = path.parent
+
+        def include(manifest_path: str) -> None:
+            if manifest_path.startswith(_PORT_VARS):
+                return
+            run(here / manifest_path)
+
+        def add(src: Path, target: str) -> None:
+            src = src.resolve()
+            if not src.is_file():
+                raise BuildError(f"{path}: no such file {src}")
+            if frozen.get(target, src) != src:
+                raise BuildError(f"{path}: {target} comes from {frozen[target]} and {src}")
+            frozen[target] = src
+
+        def package(
+            package_path: str, files: tuple[str, ...] | None = None, base_path: str = "."
+        ) -> None:
+            folder = here / base_path / package_path
+            names = files or sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
+            for name in names:
+                add(folder / name, f"{package_path}/{name}")
+
+        def module(module_path: str, base_path: str = ".") -> None:
+            add(here / base_path / module_path, module_path)
+
+        try:
+            code = compile(path.read_text(), str(path), "exec")
+        except (OSError, SyntaxError) as e:
+            raise BuildError(f"manifest {path}: {e}") from e
+        try:
+            exec(code, {"include": include, "package": package, "module": module})
+        except BuildError:
+            raise
+        except Exception as e:  # a manifest is code: any error in it names the manifest
+            raise BuildError(f"manifest {path}: {type(e).__name__}: {e}") from e
+
+    run(manifest)
+    return [(src, target) for target, src in sorted(frozen.items())]
+
+
+def sources(board: str, manifest: Path | None = None) -> list[tuple[Path, str]]:
+    """(source file, path on the board) for everything the board runs: the modules `manifest`
+    (default: the board's own) freezes, as .mpy, and the board's main.py as source."""
     board_dir = ROOT / "boards" / board
-    if board not in BOARDS or not board_dir.is_dir():
+    if board not in BOARDS:
         raise BuildError(f"unknown board {board!r} (known: {', '.join(BOARDS)})")
-    out = []
-    for package, folder in PACKAGES.items():
-        for src in sorted(folder.glob("*.py")):
-            out.append((src, package + "/" + src.stem + ".mpy"))
-    for src in sorted(board_dir.glob("*.py")):
-        if src.name in _NOT_SHIPPED:
-            continue
-        out.append((src, src.name if src.name in _AS_SOURCE else src.stem + ".mpy"))
+    out = [
+        (src, target.removesuffix(".py") + ".mpy")
+        for src, target in manifest_files(manifest or board_dir / "manifest.py")
+    ]
+    out.append((board_dir / MAIN, MAIN))
     return out
 
 
-def build(board: str, out_dir: Path | None = None, romfs: bool = False) -> list[dict[str, object]]:
+def build(
+    board: str, out_dir: Path | None = None, romfs: bool = False, manifest: Path | None = None
+) -> list[dict[str, object]]:
     """Compile `board` into out_dir (default build/<board>, emptied first); `romfs`: also
-    pack the compiled modules into out_dir/rom.img (not listed in the returned files)."""
+    pack the compiled modules into out_dir/rom.img (not listed in the returned files);
+    `manifest`: build what it lists instead of the board's manifest."""
     out = out_dir or ROOT / "build" / board
+    todo = sources(board, manifest)
     if out.exists():
         shutil.rmtree(out)
     compiler = mpy_cross()
     files: list[dict[str, object]] = []
-    for src, dest in sources(board):
+    for src, dest in todo:
         target = out / dest
         target.parent.mkdir(parents=True, exist_ok=True)
         if dest.endswith(".py"):

@@ -1,8 +1,8 @@
 """Copy a board's .mpy build to a real board with mpremote, then reset it.
 
-    python tools/deploy.py esp32 --port /dev/ttyUSB0
-    python tools/deploy.py rp2 --port /dev/ttyACM0 --dry-run    # print the plan, touch nothing
-    python tools/deploy.py rp2 --port /dev/ttyACM0 --romfs      # code in the ROMFS partition
+    python -m tools.deploy esp32 --port /dev/ttyUSB0            # or python tools/deploy.py ...
+    python -m tools.deploy rp2 --port /dev/ttyACM0 --dry-run    # print the plan, touch nothing
+    python -m tools.deploy rp2 --port /dev/ttyACM0 --romfs      # code in the ROMFS partition
 
 Builds first (tools/build.py) unless --no-build. The key is not part of the build: provision
 the board once with tools/provision.py. Needs MicroPython 1.23+ on the board (.mpy v6).
@@ -14,23 +14,21 @@ main.py is copied to the filesystem.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and not __package__:
+    # Run as `python tools/deploy.py`: Python put tools/ on sys.path; the checkout, above it,
+    # makes `tools` a package.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tools import build
+from tools.build import ROOT
+
 DEVICE_BOARDS = ("esp32", "rp2")
-
-
-def _build_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("_seal_build", ROOT / "tools" / "build.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def mpremote() -> str:
@@ -40,7 +38,6 @@ def mpremote() -> str:
 
 def command(port: str, build_dir: Path, romfs: bool = False) -> list[str]:
     """The mpremote command line, run with build_dir as working directory."""
-    build = _build_module()
     entries = sorted(p.name for p in build_dir.iterdir() if p.name != build.ROMFS_IMAGE)
     if "main.py" not in entries:
         raise SystemExit(f"deploy: {build_dir} has no main.py; run tools/build.py first")
@@ -77,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--romfs", action="store_true", help="modules into the ROMFS partition")
     args = parser.parse_args(argv)
     build_dir = args.build_dir or ROOT / "build" / args.board
-    build = _build_module()
     if not args.no_build:
         try:
             build.build(args.board, build_dir, romfs=args.romfs)

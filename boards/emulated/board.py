@@ -1,11 +1,10 @@
-# board.py for the emulated board: capabilities as data, read by hal.py and the launcher.
-# No pins: GPIO is the control channel (stdin/stdout) driven by host/sealink/emulator.py.
+# board.py for the emulated board: data read by seal.app and by the launcher.
+# No pins: GPIO is the control channel (stdin/stdout) driven by sealink_sim.emulator.
 NAME = "emulated"
-# 512 blocks of 4096 bytes = a 2 MiB littlefs, the size of the ESP32 DevKitC's vfs partition.
+# 512 blocks of 4096 bytes = a 2 MiB littlefs, the size of the ESP32 DevKitC's vfs partition
+# (read by the launcher, which makes the flash image).
 FLASH_BLOCKS = 512
 # Journal segments of 16 events fill ~2 KB of a block each: 2000 events take ~125 blocks,
 # leaving littlefs room for copy-on-write and metadata.
 JOURNAL_CAPACITY = 2000
 LOW_BATTERY_MV = 3400
-UART = "pty"
-BLE = False

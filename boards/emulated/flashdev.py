@@ -26,7 +26,8 @@ class FileBlockDevice:
     # writes 1..cut_at, as after the power went. With `tear`, write cut_at lands only in part
     # (its first half), as when NOR flash loses power in the middle of a program.
     def __init__(self, path, cut_at=0, on_cut=None, on_write=None, tear=False):
-        self._f = open(path, "r+b")
+        # Open as long as the board runs, as its flash is.
+        self._f = open(path, "r+b")  # noqa: SIM115
         self.block_count = self._f.seek(0, 2) // BLOCK_SIZE
         self.writes = 0
         self.cut_at = cut_at

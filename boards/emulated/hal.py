@@ -1,19 +1,17 @@
 # hal.py for the emulated board: the board HAL contract on the MicroPython unix port.
 # UART = pty, flash = littlefs2 on an image file, GPIO = stdin/stdout lines, RTC = host clock.
+import asyncio
 import os
-import select
 import sys
 import time
-
-import asyncio
 import vfs
-from board import JOURNAL_CAPACITY, LOW_BATTERY_MV, NAME  # noqa: F401 - read by seal.app
-from flashdev import FileBlockDevice
 from micropython import const
 
-BOARD = NAME
+from flashdev import FileBlockDevice
 
-# The launcher (host/sealink/emulator.py) configures the board through these variables.
+from seal.uart import readable
+
+# The launcher (sealink_sim.emulator) configures the board through these variables.
 # Private consts, strings too: folded into the code, no name in the module's dict (RAM).
 _ENV_FLASH = const("SEAL_FLASH")
 _ENV_CUT_AT = const("SEAL_CUT_AT")
@@ -30,7 +28,7 @@ _MOUNT_POINT = const("/flash")
 def report(name, value):
     # One write per line, so a report never interleaves with other output on the pipe. The
     # board's wall clock (us) goes along, so the harness can time what happened on the board.
-    sys.stdout.write("@%s %s %d\n" % (name, value, time.time_ns() // 1000))
+    sys.stdout.write(f"@{name} {value} {time.time_ns() // 1000}\n")
 
 
 def _lose_power(writes):
@@ -80,7 +78,6 @@ def load_provisioning():
 # process cannot shorten a hold as the firmware sees it: its sampling task is always due
 # before the control task's next change, so it samples each level first.
 _HOLD_MS = const(20)
-_POLL_MS = const(5)
 
 
 class _Input:
@@ -154,23 +151,16 @@ async def _apply(words):
     await asyncio.sleep_ms(_HOLD_MS)
 
 
-
 async def _control():
     # A finger does not act before the firmware watches its inputs: commands wait until both
     # inputs have handlers and their debouncers had time to learn the level found at boot.
     while stamp._handler is None or tamper._handler is None:
         await asyncio.sleep_ms(_HOLD_MS)
     await asyncio.sleep_ms(_HOLD_MS)
-    # Polled, not an asyncio.StreamReader: asyncio's stream module would take ~1.7 KB of the
-    # 64 KB heap for emulation machinery a device does not have. The launcher writes whole
-    # lines, so a readable stdin holds a whole command.
-    poller = select.poll()
-    poller.register(sys.stdin, select.POLLIN)
+    # The launcher writes whole lines, so a readable stdin holds a whole command.
     done = 0
     while True:
-        if not poller.poll(0):
-            await asyncio.sleep_ms(_POLL_MS)
-            continue
+        await readable(sys.stdin)
         line = sys.stdin.readline()
         if not line:
             return
@@ -211,9 +201,10 @@ _uart = None
 
 def uart():
     # The pty master, opened non-blocking by the launcher; its slave is the host's serial port.
+    # It stays open as long as the board runs, as a UART does.
     global _uart
     if _uart is None:
-        _uart = open(int(os.getenv(_ENV_UART_FD)), "r+b")
+        _uart = open(int(os.getenv(_ENV_UART_FD)), "r+b")  # noqa: SIM115
     return _uart
 
 

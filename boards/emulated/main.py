@@ -1,4 +1,4 @@
-# main.py for the emulated board: host/sealink/emulator.py runs it under `micropython` with the
+# main.py for the emulated board: sealink_sim.emulator runs it under `micropython` with the
 # firmware as a ROMFS image (tools/build.py --romfs) in memory outside the MicroPython heap.
 import os
 import sys
@@ -19,6 +19,7 @@ if _rom:
     del _addr, _size, uctypes, vfs
 del _rom
 
-import seal.app
+# Only now: the firmware must come from the flash just mounted.
+import seal.app  # noqa: E402
 
 seal.app.run()

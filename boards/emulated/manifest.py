@@ -1,5 +1,5 @@
 # Freezes the firmware into a custom unix-port micropython (optional: the emulator normally
-# runs the .mpy build from tools/build.py). Board modules on top of the firmware's manifest.
+# runs the ROMFS build of tools/build.py). Board modules on top of the firmware's manifest.
 include("$(PORT_DIR)/variants/manifest.py")
 include("../../firmware/manifest.py")
 module("board.py")

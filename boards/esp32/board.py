@@ -1,7 +1,7 @@
-# board.py for ESP32-DevKitC (ESP32-WROOM-32): pins and capabilities as data, read by hal.py.
-# Switches pull the pin to GND (internal pull-up): "active low" means 0 V = pressed / case open.
+# board.py for ESP32-DevKitC (ESP32-WROOM-32): pins and limits as data, read by hal.py,
+# seal.mcu and seal.app. Switches pull the pin to GND (internal pull-up): "active low" means
+# 0 V = pressed / case open.
 NAME = "esp32"
-CAPABILITIES = ("uart", "ble", "battery_adc")
 
 STAMP_PIN = 32  # stamp sensor switch to GND
 STAMP_ACTIVE_LOW = True

@@ -1,16 +1,16 @@
 # hal.py for ESP32-DevKitC: the board HAL contract over `machine` (shared part: seal.mcu).
 # Pin numbers and scaling come from board.py; littlefs is already mounted at "/" by the port.
+from machine import ADC, UART, Pin
+
 from board import (
     BATTERY_ADC_PIN,
     BATTERY_DIVIDER,
-    JOURNAL_CAPACITY,  # noqa: F401 - read by seal.app
-    LOW_BATTERY_MV,  # noqa: F401 - read by seal.app
     UART_BAUD,
     UART_ID,
     UART_RX_PIN,
     UART_TX_PIN,
 )
-from machine import ADC, UART, Pin
+
 from seal.mcu import *  # noqa: F403
 
 _adc = ADC(Pin(BATTERY_ADC_PIN), atten=ADC.ATTN_11DB)

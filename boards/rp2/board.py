@@ -1,7 +1,7 @@
-# board.py for Raspberry Pi Pico W (RP2040 + CYW43439): pins and capabilities as data.
-# Switches pull the pin to GND (internal pull-up): "active low" means 0 V = pressed / case open.
+# board.py for Raspberry Pi Pico W (RP2040 + CYW43439): pins and limits as data, read by
+# hal.py, seal.mcu and seal.app. Switches pull the pin to GND (internal pull-up): "active low"
+# means 0 V = pressed / case open.
 NAME = "rp2"
-CAPABILITIES = ("uart", "ble", "battery_adc")
 
 STAMP_PIN = 15  # GP15, stamp sensor switch to GND
 STAMP_ACTIVE_LOW = True

@@ -3,5 +3,6 @@
 # The port's own manifest first (asyncio, ...), then the firmware, then this board's modules.
 include("$(PORT_DIR)/boards/manifest.py")
 include("../../firmware/manifest.py")
+include("../../firmware/manifests/mcu.py")
 module("board.py")
 module("hal.py")

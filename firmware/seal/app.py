@@ -3,8 +3,8 @@
 import asyncio
 import sys
 from micropython import const
-from time import ticks_ms
 
+import board
 import hal
 
 from seal.events import Recorder, Uptime
@@ -22,42 +22,38 @@ _AL_JOURNAL_FAULT = const(5)
 FIRMWARE = "seal-0.1.0"
 _HOUSEKEEPING_MS = const(1000)
 _BATTERY_EVERY = const(30)
-_LOW_BATTERY_MV = const(3400)
 
 
 def run():
     try:
         root = hal.mount()
         device_id, key = hal.load_provisioning()
-        capacity = getattr(hal, "JOURNAL_CAPACITY", None)
-        journal = Journal(root) if capacity is None else Journal(root, capacity_events=capacity)
-        journal.open()
-        boot_id = journal.new_boot()
+        journal = Journal(root, capacity_events=board.JOURNAL_CAPACITY).open()
+        journal.new_boot()
     except OSError:
         # Nothing can be recorded, so nothing may be unlocked: the lock stays shut.
         hal.lock.value(0)
         hal.report("alarm", _AL_JOURNAL_FAULT)
         raise
     try:
-        asyncio.run(_main(device_id, key, journal, boot_id))
+        asyncio.run(_main(device_id, key, journal))
     finally:
         # However the firmware stops, nobody counts presses any more: the lock must be shut.
         hal.lock.value(0)
         hal.report("lock", 0)
 
 
-async def _main(device_id, key, journal, boot_id):
+async def _main(device_id, key, journal):
+    # The link's wake event: the guard sets it for every record, alarm and change of state.
+    wake = asyncio.Event()
     uptime = Uptime()
-    recorder = Recorder(journal, key, boot_id, hal.time_s, uptime)
+    recorder = Recorder(journal, key, hal.time_s, uptime)
     permits = Permits(hal.time_s)
-    low_mv = getattr(hal, "LOW_BATTERY_MV", _LOW_BATTERY_MV)
     guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
-                  hal.set_time_ms, low_mv)
+                  hal.set_time_ms, board.LOW_BATTERY_MV, wake)
     port = StreamPort(hal.uart())
-    link = Link(device_id, key, boot_id, FIRMWARE + "/" + hal.BOARD, journal, recorder, guard,
-                hal.battery_mv, hal.urandom, port.send)
-    guard.alarm_sink = link.alarm
-    guard.status_changed = link.status_changed
+    link = Link(device_id, key, FIRMWARE + "/" + board.NAME, journal, guard, hal.battery_mv,
+                hal.urandom, port.send, wake)
     # A torn record means power was cut while an event was being journaled: the act it stood
     # for may have happened without counting, so the boot says so with a REBOOT event.
     if journal.discarded:
@@ -68,13 +64,7 @@ async def _main(device_id, key, journal, boot_id):
     tamper_flag = asyncio.ThreadSafeFlag()
     asyncio.get_event_loop().set_exception_handler(_task_died)
 
-    async def on_press():
-        await guard.on_press()
-        # Send the new record now, not at the link's next idle poll (seal/uart.py, up to 5 ms).
-        link.tick(ticks_ms())
-        port.flush()
-
-    asyncio.create_task(count_presses(hal.stamp, stamp_flag, on_press))
+    asyncio.create_task(count_presses(hal.stamp, stamp_flag, guard.on_press))
     asyncio.create_task(watch(hal.tamper, tamper_flag, guard.on_tamper))
     asyncio.create_task(serve(link, port))
     rounds = 0

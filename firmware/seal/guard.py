@@ -1,5 +1,6 @@
 # Policy between the inputs, the permits, the journal and the lock: what a press becomes, when
 # the lock may open, and how every journal fault fails closed (lock shut, alarm raised).
+# The guard owns its alarms and flags; the link asks for them when it wakes (the `wake` event).
 from micropython import const
 
 from seal.journal import JournalFull
@@ -39,11 +40,13 @@ _TIME = const(10)
 
 # Recover from low battery only well above the threshold, so a sagging cell raises one alarm.
 _BATTERY_HYSTERESIS_MV = const(100)
+# Alarms wait for a session, the oldest dropped beyond this (SPEC §12).
+_MAX_ALARMS = const(8)
 
 
 class Guard:
     def __init__(self, journal, recorder, permits, lock, led, report, clock, set_time_ms,
-                 low_battery_mv):
+                 low_battery_mv, wake):
         self._journal = journal
         self._recorder = recorder
         self._permits = permits
@@ -53,9 +56,10 @@ class Guard:
         self._clock = clock
         self._set_time_ms = set_time_ms
         self._low_battery_mv = low_battery_mv
-        # Set by the app once the link exists: alarm(code, detail) and status_changed().
-        self.alarm_sink = None
-        self.status_changed = None
+        # Set whenever the link has something new to send: a record, an alarm, a changed flag.
+        self._wake = wake
+        # (code, time_s, detail) of each alarm not yet sent, oldest first; the link takes them.
+        self.alarms = []
         self.unlocked = False
         self.permit = 0
         self.case_open = False
@@ -67,15 +71,15 @@ class Guard:
         lock.value(0)
         led.value(0)
         report("lock", 0)
-        report("counter", recorder.next_counter - 1)
-
-    def time_s(self):
-        return self._clock()
+        report("counter", journal.next_counter - 1)
 
     def raise_alarm(self, code, detail=0):
         self._report("alarm", code)
-        if self.alarm_sink:
-            self.alarm_sink(code, detail)
+        alarms = self.alarms
+        if len(alarms) >= _MAX_ALARMS:
+            alarms.pop(0)
+        alarms.append((code, self._clock(), detail))
+        self._wake.set()
 
     def _record(self, kind, permit=0, operator=0):
         if self.faulted:
@@ -93,6 +97,7 @@ class Guard:
             self.raise_alarm(_AL_JOURNAL_FAULT, kind)
             return 0
         self._report("counter", counter)
+        self._wake.set()
         return counter
 
     def _recover(self):
@@ -102,7 +107,6 @@ class Guard:
             self._journal.open()
         except OSError:
             return
-        self._recorder.resync()
         self.faulted = False
 
     def record_reboot(self):
@@ -125,7 +129,6 @@ class Guard:
             self.tampered = True
             self._record(_KIND_TAMPER)
             self.raise_alarm(_AL_TAMPER)
-            self._changed()
         self.update_lock()
 
     def check_battery(self, mv):
@@ -133,10 +136,9 @@ class Guard:
             self.low_battery = True
             self._record(_KIND_LOW_BATTERY)
             self.raise_alarm(_AL_LOW_BATTERY, mv)
-            self._changed()
         elif self.low_battery and mv >= self._low_battery_mv + _BATTERY_HYSTERESIS_MV:
             self.low_battery = False
-            self._changed()
+            self._wake.set()
 
     def update_lock(self):
         full = self._journal.full
@@ -144,7 +146,7 @@ class Guard:
             self.raise_alarm(_AL_JOURNAL_FULL)
         if full != self._full_alarmed:
             self._full_alarmed = full
-            self._changed()
+            self._wake.set()
         permit = 0
         if not (full or self.case_open or self.faulted):
             permit = self._permits.active()
@@ -155,15 +157,11 @@ class Guard:
             self._lock.value(1 if unlocked else 0)
             self._led.value(1 if unlocked else 0)
             self._report("lock", 1 if unlocked else 0)
-            self._changed()
-
-    def _changed(self):
-        if self.status_changed:
-            self.status_changed()
+            self._wake.set()
 
     def set_time_ms(self, ms):
         if self._clock() == 0:
-            self._changed()  # CLOCK_UNSET clears
+            self._wake.set()  # CLOCK_UNSET clears
         self._set_time_ms(ms)
         self.update_lock()
 
@@ -182,8 +180,6 @@ class Guard:
             code = _R_OK
         else:
             return _R_BAD_FIELD
-        # PERMIT_ACTIVE and permit_left may change without the lock moving.
-        self._changed()
         self.update_lock()
         return code
 

@@ -4,7 +4,6 @@ import binascii
 import hashlib
 import os
 import struct
-
 from micropython import const
 
 # Each record is framed: u16 payload length, u32 counter, u32 CRC32 over those six bytes
@@ -30,7 +29,7 @@ class JournalCorrupt(OSError):
 
 
 def _seg_name(first):
-    return "s%08x" % first
+    return f"s{first:08x}"
 
 
 class Journal:
@@ -40,6 +39,9 @@ class Journal:
         self._seg_events = segment_events
         self._buf = bytearray(_HDR + _MAX_PAYLOAD)
         self._mv = memoryview(self._buf)
+        # The counter of the record _buf holds whole (0: none), so the link sends the record
+        # appended last without reading it back from flash.
+        self._held = 0
         self._state = bytearray(_STATE_SIZE)
         self._segs = []
         self._tail_count = 0
@@ -68,6 +70,7 @@ class Journal:
 
     def open(self):
         self._broken = True
+        self._held = 0
         try:
             os.mkdir(self.root)
         except OSError:
@@ -86,7 +89,7 @@ class Journal:
                 try:
                     segs.append(int(name[1:], 16))
                 except ValueError:
-                    raise JournalCorrupt(_EIO, "journal: stray file " + name)
+                    raise JournalCorrupt(_EIO, "journal: stray file " + name) from None
             else:
                 raise JournalCorrupt(_EIO, "journal: stray file " + name)
         segs.sort()
@@ -133,7 +136,7 @@ class Journal:
     def _scan(self, first, is_first, is_tail):
         # Check every record of a segment; only the newest segment may end in a torn record.
         if first != self.next_counter and not is_first:
-            raise JournalCorrupt(_EIO, "journal: gap before segment %d" % first)
+            raise JournalCorrupt(_EIO, f"journal: gap before segment {first}")
         expect = first
         good = 0
         count = 0
@@ -152,12 +155,12 @@ class Journal:
         self.next_counter = expect
         if good < size:
             if not is_tail:
-                raise JournalCorrupt(_EIO, "journal: bad record in segment %d" % first)
+                raise JournalCorrupt(_EIO, f"journal: bad record in segment {first}")
             self.discarded += 1
         if count == 0:
             # An empty segment is a creation whose first record never committed.
             if not is_tail:
-                raise JournalCorrupt(_EIO, "journal: empty segment %d" % first)
+                raise JournalCorrupt(_EIO, f"journal: empty segment {first}")
             os.remove(path)
             self._segs.pop()
         elif good < size:
@@ -202,19 +205,27 @@ class Journal:
         self._broken = False
         return self.boot_id
 
+    def draft(self):
+        # The payload area of the journal's buffer, lent to whoever builds the next record
+        # (seal.events): append(counter, draft[:n]) then has nothing to copy.
+        self._held = 0
+        return self._mv[_HDR:]
+
     def append(self, counter, payload):
         self._check()
         if not self.boot_id:
             raise ValueError("journal: append before new_boot")
         if counter != self.next_counter:
-            raise ValueError("journal: counter %d, expected %d" % (counter, self.next_counter))
+            raise ValueError(f"journal: counter {counter}, expected {self.next_counter}")
         n = len(payload)
         if n == 0 or n > _MAX_PAYLOAD:
             raise ValueError("journal: payload size")
         if self.full:
             raise JournalFull()
+        self._held = 0
         buf = self._buf
         struct.pack_into("<HI", buf, 0, n, counter)
+        # A no-op when the payload was built in draft().
         buf[_HDR : _HDR + n] = payload
         mv = self._mv
         struct.pack_into("<I", buf, 6, binascii.crc32(mv[_HDR : _HDR + n], binascii.crc32(mv[:6])))
@@ -231,13 +242,24 @@ class Journal:
         self._tail_count += 1
         self.next_counter = counter + 1
         self.last_hash = hashlib.sha256(mv[_HDR : _HDR + n]).digest()
+        self._held = counter
         self._broken = False
 
     def read(self, counter):
+        # A copy of record `counter`'s payload, or None if the journal does not hold it.
+        view = self.record(counter)
+        return None if view is None else bytes(view)
+
+    def record(self, counter):
+        # Record `counter`'s payload as a view of the journal's buffer, valid until the next
+        # journal call (no copy: the link frames it straight away), or None if not held.
         self._check()
         segs = self._segs
         if not segs or counter < segs[0] or counter >= self.next_counter:
             return None
+        if counter == self._held:
+            return self._mv[_HDR : _HDR + struct.unpack_from("<H", self._buf)[0]]
+        self._held = 0
         lo = 0
         hi = len(segs)
         while hi - lo > 1:
@@ -255,15 +277,16 @@ class Journal:
                 f.seek(struct.unpack_from("<H", self._buf)[0], 1)
             n = self._read_record(f, counter, _HDR + _MAX_PAYLOAD)
         if n < 0:
-            raise JournalCorrupt(_EIO, "journal: bad record %d" % counter)
-        return bytes(self._mv[_HDR:n])
+            raise JournalCorrupt(_EIO, f"journal: bad record {counter}")
+        self._held = counter
+        return self._mv[_HDR:n]
 
     def ack(self, counter):
         self._check()
         if counter <= self.acked:
             return
         if counter >= self.next_counter:
-            raise ValueError("journal: ack %d beyond last record" % counter)
+            raise ValueError(f"journal: ack {counter} beyond last record")
         self.acked = counter
         self._compact()
 

@@ -1,11 +1,14 @@
 # The device side of the link state machine (SPEC §4.2, §5), sans-IO: feed() takes received
-# bytes, tick() runs the timers, every frame goes out through send(frame_bytes).
+# bytes, tick() runs the timers and sends, next_deadline_ms() says when tick() is due again;
+# every frame is built in one preallocated buffer and goes out through send(frame_view).
+import binascii
+import struct
 from micropython import const
 from time import ticks_diff
 
 from sealproto import auth, codec
 from sealproto.errors import DecodeError
-from sealproto.framing import FrameDecoder, encode_frame
+from sealproto.framing import FrameDecoder
 
 # Wire numbers of sealproto (SPEC §4, §7) as const: a name imported from there costs RAM.
 # firmware/tests/test_wire_constants.py checks them against sealproto.
@@ -55,7 +58,9 @@ _HELLO_RETRY_MAX_MS = const(30000)
 _LINK_DEAD_MS = const(30000)
 _SYNC_INTERVAL_MS = const(1000)
 _STATUS_INTERVAL_MS = const(60000)
-_MAX_ALARMS = const(8)
+# The longest payload the seal sends, a HELLO, is 140 bytes. With its CRC any payload up to 249
+# bytes is one COBS block (no run of 254 bytes without a zero), so it is stuffed in place.
+_PAYLOAD_MAX = const(160)
 
 DOWN = const(0)
 HELLO_SENT = const(1)
@@ -63,27 +68,29 @@ UP = const(2)
 
 
 class Link:
-    def __init__(self, device_id, key, boot_id, firmware, journal, recorder, guard, battery_mv,
-                 urandom, send):
+    def __init__(self, device_id, key, firmware, journal, guard, battery_mv, urandom, send, wake):
         self._device_id = device_id
         self._key = key
-        self._boot_id = boot_id
         self._firmware = firmware
         self._journal = journal
-        self._recorder = recorder
         self._guard = guard
         self._battery_mv = battery_mv
         self._urandom = urandom
         self._send = send
+        # The link's event: set by whoever gives it something to send or to read (the guard,
+        # the port's reader); the sender (seal/uart.py) waits on it and clears it.
+        self.wake = wake
         self._decoder = FrameDecoder()
+        # [0x00][COBS(payload || crc32)][0x00]: see _send_payload.
+        self._frame = memoryview(bytearray(_PAYLOAD_MAX + 7))
         self.state = DOWN
         self._nonce = None
         self._session_key = None
         self._tx_seq = 0
         self._rx_seq = 0
-        self._acked = journal.acked
-        self._next = self._acked + 1
-        self._sent_max = self._acked
+        # The journal owns `acked` (SPEC §10): the link reads it there, never keeps a copy.
+        self._next = journal.acked + 1
+        self._sent_max = journal.acked
         self._timer_ms = 0
         self._rto_ms = _RTO_MS
         self._fast_retransmitted = False
@@ -91,9 +98,10 @@ class Link:
         self._hello_ms = 0
         self._hello_retry_ms = _HELLO_RETRY_MS
         self._status_ms = 0
-        self._status_due = False
+        # The flags of the last STATUS: a STATUS goes out whenever the guard's differ (SPEC §5.7);
+        # -1 (no flags are) makes one due now.
+        self._status_flags = -1
         self._stalled = False
-        self._alarms = []
         # What was refused or resent, for tests and benches.
         self.rejected_mac = 0
         self.rejected_replay = 0
@@ -103,14 +111,6 @@ class Link:
 
     def start(self, now_ms):
         self._hello(now_ms)
-
-    def alarm(self, code, detail=0):
-        if len(self._alarms) >= _MAX_ALARMS:
-            self._alarms.pop(0)
-        self._alarms.append((code, self._guard.time_s(), detail))
-
-    def status_changed(self):
-        self._status_due = True
 
     # -- receive
 
@@ -151,9 +151,11 @@ class Link:
         self._host_ms = now_ms
         if kind == _ACK:
             self._on_ack(msg[_AK_COUNTER], now_ms)
-        elif kind == _PERMIT or kind == _REVOKE or kind == _TIME:
+        elif kind in (_PERMIT, _REVOKE, _TIME):
             code = self._guard.command(kind, msg)
             self._send_session({_K_TYPE: _RESULT, _RE_SEQ: seq, _RE_CODE: code})
+            # permit_left may change without any flag moving: report it.
+            self._status_flags = -1
 
     def _on_welcome(self, msg, now_ms):
         session_key = auth.session_key(self._key, self._nonce, msg[_WE_NONCE])
@@ -174,12 +176,12 @@ class Link:
         if msg[_WE_TIME]:
             self._guard.set_time_ms(msg[_WE_TIME])
         # Never compact what this device does not hold (SPEC §5.2).
-        acked = min(msg[_WE_ACKED], self._recorder.next_counter - 1)
-        if acked > self._acked:
+        acked = min(msg[_WE_ACKED], self._journal.next_counter - 1)
+        if acked > self._journal.acked:
             self._journal_ack(acked)
         # Resume: everything not acked is sent again, from the oldest, after STATUS.
-        self._next = self._acked + 1
-        self._sent_max = self._acked
+        self._next = self._journal.acked + 1
+        self._sent_max = self._journal.acked
         self._rto_ms = _RTO_MS
         self._fast_retransmitted = False
         self._stalled = False
@@ -190,18 +192,16 @@ class Link:
             self._journal.ack(counter)
         except OSError:
             self._guard.raise_alarm(_AL_JOURNAL_FAULT)
-            return
-        self._acked = counter
 
     def _on_ack(self, counter, now_ms):
-        if self._acked < counter <= self._sent_max:
+        if self._journal.acked < counter <= self._sent_max:
             self._journal_ack(counter)
             if self._next <= counter:
                 self._next = counter + 1
             self._rto_ms = _RTO_MS
             self._fast_retransmitted = False
             self._timer_ms = now_ms
-        elif counter == self._acked and self._sent_max > counter:
+        elif counter == self._journal.acked and self._sent_max > counter:
             # A repeated ACK while events are in flight: the host saw a gap. One fast
             # retransmit, then duplicates wait for progress or the timer (SPEC §5.5).
             if not self._fast_retransmitted:
@@ -211,8 +211,8 @@ class Link:
             self.rejected_ack += 1
 
     def _go_back(self, now_ms):
-        self.retransmits += self._next - self._acked - 1
-        self._next = self._acked + 1
+        self.retransmits += self._next - self._journal.acked - 1
+        self._next = self._journal.acked + 1
         self._timer_ms = now_ms
 
     # -- timers and sending
@@ -225,7 +225,7 @@ class Link:
             return
         if self.state != UP:
             return
-        if self._sent_max > self._acked:
+        if self._sent_max > self._journal.acked:
             if ticks_diff(now_ms, self._host_ms) >= _LINK_DEAD_MS:
                 self._hello(now_ms)
                 return
@@ -234,18 +234,43 @@ class Link:
                 self._fast_retransmitted = False
                 self._go_back(now_ms)
         self._send_window(now_ms)
-        while self._alarms:
-            code, time_s, detail = self._alarms.pop(0)
+        alarms = self._guard.alarms
+        while alarms:
+            code, time_s, detail = alarms.pop(0)
             self._send_session({_K_TYPE: _ALARM, _AL_CODE: code, _AL_TIME: time_s,
                                 _AL_DETAIL: detail})
-        if self._status_due or ticks_diff(now_ms, self._status_ms) >= _STATUS_INTERVAL_MS:
+        if self._status_wanted(now_ms):
             self._send_status(now_ms)
 
+    def next_deadline_ms(self, now_ms):
+        # How long tick() may wait (0: it has something to send now), for a sender that sleeps
+        # until then unless woken; None before start(): only feed() or start() has work then.
+        if self.state == HELLO_SENT:
+            return max(0, self._hello_retry_ms - ticks_diff(now_ms, self._hello_ms))
+        if self.state != UP:
+            return None
+        if self._guard.alarms or self._status_wanted(now_ms) or (
+                self._window_open() and not self._stalled):
+            return 0
+        left = _STATUS_INTERVAL_MS - ticks_diff(now_ms, self._status_ms)
+        if self._sent_max > self._journal.acked:
+            left = min(left, self._rto_ms - ticks_diff(now_ms, self._timer_ms),
+                       _LINK_DEAD_MS - ticks_diff(now_ms, self._host_ms))
+        return max(0, left)
+
+    def _status_wanted(self, now_ms):
+        return (self._guard.flags() != self._status_flags
+                or ticks_diff(now_ms, self._status_ms) >= _STATUS_INTERVAL_MS)
+
+    def _window_open(self):
+        # A journaled record is not yet sent and the window has room for it (SPEC §5.3).
+        journal = self._journal
+        return self._next < journal.next_counter and self._next - journal.acked <= _WINDOW
+
     def _send_window(self, now_ms):
-        newest = self._recorder.next_counter - 1
-        while self._next <= newest and self._next - self._acked <= _WINDOW:
+        while self._window_open():
             try:
-                payload = self._journal.read(self._next)
+                payload = self._journal.record(self._next)
             except OSError:
                 payload = None
             if payload is None:
@@ -255,31 +280,55 @@ class Link:
                     self._stalled = True
                     self._guard.raise_alarm(_AL_JOURNAL_FAULT, self._next)
                 return
-            if self._next == self._acked + 1:
+            if self._next == self._journal.acked + 1:
                 self._timer_ms = now_ms
-            self._send(encode_frame(payload))
+            # Byte for byte as journaled, never re-encoded (SPEC §5.3).
+            self._send_payload(payload)
             if self._next > self._sent_max:
                 self._sent_max = self._next
             self._next += 1
 
     def _send_status(self, now_ms):
         guard = self._guard
-        self._status_due = False
         self._status_ms = now_ms
+        self._status_flags = guard.flags()
         self._send_session({
             _K_TYPE: _STATUS,
             _ST_BATTERY: self._battery_mv(),
             _ST_BACKLOG: self._journal.backlog,
             _ST_FREE: self._journal.free,
-            _ST_FLAGS: guard.flags(),
+            _ST_FLAGS: self._status_flags,
             _ST_PERMIT_LEFT: guard.permit_left(),
-            _ST_NEXT: self._recorder.next_counter,
+            _ST_NEXT: self._journal.next_counter,
         })
 
     def _send_session(self, msg):
         self._tx_seq += 1
         msg[_K_SEQ] = self._tx_seq
-        self._send(encode_frame(codec.encode(auth.sign(msg, self._session_key))))
+        self._send_payload(codec.encode(auth.sign(msg, self._session_key)))
+
+    def _send_payload(self, payload):
+        # The frame of SPEC §2 written in place: a 0x00 first, so a receiver holding garbage
+        # (line noise, a frame cut short) ends it there and decodes this frame whole; then the
+        # payload and its CRC-32 (little-endian), each 0x00 among them replaced by the distance
+        # to the next (COBS: all of it is one block, see _PAYLOAD_MAX); then the delimiter.
+        n = len(payload)
+        if not 0 < n <= _PAYLOAD_MAX:
+            raise ValueError("payload size")
+        buf = self._frame
+        end = n + 2
+        buf[2:end] = payload
+        struct.pack_into("<I", buf, end, binascii.crc32(buf[2:end]))
+        end += 4
+        code_at = 1
+        for i in range(2, end):
+            if buf[i] == 0:
+                buf[code_at] = i - code_at
+                code_at = i
+        buf[code_at] = end - code_at
+        buf[0] = 0
+        buf[end] = 0
+        self._send(buf[: end + 1])
 
     def _hello(self, now_ms, first=True):
         # A fresh nonce per HELLO: only a WELCOME answering the latest HELLO verifies, so the
@@ -295,8 +344,8 @@ class Link:
             _HE_VERSION: _PROTOCOL_VERSION,
             _HE_DEVICE: self._device_id,
             _HE_NONCE: self._nonce,
-            _HE_BOOT: self._boot_id,
-            _HE_NEXT: self._recorder.next_counter,
+            _HE_BOOT: self._journal.boot_id,
+            _HE_NEXT: self._journal.next_counter,
             _HE_FIRMWARE: self._firmware,
         }
-        self._send(encode_frame(codec.encode(auth.sign(msg, self._key))))
+        self._send_payload(codec.encode(auth.sign(msg, self._key)))

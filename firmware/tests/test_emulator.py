@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import serial
+from checkout import ROOT
+from sealink_sim import emulator
 from sealink_sim.emulator import EmulatedBoard, EmulatorError
 from sealproto import auth, framing, messages
 from sealproto.messages import AL_FORCED_STAMP, EV_TIME, HE_DEVICE, HELLO, K_TYPE
@@ -235,3 +237,49 @@ def test_firmware_boots_at_64k(tmp_path: Path) -> None:
         b.restart()
         assert b.counter == 1
     assert "MemoryError" not in b.log_path.read_text()
+
+
+def _tree(root: Path) -> Path:
+    """A copy of what the emulated board's build reads, as a source tree of its own."""
+    src = emulator.FirmwareSource.find()
+    for path in src.files():
+        target = root / path.relative_to(src.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    return root
+
+
+def test_firmware_source_is_an_explicit_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The emulator builds from the tree it is given, else from $SEALINK_SOURCE, else from the
+    # checkout it can name (the tools package, the editable install); never by path arithmetic.
+    copy = _tree(tmp_path / "copy")
+    assert emulator.FirmwareSource.find(copy).root == copy.resolve()
+    monkeypatch.setenv(emulator.SOURCE_ENV, str(copy))
+    assert emulator.FirmwareSource.find().root == copy.resolve()
+    # Content-addressed builds: another source, another build.
+    (copy / "firmware" / "seal" / "app.py").write_text("# changed\n")
+    assert (emulator.FirmwareSource.find().build_dir()
+            != emulator.FirmwareSource.find(ROOT).build_dir())
+    monkeypatch.setenv(emulator.SOURCE_ENV, str(tmp_path / "nothing"))
+    with pytest.raises(EmulatorError, match=r"not a sealink source tree.*SEALINK_SOURCE"):
+        EmulatedBoard(tmp_path / "b", device_id="seal-x", device_key=KEY)
+
+
+def test_without_a_source_tree_the_error_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a wheel installed without a checkout sees it.
+    monkeypatch.delenv(emulator.SOURCE_ENV, raising=False)
+    monkeypatch.setattr(emulator, "_tools_checkout", lambda: None)
+    monkeypatch.setattr(emulator, "_editable_checkout", lambda: None)
+    with pytest.raises(EmulatorError, match="set SEALINK_SOURCE to a checkout"):
+        emulator.FirmwareSource.find()
+
+
+def test_the_default_source_is_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(emulator.SOURCE_ENV, raising=False)
+    assert emulator.FirmwareSource.find().root == ROOT
+    # Found either way: the tools package on sys.path, or the editable install's record.
+    assert ROOT in {emulator._tools_checkout(), emulator._editable_checkout()}

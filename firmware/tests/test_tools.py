@@ -1,55 +1,52 @@
-"""tools/build.py, tools/deploy.py and tools/provision.py: what can be checked without a board."""
+"""tools.build, tools.deploy and tools.provision: what can be checked without a board."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import stat
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from checkout import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_seal_" + name, ROOT / "tools" / (name + ".py"))
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _tool("build")
-deploy = _tool("deploy")
-provision = _tool("provision")
+from tools import build, deploy, provision
 
 # The issue's goal for the firmware's compiled size (seal + sealproto + board modules).
 MPY_BUDGET_BYTES = 48 * 1024
+# What a device imports of sealproto; sealproto.messages holds the public names for hosts.
+DEVICE_SEALPROTO = {"__init__", "errors", "cobs", "framing", "cbor", "codec", "auth"}
+BOARD_MODULES = {"esp32": {"board", "hal"}, "rp2": {"board", "hal"},
+                 "emulated": {"board", "flashdev", "hal"}}
+# seal.mcu is the HAL of the `machine`-based boards; the emulated board has its own.
+MACHINE_BOARDS = {"esp32", "rp2"}
 
 
 def _expected(board: str) -> set[str]:
-    files = {"seal/" + p.stem + ".mpy" for p in (ROOT / "firmware" / "seal").glob("*.py")}
-    files |= {
-        "sealproto/" + p.stem + ".mpy" for p in (ROOT / "protocol" / "sealproto").glob("*.py")
-    }
-    for p in (ROOT / "boards" / board).glob("*.py"):
-        if p.name != "manifest.py":
-            files.add(p.name if p.name == "main.py" else p.stem + ".mpy")
-    return files
+    seal = {p.stem for p in (ROOT / "firmware" / "seal").glob("*.py")}
+    if board not in MACHINE_BOARDS:
+        seal.discard("mcu")
+    files = {f"seal/{m}.mpy" for m in seal} | {f"sealproto/{m}.mpy" for m in DEVICE_SEALPROTO}
+    return files | {m + ".mpy" for m in BOARD_MODULES[board]} | {"main.py"}
 
 
-@pytest.mark.parametrize("board", ["esp32", "rp2", "emulated"])
-def test_build_lists_every_module_with_its_compiled_size(board: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("board", "how"),
+    [("esp32", "script"), ("rp2", "module"), ("emulated", "module")],
+)
+def test_build_lists_every_module_with_its_compiled_size(
+    board: str, how: str, tmp_path: Path
+) -> None:
+    # Both ways of running it: `python tools/build.py` and `python -m tools.build`.
     out = tmp_path / board
+    run = [str(ROOT / "tools" / "build.py")] if how == "script" else ["-m", "tools.build"]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "build.py"), board, "--out", str(out), "--json"],
+        [sys.executable, *run, board, "--out", str(out), "--json"],
         capture_output=True,
         text=True,
         check=True,
+        cwd=ROOT,
     )
     report = json.loads(proc.stdout)
     files = {f["path"]: f["bytes"] for f in report["files"]}
@@ -74,20 +71,65 @@ def test_build_rejects_an_unknown_board() -> None:
         build.sources("nosuchboard")
 
 
-def test_board_manifests_include_the_port_then_the_firmware() -> None:
-    fw = (ROOT / "firmware" / "manifest.py").read_text()
-    assert 'package("seal")' in fw and 'package("sealproto", base_path="../protocol")' in fw
-    for board in ("esp32", "rp2"):
-        lines = [
-            line
-            for line in (ROOT / "boards" / board / "manifest.py").read_text().splitlines()
-            if line and not line.startswith("#")
-        ]
-        assert lines[:2] == [
-            'include("$(PORT_DIR)/boards/manifest.py")',
-            'include("../../firmware/manifest.py")',
-        ]
-        assert {'module("board.py")', 'module("hal.py")'} <= set(lines)
+def _statements(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("board", build.BOARDS)
+def test_board_manifests_include_the_port_then_the_firmware(board: str) -> None:
+    # As MicroPython's own board folders do (ports/rp2/boards/RPI_PICO_W/manifest.py).
+    lines = _statements(ROOT / "boards" / board / "manifest.py")
+    port = "variants" if board == "emulated" else "boards"
+    assert lines[:2] == [
+        f'include("$(PORT_DIR)/{port}/manifest.py")',
+        'include("../../firmware/manifest.py")',
+    ]
+    assert {f'module("{m}.py")' for m in BOARD_MODULES[board]} <= set(lines)
+
+
+def test_the_firmware_manifest_is_one_include_per_feature() -> None:
+    features = sorted((ROOT / "firmware" / "manifests").glob("*.py"))
+    lines = _statements(ROOT / "firmware" / "manifest.py")
+    assert all(line.startswith('include("manifests/') for line in lines), lines
+    # Each firmware module is in exactly one feature; seal.mcu only where a board asks for it.
+    owner: dict[str, str] = {}
+    for feature in features:
+        for _, target in build.manifest_files(feature):
+            assert target not in owner, f"{target} in {owner.get(target)} and {feature.name}"
+            owner[target] = feature.name
+    seal = {f"seal/{p.name}" for p in (ROOT / "firmware" / "seal").glob("*.py")}
+    assert seal <= set(owner), f"in no feature manifest: {seal - set(owner)}"
+    included = {line.split('"')[1].split("/")[1] for line in lines}
+    assert included == {f.name for f in features} - {"mcu.py"}
+
+
+def test_manifests_are_evaluated_as_micropython_does(tmp_path: Path) -> None:
+    # Paths relative to the manifest naming them, a manifest included twice counts once, the
+    # port's own manifests are the board firmware's business; a bad manifest says which it is.
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.py").write_text('package("pkg", files=("a.py",), base_path="..")\n')
+    (tmp_path / "manifest.py").write_text(
+        'include("$(PORT_DIR)/boards/manifest.py")\n'
+        'include("sub/m.py")\ninclude("sub/m.py")\nmodule("pkg/a.py")\n'
+    )
+    assert build.manifest_files(tmp_path / "manifest.py") == [
+        (tmp_path / "pkg" / "a.py", "pkg/a.py")
+    ]
+    (tmp_path / "bad.py").write_text('module("missing.py")\n')
+    with pytest.raises(build.BuildError, match=r"bad\.py: no such file"):
+        build.manifest_files(tmp_path / "bad.py")
+    (tmp_path / "worse.py").write_text('require("aioble")\n')
+    with pytest.raises(build.BuildError, match=r"worse\.py: NameError"):
+        build.manifest_files(tmp_path / "worse.py")
+
+
+def test_a_build_from_another_manifest_adds_to_the_board(tmp_path: Path) -> None:
+    # The firmware tests' build: the emulated board plus sealproto.messages for test code.
+    files = {f["path"] for f in build.build("emulated", tmp_path, manifest=ROOT / "firmware" /
+                                            "tests" / "manifest.py")}
+    assert files == _expected("emulated") | {"sealproto/messages.mpy"}
 
 
 def test_deploy_dry_run_builds_and_prints_the_mpremote_command(
@@ -103,6 +145,18 @@ def test_deploy_dry_run_builds_and_prints_the_mpremote_command(
     assert cmd[-3:] == [":", "+", "reset"]
     assert sorted(cmd[6:-3]) == ["board.mpy", "hal.mpy", "main.py", "seal", "sealproto"]
     assert "seal/link.mpy" in printed and "reset" in printed.splitlines()[-1]
+
+
+def test_deploy_runs_as_a_script_too(tmp_path: Path) -> None:
+    # `python tools/deploy.py` puts tools/ on sys.path, not the checkout; it still finds
+    # tools.build.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "deploy.py"), "rp2", "--port", "/dev/ttyACM9",
+         "--build-dir", str(tmp_path / "rp2"), "--dry-run"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "mpremote connect /dev/ttyACM9 fs cp -r" in proc.stdout
 
 
 def test_deploy_romfs_puts_the_modules_in_the_romfs_partition(

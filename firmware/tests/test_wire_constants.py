@@ -1,7 +1,8 @@
-"""The firmware spells sealproto's wire numbers as local `_NAME = const(n)` (a name imported
-from sealproto costs RAM on the board); each must equal the sealproto name it copies. The
-sealproto modules a device imports (codec, auth, cbor, cobs, framing) keep such private copies
-too, so the public names live only in messages and errors, which the firmware never imports."""
+"""The firmware spells sealproto's wire numbers and link timers as local `_NAME = const(n)` (a
+name imported from sealproto costs RAM on the board); each must equal the sealproto name it
+copies (sealproto.timers for SPEC §5.1). The sealproto modules a device imports (codec, auth,
+cbor, cobs, framing) keep such private copies too, so the public names live only in messages,
+errors and timers, which the firmware never imports."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import sealproto
-from sealproto import errors, framing, messages
+from sealproto import errors, framing, messages, timers
 
 SEAL = Path(__file__).resolve().parents[1] / "seal"
 SEALPROTO = Path(sealproto.__file__).resolve().parent
 _DEVICE_SIDE = ("auth.py", "cbor.py", "cobs.py", "codec.py", "framing.py")
 _CONST = re.compile(r"^_(\w+) = const\((\w+)\)", re.MULTILINE)
-_SOURCES = (messages, errors, framing, sealproto)
+_SOURCES = (messages, errors, framing, timers, sealproto)
 
 
 def _copies() -> list[tuple[str, str, int]]:
@@ -37,12 +38,15 @@ def test_firmware_constant_matches_sealproto(module: str, name: str, value: int)
 def test_the_copies_are_found() -> None:
     names = {name for _, name, _ in _copies()}
     assert {"EVENT", "K_TYPE", "KIND_FORCED", "R_OK", "REPLAY", "EV_PREV", "CRC"} <= names
+    # Every SPEC §5.1 timer the device runs.
+    assert {"WINDOW", "RTO_MS", "RTO_MAX_MS", "HELLO_RETRY_MS", "HELLO_RETRY_MAX_MS",
+            "LINK_DEAD_MS", "SYNC_INTERVAL_MS", "STATUS_INTERVAL_MS"} <= names
 
 
 def test_the_firmware_never_imports_the_name_tables() -> None:
     # messages and errors hold the public names; importing them would load those tables.
     for path in [*sorted(SEAL.glob("*.py")), *(SEALPROTO / name for name in _DEVICE_SIDE)]:
         text = path.read_text()
-        assert "import messages" not in text, path.name
-        assert re.search(r"^from sealproto\.(messages|errors) import (?!DecodeError$)", text,
-                         re.MULTILINE) is None, path.name
+        assert "import messages" not in text and "import timers" not in text, path.name
+        assert re.search(r"^from sealproto\.(messages|errors|timers) import (?!DecodeError$)",
+                         text, re.MULTILINE) is None, path.name

@@ -9,7 +9,8 @@ The board is `boards/emulated`: UART = a pseudo-terminal (this object keeps it a
 like a USB-serial adapter), flash = littlefs2 on `workdir/flash.img` (a block device that counts
 writes and can lose power after write N), GPIO = lines on the process's stdin and `@name value`
 reports on its stdout, RTC = host clock + offset. The firmware runs as the .mpy build of
-tools/build.py, as on a device (built once per source content, in the temp folder).
+tools/build.py, as on a device (built once per source content, in the temp folder), from a
+sealink source tree: `FirmwareSource`, an explicit input (see its docstring for the lookup).
 
 Code lives in flash, as on a device: a board keeps its code frozen or in a ROMFS partition
 (memory-mapped flash) and runs the bytecode in place, so the code takes no RAM. The
@@ -28,6 +29,8 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -37,16 +40,25 @@ import sys
 import tempfile
 import threading
 import tty
+import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
 from sealink.errors import SealinkError
 
-__all__ = ["ROMFS_IMAGE", "EmulatedBoard", "EmulatorError", "rom_command"]
+__all__ = [
+    "ROMFS_IMAGE",
+    "SOURCE_ENV",
+    "EmulatedBoard",
+    "EmulatorError",
+    "FirmwareSource",
+    "rom_command",
+]
 
-_ROOT = Path(__file__).resolve().parents[2]
+SOURCE_ENV = "SEALINK_SOURCE"
 _BLOCK_SIZE = 4096
 _BOOT_TIMEOUT_S = 30.0
 _COMMAND_TIMEOUT_S = 10.0
@@ -83,6 +95,99 @@ ROMFS_IMAGE = "rom.img"
 
 class EmulatorError(SealinkError):
     """The emulated board could not be built, provisioned or started."""
+
+
+@dataclass(frozen=True)
+class FirmwareSource:
+    """The sealink source tree the emulated board's firmware is built from.
+
+    `FirmwareSource.find()` takes, in this order: the `root` given; `$SEALINK_SOURCE`; the
+    checkout the importable `tools` package (tools/build.py) belongs to; the folder this package
+    was installed from in editable mode (its PEP 610 `direct_url.json`). A wheel installed
+    without a checkout has none of them: EmulatorError then says to set SEALINK_SOURCE.
+    """
+
+    root: Path
+
+    # What the emulated board's build reads (tools/build.py and the manifests it follows).
+    _INPUTS = ("firmware/manifest.py", "firmware/manifests", "firmware/seal",
+               "protocol/sealproto", "boards/emulated", "tools/build.py")
+
+    @classmethod
+    def find(cls, root: str | os.PathLike[str] | None = None) -> FirmwareSource:
+        if root is not None:
+            return cls._checked(Path(root), "the source tree given")
+        if os.environ.get(SOURCE_ENV):
+            return cls._checked(Path(os.environ[SOURCE_ENV]), f"${SOURCE_ENV}")
+        for found, how in ((_tools_checkout(), "the tools package"),
+                           (_editable_checkout(), "the editable install of sealink")):
+            if found is not None:
+                return cls._checked(found, how)
+        raise EmulatorError(
+            "no sealink source tree to build the emulated board's firmware from: set "
+            f"{SOURCE_ENV} to a checkout (the folder with tools/build.py, firmware/, boards/)"
+        )
+
+    @classmethod
+    def _checked(cls, root: Path, how: str) -> FirmwareSource:
+        root = root.resolve()
+        missing = [name for name in cls._INPUTS if not (root / name).exists()]
+        if missing:
+            raise EmulatorError(
+                f"{root} ({how}) is not a sealink source tree: no {', '.join(missing)}; "
+                f"set {SOURCE_ENV} to a checkout"
+            )
+        return cls(root)
+
+    def files(self) -> list[Path]:
+        """Every file the emulated board's build reads, in a stable order."""
+        out: list[Path] = []
+        for name in self._INPUTS:
+            path = self.root / name
+            out += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        return out
+
+    def build_dir(self) -> Path:
+        """Where the build of the current sources lives (one build per source content)."""
+        digest = hashlib.sha256()
+        for src in self.files():
+            digest.update(str(src.relative_to(self.root)).encode() + b"\0" + src.read_bytes())
+        # This module too: how it builds and boots the firmware is part of what the cache holds.
+        digest.update(Path(__file__).read_bytes())
+        return Path(tempfile.gettempdir()) / f"sealink-fw-{digest.hexdigest()[:16]}"
+
+    def board_data(self) -> dict[str, object]:
+        """The emulated board's board.py: constants only, so it is read, not executed."""
+        tree = ast.parse((self.root / "boards" / "emulated" / "board.py").read_text())
+        data: dict[str, object] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                data[node.targets[0].id] = ast.literal_eval(node.value)
+        return data
+
+
+def _tools_checkout() -> Path | None:
+    try:
+        spec = importlib.util.find_spec("tools")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    tools = Path(next(iter(spec.submodule_search_locations)))
+    return tools.parent if (tools / "build.py").exists() else None
+
+
+def _editable_checkout() -> Path | None:
+    try:
+        record = importlib.metadata.distribution("sealink").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if not record:
+        return None
+    url = json.loads(record)
+    if not url.get("dir_info", {}).get("editable") or not url["url"].startswith("file://"):
+        return None
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(url["url"]).path))
 
 
 def rom_command(image: str | os.PathLike[str], *args: str) -> list[str]:
@@ -124,9 +229,12 @@ class EmulatedBoard:
         power_cut_at_write: int | None = None,
         battery_mv: int = 3700,
         heap_probe_ms: int | None = None,
+        source: FirmwareSource | None = None,
     ) -> None:
         if len(device_key) != 32:
             raise ValueError("device_key must be 32 bytes")
+        # The firmware's source tree, resolved now so that a missing one fails at once.
+        self.source = source or FirmwareSource.find()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device_id = device_id
@@ -139,7 +247,7 @@ class EmulatedBoard:
         self.power_cut_at_write = power_cut_at_write
         self.flash_path = self.workdir / "flash.img"
         self.log_path = self.workdir / "device.log"
-        self.build_dir = _build_cache()
+        self.build_dir = self.source.build_dir()
         self._pressed = False
         self._case_open = False
         self._battery_mv = battery_mv
@@ -199,12 +307,12 @@ class EmulatedBoard:
         if (self.build_dir / ROMFS_IMAGE).exists():
             return
         tmp = Path(tempfile.mkdtemp(prefix=self.build_dir.name + ".", dir=self.build_dir.parent))
-        build = [sys.executable, str(_ROOT / "tools" / "build.py"), "emulated", "--romfs"]
         proc = subprocess.run(
-            [*build, "--out", str(tmp)],
+            [sys.executable, "-m", "tools.build", "emulated", "--romfs", "--out", str(tmp)],
             capture_output=True,
             text=True,
             check=False,
+            cwd=self.source.root,
         )
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -225,7 +333,7 @@ class EmulatedBoard:
     def _ensure_flash(self) -> None:
         if self.flash_path.exists():
             return
-        blocks = _board_data().get("FLASH_BLOCKS", 512)
+        blocks = self.source.board_data().get("FLASH_BLOCKS")
         if not isinstance(blocks, int):
             raise EmulatorError("boards/emulated/board.py: FLASH_BLOCKS must be an int")
         tmp = self.flash_path.with_suffix(".new")
@@ -459,24 +567,3 @@ class EmulatedBoard:
         self._battery_mv = mv
         self._command(f"battery {int(mv)}")
 
-
-def _build_cache() -> Path:
-    """Where the .mpy build of the current sources lives (one build per source content)."""
-    digest = hashlib.sha256()
-    # This module too: how it builds and boots the firmware is part of what the cache holds.
-    sources = [_ROOT / "tools" / "build.py", Path(__file__).resolve()]
-    for folder in ("firmware/seal", "protocol/sealproto", "boards/emulated"):
-        sources += sorted((_ROOT / folder).glob("*.py"))
-    for src in sources:
-        digest.update(str(src.relative_to(_ROOT)).encode() + b"\0" + src.read_bytes())
-    return Path(tempfile.gettempdir()) / f"sealink-fw-{digest.hexdigest()[:16]}"
-
-
-def _board_data() -> dict[str, object]:
-    """The emulated board's board.py: constants only, so it is read, not executed."""
-    tree = ast.parse((_ROOT / "boards" / "emulated" / "board.py").read_text())
-    data: dict[str, object] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            data[node.targets[0].id] = ast.literal_eval(node.value)
-    return data

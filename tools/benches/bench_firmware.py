@@ -1,7 +1,7 @@
 """Firmware figures: 1,000 impressions through the real firmware at `-X heapsize=64k`.
 
 The code runs from the build's ROMFS image mapped outside the MicroPython heap, as a device
-runs frozen or ROMFS code from flash (host/sealink/emulator.py), so the heap holds what a
+runs frozen or ROMFS code from flash (sealink_sim.emulator), so the heap holds what a
 device's RAM holds. Two runs:
 
 - the emulated board (the whole firmware: sensor, guard, journal, link, UART) with a host peer
@@ -19,7 +19,6 @@ device's RAM holds. Two runs:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -34,6 +33,11 @@ from sealink_sim.emulator import ROMFS_IMAGE, EmulatedBoard, rom_command
 from sealproto import messages
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    # tools/bench.py runs with tools/, not the checkout above it, on sys.path.
+    sys.path.insert(0, str(ROOT))
+from tools import build  # noqa: E402
+
 IMPRESSIONS = 1000
 HEAPSIZE = "64k"
 HEAP_PROBE_MS = 5
@@ -68,10 +72,11 @@ now = 1795000000
 j = Journal("/flash/journal", capacity_events=N + 16).open()
 boot = j.new_boot()
 free0 = os.statvfs("/flash")[3]
-rec = Recorder(j, bytes(32), boot, lambda: now, Uptime())
+rec = Recorder(j, bytes(32), lambda: now, Uptime())
 permits = Permits(lambda: now)
 permits.grant(1, N + 1, now - 60, now + 3600, 42)
-g = Guard(j, rec, permits, Pin(), Pin(), lambda n, v: None, lambda: now, lambda ms: None, 3300)
+g = Guard(j, rec, permits, Pin(), Pin(), lambda n, v: None, lambda: now, lambda ms: None, 3300,
+          asyncio.Event())
 g.update_lock()
 w0 = dev.writes
 t0 = time.ticks_us()
@@ -85,10 +90,6 @@ print("RESULT", code - base, time.ticks_diff(t1, t0), used, dev.writes - w0)
 
 
 def _build(out: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("_seal_build", ROOT / "tools" / "build.py")
-    assert spec and spec.loader
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
     build.build("emulated", out, romfs=True)
     return out
 

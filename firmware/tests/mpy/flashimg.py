@@ -1,7 +1,6 @@
 # flashimg: littlefs images for firmware tests, on the emulated board's own block device.
 # Each test gets a fresh image file; remount() is what a reboot does to the flash.
 import os
-
 import vfs
 
 # The emulated board's own block device: the tests cut power exactly where the board would.

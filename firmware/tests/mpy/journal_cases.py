@@ -3,9 +3,9 @@
 import hashlib
 import os
 
-from seal.journal import GENESIS, Journal, JournalCorrupt, JournalFull
-
 import flashimg
+
+from seal.journal import GENESIS, Journal, JournalCorrupt, JournalFull
 
 _IMG = flashimg.tmpdir() + "/journal-unit.img"
 
@@ -83,7 +83,7 @@ def test_append_rejects_wrong_counter_and_size():
         except ValueError:
             pass
         else:
-            raise AssertionError("accepted %d/%d" % (counter, len(data)))
+            raise AssertionError(f"accepted {counter}/{len(data)}")
     assert j.next_counter == 1 and seg_files() == []
 
 

@@ -3,14 +3,12 @@
 # Host absent: 1,000 impressions recorded with no host at all, then drained in order to a peer
 # that speaks the protocol, over an in-memory wire, under micropython.
 import time
-
 from micropython import const
 
 from mp_link import Wire, check_all_delivered
 from mpyunit import equal
 from peer import Peer
 from rig import KEY, NOW_S, Rig
-
 from sealproto import messages as M
 
 from seal.link import HELLO_SENT

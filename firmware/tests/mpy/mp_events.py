@@ -2,7 +2,6 @@
 import flashimg
 from mpyunit import equal
 from rig import KEY, NOW_S, Clock, Rig
-
 from sealproto import auth, messages
 from sealproto import messages as M
 
@@ -28,15 +27,16 @@ def test_event_fields_mac_and_chain():
     e2 = rig.event(2)
     auth.verify(e2, KEY)
     equal(e2[M.EV_PREV], auth.record_hash(p1), "prev = hash of the previous full payload")
-    equal(rig.recorder.prev, rig.journal.last_hash)
-    equal(rig.recorder.next_counter, 3)
+    equal(rig.journal.last_hash, auth.record_hash(rig.journal.read(2)))
+    equal(rig.journal.next_counter, 3)
 
 
 def test_counter_and_chain_continue_after_reopen():
     rig = Rig("reopen")
     rig.recorder.record(M.KIND_IMPRESSION)
     j2 = Journal(flashimg.root()).open()
-    rec2 = Recorder(j2, KEY, j2.new_boot(), Clock(), Uptime())
+    j2.new_boot()
+    rec2 = Recorder(j2, KEY, Clock(), Uptime())
     equal(rec2.record(M.KIND_FORCED), 2)
     e2 = messages.decode(j2.read(2))
     equal(e2[M.EV_PREV], auth.record_hash(j2.read(1)))
@@ -60,4 +60,4 @@ def test_journal_full_raises_before_anything_advances():
         raise AssertionError("JournalFull not raised")
     except JournalFull:
         pass
-    equal(rig.recorder.next_counter, 2)
+    equal(rig.journal.next_counter, 2)

@@ -2,7 +2,6 @@
 # battery; on the real journal on an emulated flash, under micropython.
 from mpyunit import equal
 from rig import NOW_S, Rig
-
 from sealproto import messages as M
 
 
@@ -52,7 +51,7 @@ async def test_journal_full_refuses_unlock_and_alarms():
     equal(rig.alarms, [M.AL_JOURNAL_FULL])
     equal(rig.guard.flags() & M.F_JOURNAL_FULL, M.F_JOURNAL_FULL)
     await rig.guard.on_press(1)
-    equal(rig.recorder.next_counter, 4, "nothing overwritten, nothing counted")
+    equal(rig.journal.next_counter, 4, "nothing overwritten, nothing counted")
     equal(rig.alarms, [M.AL_JOURNAL_FULL, M.AL_JOURNAL_FULL, M.AL_FORCED_STAMP])
     rig.journal.ack(3)
     rig.guard.update_lock()
@@ -68,7 +67,7 @@ async def test_flash_fault_fails_closed():
         if rig.guard.faulted:
             break
         await rig.guard.on_press(1)
-        counted = (rig.recorder.next_counter - 1)
+        counted = (rig.journal.next_counter - 1)
     equal(rig.guard.faulted, True, "the dead flash must fault")
     equal(rig.lock.v, 0, "fault: lock shut")
     equal(rig.alarms[-1], M.AL_JOURNAL_FAULT)
@@ -95,10 +94,10 @@ def test_low_battery_once_with_hysteresis():
     rig.guard.check_battery(3300)
     rig.guard.check_battery(3200)
     rig.guard.check_battery(3450)
-    equal((rig.recorder.next_counter - 1), 1)
+    equal((rig.journal.next_counter - 1), 1)
     equal(rig.event(1)[M.EV_KIND], M.KIND_LOW_BATTERY)
     rig.guard.check_battery(3600)
     rig.guard.check_battery(3300)
-    equal((rig.recorder.next_counter - 1), 2)
+    equal((rig.journal.next_counter - 1), 2)
 
 

@@ -8,7 +8,6 @@ import random
 from mpyunit import equal
 from peer import Peer
 from rig import KEY, NOW_S, Rig
-
 from sealproto import auth, cobs, messages
 from sealproto import messages as M
 from sealproto.framing import encode_frame
@@ -20,11 +19,14 @@ _SEED = 4242
 
 
 def kind_of(frame):
-    return messages.decode(cobs.decode(frame[:-1])[:-4])
+    # [0x00][COBS(payload || crc)][0x00]: the seal sends a 0x00 before every frame.
+    equal(frame[0], 0, "leading 0x00")
+    return messages.decode(cobs.decode(frame[1:-1])[:-4])
 
 
 class Wire:
-    # Device <-> peer through lists of frames; the test decides what gets lost.
+    # Device <-> peer through lists of frames; the test decides what gets lost. After every
+    # tick() it checks the link's deadline: tick() leaves nothing due (no spin for a sender).
     def __init__(self, name, rig=None, peer=None):
         self.rig = rig or Rig(name, blocks=128)
         self.peer = peer or Peer(KEY, NOW_S * 1000)
@@ -37,16 +39,17 @@ class Wire:
 
     def new_link(self):
         rig = self.rig
-        link = Link("seal-test", KEY, rig.boot, "seal-test/0", rig.journal, rig.recorder,
-                    rig.guard, lambda: 3700, os.urandom, self.to_host.append)
-        rig.guard.alarm_sink = link.alarm
-        rig.guard.status_changed = link.status_changed
-        return link
+        # The link lends its frame buffer to send(): a copy is what a port keeps.
+        return Link("seal-test", KEY, "seal-test/0", rig.journal, rig.guard, lambda: 3700,
+                    os.urandom, lambda frame: self.to_host.append(bytes(frame)), rig.wake)
 
     def run(self, rounds=1, step_ms=10):
         for _ in range(rounds):
             self.now += step_ms
             self.link.tick(self.now)
+            due = self.link.next_deadline_ms(self.now)
+            if not due:
+                raise AssertionError(f"tick() left work due now: {due!r}")
             frames = self.to_host[:]
             del self.to_host[:]
             for frame in frames:
@@ -224,7 +227,7 @@ def test_resume_after_reboot_resends_backlog():
     j = rig.journal.__class__(rig.journal.root).open()
     rig.journal = j
     rig.boot = j.new_boot()
-    rig.recorder.__init__(j, KEY, rig.boot, rig.clock, Uptime(rig.now_ms))
+    rig.recorder.__init__(j, KEY, rig.clock, Uptime(rig.now_ms))
     rig.guard._journal = j
     w.link = w.new_link()
     w.deaf = False
@@ -321,7 +324,7 @@ def test_ack_beyond_newest_is_ignored():
     w.deaf = True
     w.run()
     w.link.feed(w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 50}), w.now)
-    equal(w.rig.journal.acked, 0)
+    equal((w.rig.journal.acked, w.link.rejected_ack), (0, 1), "ignored and counted (SPEC §5.5)")
 
 
 def test_duplicate_acks_make_one_fast_retransmit():
@@ -347,3 +350,34 @@ def test_rto_doubles_while_the_host_is_silent():
     sends = [f for f in w.unheard if kind_of(f)[M.K_TYPE] == M.EVENT]
     # Sent at once, then after 0.5, 1, 2 s more (RTO doubling): four sends in 4 s.
     equal(len(sends), 4)
+
+
+def test_next_deadline_follows_the_link_timers():
+    # What a sender sleeps for (seal/uart.py): the HELLO retry while waiting for a WELCOME,
+    # the STATUS interval when idle, the sooner of RTO and LINK_DEAD with events in flight,
+    # 0 while there is something to send (SPEC §5.1, §5.2, §5.6, §5.7).
+    w = Wire("deadline")
+    equal(w.link.next_deadline_ms(0), None, "not started")
+    w.deaf = True
+    w.link.start(0)
+    equal(w.link.next_deadline_ms(0), 1000)
+    equal(w.link.next_deadline_ms(400), 600)
+    w.run(1, 1000)  # the retry: the next one doubles
+    equal(w.link.next_deadline_ms(w.now), 2000)
+    w.deaf = False
+    w.link.feed(w.peer.feed(w.unheard[-1]), w.now)  # the host answers the latest HELLO
+    w.run()
+    equal(w.link.state, UP)
+    now = w.now
+    equal(w.link.next_deadline_ms(now), 60000 - (now - w.link._status_ms))
+    w.stamp(1)
+    equal(w.link.next_deadline_ms(now), 0, "a new record: due now")
+    w.deaf = True
+    w.run(1, 1)
+    equal(w.link.next_deadline_ms(w.now), 500, "in flight: RTO")
+    w.run(1, 500)  # the RTO expired: resent, the timeout doubled
+    equal(w.link.next_deadline_ms(w.now), 1000)
+    w.link._host_ms = w.now - 29800  # the host silent for almost LINK_DEAD_MS
+    equal(w.link.next_deadline_ms(w.now), 200, "LINK_DEAD sooner than RTO")
+    w.rig.guard.raise_alarm(M.AL_TAMPER)
+    equal(w.link.next_deadline_ms(w.now), 0, "an alarm to send")

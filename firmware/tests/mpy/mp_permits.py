@@ -1,6 +1,5 @@
 # The permit (SPEC §5.7): one installed at a time, count, validity window, increasing ids, revoke.
 from mpyunit import equal
-
 from sealproto import messages as M
 
 from seal.permits import Permits

@@ -51,7 +51,7 @@ def test_bouncy_press_counts_once():
         bounce_out = [random.getrandbits(1) for _ in range(random.getrandbits(3))]
         levels = _held(0, 30) + bounce_in + _held(1, 30) + bounce_out + _held(0, 30)
         edges, _ = _feed(Debouncer(10), levels)
-        equal(edges, [PRESS, RELEASE], "levels %r" % levels)
+        equal(edges, [PRESS, RELEASE], f"levels {levels!r}")
 
 
 def test_glitch_shorter_than_stable_time_is_ignored():

@@ -6,7 +6,6 @@ import gc
 import os
 import sys
 
-
 _done = set()
 
 
@@ -39,7 +38,7 @@ def main(target):
 
 def equal(got, want, what=""):
     if got != want:
-        raise AssertionError("%s: got %r, want %r" % (what, got, want))
+        raise AssertionError(f"{what}: got {got!r}, want {want!r}")
 
 
 def raises(exc, fn, *args):
@@ -47,7 +46,7 @@ def raises(exc, fn, *args):
         fn(*args)
     except exc as e:
         return e
-    raise AssertionError("%s not raised" % exc.__name__)
+    raise AssertionError(f"{exc.__name__} not raised")
 
 
 def tmpdir(name):

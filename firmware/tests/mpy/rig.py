@@ -1,8 +1,9 @@
 # A journal on a fresh emulated flash plus the recorder, permits and guard around it, for the
 # firmware tests; the lock and LED are recorded values (the unit under test is the policy).
-import flashimg
+import asyncio
 from micropython import const
 
+import flashimg
 from sealproto import messages
 
 from seal.events import Recorder, Uptime
@@ -55,20 +56,20 @@ class Rig:
         self.journal, self.boot = fresh(name, capacity, blocks, cut_at)
         self.clock = Clock()
         self.ticks = [1000]
-        self.recorder = Recorder(self.journal, KEY, self.boot, self.clock, Uptime(self.now_ms))
+        self.recorder = Recorder(self.journal, KEY, self.clock, Uptime(self.now_ms))
         self.permits = Permits(self.clock)
         self.lock = Out()
         self.led = Out()
         self.reports = []
-        self.alarms = []
+        # The link's wake event, as seal.app makes it: set by the guard, cleared by the sender.
+        self.wake = asyncio.Event()
         self.guard = Guard(self.journal, self.recorder, self.permits, self.lock, self.led,
-                           self._report, self.clock, self.clock.set_ms, 3400)
-        self.guard.alarm_sink = self._alarm
+                           self._report, self.clock, self.clock.set_ms, 3400, self.wake)
 
-    def _alarm(self, code, detail):
-        if len(self.alarms) >= 16:
-            self.alarms.pop(0)
-        self.alarms.append(code)
+    @property
+    def alarms(self):
+        # The codes of the alarms the guard holds for the link (the newest 8).
+        return [a[0] for a in self.guard.alarms]
 
     def now_ms(self):
         return self.ticks[0]

@@ -54,12 +54,12 @@ class Board:
         self.counted = []
         self.journal = Spy(flashimg.root(), appended).open()
         boots.append(self.journal.new_boot())
-        self.recorder = Recorder(self.journal, key, boots[-1], lambda: _CLOCK_S, Uptime())
+        self.recorder = Recorder(self.journal, key, lambda: _CLOCK_S, Uptime())
         permits = Permits(lambda: _CLOCK_S)
         permits.grant(_PERMIT, 1000, _CLOCK_S - 60, _CLOCK_S + 3600, _OPERATOR)
         self.lock = Pin()
         self.guard = Guard(self.journal, self.recorder, permits, self.lock, Pin(), self._report,
-                           lambda: _CLOCK_S, lambda ms: None, 3300)
+                           lambda: _CLOCK_S, lambda ms: None, 3300, asyncio.Event())
         # Guard reports the counter it starts from; only what comes next is new.
         self.counted = []
         if self.journal.discarded:
@@ -120,7 +120,7 @@ def boot_and_press(key, appended, boots, presses, rnd, dev, newest, cut):
     # One boot of the board: recover, start a boot, make `presses` impressions, acking some.
     try:
         board = Board(key, appended, boots)
-        check(board.recorder.next_counter == newest + 1, "cut", cut, "counter reused")
+        check(board.journal.next_counter == newest + 1, "cut", cut, "counter reused")
         for i in range(presses):
             board.press()
             if dev.dead:
