@@ -20,16 +20,10 @@ import os
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[2]
-for extra in (ROOT / "host", ROOT / "protocol"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
 
 SIZES = [int(s) for s in os.environ.get("SEALINK_BENCH_LOG_SIZES", "10000,1000000").split(",")]
 DEVICES = int(os.environ.get("SEALINK_BENCH_LOG_DEVICES", "64"))

