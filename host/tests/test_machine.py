@@ -24,7 +24,7 @@ from sealink.gateway.actions import (
     Status,
     Store,
 )
-from sealink.gateway.limits import ROW_BURST
+from sealink.gateway.limits import ROW_BURST, FloodMeter
 from sealink.gateway.machine import LinkMachine
 from sealink.gateway.registry import DeviceRegistry
 from sealink.ledger import GENESIS, Command, DeviceRecord
@@ -469,3 +469,20 @@ def test_undecodable_payloads_are_rejected_counted_and_coalesced() -> None:
     assert sum(r.row for r in rejects) == ROW_BURST
     alarms = [r.alarm for r in rejects if r.alarm is not None]
     assert len(alarms) == 3
+
+
+def test_replayed_hellos_are_counted_and_make_the_link_noisy() -> None:
+    host, seal = Host(), Seal()
+    recorded = seal.hello()
+    link = host.link("tty-attacker")
+    meter = FloodMeter()
+    welcomes = rejects = 0
+    for _ in range(40):
+        actions = link.feed(wire(recorded), host.now)
+        meter.observe(actions)
+        welcomes += len(of(Send, actions))
+        rejects += sum(r.reason == "unconfirmed_hello" for r in of(Reject, actions))
+    assert (welcomes, rejects) == (40, 39)
+    assert all(r.alarm is None for r in of(Reject, actions))
+    assert meter.noisy and meter.throttle_s(1000) > 0
+    assert host.state.quarantine is None and host.state.owner is None

@@ -29,6 +29,7 @@ class Handshake:
     firmware: str
     acked: int
     welcome: bytes  # the WELCOME frame that answers it
+    hello: bytes  # the HELLO payload it answers (evidence, should nobody confirm it)
 
     def confirmed_by(self, msg: dict[int, Any]) -> bool:
         """Does this session message verify under the pending key (SPEC §5.2 step 5)?"""
@@ -76,4 +77,5 @@ def answer_hello(
         K_SEQ: 1,
     }
     frame = encode_frame(encode_session(welcome, key))
-    return Handshake(state, key, boot_id, next_counter, hello[messages.HE_FIRMWARE], acked, frame)
+    firmware = hello[messages.HE_FIRMWARE]
+    return Handshake(state, key, boot_id, next_counter, firmware, acked, frame, payload)

@@ -94,6 +94,11 @@ class RejectLimiter:
         return row, None
 
 
+# Rejections that happen in normal operation now and then (a WELCOME lost, so the seal said
+# HELLO again): counted and sampled, never alarmed; a flood of them still makes a link noisy.
+_UNALARMED = frozenset({"unconfirmed_hello"})
+
+
 class Rejector:
     """Turns a rejection into its action: counted always, row and alarm as the limits allow."""
 
@@ -105,6 +110,8 @@ class Rejector:
         self, reason: str, detail: str, device: str | None, data: bytes | None, now_ms: int
     ) -> Reject:
         row, alarm = self._limiter.decide(reason, now_ms)
+        if reason in _UNALARMED:
+            alarm = None
         return Reject(reason, detail, device, data if row else None, row, alarm)
 
     def quarantine(

@@ -82,15 +82,13 @@ class LinkMachine:
         self._pending: Handshake | None = None
         self.state: DeviceState | None = None
         self._key = b""
-        self._host_seq = 0
-        self._device_seq = 0
+        self._host_seq = self._device_seq = 0
         self._hello_boot = 0
         self._acked_sent = -1
         self._gap_flag = False
         self._dup_ack_ms: int | None = None
         self._sync = SyncPacer()
-        # Quarantined events already kept (counter, hash): a seal that retransmits its
-        # backlog every RTO adds counts, not rows.
+        # (counter, hash) of quarantined events kept: a resent backlog adds counts, not rows
         self._evidence = SeenOnce(_EVIDENCE_SEEN_MAX)
         self.commands = CommandQueue()
 
@@ -204,6 +202,11 @@ class LinkMachine:
         if isinstance(answer, NoAnswer):
             self._reject(answer.reason, answer.detail, None, payload, now_ms)
             return
+        if self._pending is not None:
+            # A lost WELCOME, or a replay by someone without the key: counted like any
+            # rejection, so a flood of replayed HELLOs makes the link noisy (FloodMeter).
+            detail = f"HELLO of {self._pending.state.device} replaced, never confirmed"
+            self._reject("unconfirmed_hello", detail, None, self._pending.hello, now_ms)
         self._pending = answer
         self._out.append(Send(answer.welcome))
 
@@ -215,8 +218,7 @@ class LinkMachine:
             self._out.append(Displace(state.device, previous))
         self.state = state
         self._key = hs.key
-        self._host_seq = 1
-        self._device_seq = 0
+        self._host_seq, self._device_seq = 1, 0
         self._hello_boot = hs.boot_id
         self._acked_sent = hs.acked
         self._gap_flag = False
