@@ -48,7 +48,7 @@ async def _main(device_id, key, journal):
     wake = asyncio.Event()
     uptime = Uptime()
     recorder = Recorder(journal, key, hal.time_s, uptime)
-    permits = Permits(hal.time_s)
+    permits = Permits(hal.time_s, journal)
     guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
                   hal.set_time_ms, board.LOW_BATTERY_MV, wake)
     port = StreamPort(hal.uart())

@@ -31,6 +31,7 @@ _PE_NOT_BEFORE = const(3)
 _PE_OPERATOR = const(5)
 _PERMIT = const(8)
 _R_BAD_FIELD = const(1)
+_R_BUSY = const(5)
 _R_NO_TIME = const(4)
 _R_OK = const(0)
 _REVOKE = const(9)
@@ -115,6 +116,8 @@ class Guard:
     async def on_press(self, level=1):
         if not level:
             return
+        # Decided now, not at the last tick: the permit may have expired or run out since.
+        self.update_lock()
         if self.unlocked:
             if self._record(_KIND_IMPRESSION, self.permit, self._permits.operator):
                 self._permits.use()
@@ -166,13 +169,8 @@ class Guard:
         self.update_lock()
 
     def command(self, kind, msg):
-        if kind == _PERMIT:
-            code = self._permits.grant(msg[_PE_ID], msg[_PE_COUNT], msg[_PE_NOT_BEFORE],
-                                       msg[_PE_NOT_AFTER], msg[_PE_OPERATOR])
-            if code == _R_NO_TIME:
-                self.raise_alarm(_AL_CLOCK_UNSET)
-        elif kind == _REVOKE:
-            code = self._permits.revoke(msg[_RV_PERMIT])
+        if kind in (_PERMIT, _REVOKE):
+            code = self._permit_command(kind, msg)
         elif kind == _TIME:
             if msg[_TI_TIME] == 0:
                 return _R_BAD_FIELD
@@ -181,6 +179,26 @@ class Guard:
         else:
             return _R_BAD_FIELD
         self.update_lock()
+        return code
+
+    def _permit_command(self, kind, msg):
+        # Permits are stored in the journal's `state`: a journal fault answers BUSY (the host
+        # resends) and leaves the lock shut until the journal reopens.
+        if self.faulted:
+            self._recover()
+        if self.faulted:
+            return _R_BUSY
+        try:
+            if kind == _REVOKE:
+                return self._permits.revoke(msg[_RV_PERMIT])
+            code = self._permits.grant(msg[_PE_ID], msg[_PE_COUNT], msg[_PE_NOT_BEFORE],
+                                       msg[_PE_NOT_AFTER], msg[_PE_OPERATOR])
+        except OSError:
+            self.faulted = True
+            self.raise_alarm(_AL_JOURNAL_FAULT, kind)
+            return _R_BUSY
+        if code == _R_NO_TIME:
+            self.raise_alarm(_AL_CLOCK_UNSET)
         return code
 
     def flags(self):

@@ -1,5 +1,6 @@
 # seal/journal.py: the durable event journal on littlefs (SPEC.md §10).
-# Records live in append-only segment files; littlefs commits each close atomically.
+# Records live in append-only segment files; littlefs commits each close atomically. The
+# installed permit lives in `state` too, its use counted from the IMPRESSION records themselves.
 import binascii
 import hashlib
 import os
@@ -10,12 +11,23 @@ from micropython import const
 # and the payload. The counter in the frame lets recovery check contiguity without CBOR.
 _HDR = const(10)
 _MAX_PAYLOAD = const(480)
-_STATE_SIZE = const(12)
+# boot_id, acked, the permit (id, count, not_before_s, not_after_s, operator), the counter from
+# which its impressions are still counted in the records, those counted before it; a CRC32.
+_STATE_SIZE = const(40)
+_OLD_STATE_SIZE = const(12)
 _SEG_EVENTS = const(16)
 _MAX_U32 = const(0xFFFFFFFF)
 _ENOENT = const(2)
 _EIO = const(5)
 _S_IFREG = const(0x8000)
+# The head of an EVENT record as seal.events builds it (SPEC §4.1): a map of 10 entries,
+# type 4, then counter, boot_id, uptime_ms, time_s, kind (0 = IMPRESSION), permit as uints.
+_MAP10 = const(0xAA)
+_EVENT = const(4)
+_EV_KIND = const(5)
+_EV_PERMIT = const(6)
+_KIND_IMPRESSION = const(0)
+_NO_PERMIT = (0, 0, 0, 0, 0)
 
 GENESIS = bytes(32)
 
@@ -30,6 +42,41 @@ class JournalCorrupt(OSError):
 
 def _seg_name(first):
     return f"s{first:08x}"
+
+
+def impression_permit(rec):
+    # The permit an IMPRESSION record was made under, 0 for any other record. Reads the keys
+    # in the order seal.events writes them; anything else is no impression.
+    if len(rec) < 8 or rec[0] != _MAP10 or rec[1] != 0 or rec[2] != _EVENT:
+        return 0
+    i = 3
+    key = 1
+    kind = -1
+    while key <= _EV_PERMIT:
+        if i + 2 > len(rec) or rec[i] != key:
+            return 0
+        head = rec[i + 1]
+        if head < 24:
+            v = head
+            i += 2
+        elif head == 0x18 and i + 3 <= len(rec):
+            v = rec[i + 2]
+            i += 3
+        elif head == 0x19 and i + 4 <= len(rec):
+            v = struct.unpack_from(">H", rec, i + 2)[0]
+            i += 4
+        elif head == 0x1A and i + 6 <= len(rec):
+            v = struct.unpack_from(">I", rec, i + 2)[0]
+            i += 6
+        elif head == 0x1B and i + 10 <= len(rec):
+            v = struct.unpack_from(">Q", rec, i + 2)[0]
+            i += 10
+        else:
+            return 0
+        if key == _EV_KIND:
+            kind = v
+        key += 1
+    return v if kind == _KIND_IMPRESSION else 0
 
 
 class Journal:
@@ -51,6 +98,12 @@ class Journal:
         self.last_hash = GENESIS
         self.acked = 0
         self.discarded = 0
+        # The installed permit (id, count, not_before_s, not_after_s, operator), all 0 if none
+        # was ever installed, and how many IMPRESSION records were made under it: counted again
+        # from flash at every open, so a used impression is never forgotten (SPEC §10.1).
+        self.permit = _NO_PERMIT
+        self.permit_used = 0
+        self._permit_from = 1
 
     @property
     def backlog(self):
@@ -93,6 +146,9 @@ class Journal:
             else:
                 raise JournalCorrupt(_EIO, "journal: stray file " + name)
         segs.sort()
+        self.permit = _NO_PERMIT
+        self.permit_used = 0
+        self._permit_from = 1
         self.boot_id, acked = self._read_state() if has_state else (0, 0)
         if segs and not has_state:
             raise JournalCorrupt(_EIO, "journal: records without state")
@@ -118,15 +174,31 @@ class Journal:
         st = self._state
         with open(self._path("state"), "rb") as f:
             n = f.readinto(st)
-        boot_id, acked, crc = struct.unpack("<III", st)
-        if n != _STATE_SIZE or binascii.crc32(memoryview(st)[:8]) != crc:
+        if n == _OLD_STATE_SIZE:
+            # Written before permits were durable: no permit installed.
+            crc = struct.unpack_from("<I", st, 8)[0]
+            if binascii.crc32(memoryview(st)[:8]) != crc:
+                raise JournalCorrupt(_EIO, "journal: bad state")
+            return struct.unpack_from("<II", st)
+        v = struct.unpack("<IIIIIIIIII", st)
+        if n != _STATE_SIZE or binascii.crc32(memoryview(st)[: _STATE_SIZE - 4]) != v[9]:
             raise JournalCorrupt(_EIO, "journal: bad state")
-        return boot_id, acked
+        self.permit = v[2:7]
+        self._permit_from = v[7]
+        self.permit_used = v[8]
+        return v[0], v[1]
 
-    def _write_state(self, boot_id, acked):
+    def _write_state(self, boot_id, acked, permit=None, used=0):
+        # Also a snapshot of the permit's use: the impressions before next_counter are in
+        # `used` from now on, so compaction may delete their records.
+        if permit is None:
+            permit = self.permit
+            used = self.permit_used
         st = self._state
-        struct.pack_into("<II", st, 0, boot_id, acked)
-        struct.pack_into("<I", st, 8, binascii.crc32(memoryview(st)[:8]))
+        struct.pack_into("<IIIIIIIII", st, 0, boot_id, acked, permit[0], permit[1], permit[2],
+                         permit[3], permit[4], self.next_counter, used)
+        struct.pack_into("<I", st, _STATE_SIZE - 4,
+                         binascii.crc32(memoryview(st)[: _STATE_SIZE - 4]))
         tmp = self._path("state.tmp")
         with open(tmp, "wb") as f:
             f.write(st)
@@ -148,7 +220,11 @@ class Journal:
                 n = self._read_record(f, expect, size - good)
                 if n < 0:
                     break
-                self.last_hash = hashlib.sha256(self._mv[_HDR:n]).digest()
+                rec = self._mv[_HDR:n]
+                self.last_hash = hashlib.sha256(rec).digest()
+                permit = self.permit[0]
+                if permit and expect >= self._permit_from and impression_permit(rec) == permit:
+                    self.permit_used += 1
                 good += n
                 expect += 1
                 count += 1
@@ -202,8 +278,20 @@ class Journal:
         self._broken = True
         self._write_state(self.boot_id + 1, self.acked)
         self.boot_id += 1
+        self._permit_from = self.next_counter
         self._broken = False
         return self.boot_id
+
+    def set_permit(self, permit, used=0):
+        # Install (or, with used = its use so far, revoke) a permit durably; it takes effect,
+        # in RAM too, only once `state` was replaced. Raises OSError with nothing changed.
+        self._check()
+        self._broken = True
+        self._write_state(self.boot_id, self.acked, permit, used)
+        self.permit = permit
+        self.permit_used = used
+        self._permit_from = self.next_counter
+        self._broken = False
 
     def draft(self):
         # The payload area of the journal's buffer, lent to whoever builds the next record
@@ -242,6 +330,9 @@ class Journal:
         self._tail_count += 1
         self.next_counter = counter + 1
         self.last_hash = hashlib.sha256(mv[_HDR : _HDR + n]).digest()
+        # The impression counts against its permit in the same append that records it.
+        if self.permit[0] and impression_permit(mv[_HDR : _HDR + n]) == self.permit[0]:
+            self.permit_used += 1
         self._held = counter
         self._broken = False
 
@@ -302,6 +393,7 @@ class Journal:
         self._broken = True
         # State first: were the cut to come between, acked is still known from it.
         self._write_state(self.boot_id, self.acked)
+        self._permit_from = self.next_counter
         for i in range(dead):
             os.remove(self._path(_seg_name(segs[i])))
         del segs[:dead]

@@ -283,3 +283,93 @@ def test_the_default_source_is_this_checkout(monkeypatch: pytest.MonkeyPatch) ->
     assert emulator.FirmwareSource.find().root == ROOT
     # Found either way: the tools package on sys.path, or the editable install's record.
     assert ROOT in {emulator._tools_checkout(), emulator._editable_checkout()}
+
+
+def _permit_session(board: EmulatedBoard, peer: object, msg: dict[int, int]) -> int:
+    """`msg` sent by `peer` (a new session after each boot); returns the RESULT code."""
+    from sealproto.messages import RE_CODE, RE_SEQ, RESULT
+
+    port = serial.serial_for_url(board.uart_path, timeout=0.05)
+    try:
+        if getattr(peer, "boot", None) != board.boots:
+            peer.boot = board.boots  # type: ignore[attr-defined]
+            peer.session_key = None  # type: ignore[attr-defined]
+            port.write(peer.sync())  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        sent = None
+        while time.monotonic() < deadline:
+            answer = peer.feed(port.read(4096))  # type: ignore[attr-defined]
+            if answer:
+                port.write(answer)
+            if sent is None and peer.session_key is not None:  # type: ignore[attr-defined]
+                frame = peer.command(dict(msg))  # type: ignore[attr-defined]
+                sent = peer._tx_seq  # type: ignore[attr-defined]
+                port.write(frame)
+            for m in peer.of_type(RESULT):  # type: ignore[attr-defined]
+                if sent is not None and m[RE_SEQ] == sent:
+                    peer.session.clear()  # type: ignore[attr-defined]
+                    return int(m[RE_CODE])
+        raise TimeoutError(f"no RESULT for {msg}; device log: {board.log_path}")
+    finally:
+        port.close()
+
+
+def test_permit_of_two_gives_two_across_power_cut_and_reboot(tmp_path: Path) -> None:
+    """PERMIT 3 (count 2) through the real app: one impression, a power cut inside the
+    second stamp's journal append, a reboot and the PERMIT resent with the same id; pressing
+    on, the permit yields exactly 2 IMPRESSION records, then only FORCED ones, also after
+    another reboot and resend (SPEC §12: permits are durable)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "mpy"))
+    from peer import Peer
+    from sealproto.messages import (
+        EV_KIND,
+        EV_PERMIT,
+        KIND_FORCED,
+        KIND_IMPRESSION,
+        PE_COUNT,
+        PE_ID,
+        PE_NOT_AFTER,
+        PE_NOT_BEFORE,
+        PE_OPERATOR,
+        PERMIT,
+        R_OK,
+        R_UNKNOWN_PERMIT,
+    )
+
+    permit = {K_TYPE: PERMIT, PE_ID: 3, PE_COUNT: 2, PE_NOT_BEFORE: 0, PE_NOT_AFTER: 0,
+              PE_OPERATOR: 42}
+    peer = Peer(KEY)
+    with EmulatedBoard(tmp_path, device_id="seal-0007", device_key=KEY, heapsize=HEAPSIZE) as b:
+        assert _permit_session(b, peer, permit) == R_OK
+        b.wait_until(lambda b: b.lock_open)
+        b.stamp()
+        b.wait_until(lambda b: b.counter == 1)
+        # Reboot; the permit is on flash: one impression left, the lock opens at boot.
+        b.restart()
+        b.wait_until(lambda b: b.lock_open)
+        boot_writes = b.block_writes
+        b.stop()
+        # The next boot loses power inside the second stamp's append (cut after its 2nd write).
+        b.power_cut_at_write = boot_writes + 2
+        b.start()
+        b.stamp()
+        b.wait_until(lambda b: b.powercut)
+        b.start()
+        assert _permit_session(b, peer, permit) == R_OK, "a resend answers OK"
+        assert _permit_session(b, peer, {**permit, PE_ID: 2}) == R_UNKNOWN_PERMIT
+        for _ in range(2):
+            b.stamp()
+        b.restart()
+        assert _permit_session(b, peer, permit) == R_OK
+        before = b.counter
+        b.stamp()
+        b.wait_until(lambda b: b.counter == (before or 0) + 1)
+        assert not b.lock_open
+        b.stop()
+        events = journal_events(b)
+    kinds = [(e[EV_KIND], e[EV_PERMIT]) for e in events]
+    assert kinds.count((KIND_IMPRESSION, 3)) == 2, (kinds, b.log_path)
+    assert kinds[-1] == (KIND_FORCED, 0), (kinds, b.log_path)
+    # The peer stored what the board sent: the same 2 impressions under permit 3.
+    sent = [(messages.decode(p)[EV_KIND], messages.decode(p)[EV_PERMIT]) for p in peer.events]
+    assert sent.count((KIND_IMPRESSION, 3)) <= 2, (sent, b.log_path)

@@ -110,8 +110,14 @@ class FirmwareSource:
     root: Path
 
     # What the emulated board's build reads (tools/build.py and the manifests it follows).
-    _INPUTS = ("firmware/manifest.py", "firmware/manifests", "firmware/seal",
-               "protocol/sealproto", "boards/emulated", "tools/build.py")
+    _INPUTS = (
+        "firmware/manifest.py",
+        "firmware/manifests",
+        "firmware/seal",
+        "protocol/sealproto",
+        "boards/emulated",
+        "tools/build.py",
+    )
 
     @classmethod
     def find(cls, root: str | os.PathLike[str] | None = None) -> FirmwareSource:
@@ -119,8 +125,10 @@ class FirmwareSource:
             return cls._checked(Path(root), "the source tree given")
         if os.environ.get(SOURCE_ENV):
             return cls._checked(Path(os.environ[SOURCE_ENV]), f"${SOURCE_ENV}")
-        for found, how in ((_tools_checkout(), "the tools package"),
-                           (_editable_checkout(), "the editable install of sealink")):
+        for found, how in (
+            (_tools_checkout(), "the tools package"),
+            (_editable_checkout(), "the editable install of sealink"),
+        ):
             if found is not None:
                 return cls._checked(found, how)
         raise EmulatorError(
@@ -566,4 +574,3 @@ class EmulatedBoard:
     def set_battery_mv(self, mv: int) -> None:
         self._battery_mv = mv
         self._command(f"battery {int(mv)}")
-

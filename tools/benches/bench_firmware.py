@@ -73,7 +73,7 @@ j = Journal("/flash/journal", capacity_events=N + 16).open()
 boot = j.new_boot()
 free0 = os.statvfs("/flash")[3]
 rec = Recorder(j, bytes(32), lambda: now, Uptime())
-permits = Permits(lambda: now)
+permits = Permits(lambda: now, j)
 permits.grant(1, N + 1, now - 60, now + 3600, 42)
 g = Guard(j, rec, permits, Pin(), Pin(), lambda n, v: None, lambda: now, lambda ms: None, 3300,
           asyncio.Event())

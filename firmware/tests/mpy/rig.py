@@ -57,7 +57,7 @@ class Rig:
         self.clock = Clock()
         self.ticks = [1000]
         self.recorder = Recorder(self.journal, KEY, self.clock, Uptime(self.now_ms))
-        self.permits = Permits(self.clock)
+        self.permits = Permits(self.clock, self.journal)
         self.lock = Out()
         self.led = Out()
         self.reports = []
