@@ -101,6 +101,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="`sealink evidence prove|consistency --json` output to verify; repeatable",
     )
     p.add_argument(
+        "--require-checkpoint",
+        action="store_true",
+        help="fail unless a signed checkpoint covers the export (from --with-checkpoint or "
+        "--checkpoint): without one, a tail cut off the export cannot be told from its end",
+    )
+    p.add_argument(
         "--allow-partial",
         action="store_true",
         help="an export that starts after counter 1 (--since) is not a failure",
@@ -144,6 +150,11 @@ def _verify(args: argparse.Namespace) -> int:
                 evidence.problems.append(f"{path}: not a proof: {exc}")
         notes = [Path(path).read_text(encoding="utf-8") for path in args.checkpoint]
         check_checkpoints(audits, trailer, notes, public_pem, evidence)
+        if args.require_checkpoint and trailer is None and not notes:
+            evidence.problems.append(
+                "no signed checkpoint covers this export (--require-checkpoint): export with "
+                "`sealink events export --with-checkpoint` or pass --checkpoint NOTE"
+            )
     except OSError as exc:
         raise VerifyInputError(f"cannot read {exc.filename}: {exc.strerror}") from None
     except ValueError as exc:
@@ -154,7 +165,7 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"sealink verify: {problem}", file=sys.stderr)
         for gap in audit.gaps:
             print(f"sealink verify: warning: {_gap_warning(audit, gap)}", file=sys.stderr)
-    used = trailer is not None or args.proof or args.checkpoint
+    used = trailer is not None or args.proof or args.checkpoint or args.require_checkpoint
     if used:
         sys.stdout.write(json.dumps({"evidence": evidence.summary()}, sort_keys=True) + "\n")
         for problem in evidence.problems:

@@ -114,6 +114,13 @@ def test_cli_exit_codes(
     assert main(args) == 1
     assert "FAILED" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nope.jsonl"), "--public-key", str(pem)]) == 2
+    # An export cut at its end looks complete on its own: an auditor who demands a signed
+    # checkpoint gets a failure instead of a clean bill.
+    export.write_text("\n".join(rows[:3]) + "\n")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--require-checkpoint"]) == 1
+    assert "no signed checkpoint covers this export" in capsys.readouterr().err
 
 
 # operator-declared gaps (sealink devices adopt) ---------------------------------------------------

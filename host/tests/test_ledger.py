@@ -7,8 +7,10 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 import random
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -426,3 +428,23 @@ def test_an_out_of_range_id_left_by_v1_does_not_poison_later_permits(ledger: Led
         (DEVICE, "permit", json.dumps(_permit(2**32))),
     )
     assert ledger.next_permit_id(DEVICE) == 5
+
+
+def test_an_existing_ledger_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    """Device keys live in the ledger: a copied or restored file left 0644 (and the WAL files
+    SQLite makes with the same mode) is 0600 once the gateway opens it."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.add_device("seal-1", bytes(32))
+    ledger.close()
+    os.chmod(path, 0o644)
+    wal = tmp_path / "ledger.sqlite-wal"
+    wal.write_bytes(b"")
+    os.chmod(wal, 0o644)
+    ledger = Ledger(path)
+    try:
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        assert ledger.device_key("seal-1") == bytes(32)
+    finally:
+        ledger.close()
+    assert all(mode == 0o600 for mode in modes.values()), modes

@@ -17,8 +17,10 @@ WAL lets it read, queue commands and act on quarantines while the service runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -48,6 +50,25 @@ from sealink.ledger.schema import SchemaTooNew, create_or_migrate
 __all__ = ["Batch", "Command", "EventRow", "Ledger", "OutboxRow", "QuarantineRow", "now_ms"]
 
 
+_logger = logging.getLogger("sealink.ledger")
+
+
+def _enforce_private(path: Path) -> None:
+    """The ledger and its WAL files are 0600 even when they exist already (copied, restored,
+    made by another tool): SQLite gives the WAL files the database file's mode."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(file, 0o600)
+            _logger.warning(
+                "ledger file was readable by others; now 0600",
+                extra={"fields": {"file": str(file), "was": f"{mode:o}"}},
+            )
+
+
 class Ledger:
     """A connection to the ledger file. Not thread-safe: use it from one thread."""
 
@@ -58,6 +79,7 @@ class Ledger:
             if not self.path.exists():
                 # Device keys live in here: never readable by others, not even for a moment.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            _enforce_private(self.path)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
