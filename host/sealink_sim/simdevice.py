@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 from typing import Any
 
 from sealink.gateway.fastpath import decode_ack, device_mac_ok
@@ -19,6 +20,7 @@ from sealink.transport.base import Transport
 from sealproto import auth, framing, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
+from sealproto.timers import SYNC_INTERVAL_MS
 
 __all__ = ["SimDevice", "make_event"]
 
@@ -66,6 +68,7 @@ class SimDevice:
         self.commands: list[dict[int, Any]] = []
         self.errors: list[DecodeError] = []
         self._session_key = b""
+        self._hello_at = -SYNC_INTERVAL_MS / 1000
         self._seq = 0
         self._host_seq = 0
         self._next_send = 1
@@ -141,6 +144,7 @@ class SimDevice:
         }
         msg.update(override or {})
         self.welcomed.clear()
+        self._hello_at = time.monotonic()
         await self.send_payload(messages.encode(auth.sign(msg, self.key)))
 
     async def send_status(self, **fields: int) -> None:
@@ -237,7 +241,10 @@ class SimDevice:
     async def _on_message(self, msg: dict[int, Any]) -> None:
         kind = msg[K_TYPE]
         if kind == messages.SYNC:
-            await self.send_hello()
+            # SPEC §5.2: a SYNC soon after a HELLO is ignored, so that the gateway's SYNC at
+            # link open and the seal's own HELLO at start do not make two handshakes.
+            if time.monotonic() - self._hello_at >= SYNC_INTERVAL_MS / 1000:
+                await self.send_hello()
             return
         if kind == messages.WELCOME:
             key = auth.session_key(self.key, self._nonce, msg[messages.WE_NONCE])
