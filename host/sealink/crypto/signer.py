@@ -33,6 +33,7 @@ from sealink.errors import KeyFileError
 __all__ = [
     "ALG_EDDSA",
     "GatewayKey",
+    "cbor_head",
     "check_private_file",
     "countersign_payload",
     "countersign_payload_reference",
@@ -51,16 +52,6 @@ _COSE_CRV_ED25519 = 6
 # tag 18 + array(4); array(4) + "Signature1"
 _SIGN1_HEAD = b"\xd2\x84"
 _SIG_STRUCTURE_HEAD = b"\x84\x6aSignature1"
-
-
-def _bstr_head(length: int) -> bytes:
-    if length < 24:
-        return bytes([0x40 | length])
-    if length < 0x100:
-        return bytes([0x58, length])
-    if length < 0x10000:
-        return b"\x59" + length.to_bytes(2, "big")
-    return b"\x5a" + length.to_bytes(4, "big")
 
 
 def key_id(public: Ed25519PublicKey) -> bytes:
@@ -93,7 +84,7 @@ _CS_MAP_EVENT = b"\xa5" + _CS_EVENT  # map(5), then the first key
 _U64_END = 1 << 64
 
 
-def _head(major: int, n: int) -> bytes:
+def cbor_head(major: int, n: int) -> bytes:
     """A CBOR head (RFC 8949 §3), shortest form; n < 2**64."""
     top = major << 5
     if n < 24:
@@ -119,12 +110,12 @@ def countersign_payload(
     return b"".join(
         (
             _CS_MAP_EVENT,
-            _head(2, len(event)),
+            cbor_head(2, len(event)),
             event,
             device_part,
-            _head(0, counter),
+            cbor_head(0, counter),
             gateway_part,
-            _head(0, received_ms),
+            cbor_head(0, received_ms),
         )
     )
 
@@ -135,8 +126,8 @@ def _countersign_parts(device: str, gateway: str) -> tuple[bytes, bytes]:
     device_raw = device.encode()
     gateway_raw = gateway.encode()
     return (
-        _CS_DEVICE + _head(3, len(device_raw)) + device_raw + _CS_COUNTER,
-        _CS_GATEWAY + _head(3, len(gateway_raw)) + gateway_raw + _CS_RECEIVED,
+        _CS_DEVICE + cbor_head(3, len(device_raw)) + device_raw + _CS_COUNTER,
+        _CS_GATEWAY + cbor_head(3, len(gateway_raw)) + gateway_raw + _CS_RECEIVED,
     )
 
 
@@ -227,7 +218,7 @@ class GatewayKey:
         """COSE_Sign1, assembled from fixed CBOR heads: the same bytes cbor2 would produce
         (host/tests/test_fastpath.py checks it), without four encoder calls per event."""
         to_sign_head, sign1_head = self._heads
-        payload_head = _bstr_head(len(payload))
+        payload_head = cbor_head(2, len(payload))
         signature = self._sign(b"".join((to_sign_head, payload_head, payload)))
         return b"".join((sign1_head, payload_head, payload, b"\x58\x40", signature))
 
@@ -259,7 +250,7 @@ class GatewayKey:
     def _heads(self) -> tuple[bytes, bytes]:
         """What precedes the payload's bstr head: in the Sig_structure (Signature1, protected,
         empty external_aad) and in the COSE_Sign1 (tag, protected, empty unprotected map)."""
-        protected = _bstr_head(len(self._protected)) + self._protected
+        protected = cbor_head(2, len(self._protected)) + self._protected
         return _SIG_STRUCTURE_HEAD + protected + b"\x40", _SIGN1_HEAD + protected + b"\xa0"
 
     @functools.cached_property

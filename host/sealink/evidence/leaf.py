@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import cbor2
 
+from sealink.crypto.signer import cbor_head
+
 __all__ = [
     "Head",
     "event_leaf",
@@ -36,16 +38,6 @@ _EV_COUNTER = b"\x67counter"
 _U64_END = 1 << 64
 
 
-def _head(major: int, n: int) -> bytes:
-    top = major << 5
-    if n < 24:
-        return bytes([top | n])
-    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if n < 1 << (8 * size):
-            return bytes([top | extra]) + n.to_bytes(size, "big")
-    raise ValueError(f"{n} does not fit a CBOR head")
-
-
 def event_leaf(device: str, counter: int, event_hash: bytes, cose: bytes) -> bytes:
     """The leaf data of a stored event: `event_hash` is SHA-256 of its wire bytes (the ledger's
     `hash` column, the chain's prev of the next record). Assembled from fixed pieces, once per
@@ -60,10 +52,10 @@ def event_leaf(device: str, counter: int, event_hash: bytes, cose: bytes) -> byt
             _EV_KIND,
             event_hash,
             b"\x66device",
-            _head(3, len(raw)),
+            cbor_head(3, len(raw)),
             raw,
             _EV_COUNTER,
-            _head(0, counter),
+            cbor_head(0, counter),
         )
     )
 
