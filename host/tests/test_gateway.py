@@ -486,3 +486,23 @@ def test_a_replayed_hello_on_another_port_neither_moves_nor_quarantines_the_seal
                 await sim.wait_acked(5)
 
     run(body())
+
+
+def test_a_seal_registered_while_the_gateway_runs_is_served(
+    files: GatewayFiles, broker: Mosquitto, pty_link: PtyLink
+) -> None:
+    """`sealink devices add` writes from its own process; the running service notices the
+    registration within a poll and answers the new seal's HELLO."""
+    late = "seal-t-late"
+
+    async def body() -> None:
+        async with running(_serial_config(files, broker, pty_link)) as gateway:
+            assert gateway.registry.get(late) is None
+            key = files.add_device(late)
+            await until(lambda: gateway.registry.get(late) is not None, 10, "the registration")
+            async with SimDevice(late, key, pty_link.device_end) as sim:
+                await _welcomed(sim)
+                await sim.stamp(2)
+                await sim.wait_acked(2)
+
+    run(body())

@@ -62,7 +62,8 @@ class LedgerWatch:
             fields = {"device": action.device, "action": action.action, "by": action.operator}
             log.info("operator action", extra={"fields": fields})
             await self.load_device(action.device)
-        if await self._devices_shape() != self._shape:
+        # Changes when a device is registered or re-registered (`sealink devices add`).
+        if await self._db(ledger.registrations) != self._shape:
             await self._load_all()
         for session in list(self._sessions):
             if session.device is not None:
@@ -89,12 +90,7 @@ class LedgerWatch:
                 # A release may have made stored events ackable.
                 session.committed()
 
-    async def _devices_shape(self) -> tuple[int, int]:
-        """Changes when a device is registered or re-registered (`sealink devices add`)."""
-        rows = await self._db(self._ledger.devices)
-        return len(rows), max((r["registered_ms"] for r in rows), default=0)
-
     async def _load_all(self) -> None:
-        self._shape = await self._devices_shape()
-        for row in await self._db(self._ledger.devices):
-            await self.load_device(row["device"])
+        self._shape = await self._db(self._ledger.registrations)
+        for device in await self._db(self._ledger.device_ids):
+            await self.load_device(device)

@@ -145,6 +145,17 @@ class Ledger:
             device, bytes(row[0]), stored, stored_hash, int(row[1]), quarantine, row[5]
         )
 
+    def registrations(self) -> tuple[int, int]:
+        """(devices registered, newest registration ms): changes with every `devices add`,
+        cheap enough for the running service to ask every poll."""
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(MAX(registered_ms), 0) FROM devices"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def device_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT id FROM devices ORDER BY id")]
+
     def devices(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT d.id, d.registered_ms, d.boot_id, d.quarantine_reason, d.quarantine_detail, "
