@@ -486,3 +486,11 @@ def test_replayed_hellos_are_counted_and_make_the_link_noisy() -> None:
     assert all(r.alarm is None for r in of(Reject, actions))
     assert meter.noisy and meter.throttle_s(1000) > 0
     assert host.state.quarantine is None and host.state.owner is None
+
+
+def test_the_registry_keeps_only_the_newest_payloads_for_duplicate_checks() -> None:
+    host = Host()
+    state = host.state
+    for counter in range(1, 101):
+        host.registry.accept(state, counter, b"e%d" % counter, bytes(32), 1)
+    assert sorted(state.recent) == list(range(69, 101))

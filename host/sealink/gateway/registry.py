@@ -108,8 +108,9 @@ class DeviceRegistry:
         state.accepted_hash = digest
         state.accepted_boot = boot
         state.recent[counter] = (payload, boot)
-        for old in [c for c in state.recent if c <= counter - _RECENT]:
-            del state.recent[old]
+        # Accepted counters only rise, so the dict's first key is the oldest.
+        if len(state.recent) > _RECENT:
+            del state.recent[next(iter(state.recent))]
 
     def claim(self, state: DeviceState, port: str) -> str | None:
         """The session of `state` is now on `port`; returns the port it moved from, if any."""
