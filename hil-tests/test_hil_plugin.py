@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from sealink_sim.simdevice import SimChip
 from sealproto import auth, framing
 from sealproto import messages as m
 
@@ -193,7 +194,7 @@ class _HelloBoard:
         self.path = os.ttyname(self._slave)
         hello = {
             m.K_TYPE: m.HELLO,
-            m.HE_VERSION: 1,
+            m.HE_VERSION: 2,
             m.HE_DEVICE: device_id,
             m.HE_NONCE: bytes(16),
             m.HE_BOOT: 3,
@@ -244,7 +245,10 @@ def test_real_board_power_cut_runs_the_shell_commands(
         """
     )
     key_file = pytester.path / "seal.json"
-    key_file.write_text('{"device_id": "seal-bench-1", "key": "%s"}' % ("11" * 32))
+    seal_key = SimChip.of(b"a bench board's chip").public.hex()
+    key_file.write_text(
+        json.dumps({"device_id": "seal-bench-1", "key": "11" * 32, "seal_key": seal_key})
+    )
     log = pytester.path / "power.log"
     result = _run(
         pytester,

@@ -105,12 +105,14 @@ def bench(tmp_path: Path, hil: HilSettings, requires: Callable[..., None]) -> It
     # The board is this test's own emulated one: the run's board plays no part here.
     requires("emulator")
     key = secrets.token_bytes(32)
-    key_file = tmp_path / "seal-bench-1.json"  # as tools/provision.py writes it
-    key_file.touch(mode=0o600)
-    key_file.write_text(json.dumps({"device_id": "seal-bench-1", "key": key.hex()}))
-    with EmulatedBoard(
+    board = EmulatedBoard(
         tmp_path / "board", device_id="seal-bench-1", device_key=key, heapsize=hil.emulator_heap
-    ) as board:
+    )
+    key_file = tmp_path / "seal-bench-1.json"  # as tools/provision.py --chip writes it
+    key_file.touch(mode=0o600)
+    conf = {"device_id": "seal-bench-1", "key": key.hex(), "seal_key": board.provision().hex()}
+    key_file.write_text(json.dumps(conf))
+    with board:
         bridge = TcpSerialBridge(board.uart_path).start()
         actuator = _FifoActuator(tmp_path, board)
         try:

@@ -270,6 +270,10 @@ def check(
                     report.problems.append(f"line {row.line}: {node}: {path} did not collect")
                 elif not _exists(node, collected):
                     report.problems.append(f"line {row.line}: no such test {node}")
+    # SPEC.md names tests itself, in its threat model (§15): those must exist too.
+    for node in re.findall(r"`([\w./-]+\.py::[\w\[\]-]+)`", spec):
+        if not _exists(node, collected):
+            report.problems.append(f"SPEC.md: no such test {node}")
     return report
 
 

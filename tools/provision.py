@@ -1,12 +1,17 @@
-"""Provision a seal: a fresh 32-byte device key, written as the board's /seal.json.
+"""Provision a seal: a fresh 32-byte link key, written as the board's /seal.json, and the seal
+key made inside the board's security chip.
 
     python tools/provision.py seal-0001 --out keys/seal-0001.json          # local file
     python tools/provision.py seal-0001 --out keys/seal-0001.json --port /dev/ttyUSB0
+    python tools/provision.py seal-0001 --out keys/seal-0001.json --port /dev/ttyUSB0 --chip
 
 The file is {"device_id": ..., "key": "<64 hex>"}, mode 0600 from its creation; with --port it is
-also copied to the board as /seal.json (mpremote). The same file is the host half: the command
-to register the seal with the gateway is printed. The key itself is never printed or logged.
-An existing file is never overwritten (a new key would orphan the device's registration).
+also copied to the board as /seal.json (mpremote). With --chip (the firmware already on the
+board) the board's ATECC608 generates the seal key inside (seal.atecc.provision, once: the slot
+is locked after) and only its public key comes back; it is added to the file as "seal_key".
+The same file is the host half: the command to register the seal with the gateway is printed.
+The link key itself is never printed or logged. An existing file is never overwritten (a new
+key would orphan the device's registration).
 """
 
 from __future__ import annotations
@@ -49,10 +54,37 @@ def write_seal_json(path: Path, device_id: str, key: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def mpremote_command(port: str, seal_json: Path) -> list[str]:
+def _mpremote(port: str) -> list[str]:
     local = Path(sys.executable).parent / "mpremote"
     tool = str(local) if local.exists() else (shutil.which("mpremote") or "mpremote")
-    return [tool, "connect", port, "fs", "cp", str(seal_json), ":/seal.json"]
+    return [tool, "connect", port]
+
+
+def mpremote_command(port: str, seal_json: Path) -> list[str]:
+    return [*_mpremote(port), "fs", "cp", str(seal_json), ":/seal.json"]
+
+
+# Run on the board over its REPL (before a field build removes it): the firmware's own driver.
+CHIP_PROVISION = (
+    "import hal; from seal.chipsetup import provision; "
+    "print('@pubkey', provision(hal.chip(), 0).hex())"
+)
+SEAL_KEY_HEX = 128
+
+
+def chip_command(port: str) -> list[str]:
+    return [*_mpremote(port), "exec", CHIP_PROVISION]
+
+
+def add_seal_key(path: Path, output: str) -> str:
+    """The public key the board printed, added to the 0600 host-half file; the key's hex."""
+    found = [line.split()[1] for line in output.splitlines() if line.startswith("@pubkey ")]
+    if len(found) != 1 or len(found[0]) != SEAL_KEY_HEX:
+        raise ProvisionError(f"the board printed no seal key: {output.strip()[-200:]!r}")
+    conf = json.loads(path.read_text())
+    conf["seal_key"] = found[0]
+    path.write_text(json.dumps(conf) + "\n")
+    return str(found[0])
 
 
 def host_command(device_id: str, seal_json: Path, host_config: str) -> str:
@@ -86,11 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         help="gateway config for the printed registration command",
     )
     parser.add_argument(
+        "--chip",
+        action="store_true",
+        help="with --port: make the seal key inside the board's chip, record its public key",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="with --port: print the mpremote command instead of running it",
     )
     args = parser.parse_args(argv)
+    if args.chip and not args.port:
+        parser.error("--chip needs --port: the chip is on the board")
     try:
         write_seal_json(args.out, args.device_id, secrets.token_bytes(KEY_BYTES))
     except ProvisionError as e:
@@ -105,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 print(f"provision: mpremote failed ({rc}); {args.out} is kept", file=sys.stderr)
                 return rc
+        if args.chip:
+            cmd = chip_command(args.port)
+            print(shlex.join(cmd))
+            if not args.dry_run:
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                try:
+                    seal_key = add_seal_key(args.out, done.stdout + done.stderr)
+                except ProvisionError as e:
+                    print(f"provision: {e}; {args.out} is kept", file=sys.stderr)
+                    return 1
+                print(f"seal key (the chip's public key): {seal_key}")
     print("register it with the gateway:")
     print("  " + host_command(args.device_id, args.out, args.host_config))
     return 0

@@ -1,5 +1,6 @@
 # hal.py for the emulated board: the board HAL contract on the MicroPython unix port.
-# UART = pty, flash = littlefs2 on an image file, GPIO = stdin/stdout lines, RTC = host clock.
+# UART = pty, flash = littlefs2 on an image file, GPIO = stdin/stdout lines, RTC = host clock,
+# security chip = the launcher's chip model behind an emulated I2C bus (i2cbus.py).
 import asyncio
 import os
 import sys
@@ -225,6 +226,21 @@ def set_time_ms(ms):
     global _rtc_offset_ms, _rtc_set
     _rtc_offset_ms = ms - time.time_ns() // 1000000
     _rtc_set = True
+
+
+_chip = None
+
+
+def chip():
+    # The firmware's own ATECC608 driver; the chip's keys and counters stay with the launcher.
+    global _chip
+    if _chip is None:
+        from i2cbus import I2C
+
+        from seal.atecc import Atecc608
+
+        _chip = Atecc608(I2C())
+    return _chip
 
 
 # The functions themselves: a wrapper would be one more function object in RAM.

@@ -1,6 +1,6 @@
-# board.py for ESP32-DevKitC (ESP32-WROOM-32): pins and limits as data, read by hal.py,
-# seal.mcu and seal.app. Switches pull the pin to GND (internal pull-up): "active low" means
-# 0 V = pressed / case open.
+# board.py for ESP32-DevKitC with an ESP32-WROOM-32SE module (ESP32 + ATECC608A): pins and
+# limits as data, read by hal.py, seal.mcu and seal.app. Switches pull the pin to GND
+# (internal pull-up): "active low" means 0 V = pressed / case open.
 NAME = "esp32"
 
 STAMP_PIN = 32  # stamp sensor switch to GND
@@ -15,11 +15,19 @@ BATTERY_ADC_PIN = 35
 BATTERY_DIVIDER = (200, 100)  # (R_top + R_bottom, R_bottom): battery mV = pin mV * 200 / 100
 LOW_BATTERY_MV = 3400
 
-# UART2 to the gateway (UART0 stays the USB REPL that mpremote uses).
+# UART2 to the gateway (UART0 stays the USB REPL that mpremote uses). Not on its usual
+# GPIO17/GPIO16: inside the WROOM-32SE those carry the security chip's I2C (below).
 UART_ID = 2
-UART_TX_PIN = 17
-UART_RX_PIN = 16
+UART_TX_PIN = 27
+UART_RX_PIN = 25
 UART_BAUD = 115200
+
+# The ATECC608A wired inside the WROOM-32SE module: SDA GPIO16, SCL GPIO17, the pins
+# Espressif's esp-cryptoauthlib hard-coded for this module (hal_esp32_i2c.c SDA_PIN/SCL_PIN,
+# before they became Kconfig options). Hardware I2C 0.
+CHIP_I2C_ID = 0
+CHIP_SDA_PIN = 16
+CHIP_SCL_PIN = 17
 
 # The littlefs partition of ESP32_GENERIC (~2 MiB) holds far more; this bounds the backlog.
 JOURNAL_CAPACITY = 2000

@@ -23,6 +23,12 @@ UART_TX_PIN = 0
 UART_RX_PIN = 1
 UART_BAUD = 115200
 
+# An ATECC608A breakout (3.3 V, address 0x60) on I2C0: SDA GP4, SCL GP5 (pins 6 and 7), free
+# of the UART, the switches and the CYW43's pins.
+CHIP_I2C_ID = 0
+CHIP_SDA_PIN = 4
+CHIP_SCL_PIN = 5
+
 # The Pico W's littlefs is ~848 KiB; 16-event journal segments of ~2 KiB each use one 4 KiB
 # block, so 1000 events take ~63 blocks and leave littlefs room for copy-on-write.
 JOURNAL_CAPACITY = 1000

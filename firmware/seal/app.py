@@ -47,7 +47,7 @@ async def _main(device_id, key, journal):
     # The link's wake event: the guard sets it for every record, alarm and change of state.
     wake = asyncio.Event()
     uptime = Uptime()
-    recorder = Recorder(journal, key, hal.time_s, uptime)
+    recorder = Recorder(journal, key, hal.chip(), hal.time_s, uptime)
     permits = Permits(hal.time_s, journal)
     guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
                   hal.set_time_ms, board.LOW_BATTERY_MV, wake)

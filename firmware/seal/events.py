@@ -1,5 +1,6 @@
-# The event record (SPEC §4.1): built and MACed with the device key in the journal's own record
-# buffer, then journaled durably before it counts. The journal owns the counter and chain head.
+# The event record (SPEC §4.1): built in the journal's own record buffer, signed by the seal's
+# security chip, MACed with the link key, then journaled durably before it counts. The journal
+# owns the counter and chain head; the chip owns the key that makes the record the seal's.
 import hashlib
 import struct
 from micropython import const
@@ -15,6 +16,7 @@ _EV_KIND = const(5)
 _EV_OPERATOR = const(7)
 _EV_PERMIT = const(6)
 _EV_PREV = const(8)
+_EV_SIG = const(9)
 _EV_TIME = const(4)
 _EV_UPTIME = const(3)
 _EVENT = const(4)
@@ -22,15 +24,20 @@ _K_MAC = const(15)
 _K_TYPE = const(0)
 
 _COUNTER_MAX = const(0xFFFFFFFF)
-# CBOR heads (RFC 8949 §3): a map of 9 entries (the record without its MAC), a 32-byte string.
+# CBOR heads (RFC 8949 §3): a map of 9 entries (the record without its signature and MAC), a
+# 32-byte and a 64-byte string.
 _MAP9 = const(0xA9)
 _BYTES32 = const(0x5820)
+_BYTES64 = const(0x5840)
+_SIG_LEN = const(64)
+# The chip's key slot that holds the seal key (seal/atecc.py provisions it).
+_SEAL_KEY_SLOT = const(0)
 # HMAC-SHA256 (RFC 2104): the key padded to SHA-256's 64-byte block, XORed with these.
 _BLOCK = const(64)
 _IPAD = const(0x36)
 _OPAD_FROM_IPAD = const(0x6A)  # 0x36 ^ 0x5C
-# The padded key is made in the draft buffer behind the longest EVENT (119 bytes).
-_PAD_AT = const(128)
+# The padded key is made in the draft buffer behind the longest EVENT (186 bytes).
+_PAD_AT = const(192)
 
 
 class Uptime:
@@ -73,11 +80,12 @@ def _uint(buf, i, key, value):
 
 
 class Recorder:
-    def __init__(self, journal, key, clock, uptime):
+    def __init__(self, journal, key, chip, clock, uptime):
         self._journal = journal
         self._clock = clock
         self._uptime = uptime
         self._key = key
+        self._chip = chip
 
     def record(self, kind, permit=0, operator=0):
         # Raises JournalFull or OSError with nothing advanced.
@@ -85,7 +93,7 @@ class Recorder:
         counter = journal.next_counter
         if counter > _COUNTER_MAX:
             raise JournalFull()
-        # The longest EVENT is 119 bytes (SPEC §4.5): the journal's buffer holds 480.
+        # The longest EVENT is 186 bytes (SPEC §4.5): the journal's buffer holds 480.
         buf = journal.draft()
         buf[0] = _MAP9
         buf[1] = _K_TYPE
@@ -101,10 +109,22 @@ class Recorder:
         struct.pack_into(">H", buf, n + 1, _BYTES32)
         buf[n + 3 : n + 35] = journal.last_hash
         n += 35
-        # The MAC covers the map without key 15 (SPEC §4.1); key 15 sorts last, so adding it is
-        # one more map entry and 35 bytes at the end. The key's two padded blocks are made in
-        # place, one after the other: nothing but the two hash objects is allocated, and no
-        # pad lives on in RAM (sealproto.auth.hmac_sha256 builds them from big integers).
+        # The chip signs the map without keys 9 and 15 (SPEC §4.1), then key 9 follows: one
+        # more map entry, 67 bytes, the signature written by the driver straight into place.
+        # A chip fault raises OSError with nothing journaled: the press fails closed.
+        self._chip.sign_digest(
+            _SEAL_KEY_SLOT,
+            hashlib.sha256(buf[:n]).digest(),
+            memoryview(buf)[n + 3 : n + 3 + _SIG_LEN],
+        )
+        buf[0] = _MAP9 + 1
+        buf[n] = _EV_SIG
+        struct.pack_into(">H", buf, n + 1, _BYTES64)
+        n += 3 + _SIG_LEN
+        # The MAC covers the map without key 15; key 15 sorts last, so adding it is one more
+        # map entry and 35 bytes at the end. The key's two padded blocks are made in place,
+        # one after the other: nothing but the two hash objects is allocated, and no pad lives
+        # on in RAM (sealproto.auth.hmac_sha256 builds them from big integers).
         key = self._key
         pad = buf[_PAD_AT : _PAD_AT + _BLOCK]
         for i in range(_BLOCK):
@@ -116,7 +136,7 @@ class Recorder:
             pad[i] ^= _OPAD_FROM_IPAD
         h = hashlib.sha256(pad)
         h.update(inner)
-        buf[0] = _MAP9 + 1
+        buf[0] = _MAP9 + 2
         buf[n] = _K_MAC
         struct.pack_into(">H", buf, n + 1, _BYTES32)
         buf[n + 3 : n + 35] = h.digest()

@@ -14,15 +14,17 @@ _MAX_PAYLOAD = const(480)
 # boot_id, acked, the permit (id, count, not_before_s, not_after_s, operator), the counter from
 # which its impressions are still counted in the records, those counted before it; a CRC32.
 _STATE_SIZE = const(40)
+# Segments whose list storage is taken at open: the boards' 2000 events in 16-event segments.
+_SEG_ROOM = const(128)
 _OLD_STATE_SIZE = const(12)
 _SEG_EVENTS = const(16)
 _MAX_U32 = const(0xFFFFFFFF)
 _ENOENT = const(2)
 _EIO = const(5)
 _S_IFREG = const(0x8000)
-# The head of an EVENT record as seal.events builds it (SPEC §4.1): a map of 10 entries,
+# The head of an EVENT record as seal.events builds it (SPEC §4.1): a map of 11 entries,
 # type 4, then counter, boot_id, uptime_ms, time_s, kind (0 = IMPRESSION), permit as uints.
-_MAP10 = const(0xAA)
+_MAP11 = const(0xAB)
 _EVENT = const(4)
 _EV_KIND = const(5)
 _EV_PERMIT = const(6)
@@ -47,7 +49,7 @@ def _seg_name(first):
 def impression_permit(rec):
     # The permit an IMPRESSION record was made under, 0 for any other record. Reads the keys
     # in the order seal.events writes them; anything else is no impression.
-    if len(rec) < 8 or rec[0] != _MAP10 or rec[1] != 0 or rec[2] != _EVENT:
+    if len(rec) < 8 or rec[0] != _MAP11 or rec[1] != 0 or rec[2] != _EVENT:
         return 0
     i = 3
     key = 1
@@ -152,7 +154,14 @@ class Journal:
         self.boot_id, acked = self._read_state() if has_state else (0, 0)
         if segs and not has_state:
             raise JournalCorrupt(_EIO, "journal: records without state")
-        self._segs = segs
+        # Storage for as many segments as a full journal has (up to _SEG_ROOM), taken now: a
+        # list that grows doubles its storage in one piece, and after hundreds of offline
+        # records a 64 KB heap had no such piece left (at 33 segments, 512 bytes). Slice
+        # deletion keeps storage.
+        room = [0] * min(self.capacity_events // self._seg_events + 2, _SEG_ROOM)
+        del room[:]
+        room.extend(segs)
+        self._segs = room
         self.discarded = 0
         self.next_counter = 1
         self.last_hash = GENESIS
@@ -238,7 +247,7 @@ class Journal:
             if not is_tail:
                 raise JournalCorrupt(_EIO, f"journal: empty segment {first}")
             os.remove(path)
-            self._segs.pop()
+            del self._segs[-1:]  # not pop(): that would give back half the storage
         elif good < size:
             self._truncate(path, good)
 

@@ -48,7 +48,7 @@ _WE_NONCE = const(1)
 _WE_TIME = const(3)
 _WELCOME = const(2)
 _NONCE_LEN = const(16)
-_PROTOCOL_VERSION = const(1)
+_PROTOCOL_VERSION = const(2)
 # SPEC §5.1.
 _WINDOW = const(8)
 _RTO_MS = const(500)
@@ -58,9 +58,10 @@ _HELLO_RETRY_MAX_MS = const(30000)
 _LINK_DEAD_MS = const(30000)
 _SYNC_INTERVAL_MS = const(1000)
 _STATUS_INTERVAL_MS = const(60000)
-# The longest payload the seal sends, a HELLO, is 140 bytes. With its CRC any payload up to 249
-# bytes is one COBS block (no run of 254 bytes without a zero), so it is stuffed in place.
-_PAYLOAD_MAX = const(160)
+# The longest payload the seal sends, an EVENT, is 186 bytes (SPEC §4.5). With its CRC any
+# payload up to 249 bytes is one COBS block (no run of 254 bytes without a zero), so it is
+# stuffed in place.
+_PAYLOAD_MAX = const(192)
 
 DOWN = const(0)
 HELLO_SENT = const(1)

@@ -3,10 +3,13 @@
 import json
 import os
 import time
-from machine import RTC, Pin
+from machine import I2C, RTC, Pin
 from micropython import const
 
 from board import (
+    CHIP_I2C_ID,
+    CHIP_SCL_PIN,
+    CHIP_SDA_PIN,
     LED_PIN,
     LOCK_PIN,
     STAMP_ACTIVE_LOW,
@@ -51,6 +54,21 @@ def load_provisioning():
     if len(key) != 32:
         raise ValueError("/seal.json: key must be 32 bytes")
     return conf["device_id"], key
+
+
+_chip = None
+
+
+def chip():
+    # The ATECC608 on its own bus. 100 kHz: the wake pulse is a write to address 0x00, whose
+    # 8 zero bits hold SDA low for 80 us at that rate, past the chip's 60 us (tWLO).
+    global _chip
+    if _chip is None:
+        from seal.atecc import Atecc608
+
+        bus = I2C(CHIP_I2C_ID, sda=Pin(CHIP_SDA_PIN), scl=Pin(CHIP_SCL_PIN), freq=100_000)
+        _chip = Atecc608(bus)
+    return _chip
 
 
 def time_s():

@@ -72,6 +72,18 @@ class RTC:
 class UART:
     def __init__(self, id, **kw):
         LOG.append(("UART", id, sorted(kw.items())))
+
+
+class I2C:
+    # No chip on this bus: every address NACKs, as an empty bus does.
+    def __init__(self, id, sda=None, scl=None, freq=None):
+        LOG.append(("I2C", id, sda.id, scl.id, freq))
+
+    def writeto(self, addr, buf):
+        raise OSError(19)
+
+    def readfrom_into(self, addr, buf):
+        raise OSError(19)
 """
 
 CHECKS = """
@@ -99,6 +111,15 @@ hal.set_time_ms(1700000000123)
 rtc = [e for e in log if e[0] == "RTC"][-1][1]
 assert rtc[:3] == (2023, 11, 14) and rtc[4:7] == (22, 13, 20), rtc
 assert len(hal.urandom(16)) == 16
+chip = hal.chip()
+assert hal.chip() is chip
+assert ("I2C", board.CHIP_I2C_ID, board.CHIP_SDA_PIN, board.CHIP_SCL_PIN, 100000) in log
+# Without a chip on the bus the driver raises OSError: what the firmware's fail-closed paths catch.
+try:
+    chip.sign_digest(0, bytes(32), bytearray(64))
+    raise AssertionError("no chip, yet sign_digest() returned")
+except OSError:
+    pass
 print("battery", BATTERY_PROBE)
 """
 

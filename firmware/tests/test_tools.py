@@ -18,7 +18,7 @@ MPY_BUDGET_BYTES = 48 * 1024
 # What a device imports of sealproto; sealproto.messages holds the public names for hosts.
 DEVICE_SEALPROTO = {"__init__", "errors", "cobs", "framing", "cbor", "codec", "auth"}
 BOARD_MODULES = {"esp32": {"board", "hal"}, "rp2": {"board", "hal"},
-                 "emulated": {"board", "flashdev", "hal"}}
+                 "emulated": {"board", "flashdev", "hal", "i2cbus"}}
 # seal.mcu is the HAL of the `machine`-based boards; the emulated board has its own.
 MACHINE_BOARDS = {"esp32", "rp2"}
 
@@ -218,3 +218,16 @@ def test_provision_to_a_board_builds_the_mpremote_copy(
     assert provision.main(args) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "mpremote" in ln)
     assert line.endswith(f"connect /dev/ttyACM3 fs cp {out} :/seal.json")
+
+
+def test_provision_records_the_public_key_the_board_printed(tmp_path: Path) -> None:
+    out = tmp_path / "seal.json"
+    assert provision.main(["seal-7", "--out", str(out)]) == 0
+    public = "ab" * 64
+    assert provision.add_seal_key(out, f"noise\n@pubkey {public}\n") == public
+    conf = json.loads(out.read_text())
+    assert conf["seal_key"] == public and len(bytes.fromhex(conf["key"])) == 32
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    with pytest.raises(provision.ProvisionError, match="no seal key"):
+        provision.add_seal_key(out, "Traceback: ChipError 15\n")
+    assert "seal.chipsetup" in " ".join(provision.chip_command("/dev/ttyUSB0"))

@@ -40,6 +40,8 @@ class Dut(Protocol):
     spec: BoardSpec
     device_id: str
     device_key: bytes
+    # The seal chip's public key (SPEC §4.1): what the gateway checks every record against.
+    seal_key: bytes
     capabilities: frozenset[str]
     keeps_history: bool
     """The board outlives the test (a bench board): its history meets the next test's gateway."""
@@ -107,6 +109,8 @@ class EmulatedDut:
         self.capabilities = capabilities(self.spec, power_cmds=False, press_cmd=False)
         self.device_id = board.device_id
         self.device_key = device_key
+        # The provisioning station's work: the flash image and the key inside the chip.
+        self.seal_key = board.provision()
         self.boot_writes = 0
 
     @property
@@ -200,6 +204,7 @@ class SerialDut:
         spec: BoardSpec,
         device_id: str,
         device_key: bytes,
+        seal_key: bytes,
         *,
         power: ExternalPower | None,
         press_cmd: str | None,
@@ -210,6 +215,7 @@ class SerialDut:
         self.spec = spec
         self.device_id = device_id
         self.device_key = device_key
+        self.seal_key = seal_key
         self.power = power
         self.press_cmd = press_cmd
         self._log_path = log_path

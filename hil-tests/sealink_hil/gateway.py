@@ -109,13 +109,21 @@ class HostProcess:
     def public_key_pem(self) -> bytes:
         return self.cli("keys", "show", "--format", "pem").encode()
 
-    def add_device(self, device_id: str, key: bytes, port_url: str) -> None:
+    def add_device(self, device_id: str, key: bytes, seal_key: bytes, port_url: str) -> None:
         """Register the device (unless this ledger already has it) and listen on its port."""
         if self.fresh or not any(row["device"] == device_id for row in self.devices()):
             key_file = self.workdir / f"{device_id}.key"
             key_file.touch(mode=0o600)
             key_file.write_text(key.hex())
-            self.cli("devices", "add", device_id, "--key-file", str(key_file))
+            self.cli(
+                "devices",
+                "add",
+                device_id,
+                "--key-file",
+                str(key_file),
+                "--seal-key",
+                seal_key.hex(),
+            )
         self.ports.append(port_url)
         self._write_config()
 

@@ -341,8 +341,9 @@ def broker(artifacts: Artifacts, tmp_path: Path) -> Iterator[Mosquitto]:
         artifacts.collect(BROKER_LOG, mosquitto.log_path)
 
 
-def _device_identity(hil: HilSettings) -> tuple[str, bytes]:
-    """A real board's seal.json from tools/provision.py (or 64 hex digits and --device-id)."""
+def _device_identity(hil: HilSettings) -> tuple[str, bytes, bytes]:
+    """A real board's host-half file from tools/provision.py: device id, link key, and the
+    public key its chip made ("seal_key")."""
     if not hil.device_key_file:
         pytest.skip(
             f"board {hil.board}: give --device-key-file (the seal.json tools/provision.py "
@@ -350,13 +351,20 @@ def _device_identity(hil: HilSettings) -> tuple[str, bytes]:
         )
     text = Path(hil.device_key_file).read_text().strip()
     device_id = hil.device_id
+    seal_key = ""
     if text.startswith("{"):
         provisioned = json.loads(text)
         text = provisioned["key"]
+        seal_key = provisioned.get("seal_key", "")
         device_id = device_id or provisioned["device_id"]
     if not device_id:
         pytest.skip(f"board {hil.board}: give --device-id (the key file names no device)")
-    return device_id, bytes.fromhex(text)
+    if not seal_key:
+        pytest.skip(
+            f'board {hil.board}: {hil.device_key_file} has no "seal_key": provision the '
+            "board's chip (tools/provision.py --chip) so the gateway can check its records"
+        )
+    return device_id, bytes.fromhex(text), bytes.fromhex(seal_key)
 
 
 def _make_dut(
@@ -380,7 +388,7 @@ def _make_dut(
         )
         port = open_port(str(board.uart_path), tmp_path / "board.tty", engine, hexdump, wire)
         return EmulatedDut(app, port, board, key)
-    device_id, key = _device_identity(hil)
+    device_id, key, seal_key = _device_identity(hil)
     port = open_port(hil.board.target, tmp_path / f"{device_id}.tty", engine, hexdump, wire)
     return SerialDut(
         app,
@@ -388,6 +396,7 @@ def _make_dut(
         hil.board,
         device_id,
         key,
+        seal_key,
         power=hil.power,
         press_cmd=hil.press_cmd,
         log_path=artifacts.board_log,
@@ -442,7 +451,7 @@ def host(
     )
     try:
         gateway.init_keys()
-        gateway.add_device(dut.device_id, dut.device_key, dut.port.host_url)
+        gateway.add_device(dut.device_id, dut.device_key, dut.seal_key, dut.port.host_url)
         gateway.start()
         yield gateway
     finally:

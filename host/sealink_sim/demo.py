@@ -77,9 +77,6 @@ def run_demo(
             public_pem = key.public_pem()  # what `sealink keys show --format pem` exports
             (work / "gateway.pub.pem").write_bytes(public_pem)
             device_key = os.urandom(32)
-            ledger = Ledger(work / "ledger.sqlite")
-            ledger.add_device(DEVICE, device_key, replace=True)
-            ledger.close()
             board = (
                 EmulatedBoard(
                     work / "board", device_id=DEVICE, device_key=device_key, heapsize=heap
@@ -87,10 +84,23 @@ def run_demo(
                 if heap
                 else EmulatedBoard(work / "board", device_id=DEVICE, device_key=device_key)
             )
+            # As a provisioning station does: the seal key is made inside the chip, and only
+            # its public half is registered with the gateway.
+            seal_key = board.provision()
+            progress.say(f"  seal chip   public key {seal_key[:8].hex()}… (ATECC608 model)")
+            ledger = Ledger(work / "ledger.sqlite")
+            ledger.add_device(DEVICE, device_key, seal_key, replace=True)
+            ledger.close()
             stack.enter_context(board)
             progress.say(f"  seal        {DEVICE} on {board.uart_path} (log {board.log_path})")
             observer = stack.enter_context(
-                Observer("127.0.0.1", broker.port, public_pem, prefix="sealink")
+                Observer(
+                    "127.0.0.1",
+                    broker.port,
+                    public_pem,
+                    prefix="sealink",
+                    seal_keys={DEVICE: seal_key},
+                )
             )
             progress.say(f"  observer    independent cwt verifier, kid {key.kid.hex()}")
             config = Config(

@@ -8,7 +8,9 @@
 The board is `boards/emulated`: UART = a pseudo-terminal (this object keeps it across reboots,
 like a USB-serial adapter), flash = littlefs2 on `workdir/flash.img` (a block device that counts
 writes and can lose power after write N), GPIO = lines on the process's stdin and `@name value`
-reports on its stdout, RTC = host clock + offset. The firmware runs as the .mpy build of
+reports on its stdout, RTC = host clock + offset, security chip = `sealink_sim.atecc.ChipModel`
+on an emulated I2C bus (a socketpair; its keys and counters in `workdir/chip.state`, outside
+the flash image, surviving power cuts as a chip does). The firmware runs as the .mpy build of
 tools/build.py, as on a device (built once per source content, in the temp folder), from a
 sealink source tree: `FirmwareSource`, an explicit input (see its docstring for the lookup).
 
@@ -35,6 +37,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,8 @@ from types import TracebackType
 from typing import IO, Self
 
 from sealink.errors import SealinkError
+
+from sealink_sim.atecc import ChipModel, Latency, public_key_of, serve
 
 __all__ = [
     "ROMFS_IMAGE",
@@ -91,6 +96,20 @@ os.environ["SEAL_ROM"] = "%d:%d" % (ctypes.addressof(flash), len(image))
 sys.exit(micropython_run.run_main(["micropython", *sys.argv[2:]]))
 """
 ROMFS_IMAGE = "rom.img"
+
+# Makes the seal's key inside the chip with the firmware's own driver (seal.atecc.provision)
+# over the emulated bus; only the public key comes out. The code runs from the ROMFS image,
+# mounted as boards/emulated/main.py mounts it.
+_PROVISION_CHIP = """
+import os, sys, uctypes, vfs
+_a, _n = os.getenv("SEAL_ROM").split(":")
+vfs.mount(vfs.VfsRom(uctypes.bytearray_at(int(_a), int(_n))), "/rom")
+sys.path.insert(0, "/rom")
+from i2cbus import I2C
+from seal.atecc import Atecc608
+from seal.chipsetup import provision
+print("@pubkey", provision(Atecc608(I2C()), 0).hex())
+"""
 
 
 class EmulatorError(SealinkError):
@@ -238,6 +257,8 @@ class EmulatedBoard:
         battery_mv: int = 3700,
         heap_probe_ms: int | None = None,
         source: FirmwareSource | None = None,
+        chip_latency: Latency = "none",
+        chip_state: str | os.PathLike[str] | None = None,
     ) -> None:
         if len(device_key) != 32:
             raise ValueError("device_key must be 32 bytes")
@@ -255,6 +276,12 @@ class EmulatedBoard:
         self.power_cut_at_write = power_cut_at_write
         self.flash_path = self.workdir / "flash.img"
         self.log_path = self.workdir / "device.log"
+        # The security chip's non-volatile memory: outside the flash image, kept across boots.
+        self._chip_state = Path(chip_state) if chip_state else self.workdir / "chip.state"
+        # "none" for tests; "typical" makes the chip as slow as the datasheet's figures.
+        self.chip_latency: Latency = chip_latency
+        self.chip: ChipModel | None = None
+        self._chip_bus: socket.socket | None = None
         self.build_dir = self.source.build_dir()
         self._pressed = False
         self._case_open = False
@@ -291,6 +318,16 @@ class EmulatedBoard:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None and not self.powercut
+
+    @property
+    def chip_state(self) -> Path:
+        """The security chip's state file (its keys, counters, slot locks), mode 0600."""
+        return self._chip_state
+
+    def chip_public_key(self, slot: int = 0) -> bytes | None:
+        """The chip's public key (X||Y, 64 bytes) in `slot`, read from its state file; None
+        before provision_chip()."""
+        return public_key_of(self._chip_state, slot)
 
     @property
     def boots(self) -> int:
@@ -338,6 +375,17 @@ class EmulatedBoard:
         env["SEAL_FLASH"] = str(self.flash_path)
         return env
 
+    def provision(self) -> bytes:
+        """What a provisioning station does to a new seal, once: the flash image with the
+        seal's id and link key, and the seal key made inside its chip. Returns the chip's
+        public key (X || Y), the half `sealink devices add` registers."""
+        self._ensure_build()
+        self._ensure_flash()
+        public = self.chip_public_key()
+        if public is None:
+            public = self.provision_chip()
+        return public
+
     def _ensure_flash(self) -> None:
         if self.flash_path.exists():
             return
@@ -373,8 +421,7 @@ class EmulatedBoard:
         """
         if self._proc is not None:
             self.stop()
-        self._ensure_build()
-        self._ensure_flash()
+        self.provision()
         self._drain_uart()
         env = self._env()
         env["SEAL_UART_FD"] = str(self._master)
@@ -384,6 +431,8 @@ class EmulatedBoard:
         env["SEAL_RTC_OFFSET_S"] = "none" if self.rtc_offset_s is None else repr(self.rtc_offset_s)
         if self.heap_probe_ms:
             env["SEAL_HEAP_PROBE_MS"] = str(self.heap_probe_ms)
+        board_end = self._connect_chip()
+        env["SEAL_I2C_FD"] = str(board_end.fileno())
         if self.power_cut_at_write:
             env["SEAL_CUT_AT"] = str(self.power_cut_at_write)
         self.power_cut_at_write = None
@@ -401,20 +450,24 @@ class EmulatedBoard:
         self._log.flush()
         # The code comes from the ROMFS image only; ".frozen" = the interpreter's own (asyncio).
         env["MICROPYPATH"] = ".frozen"
-        self._proc = subprocess.Popen(
-            rom_command(
-                self.build_dir / ROMFS_IMAGE,
-                "-X",
-                f"heapsize={self.heapsize}",
-                str(self.build_dir / "main.py"),
-            ),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.workdir,
-            pass_fds=(self._master,),
-        )
+        try:
+            self._proc = subprocess.Popen(
+                rom_command(
+                    self.build_dir / ROMFS_IMAGE,
+                    "-X",
+                    f"heapsize={self.heapsize}",
+                    str(self.build_dir / "main.py"),
+                ),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                pass_fds=(self._master, board_end.fileno()),
+            )
+        finally:
+            # The board holds its end now; the chip's thread ends when the board's closes.
+            board_end.close()
         self._reader = threading.Thread(
             target=self._read_output,
             args=(self._proc, self._log),
@@ -429,6 +482,63 @@ class EmulatedBoard:
         )
         if self.exited and not self.powercut:
             raise EmulatorError(f"the firmware exited during boot; device log: {self.log_path}")
+
+    def _connect_chip(self) -> socket.socket:
+        # The chip shares the board's power: a new model per boot (TempKey, wake state gone),
+        # the same state file (keys, counters). Returns the board's end of the bus.
+        self._disconnect_chip()
+        host_end, board_end = socket.socketpair()
+        self.chip = ChipModel(self._chip_state, latency=self.chip_latency)
+        self._chip_bus = host_end
+        serve(host_end, self.chip, name=f"chip-{self.device_id}")
+        return board_end
+
+    def _disconnect_chip(self) -> None:
+        if self._chip_bus is not None:
+            with contextlib.suppress(OSError):
+                self._chip_bus.shutdown(socket.SHUT_RDWR)
+            self._chip_bus = None
+
+    def provision_chip(self) -> bytes:
+        """Make the seal's key inside its chip with the firmware's driver; return the public key.
+
+        Runs `seal.atecc.provision` under micropython (the board's ROMFS build) over the
+        emulated bus, as a provisioning station runs it over a real one: the private key never
+        leaves the chip model. The slot is locked after, so a second call fails.
+        """
+        if self.running:
+            raise EmulatorError("provision the chip with the board off")
+        self._ensure_build()
+        host_end, board_end = socket.socketpair()
+        model = ChipModel(self._chip_state, latency=self.chip_latency)
+        thread = serve(host_end, model, name=f"chip-provision-{self.device_id}")
+        env = dict(os.environ, MICROPYPATH=".frozen", SEAL_I2C_FD=str(board_end.fileno()))
+        try:
+            proc = subprocess.run(
+                rom_command(
+                    self.build_dir / ROMFS_IMAGE,
+                    "-X",
+                    f"heapsize={self.heapsize}",
+                    "-c",
+                    _PROVISION_CHIP,
+                ),
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=self.workdir,
+                pass_fds=(board_end.fileno(),),
+                timeout=60,
+                check=False,
+            )
+        finally:
+            board_end.close()
+        thread.join(timeout=10)
+        for line in proc.stdout.splitlines():
+            if line.startswith("@pubkey "):
+                public = bytes.fromhex(line.split()[1])
+                if len(public) == 64:
+                    return public
+        raise EmulatorError(f"provisioning the chip failed:\n{proc.stdout}{proc.stderr}")
 
     def _drain_uart(self) -> None:
         # Bytes the host sent while the board was off are lost, as in a real UART's FIFO.
@@ -448,6 +558,7 @@ class EmulatedBoard:
                 proc.stdin.close()
         if self._reader is not None:
             self._reader.join(timeout=10)
+        self._disconnect_chip()
         self._proc = None
         self._reader = None
 

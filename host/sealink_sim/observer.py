@@ -42,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sealink.errors import ObserverError
 from sealink_verify import derive_kid
+from sealink_verify.audit import seal_public_key, seal_signature_ok
 
 __all__ = ["DeviceTally", "Observer"]
 
@@ -122,6 +123,7 @@ class Observer:
         kid: bytes | None = None,
         clean_start: bool = False,
         connect_timeout_s: float = 10.0,
+        seal_keys: dict[str, bytes] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -129,6 +131,9 @@ class Observer:
         self.client_id = client_id or f"sealink-observer-{uuid.uuid4().hex[:8]}"
         self.connect_timeout_s = connect_timeout_s
         self._key = COSEKey.from_pem(public_key_pem, kid=kid or derive_kid(public_key_pem))
+        # device -> its chip's public key: each event's seal signature is checked too (SPEC
+        # §4.1); devices not listed are checked up to the gateway's countersignature only.
+        self._seal_keys = {d: seal_public_key(k) for d, k in (seal_keys or {}).items()}
         self._cose = COSE.new()
         self._cond = threading.Condition()
         self._devices: dict[str, DeviceTally] = {}
@@ -327,6 +332,10 @@ class Observer:
             else:
                 tally.conflicts += 1
                 self._problems.append(f"{tally.device}: counter {counter} with different bytes")
+            return
+        seal_key = self._seal_keys.get(tally.device)
+        if seal_key is not None and not seal_signature_ok(seal_key, event):
+            self._problems.append(f"{tally.device}: counter {counter}: seal signature fails")
             return
         prev = tally.events.get(counter - 1)
         expected_prev = (

@@ -15,17 +15,53 @@ import os
 import time
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from sealink.gateway.fastpath import decode_ack, device_mac_ok
 from sealink.transport.base import Transport
-from sealproto import auth, framing, messages
+from sealproto import PROTOCOL_VERSION, auth, framing, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 from sealproto.timers import SYNC_INTERVAL_MS
 
-__all__ = ["SimDevice", "make_event"]
+__all__ = ["SimChip", "SimDevice", "make_event"]
 
 WINDOW = 8
 RTO_S = 0.5
+
+
+# The order of P-256's base point (SEC 2 §2.4.2): a derived scalar is reduced below it.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+# RFC 6979 deterministic k: the same record is the same bytes on every run (a chip draws k at
+# random; the host and verifiers cannot tell, both verify alike).
+_SIGN = ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True)
+
+
+class SimChip:
+    """The security chip of a simulated seal: a P-256 key that only this object holds, signing
+    seal digests as r || s (SPEC §4.1). The firmware's chip is modelled at the I2C command
+    level in sealink_sim.atecc; this one is for the thousands of seals of a benchmark.
+
+    `SimChip.of(device_key)` derives the key from the seal's link key, so a test registers
+    both halves from one secret. An attacker in a test holds the link key but never this
+    object: a test of forgery builds its own SimChip (another key), as a thief of the
+    gateway's files or the seal's flash would have to."""
+
+    def __init__(self, private: ec.EllipticCurvePrivateKey | None = None) -> None:
+        self._key = private or ec.generate_private_key(ec.SECP256R1())
+        self.public = self._key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )[1:]
+
+    @classmethod
+    def of(cls, device_key: bytes) -> SimChip:
+        seed = hashlib.sha256(b"sealink sim chip/" + device_key).digest()
+        scalar = int.from_bytes(seed, "big") % (_P256_ORDER - 1) + 1
+        return cls(ec.derive_private_key(scalar, ec.SECP256R1()))
+
+    def sign(self, digest: bytes) -> bytes:
+        r, s = utils.decode_dss_signature(self._key.sign(digest, _SIGN))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def make_event(
@@ -33,6 +69,7 @@ def make_event(
     counter: int,
     prev: bytes,
     *,
+    chip: SimChip | None = None,
     boot_id: int = 1,
     kind: int = messages.KIND_IMPRESSION,
     permit: int = 0,
@@ -40,8 +77,9 @@ def make_event(
     time_s: int = 0,
     uptime_ms: int = 0,
 ) -> bytes:
-    """The wire payload of one device-MACed EVENT."""
-    msg = {
+    """The wire payload of one EVENT, signed by `chip` (SimChip.of(key) by default) and MACed
+    with the link key."""
+    msg: dict[int, Any] = {
         K_TYPE: messages.EVENT,
         messages.EV_COUNTER: counter,
         messages.EV_BOOT: boot_id,
@@ -52,13 +90,22 @@ def make_event(
         messages.EV_OPERATOR: operator,
         messages.EV_PREV: prev,
     }
+    msg[messages.EV_SIG] = (chip or SimChip.of(key)).sign(auth.seal_digest(msg))
     return messages.encode(auth.sign(msg, key))
 
 
 class SimDevice:
-    def __init__(self, device_id: str, key: bytes, transport: Transport, boot_id: int = 1):
+    def __init__(
+        self,
+        device_id: str,
+        key: bytes,
+        transport: Transport,
+        boot_id: int = 1,
+        chip: SimChip | None = None,
+    ):
         self.device_id = device_id
         self.key = key
+        self.chip = chip or SimChip.of(key)
         self.transport = transport
         self.boot_id = boot_id
         self.journal: list[bytes] = []  # journal[i] is the payload of counter i + 1
@@ -116,7 +163,12 @@ class SimDevice:
         for _ in range(count):
             self.journal.append(
                 make_event(
-                    self.key, self.next_counter, self.last_hash, boot_id=self.boot_id, **fields
+                    self.key,
+                    self.next_counter,
+                    self.last_hash,
+                    chip=self.chip,
+                    boot_id=self.boot_id,
+                    **fields,
                 )
             )
 
@@ -135,7 +187,7 @@ class SimDevice:
         self._nonce = os.urandom(messages.NONCE_LEN)
         msg = {
             K_TYPE: messages.HELLO,
-            messages.HE_VERSION: 1,
+            messages.HE_VERSION: PROTOCOL_VERSION,
             messages.HE_DEVICE: self.device_id,
             messages.HE_NONCE: self._nonce,
             messages.HE_BOOT: self.boot_id,

@@ -1,10 +1,15 @@
 """`sealink verify`: an auditor's offline check of an evidence export.
 
 Input: the JSON Lines written by `sealink events export`, the gateway's public key (PEM, from
-`sealink keys show --format pem`) and, optionally, device keys. Like the observer, it shares no
-code with the gateway's signing or protocol path: `cwt` verifies each COSE_Sign1, cbor2 and
-hashlib/hmac check what is inside. Per device it proves (SPEC §4.1, §11):
+`sealink keys show --format pem`), the seals' chip public keys (from whoever provisioned the
+seals, not from the operator whose records are checked) and, optionally, device link keys.
+Like the observer, it shares no code with the gateway's signing or protocol path: `cwt`
+verifies each COSE_Sign1, `cryptography` each seal signature, cbor2 and hashlib/hmac check what
+is inside. Per device it proves (SPEC §4.1, §11):
 
+- every event carries the seal's signature, made inside the seal's chip: nobody holding the
+  gateway host, its ledger and every key on it can make one, so a rewritten record fails here
+  even when everything the gateway signs was signed again;
 - every countersignature verifies under the gateway key, and its signed payload names the
   exported device and counter and embeds exactly the exported event bytes;
 - counters are contiguous from the first one exported (from 1: complete since the device's
@@ -36,15 +41,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cwt import COSE, COSEKey
 
 from sealink_verify import tlog
 
-__all__ = ["DeviceAudit", "GapStatement", "derive_kid", "read_export", "verify_export"]
+__all__ = [
+    "DeviceAudit",
+    "GapStatement",
+    "derive_kid",
+    "read_export",
+    "seal_public_key",
+    "seal_signature_ok",
+    "verify_export",
+]
 
 _EV_COUNTER = 1
 _EV_PREV = 8
+_EV_SIG = 9
 _MAC = 15
+_SEAL_KEY_LEN = 64
+_ECDSA_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 _GENESIS = bytes(32)
 _COSE_KEY_X = -2
 
@@ -73,6 +92,7 @@ class DeviceAudit:
     first: int = 0
     last: int = 0
     macs_checked: int = 0
+    seal_signatures_checked: int = 0
     problems: list[str] = field(default_factory=list)
     gaps: list[GapStatement] = field(default_factory=list)
     rows: int = 0  # events and gaps, verified or not: the sequence advances over each
@@ -87,16 +107,47 @@ class DeviceAudit:
             "complete_from_first_record": self.first == 1 and not self.problems,
             "gaps": [[gap.first, gap.last] for gap in self.gaps],
             "macs_checked": self.macs_checked,
+            "seal_signatures_checked": self.seal_signatures_checked,
             "problems": len(self.problems),
             "problem_list": list(self.problems),
         }
 
 
+def seal_public_key(raw: bytes) -> ec.EllipticCurvePublicKey:
+    """A seal chip's public key, X || Y (64 bytes, SPEC §4.1). ValueError if it is not one."""
+    if len(raw) != _SEAL_KEY_LEN:
+        raise ValueError(f"a seal key is {_SEAL_KEY_LEN} bytes (X || Y), got {len(raw)}")
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
+
+
+def seal_signature_ok(key: ec.EllipticCurvePublicKey, event: dict[Any, Any]) -> bool:
+    """SPEC §4.1: sig = ECDSA P-256 (r || s) over SHA-256 of the event without keys 9 and 15."""
+    sig = event.get(_EV_SIG)
+    if not isinstance(sig, bytes) or len(sig) != 64:
+        return False
+    body = {k: v for k, v in event.items() if k not in (_EV_SIG, _MAC)}
+    digest = hashlib.sha256(cbor2.dumps(body, canonical=True)).digest()
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    if not (r and s):
+        return False
+    try:
+        key.verify(utils.encode_dss_signature(r, s), digest, _ECDSA_PREHASHED)
+    except InvalidSignature:
+        return False
+    return True
+
+
 class _Checker:
-    def __init__(self, public_key_pem: bytes, device_keys: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        public_key_pem: bytes,
+        device_keys: dict[str, bytes],
+        seal_keys: dict[str, bytes],
+    ) -> None:
         self._key = COSEKey.from_pem(public_key_pem, kid=derive_kid(public_key_pem))
         self._cose = COSE.new()
         self._device_keys = device_keys
+        self._seal_keys = {device: seal_public_key(raw) for device, raw in seal_keys.items()}
         self.devices: dict[str, DeviceAudit] = {}
         self._last_event: dict[str, bytes | None] = {}
         self.trailer: dict[str, Any] | None = None
@@ -166,6 +217,17 @@ class _Checker:
             expected = _GENESIS if counter == 1 else hashlib.sha256(previous or b"").digest()
             if event and event.get(_EV_PREV) != expected:
                 problems.append("prev does not chain to the record before it")
+        seal_key = self._seal_keys.get(audit.device)
+        if seal_key is None:
+            if not audit.events:
+                problems.append(
+                    "no seal key for this device (--seal-keys): its records cannot be shown "
+                    "to be the seal's"
+                )
+        elif event:
+            if not seal_signature_ok(seal_key, event):
+                problems.append("the seal signature does not verify: not the seal's record")
+            audit.seal_signatures_checked += 1
         key = self._device_keys.get(audit.device)
         if key is not None and event:
             unsigned = {k: v for k, v in event.items() if k != _MAC}
@@ -260,12 +322,14 @@ class _Checker:
 def read_export(
     lines: Iterable[str],
     public_key_pem: bytes,
+    seal_keys: dict[str, bytes],
     device_keys: dict[str, bytes] | None = None,
     allow_partial: bool = False,
 ) -> tuple[list[DeviceAudit], dict[str, Any] | None]:
     """Check every row of an export (events and gaps of one device in counter order, as
-    exported); also returns its checkpoint line, if any (unchecked: sealink_verify.evidence)."""
-    checker = _Checker(public_key_pem, device_keys or {})
+    exported); also returns its checkpoint line, if any (unchecked: sealink_verify.evidence).
+    `seal_keys`: device -> its chip's public key X || Y; a device without one fails."""
+    checker = _Checker(public_key_pem, device_keys or {}, seal_keys)
     for number, text in enumerate(lines, 1):
         if text.strip():
             checker.line(number, text)
@@ -282,8 +346,9 @@ def read_export(
 def verify_export(
     lines: Iterable[str],
     public_key_pem: bytes,
+    seal_keys: dict[str, bytes],
     device_keys: dict[str, bytes] | None = None,
     allow_partial: bool = False,
 ) -> list[DeviceAudit]:
     """read_export without the checkpoint line."""
-    return read_export(lines, public_key_pem, device_keys, allow_partial)[0]
+    return read_export(lines, public_key_pem, seal_keys, device_keys, allow_partial)[0]

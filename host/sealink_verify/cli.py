@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sealink_verify.audit import DeviceAudit, GapStatement, derive_kid, read_export
+from sealink_verify.audit import (
+    DeviceAudit,
+    GapStatement,
+    derive_kid,
+    read_export,
+    seal_public_key,
+)
 from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof, load_proof
 
 __all__ = ["main", "register"]
@@ -31,7 +37,8 @@ exit status:
   0  every row verified and every counter is evidenced by a record
   1  something failed to verify: a signature, a record's bytes, the hash chain, a missing
      record, a gap statement that is unsigned, forged or does not fit the sequence
-  2  an input is unusable (a file missing or unreadable, not a PEM public key)
+  2  an input is unusable (a file missing or unreadable, not a PEM public key, a seal key
+     that is not a P-256 point)
   3  everything verified, but some counters are covered only by an operator-declared gap
      (`sealink devices adopt`: the records were lost; a warning names each gap)
 
@@ -71,12 +78,44 @@ def read_device_key(path: str) -> bytes:
     return key
 
 
+def read_seal_keys(path: str) -> dict[str, bytes]:
+    """JSON Lines, each {"device": ..., "seal_key": "<128 hex>"}: what the seals' provisioning
+    issued (also the shape of `sealink devices list`, which is the operator's word, not theirs)."""
+    keys: dict[str, bytes] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read seal keys {path}: {exc.strerror}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            device, raw = str(row["device"]), bytes.fromhex(row["seal_key"])
+            seal_public_key(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VerifyInputError(
+                f"{path} line {number}: expected "
+                '{"device": ..., "seal_key": "<128 hex digits: X || Y>"}' + f" ({exc})"
+            ) from None
+        if keys.get(device, raw) != raw:
+            raise VerifyInputError(f"{path} line {number}: a second, different key for {device}")
+        keys[device] = raw
+    return keys
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "export", nargs="?", help="JSON Lines written by `sealink events export` (optional)"
     )
     p.add_argument(
         "--public-key", required=True, metavar="PEM", help="from `sealink keys show --format pem`"
+    )
+    p.add_argument(
+        "--seal-keys",
+        metavar="JSONL",
+        help='the seals\' chip public keys, lines of {"device": ..., "seal_key": "<hex>"}, '
+        "from the seals' provisioning; required to verify an export",
     )
     p.add_argument(
         "--device-key",
@@ -132,6 +171,12 @@ def _verify(args: argparse.Namespace) -> int:
         device_keys[device] = read_device_key(path)
     if args.export is None and not (args.proof or args.checkpoint):
         raise VerifyInputError("nothing to verify: give an EXPORT, --proof or --checkpoint")
+    if args.export is not None and args.seal_keys is None:
+        raise VerifyInputError(
+            "an export needs --seal-keys: without the seals' public keys nothing shows that a "
+            "record is the seal's and not the gateway operator's"
+        )
+    seal_keys = read_seal_keys(args.seal_keys) if args.seal_keys else {}
     audits: list[DeviceAudit] = []
     trailer = None
     evidence = EvidenceAudit()
@@ -140,7 +185,9 @@ def _verify(args: argparse.Namespace) -> int:
         derive_kid(public_pem)
         if args.export is not None:
             with open(args.export, encoding="utf-8") as export:
-                audits, trailer = read_export(export, public_pem, device_keys, args.allow_partial)
+                audits, trailer = read_export(
+                    export, public_pem, seal_keys, device_keys, args.allow_partial
+                )
         for path in args.proof:
             try:
                 check_proof(

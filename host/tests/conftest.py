@@ -24,6 +24,7 @@ from sealink.ledger.sqlite import Ledger
 from sealink_sim.broker import Mosquitto
 from sealink_sim.observer import Observer
 from sealink_sim.ptylink import PtyLink, open_pty_link
+from sealink_sim.simdevice import SimChip
 
 T = TypeVar("T")
 
@@ -58,11 +59,15 @@ class GatewayFiles:
     def ledger_path(self) -> Path:
         return self.root / "ledger.sqlite"
 
-    def add_device(self, device: str, key: bytes | None = None) -> bytes:
+    def add_device(
+        self, device: str, key: bytes | None = None, seal_key: bytes | None = None
+    ) -> bytes:
+        """Register a seal: its link key (random unless given) and its chip's public key (a
+        simulated seal's, SimChip.of(key), unless given: an emulated board's provision())."""
         key = key or os.urandom(32)
         ledger = Ledger(self.ledger_path)
         try:
-            ledger.add_device(device, key)
+            ledger.add_device(device, key, seal_key or SimChip.of(key).public)
         finally:
             ledger.close()
         self.device_keys[device] = key

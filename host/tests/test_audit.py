@@ -13,11 +13,21 @@ import pytest
 from sealink.cli import main
 from sealink.crypto.signer import GatewayKey, countersign_payload
 from sealink.ledger import gap_payload
-from sealink_sim.simdevice import make_event
+from sealink_sim.simdevice import SimChip, make_event
 from sealink_verify.audit import verify_export
 from sealproto import auth
 
 DEVICE_KEY = bytes(range(32))
+# What the seals' provisioning issued: each seal chip's public key (SPEC §4.1).
+SEAL_KEYS = {"seal-1": SimChip.of(DEVICE_KEY).public, "seal-2": SimChip.of(DEVICE_KEY).public}
+
+
+def _seal_keys_file(tmp_path: Path) -> str:
+    path = tmp_path / "seal-keys.jsonl"
+    path.write_text(
+        "".join(json.dumps({"device": d, "seal_key": k.hex()}) + "\n" for d, k in SEAL_KEYS.items())
+    )
+    return str(path)
 
 
 def _export(key: GatewayKey, device: str, count: int) -> list[str]:
@@ -46,13 +56,16 @@ def key() -> GatewayKey:
 
 def _problems(rows: list[str], key: GatewayKey, with_mac: bool = True) -> list[str]:
     keys = {"seal-1": DEVICE_KEY} if with_mac else {}
-    return [p for a in verify_export(rows, key.public_pem(), keys) for p in a.problems]
+    return [p for a in verify_export(rows, key.public_pem(), SEAL_KEYS, keys) for p in a.problems]
 
 
 def test_an_intact_export_verifies_completely(key: GatewayKey) -> None:
-    [audit] = verify_export(_export(key, "seal-1", 6), key.public_pem(), {"seal-1": DEVICE_KEY})
+    [audit] = verify_export(
+        _export(key, "seal-1", 6), key.public_pem(), SEAL_KEYS, {"seal-1": DEVICE_KEY}
+    )
     assert audit.problems == []
     assert (audit.events, audit.first, audit.last, audit.macs_checked) == (6, 1, 6, 6)
+    assert audit.seal_signatures_checked == 6
     assert audit.summary()["complete_from_first_record"] is True
 
 
@@ -92,7 +105,7 @@ def test_a_record_claimed_for_another_device_is_rejected(key: GatewayKey) -> Non
 
 def test_a_wrong_device_key_fails_every_mac(key: GatewayKey) -> None:
     rows = _export(key, "seal-1", 2)
-    audits = verify_export(rows, key.public_pem(), {"seal-1": bytes(32)})
+    audits = verify_export(rows, key.public_pem(), SEAL_KEYS, {"seal-1": bytes(32)})
     assert sum("device MAC" in p for a in audits for p in a.problems) == 2
 
 
@@ -107,13 +120,16 @@ def test_cli_exit_codes(
     export = tmp_path / "export.jsonl"
     rows = _export(key, "seal-1", 4)
     export.write_text("\n".join(rows) + "\n")
-    args = ["verify", str(export), "--public-key", str(pem), "--device-key", f"seal-1={device_key}"]
+    seal_keys = _seal_keys_file(tmp_path)
+    args = ["verify", str(export), "--public-key", str(pem), "--seal-keys", seal_keys]
+    args += ["--device-key", f"seal-1={device_key}"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["events"] == 4
     export.write_text("\n".join(rows[:1] + rows[2:]) + "\n")
     assert main(args) == 1
     assert "FAILED" in capsys.readouterr().err
-    assert main(["verify", str(tmp_path / "nope.jsonl"), "--public-key", str(pem)]) == 2
+    nope = str(tmp_path / "nope.jsonl")
+    assert main(["verify", nope, "--public-key", str(pem), "--seal-keys", seal_keys]) == 2
     # An export cut at its end looks complete on its own: an auditor who demands a signed
     # checkpoint gets a failure instead of a clean bill.
     export.write_text("\n".join(rows[:3]) + "\n")
@@ -152,7 +168,9 @@ def _with_gap(key: GatewayKey, first: int, last: int, count: int) -> list[str]:
 
 
 def test_a_signed_gap_is_accepted_listed_and_the_next_event_anchors(key: GatewayKey) -> None:
-    [audit] = verify_export(_with_gap(key, 3, 6, 8), key.public_pem(), {"seal-1": DEVICE_KEY})
+    [audit] = verify_export(
+        _with_gap(key, 3, 6, 8), key.public_pem(), SEAL_KEYS, {"seal-1": DEVICE_KEY}
+    )
     assert audit.problems == []
     assert [(g.first, g.last, g.operator) for g in audit.gaps] == [(3, 6, "alice")]
     summary = audit.summary()
@@ -162,9 +180,9 @@ def test_a_signed_gap_is_accepted_listed_and_the_next_event_anchors(key: Gateway
 
 def test_a_gap_at_the_start_and_at_the_end(key: GatewayKey) -> None:
     rows = _export(key, "seal-1", 5)
-    audits = verify_export([_gap_row(key, "seal-1", 1, 3), *rows[3:]], key.public_pem())
+    audits = verify_export([_gap_row(key, "seal-1", 1, 3), *rows[3:]], key.public_pem(), SEAL_KEYS)
     assert audits[0].problems == [] and audits[0].summary()["gaps"] == [[1, 3]]
-    audits = verify_export([*rows[:2], _gap_row(key, "seal-1", 3, 9)], key.public_pem())
+    audits = verify_export([*rows[:2], _gap_row(key, "seal-1", 3, 9)], key.public_pem(), SEAL_KEYS)
     assert audits[0].problems == [] and audits[0].summary()["counters"] == [1, 9]
 
 
@@ -233,7 +251,15 @@ def test_cli_exit_code_3_and_a_warning_for_gaps(
     pem.write_bytes(key.public_pem())
     export = tmp_path / "export.jsonl"
     export.write_text("\n".join(_with_gap(key, 2, 3, 5)) + "\n")
-    assert main(["verify", str(export), "--public-key", str(pem)]) == 3
+    verify = [
+        "verify",
+        str(export),
+        "--public-key",
+        str(pem),
+        "--seal-keys",
+        _seal_keys_file(tmp_path),
+    ]
+    assert main(verify) == 3
     out, err = capsys.readouterr()
     assert json.loads(out)["gaps"] == [[2, 3]]
     warnings = [line for line in err.splitlines() if "warning" in line]
@@ -241,7 +267,7 @@ def test_cli_exit_code_3_and_a_warning_for_gaps(
     forged = _with_gap(GatewayKey.generate(), 2, 3, 5)
     rows = _with_gap(key, 2, 3, 5)
     export.write_text("\n".join([*rows[:1], forged[1], *rows[2:]]) + "\n")
-    assert main(["verify", str(export), "--public-key", str(pem)]) == 1
+    assert main(verify) == 1
     assert "FAILED" in capsys.readouterr().err
 
 
@@ -257,3 +283,39 @@ def test_a_countersignature_naming_another_counter_is_rejected(key: GatewayKey) 
     rows[2] = json.dumps(row)
     problems = _problems(rows, key)
     assert any("#4" in p and "counter 3" in p for p in problems), problems
+
+
+def test_a_record_not_signed_by_the_seals_chip_fails_even_when_all_else_is_signed(
+    key: GatewayKey,
+) -> None:
+    # SPEC §4.1: whoever holds the gateway key and the link key re-MACs, re-chains and
+    # countersigns a record of their own; only the seal's chip signature is beyond them.
+    # Checked here against another chip's public key: to the verifier, the same thing.
+    rows = _export(key, "seal-1", 4)
+    problems = [
+        p
+        for a in verify_export(rows, key.public_pem(), {"seal-1": SimChip.of(b"x").public})
+        for p in a.problems
+    ]
+    assert len(problems) == 4 and all("seal signature does not verify" in p for p in problems)
+    [audit] = verify_export(rows, key.public_pem(), {})
+    assert audit.problems == [
+        "line 1 (seal-1 #1): no seal key for this device (--seal-keys): its records cannot be "
+        "shown to be the seal's"
+    ]
+    assert audit.summary()["complete_from_first_record"] is False
+
+
+def test_cli_wants_the_seal_keys_for_an_export(
+    key: GatewayKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = tmp_path / "gateway.pub.pem"
+    pem.write_bytes(key.public_pem())
+    export = tmp_path / "export.jsonl"
+    export.write_text("\n".join(_export(key, "seal-1", 2)) + "\n")
+    assert main(["verify", str(export), "--public-key", str(pem)]) == 2
+    assert "needs --seal-keys" in capsys.readouterr().err
+    bad = tmp_path / "bad-keys.jsonl"
+    bad.write_text(json.dumps({"device": "seal-1", "seal_key": "04" + "00" * 64}) + "\n")
+    assert main(["verify", str(export), "--public-key", str(pem), "--seal-keys", str(bad)]) == 2
+    assert "line 1" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from sealink.gateway.service import Gateway
 from sealink.ledger import AHEAD_OF_LEDGER, Batch, DeviceUpdate, EventRow, Ledger, QuarantineRow
 from sealink_sim.broker import Mosquitto
 from sealink_sim.pipe import pipe_pair
-from sealink_sim.simdevice import SimDevice, make_event
+from sealink_sim.simdevice import SimChip, SimDevice, make_event
 from sealproto import auth
 
 
@@ -51,11 +51,21 @@ def conf(tmp_path: Path) -> Path:
 
 
 def _device_key_file(tmp_path: Path, mode: int = 0o600) -> tuple[Path, bytes]:
+    """The host half of a provisioned seal: its link key and its chip's public key."""
     key = os.urandom(32)
     path = tmp_path / "device.key"
-    path.write_text(key.hex() + "\n")
+    seal_key = SimChip.of(key).public.hex()
+    path.write_text(json.dumps({"device_id": "seal-1", "key": key.hex(), "seal_key": seal_key}))
     os.chmod(path, mode)
     return path, key
+
+
+def _seal_keys(conf: Path, tmp_path: Path) -> str:
+    """`sealink devices list` as a --seal-keys file: the tests' stand-in for what the seals'
+    provisioning issued (an auditor takes it from there, not from the operator)."""
+    path = tmp_path / "seal-keys.jsonl"
+    path.write_text(sealink("devices", "list", "--config", str(conf)).stdout)
+    return str(path)
 
 
 def test_help_everywhere() -> None:
@@ -167,8 +177,15 @@ def test_permits_are_queued_sent_by_the_service_and_events_exported(
     # The auditor's offline check agrees, device MACs included.
     pem = tmp_path / "gateway.pub.pem"
     pem.write_text(public["public_pem"])
-    verify = ["verify", str(out), "--public-key", str(pem), "--device-key", f"seal-1={key_path}"]
-    assert main(verify) == 0
+    verify = [
+        "verify",
+        str(out),
+        "--public-key",
+        str(pem),
+        "--seal-keys",
+        _seal_keys(conf, tmp_path),
+    ]
+    assert main([*verify, "--device-key", f"seal-1={key_path}"]) == 0
 
 
 # command validation, quarantine, adopt -------------------------------------------------------
@@ -334,7 +351,8 @@ def test_adopt_signs_a_gap_that_export_and_verify_carry(conf: Path, tmp_path: Pa
     assert b"ledger restored" in COSE.new().decode(base64.b64decode(rows[2]["cose"]), cose_key)
     pem = tmp_path / "gateway.pub.pem"
     pem.write_bytes(key.public_pem())
-    verify = sealink("verify", str(out), "--public-key", str(pem))
+    seal_keys = _seal_keys(conf, tmp_path)
+    verify = sealink("verify", str(out), "--public-key", str(pem), "--seal-keys", seal_keys)
     assert verify.returncode == 3, verify.stderr
     assert json.loads(verify.stdout)["gaps"] == [[3, 5]]
     assert "warning" in verify.stderr and "erin" in verify.stderr
@@ -342,7 +360,8 @@ def test_adopt_signs_a_gap_that_export_and_verify_carry(conf: Path, tmp_path: Pa
     out.write_text(
         "".join(line + "\n" for line in out.read_text().splitlines() if '"gap"' not in line)
     )
-    assert sealink("verify", str(out), "--public-key", str(pem)).returncode == 1
+    again = sealink("verify", str(out), "--public-key", str(pem), "--seal-keys", seal_keys)
+    assert again.returncode == 1
 
 
 def test_errors_are_one_line_never_a_traceback(conf: Path, tmp_path: Path) -> None:

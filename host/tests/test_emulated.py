@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import time
@@ -54,9 +55,11 @@ def test_real_firmware_impressions_are_verified_by_an_independent_subscriber(
 ) -> None:
     from sealink_sim.emulator import EmulatedBoard
 
-    key = files.add_device(SEAL)
+    key = os.urandom(32)
+    board = EmulatedBoard(tmp_path / "board", device_id=SEAL, device_key=key)
+    files.add_device(SEAL, key, seal_key=board.provision())
     stamps = 12
-    with EmulatedBoard(tmp_path / "board", device_id=SEAL, device_key=key) as board:
+    with board:
         config = files.config(broker.port, ports=(PortConfig(board.uart_path),))
 
         async def body() -> None:

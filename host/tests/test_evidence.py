@@ -19,7 +19,7 @@ import cbor2
 import pymerkle
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from evidence_rig import ORIGIN, Rig
+from evidence_rig import ORIGIN, Rig, seal_keys_file
 from hypothesis import given
 from hypothesis import strategies as st
 from sealink.crypto.signer import GatewayKey
@@ -292,6 +292,8 @@ def test_an_intact_export_with_checkpoint_verifies_and_recomputes_the_root(
             str(tmp_path / "gw.pem"),
             "--checkpoint",
             str(tmp_path / "old.note"),
+            "--seal-keys",
+            str(seal_keys_file(tmp_path / "seal-keys.jsonl", ["seal-a", "seal-b"])),
         ]
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -311,6 +313,7 @@ def test_a_v2_ledger_migrates_into_the_log(tmp_path: Path) -> None:
     db = sqlite3.connect(rig.path)
     for table in ("log_leaves", "log_nodes", "checkpoints"):
         db.execute(f"DROP TABLE {table}")
+    db.execute("ALTER TABLE devices DROP COLUMN seal_key")  # new in v4
     db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     db.commit()
     db.close()

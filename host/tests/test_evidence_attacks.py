@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from evidence_rig import Rig
+from evidence_rig import Rig, seal_keys_file
 from sealink_verify.cli import main as verify
 
 
@@ -20,11 +20,15 @@ def _verify(
     pem: bytes,
     capsys: pytest.CaptureFixture[str],
     *known: str,
+    seal_keys: Path | None = None,
 ) -> tuple[int, list[dict[str, Any]], list[str]]:
     export = tmp_path / "checked.jsonl"
     export.write_text("\n".join(lines) + "\n")
     (tmp_path / "gw.pem").write_bytes(pem)
-    args = [str(export), "--public-key", str(tmp_path / "gw.pem")]
+    if seal_keys is None:
+        devices = {json.loads(line).get("device", "") for line in lines} - {""}
+        seal_keys = seal_keys_file(tmp_path / "seal-keys.jsonl", devices)
+    args = [str(export), "--public-key", str(tmp_path / "gw.pem"), "--seal-keys", str(seal_keys)]
     for i, note in enumerate(known):
         path = tmp_path / f"known-{i}.note"
         path.write_text(note)
@@ -102,14 +106,18 @@ def test_a_record_rewritten_with_every_host_key_is_caught_by_an_earlier_checkpoi
     assert published is not None
     # The attacker holds the gateway key and the device keys: they rebuild the whole ledger
     # with counter 5 of seal-a changed, every later record re-chained, re-MACed, re-signed,
-    # and the log and its checkpoint made anew.
+    # and the log and its checkpoint made anew. Only the seal's chip signature is beyond them.
     forged = Rig(tmp_path / "forged", key=rig.key)
     forged.add("seal-a", 8, rewrite=5)
     forged.add("seal-b", 3)
     forged.checkpoint()
     lines = forged.export()
-    code, _, problems = _verify(tmp_path, lines, rig.pem(), capsys)
-    assert (code, problems) == (0, [])  # alone, the forgery is self-consistent...
+    code, out, problems = _verify(tmp_path, lines, rig.pem(), capsys)
+    assert code == 1  # the seal's signature on record 5 alone gives it away (SPEC §4.1)...
+    assert [p for p in problems if "seal signature" in p] == [
+        "line 5 (seal-a #5): the seal signature does not verify: not the seal's record"
+    ]
+    assert out[0]["seal_signatures_checked"] == 8
     code, _, problems = _verify(tmp_path, lines, rig.pem(), capsys, published.note)
     assert code == 1  # ...but not with the checkpoint the gateway published before
     assert any("split view: two signed roots for size 11" in p for p in problems)

@@ -22,6 +22,7 @@ from sealink.gateway.fastpath import (
     encode_frame,
     encode_session,
     hmac_sha256,
+    seal_digest,
 )
 from sealink.mqtt.pahofast import LeanClient as _Client
 from sealink.mqtt.pahofast import UserProperties as _UserProperties
@@ -59,6 +60,7 @@ events = st.builds(
 @given(events)
 def test_valid_events_decode_identically(payload: bytes) -> None:
     assert decode_event(payload) == messages.decode(payload)
+    assert seal_digest(payload) == auth.seal_digest(messages.decode(payload))
     assert device_mac_ok(payload, KEY)
     assert not device_mac_ok(payload, os.urandom(32))
 

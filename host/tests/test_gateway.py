@@ -23,7 +23,7 @@ from sealink.ledger.sqlite import Ledger
 from sealink_sim.broker import Mosquitto
 from sealink_sim.observer import Observer
 from sealink_sim.ptylink import open_pty_link
-from sealink_sim.simdevice import SimDevice, make_event
+from sealink_sim.simdevice import SimChip, SimDevice, make_event
 from sealink_verify import verify_export
 from sealproto import messages
 from sealproto.messages import K_TYPE
@@ -71,6 +71,13 @@ async def _counter_rollback(sim: SimDevice) -> None:
     await sim.send_payload(make_event(sim.key, 2, prev, operator=99))
 
 
+def _bad_signature(sim: SimDevice) -> Awaitable[None]:
+    # The link key is right (a copy of the gateway's files, or of the seal's flash, holds it);
+    # the chip is not the seal's.
+    forger = SimChip.of(b"a chip that is not the seal's")
+    return sim.send_payload(make_event(sim.key, sim.next_counter, sim.last_hash, chip=forger))
+
+
 def _chain_break(sim: SimDevice) -> Awaitable[None]:
     return sim.send_payload(make_event(sim.key, sim.next_counter, b"\x42" * 32))
 
@@ -98,12 +105,12 @@ def _garbage(seed: int) -> Callable[[SimDevice], Awaitable[None]]:
     return send
 
 
-_QUARANTINING = {"bad_mac", "counter_rollback", "chain_break"}
+_QUARANTINING = {"bad_mac", "bad_signature", "counter_rollback", "chain_break"}
 
 
 @pytest.mark.parametrize(
     "reason",
-    ["bad_mac", "counter_rollback", "chain_break", "replay", "garbage"],
+    ["bad_mac", "bad_signature", "counter_rollback", "chain_break", "replay", "garbage"],
 )
 def test_each_bad_record_is_quarantined_alarmed_and_never_published(
     reason: str,
@@ -115,6 +122,7 @@ def test_each_bad_record_is_quarantined_alarmed_and_never_published(
 ) -> None:
     inject = {
         "bad_mac": _bad_mac,
+        "bad_signature": _bad_signature,
         "counter_rollback": _counter_rollback,
         "chain_break": _chain_break,
         "replay": _replay,
@@ -444,7 +452,8 @@ def test_a_seal_ahead_of_the_ledger_is_held_until_an_operator_adopts_the_gap(
                 ledger.close()
 
     export = run(body())
-    (audit,) = verify_export(export, files.key.public_pem(), {DEVICE: key})
+    seal_keys = {DEVICE: SimChip.of(key).public}
+    (audit,) = verify_export(export, files.key.public_pem(), seal_keys, {DEVICE: key})
     assert audit.summary()["gaps"] == [[1, 6]] and audit.problems == []
     assert (audit.summary()["counters"], audit.events) == ([1, 10], 4)
 

@@ -31,9 +31,16 @@ from sealink.ledger import (
     QuarantineRow,
 )
 from sealink.ledger.records import id_runs
+from sealink.ledger.schema import SCHEMA_VERSION
+from sealink_sim.simdevice import SimChip
 
 DEVICE = "seal-1"
 KEY = bytes(range(32))
+
+
+def stored_seal_key(db: sqlite3.Connection) -> bytes | None:
+    return db.execute("SELECT seal_key FROM devices WHERE id = ?", (DEVICE,)).fetchone()[0]
+
 
 # The v1 DDL exactly as the v1 gateway created it (host/sealink/_ledger.py before schema 2).
 V1_DDL = """
@@ -89,7 +96,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '1');
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     led = Ledger(tmp_path / "ledger.sqlite")
-    led.add_device(DEVICE, KEY)
+    led.add_device(DEVICE, KEY, SimChip.of(KEY).public)
     yield led
     led.close()
 
@@ -159,10 +166,14 @@ def test_a_v1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path) -> Non
     ledger.close()
 
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    assert schema == (str(SCHEMA_VERSION),)
     columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
     assert {"boot_id", "quarantine_reason", "quarantine_detail", "quarantine_ms"} <= columns
-    assert "ahead_acked" in columns
+    assert {"ahead_acked", "seal_key"} <= columns
+    # a seal registered before seal signatures has no chip key: its EVENTs are refused until
+    # it is registered again with one (SPEC §4.1)
+    assert stored_seal_key(db) is None
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"rejections", "operator_actions", "gaps"} <= tables
     db.close()
@@ -176,7 +187,7 @@ def test_a_ledger_from_a_newer_sealink_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite"
     Ledger(path).close()
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))
     db.commit()
     db.close()
     with pytest.raises(LedgerError, match="newer sealink"):
@@ -225,7 +236,7 @@ def test_quarantine_is_sticky_keeps_its_first_cause_and_survives_reopen(
     listed = reopened.devices()[0]
     assert listed["quarantined"] is True and listed["quarantine"]["reason"] == "chain_break"
     # Re-registering the seal (a new key) does not clear what the ledger knows about it.
-    reopened.add_device(DEVICE, bytes(32), replace=True)
+    reopened.add_device(DEVICE, bytes(32), None, replace=True)
     record = reopened.device_record(DEVICE)
     assert record is not None and record.quarantine is not None and record.key == bytes(32)
     reopened.close()
@@ -435,7 +446,7 @@ def test_an_existing_ledger_readable_by_others_is_made_private(tmp_path: Path) -
     SQLite makes with the same mode) is 0600 once the gateway opens it."""
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
-    ledger.add_device("seal-1", bytes(32))
+    ledger.add_device("seal-1", bytes(32), None)
     ledger.close()
     os.chmod(path, 0o644)
     wal = tmp_path / "ledger.sqlite-wal"

@@ -12,6 +12,8 @@ import random
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from sealink.gateway.actions import (
     Action,
     Alarm,
@@ -40,6 +42,17 @@ from sealproto.timers import (
 
 DEVICE = "seal-m-0001"
 KEY = bytes(range(32))
+# The seal's chip key (SPEC §4.1). A chip cannot exist here; what the host sees of it, an ECDSA
+# P-256 signature r || s over the seal digest, is made by the same algorithm in software.
+CHIP = ec.derive_private_key(0x5EA1_C41B, ec.SECP256R1())
+SEAL_KEY = CHIP.public_key().public_bytes(
+    serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+)[1:]
+
+
+def chip_sign(digest: bytes, chip: ec.EllipticCurvePrivateKey = CHIP) -> bytes:
+    r, s = utils.decode_dss_signature(chip.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 class Seal:
@@ -63,8 +76,16 @@ class Seal:
             self.journal.append(made[-1])
         return made
 
-    def event(self, counter: int, prev: bytes, *, boot: int | None = None, key: bytes = b""):
-        msg = {
+    def event(
+        self,
+        counter: int,
+        prev: bytes,
+        *,
+        boot: int | None = None,
+        key: bytes = b"",
+        chip: ec.EllipticCurvePrivateKey = CHIP,
+    ) -> bytes:
+        msg: dict[int, Any] = {
             K_TYPE: messages.EVENT,
             messages.EV_COUNTER: counter,
             messages.EV_BOOT: self.boot if boot is None else boot,
@@ -75,13 +96,14 @@ class Seal:
             messages.EV_OPERATOR: 7,
             messages.EV_PREV: prev,
         }
+        msg[messages.EV_SIG] = chip_sign(auth.seal_digest(msg), chip)
         return messages.encode(auth.sign(msg, key or self.key))
 
     def hello(self, next_counter: int | None = None, boot: int | None = None) -> bytes:
         self.nonce = os.urandom(messages.NONCE_LEN)
         msg = {
             K_TYPE: messages.HELLO,
-            messages.HE_VERSION: 1,
+            messages.HE_VERSION: 2,
             messages.HE_DEVICE: self.device,
             messages.HE_NONCE: self.nonce,
             messages.HE_BOOT: self.boot if boot is None else boot,
@@ -143,9 +165,17 @@ def of(kind: type, actions: list[Action]) -> list[Any]:
 class Host:
     """One registry, as many link machines as a test needs, one fake monotonic clock."""
 
-    def __init__(self, stored: int = 0, stored_hash: bytes | None = GENESIS, boot: int = 0):
+    def __init__(
+        self,
+        stored: int = 0,
+        stored_hash: bytes | None = GENESIS,
+        boot: int = 0,
+        seal_key: bytes | None = SEAL_KEY,
+    ):
         self.registry = DeviceRegistry()
-        self.registry.load(DeviceRecord(DEVICE, KEY, stored, stored_hash, boot, None, None), 1)
+        self.registry.load(
+            DeviceRecord(DEVICE, KEY, stored, stored_hash, boot, None, None, seal_key), 1
+        )
         self.now = 1_000_000
         self.links: dict[str, LinkMachine] = {}
 
@@ -183,6 +213,46 @@ def test_events_are_stored_then_acked_only_after_the_commit() -> None:
     assert acks(link.committed(host.now)) == [3]
 
 
+def test_a_record_with_the_link_key_but_not_the_chip_is_quarantined_unacked() -> None:
+    # SPEC §4.1, §5.4 step 2: whoever copied the link key (the gateway's files, the seal's
+    # flash) MACs a record perfectly, but without the chip its seal signature fails.
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    good = seal.record(1)
+    stolen = ec.derive_private_key(0xBAD_C0DE, ec.SECP256R1())
+    forged = seal.event(2, auth.record_hash(good[0]), chip=stolen)
+    actions = link.feed(wire(good[0], forged), host.now)
+    assert [s.counter for s in of(Store, actions)] == [1]
+    (reject,) = [r for r in of(Reject, actions) if r.reason == "bad_signature"]
+    assert "does not verify" in reject.detail and reject.data == forged
+    assert host.state.quarantine.reason == "bad_signature"
+    host.commit(actions)
+    assert acks(link.committed(host.now)) == []  # quarantined: nothing more is acknowledged
+
+
+def test_a_seal_without_a_registered_chip_key_gets_nothing_stored() -> None:
+    host, seal = Host(seal_key=None), Seal()
+    connect(host, seal)
+    actions = host.link().feed(wire(*seal.record(1)), host.now)
+    assert not of(Store, actions)
+    assert host.state.quarantine.reason == "bad_signature"
+    assert "no seal key is registered" in host.state.quarantine.detail
+
+
+def test_a_flipped_signature_bit_is_caught_even_with_a_valid_mac() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    msg = messages.decode(seal.record(1)[0])
+    sig = bytearray(msg[messages.EV_SIG])
+    sig[40] ^= 0x01
+    msg[messages.EV_SIG] = bytes(sig)
+    del msg[messages.K_MAC]
+    tampered = messages.encode(auth.sign(msg, KEY))
+    actions = host.link().feed(wire(tampered), host.now)
+    assert not of(Store, actions) and host.state.quarantine.reason == "bad_signature"
+
+
 def test_unknown_device_gets_no_answer_and_leaves_no_state() -> None:
     host, stranger = Host(), Seal(device="seal-unknown-9")
     link = host.link()
@@ -200,7 +270,7 @@ def test_hello_with_a_bad_mac_or_another_version_gets_no_welcome() -> None:
     assert host_messages(actions) == [] and of(Reject, actions)[0].reason == "bad_mac"
     seal = Seal()
     msg = messages.decode(seal.hello())
-    msg[messages.HE_VERSION] = 2
+    msg[messages.HE_VERSION] = 1  # before seal signatures: its EVENTs would carry none
     del msg[messages.K_MAC]
     actions = host.link().feed(wire(messages.encode(auth.sign(msg, KEY))), host.now)
     assert host_messages(actions) == [] and of(Reject, actions)[0].reason == "version"

@@ -1,8 +1,9 @@
-# sealproto.auth: HMAC-SHA256, the session key and the record hash chain (SPEC §4.1, §4.2).
+# sealproto.auth: HMAC-SHA256, the session key, the record hash chain and the digest the seal's
+# chip signs (SPEC §4.1, §4.2).
 # Built on hashlib.sha256 alone: MicroPython has no hmac module.
 import hashlib
 
-from sealproto import codec
+from sealproto import cbor, codec
 from sealproto.errors import DecodeError
 
 try:
@@ -16,6 +17,7 @@ except ImportError:
 # The numbers of sealproto.errors and .messages as private consts: no name table on a device.
 _MAC = const(9)
 _REPLAY = const(10)
+_EV_SIG = const(9)
 _K_SEQ = const(14)
 _K_MAC = const(15)
 _NONCE_LEN = const(16)
@@ -84,3 +86,13 @@ def session_key(device_key, device_nonce, host_nonce):
 
 def record_hash(payload):
     return hashlib.sha256(payload).digest()
+
+
+def seal_digest(event):
+    # What the seal's chip signs (SPEC §4.1): the record without its signature and MAC. ECDSA
+    # itself is not here: the seal's chip computes it, hosts and verifiers check it with
+    # their own crypto libraries.
+    body = dict(event)
+    body.pop(_EV_SIG, None)
+    body.pop(_K_MAC, None)
+    return hashlib.sha256(cbor.dumps(body)).digest()

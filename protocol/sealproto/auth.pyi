@@ -27,3 +27,6 @@ def session_key(device_key: bytes, device_nonce: bytes, host_nonce: bytes) -> by
 
 def record_hash(payload: bytes | bytearray | memoryview) -> bytes:
     """SHA-256 of an EVENT's full payload: the next event's `prev`."""
+
+def seal_digest(event: Message) -> bytes:
+    """SHA-256 of the EVENT without keys 9 (sig) and 15 (mac): what the seal's chip signs."""

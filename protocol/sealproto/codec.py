@@ -45,6 +45,7 @@ _B_NONCE = const(8)
 _B_HASH = const(9)
 _B_FIRMWARE = const(10)
 _B_ID = const(11)
+_B_SIG = const(12)
 # fmt: off
 _BOUNDS = (
     (0, _U64),
@@ -59,6 +60,7 @@ _BOUNDS = (
     (32, 32),  # HASH_LEN (= MAC_LEN)
     (0, 32),  # MAX_FIRMWARE_LEN
     (1, 32),  # MAX_ID_LEN
+    (64, 64),  # SIG_LEN
 )
 # Indexed by message type; each row: field key (SPEC §4), kind, bounds.
 _SCHEMA = (
@@ -86,6 +88,7 @@ _SCHEMA = (
         6, _INT, _B_U32,  # EV_PERMIT
         7, _INT, _B_U32,  # EV_OPERATOR
         8, _BYTES, _B_HASH,  # EV_PREV
+        9, _BYTES, _B_SIG,  # EV_SIG
     )),
     bytes((1, _INT, _B_U32)),  # 5 ACK: AK_COUNTER
     bytes((  # 6 ALARM

@@ -49,6 +49,7 @@ EV_KIND = const(5)
 EV_PERMIT = const(6)
 EV_OPERATOR = const(7)
 EV_PREV = const(8)
+EV_SIG = const(9)
 
 AK_COUNTER = const(1)
 
@@ -111,6 +112,7 @@ AUTH_SESSION = const(2)
 MAC_LEN = const(32)
 NONCE_LEN = const(16)
 HASH_LEN = const(32)
+SIG_LEN = const(64)
 MAX_ID_LEN = const(32)
 MAX_FIRMWARE_LEN = const(32)
 

@@ -40,6 +40,7 @@ EV_KIND: Final = 5
 EV_PERMIT: Final = 6
 EV_OPERATOR: Final = 7
 EV_PREV: Final = 8
+EV_SIG: Final = 9
 AK_COUNTER: Final = 1
 AL_CODE: Final = 1
 AL_TIME: Final = 2
@@ -88,6 +89,7 @@ AUTH_SESSION: Final = 2
 MAC_LEN: Final = 32
 NONCE_LEN: Final = 16
 HASH_LEN: Final = 32
+SIG_LEN: Final = 64
 MAX_ID_LEN: Final = 32
 MAX_FIRMWARE_LEN: Final = 32
 

@@ -430,7 +430,7 @@ def auth_cases() -> Iterator[Case]:
                  "MAC")
 
     g = ["hello_mac"]
-    hello = {0: 1, 1: 1, 2: "seal-0001", 3: bytes(range(16)), 4: 1, 5: 1, 6: "fw"}
+    hello = {0: 1, 1: 2, 2: "seal-0001", 3: bytes(range(16)), 4: 1, 5: 1, 6: "fw"}
     for name, payload, key, want in (
         ("a HELLO under its device key verifies", signed(hello, KEY), KEY, "ok"),
         ("a HELLO under another key is MAC", signed(hello, OTHER_KEY), KEY, "MAC"),

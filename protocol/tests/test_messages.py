@@ -22,10 +22,11 @@ U64 = st.integers(0, 2**64 - 1)
 def examples() -> dict[int, dict[int, Any]]:
     nonce = bytes(range(16))
     return {
-        m.HELLO: {0: m.HELLO, 1: 1, 2: "seal-0001", 3: nonce, 4: 1, 5: 1, 6: "fw"},
+        m.HELLO: {0: m.HELLO, 1: 2, 2: "seal-0001", 3: nonce, 4: 1, 5: 1, 6: "fw"},
         m.WELCOME: {0: m.WELCOME, 1: nonce, 2: 0, 3: 1, 14: 1},
         m.SYNC: {0: m.SYNC},
-        m.EVENT: {0: m.EVENT, 1: 1, 2: 1, 3: 5, 4: 0, 5: 0, 6: 0, 7: 0, 8: auth.GENESIS},
+        m.EVENT: {0: m.EVENT, 1: 1, 2: 1, 3: 5, 4: 0, 5: 0, 6: 0, 7: 0, 8: auth.GENESIS,
+                  9: bytes(64)},
         m.ACK: {0: m.ACK, 1: 0, 14: 2},
         m.ALARM: {0: m.ALARM, 1: m.AL_JOURNAL_FULL, 2: 0, 3: 0, 14: 1},
         m.STATUS: {0: m.STATUS, 1: 3300, 2: 0, 3: 100, 4: m.F_CLOCK_UNSET, 5: 0, 6: 1, 14: 1},
@@ -75,7 +76,8 @@ def test_encode_validates_like_decode() -> None:
         m.encode({0: 99})
     assert e.value.reason == TYPE
     with pytest.raises(DecodeError) as e:
-        m.encode({0: m.EVENT, 1: True, 2: 1, 3: 5, 4: 0, 5: 0, 6: 0, 7: 0, 8: auth.GENESIS})
+        m.encode({0: m.EVENT, 1: True, 2: 1, 3: 5, 4: 0, 5: 0, 6: 0, 7: 0, 8: auth.GENESIS,
+                  9: bytes(64)})
     assert e.value.reason == FIELD
 
 
@@ -90,13 +92,16 @@ def test_any_event_roundtrips_and_verifies_with_hmac(
     prev: bytes, key: bytes,
 ) -> None:
     msg = {0: m.EVENT, 1: counter, 2: boot, 3: uptime, 4: time_s, 5: kind, 6: permit,
-           7: operator, 8: prev}
+           7: operator, 8: prev, 9: key + key}
     expected_mac = hmac.new(key, cbor2.dumps(msg, canonical=True), hashlib.sha256).digest()
     payload = m.encode(auth.sign(msg, key))
     assert msg[m.K_MAC] == expected_mac
     decoded = m.decode(payload)
     auth.verify(decoded, key)
     assert auth.record_hash(payload) == hashlib.sha256(payload).digest()
+    unsigned = {k: v for k, v in msg.items() if k not in (m.EV_SIG, m.K_MAC)}
+    expected_digest = hashlib.sha256(cbor2.dumps(unsigned, canonical=True)).digest()
+    assert auth.seal_digest(decoded) == expected_digest
 
 
 def test_verify_and_accept_reasons() -> None:

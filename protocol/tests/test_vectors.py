@@ -113,7 +113,7 @@ def test_vectors_under_micropython() -> None:
 def test_spec_worked_example_matches_the_vector() -> None:
     spec = (PROTOCOL / "SPEC.md").read_text()
     example = spec.split("### 4.4 Worked example", 1)[1].split("### 4.5", 1)[0]
-    wire_block = example.split("104 bytes:\n\n```\n", 1)[1].split("```", 1)[0]
+    wire_block = example.split("171 bytes:\n\n```\n", 1)[1].split("```", 1)[0]
     (vector,) = [v for v in load("frames.json") if v["name"] == "event impression"]
     assert bytes.fromhex(wire_block.replace("\n", " ")).hex() == vector["frame"]
     assert vector["key"] in example

@@ -17,6 +17,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, utils  # noqa: E402
 from sealproto import auth, cobs, framing  # noqa: E402
 from sealproto import messages as m  # noqa: E402
 
@@ -32,6 +34,15 @@ OTHER_KEY = fixed("another device key")
 DEVICE_NONCE = fixed("device nonce", 16)
 HOST_NONCE = fixed("host nonce", 16)
 SESSION_KEY = auth.session_key(DEVICE_KEY, DEVICE_NONCE, HOST_NONCE)
+# The seal's chip key of the vectors: a P-256 scalar derived from a label. Signatures are
+# RFC 6979 deterministic so the files are reproducible; a chip's random k verifies the same.
+SEAL_KEY = ec.derive_private_key(
+    int.from_bytes(fixed("seal chip key"), "big") % (2**256 - 2**224 + 2**192 + 2**96 - 1),
+    ec.SECP256R1(),
+)
+SEAL_PUBLIC = SEAL_KEY.public_key().public_bytes(
+    serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+)[1:]
 TIME_S = 1_764_115_200  # 2025-11-26T00:00:00Z
 U32 = 2**32 - 1
 
@@ -60,6 +71,12 @@ def signed(msg: dict[int, Any], key: bytes) -> dict[int, Any]:
     return auth.sign(dict(msg), key)
 
 
+def seal_signature(digest: bytes) -> bytes:
+    algorithm = ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True)
+    r, s = utils.decode_dss_signature(SEAL_KEY.sign(digest, algorithm))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
 def event(counter: int, prev: bytes, **fields: int) -> dict[int, Any]:
     msg = {
         m.K_TYPE: m.EVENT,
@@ -72,6 +89,7 @@ def event(counter: int, prev: bytes, **fields: int) -> dict[int, Any]:
         m.EV_OPERATOR: fields.get("operator", 1042),
         m.EV_PREV: prev,
     }
+    msg[m.EV_SIG] = seal_signature(auth.seal_digest(msg))
     return signed(msg, DEVICE_KEY)
 
 
@@ -84,7 +102,7 @@ def valid_messages() -> list[tuple[str, dict[int, Any], bytes | None]]:
             signed(
                 {
                     m.K_TYPE: m.HELLO,
-                    m.HE_VERSION: 1,
+                    m.HE_VERSION: 2,
                     m.HE_DEVICE: "seal-0001",
                     m.HE_NONCE: DEVICE_NONCE,
                     m.HE_BOOT: 3,
@@ -267,6 +285,25 @@ def chain_file() -> Json:
     }
 
 
+def seal_file() -> Json:
+    """Every chain event's seal signature, checkable with any P-256 ECDSA implementation."""
+    vectors = []
+    for i, link in enumerate(chain_file()["vectors"][0]["events"], start=1):
+        msg = m.decode(bytes.fromhex(link["payload"]))
+        vectors.append({"name": f"chain event {i}", "payload": link["payload"],
+                        "digest": auth.seal_digest(msg).hex(), "sig": msg[m.EV_SIG].hex(),
+                        "valid": True})
+    forged = bytearray.fromhex(vectors[-1]["sig"])
+    forged[63] ^= 1
+    vectors.append({**vectors[-1], "name": "chain event 6, s bit flipped", "sig": forged.hex(),
+                    "valid": False})
+    return {
+        "description": "seal signatures (SPEC 4.1): sig = ECDSA P-256 over digest = "
+        "SHA-256(encode(event without keys 9 and 15)), r || s big-endian; public_key = X || Y",
+        "vectors": [{"name": "public key", "public_key": SEAL_PUBLIC.hex()}, *vectors],
+    }
+
+
 def invalid_vectors() -> list[Json]:
     ev_payload = m.encode(event(42, fixed("some earlier record")))
     ack = signed({m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.K_SEQ: 2}, SESSION_KEY)
@@ -339,6 +376,10 @@ def invalid_vectors() -> list[Json]:
         msg_case("event kind 5", replace(event(1, auth.GENESIS), m.EV_KIND, 5), "FIELD"),
         msg_case("event prev of 31 bytes", replace(event(1, auth.GENESIS), m.EV_PREV, bytes(31)),
                  "FIELD"),
+        msg_case("event sig of 63 bytes", replace(event(1, auth.GENESIS), m.EV_SIG, bytes(63)),
+                 "FIELD"),
+        msg_case("event without its seal signature",
+                 {k: v for k, v in event(1, auth.GENESIS).items() if k != m.EV_SIG}, "FIELD"),
         msg_case("event counter as bytes", replace(event(1, auth.GENESIS), m.EV_COUNTER, b"\x01"),
                  "FIELD"),
         msg_case("event permit negative", replace(event(1, auth.GENESIS), m.EV_PERMIT, -1),
@@ -443,6 +484,7 @@ FILES = {
     "mac.json": mac_file,
     "session.json": session_file,
     "chain.json": chain_file,
+    "seal.json": seal_file,
     "invalid.json": invalid_file,
     "streams.json": streams_file,
 }

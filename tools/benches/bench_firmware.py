@@ -9,9 +9,12 @@ device's RAM holds. Two runs:
   1,000 times. `heap_peak_bytes` is the largest live heap the board saw (collected first, at a
   scheduling point every few ms, by the emulated HAL's heap probe); the run fails if the
   firmware does not fit in 64k at all.
-- the impression path alone in one process (Guard -> Recorder -> Journal on the emulated
-  board's littlefs block device), so `impressions_per_s`, `journal_bytes_per_event` and
-  `flash_writes_per_event` are the device's own cost, not the control channel's pacing.
+- the impression path alone in one process (Guard -> Recorder -> the chip's Sign -> Journal on
+  the emulated board's littlefs block device), so `impressions_per_s`, `seal_ms_per_impression`,
+  `journal_bytes_per_event` and `flash_writes_per_event` are the device's own cost, not the
+  control channel's pacing. The chip is the ATECC608 model (sealink_sim.atecc) driven by the
+  firmware's own driver over the emulated I2C bus, with the datasheet's typical execution
+  times; `chip_ms_per_impression` is the same run with a chip that answers at once, subtracted.
 
     {"bench": "firmware", "heap_peak_bytes": ..., "mpy_total_bytes": ...,
      "journal_bytes_per_event": ..., "impressions_per_s": ..., ...}
@@ -20,6 +23,7 @@ device's RAM holds. Two runs:
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import serial
+from sealink_sim.atecc import ChipModel, serve
 from sealink_sim.emulator import ROMFS_IMAGE, EmulatedBoard, rom_command
 from sealproto import messages
 
@@ -53,6 +58,9 @@ sys.path.insert(0, "/rom")
 gc.collect()
 base = gc.mem_alloc()
 from flashdev import BLOCK_SIZE, FileBlockDevice
+from i2cbus import I2C
+from seal.atecc import Atecc608
+from seal.chipsetup import provision
 from seal.events import Recorder, Uptime
 from seal.guard import Guard
 from seal.journal import Journal
@@ -72,7 +80,9 @@ now = 1795000000
 j = Journal("/flash/journal", capacity_events=N + 16).open()
 boot = j.new_boot()
 free0 = os.statvfs("/flash")[3]
-rec = Recorder(j, bytes(32), lambda: now, Uptime())
+chip = Atecc608(I2C())
+provision(chip, 0)
+rec = Recorder(j, bytes(32), chip, lambda: now, Uptime())
 permits = Permits(lambda: now, j)
 permits.grant(1, N + 1, now - 60, now + 3600, 42)
 g = Guard(j, rec, permits, Pin(), Pin(), lambda n, v: None, lambda: now, lambda ms: None, 3300,
@@ -94,12 +104,33 @@ def _build(out: Path) -> Path:
     return out
 
 
-def _impression_path(fw: Path, tmp: Path) -> list[int]:
-    img = tmp / "bench.img"
+def _impression_path(fw: Path, tmp: Path, latency: str) -> list[int]:
+    img = tmp / f"bench-{latency}.img"
     img.write_bytes(b"\xff" * (512 * 4096))
-    env = dict(os.environ, MICROPYPATH=".frozen", SEAL_N=str(IMPRESSIONS), SEAL_IMG=str(img))
+    host_end, board_end = socket.socketpair()
+    chip = ChipModel(tmp / f"chip-{latency}.state", latency=latency)
+    serving = serve(host_end, chip, name=f"bench-chip-{latency}")
+    env = dict(
+        os.environ,
+        MICROPYPATH=".frozen",
+        SEAL_N=str(IMPRESSIONS),
+        SEAL_IMG=str(img),
+        SEAL_I2C_FD=str(board_end.fileno()),
+    )
     cmd = rom_command(fw / ROMFS_IMAGE, "-X", f"heapsize={HEAPSIZE}", "-c", _RUN)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+            check=False,
+            pass_fds=(board_end.fileno(),),
+        )
+    finally:
+        board_end.close()
+        serving.join(timeout=10)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return [int(x) for x in line.split()[1:]]
@@ -187,7 +218,8 @@ def run() -> list[dict[str, Any]]:
         mpy_total = sum(
             p.stat().st_size for pkg in ("seal", "sealproto") for p in (fw / pkg).glob("*.mpy")
         )
-        code, elapsed_us, used, writes = _impression_path(fw, tmp)
+        code, elapsed_us, used, writes = _impression_path(fw, tmp, "typical")
+        instant_us = _impression_path(fw, tmp, "none")[1]
         heap_peak = _board_heap_peak(tmp)
     return [
         {
@@ -201,6 +233,9 @@ def run() -> list[dict[str, Any]]:
             "journal_bytes_per_event": round(used / IMPRESSIONS, 1),
             "flash_writes_per_event": round(writes / IMPRESSIONS, 2),
             "impressions_per_s": round(IMPRESSIONS / (elapsed_us / 1e6), 1),
+            # chip plus journal, the chip at the datasheet's typical times
+            "seal_ms_per_impression": round(elapsed_us / IMPRESSIONS / 1000, 2),
+            "chip_ms_per_impression": round((elapsed_us - instant_us) / IMPRESSIONS / 1000, 2),
         }
     ]
 

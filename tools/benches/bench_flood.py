@@ -103,13 +103,13 @@ async def _run(work: Path, broker_port: int) -> list[dict[str, Any]]:
     from sealink.gateway import Gateway
     from sealink.ledger import Ledger
     from sealink_sim.ptylink import open_pty_link
-    from sealink_sim.simdevice import SimDevice
+    from sealink_sim.simdevice import SimChip, SimDevice
 
     key = GatewayKey.generate()
     key.save(work / "gateway.key")
     device_key = os.urandom(32)
     ledger = Ledger(work / "ledger.sqlite")
-    ledger.add_device(DEVICE, device_key)
+    ledger.add_device(DEVICE, device_key, SimChip.of(device_key).public)
     ledger.close()
     counter = _ByteCount()
     logging.getLogger("sealink").addHandler(counter)

@@ -4,6 +4,7 @@ from mpyunit import equal
 from rig import KEY, NOW_S, Clock, Rig
 from sealproto import auth, messages
 from sealproto import messages as M
+from testchip import TestChip
 
 from seal.events import Recorder, Uptime
 from seal.journal import Journal, JournalFull
@@ -36,7 +37,7 @@ def test_counter_and_chain_continue_after_reopen():
     rig.recorder.record(M.KIND_IMPRESSION)
     j2 = Journal(flashimg.root()).open()
     j2.new_boot()
-    rec2 = Recorder(j2, KEY, Clock(), Uptime())
+    rec2 = Recorder(j2, KEY, TestChip(), Clock(), Uptime())
     equal(rec2.record(M.KIND_FORCED), 2)
     e2 = messages.decode(j2.read(2))
     equal(e2[M.EV_PREV], auth.record_hash(j2.read(1)))

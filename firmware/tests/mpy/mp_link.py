@@ -79,7 +79,7 @@ def test_handshake_and_status():
     equal(hello[M.HE_DEVICE], "seal-test")
     equal(hello[M.HE_BOOT], w.rig.boot)
     equal(hello[M.HE_NEXT], 1)
-    equal(hello[M.HE_VERSION], 1)
+    equal(hello[M.HE_VERSION], 2)
     w.run()
     status = w.peer.of_type(M.STATUS)
     equal(len(status), 1)
@@ -227,7 +227,7 @@ def test_resume_after_reboot_resends_backlog():
     j = rig.journal.__class__(rig.journal.root).open()
     rig.journal = j
     rig.boot = j.new_boot()
-    rig.recorder.__init__(j, KEY, rig.clock, Uptime(rig.now_ms))
+    rig.recorder.__init__(j, KEY, rig.chip, rig.clock, Uptime(rig.now_ms))
     rig.guard._journal = j
     w.link = w.new_link()
     w.deaf = False

@@ -82,6 +82,7 @@ def test_revoke():
 
 import flashimg  # noqa: E402
 from rig import KEY  # noqa: E402
+from testchip import TestChip  # noqa: E402
 
 from seal.events import Recorder, Uptime  # noqa: E402
 from seal.journal import Journal, impression_permit  # noqa: E402
@@ -100,7 +101,7 @@ class _Seal:
         self.journal.new_boot()
         self.clock = _Clock(_NOW)
         self.permits = Permits(self.clock, self.journal)
-        self.recorder = Recorder(self.journal, KEY, self.clock, Uptime())
+        self.recorder = Recorder(self.journal, KEY, TestChip(), self.clock, Uptime())
 
     def impression(self):
         p = self.permits

@@ -12,6 +12,7 @@ from mpyunit import equal, raises
 from rig import KEY, NOW_S, Rig
 from sealproto import auth, cbor, cobs, codec, framing
 from sealproto import messages as M
+from testchip import signature_of
 
 from seal.events import Recorder, Uptime, _uint
 from seal.link import Link
@@ -63,11 +64,11 @@ def test_frames_equal_the_reference_with_a_leading_zero():
 
 
 def test_no_empty_or_oversized_payload_is_framed():
-    # SPEC §2: a sender MUST NOT send an empty payload; the seal's buffer holds 160 bytes.
+    # SPEC §2: a sender MUST NOT send an empty payload; the seal's buffer holds 192 bytes.
     frames = []
     link = _link(frames)
     raises(ValueError, link._send_payload, b"")
-    raises(ValueError, link._send_payload, bytes(161))
+    raises(ValueError, link._send_payload, bytes(193))
     equal(frames, [])
 
 
@@ -100,6 +101,7 @@ def test_event_records_equal_codec_and_auth():
         want = {M.K_TYPE: M.EVENT, M.EV_COUNTER: counter, M.EV_BOOT: rig.boot,
                 M.EV_UPTIME: msg[M.EV_UPTIME], M.EV_TIME: rig.clock.t, M.EV_KIND: kind,
                 M.EV_PERMIT: permit, M.EV_OPERATOR: operator, M.EV_PREV: prev}
+        want[M.EV_SIG] = signature_of(auth.seal_digest(want))
         equal(payload, codec.encode(auth.sign(want, KEY)), f"record {counter}")
         equal(rig.journal.last_hash, auth.record_hash(payload))
 
@@ -130,6 +132,13 @@ class _Draft:
         pass
 
 
+class _SilentChip:
+    # Writes its 64 bytes and allocates nothing, as the driver's buffers let it: what is
+    # measured below is record() itself.
+    def sign_digest(self, slot, digest, out):
+        out[0] = slot
+
+
 def _hash_cost(key_pad, view):
     h = hashlib.sha256(key_pad)
     h.update(view)
@@ -141,23 +150,25 @@ def _hash_cost(key_pad, view):
 
 def test_building_a_record_allocates_only_its_hashes():
     # What HMAC-SHA256 costs in hashlib objects (two hashers, two digests, one view of the
-    # data), measured here, is all record() may allocate beside views of its one buffer: no
-    # bytes, bytearray, dict or list.
-    rec = Recorder(_Draft(), KEY, lambda: NOW_S, Uptime())
+    # data) and the seal digest (one hasher, one digest), measured here, is all record() may
+    # allocate beside views of its one buffer: no bytes, bytearray, dict or list.
+    rec = Recorder(_Draft(), KEY, _SilentChip(), lambda: NOW_S, Uptime())
     pad = bytes(64)
     data = memoryview(bytearray(90))
     hashes = _allocated(_hash_cost, pad, data[:80])
+    hashes += _allocated(lambda: hashlib.sha256(data[:80]).digest())
     view = _allocated(lambda: data[:80])
     record = _allocated(rec.record, 0, 17, 1042)
     # The old path, for comparison: a dict, sealproto's encode and sign, a framed copy.
     msg = {M.K_TYPE: M.EVENT, M.EV_COUNTER: 7, M.EV_BOOT: 3, M.EV_UPTIME: 103250,
            M.EV_TIME: NOW_S, M.EV_KIND: 0, M.EV_PERMIT: 17, M.EV_OPERATOR: 1042,
-           M.EV_PREV: bytes(32)}
+           M.EV_PREV: bytes(32), M.EV_SIG: bytes(64)}
     before = _allocated(lambda: framing.encode_frame(codec.encode(auth.sign(dict(msg), KEY))))
     print("bytes allocated per record: built in place", record, "(hashes", hashes,
           "+ views) ; sealproto encode+sign+frame", before)
-    # The views: of the padded key, of the data to hash, of the record to append.
-    equal(record <= hashes + 3 * view, True, f"record() allocates {record} B")
+    # The views: of the padded key, of the data to hash, of the record to append, of the
+    # buffer and of the signature's place in it.
+    equal(record <= hashes + 5 * view, True, f"record() allocates {record} B")
 
 
 def test_framing_allocates_two_views_whatever_the_size():

@@ -5,6 +5,7 @@ from micropython import const
 
 import flashimg
 from sealproto import messages
+from testchip import TestChip
 
 from seal.events import Recorder, Uptime
 from seal.guard import Guard
@@ -56,7 +57,8 @@ class Rig:
         self.journal, self.boot = fresh(name, capacity, blocks, cut_at)
         self.clock = Clock()
         self.ticks = [1000]
-        self.recorder = Recorder(self.journal, KEY, self.clock, Uptime(self.now_ms))
+        self.chip = TestChip()
+        self.recorder = Recorder(self.journal, KEY, self.chip, self.clock, Uptime(self.now_ms))
         self.permits = Permits(self.clock, self.journal)
         self.lock = Out()
         self.led = Out()

@@ -15,6 +15,7 @@ import random
 import flashimg
 from sealproto import messages as M
 from sweep_powercut import Pin, Spy, check, verify
+from testchip import TestChip
 
 from seal.events import Recorder, Uptime
 from seal.guard import Guard
@@ -41,7 +42,7 @@ class Board:
         self.journal._seg_events = 1  # every ack that moves compacts: records go early
         self.journal.open()
         boots.append(self.journal.new_boot())
-        self.recorder = Recorder(self.journal, key, lambda: _CLOCK_S, Uptime())
+        self.recorder = Recorder(self.journal, key, TestChip(), lambda: _CLOCK_S, Uptime())
         self.permits = Permits(lambda: _CLOCK_S, self.journal)
         self.guard = Guard(self.journal, self.recorder, self.permits, Pin(), Pin(),
                            self._report, lambda: _CLOCK_S, lambda ms: None, 3300,

@@ -12,6 +12,7 @@ import random
 import flashimg
 from sealproto import auth, messages
 from sealproto.messages import EV_COUNTER, EV_PREV
+from testchip import TestChip
 
 from seal.events import Recorder, Uptime
 from seal.guard import Guard
@@ -54,7 +55,7 @@ class Board:
         self.counted = []
         self.journal = Spy(flashimg.root(), appended).open()
         boots.append(self.journal.new_boot())
-        self.recorder = Recorder(self.journal, key, lambda: _CLOCK_S, Uptime())
+        self.recorder = Recorder(self.journal, key, TestChip(), lambda: _CLOCK_S, Uptime())
         permits = Permits(lambda: _CLOCK_S)
         permits.grant(_PERMIT, 1000, _CLOCK_S - 60, _CLOCK_S + 3600, _OPERATOR)
         self.lock = Pin()

@@ -27,12 +27,13 @@ from sealink.cli.common import (
     with_operator,
 )
 from sealink.config import NAME_RE
+from sealink.crypto.sealkey import parse_seal_key
 from sealink.crypto.signer import GatewayKey, check_private_file
 from sealink.errors import DeviceError, KeyFileError
 from sealink.ledger import AHEAD_OF_LEDGER, Ledger
 from sealink.topics import Topics
 
-__all__ = ["read_device_key", "register"]
+__all__ = ["read_device_key", "read_seal_key", "register"]
 
 _HEX_SHOWN = 16  # bytes of each rejected frame shown by `devices quarantine DEVICE`
 
@@ -56,15 +57,33 @@ def read_device_key(path: str | os.PathLike[str]) -> bytes:
     return key
 
 
+def read_seal_key(given: str | None, key_file: str | os.PathLike[str]) -> bytes:
+    """The seal chip's public key: --seal-key, else the provisioning JSON's "seal_key"."""
+    if given is not None:
+        return parse_seal_key(given, "--seal-key")
+    text = Path(key_file).read_bytes().strip()
+    try:
+        found = json.loads(text).get("seal_key") if text.startswith(b"{") else None
+    except (ValueError, AttributeError):
+        found = None
+    if not isinstance(found, str):
+        raise KeyFileError(
+            f'no seal key: {key_file} has no "seal_key" (the chip\'s public key, printed '
+            "by tools/provision.py); give it with --seal-key HEX"
+        )
+    return parse_seal_key(found, f"{key_file}: seal_key")
+
+
 def cmd_devices_add(args: argparse.Namespace) -> int:
     if not NAME_RE.match(args.device) or args.device == "gateway":
         raise DeviceError(
             f"device id {args.device!r}: 1..32 characters of A-Z a-z 0-9 . _ - (not 'gateway')"
         )
     key = read_device_key(args.key_file)
+    seal_key = read_seal_key(args.seal_key, args.key_file)
     with open_ledger(load(args)) as ledger:
-        ledger.add_device(args.device, key, replace=args.replace)
-    print(f"registered {args.device}", file=sys.stderr)
+        ledger.add_device(args.device, key, seal_key, replace=args.replace)
+    print(f"registered {args.device} (seal key {seal_key[:8].hex()}…)", file=sys.stderr)
     return 0
 
 
@@ -250,13 +269,21 @@ def cmd_devices_adopt(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     devices = sub.add_parser("devices", help="registered seals and their quarantine")
     dev_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
-    p = add_command(dev_sub, "add", cmd_devices_add, "register a seal with its 32-byte key")
+    p = add_command(
+        dev_sub, "add", cmd_devices_add, "register a seal: its link key and its chip's public key"
+    )
     with_config(p)
     p.add_argument("device", help="device id ([A-Za-z0-9._-], 1..32)")
     p.add_argument(
         "--key-file",
         required=True,
         help="file (mode 0600) with the key as 64 hex digits or provisioning JSON",
+    )
+    p.add_argument(
+        "--seal-key",
+        metavar="HEX",
+        help="the seal chip's P-256 public key, X || Y as 128 hex digits (default: the "
+        'provisioning JSON\'s "seal_key")',
     )
     p.add_argument("--replace", action="store_true", help="replace an existing registration")
     p = add_command(dev_sub, "list", cmd_devices_list, "list registered seals (JSON Lines)")

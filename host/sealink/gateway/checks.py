@@ -11,9 +11,17 @@ from typing import Any
 from sealproto import errors, messages
 from sealproto.errors import DecodeError
 
+from sealink.gateway.fastpath import seal_digest
 from sealink.gateway.registry import DeviceState
 
-__all__ = ["chain_fault", "describe", "device_alarm", "rollback", "seal_ahead", "status_fields"]
+__all__ = [
+    "describe",
+    "device_alarm",
+    "event_fault",
+    "rollback",
+    "seal_ahead",
+    "status_fields",
+]
 
 
 def describe(exc: DecodeError) -> str:
@@ -30,8 +38,21 @@ def rollback(state: DeviceState, next_counter: int, boot_id: int) -> str | None:
     return None
 
 
-def chain_fault(state: DeviceState, event: dict[int, Any], hello_boot: int) -> str | None:
-    """§5.4 step 2 for the event after the last accepted one: prev and boot_id must chain."""
+def event_fault(
+    state: DeviceState, event: dict[int, Any], payload: bytes, hello_boot: int
+) -> tuple[str, str] | None:
+    """§5.4 step 2 for the event after the last accepted one, as (reason, detail): the record
+    must be the seal's, signed inside its chip (§4.1), and its prev and boot_id must chain."""
+    counter = event[messages.EV_COUNTER]
+    if state.seal_key is None:
+        return "bad_signature", f"EVENT {counter}: no seal key is registered for {state.device}"
+    if not state.seal_key.verify(seal_digest(payload), event[messages.EV_SIG]):
+        return "bad_signature", f"EVENT {counter}: the seal signature does not verify"
+    fault = _chain_fault(state, event, hello_boot)
+    return None if fault is None else ("chain_break", fault)
+
+
+def _chain_fault(state: DeviceState, event: dict[int, Any], hello_boot: int) -> str | None:
     counter = event[messages.EV_COUNTER]
     if state.accepted_hash is not None and event[messages.EV_PREV] != state.accepted_hash:
         return f"EVENT {counter}: prev is not the hash of event {counter - 1}"

@@ -32,6 +32,7 @@ __all__ = [
     "encode_frame",
     "encode_session",
     "hmac_sha256",
+    "seal_digest",
 ]
 
 _CRC_LEN = 4
@@ -42,10 +43,11 @@ _U64 = 0xFFFFFFFFFFFFFFFF
 # CBOR heads (RFC 8949 §3): a map of n entries (n < 24), a byte string of n bytes (24 <= n < 256).
 _CBOR_MAP = 0xA0
 _CBOR_BYTES_1 = 0x58
-# An EVENT in deterministic CBOR (SPEC §3, §4) is one fixed shape: a map of 10, key 0 = the
-# type, keys 1..7 unsigned ints in their shortest form, then `prev` and the MAC, each a 32-byte
-# byte string. (key, low, high) for the ints, in key order:
-_EVENT_HEAD = bytes([_CBOR_MAP + 10, K_TYPE, messages.EVENT])
+# An EVENT in deterministic CBOR (SPEC §3, §4) is one fixed shape: a map of 11, key 0 = the
+# type, keys 1..7 unsigned ints in their shortest form, then `prev` (32 bytes), the seal's
+# signature (64) and the MAC (32), each a byte string with a one-byte length. (key, low, high)
+# for the ints, in key order:
+_EVENT_HEAD = bytes([_CBOR_MAP + 11, K_TYPE, messages.EVENT])
 _EVENT_INTS = (
     (messages.EV_COUNTER, 1, _U32),
     (messages.EV_BOOT, 0, _U32),
@@ -58,7 +60,9 @@ _EVENT_INTS = (
 _PREV_HEAD = bytes([messages.EV_PREV, _CBOR_BYTES_1, messages.HASH_LEN])
 _MAC_TAIL = bytes([K_MAC, _CBOR_BYTES_1, messages.MAC_LEN])
 _MAC_TAIL_LEN = 3 + messages.MAC_LEN
-_EVENT_TAIL_LEN = 2 * _MAC_TAIL_LEN
+_SIG_HEAD = bytes([messages.EV_SIG, _CBOR_BYTES_1, messages.SIG_LEN])
+_SIG_ENTRY_LEN = 3 + messages.SIG_LEN
+_EVENT_TAIL_LEN = _MAC_TAIL_LEN + _SIG_ENTRY_LEN + _MAC_TAIL_LEN
 # uint head byte -> (argument bytes, least value that may use it: shortest form only)
 _UINT_FORMS = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}
 _ACK_KEYS = (K_TYPE, messages.AK_COUNTER, K_SEQ, K_MAC)
@@ -92,15 +96,27 @@ def decode_event(payload: bytes) -> dict[int, Any] | None:
             return None
         msg[key] = value
     # pos past the end (a truncated int) fails here too
+    sig_at = pos + _MAC_TAIL_LEN
+    mac_at = sig_at + _SIG_ENTRY_LEN
     if (
         end != pos + _EVENT_TAIL_LEN
         or payload[pos : pos + 3] != _PREV_HEAD
-        or payload[pos + _MAC_TAIL_LEN : pos + _MAC_TAIL_LEN + 3] != _MAC_TAIL
+        or payload[sig_at : sig_at + 3] != _SIG_HEAD
+        or payload[mac_at : mac_at + 3] != _MAC_TAIL
     ):
         return None
-    msg[messages.EV_PREV] = payload[pos + 3 : pos + _MAC_TAIL_LEN]
+    msg[messages.EV_PREV] = payload[pos + 3 : sig_at]
+    msg[messages.EV_SIG] = payload[sig_at + 3 : mac_at]
     msg[K_MAC] = payload[end - messages.MAC_LEN :]
     return msg
+
+
+def seal_digest(payload: bytes) -> bytes:
+    """sealproto.auth.seal_digest of the EVENT in `payload`, straight from its bytes: for a
+    payload decode_event accepted, the map without keys 9 and 15 is these bytes minus the two
+    trailing entries, two map entries fewer (tested)."""
+    body = bytes([payload[0] - 2]) + payload[1 : -(_SIG_ENTRY_LEN + _MAC_TAIL_LEN)]
+    return hashlib.sha256(body).digest()
 
 
 def decode_ack(payload: bytes) -> dict[int, Any] | None:

@@ -273,9 +273,9 @@ class LinkMachine:
                 self._gap_flag = True
                 self._send_ack(state.stored)
             return
-        fault = checks.chain_fault(state, msg, self._hello_boot)
+        fault = checks.event_fault(state, msg, payload, self._hello_boot)
         if fault is not None:
-            self._quarantine(state, "chain_break", fault, payload, now_ms)
+            self._quarantine(state, fault[0], fault[1], payload, now_ms)
             return
         digest = auth.record_hash(payload)
         self._registry.accept(state, counter, payload, digest, msg[messages.EV_BOOT])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from sealproto.timers import WINDOW
 
+from sealink.crypto.sealkey import SealKey
 from sealink.ledger import DeviceRecord, DeviceUpdate, Quarantine
 
 __all__ = ["DeviceRegistry", "DeviceState"]
@@ -42,6 +43,8 @@ class DeviceState:
     # counter -> (payload, boot_id) of the newest accepted events
     recent: dict[int, tuple[bytes, int]] = field(default_factory=dict)
     owner: str | None = None
+    # The seal chip's public key (SPEC §4.1); None: never registered, every EVENT is refused.
+    seal_key: SealKey | None = None
 
     def __post_init__(self) -> None:
         self.accepted = self.stored
@@ -78,9 +81,12 @@ class DeviceRegistry:
                 record.boot_id,
                 record.quarantine,
                 record.ahead_acked,
+                seal_key=_seal_key(record.seal_key),
             )
             return state
         state.key = record.key
+        if record.seal_key != (state.seal_key.public if state.seal_key else None):
+            state.seal_key = _seal_key(record.seal_key)
         state.boot_id = max(state.boot_id, record.boot_id)
         state.quarantine = record.quarantine
         state.ahead_acked = record.ahead_acked
@@ -155,3 +161,7 @@ class DeviceRegistry:
     def take_updates(self) -> list[DeviceUpdate]:
         updates, self._updates = self._updates, []
         return updates
+
+
+def _seal_key(public: bytes | None) -> SealKey | None:
+    return None if public is None else SealKey(public)

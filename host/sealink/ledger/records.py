@@ -98,7 +98,8 @@ class DeviceRecord:
     operator-adopted gap. `stored_hash` is the record hash of event L (GENESIS when L = 0), or
     None when L ends an adopted gap: the next event's `prev` cannot be checked, it anchors the
     chain. `boot_id` is B, the highest boot_id seen. `ahead_acked` is the acked counter a seal
-    claimed beyond the ledger (the upper end of the gap `adopt` would record)."""
+    claimed beyond the ledger (the upper end of the gap `adopt` would record). `seal_key` is
+    the seal chip's public key, X || Y (SPEC §4.1), None if it was never registered."""
 
     device: str
     key: bytes
@@ -107,6 +108,7 @@ class DeviceRecord:
     boot_id: int
     quarantine: Quarantine | None
     ahead_acked: int | None
+    seal_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

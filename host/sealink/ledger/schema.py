@@ -10,6 +10,8 @@ v3: the transparency log (SPEC §14): log_leaves (one row per stored event or ad
     commit order), log_nodes (the hash of every perfect subtree, leaves included, so appends
     read only the frontier and proofs are look-ups) and checkpoints (the signed notes). A v2
     file's events and gaps enter the log at migration, in the order they were received.
+v4: devices gains seal_key, the seal chip's P-256 public key (SPEC §4.1); a device of an older
+    file has none until it is registered again, and its EVENTs are refused meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sealink.ledger import log
 
 __all__ = ["SCHEMA_VERSION", "create_or_migrate"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -32,7 +34,8 @@ _TABLES = (
         quarantine_reason TEXT,
         quarantine_detail TEXT,
         quarantine_ms INTEGER,
-        ahead_acked INTEGER
+        ahead_acked INTEGER,
+        seal_key BLOB
     )""",
     """CREATE TABLE IF NOT EXISTS events (
         device TEXT NOT NULL,
@@ -148,7 +151,9 @@ _TABLES_V3 = (
     )""",
 )
 
-_KNOWN = ("1", "2", str(SCHEMA_VERSION))
+_V4_COLUMNS = ("ALTER TABLE devices ADD COLUMN seal_key BLOB",)
+
+_KNOWN = ("1", "2", "3", str(SCHEMA_VERSION))
 
 
 class SchemaTooNew(Exception):
@@ -173,6 +178,9 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
             db.execute(statement)
         if version == "1":
             for statement in _V2_COLUMNS:
+                db.execute(statement)
+        if version in ("1", "2", "3"):
+            for statement in _V4_COLUMNS:
                 db.execute(statement)
         for statement in _TABLES_V2:
             db.execute(statement)

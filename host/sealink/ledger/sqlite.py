@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sealink.commands import validate_command
+from sealink.crypto.sealkey import SEAL_KEY_LEN
 from sealink.errors import DeviceError, LedgerError
 from sealink.ledger import log, queue
 from sealink.ledger import operator as ops
@@ -101,22 +102,28 @@ class Ledger:
 
     # devices ---------------------------------------------------------------------------------
 
-    def add_device(self, device: str, key: bytes, *, replace: bool = False) -> None:
+    def add_device(
+        self, device: str, key: bytes, seal_key: bytes | None, *, replace: bool = False
+    ) -> None:
+        """Register a seal: its link key and its chip's public key (None: its EVENTs are
+        refused until it is registered with one, SPEC §4.1)."""
         if len(key) != 32:
             raise DeviceError(f"device {device}: key must be 32 bytes, got {len(key)}")
+        if seal_key is not None and len(seal_key) != SEAL_KEY_LEN:
+            raise DeviceError(f"device {device}: seal key must be {SEAL_KEY_LEN} bytes")
         try:
             if replace:
-                # A new key for a known seal keeps what the ledger knows of it (B, quarantine).
+                # New keys for a known seal keep what the ledger knows of it (B, quarantine).
                 self._db.execute(
-                    "INSERT INTO devices (id, key, registered_ms) VALUES (?, ?, ?) "
+                    "INSERT INTO devices (id, key, seal_key, registered_ms) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (id) DO UPDATE SET key = excluded.key, "
-                    "registered_ms = excluded.registered_ms",
-                    (device, key, now_ms()),
+                    "seal_key = excluded.seal_key, registered_ms = excluded.registered_ms",
+                    (device, key, seal_key, now_ms()),
                 )
             else:
                 self._db.execute(
-                    "INSERT INTO devices (id, key, registered_ms) VALUES (?, ?, ?)",
-                    (device, key, now_ms()),
+                    "INSERT INTO devices (id, key, seal_key, registered_ms) VALUES (?, ?, ?, ?)",
+                    (device, key, seal_key, now_ms()),
                 )
         except sqlite3.IntegrityError:
             raise DeviceError(f"device {device} is already registered") from None
@@ -132,7 +139,7 @@ class Ledger:
         try:
             row = db.execute(
                 "SELECT key, boot_id, quarantine_reason, quarantine_detail, quarantine_ms, "
-                "ahead_acked FROM devices WHERE id = ?",
+                "ahead_acked, seal_key FROM devices WHERE id = ?",
                 (device,),
             ).fetchone()
             stored, stored_hash = ops.stored_head(db, device)
@@ -141,8 +148,9 @@ class Ledger:
         if row is None:
             return None
         quarantine = None if row[2] is None else Quarantine(row[2], row[3] or "", row[4] or 0)
+        seal_key = None if row[6] is None else bytes(row[6])
         return DeviceRecord(
-            device, bytes(row[0]), stored, stored_hash, int(row[1]), quarantine, row[5]
+            device, bytes(row[0]), stored, stored_hash, int(row[1]), quarantine, row[5], seal_key
         )
 
     def registrations(self) -> tuple[int, int]:
@@ -162,7 +170,7 @@ class Ledger:
             "d.quarantine_ms, d.ahead_acked, "
             "(SELECT MAX(counter) FROM events e WHERE e.device = d.id), "
             "(SELECT MAX(last) FROM gaps g WHERE g.device = d.id), "
-            "(SELECT COUNT(*) FROM quarantine q WHERE q.device = d.id) "
+            "(SELECT COUNT(*) FROM quarantine q WHERE q.device = d.id), d.seal_key "
             "FROM devices d ORDER BY d.id"
         ).fetchall()
         return [
@@ -178,6 +186,7 @@ class Ledger:
                 "last_counter": r[7] or 0,
                 "stored": max(r[7] or 0, r[8] or 0),
                 "quarantine_rows": r[9],
+                "seal_key": None if r[10] is None else bytes(r[10]).hex(),
             }
             for r in rows
         ]
