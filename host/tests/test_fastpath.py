@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
+from sealink.crypto.sealkey import SealKey
 from sealink.crypto.signer import GatewayKey, countersign_payload, countersign_payload_reference
 from sealink.gateway.fastpath import (
     FrameDecoder,
@@ -23,11 +24,12 @@ from sealink.gateway.fastpath import (
     encode_session,
     hmac_sha256,
     seal_digest,
+    seal_signature,
 )
 from sealink.mqtt.pahofast import LeanClient as _Client
 from sealink.mqtt.pahofast import UserProperties as _UserProperties
 from sealink.mqtt.pahofast import properties as _properties
-from sealink_sim.simdevice import make_event
+from sealink_sim.simdevice import SimChip, make_event
 from sealproto import auth, framing, messages
 from sealproto.errors import DecodeError
 
@@ -61,6 +63,8 @@ events = st.builds(
 def test_valid_events_decode_identically(payload: bytes) -> None:
     assert decode_event(payload) == messages.decode(payload)
     assert seal_digest(payload) == auth.seal_digest(messages.decode(payload))
+    digest, sig = seal_signature(payload) or (b"", b"")
+    assert (digest, sig) == (seal_digest(payload), messages.decode(payload)[messages.EV_SIG])
     assert device_mac_ok(payload, KEY)
     assert not device_mac_ok(payload, os.urandom(32))
 
@@ -284,3 +288,20 @@ def test_frame_decoder_gives_the_reference_outcomes(
     fast = FrameDecoder()
     got = [_norm(x) for c in chunks for x in fast.feed(c)]
     assert got == _reference_feed(chunks)
+
+
+def test_seal_signatures_checked_ahead_give_the_same_verdicts() -> None:
+    # SealKey.prefetch runs in the session's worker threads; verify() must then answer exactly
+    # what it would have found itself, forged signatures included, and each verdict once.
+    device_key = bytes(range(32))
+    chip = SimChip.of(device_key)
+    key = SealKey(chip.public)
+    good = make_event(device_key, 1, auth.GENESIS)
+    forged = make_event(device_key, 1, auth.GENESIS, chip=SimChip.of(b"another chip"))
+    pairs = [p for p in map(seal_signature, [good, forged, b"\x00 not an event"]) if p]
+    assert len(pairs) == 2
+    key.prefetch(pairs)
+    assert [key.verify(*p) for p in pairs] == [True, False]
+    assert [key.verify(*p) for p in pairs] == [True, False]  # checked again, same answer
+    key.prefetch([(pairs[0][0], pairs[1][1])] * 1000)  # a flood of one bad pair: bounded
+    assert key.verify(pairs[0][0], pairs[1][1]) is False

@@ -22,7 +22,16 @@ _COORD = 32
 _ALGORITHM = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 
 
+# Verdicts checked ahead and not yet asked for; more would mean nobody is asking (a bound).
+_AHEAD_MAX = 256
+
+
 class SealKey:
+    """Verifies seal signatures. OpenSSL's P-256 verify is most of a record's host cost
+    (`make bench`: ingest) and releases the GIL, so the session checks a chunk's signatures in
+    a worker thread (`prefetch`) while the loop serves other links; `verify` then takes the
+    verdict made ahead, or checks on the spot."""
+
     def __init__(self, public: bytes) -> None:
         if len(public) != SEAL_KEY_LEN:
             raise ValueError(f"a seal key is {SEAL_KEY_LEN} bytes (X || Y), got {len(public)}")
@@ -33,9 +42,20 @@ class SealKey:
         except ValueError:
             raise ValueError("not a point on P-256") from None
         self.public = bytes(public)
+        self._ahead: dict[tuple[bytes, bytes], bool] = {}
 
     def verify(self, digest: bytes, sig: bytes) -> bool:
-        # ECDSA verify releases the GIL in cryptography: it can overlap the event loop's work.
+        ahead = self._ahead.pop((digest, sig), None)
+        return self._check(digest, sig) if ahead is None else ahead
+
+    def prefetch(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """Check (digest, sig) pairs now, for `verify` to answer later. Any thread."""
+        for digest, sig in pairs:
+            if len(self._ahead) >= _AHEAD_MAX:
+                return
+            self._ahead[(digest, sig)] = self._check(digest, sig)
+
+    def _check(self, digest: bytes, sig: bytes) -> bool:
         r = int.from_bytes(sig[:_COORD], "big")
         s = int.from_bytes(sig[_COORD:], "big")
         if len(sig) != 2 * _COORD or not (r and s):

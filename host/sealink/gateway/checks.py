@@ -65,10 +65,19 @@ def _chain_fault(state: DeviceState, event: dict[int, Any], hello_boot: int) -> 
     return None
 
 
-def seal_ahead(state: DeviceState, status: dict[int, Any]) -> int | None:
-    """§5.2 step 6: the counter the seal has compacted up to, if the ledger never stored it."""
+def seal_ahead(state: DeviceState, status: dict[int, Any]) -> tuple[int, str] | None:
+    """§5.2 step 6: the counter the seal has compacted up to, if the ledger never stored it.
+
+    A ledger restored from an older copy, a gateway replaced, or a seal moved from another
+    gateway: only an operator can adopt the gap (`sealink devices adopt`), which records it
+    as evidence."""
     device_acked = status[messages.ST_NEXT] - 1 - status[messages.ST_BACKLOG]
-    return device_acked if device_acked > state.stored else None
+    if device_acked <= state.stored:
+        return None
+    return (
+        device_acked,
+        f"the seal has compacted up to {device_acked}, the ledger holds {state.stored}",
+    )
 
 
 def status_fields(state: DeviceState, status: dict[int, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ __all__ = [
     "encode_session",
     "hmac_sha256",
     "seal_digest",
+    "seal_signature",
 ]
 
 _CRC_LEN = 4
@@ -109,6 +110,15 @@ def decode_event(payload: bytes) -> dict[int, Any] | None:
     msg[messages.EV_SIG] = payload[sig_at + 3 : mac_at]
     msg[K_MAC] = payload[end - messages.MAC_LEN :]
     return msg
+
+
+def seal_signature(payload: bytes) -> tuple[bytes, bytes] | None:
+    """(seal digest, sig) of what looks like an EVENT, for checking ahead (SealKey.prefetch);
+    None for anything else. Not a verdict: the link machine decodes and checks it in full."""
+    if payload[:3] != _EVENT_HEAD or len(payload) < _EVENT_TAIL_LEN + 17:
+        return None
+    sig_at = len(payload) - _MAC_TAIL_LEN - messages.SIG_LEN
+    return seal_digest(payload), payload[sig_at : sig_at + messages.SIG_LEN]
 
 
 def seal_digest(payload: bytes) -> bytes:

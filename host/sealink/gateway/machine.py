@@ -104,11 +104,21 @@ class LinkMachine:
         return self._take()
 
     def feed(self, data: bytes, now_ms: int) -> list[Action]:
+        return self.feed_frames(self.frames(data, now_ms), now_ms)
+
+    def frames(self, data: bytes, now_ms: int) -> list[bytes]:
+        """`data`'s frames (malformed ones rejected) for feed_frames; SealKey checks ahead."""
+        payloads = []
         for item in self._decoder.feed(data):
             if isinstance(item, DecodeError):
                 self._reject("malformed_frame", checks.describe(item), None, None, now_ms)
             else:
-                self._on_payload(item, now_ms)
+                payloads.append(item)
+        return payloads
+
+    def feed_frames(self, payloads: list[bytes], now_ms: int) -> list[Action]:
+        for payload in payloads:
+            self._on_payload(payload, now_ms)
         return self._take()
 
     def committed(self, now_ms: int) -> list[Action]:
@@ -136,8 +146,7 @@ class LinkMachine:
         return self._take()
 
     def displaced(self) -> None:
-        """The device's session was confirmed on another link: this one no longer speaks for
-        it (no ACKs, no commands) until the device says HELLO here again."""
+        """The session was confirmed on another link: no ACKs, no commands here until HELLO."""
         self.state = None
         self._key = b""
 
@@ -160,13 +169,8 @@ class LinkMachine:
             # Inside a gap an operator adopted: the seal still had the record the ledger lost.
             self._reject("in_adopted_gap", f"EVENT {counter}", device, payload, now_ms)
         else:
-            self._quarantine(
-                state,
-                "counter_rollback",
-                f"EVENT {counter} differs from the stored event {counter}",
-                payload,
-                now_ms,
-            )
+            detail = f"EVENT {counter} differs from the stored event {counter}"
+            self._quarantine(state, "counter_rollback", detail, payload, now_ms)
         return self._take()
 
     # dispatch --------------------------------------------------------------------------------
@@ -355,11 +359,7 @@ class LinkMachine:
         assert state is not None
         ahead = checks.seal_ahead(state, msg)
         if ahead is not None:
-            # A ledger restored from an older copy, a gateway replaced, or a seal moved from
-            # another gateway: only an operator can adopt the gap (`sealink devices adopt`),
-            # which records it as evidence.
-            detail = f"the seal has compacted up to {ahead}, the ledger holds {state.stored}"
-            self._quarantine(state, "ahead_of_ledger", detail, None, now_ms, ahead_acked=ahead)
+            self._quarantine(state, "ahead_of_ledger", ahead[1], None, now_ms, ahead_acked=ahead[0])
         self._out.append(Status(state.device, checks.status_fields(state, msg)))
 
     def _pump_commands(self, now_ms: int) -> None:

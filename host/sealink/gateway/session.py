@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from sealink.gateway.actions import (
@@ -30,12 +31,17 @@ from sealink.gateway.actions import (
     Status,
     Store,
 )
+from sealink.gateway.fastpath import seal_signature
 from sealink.gateway.limits import FloodMeter
 from sealink.gateway.machine import LinkMachine
 from sealink.ledger import Command
 from sealink.transport import Transport
 
 __all__ = ["LinkHost", "Session"]
+
+# Seal signatures are checked here, off the event loop (OpenSSL releases the GIL): two
+# threads, the cores of the gateways this runs on.
+_VERIFIERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal-verify")
 
 
 def monotonic_ms() -> int:
@@ -100,7 +106,15 @@ class Session:
         machine, flood = self.machine, FloodMeter()
         while True:
             data = await self.transport.receive()
-            actions = machine.feed(data, monotonic_ms())
+            frames = machine.frames(data, monotonic_ms())
+            key = machine.state.seal_key if machine.state is not None else None
+            if key is not None:
+                pairs = [p for p in map(seal_signature, frames) if p is not None]
+                if pairs:
+                    await asyncio.get_running_loop().run_in_executor(
+                        _VERIFIERS, key.prefetch, pairs
+                    )
+            actions = machine.feed_frames(frames, monotonic_ms())
             flood.observe(actions)
             await self._run(actions)
             # Let every other link and the committer run between two chunks of this one; a
