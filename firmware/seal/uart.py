@@ -8,8 +8,10 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 _CHUNK = const(128)
 # Nobody reading the wire (no host, a full pty) must not grow the heap: the link resends
-# everything that matters, so output beyond this is dropped.
-_OUT_MAX = const(2048)
+# everything that matters, so output beyond this is dropped. It holds a whole window of the
+# longest EVENTs (8 x 193 bytes) with a STATUS and 8 ALARMs: a burst the host is reading is
+# never dropped, or every drop would cost a retransmission timeout (500 ms, doubling).
+_OUT_MAX = const(3072)
 
 
 # asyncio.StreamReader waits the same way (its read() yields this before reading), but importing
