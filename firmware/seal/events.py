@@ -115,7 +115,7 @@ class Recorder:
         self._chip.sign_digest(
             _SEAL_KEY_SLOT,
             hashlib.sha256(buf[:n]).digest(),
-            memoryview(buf)[n + 3 : n + 3 + _SIG_LEN],
+            buf[n + 3 : n + 3 + _SIG_LEN],
         )
         buf[0] = _MAP9 + 1
         buf[n] = _EV_SIG

@@ -178,9 +178,18 @@ class _State:
         return ec.derive_private_key(self.keys[slot], ec.SECP256R1())
 
 
-def _public_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
+def public_xy(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The public key as the chip reads it out: X || Y, 32 bytes each, big-endian."""
     numbers = key.public_key().public_numbers()
     return numbers.x.to_bytes(32, "big") + numbers.y.to_bytes(32, "big")
+
+
+def raw_sign(key: ec.EllipticCurvePrivateKey, digest: bytes, deterministic: bool = False) -> bytes:
+    """ECDSA P-256 of a 32-byte digest as the chip's Sign returns it: r || s, 32 bytes each.
+    The chip draws k at random; `deterministic` (RFC 6979) gives reproducible bytes."""
+    algorithm = ec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=deterministic)
+    r, s = decode_dss_signature(key.sign(digest, algorithm))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def public_key_of(state_path: str | os.PathLike[str], slot: int = 0) -> bytes | None:
@@ -189,7 +198,7 @@ def public_key_of(state_path: str | os.PathLike[str], slot: int = 0) -> bytes | 
     if not path.exists():
         return None
     state = _State(path)
-    return _public_bytes(state.private_key(slot)) if slot in state.keys else None
+    return public_xy(state.private_key(slot)) if slot in state.keys else None
 
 
 class ChipModel:
@@ -383,10 +392,10 @@ class ChipModel:
             key = ec.generate_private_key(ec.SECP256R1())
             state.keys[slot] = key.private_numbers().private_value
             state.save()
-            return _public_bytes(key)
+            return public_xy(key)
         if slot not in state.keys:
             return _EXECUTION
-        return _public_bytes(state.private_key(slot))
+        return public_xy(state.private_key(slot))
 
     def _take_tempkey(self) -> bytes | None:
         # Sign and Verify consume TempKey, valid or not.
@@ -402,9 +411,7 @@ class ChipModel:
         digest = self._take_tempkey()
         if digest is None or slot not in self._state.keys:
             return _EXECUTION
-        der = self._state.private_key(slot).sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-        r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return raw_sign(self._state.private_key(slot), digest)
 
     def _verify(self, mode: int, key_type: int, data: bytes) -> bytes | int:
         if mode != 0x02 or key_type != 0x0004 or len(data) != 128:

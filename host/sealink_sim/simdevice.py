@@ -15,14 +15,15 @@ import os
 import time
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec
 from sealink.gateway.fastpath import decode_ack, device_mac_ok
 from sealink.transport.base import Transport
 from sealproto import PROTOCOL_VERSION, auth, framing, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 from sealproto.timers import SYNC_INTERVAL_MS
+
+from sealink_sim.atecc import public_xy, raw_sign
 
 __all__ = ["SimChip", "SimDevice", "make_event"]
 
@@ -32,9 +33,6 @@ RTO_S = 0.5
 
 # The order of P-256's base point (SEC 2 §2.4.2): a derived scalar is reduced below it.
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-# RFC 6979 deterministic k: the same record is the same bytes on every run (a chip draws k at
-# random; the host and verifiers cannot tell, both verify alike).
-_SIGN = ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True)
 
 
 class SimChip:
@@ -49,9 +47,7 @@ class SimChip:
 
     def __init__(self, private: ec.EllipticCurvePrivateKey | None = None) -> None:
         self._key = private or ec.generate_private_key(ec.SECP256R1())
-        self.public = self._key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )[1:]
+        self.public = public_xy(self._key)
 
     @classmethod
     def of(cls, device_key: bytes) -> SimChip:
@@ -60,8 +56,9 @@ class SimChip:
         return cls(ec.derive_private_key(scalar, ec.SECP256R1()))
 
     def sign(self, digest: bytes) -> bytes:
-        r, s = utils.decode_dss_signature(self._key.sign(digest, _SIGN))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        # RFC 6979: the same record is the same bytes on every run (a chip draws k at random;
+        # the host and verifiers cannot tell, both verify alike).
+        return raw_sign(self._key, digest, deterministic=True)
 
 
 def make_event(

@@ -37,7 +37,9 @@ SESSION_KEY = auth.session_key(DEVICE_KEY, DEVICE_NONCE, HOST_NONCE)
 # The seal's chip key of the vectors: a P-256 scalar derived from a label. Signatures are
 # RFC 6979 deterministic so the files are reproducible; a chip's random k verifies the same.
 SEAL_KEY = ec.derive_private_key(
-    int.from_bytes(fixed("seal chip key"), "big") % (2**256 - 2**224 + 2**192 + 2**96 - 1),
+    # reduced mod n, the order of P-256's base point (SEC 2 §2.4.2), as SPEC §4.4 says
+    int.from_bytes(fixed("seal chip key"), "big")
+    % 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
     ec.SECP256R1(),
 )
 SEAL_PUBLIC = SEAL_KEY.public_key().public_bytes(

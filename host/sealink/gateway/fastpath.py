@@ -67,6 +67,8 @@ _EVENT_TAIL_LEN = _MAC_TAIL_LEN + _SIG_ENTRY_LEN + _MAC_TAIL_LEN
 # uint head byte -> (argument bytes, least value that may use it: shortest form only)
 _UINT_FORMS = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}
 _ACK_KEYS = (K_TYPE, messages.AK_COUNTER, K_SEQ, K_MAC)
+# The shortest EVENT: its head, every int in one byte after its key, the three byte strings.
+_EVENT_MIN_LEN = len(_EVENT_HEAD) + 2 * len(_EVENT_INTS) + _EVENT_TAIL_LEN
 
 
 def decode_event(payload: bytes) -> dict[int, Any] | None:
@@ -115,7 +117,7 @@ def decode_event(payload: bytes) -> dict[int, Any] | None:
 def seal_signature(payload: bytes) -> tuple[bytes, bytes] | None:
     """(seal digest, sig) of what looks like an EVENT, for checking ahead (SealKey.prefetch);
     None for anything else. Not a verdict: the link machine decodes and checks it in full."""
-    if payload[:3] != _EVENT_HEAD or len(payload) < _EVENT_TAIL_LEN + 17:
+    if payload[:3] != _EVENT_HEAD or len(payload) < _EVENT_MIN_LEN:
         return None
     sig_at = len(payload) - _MAC_TAIL_LEN - messages.SIG_LEN
     return seal_digest(payload), payload[sig_at : sig_at + messages.SIG_LEN]
