@@ -1,3 +1,6 @@
+# heapsize: 96k  (test code: the cut sweeps mount a flash image and open two journals for every
+# cut, each taking its segment list's storage, beside the firmware; the firmware with permits in
+# 64k is the emulated board's: host/tests/test_emulated.py, the firmware bench)
 # The permit (SPEC §5.7): one installed at a time, count, validity window, increasing ids, revoke.
 from mpyunit import equal
 from sealproto import messages as M
