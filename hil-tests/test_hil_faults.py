@@ -115,9 +115,7 @@ def test_host_sigkill_and_restart_on_the_same_ledger(rig: Rig) -> None:
     _verdict(rig)
     # What the crash caught came again: the board resent it to the restarted gateway.
     resent = {
-        int(f.get("counter"))
-        for f in rig.port.wire.frames("EVENT", D2H, TX)
-        if f.at > kill.at
+        int(f.get("counter")) for f in rig.port.wire.frames("EVENT", D2H, TX) if f.at > kill.at
     }
     assert set(burst) <= resent, f"events {burst} were never resent after the kill; {rig.where()}"
 

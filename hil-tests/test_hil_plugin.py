@@ -194,12 +194,13 @@ class _HelloBoard:
         self.path = os.ttyname(self._slave)
         hello = {
             m.K_TYPE: m.HELLO,
-            m.HE_VERSION: 2,
+            m.HE_VERSION: 3,
             m.HE_DEVICE: device_id,
             m.HE_NONCE: bytes(16),
             m.HE_BOOT: 3,
             m.HE_NEXT: 42,
             m.HE_FIRMWARE: "seal-0.1.0/esp32",
+            m.HE_ENROLMENT: 0,
         }
         self._frame = b"\x00" + framing.encode_frame(m.encode(auth.sign(hello, key)))
         self._stop = threading.Event()

@@ -33,6 +33,7 @@ import pytest
 from sealink_hil.plugin import HilSettings
 from sealink_hil.tcpbridge import TcpSerialBridge
 from sealink_sim.emulator import EmulatedBoard
+from sealink_sim.enrolment import SIM_AUTHORITY
 
 HIL_DIR = Path(__file__).resolve().parent
 SUBSET = [
@@ -98,6 +99,8 @@ class _Bench:
     actuator: _FifoActuator
     key_file: Path
     state: Path
+    # The enrolment authority the board's firmware trusts, kept as a bench keeps it: a file.
+    authority_key: Path
 
 
 @pytest.fixture
@@ -112,11 +115,13 @@ def bench(tmp_path: Path, hil: HilSettings, requires: Callable[..., None]) -> It
     key_file.touch(mode=0o600)
     conf = {"device_id": "seal-bench-1", "key": key.hex(), "seal_key": board.provision().hex()}
     key_file.write_text(json.dumps(conf))
+    authority_key = tmp_path / "authority.key"
+    SIM_AUTHORITY.save(authority_key, "authority key")
     with board:
         bridge = TcpSerialBridge(board.uart_path).start()
         actuator = _FifoActuator(tmp_path, board)
         try:
-            yield _Bench(board, bridge, actuator, key_file, tmp_path / "bench-state")
+            yield _Bench(board, bridge, actuator, key_file, tmp_path / "bench-state", authority_key)
         finally:
             actuator.close()
             bridge.close()
@@ -135,6 +140,7 @@ def _run_inner(
         "-rs",
         f"--board=serial:{bench.bridge.url}",
         f"--device-key-file={bench.key_file}",
+        f"--hil-authority-key={bench.authority_key}",
         f"--press-cmd={bench.actuator.command('stamp')}",
         f"--power-cmd-off={bench.actuator.command('off')}",
         f"--power-cmd-on={bench.actuator.command('on')}",

@@ -121,7 +121,7 @@ def test_wire_log_decodes_frames_names_fields_and_says_why_a_frame_failed(
 ) -> None:
     wire = WireLog(tmp_path / "wire.log")
     event = _event(7)
-    ack_msg = {m.K_TYPE: m.ACK, m.AK_COUNTER: 7, m.K_SEQ: 3}
+    ack_msg = {m.K_TYPE: m.ACK, m.AK_COUNTER: 7, m.AK_STORED: b"", m.K_SEQ: 3}
     ack = framing.encode_frame(m.encode(auth.sign(ack_msg, KEY)))
     # Split mid-frame, with the optional leading 0x00 (SPEC §2): chunking must not matter.
     wire.tx(D2H, b"\x00" + event[:10])
@@ -142,19 +142,20 @@ def test_wire_log_decodes_frames_names_fields_and_says_why_a_frame_failed(
     text = (tmp_path / "wire.log").read_text()
     assert "D>H tx EVENT counter=7 boot=2 kind=IMPRESSION time_s=1718000000" in text
     assert "D>H rx ERROR CRC: crc mismatch" in text
-    assert "H>D tx ACK counter=7 seq=3" in text
+    assert "H>D tx ACK counter=7 stored=- seq=3" in text
 
 
 def test_the_board_counter_comes_from_its_own_frames(tmp_path: Path) -> None:
     wire = WireLog(tmp_path / "wire.log")
     hello = {
         m.K_TYPE: m.HELLO,
-        m.HE_VERSION: 2,
+        m.HE_VERSION: 3,
         m.HE_DEVICE: "seal-bench-1",
         m.HE_NONCE: bytes(16),
         m.HE_BOOT: 9,
         m.HE_NEXT: 501,
         m.HE_FIRMWARE: "seal-0.1.0/esp32",
+        m.HE_ENROLMENT: 0,
     }
     wire.tx(D2H, framing.encode_frame(m.encode(auth.sign(hello, KEY))))
     assert wire.board_counter == 500, "HELLO next=501: the board holds 500 records"

@@ -9,9 +9,10 @@ The file is {"device_id": ..., "key": "<64 hex>"}, mode 0600 from its creation; 
 also copied to the board as /seal.json (mpremote). With --chip (the firmware already on the
 board) the board's ATECC608 generates the seal key inside (seal.atecc.provision, once: the slot
 is locked after) and only its public key comes back; it is added to the file as "seal_key".
-The same file is the host half: the command to register the seal with the gateway is printed.
-The link key itself is never printed or logged. An existing file is never overwritten (a new
-key would orphan the device's registration).
+The same file is the host half: the command to register the seal with the gateway is printed;
+it copies the link key into the gateway's key store (`[gateway] link_keys`, 0600), never into
+the ledger. The link key itself is never printed or logged. An existing file is never
+overwritten (a new key would orphan the device's registration).
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ def add_seal_key(path: Path, output: str) -> str:
     return str(found[0])
 
 
+def enrol_commands(device_id: str, host_config: str) -> list[str]:
+    cert = f"{device_id}.cert"
+    certify = ["sealink", "authority", "certify", "--key", "AUTHORITY.key", "--device"]
+    return [
+        shlex.join([*certify, device_id, "--gateway-key", "ACK_KEY_HEX", "--out", cert]),
+        shlex.join(["sealink", "devices", "enrol", device_id, cert, "--config", host_config]),
+    ]
+
+
 def host_command(device_id: str, seal_json: Path, host_config: str) -> str:
     return shlex.join(
         [
@@ -155,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"provision: {e}; {args.out} is kept", file=sys.stderr)
                     return 1
                 print(f"seal key (the chip's public key): {seal_key}")
-    print("register it with the gateway:")
+    print("register it with the gateway (the link key goes to its key store, 0600):")
     print("  " + host_command(args.device_id, args.out, args.host_config))
+    print("then enrol it (SPEC §5.11): the authority certifies the gateway's `ack_key`")
+    print("(`sealink keys show`), the gateway keeps the certificate:")
+    for line in enrol_commands(args.device_id, args.host_config):
+        print("  " + line)
     return 0
 
 

@@ -8,6 +8,7 @@ import time
 import vfs
 from micropython import const
 
+import board
 from flashdev import FileBlockDevice
 
 from seal.uart import readable
@@ -22,6 +23,9 @@ _ENV_BATTERY_MV = const("SEAL_BATTERY_MV")
 _ENV_STAMP = const("SEAL_STAMP")
 _ENV_TAMPER = const("SEAL_TAMPER")
 _ENV_HEAP_PROBE_MS = const("SEAL_HEAP_PROBE_MS")
+_ENV_RESET_CAUSE = const("SEAL_RESET_CAUSE")
+_ENV_JOURNAL_CAPACITY = const("SEAL_JOURNAL_CAPACITY")
+_ENV_AUTHORITY = const("SEAL_AUTHORITY")
 
 _MOUNT_POINT = const("/flash")
 
@@ -118,6 +122,12 @@ def _env_int(name, default):
     v = os.getenv(name)
     return int(v) if v else default
 
+
+# The board's journal size, unless the launcher makes it small (tests that fill it); and the
+# MCU reset this boot follows, which the launcher gives (a REBOOT cause bit of SPEC §4.1; 0, a
+# clean power-on, unless it gives one): there is no MCU here to have reset.
+JOURNAL_CAPACITY = _env_int(_ENV_JOURNAL_CAPACITY, board.JOURNAL_CAPACITY)
+RESET_CAUSE = _env_int(_ENV_RESET_CAUSE, 0)
 
 stamp = _Input(_env_int(_ENV_STAMP, 0))
 tamper = _Input(_env_int(_ENV_TAMPER, 0))
@@ -241,6 +251,14 @@ def chip():
 
         _chip = Atecc608(I2C())
     return _chip
+
+
+def authority_key():
+    # The enrolment authority's public key (SPEC §5.11). A real seal has it built into its
+    # firmware image (seal/mcu.py); the launcher gives it here, outside the flash, as an image
+    # would: a key read from the filesystem would enrol whoever wrote the file.
+    key = os.getenv(_ENV_AUTHORITY)
+    return bytes.fromhex(key) if key else None
 
 
 # The functions themselves: a wrapper would be one more function object in RAM.

@@ -7,6 +7,7 @@ from micropython import const
 import board
 import hal
 
+from seal.enrol import Enrolment
 from seal.events import Recorder, Uptime
 from seal.guard import Guard
 from seal.journal import Journal
@@ -22,13 +23,20 @@ _AL_JOURNAL_FAULT = const(5)
 FIRMWARE = "seal-0.1.0"
 _HOUSEKEEPING_MS = const(1000)
 _BATTERY_EVERY = const(30)
+# The journal's reserve (SPEC §10.2): slots only a record that is not an IMPRESSION may take,
+# once the lock has shut on a full journal. 64 holds a minute of someone pressing a shut seal
+# once a second, a tamper, a low battery and a boot's records; past it every press is still
+# counted (one `state` write each). At most a quarter of a small journal.
+_RESERVE_EVENTS = const(64)
 
 
 def run():
     try:
         root = hal.mount()
         device_id, key = hal.load_provisioning()
-        journal = Journal(root, capacity_events=board.JOURNAL_CAPACITY).open()
+        capacity = hal.JOURNAL_CAPACITY
+        journal = Journal(root, capacity_events=capacity,
+                          reserve_events=min(_RESERVE_EVENTS, capacity // 4)).open()
         journal.new_boot()
     except OSError:
         # Nothing can be recorded, so nothing may be unlocked: the lock stays shut.
@@ -47,17 +55,26 @@ async def _main(device_id, key, journal):
     # The link's wake event: the guard sets it for every record, alarm and change of state.
     wake = asyncio.Event()
     uptime = Uptime()
-    recorder = Recorder(journal, key, hal.chip(), hal.time_s, uptime)
+    chip = hal.chip()
+    recorder = Recorder(journal, key, chip, hal.time_s, uptime)
     permits = Permits(hal.time_s, journal)
     guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
                   hal.set_time_ms, board.LOW_BATTERY_MV, wake)
+    enrolment = Enrolment(journal.root + ".enrol", device_id, hal.authority_key(), chip)
     port = StreamPort(hal.uart())
-    link = Link(device_id, key, FIRMWARE + "/" + board.NAME, journal, guard, hal.battery_mv,
-                hal.urandom, port.send, wake)
-    # A torn record means power was cut while an event was being journaled: the act it stood
-    # for may have happened without counting, so the boot says so with a REBOOT event.
-    if journal.discarded:
-        guard.record_reboot()
+    link = Link(device_id, key, FIRMWARE + "/" + board.NAME, journal, guard, enrolment,
+                hal.battery_mv, hal.urandom, port.send, wake)
+    # After the objects that live as long as the firmware: its garbage then leaves no holes
+    # between them (MicroPython's heap does not move objects).
+    try:
+        enrolment.load()
+    except OSError:
+        # A chip that cannot verify now enrols nobody: the seal records and sends, and frees
+        # no journal space, until a boot where the chip answers.
+        hal.report("alarm", _AL_JOURNAL_FAULT)
+    # An unclean boot says so first: a REBOOT record with its cause (a torn record, records
+    # the chip counted and the flash lacks, the MCU's reset cause).
+    guard.boot(hal.RESET_CAUSE)
     if hal.tamper.value():
         await guard.on_tamper(1)
     stamp_flag = asyncio.ThreadSafeFlag()

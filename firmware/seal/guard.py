@@ -1,5 +1,6 @@
 # Policy between the inputs, the permits, the journal and the lock: what a press becomes, when
-# the lock may open, and how every journal fault fails closed (lock shut, alarm raised).
+# the lock may open, and how every journal or chip fault fails closed (lock shut, alarm raised,
+# and a trace in the journal's `state` of the record that could not be made).
 # The guard owns its alarms and flags; the link asks for them when it wakes (the `wake` event).
 from micropython import const
 
@@ -7,23 +8,32 @@ from seal.journal import JournalFull
 
 # Wire numbers of sealproto (SPEC §4, §7) as const: a name imported from there costs RAM.
 # firmware/tests/test_wire_constants.py checks them against sealproto.
+_AL_CHIP_FAULT = const(8)
 _AL_CLOCK_UNSET = const(6)
 _AL_FORCED_STAMP = const(1)
 _AL_JOURNAL_FAULT = const(5)
 _AL_JOURNAL_FULL = const(4)
 _AL_LOW_BATTERY = const(3)
+_AL_RESERVE_EXHAUSTED = const(10)
+_AL_ROLLBACK = const(7)
 _AL_TAMPER = const(2)
+_CA_MISSING_SHIFT = const(8)
+_CA_TORN = const(1)
+_F_CHIP_FAULT = const(64)
 _F_CLOCK_UNSET = const(16)
 _F_JOURNAL_FULL = const(8)
 _F_LOCKED = const(1)
 _F_LOW_BATTERY = const(4)
 _F_PERMIT_ACTIVE = const(32)
+_F_RESERVE_EXHAUSTED = const(128)
 _F_TAMPERED = const(2)
+_KIND_ALARM = const(5)
 _KIND_FORCED = const(1)
 _KIND_IMPRESSION = const(0)
 _KIND_LOW_BATTERY = const(3)
 _KIND_REBOOT = const(4)
 _KIND_TAMPER = const(2)
+_KIND_UNRECORDED = const(6)
 _PE_COUNT = const(2)
 _PE_ID = const(1)
 _PE_NOT_AFTER = const(4)
@@ -68,7 +78,10 @@ class Guard:
         self.tampered = False
         self.low_battery = False
         self.faulted = False
+        # The chip failed its last command: no record can be made until it answers again.
+        self.chip_fault = False
         self._full_alarmed = False
+        self._clock_alarmed = False
         lock.value(0)
         led.value(0)
         report("lock", 0)
@@ -82,24 +95,102 @@ class Guard:
         alarms.append((code, self._clock(), detail))
         self._wake.set()
 
-    def _record(self, kind, permit=0, operator=0):
+    def record_alarm(self, code, detail=0):
+        # An alarm that must reach the gateway the seal is enrolled with, not only whoever
+        # holds the session now: raised, and journaled as an ALARM record (SPEC §12).
+        self.raise_alarm(code, detail)
+        self._record(_KIND_ALARM, cause=code, alarm=code)
+
+    def boot(self, reset_cause):
+        # The boot's first record (SPEC §12): a REBOOT when the boot was unclean (the MCU's
+        # reset cause, a torn record, records the chip counted that the journal lacks), then
+        # what earlier boots could not record.
+        cause = reset_cause | (_CA_TORN if self._journal.discarded else 0)
+        found = 0
+        try:
+            found = self._recorder.audit()
+        except OSError:
+            self._chip_failed(_KIND_REBOOT)
+        if found:
+            self.raise_alarm(_AL_ROLLBACK, found >> _CA_MISSING_SHIFT)
+        # Not recorded, the missing records are found again at the next boot.
+        if cause | found and not self.chip_fault:
+            self._record(_KIND_REBOOT, cause=cause | found, alarm=_AL_ROLLBACK if found else 0,
+                         owed=False)
+        if not (self.faulted or self.chip_fault):
+            self._catch_up()
+
+    def _record(self, kind, permit=0, operator=0, cause=None, alarm=0, owed=True):
+        # The record's counter once it counts, else 0 with its alarm raised and its trace left
+        # in `state`: a press (IMPRESSION, FORCED) adds to `unrecorded`, any other record sets
+        # the bit of `alarm`, the code it would have shown as. Records owed from before go first.
         if self.faulted:
             self._recover()
+        journal = self._journal
+        recorder = self._recorder
         if self.faulted:
             self.raise_alarm(_AL_JOURNAL_FAULT, kind)
-            return 0
+        elif not owed or self._catch_up():
+            try:
+                counter = recorder.record(kind, permit, operator, cause)
+            except JournalFull:
+                # A press on a journal with no room at all is counted and alarmed below; an
+                # owed record already has its trace.
+                if kind < _KIND_ALARM and (kind > _KIND_FORCED or not journal.exhausted):
+                    self.raise_alarm(_AL_JOURNAL_FULL, kind)
+                counter = 0
+            except (OSError, ValueError):
+                if recorder.chip_failed:
+                    self._chip_failed(kind)
+                else:
+                    self.faulted = True
+                    self.raise_alarm(_AL_JOURNAL_FAULT, kind)
+                counter = 0
+            if counter:
+                if recorder.lag:
+                    # Journaled, so it counts; the chip did not count it: the next record
+                    # waits for it.
+                    self._chip_failed(kind)
+                else:
+                    self.chip_fault = False
+                self._report("counter", counter)
+                self._wake.set()
+                return counter
+        press = kind <= _KIND_FORCED
+        if press or alarm:
+            try:
+                journal.missed(0 if press else alarm)
+                if press and journal.exhausted:
+                    self.raise_alarm(_AL_RESERVE_EXHAUSTED, journal.unrecorded)
+            except OSError:
+                # The journal's `state` cannot be written either: the live alarm is all there is.
+                if not self.faulted:
+                    self.faulted = True
+                    self.raise_alarm(_AL_JOURNAL_FAULT, kind)
+        return 0
+
+    def _catch_up(self):
+        # Records owed, oldest first: the count of presses that got none (UNRECORDED), one
+        # ALARM record per alarm whose own record could not be made. False while one fails.
+        journal = self._journal
+        if journal.unrecorded and not self._record(_KIND_UNRECORDED, cause=journal.unrecorded,
+                                                   owed=False):
+            return False
+        code = 0
+        while journal.pending >> code:
+            if journal.pending >> code & 1 and not self._record(_KIND_ALARM, cause=code,
+                                                                owed=False):
+                return False
+            code += 1
+        return True
+
+    def _chip_failed(self, kind):
+        self.chip_fault = True
+        self.raise_alarm(_AL_CHIP_FAULT, kind)
         try:
-            counter = self._recorder.record(kind, permit, operator)
-        except JournalFull:
-            self.raise_alarm(_AL_JOURNAL_FULL, kind)
-            return 0
-        except (OSError, ValueError):
+            self._journal.missed(_AL_CHIP_FAULT)
+        except OSError:
             self.faulted = True
-            self.raise_alarm(_AL_JOURNAL_FAULT, kind)
-            return 0
-        self._report("counter", counter)
-        self._wake.set()
-        return counter
 
     def _recover(self):
         # A failed append leaves the journal's tail unknown: reopen it (the same recovery as
@@ -110,9 +201,6 @@ class Guard:
             return
         self.faulted = False
 
-    def record_reboot(self):
-        self._record(_KIND_REBOOT)
-
     async def on_press(self, level=1):
         if not level:
             return
@@ -121,8 +209,7 @@ class Guard:
         if self.unlocked:
             if self._record(_KIND_IMPRESSION, self.permit, self._permits.operator):
                 self._permits.use()
-        else:
-            self._record(_KIND_FORCED)
+        elif self._record(_KIND_FORCED):
             self.raise_alarm(_AL_FORCED_STAMP)
         self.update_lock()
 
@@ -130,28 +217,42 @@ class Guard:
         self.case_open = bool(level)
         if level:
             self.tampered = True
-            self._record(_KIND_TAMPER)
+            self._record(_KIND_TAMPER, alarm=_AL_TAMPER)
             self.raise_alarm(_AL_TAMPER)
         self.update_lock()
 
     def check_battery(self, mv):
         if not self.low_battery and mv < self._low_battery_mv:
             self.low_battery = True
-            self._record(_KIND_LOW_BATTERY)
+            self._record(_KIND_LOW_BATTERY, alarm=_AL_LOW_BATTERY)
             self.raise_alarm(_AL_LOW_BATTERY, mv)
         elif self.low_battery and mv >= self._low_battery_mv + _BATTERY_HYSTERESIS_MV:
             self.low_battery = False
             self._wake.set()
 
     def update_lock(self):
-        full = self._journal.full
-        if full and not self._full_alarmed:
-            self.raise_alarm(_AL_JOURNAL_FULL)
+        journal = self._journal
+        if self.chip_fault:
+            try:
+                self._recorder.check_chip()
+                self.chip_fault = False
+                self._wake.set()
+            except OSError:
+                pass
+        if (journal.unrecorded or journal.pending) and not (
+                journal.exhausted or self.faulted or self.chip_fault):
+            # Room again, or a chip that answers again: what is owed is recorded now.
+            self._catch_up()
+        full = journal.full
         if full != self._full_alarmed:
             self._full_alarmed = full
             self._wake.set()
+            if full:
+                # Alarms without a record of their own are journaled as ALARM records.
+                self.raise_alarm(_AL_JOURNAL_FULL)
+                self._record(_KIND_ALARM, cause=_AL_JOURNAL_FULL, alarm=_AL_JOURNAL_FULL)
         permit = 0
-        if not (full or self.case_open or self.faulted):
+        if not (full or self.case_open or self.faulted or self.chip_fault):
             permit = self._permits.active()
         self.permit = permit
         unlocked = permit != 0
@@ -199,6 +300,10 @@ class Guard:
             return _R_BUSY
         if code == _R_NO_TIME:
             self.raise_alarm(_AL_CLOCK_UNSET)
+            if not self._clock_alarmed:
+                # Once a boot: a host that keeps asking must not fill the journal with these.
+                self._clock_alarmed = True
+                self._record(_KIND_ALARM, cause=_AL_CLOCK_UNSET, alarm=_AL_CLOCK_UNSET)
         return code
 
     def flags(self):
@@ -213,6 +318,10 @@ class Guard:
             flags |= _F_CLOCK_UNSET
         if self._permits.installed():
             flags |= _F_PERMIT_ACTIVE
+        if self.chip_fault:
+            flags |= _F_CHIP_FAULT
+        if self._journal.exhausted:
+            flags |= _F_RESERVE_EXHAUSTED
         return flags
 
     def permit_left(self):

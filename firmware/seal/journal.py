@@ -1,6 +1,7 @@
 # seal/journal.py: the durable event journal on littlefs (SPEC.md §10).
 # Records live in append-only segment files; littlefs commits each close atomically. The
-# installed permit lives in `state` too, its use counted from the IMPRESSION records themselves.
+# installed permit lives in `state` too, its use counted from the IMPRESSION records themselves,
+# and so do the traces of records that could not be made (presses without one, pending alarms).
 import binascii
 import hashlib
 import os
@@ -12,8 +13,10 @@ from micropython import const
 _HDR = const(10)
 _MAX_PAYLOAD = const(480)
 # boot_id, acked, the permit (id, count, not_before_s, not_after_s, operator), the counter from
-# which its impressions are still counted in the records, those counted before it; a CRC32.
-_STATE_SIZE = const(40)
+# which the records still count, the permit's use, the presses without a record and the alarms
+# without one (a bit per code) before that counter; a CRC32.
+_STATE_SIZE = const(48)
+_PERMIT_STATE_SIZE = const(40)
 # Segments whose list storage is taken at open: the boards' 2000 events in 16-event segments.
 _SEG_ROOM = const(128)
 _OLD_STATE_SIZE = const(12)
@@ -22,13 +25,20 @@ _MAX_U32 = const(0xFFFFFFFF)
 _ENOENT = const(2)
 _EIO = const(5)
 _S_IFREG = const(0x8000)
-# The head of an EVENT record as seal.events builds it (SPEC §4.1): a map of 11 entries,
-# type 4, then counter, boot_id, uptime_ms, time_s, kind (0 = IMPRESSION), permit as uints.
+# An EVENT record as seal.events builds it (SPEC §4.1): a map of 11 entries (12 with a cause),
+# type 4, then counter, boot_id, uptime_ms, time_s, kind, permit, operator as uints, prev and
+# sig (35 and 67 bytes), the cause as a uint, the MAC.
 _MAP11 = const(0xAB)
+_MAP12 = const(0xAC)
 _EVENT = const(4)
 _EV_KIND = const(5)
 _EV_PERMIT = const(6)
+_EV_OPERATOR = const(7)
+_EV_CAUSE = const(10)
+_PREV_AND_SIG = const(102)
 _KIND_IMPRESSION = const(0)
+_KIND_ALARM = const(5)
+_KIND_UNRECORDED = const(6)
 _NO_PERMIT = (0, 0, 0, 0, 0)
 
 GENESIS = bytes(32)
@@ -38,53 +48,22 @@ class JournalFull(Exception):
     pass
 
 
-class JournalCorrupt(OSError):
-    pass
+# Flash corruption is an OSError (EIO) like any flash fault, and is handled as one: a class of
+# its own would cost RAM the firmware cannot spare.
+JournalCorrupt = OSError
 
 
 def _seg_name(first):
     return f"s{first:08x}"
 
 
-def impression_permit(rec):
-    # The permit an IMPRESSION record was made under, 0 for any other record. Reads the keys
-    # in the order seal.events writes them; anything else is no impression.
-    if len(rec) < 8 or rec[0] != _MAP11 or rec[1] != 0 or rec[2] != _EVENT:
-        return 0
-    i = 3
-    key = 1
-    kind = -1
-    while key <= _EV_PERMIT:
-        if i + 2 > len(rec) or rec[i] != key:
-            return 0
-        head = rec[i + 1]
-        if head < 24:
-            v = head
-            i += 2
-        elif head == 0x18 and i + 3 <= len(rec):
-            v = rec[i + 2]
-            i += 3
-        elif head == 0x19 and i + 4 <= len(rec):
-            v = struct.unpack_from(">H", rec, i + 2)[0]
-            i += 4
-        elif head == 0x1A and i + 6 <= len(rec):
-            v = struct.unpack_from(">I", rec, i + 2)[0]
-            i += 6
-        elif head == 0x1B and i + 10 <= len(rec):
-            v = struct.unpack_from(">Q", rec, i + 2)[0]
-            i += 10
-        else:
-            return 0
-        if key == _EV_KIND:
-            kind = v
-        key += 1
-    return v if kind == _KIND_IMPRESSION else 0
-
-
 class Journal:
-    def __init__(self, root, capacity_events=1000, segment_events=_SEG_EVENTS):
+    def __init__(self, root, capacity_events=1000, segment_events=_SEG_EVENTS, reserve_events=0):
         self.root = root
         self.capacity_events = capacity_events
+        # The last slots, which no IMPRESSION may take (SPEC §10.2): the lock shuts before them,
+        # so a press on a shut seal, a tamper or a reboot is still recorded.
+        self.reserve_events = reserve_events
         self._seg_events = segment_events
         self._buf = bytearray(_HDR + _MAX_PAYLOAD)
         self._mv = memoryview(self._buf)
@@ -105,7 +84,11 @@ class Journal:
         # from flash at every open, so a used impression is never forgotten (SPEC §10.1).
         self.permit = _NO_PERMIT
         self.permit_used = 0
-        self._permit_from = 1
+        self._from = 1
+        # Presses that got no record, and a bit per alarm code whose record could not be made:
+        # counted in `state`, taken back by the UNRECORDED and ALARM records that report them.
+        self.unrecorded = 0
+        self.pending = 0
 
     @property
     def backlog(self):
@@ -113,11 +96,18 @@ class Journal:
 
     @property
     def free(self):
-        left = self.capacity_events - self.backlog
+        # Room left for impressions.
+        left = self.capacity_events - self.reserve_events - self.backlog
         return left if left > 0 else 0
 
     @property
     def full(self):
+        # No room for an impression: only the reserve is left.
+        return self.backlog >= self.capacity_events - self.reserve_events
+
+    @property
+    def exhausted(self):
+        # No room for any record, the reserve used up too.
         return self.backlog >= self.capacity_events
 
     def _path(self, name):
@@ -144,16 +134,18 @@ class Journal:
                 try:
                     segs.append(int(name[1:], 16))
                 except ValueError:
-                    raise JournalCorrupt(_EIO, "journal: stray file " + name) from None
+                    raise JournalCorrupt(_EIO, "stray file " + name) from None
             else:
-                raise JournalCorrupt(_EIO, "journal: stray file " + name)
+                raise JournalCorrupt(_EIO, "stray file " + name)
         segs.sort()
         self.permit = _NO_PERMIT
         self.permit_used = 0
-        self._permit_from = 1
+        self._from = 1
+        self.unrecorded = 0
+        self.pending = 0
         self.boot_id, acked = self._read_state() if has_state else (0, 0)
         if segs and not has_state:
-            raise JournalCorrupt(_EIO, "journal: records without state")
+            raise JournalCorrupt(_EIO, "records without state")
         # Storage for as many segments as a full journal has (up to _SEG_ROOM), taken now: a
         # list that grows doubles its storage in one piece, and after hundreds of offline
         # records a 64 KB heap had no such piece left (at 33 segments, 512 bytes). Slice
@@ -173,7 +165,7 @@ class Journal:
             # Records of deleted segments had all been acked (compaction deletes nothing else).
             acked = max(acked, self._segs[0] - 1)
         if acked > self.next_counter - 1:
-            raise JournalCorrupt(_EIO, "journal: acked beyond last record")
+            raise JournalCorrupt(_EIO, "acked beyond last record")
         self.acked = acked
         self._broken = False
         self._compact()
@@ -187,25 +179,35 @@ class Journal:
             # Written before permits were durable: no permit installed.
             crc = struct.unpack_from("<I", st, 8)[0]
             if binascii.crc32(memoryview(st)[:8]) != crc:
-                raise JournalCorrupt(_EIO, "journal: bad state")
+                raise JournalCorrupt(_EIO, "bad state")
             return struct.unpack_from("<II", st)
-        v = struct.unpack("<IIIIIIIIII", st)
-        if n != _STATE_SIZE or binascii.crc32(memoryview(st)[: _STATE_SIZE - 4]) != v[9]:
-            raise JournalCorrupt(_EIO, "journal: bad state")
+        if n != _STATE_SIZE and n != _PERMIT_STATE_SIZE:
+            raise JournalCorrupt(_EIO, "bad state")
+        # A 40-byte state, written before the traces of missed records were kept, has none.
+        v = struct.unpack_from("<IIIIIIIII", st)
+        if binascii.crc32(memoryview(st)[: n - 4]) != struct.unpack_from("<I", st, n - 4)[0]:
+            raise JournalCorrupt(_EIO, "bad state")
         self.permit = v[2:7]
-        self._permit_from = v[7]
+        self._from = v[7]
         self.permit_used = v[8]
+        if n == _STATE_SIZE:
+            self.unrecorded, self.pending = struct.unpack_from("<II", st, 36)
         return v[0], v[1]
 
-    def _write_state(self, boot_id, acked, permit=None, used=0):
-        # Also a snapshot of the permit's use: the impressions before next_counter are in
-        # `used` from now on, so compaction may delete their records.
+    def _write_state(self, boot_id, acked, permit=None, used=0, unrecorded=-1, pending=-1):
+        # Also a snapshot of what the records count: the impressions before next_counter are in
+        # `used` from now on, the UNRECORDED and ALARM records before it are taken off
+        # `unrecorded` and `pending`, so compaction may delete those records.
         if permit is None:
             permit = self.permit
             used = self.permit_used
+        if unrecorded < 0:
+            unrecorded = self.unrecorded
+        if pending < 0:
+            pending = self.pending
         st = self._state
-        struct.pack_into("<IIIIIIIII", st, 0, boot_id, acked, permit[0], permit[1], permit[2],
-                         permit[3], permit[4], self.next_counter, used)
+        struct.pack_into("<IIIIIIIIIII", st, 0, boot_id, acked, permit[0], permit[1], permit[2],
+                         permit[3], permit[4], self.next_counter, used, unrecorded, pending)
         struct.pack_into("<I", st, _STATE_SIZE - 4,
                          binascii.crc32(memoryview(st)[: _STATE_SIZE - 4]))
         tmp = self._path("state.tmp")
@@ -217,7 +219,7 @@ class Journal:
     def _scan(self, first, is_first, is_tail):
         # Check every record of a segment; only the newest segment may end in a torn record.
         if first != self.next_counter and not is_first:
-            raise JournalCorrupt(_EIO, f"journal: gap before segment {first}")
+            raise JournalCorrupt(_EIO, f"gap before segment {first}")
         expect = first
         good = 0
         count = 0
@@ -231,25 +233,76 @@ class Journal:
                     break
                 rec = self._mv[_HDR:n]
                 self.last_hash = hashlib.sha256(rec).digest()
-                permit = self.permit[0]
-                if permit and expect >= self._permit_from and impression_permit(rec) == permit:
-                    self.permit_used += 1
+                if expect >= self._from:
+                    self._count(rec)
                 good += n
                 expect += 1
                 count += 1
         self.next_counter = expect
         if good < size:
             if not is_tail:
-                raise JournalCorrupt(_EIO, f"journal: bad record in segment {first}")
+                raise JournalCorrupt(_EIO, f"bad record in segment {first}")
             self.discarded += 1
         if count == 0:
             # An empty segment is a creation whose first record never committed.
             if not is_tail:
-                raise JournalCorrupt(_EIO, f"journal: empty segment {first}")
+                raise JournalCorrupt(_EIO, f"empty segment {first}")
             os.remove(path)
             del self._segs[-1:]  # not pop(): that would give back half the storage
         elif good < size:
             self._truncate(path, good)
+
+    def _count(self, rec):
+        # What a record made after `state` was written counts for (SPEC §10.1): an IMPRESSION
+        # its permit's use, an UNRECORDED record the presses it reports, an ALARM record its
+        # alarm. Read by position, in the order seal.events writes the keys; anything else
+        # counts for nothing.
+        if len(rec) < 8 or not _MAP11 <= rec[0] <= _MAP12 or rec[1] != 0 or rec[2] != _EVENT:
+            return
+        i = 3
+        key = 1
+        while True:
+            if i + 2 > len(rec) or rec[i] != key:
+                return
+            head = rec[i + 1]
+            if head < 24:
+                v = head
+                i += 2
+            elif head == 0x18 and i + 3 <= len(rec):
+                v = rec[i + 2]
+                i += 3
+            elif head == 0x19 and i + 4 <= len(rec):
+                v = struct.unpack_from(">H", rec, i + 2)[0]
+                i += 4
+            elif head == 0x1A and i + 6 <= len(rec):
+                v = struct.unpack_from(">I", rec, i + 2)[0]
+                i += 6
+            elif head == 0x1B and i + 10 <= len(rec):
+                v = struct.unpack_from(">Q", rec, i + 2)[0]
+                i += 10
+            else:
+                return
+            if key == _EV_KIND:
+                kind = v
+            elif key == _EV_PERMIT:
+                permit = v
+            elif key == _EV_CAUSE:
+                break
+            if key < _EV_OPERATOR:
+                key += 1
+            elif kind == _KIND_IMPRESSION:
+                if self.permit[0] and permit == self.permit[0]:
+                    self.permit_used += 1
+                return
+            elif rec[0] == _MAP11:
+                return
+            else:
+                i += _PREV_AND_SIG
+                key = _EV_CAUSE
+        if kind == _KIND_UNRECORDED:
+            self.unrecorded = self.unrecorded - v if v < self.unrecorded else 0
+        elif kind == _KIND_ALARM and v < 32:
+            self.pending &= ~(1 << v)
 
     def _read_record(self, f, expect, left):
         # Returns the record length, or -1 if the bytes at the file position are no record.
@@ -278,16 +331,16 @@ class Journal:
 
     def _check(self):
         if self._broken:
-            raise OSError(_EIO, "journal: not open")
+            raise OSError(_EIO, "not open")
 
     def new_boot(self):
         self._check()
         if self.boot_id >= _MAX_U32:
-            raise OSError(_EIO, "journal: boot_id exhausted")
+            raise OSError(_EIO, "boot_id exhausted")
         self._broken = True
         self._write_state(self.boot_id + 1, self.acked)
         self.boot_id += 1
-        self._permit_from = self.next_counter
+        self._from = self.next_counter
         self._broken = False
         return self.boot_id
 
@@ -299,7 +352,23 @@ class Journal:
         self._write_state(self.boot_id, self.acked, permit, used)
         self.permit = permit
         self.permit_used = used
-        self._permit_from = self.next_counter
+        self._from = self.next_counter
+        self._broken = False
+
+    def missed(self, code=0):
+        # The trace of a record that could not be made, kept in `state` (one write) until a
+        # record reports it: code 0, one more press without a record (UNRECORDED); else the
+        # alarm `code` without its record (ALARM). Raises OSError with nothing changed.
+        unrecorded = self.unrecorded + (0 if code else 1)
+        pending = self.pending | (1 << code if code else 0)
+        if pending == self.pending and unrecorded == self.unrecorded:
+            return
+        self._check()
+        self._broken = True
+        self._write_state(self.boot_id, self.acked, unrecorded=unrecorded, pending=pending)
+        self.unrecorded = unrecorded
+        self.pending = pending
+        self._from = self.next_counter
         self._broken = False
 
     def draft(self):
@@ -311,13 +380,15 @@ class Journal:
     def append(self, counter, payload):
         self._check()
         if not self.boot_id:
-            raise ValueError("journal: append before new_boot")
+            raise ValueError("append before new_boot")
         if counter != self.next_counter:
-            raise ValueError(f"journal: counter {counter}, expected {self.next_counter}")
+            raise ValueError(f"counter {counter}, expected {self.next_counter}")
         n = len(payload)
         if n == 0 or n > _MAX_PAYLOAD:
-            raise ValueError("journal: payload size")
-        if self.full:
+            raise ValueError("payload size")
+        # No room for any record; the reserve is kept from IMPRESSIONs by seal.events, which
+        # knows what it records before it asks the chip to sign it.
+        if self.exhausted:
             raise JournalFull()
         self._held = 0
         buf = self._buf
@@ -339,9 +410,9 @@ class Journal:
         self._tail_count += 1
         self.next_counter = counter + 1
         self.last_hash = hashlib.sha256(mv[_HDR : _HDR + n]).digest()
-        # The impression counts against its permit in the same append that records it.
-        if self.permit[0] and impression_permit(mv[_HDR : _HDR + n]) == self.permit[0]:
-            self.permit_used += 1
+        # An impression counts against its permit in the same append that records it, an
+        # UNRECORDED or ALARM record takes back what it reports.
+        self._count(mv[_HDR : _HDR + n])
         self._held = counter
         self._broken = False
 
@@ -373,11 +444,11 @@ class Journal:
         with open(self._path(_seg_name(first)), "rb") as f:
             for _ in range(counter - first):
                 if f.readinto(hdr) != _HDR:
-                    raise JournalCorrupt(_EIO, "journal: short segment")
+                    raise JournalCorrupt(_EIO, "short segment")
                 f.seek(struct.unpack_from("<H", self._buf)[0], 1)
             n = self._read_record(f, counter, _HDR + _MAX_PAYLOAD)
         if n < 0:
-            raise JournalCorrupt(_EIO, f"journal: bad record {counter}")
+            raise JournalCorrupt(_EIO, f"bad record {counter}")
         self._held = counter
         return self._mv[_HDR:n]
 
@@ -386,7 +457,7 @@ class Journal:
         if counter <= self.acked:
             return
         if counter >= self.next_counter:
-            raise ValueError(f"journal: ack {counter} beyond last record")
+            raise ValueError(f"ack {counter} beyond last record")
         self.acked = counter
         self._compact()
 
@@ -402,7 +473,7 @@ class Journal:
         self._broken = True
         # State first: were the cut to come between, acked is still known from it.
         self._write_state(self.boot_id, self.acked)
-        self._permit_from = self.next_counter
+        self._from = self.next_counter
         for i in range(dead):
             os.remove(self._path(_seg_name(segs[i])))
         del segs[:dead]

@@ -2,6 +2,7 @@
 # bytes, tick() runs the timers and sends, next_deadline_ms() says when tick() is due again;
 # every frame is built in one preallocated buffer and goes out through send(frame_view).
 import binascii
+import hashlib
 import struct
 from micropython import const
 from time import ticks_diff
@@ -15,13 +16,18 @@ from sealproto.framing import FrameDecoder
 _REPLAY = const(10)
 _ACK = const(5)
 _AK_COUNTER = const(1)
+_AK_STORED = const(2)
 _AL_CODE = const(1)
 _AL_DETAIL = const(3)
 _AL_JOURNAL_FAULT = const(5)
 _AL_TIME = const(2)
+_AL_UNVERIFIED_ACK = const(9)
+_ENROL = const(12)
+_F_NOT_ENROLLED = const(256)
 _ALARM = const(6)
 _HE_BOOT = const(4)
 _HE_DEVICE = const(2)
+_HE_ENROLMENT = const(7)
 _HE_FIRMWARE = const(6)
 _HE_NEXT = const(5)
 _HE_NONCE = const(3)
@@ -40,15 +46,17 @@ _ST_FLAGS = const(4)
 _ST_FREE = const(3)
 _ST_NEXT = const(6)
 _ST_PERMIT_LEFT = const(5)
+_ST_UNRECORDED = const(7)
 _STATUS = const(7)
 _SYNC = const(3)
 _TIME = const(10)
 _WE_ACKED = const(2)
 _WE_NONCE = const(1)
+_WE_STORED = const(4)
 _WE_TIME = const(3)
 _WELCOME = const(2)
 _NONCE_LEN = const(16)
-_PROTOCOL_VERSION = const(2)
+_PROTOCOL_VERSION = const(3)
 # SPEC §5.1.
 _WINDOW = const(8)
 _RTO_MS = const(500)
@@ -58,6 +66,10 @@ _HELLO_RETRY_MAX_MS = const(30000)
 _LINK_DEAD_MS = const(30000)
 _SYNC_INTERVAL_MS = const(1000)
 _STATUS_INTERVAL_MS = const(60000)
+# An acknowledgement frees journal space only once the chip verified the gateway's signature on
+# it (a Verify, 27 ms typical: tools/benches/bench_firmware.py); one per journal segment's worth
+# of records is enough, since compaction frees whole segments (seal/journal.py).
+_VERIFY_EVERY = const(16)
 # The longest payload the seal sends, an EVENT, is 186 bytes (SPEC §4.5). With its CRC any
 # payload up to 249 bytes is one COBS block (no run of 254 bytes without a zero), so it is
 # stuffed in place.
@@ -69,12 +81,14 @@ UP = const(2)
 
 
 class Link:
-    def __init__(self, device_id, key, firmware, journal, guard, battery_mv, urandom, send, wake):
+    def __init__(self, device_id, key, firmware, journal, guard, enrolment, battery_mv, urandom,
+                 send, wake):
         self._device_id = device_id
         self._key = key
         self._firmware = firmware
         self._journal = journal
         self._guard = guard
+        self._enrolment = enrolment
         self._battery_mv = battery_mv
         self._urandom = urandom
         self._send = send
@@ -89,9 +103,17 @@ class Link:
         self._session_key = None
         self._tx_seq = 0
         self._rx_seq = 0
-        # The journal owns `acked` (SPEC §10): the link reads it there, never keeps a copy.
+        # Two acknowledgements (SPEC §5.11): `_acked`, the highest the host acknowledged in this
+        # session (the window and the resends follow it), and the journal's `acked`, the highest
+        # the enrolled gateway signed as stored (compaction follows it, never `_acked`).
+        self.acked = journal.acked
         self._next = journal.acked + 1
         self._sent_max = journal.acked
+        # The acknowledgement from which the chip checks the signature again.
+        self._verify_at = journal.acked + _VERIFY_EVERY
+        # An unverified acknowledgement is journaled once a boot (SPEC §5.11): the gateway the
+        # seal is enrolled with then learns of the impostor; more would let one fill the journal.
+        self._impostor_recorded = False
         self._timer_ms = 0
         self._rto_ms = _RTO_MS
         self._fast_retransmitted = False
@@ -109,6 +131,12 @@ class Link:
         self.rejected_decode = 0
         self.rejected_ack = 0
         self.retransmits = 0
+
+    @property
+    def backlog(self):
+        # Records the host has not acknowledged (STATUS backlog); the journal may hold a few
+        # more, acknowledged but not yet signed as stored (SPEC §5.11).
+        return self._journal.next_counter - 1 - self.acked
 
     def start(self, now_ms):
         self._hello(now_ms)
@@ -151,9 +179,10 @@ class Link:
         self._rx_seq = seq
         self._host_ms = now_ms
         if kind == _ACK:
-            self._on_ack(msg[_AK_COUNTER], now_ms)
-        elif kind in (_PERMIT, _REVOKE, _TIME):
-            code = self._guard.command(kind, msg)
+            self._on_ack(msg[_AK_COUNTER], msg[_AK_STORED], now_ms)
+        elif kind in (_PERMIT, _REVOKE, _TIME, _ENROL):
+            target = self._enrolment if kind == _ENROL else self._guard
+            code = target.command(kind, msg)
             self._send_session({_K_TYPE: _RESULT, _RE_SEQ: seq, _RE_CODE: code})
             # permit_left may change without any flag moving: report it.
             self._status_flags = -1
@@ -176,33 +205,58 @@ class Link:
         self.state = UP
         if msg[_WE_TIME]:
             self._guard.set_time_ms(msg[_WE_TIME])
-        # Never compact what this device does not hold (SPEC §5.2).
-        acked = min(msg[_WE_ACKED], self._journal.next_counter - 1)
-        if acked > self._journal.acked:
-            self._journal_ack(acked)
+        # Never acknowledge what this device does not hold (SPEC §5.2).
+        journal = self._journal
+        acked = min(msg[_WE_ACKED], journal.next_counter - 1)
+        if acked > journal.acked:
+            self._free(acked, msg[_WE_STORED])
+        self._verify_at = journal.acked + _VERIFY_EVERY
         # Resume: everything not acked is sent again, from the oldest, after STATUS.
-        self._next = self._journal.acked + 1
-        self._sent_max = self._journal.acked
+        self.acked = max(acked, journal.acked)
+        self._next = self.acked + 1
+        self._sent_max = self.acked
         self._rto_ms = _RTO_MS
         self._fast_retransmitted = False
         self._stalled = False
         self._send_status(now_ms)
 
-    def _journal_ack(self, counter):
+    def _free(self, counter, stored_sig):
+        # Compact up to `counter` if the enrolled gateway signed that it stored it. A signature
+        # that does not verify frees nothing and alarms, and the next is checked _VERIFY_EVERY
+        # records on: whoever sent it holds the link key, not the gateway's key (SPEC §15).
+        journal = self._journal
+        self._verify_at = counter + _VERIFY_EVERY
         try:
-            self._journal.ack(counter)
+            if counter == journal.next_counter - 1:
+                head = journal.last_hash
+            else:
+                head = hashlib.sha256(journal.record(counter)).digest()
+            if self._enrolment.stored(counter, head, stored_sig):
+                journal.ack(counter)
+                return
         except OSError:
             self._guard.raise_alarm(_AL_JOURNAL_FAULT)
+            return
+        if self._enrolment.gateway is None:
+            return
+        if self._impostor_recorded:
+            self._guard.raise_alarm(_AL_UNVERIFIED_ACK, counter)
+        else:
+            self._impostor_recorded = True
+            self._guard.record_alarm(_AL_UNVERIFIED_ACK, counter)
 
-    def _on_ack(self, counter, now_ms):
-        if self._journal.acked < counter <= self._sent_max:
-            self._journal_ack(counter)
+    def _on_ack(self, counter, stored_sig, now_ms):
+        if self.acked < counter <= self._sent_max:
+            self.acked = counter
+            journal = self._journal
+            if counter >= self._verify_at or journal.full:
+                self._free(counter, stored_sig)
             if self._next <= counter:
                 self._next = counter + 1
             self._rto_ms = _RTO_MS
             self._fast_retransmitted = False
             self._timer_ms = now_ms
-        elif counter == self._journal.acked and self._sent_max > counter:
+        elif counter == self.acked and self._sent_max > counter:
             # A repeated ACK while events are in flight: the host saw a gap. One fast
             # retransmit, then duplicates wait for progress or the timer (SPEC §5.5).
             if not self._fast_retransmitted:
@@ -212,8 +266,8 @@ class Link:
             self.rejected_ack += 1
 
     def _go_back(self, now_ms):
-        self.retransmits += self._next - self._journal.acked - 1
-        self._next = self._journal.acked + 1
+        self.retransmits += self._next - self.acked - 1
+        self._next = self.acked + 1
         self._timer_ms = now_ms
 
     # -- timers and sending
@@ -226,7 +280,7 @@ class Link:
             return
         if self.state != UP:
             return
-        if self._sent_max > self._journal.acked:
+        if self._sent_max > self.acked:
             if ticks_diff(now_ms, self._host_ms) >= _LINK_DEAD_MS:
                 self._hello(now_ms)
                 return
@@ -254,19 +308,22 @@ class Link:
                 self._window_open() and not self._stalled):
             return 0
         left = _STATUS_INTERVAL_MS - ticks_diff(now_ms, self._status_ms)
-        if self._sent_max > self._journal.acked:
+        if self._sent_max > self.acked:
             left = min(left, self._rto_ms - ticks_diff(now_ms, self._timer_ms),
                        _LINK_DEAD_MS - ticks_diff(now_ms, self._host_ms))
         return max(0, left)
 
+    def _flags(self):
+        flags = self._guard.flags()
+        return flags if self._enrolment.gateway else flags | _F_NOT_ENROLLED
+
     def _status_wanted(self, now_ms):
-        return (self._guard.flags() != self._status_flags
+        return (self._flags() != self._status_flags
                 or ticks_diff(now_ms, self._status_ms) >= _STATUS_INTERVAL_MS)
 
     def _window_open(self):
         # A journaled record is not yet sent and the window has room for it (SPEC §5.3).
-        journal = self._journal
-        return self._next < journal.next_counter and self._next - journal.acked <= _WINDOW
+        return self._next < self._journal.next_counter and self._next - self.acked <= _WINDOW
 
     def _send_window(self, now_ms):
         while self._window_open():
@@ -281,7 +338,7 @@ class Link:
                     self._stalled = True
                     self._guard.raise_alarm(_AL_JOURNAL_FAULT, self._next)
                 return
-            if self._next == self._journal.acked + 1:
+            if self._next == self.acked + 1:
                 self._timer_ms = now_ms
             # Byte for byte as journaled, never re-encoded (SPEC §5.3).
             self._send_payload(payload)
@@ -292,16 +349,20 @@ class Link:
     def _send_status(self, now_ms):
         guard = self._guard
         self._status_ms = now_ms
-        self._status_flags = guard.flags()
-        self._send_session({
+        self._status_flags = self._flags()
+        msg = {
             _K_TYPE: _STATUS,
             _ST_BATTERY: self._battery_mv(),
-            _ST_BACKLOG: self._journal.backlog,
+            _ST_BACKLOG: self.backlog,
             _ST_FREE: self._journal.free,
             _ST_FLAGS: self._status_flags,
             _ST_PERMIT_LEFT: guard.permit_left(),
             _ST_NEXT: self._journal.next_counter,
-        })
+        }
+        # Presses that got no record (the reserve exhausted, the chip failing): SPEC §4.3.
+        if self._journal.unrecorded:
+            msg[_ST_UNRECORDED] = self._journal.unrecorded
+        self._send_session(msg)
 
     def _send_session(self, msg):
         self._tx_seq += 1
@@ -348,5 +409,6 @@ class Link:
             _HE_BOOT: self._journal.boot_id,
             _HE_NEXT: self._journal.next_counter,
             _HE_FIRMWARE: self._firmware,
+            _HE_ENROLMENT: self._enrolment.serial,
         }
         self._send_payload(codec.encode(auth.sign(msg, self._key)))

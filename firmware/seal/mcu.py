@@ -1,6 +1,7 @@
 # mcu.py: the part of the board HAL contract that every `machine`-based board shares.
 # A board's hal.py star-imports this and adds what differs by chip: battery_mv() and uart().
 import json
+import machine
 import os
 import time
 from machine import I2C, RTC, Pin
@@ -10,6 +11,7 @@ from board import (
     CHIP_I2C_ID,
     CHIP_SCL_PIN,
     CHIP_SDA_PIN,
+    JOURNAL_CAPACITY,  # noqa: F401  (the HAL's: seal.app reads hal.JOURNAL_CAPACITY)
     LED_PIN,
     LOCK_PIN,
     STAMP_ACTIVE_LOW,
@@ -22,6 +24,10 @@ from board import (
 _VALID_AFTER_S = const(1704067200)
 # Ports whose time.time() counts from 2000 need this added to be Unix time.
 _EPOCH_S = 0 if time.gmtime(0)[0] == 1970 else 946684800
+# REBOOT causes (SPEC §4.1, key 10) of the MCU's own reset.
+_CA_WATCHDOG = const(8)
+_CA_BROWNOUT = const(16)
+_CA_HARD_RESET = const(32)
 
 
 class _Input:
@@ -41,6 +47,21 @@ tamper = _Input(TAMPER_PIN, TAMPER_ACTIVE_LOW)
 # Shut at boot: the pin is driven low from the moment it becomes an output.
 lock = Pin(LOCK_PIN, Pin.OUT, value=0)
 led = Pin(LED_PIN, Pin.OUT, value=0)
+
+
+# Why the MCU last reset, as a REBOOT cause (seal.app reads it, with JOURNAL_CAPACITY): a
+# power-on, waking from deep sleep and a soft reset (machine.soft_reset) are clean (0). Not
+# every port names a brownout or a hard reset. Values, not functions: a function costs RAM.
+_cause = machine.reset_cause()
+if _cause == machine.WDT_RESET:
+    RESET_CAUSE = _CA_WATCHDOG
+elif _cause == getattr(machine, "BROWNOUT_RESET", -1):
+    RESET_CAUSE = _CA_BROWNOUT
+elif _cause == getattr(machine, "HARD_RESET", -1):
+    RESET_CAUSE = _CA_HARD_RESET
+else:
+    RESET_CAUSE = 0
+del _cause
 
 
 def mount():
@@ -69,6 +90,17 @@ def chip():
         bus = I2C(CHIP_I2C_ID, sda=Pin(CHIP_SDA_PIN), scl=Pin(CHIP_SCL_PIN), freq=100_000)
         _chip = Atecc608(bus)
     return _chip
+
+
+def authority_key():
+    # The enrolment authority's public key (SPEC §5.11), built into the image by
+    # `tools/build.py --authority` as the frozen module `authority`: a key read from the
+    # filesystem would enrol whoever wrote the file. None: this build enrols no gateway.
+    try:
+        from authority import KEY
+    except ImportError:
+        return None
+    return KEY
 
 
 def time_s():

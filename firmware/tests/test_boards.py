@@ -27,6 +27,16 @@ APP_READS = {"NAME", "JOURNAL_CAPACITY", "LOW_BATTERY_MV"}
 FAKE_MACHINE = """
 LOG = []
 ADC_RAW = [0]
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+CAUSE = [PWRON_RESET]
+
+
+def reset_cause():
+    return CAUSE[0]
 
 
 class Pin:
@@ -106,6 +116,8 @@ uart = [e for e in log if e[0] == "UART"][0]
 assert uart[1] == board.UART_ID and ("baudrate", board.UART_BAUD) in uart[2]
 assert ("timeout", 0) in uart[2]
 assert hal.mount() == "/journal"
+assert hal.JOURNAL_CAPACITY == board.JOURNAL_CAPACITY
+assert hal.RESET_CAUSE == 0, "a power-on is a clean boot"
 assert 1 <= hal.time_s() or hal.time_s() == 0
 hal.set_time_ms(1700000000123)
 rtc = [e for e in log if e[0] == "RTC"][-1][1]
@@ -121,6 +133,14 @@ try:
 except OSError:
     pass
 print("battery", BATTERY_PROBE)
+# REBOOT causes (SPEC §4.1 key 10), read at import: a watchdog or a hard reset is unclean.
+import sys
+for cause, bits in ((machine.SOFT_RESET, 0), (machine.DEEPSLEEP_RESET, 0),
+                    (machine.WDT_RESET, 8), (machine.HARD_RESET, 32)):
+    machine.CAUSE[0] = cause
+    del sys.modules["seal.mcu"]
+    import seal.mcu
+    assert seal.mcu.RESET_CAUSE == bits, (cause, seal.mcu.RESET_CAUSE)
 """
 
 

@@ -42,6 +42,9 @@ class Dut(Protocol):
     device_key: bytes
     # The seal chip's public key (SPEC §4.1): what the gateway checks every record against.
     seal_key: bytes
+    # The key file of the enrolment authority the board's firmware trusts (SPEC §5.11), to
+    # enrol it with the suite's gateway; None: not enrolled, so it frees no journal space.
+    authority_key: Path | None
     capabilities: frozenset[str]
     keeps_history: bool
     """The board outlives the test (a bench board): its history meets the next test's gateway."""
@@ -101,7 +104,14 @@ class EmulatedDut:
 
     keeps_history = False
 
-    def __init__(self, app: App, port: Port, board: EmulatedBoard, device_key: bytes) -> None:
+    def __init__(
+        self,
+        app: App,
+        port: Port,
+        board: EmulatedBoard,
+        device_key: bytes,
+        authority_key: Path | None,
+    ) -> None:
         self.app = app
         self.port = port
         self.board = board
@@ -111,6 +121,7 @@ class EmulatedDut:
         self.device_key = device_key
         # The provisioning station's work: the flash image and the key inside the chip.
         self.seal_key = board.provision()
+        self.authority_key = authority_key
         self.boot_writes = 0
 
     @property
@@ -206,6 +217,7 @@ class SerialDut:
         device_key: bytes,
         seal_key: bytes,
         *,
+        authority_key: Path | None,
         power: ExternalPower | None,
         press_cmd: str | None,
         log_path: Path,
@@ -216,6 +228,7 @@ class SerialDut:
         self.device_id = device_id
         self.device_key = device_key
         self.seal_key = seal_key
+        self.authority_key = authority_key
         self.power = power
         self.press_cmd = press_cmd
         self._log_path = log_path

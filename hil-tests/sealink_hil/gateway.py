@@ -7,10 +7,11 @@
 `kill()` is SIGKILL (a crash: whatever was not committed is gone); `start()` again runs on the
 same ledger and key. `jump_clock()` steps the service's wall clock while it runs.
 
-The ledger and the gateway key live in `state_dir`. For an emulated board that is the test's
-own folder; a bench board keeps its history from test to test and run to run, so its gateway
-keeps one ledger for it too (`--hil-state`): a fresh ledger would meet a seal that is ahead
-of it, which the gateway must refuse (SPEC §5: "STATUS: device acked beyond the ledger").
+The ledger, the gateway key and the link key store live in `state_dir`. For an emulated board
+that is the test's own folder; a bench board keeps its history from test to test and run to
+run, so its gateway keeps one ledger for it too (`--hil-state`): a fresh ledger would meet a
+seal that is ahead of it, which the gateway must refuse (SPEC §5: "STATUS: device acked beyond
+the ledger").
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class HostProcess:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir = state_dir or workdir
-        # The ledger holds device keys: owner-only, like the key files.
+        # The gateway key and the seals' link keys live here: owner-only, like the files.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.broker_port = broker_port
         self.log_path = log_path
@@ -59,6 +60,7 @@ class HostProcess:
         self.prefix = prefix
         self.config_path = workdir / "gateway.toml"
         self.key_path = self.state_dir / "gateway.key"
+        self.link_keys_path = self.state_dir / "link-keys"
         self.ledger_path = self.state_dir / "ledger.sqlite"
         # A ledger that does not exist yet holds nothing: no need to ask the CLI what it holds.
         self.fresh = not self.ledger_path.exists()
@@ -77,6 +79,7 @@ class HostProcess:
         self.config_path.write_text(
             f"[gateway]\nid = {json.dumps(self.gateway_id)}\n"
             f"key_file = {json.dumps(str(self.key_path))}\n"
+            f"link_keys = {json.dumps(str(self.link_keys_path))}\n"
             f"ledger = {json.dumps(str(self.ledger_path))}\n\n"
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker_port}\nprefix = "{self.prefix}"\n'
             # Reconnect fast: a broker restart is a fault the suite injects on purpose.
@@ -84,10 +87,12 @@ class HostProcess:
             f'{ports}\n[log]\nlevel = "info"\n'
         )
 
-    def cli(self, *args: str) -> str:
-        """Run `sealink ARGS --config ...`; its output goes to the host log as well."""
+    def cli(self, *args: str, config: bool = True) -> str:
+        """Run `sealink ARGS --config ...` (without --config: `config=False`); its output goes
+        to the host log as well."""
+        with_config = ("--config", str(self.config_path)) if config else ()
         result = subprocess.run(
-            [sys.executable, "-m", "sealink.cli", *args, "--config", str(self.config_path)],
+            [sys.executable, "-m", "sealink.cli", *args, *with_config],
             capture_output=True,
             timeout=60,
             check=False,
@@ -102,19 +107,24 @@ class HostProcess:
         return result.stdout.decode()
 
     def init_keys(self) -> None:
-        """The gateway's key, made once per state folder: a bench gateway keeps its identity."""
-        if not self.key_path.exists():
+        """The gateway's keys, made once per state folder: a bench gateway keeps its identity.
+        `keys init` makes whichever is missing (the acknowledgement key of an older folder)."""
+        if not (self.key_path.exists() and self.key_path.with_suffix(".ack.key").exists()):
             self.cli("keys", "init")
 
     def public_key_pem(self) -> bytes:
         return self.cli("keys", "show", "--format", "pem").encode()
 
     def add_device(self, device_id: str, key: bytes, seal_key: bytes, port_url: str) -> None:
-        """Register the device (unless this ledger already has it) and listen on its port."""
-        if self.fresh or not any(row["device"] == device_id for row in self.devices()):
+        """Register the device (unless this ledger already has it, with its link key in the
+        key store) and listen on its port."""
+        known = [] if self.fresh else [r for r in self.devices() if r["device"] == device_id]
+        if not known or not known[0]["link_key"]:
             key_file = self.workdir / f"{device_id}.key"
             key_file.touch(mode=0o600)
             key_file.write_text(key.hex())
+            # --replace: a ledger that knows the seal but lost its key keeps its history.
+            replace = ["--replace"] if known else []
             self.cli(
                 "devices",
                 "add",
@@ -123,9 +133,35 @@ class HostProcess:
                 str(key_file),
                 "--seal-key",
                 seal_key.hex(),
+                *replace,
             )
+        self.listen(port_url)
+
+    def listen(self, port_url: str) -> None:
+        """Serve the board on this port too (from the next start)."""
         self.ports.append(port_url)
         self._write_config()
+
+    def enrol(self, device_id: str, authority_key: Path) -> None:
+        """Enrol the device with this gateway (SPEC §5.11) as a site does: the authority
+        certifies the gateway's acknowledgement key, the gateway keeps the certificate and
+        hands it to the seal at its next session."""
+        ack_key = json.loads(self.cli("keys", "show"))["ack_key"]
+        cert = self.workdir / f"{device_id}.cert"
+        self.cli(
+            "authority",
+            "certify",
+            "--key",
+            str(authority_key),
+            "--device",
+            device_id,
+            "--gateway-key",
+            ack_key,
+            "--out",
+            str(cert),
+            config=False,
+        )
+        self.cli("devices", "enrol", device_id, str(cert))
 
     def devices(self) -> list[dict[str, Any]]:
         """`sealink devices list`: device, last_counter, quarantined, ..."""

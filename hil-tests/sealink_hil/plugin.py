@@ -105,6 +105,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a real board's seal.json from tools/provision.py (or its key as 64 hex digits)",
     )
     group.addoption(
+        "--hil-authority-key",
+        metavar="FILE",
+        help="the enrolment authority key (`sealink authority init`) whose public key a real "
+        "board's firmware was built with: the suite enrols the board with its gateway",
+    )
+    group.addoption(
         "--hil-state",
         metavar="DIR",
         help="where the gateway of a real board keeps its ledger and key between tests and "
@@ -113,10 +119,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--emulator-heap",
-        default="64k",
+        default="80k",
         metavar="SIZE",
         help="the emulated board's MicroPython heap, as for `micropython -X heapsize=` "
-        "(default 64k, the firmware's budget)",
+        "(default 80k, the firmware's budget, SPEC §13)",
     )
     group.addoption(
         "--soak-stamps",
@@ -157,6 +163,7 @@ class HilSettings:
     press_cmd: str | None
     device_id: str | None
     device_key_file: str | None
+    authority_key: Path | None
     emulator_heap: str
     soak_stamps: int
     seed: int | None
@@ -192,6 +199,7 @@ def pytest_configure(config: pytest.Config) -> None:
     power = ExternalPower(off, on) if off and on else None
     press_cmd = config.getoption("press_cmd")
     state = config.getoption("hil_state")
+    authority = config.getoption("hil_authority_key")
     config.stash[_SOAK_LINES] = []
     config.stash[_SETTINGS] = HilSettings(
         board=spec,
@@ -199,6 +207,7 @@ def pytest_configure(config: pytest.Config) -> None:
         press_cmd=press_cmd,
         device_id=config.getoption("device_id"),
         device_key_file=config.getoption("device_key_file"),
+        authority_key=_absolute(config, authority) if authority else None,
         emulator_heap=config.getoption("emulator_heap"),
         soak_stamps=config.getoption("soak_stamps"),
         seed=config.getoption("hil_seed"),
@@ -378,8 +387,12 @@ def _make_dut(
     engine = LinkFaults(faults.stream("wire"))
     if hil.board.kind == "emulated":
         from sealink_sim.emulator import EmulatedBoard  # the emulation extra: x86_64 Linux only
+        from sealink_sim.enrolment import SIM_AUTHORITY
 
         key = secrets.token_bytes(32)
+        # The authority the emulated firmware trusts, as the bench's would be kept: a key file.
+        authority = tmp_path / "authority.key"
+        SIM_AUTHORITY.save(authority, "authority key")
         board = EmulatedBoard(
             tmp_path / "board",
             device_id=EMULATED_DEVICE,
@@ -387,7 +400,7 @@ def _make_dut(
             heapsize=hil.emulator_heap,
         )
         port = open_port(str(board.uart_path), tmp_path / "board.tty", engine, hexdump, wire)
-        return EmulatedDut(app, port, board, key)
+        return EmulatedDut(app, port, board, key, authority)
     device_id, key, seal_key = _device_identity(hil)
     port = open_port(hil.board.target, tmp_path / f"{device_id}.tty", engine, hexdump, wire)
     return SerialDut(
@@ -397,6 +410,7 @@ def _make_dut(
         device_id,
         key,
         seal_key,
+        authority_key=hil.authority_key,
         power=hil.power,
         press_cmd=hil.press_cmd,
         log_path=artifacts.board_log,
@@ -452,6 +466,8 @@ def host(
     try:
         gateway.init_keys()
         gateway.add_device(dut.device_id, dut.device_key, dut.seal_key, dut.port.host_url)
+        if dut.authority_key is not None:
+            gateway.enrol(dut.device_id, dut.authority_key)
         gateway.start()
         yield gateway
     finally:

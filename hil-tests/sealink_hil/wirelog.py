@@ -44,8 +44,9 @@ _FIELDS: dict[int, tuple[tuple[str, int], ...]] = {
         ("boot", m.HE_BOOT),
         ("next", m.HE_NEXT),
         ("firmware", m.HE_FIRMWARE),
+        ("enrolment", m.HE_ENROLMENT),
     ),
-    m.WELCOME: (("acked", m.WE_ACKED), ("time_ms", m.WE_TIME)),
+    m.WELCOME: (("acked", m.WE_ACKED), ("time_ms", m.WE_TIME), ("stored", m.WE_STORED)),
     m.SYNC: (),
     m.EVENT: (
         ("counter", m.EV_COUNTER),
@@ -56,8 +57,9 @@ _FIELDS: dict[int, tuple[tuple[str, int], ...]] = {
         ("permit", m.EV_PERMIT),
         ("operator", m.EV_OPERATOR),
         ("prev", m.EV_PREV),
+        ("cause", m.EV_CAUSE),
     ),
-    m.ACK: (("counter", m.AK_COUNTER),),
+    m.ACK: (("counter", m.AK_COUNTER), ("stored", m.AK_STORED)),
     m.ALARM: (("code", m.AL_CODE), ("time_s", m.AL_TIME), ("detail", m.AL_DETAIL)),
     m.STATUS: (
         ("next", m.ST_NEXT),
@@ -66,6 +68,7 @@ _FIELDS: dict[int, tuple[tuple[str, int], ...]] = {
         ("flags", m.ST_FLAGS),
         ("permit_left", m.ST_PERMIT_LEFT),
         ("battery_mv", m.ST_BATTERY),
+        ("unrecorded", m.ST_UNRECORDED),
     ),
     m.PERMIT: (
         ("permit", m.PE_ID),
@@ -77,6 +80,7 @@ _FIELDS: dict[int, tuple[tuple[str, int], ...]] = {
     m.REVOKE: (("permit", m.RV_PERMIT),),
     m.TIME: (("time_ms", m.TI_TIME),),
     m.RESULT: (("command_seq", m.RE_SEQ), ("code", m.RE_CODE)),
+    m.ENROL: (("serial", m.EN_SERIAL), ("device", m.EN_DEVICE), ("gateway_key", m.EN_GATEWAY)),
 }
 # The one field an `rx` line repeats: enough to pair it with its `tx` line.
 _KEY_FIELD = {m.HELLO: "next", m.EVENT: "counter", m.ACK: "counter", m.WELCOME: "acked"}
@@ -86,6 +90,17 @@ _KINDS = {
     m.KIND_TAMPER: "TAMPER",
     m.KIND_LOW_BATTERY: "LOW_BATTERY",
     m.KIND_REBOOT: "REBOOT",
+    m.KIND_ALARM: "ALARM",
+    m.KIND_UNRECORDED: "UNRECORDED",
+}
+# A REBOOT record's cause bits (SPEC §4.1 key 10); the bits from CA_MISSING_SHIFT on count.
+_CAUSE_BITS = {
+    m.CA_TORN: "torn",
+    m.CA_ROLLBACK: "rollback",
+    m.CA_NEW_JOURNAL: "new_journal",
+    m.CA_WATCHDOG: "watchdog",
+    m.CA_BROWNOUT: "brownout",
+    m.CA_HARD_RESET: "hard_reset",
 }
 _ALARMS = {
     m.AL_FORCED_STAMP: "FORCED_STAMP",
@@ -94,6 +109,10 @@ _ALARMS = {
     m.AL_JOURNAL_FULL: "JOURNAL_FULL",
     m.AL_JOURNAL_FAULT: "JOURNAL_FAULT",
     m.AL_CLOCK_UNSET: "CLOCK_UNSET",
+    m.AL_ROLLBACK: "ROLLBACK",
+    m.AL_CHIP_FAULT: "CHIP_FAULT",
+    m.AL_UNVERIFIED_ACK: "UNVERIFIED_ACK",
+    m.AL_RESERVE_EXHAUSTED: "RESERVE_EXHAUSTED",
 }
 _RESULTS = {
     m.R_OK: "OK",
@@ -102,6 +121,7 @@ _RESULTS = {
     m.R_UNKNOWN_PERMIT: "UNKNOWN_PERMIT",
     m.R_NO_TIME: "NO_TIME",
     m.R_BUSY: "BUSY",
+    m.R_BAD_SIGNATURE: "BAD_SIGNATURE",
 }
 _NAMED = {
     (m.EVENT, "kind"): _KINDS,
@@ -112,6 +132,8 @@ _NAMED = {
 
 def _show(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
+        if not value:
+            return "-"  # an ACK's or WELCOME's stored signature left out
         return bytes(value[:4]).hex() + ("…" if len(value) > 4 else "")
     return str(value)
 
@@ -160,9 +182,23 @@ def decode_payload(payload: bytes) -> tuple[str, dict[str, Any], str | None, dic
             value = msg[key]
             named = _NAMED.get((kind, name))
             fields[name] = named.get(value, value) if named else value
+    if kind == m.EVENT and m.EV_CAUSE in msg:
+        fields["cause"] = _cause(msg[m.EV_KIND], msg[m.EV_CAUSE])
     if m.K_SEQ in msg:
         fields["seq"] = msg[m.K_SEQ]
     return m.type_name(kind), fields, None, msg
+
+
+def _cause(kind: int, cause: int) -> str:
+    """REBOOT: its cause bits and missing count (`rollback+watchdog/3`); ALARM: the alarm's name;
+    UNRECORDED: how many presses."""
+    if kind == m.KIND_REBOOT:
+        names = "+".join(name for bit, name in _CAUSE_BITS.items() if cause & bit)
+        missing = cause >> m.CA_MISSING_SHIFT
+        return f"{names}/{missing}" if missing else names
+    if kind == m.KIND_ALARM:
+        return _ALARMS.get(cause, str(cause))
+    return str(cause)
 
 
 def _reason(exc: DecodeError) -> str:
@@ -307,9 +343,7 @@ class WireLog:
             and (stage is None or f.stage == stage)
         ]
 
-    def last(
-        self, type: str, direction: str, stage: str = TX, since: int = 0
-    ) -> Frame | None:
+    def last(self, type: str, direction: str, stage: str = TX, since: int = 0) -> Frame | None:
         found = self.frames(type, direction, stage, since)
         return found[-1] if found else None
 

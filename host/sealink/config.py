@@ -3,6 +3,8 @@
 [gateway]
 id = "gw-1"                          # [A-Za-z0-9._-], 1..32; names the gateway topics
 key_file = "/etc/sealink/gateway.key" # made by `sealink keys init`, must be 0600
+link_keys = "/etc/sealink/link-keys" # optional; default "link-keys" beside key_file; 0600
+ack_key_file = "/etc/sealink/gateway.ack.key" # optional, this default; `sealink keys init`, 0600
 ledger = "/var/lib/sealink/ledger.sqlite"
 
 [mqtt]
@@ -89,11 +91,16 @@ class Config:
     gateway_id: str
     key_file: Path
     ledger_path: Path
+    # The seals' link keys (crypto/keystore.py): never in the ledger, whose copies travel.
+    link_keys: Path
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     ports: tuple[PortConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None
+    # Signs that seals' records are stored, so that they may free them (SPEC §5.11); a
+    # config file always names one (default beside key_file), a Config made in code may not.
+    ack_key_file: Path | None = None
 
     @property
     def client_id(self) -> str:
@@ -212,6 +219,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
     "gateway": {
         "id": (_name, True),
         "key_file": (_path, True),
+        "link_keys": (_path, False),
+        "ack_key_file": (_path, False),
         "ledger": (_path, True),
     },
     "mqtt": {
@@ -286,6 +295,13 @@ def parse_config(
         return path if path.is_absolute() or base is None else base / path
 
     key_file = resolve(gateway["key_file"])
+    link_keys = resolve(gateway.get("link_keys", str(key_file.with_name("link-keys"))))
+    ledger_path = resolve(gateway["ledger"])
+    if link_keys in (key_file, ledger_path):
+        raise ConfigError("gateway.link_keys", f"must be a file of its own, got {link_keys}")
+    ack_key_file = resolve(gateway.get("ack_key_file", str(key_file.with_suffix(".ack.key"))))
+    if ack_key_file in (key_file, ledger_path, link_keys):
+        raise ConfigError("gateway.ack_key_file", f"must be a file of its own, got {ack_key_file}")
     if check_key_file:
         if not os.access(key_file, os.R_OK):
             raise ConfigError("gateway.key_file", f"cannot read {key_file}")
@@ -293,10 +309,23 @@ def parse_config(
             check_private_file(key_file, "key file")
         except Exception as exc:
             raise ConfigError("gateway.key_file", str(exc)) from None
+        # Absent until the first `sealink devices add`; once there, as private as the key.
+        if link_keys.exists():
+            try:
+                check_private_file(link_keys, "link key store")
+            except Exception as exc:
+                raise ConfigError("gateway.link_keys", str(exc)) from None
+        if ack_key_file.exists():
+            try:
+                check_private_file(ack_key_file, "acknowledgement key")
+            except Exception as exc:
+                raise ConfigError("gateway.ack_key_file", str(exc)) from None
     return Config(
         gateway_id=gateway["id"],
         key_file=key_file,
-        ledger_path=resolve(gateway["ledger"]),
+        ledger_path=ledger_path,
+        link_keys=link_keys,
+        ack_key_file=ack_key_file,
         mqtt=mqtt_cfg,
         ledger=LedgerConfig(**ledger),
         ports=ports,

@@ -22,11 +22,14 @@ from typing import Any
 
 import cbor2
 from sealink.config import Config, MqttConfig, PortConfig
+from sealink.crypto.keystore import LinkKeyStore
+from sealink.crypto.p256 import P256Key
 from sealink.crypto.signer import GatewayKey
 from sealink.gateway.service import Gateway
 from sealink.ledger.sqlite import Ledger
 
 from sealink_sim.broker import Mosquitto
+from sealink_sim.enrolment import enrol
 from sealink_sim.observer import Observer
 
 __all__ = ["run_demo"]
@@ -88,8 +91,17 @@ def run_demo(
             # its public half is registered with the gateway.
             seal_key = board.provision()
             progress.say(f"  seal chip   public key {seal_key[:8].hex()}… (ATECC608 model)")
-            ledger = Ledger(work / "ledger.sqlite")
+            # As `sealink devices add` does: the link key into the key store, the rest into the
+            # ledger.
+            ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
             ledger.add_device(DEVICE, device_key, seal_key, replace=True)
+            # As `sealink keys init`, `sealink authority certify` (the simulator's authority,
+            # which the emulated board's firmware trusts) and `sealink devices enrol` do: the
+            # seal frees its journal on this gateway's signed acknowledgements (SPEC §5.11).
+            ack_key = P256Key.generate()
+            ack_key.save(work / "gateway.ack.key", "acknowledgement key", overwrite=True)
+            cert = enrol(DEVICE, ack_key.public)
+            ledger.enrol(DEVICE, cert.to_json(), cert.serial)
             ledger.close()
             stack.enter_context(board)
             progress.say(f"  seal        {DEVICE} on {board.uart_path} (log {board.log_path})")
@@ -107,6 +119,8 @@ def run_demo(
                 gateway_id="demo",
                 key_file=work / "gateway.key",
                 ledger_path=work / "ledger.sqlite",
+                link_keys=work / "link-keys",
+                ack_key_file=work / "gateway.ack.key",
                 mqtt=MqttConfig(port=broker.port, prefix="sealink"),
                 ports=(PortConfig(board.uart_path),),
             )

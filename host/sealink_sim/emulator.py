@@ -20,8 +20,8 @@ Code lives in flash, as on a device: a board keeps its code frozen or in a ROMFS
 launcher (`_LAUNCHER`) is a few lines of CPython that map the build's ROMFS image
 (`tools/build.py --romfs`) into memory outside MicroPython's GC heap and hand its address to
 the board's main.py, which mounts it with `vfs.VfsRom` at /rom, as the port does with its ROMFS
-partition. The heap (`-X heapsize=64k`) then holds what a device's RAM holds. It is still one
-process: SIGKILL is still a power cut.
+partition. The heap (`-X heapsize=80k`, SPEC §13) then holds what a device's RAM holds. It is
+still one process: SIGKILL is still a power cut.
 Everything the device prints goes to `workdir/device.log`; `block_writes` and the
 `power_cut_at_write` index count the flash writes (programs and erases) of the current boot.
 """
@@ -51,10 +51,13 @@ from types import TracebackType
 from typing import IO, Self
 
 from sealink.errors import SealinkError
+from sealproto import messages
 
 from sealink_sim.atecc import ChipModel, Latency, public_key_of, serve
+from sealink_sim.enrolment import SIM_AUTHORITY
 
 __all__ = [
+    "RESET_CAUSES",
     "ROMFS_IMAGE",
     "SOURCE_ENV",
     "EmulatedBoard",
@@ -65,6 +68,13 @@ __all__ = [
 
 SOURCE_ENV = "SEALINK_SOURCE"
 _BLOCK_SIZE = 4096
+# The MCU reset causes a boot can be given (`EmulatedBoard.reset_cause`): the REBOOT cause bits
+# (SPEC §4.1) the board's hal.reset_cause() reports. Any other boot is a clean power-on.
+RESET_CAUSES = {
+    "watchdog": messages.CA_WATCHDOG,
+    "brownout": messages.CA_BROWNOUT,
+    "hard": messages.CA_HARD_RESET,
+}
 _BOOT_TIMEOUT_S = 30.0
 _COMMAND_TIMEOUT_S = 10.0
 
@@ -244,6 +254,8 @@ class EmulatedBoard:
     `reports` (every `(name, value)`), `block_writes`, `powercut` (it lost power), `exited`,
     `heap_peak` (live heap bytes, with `heap_probe_ms` only).
     GPIO levels set while the board is off (`press()`, `open_case()`) hold at its next boot.
+    `journal_capacity` makes the journal smaller than boards/emulated/board.py's (tests that
+    fill it); `reset_cause` (a key of RESET_CAUSES) is the MCU reset the next boot reports.
     """
 
     def __init__(
@@ -251,7 +263,7 @@ class EmulatedBoard:
         workdir: str | os.PathLike[str],
         device_id: str,
         device_key: bytes,
-        heapsize: str = "64k",
+        heapsize: str = "80k",
         rtc_offset_s: float | None = 0.0,
         power_cut_at_write: int | None = None,
         battery_mv: int = 3700,
@@ -259,9 +271,16 @@ class EmulatedBoard:
         source: FirmwareSource | None = None,
         chip_latency: Latency = "none",
         chip_state: str | os.PathLike[str] | None = None,
+        authority_key: bytes | None = SIM_AUTHORITY.public,
+        journal_capacity: int | None = None,
     ) -> None:
         if len(device_key) != 32:
             raise ValueError("device_key must be 32 bytes")
+        if journal_capacity is not None and journal_capacity < 1:
+            raise ValueError("journal_capacity must be at least 1")
+        self.journal_capacity = journal_capacity
+        # Armed for the next start() only, as power_cut_at_write is.
+        self.reset_cause: str | None = None
         # The firmware's source tree, resolved now so that a missing one fails at once.
         self.source = source or FirmwareSource.find()
         self.workdir = Path(workdir)
@@ -282,6 +301,9 @@ class EmulatedBoard:
         self.chip_latency: Latency = chip_latency
         self.chip: ChipModel | None = None
         self._chip_bus: socket.socket | None = None
+        # The enrolment authority's public key, which a real seal has in its firmware image
+        # (SPEC §5.11): the board's HAL gets it outside the flash. None: a build without one.
+        self.authority_key = authority_key
         self.build_dir = self.source.build_dir()
         self._pressed = False
         self._case_open = False
@@ -431,8 +453,19 @@ class EmulatedBoard:
         env["SEAL_RTC_OFFSET_S"] = "none" if self.rtc_offset_s is None else repr(self.rtc_offset_s)
         if self.heap_probe_ms:
             env["SEAL_HEAP_PROBE_MS"] = str(self.heap_probe_ms)
+        if self.journal_capacity is not None:
+            env["SEAL_JOURNAL_CAPACITY"] = str(self.journal_capacity)
+        if self.reset_cause is not None:
+            if self.reset_cause not in RESET_CAUSES:
+                raise ValueError(
+                    f"reset_cause {self.reset_cause!r}: one of {', '.join(RESET_CAUSES)}"
+                )
+            env["SEAL_RESET_CAUSE"] = str(RESET_CAUSES[self.reset_cause])
+        self.reset_cause = None
         board_end = self._connect_chip()
         env["SEAL_I2C_FD"] = str(board_end.fileno())
+        if self.authority_key is not None:
+            env["SEAL_AUTHORITY"] = self.authority_key.hex()
         if self.power_cut_at_write:
             env["SEAL_CUT_AT"] = str(self.power_cut_at_write)
         self.power_cut_at_write = None

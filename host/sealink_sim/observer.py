@@ -64,6 +64,8 @@ class DeviceTally:
     chain_breaks: int = 0
     redeliveries: int = 0
     alarms: int = 0
+    # Every alarm published for the device, as its JSON (SPEC §11.2), oldest first.
+    alarm_log: list[dict[str, Any]] = field(default_factory=list, repr=False)
     events: dict[int, bytes] = field(default_factory=dict, repr=False)
     arrivals: dict[int, float] = field(default_factory=dict, repr=False)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
@@ -283,6 +285,11 @@ class Observer:
                 self._on_event(tally, msg, now_ms)
             elif kind == "alarms":
                 tally.alarms += 1
+                try:
+                    alarm = json.loads(msg.payload)
+                except ValueError:
+                    alarm = {"raw": msg.payload.hex()}
+                tally.alarm_log.append(alarm if isinstance(alarm, dict) else {"value": alarm})
             elif kind == "status":
                 try:
                     status = json.loads(msg.payload)

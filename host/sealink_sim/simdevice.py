@@ -107,6 +107,10 @@ class SimDevice:
         self.boot_id = boot_id
         self.journal: list[bytes] = []  # journal[i] is the payload of counter i + 1
         self.acked = 0
+        # The serial of its enrolment certificate (HELLO key 7) and the `stored` signatures
+        # the host sent, by counter (SPEC §5.11): the simulated seal does not check them.
+        self.enrolment = 0
+        self.proofs: dict[int, bytes] = {}
         self.welcomed = asyncio.Event()
         self.results: list[tuple[int, int]] = []  # (message type, its seq) answered
         self.commands: list[dict[int, Any]] = []
@@ -190,6 +194,7 @@ class SimDevice:
             messages.HE_BOOT: self.boot_id,
             messages.HE_NEXT: self.next_counter,
             messages.HE_FIRMWARE: "simdevice",
+            messages.HE_ENROLMENT: self.enrolment,
         }
         msg.update(override or {})
         self.welcomed.clear()
@@ -299,6 +304,7 @@ class SimDevice:
             key = auth.session_key(self.key, self._nonce, msg[messages.WE_NONCE])
             auth.verify(msg, key)
             self._session_key, self._seq, self._host_seq = key, 0, msg[K_SEQ]
+            self._keep_proof(msg[messages.WE_ACKED], msg[messages.WE_STORED])
             await self._on_ack(msg[messages.WE_ACKED])
             self._next_send = self.acked + 1
             # SPEC §5.2: STATUS first; it also confirms the handshake to the host.
@@ -314,8 +320,10 @@ class SimDevice:
         self._host_seq = msg[K_SEQ]
         if kind == messages.ACK:
             await self._on_ack_message(msg)
-        elif kind in (messages.PERMIT, messages.REVOKE, messages.TIME):
+        elif kind in (messages.PERMIT, messages.REVOKE, messages.TIME, messages.ENROL):
             self.commands.append(msg)
+            if kind == messages.ENROL:
+                self.enrolment = msg[messages.EN_SERIAL]
             await self.send_session(
                 {
                     K_TYPE: messages.RESULT,
@@ -324,8 +332,13 @@ class SimDevice:
                 }
             )
 
+    def _keep_proof(self, counter: int, proof: bytes) -> None:
+        if proof:
+            self.proofs[counter] = proof
+
     async def _on_ack_message(self, msg: dict[int, Any]) -> None:
         counter = msg[messages.AK_COUNTER]
+        self._keep_proof(counter, msg[messages.AK_STORED])
         if counter == self.acked and self.acked < len(self.journal):
             self._next_send = self.acked + 1  # fast retransmit
         await self._on_ack(counter)

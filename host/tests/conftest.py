@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 from sealink.config import Config, LedgerConfig, MqttConfig, PortConfig
+from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.signer import GatewayKey
 from sealink.gateway.service import Gateway
 from sealink.ledger.sqlite import Ledger
@@ -59,13 +60,17 @@ class GatewayFiles:
     def ledger_path(self) -> Path:
         return self.root / "ledger.sqlite"
 
+    @property
+    def link_keys(self) -> Path:
+        return self.root / "link-keys"
+
     def add_device(
         self, device: str, key: bytes | None = None, seal_key: bytes | None = None
     ) -> bytes:
         """Register a seal: its link key (random unless given) and its chip's public key (a
         simulated seal's, SimChip.of(key), unless given: an emulated board's provision())."""
         key = key or os.urandom(32)
-        ledger = Ledger(self.ledger_path)
+        ledger = self.ledger()
         try:
             ledger.add_device(device, key, seal_key or SimChip.of(key).public)
         finally:
@@ -78,13 +83,14 @@ class GatewayFiles:
             gateway_id="gw-test",
             key_file=self.key_file,
             ledger_path=self.ledger_path,
+            link_keys=self.link_keys,
             mqtt=replace(MqttConfig(port=port, prefix="sealink-test"), **mqtt),
             ledger=LedgerConfig(),
             ports=ports,
         )
 
     def ledger(self) -> Ledger:
-        return Ledger(self.ledger_path)
+        return Ledger(self.ledger_path, LinkKeyStore(self.link_keys))
 
 
 @pytest.fixture

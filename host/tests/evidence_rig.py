@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sealink.cli import main
+from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.signer import GatewayKey, countersign_payload
 from sealink.evidence import Checkpoint, checkpoint_origin
 from sealink.gateway.checkpoints import make_checkpoint
@@ -26,7 +27,7 @@ class Rig:
         self.root = root
         self.key = key or GatewayKey.generate()
         self.path = root / "ledger.sqlite"
-        self.ledger = Ledger(self.path)
+        self.ledger = Ledger(self.path, LinkKeyStore(root / "link-keys"))
         self.prev: dict[str, bytes] = {}
         self.counter: dict[str, int] = {}
         self.conf = root / "sealink.toml"

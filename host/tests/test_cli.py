@@ -108,8 +108,15 @@ def test_keys_init_writes_0600_and_show_exports_the_public_key(conf: Path) -> No
     info = json.loads(shown.stdout)
     assert len(bytes.fromhex(info["kid"])) == 8 and "PRIVATE" not in shown.stdout
     assert info["public_pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    ack_file = conf.parent / "keys" / "gateway.ack.key"
+    assert stat.S_IMODE(ack_file.stat().st_mode) == 0o600
+    assert len(bytes.fromhex(info["ack_key"])) == 64
     again = sealink("keys", "init", "--config", str(conf))
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exist" in again.stderr
+    ack_file.unlink()  # a gateway set up before acknowledgement keys: init adds the missing one
+    upgraded = sealink("keys", "init", "--config", str(conf))
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(sealink("keys", "show", "--config", str(conf)).stdout)["kid"] == info["kid"]
 
 
 def test_a_group_readable_gateway_key_is_refused(conf: Path) -> None:
@@ -121,16 +128,23 @@ def test_a_group_readable_gateway_key_is_refused(conf: Path) -> None:
 
 
 def test_devices_add_requires_a_0600_key_file(conf: Path, tmp_path: Path) -> None:
-    loose, _ = _device_key_file(tmp_path, 0o644)
+    loose, key = _device_key_file(tmp_path, 0o644)
     refused = sealink("devices", "add", "--config", str(conf), "seal-1", "--key-file", str(loose))
     assert refused.returncode == 2 and "chmod 600" in refused.stderr
     os.chmod(loose, 0o600)
-    assert main(["devices", "add", "--config", str(conf), "seal-1", "--key-file", str(loose)]) == 0
+    added = sealink("devices", "add", "--config", str(conf), "seal-1", "--key-file", str(loose))
+    assert added.returncode == 0, added.stderr
     listed = sealink("devices", "list", "--config", str(conf))
     assert json.loads(listed.stdout)["device"] == "seal-1"
-    # The ledger holds device keys: it is private too.
-    ledger = load_config(conf, check_key_file=False).ledger_path
-    assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
+    assert json.loads(listed.stdout)["link_key"] is True
+    assert key.hex() not in added.stdout + added.stderr + listed.stdout + listed.stderr
+    # The link key is in the key store (0600), not in the ledger (private still: it holds
+    # every record).
+    config = load_config(conf, check_key_file=False)
+    assert config.link_keys == conf.parent / "keys" / "link-keys"
+    assert stat.S_IMODE(config.link_keys.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.ledger_path.stat().st_mode) == 0o600
+    assert key not in config.ledger_path.read_bytes()
 
 
 def test_permits_are_queued_sent_by_the_service_and_events_exported(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sealink.config import load_config
+from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import ConfigError
 
@@ -52,6 +53,7 @@ def test_a_good_config_loads_with_paths_relative_to_the_file(conf_dir: Path) -> 
     config = load_config(_write(conf_dir, GOOD))
     assert config.gateway_id == "gw-1"
     assert config.key_file == conf_dir / "gateway.key"
+    assert config.link_keys == conf_dir / "link-keys"  # by default, beside the gateway key
     assert config.mqtt.prefix == "plant/seals" and config.mqtt.port == 1883
     assert [p.url for p in config.ports] == ["/dev/ttyUSB0", "rfc2217://10.0.0.5:4001"]
     assert config.log.json is True and config.client_id == "sealink-gw-1"
@@ -83,6 +85,13 @@ def test_a_good_config_loads_with_paths_relative_to_the_file(conf_dir: Path) -> 
             "gateway.key_file",
             "cannot read",
         ),
+        (('key_file = "gateway.key"', "$&\nlink_keys = 7"), "gateway.link_keys", "a string"),
+        (('key_file = "gateway.key"', '$&\nlink_keys = ""'), "gateway.link_keys", "file path"),
+        (
+            ('key_file = "gateway.key"', '$&\nlink_keys = "ledger.sqlite"'),
+            "gateway.link_keys",
+            "a file of its own",
+        ),
     ],
 )
 def test_each_error_names_the_key_and_the_problem(
@@ -90,7 +99,7 @@ def test_each_error_names_the_key_and_the_problem(
 ) -> None:
     assert edit[0] in GOOD
     with pytest.raises(ConfigError) as err:
-        load_config(_write(conf_dir, GOOD.replace(edit[0], edit[1], 1)))
+        load_config(_write(conf_dir, GOOD.replace(edit[0], edit[1].replace("$&", edit[0]), 1)))
     assert err.value.key == key, str(err.value)
     assert problem in str(err.value)
 
@@ -101,6 +110,28 @@ def test_a_key_file_readable_by_others_is_refused(conf_dir: Path) -> None:
         load_config(_write(conf_dir, GOOD))
     assert err.value.key == "gateway.key_file"
     assert "chmod 600" in str(err.value)
+
+
+def test_the_link_key_store_is_configurable_and_refused_when_others_may_read_it(
+    conf_dir: Path,
+) -> None:
+    text = GOOD.replace('key_file = "gateway.key"', '$&\nlink_keys = "keys/links"', 1)
+    path = _write(conf_dir, text.replace("$&", 'key_file = "gateway.key"'))
+    assert load_config(path).link_keys == conf_dir / "keys" / "links"  # absent: not an error
+    LinkKeyStore(conf_dir / "keys" / "links").put("seal-1", bytes(32))
+    assert load_config(path).link_keys == conf_dir / "keys" / "links"
+    os.chmod(conf_dir / "keys" / "links", 0o640)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "gateway.link_keys"
+    assert "chmod 600" in str(err.value) and bytes(32).hex() not in str(err.value)
+
+
+def test_the_example_config_is_valid() -> None:
+    example = Path(__file__).parents[1] / "examples" / "sealink.toml"
+    config = load_config(example, check_key_file=False)
+    assert config.link_keys == Path("/etc/sealink/link-keys")
+    assert config.key_file == Path("/etc/sealink/gateway.key")
 
 
 def test_not_toml_and_unreadable_file(conf_dir: Path) -> None:

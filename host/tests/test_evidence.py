@@ -19,9 +19,10 @@ import cbor2
 import pymerkle
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from evidence_rig import ORIGIN, Rig, seal_keys_file
+from evidence_rig import DEVICE_KEY, ORIGIN, Rig, seal_keys_file
 from hypothesis import given
 from hypothesis import strategies as st
+from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.signer import GatewayKey
 from sealink.evidence import leaf, merkle, note
 from sealink.ledger import Ledger
@@ -314,12 +315,16 @@ def test_a_v2_ledger_migrates_into_the_log(tmp_path: Path) -> None:
     for table in ("log_leaves", "log_nodes", "checkpoints"):
         db.execute(f"DROP TABLE {table}")
     db.execute("ALTER TABLE devices DROP COLUMN seal_key")  # new in v4
+    db.execute("ALTER TABLE devices DROP COLUMN enrolment")  # new in v6
+    db.execute("ALTER TABLE devices ADD COLUMN key BLOB")  # gone in v5
+    db.execute("UPDATE devices SET key = ?", (DEVICE_KEY,))
     db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     db.commit()
     db.close()
-    again = Ledger(rig.path)
+    again = Ledger(rig.path, LinkKeyStore(tmp_path / "moved-keys"))
     assert again.log.size() == 6 and again.log.root() == root  # device then counter order
     again.close()
+    assert set(LinkKeyStore(tmp_path / "moved-keys").load()) == {"seal-a", "seal-b"}
 
 
 def test_the_service_checkpoints_on_a_timer_and_at_shutdown_published_retained(

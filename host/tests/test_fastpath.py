@@ -155,10 +155,15 @@ def test_hmac_matches_sealproto(key: bytes, data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1))
-def test_acks_decode_like_sealproto(counter: int, seq: int) -> None:
+@given(st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1), st.sampled_from([b"", bytes(64)]))
+def test_acks_decode_like_sealproto(counter: int, seq: int, stored: bytes) -> None:
     session_key = hashlib.sha256(b"session").digest()
-    msg = {messages.K_TYPE: messages.ACK, messages.AK_COUNTER: counter, messages.K_SEQ: seq}
+    msg = {
+        messages.K_TYPE: messages.ACK,
+        messages.AK_COUNTER: counter,
+        messages.AK_STORED: stored,
+        messages.K_SEQ: seq,
+    }
     payload = messages.encode(auth.sign(msg, session_key))
     assert decode_ack(payload) == messages.decode(payload)
     unordered = bytes(cbor2.dumps(dict(reversed(list(cbor2.loads(payload).items())))))
@@ -171,7 +176,12 @@ def test_acks_decode_like_sealproto(counter: int, seq: int) -> None:
 @given(st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1))
 def test_session_messages_encode_like_sealproto(counter: int, seq: int) -> None:
     session_key = hashlib.sha256(b"session").digest()
-    msg = {messages.K_TYPE: messages.ACK, messages.AK_COUNTER: counter, messages.K_SEQ: seq}
+    msg = {
+        messages.K_TYPE: messages.ACK,
+        messages.AK_COUNTER: counter,
+        messages.AK_STORED: b"",
+        messages.K_SEQ: seq,
+    }
     assert encode_session(dict(msg), session_key) == messages.encode(auth.sign(msg, session_key))
 
 

@@ -19,6 +19,7 @@ import pytest
 from cwt import COSE, COSEKey
 from hypothesis import given
 from hypothesis import strategies as st
+from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import CommandError, DeviceError, LedgerError
 from sealink.ledger import (
@@ -95,7 +96,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '1');
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    led = Ledger(tmp_path / "ledger.sqlite")
+    led = Ledger(tmp_path / "ledger.sqlite", LinkKeyStore(tmp_path / "link-keys"))
     led.add_device(DEVICE, KEY, SimChip.of(KEY).public)
     yield led
     led.close()
@@ -153,10 +154,12 @@ def test_a_v1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path) -> Non
     db.commit()
     db.close()
 
-    ledger = Ledger(path)
+    link_keys = LinkKeyStore(tmp_path / "link-keys")
+    ledger = Ledger(path, link_keys)
     record = ledger.device_record(DEVICE)
     assert record is not None
-    assert (record.key, record.stored, record.boot_id) == (KEY, 1, 0)
+    assert (record.stored, record.boot_id) == (1, 0)
+    assert link_keys.get(DEVICE) == KEY
     assert record.stored_hash == hashlib.sha256(data).digest()
     assert record.quarantine is None and record.ahead_acked is None
     assert ledger.next_permit_id(DEVICE) == 8
@@ -171,6 +174,7 @@ def test_a_v1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path) -> Non
     columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
     assert {"boot_id", "quarantine_reason", "quarantine_detail", "quarantine_ms"} <= columns
     assert {"ahead_acked", "seal_key"} <= columns
+    assert "key" not in columns
     # a seal registered before seal signatures has no chip key: its EVENTs are refused until
     # it is registered again with one (SPEC §4.1)
     assert stored_seal_key(db) is None
@@ -222,7 +226,8 @@ def test_quarantine_is_sticky_keeps_its_first_cause_and_survives_reopen(
     ledger.commit(batch)
     ledger.commit(Batch(devices=[DeviceUpdate(DEVICE, quarantine=("bad_mac", "later"))]))
     ledger.close()
-    reopened = Ledger(tmp_path / "ledger.sqlite")
+    link_keys = LinkKeyStore(tmp_path / "link-keys")
+    reopened = Ledger(tmp_path / "ledger.sqlite", link_keys)
     record = reopened.device_record(DEVICE)
     assert record is not None and record.quarantine is not None
     assert (record.quarantine.reason, record.quarantine.detail) == (
@@ -238,7 +243,8 @@ def test_quarantine_is_sticky_keeps_its_first_cause_and_survives_reopen(
     # Re-registering the seal (a new key) does not clear what the ledger knows about it.
     reopened.add_device(DEVICE, bytes(32), None, replace=True)
     record = reopened.device_record(DEVICE)
-    assert record is not None and record.quarantine is not None and record.key == bytes(32)
+    assert record is not None and record.quarantine is not None
+    assert link_keys.get(DEVICE) == bytes(32)
     reopened.close()
 
 
@@ -442,10 +448,10 @@ def test_an_out_of_range_id_left_by_v1_does_not_poison_later_permits(ledger: Led
 
 
 def test_an_existing_ledger_readable_by_others_is_made_private(tmp_path: Path) -> None:
-    """Device keys live in the ledger: a copied or restored file left 0644 (and the WAL files
+    """Every record lives in the ledger: a copied or restored file left 0644 (and the WAL files
     SQLite makes with the same mode) is 0600 once the gateway opens it."""
     path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(path)
+    ledger = Ledger(path, LinkKeyStore(tmp_path / "link-keys"))
     ledger.add_device("seal-1", bytes(32), None)
     ledger.close()
     os.chmod(path, 0o644)
@@ -455,7 +461,7 @@ def test_an_existing_ledger_readable_by_others_is_made_private(tmp_path: Path) -
     ledger = Ledger(path)
     try:
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
-        assert ledger.device_key("seal-1") == bytes(32)
+        assert ledger.device_record("seal-1") is not None
     finally:
         ledger.close()
     assert all(mode == 0o600 for mode in modes.values()), modes

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from sealink.crypto.enrolment import certify
+from sealink.crypto.p256 import P256Key
+from sealink.crypto.sealkey import SealKey
 from sealink.gateway.actions import (
     Action,
     Alarm,
@@ -67,6 +70,7 @@ class Seal:
         self.session_key = b""
         self.seq = 0
         self.host_seq = 0
+        self.enrolment = 0  # HELLO key 7: the serial of its enrolment certificate
 
     def record(self, n: int = 1, boot: int | None = None) -> list[bytes]:
         made = []
@@ -103,12 +107,13 @@ class Seal:
         self.nonce = os.urandom(messages.NONCE_LEN)
         msg = {
             K_TYPE: messages.HELLO,
-            messages.HE_VERSION: 2,
+            messages.HE_VERSION: 3,
             messages.HE_DEVICE: self.device,
             messages.HE_NONCE: self.nonce,
             messages.HE_BOOT: self.boot if boot is None else boot,
             messages.HE_NEXT: len(self.journal) + 1 if next_counter is None else next_counter,
             messages.HE_FIRMWARE: "test",
+            messages.HE_ENROLMENT: self.enrolment,
         }
         return messages.encode(auth.sign(msg, self.key))
 
@@ -171,17 +176,21 @@ class Host:
         stored_hash: bytes | None = GENESIS,
         boot: int = 0,
         seal_key: bytes | None = SEAL_KEY,
+        ack_key: P256Key | None = None,
     ):
+        self.ack_key = ack_key
         self.registry = DeviceRegistry()
         self.registry.load(
-            DeviceRecord(DEVICE, KEY, stored, stored_hash, boot, None, None, seal_key), 1
+            DeviceRecord(DEVICE, stored, stored_hash, boot, None, None, seal_key), KEY, 1
         )
         self.now = 1_000_000
         self.links: dict[str, LinkMachine] = {}
 
     def link(self, port: str = "tty0") -> LinkMachine:
         if port not in self.links:
-            self.links[port] = LinkMachine(port, self.registry, wall_ms=lambda: 1_764_115_242_000)
+            self.links[port] = LinkMachine(
+                port, self.registry, wall_ms=lambda: 1_764_115_242_000, ack_key=self.ack_key
+            )
             self.links[port].start(self.now)
         return self.links[port]
 
@@ -390,7 +399,7 @@ def test_session_messages_bad_mac_is_counted_replay_is_rejected() -> None:
     counted = of(Reject, link.feed(wire(seal.status(0)), host.now))
     assert [(r.reason, r.row, r.alarm) for r in counted] == [("session_mac", False, None)]
     seal.session_key = stale_key
-    ack = {K_TYPE: messages.ACK, messages.AK_COUNTER: 1, K_SEQ: 9}
+    ack = {K_TYPE: messages.ACK, messages.AK_COUNTER: 1, messages.AK_STORED: b"", K_SEQ: 9}
     unexpected = link.feed(wire(messages.encode(auth.sign(ack, stale_key))), host.now)
     assert [r.reason for r in of(Reject, unexpected)] == ["unexpected"]
 
@@ -564,3 +573,74 @@ def test_the_registry_keeps_only_the_newest_payloads_for_duplicate_checks() -> N
     for counter in range(1, 101):
         host.registry.accept(state, counter, b"e%d" % counter, bytes(32), 1)
     assert sorted(state.recent) == list(range(69, 101))
+
+
+# Enrolment and signed acknowledgements (SPEC §5.11) -------------------------------------------
+
+ACK_KEY = P256Key.generate()
+
+
+def stored_ok(device: str, counter: int, head: bytes, sig: bytes) -> bool:
+    return SealKey(ACK_KEY.public).verify(auth.stored_digest(device, counter, head), sig)
+
+
+def test_each_ack_carries_the_gateways_signature_that_it_stored_the_events() -> None:
+    host, seal = Host(ack_key=ACK_KEY), Seal()
+    connect(host, seal)
+    link = host.link()
+    actions = link.feed(wire(*seal.record(3)), host.now)
+    host.commit(actions)
+    (ack,) = [m for m in host_messages(link.committed(host.now)) if m[K_TYPE] == messages.ACK]
+    assert ack[messages.AK_COUNTER] == 3
+    assert stored_ok(DEVICE, 3, auth.record_hash(seal.journal[2]), ack[messages.AK_STORED])
+    assert not stored_ok(DEVICE, 2, auth.record_hash(seal.journal[1]), ack[messages.AK_STORED])
+
+
+def test_welcome_signs_what_the_ledger_holds_and_nothing_without_a_head() -> None:
+    seal = Seal()
+    seal.record(4)
+    head = auth.record_hash(seal.journal[3])
+    host = Host(stored=4, stored_hash=head, ack_key=ACK_KEY)
+    welcome = host_messages(host.link().feed(wire(seal.hello()), host.now))[0]
+    assert welcome[messages.WE_ACKED] == 4
+    assert stored_ok(DEVICE, 4, head, welcome[messages.WE_STORED])
+    # L ends a gap an operator adopted: no record to sign, so nothing the seal could free on.
+    gap = Host(stored=4, stored_hash=None, ack_key=ACK_KEY)
+    assert host_messages(gap.link().feed(wire(seal.hello()), gap.now))[0][messages.WE_STORED] == b""
+
+
+def test_a_gateway_without_an_ack_key_signs_nothing() -> None:
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    host.commit(link.feed(wire(*seal.record(2)), host.now))
+    (ack,) = [m for m in host_messages(link.committed(host.now)) if m[K_TYPE] == messages.ACK]
+    assert ack[messages.AK_STORED] == b""
+
+
+def test_a_newer_certificate_goes_after_time_and_a_refusal_is_alarmed() -> None:
+    authority = P256Key.generate()
+    host, seal = Host(ack_key=ACK_KEY), Seal()
+    host.state.enrolment = certify(authority, DEVICE, ACK_KEY.public, serial=10)
+    seal.enrolment = 3
+    connect(host, seal)
+    link = host.link()
+    (time_cmd,) = [m for m in host_messages(link.tick(host.now)) if m[K_TYPE] == messages.TIME]
+    result = seal.session(messages.RESULT, RE_SEQ=time_cmd[K_SEQ], RE_CODE=messages.R_OK)
+    (enrol,) = [m for m in host_messages(link.feed(wire(result), host.now))]
+    assert enrol[K_TYPE] == messages.ENROL and enrol[messages.EN_SERIAL] == 10
+    assert SealKey(authority.public).verify(auth.enrolment_digest(enrol), enrol[messages.EN_SIG])
+    refused = seal.session(messages.RESULT, RE_SEQ=enrol[K_SEQ], RE_CODE=messages.R_BAD_SIGNATURE)
+    alarms = of(Alarm, link.feed(wire(refused), host.now))
+    assert [a.reason for a in alarms] == ["enrolment_refused"]
+
+
+def test_a_seal_holding_the_certificate_gets_no_enrol() -> None:
+    host, seal = Host(ack_key=ACK_KEY), Seal()
+    host.state.enrolment = certify(P256Key.generate(), DEVICE, ACK_KEY.public, serial=10)
+    seal.enrolment = 10
+    connect(host, seal)
+    link = host.link()
+    (time_cmd,) = [m for m in host_messages(link.tick(host.now)) if m[K_TYPE] == messages.TIME]
+    result = seal.session(messages.RESULT, RE_SEQ=time_cmd[K_SEQ], RE_CODE=messages.R_OK)
+    assert host_messages(link.feed(wire(result), host.now)) == []

@@ -23,6 +23,7 @@ async def main() -> None:
         gateway_id="gw-orphan",
         key_file=Path(sys.argv[1]),
         ledger_path=Path(sys.argv[2]),
+        link_keys=Path(sys.argv[2]).with_name("link-keys"),
         mqtt=MqttConfig(port=int(sys.argv[3]), prefix="sealink-test"),
     )
     async with Gateway(config) as gateway:

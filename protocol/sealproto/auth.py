@@ -18,6 +18,11 @@ except ImportError:
 _MAC = const(9)
 _REPLAY = const(10)
 _EV_SIG = const(9)
+_EN_SIG = const(3)
+_STORED = const(13)
+_SD_DEVICE = const(1)
+_SD_COUNTER = const(2)
+_SD_HEAD = const(3)
 _K_SEQ = const(14)
 _K_MAC = const(15)
 _NONCE_LEN = const(16)
@@ -96,3 +101,20 @@ def seal_digest(event):
     body.pop(_EV_SIG, None)
     body.pop(_K_MAC, None)
     return hashlib.sha256(cbor.dumps(body)).digest()
+
+
+def enrolment_digest(msg):
+    # What the enrolment authority signs (SPEC §5.11): the ENROL message without its signature,
+    # seq and MAC. Its device key binds the certificate to one seal.
+    body = dict(msg)
+    body.pop(_EN_SIG, None)
+    body.pop(_K_SEQ, None)
+    body.pop(_K_MAC, None)
+    return hashlib.sha256(cbor.dumps(body)).digest()
+
+
+def stored_digest(device, counter, head):
+    # What a gateway signs when it acknowledges (SPEC §5.11): that it durably stored the seal's
+    # records up to `counter`, the last of them hashing to `head`.
+    msg = {0: _STORED, _SD_DEVICE: device, _SD_COUNTER: counter, _SD_HEAD: head}
+    return hashlib.sha256(cbor.dumps(msg)).digest()

@@ -30,3 +30,10 @@ def record_hash(payload: bytes | bytearray | memoryview) -> bytes:
 
 def seal_digest(event: Message) -> bytes:
     """SHA-256 of the EVENT without keys 9 (sig) and 15 (mac): what the seal's chip signs."""
+
+def enrolment_digest(msg: Message) -> bytes:
+    """SHA-256 of an ENROL without keys 3 (sig), 14 (seq) and 15 (mac): what the authority signs."""
+
+def stored_digest(device: str, counter: int, head: bytes) -> bytes:
+    """SHA-256 of the STORED statement {0: 13, 1: device, 2: counter, 3: head}: what a gateway
+    signs in WELCOME key 4 and ACK key 2."""

@@ -19,6 +19,11 @@ _FIELD = const(8)
 _K_TYPE = const(0)
 _K_SEQ = const(14)
 _K_MAC = const(15)
+_EVENT = const(4)
+_EV_KIND = const(5)
+_EV_CAUSE = const(10)
+_KIND_REBOOT = const(4)
+_KIND_ALARM = const(5)
 _AUTH_NONE = const(0)
 _AUTH_DEVICE = const(1)
 _AUTH_SESSION = const(2)
@@ -32,6 +37,8 @@ _INT = const(0)
 _BYTES = const(1)
 _TEXT = const(2)
 _DEVICE_ID = const(3)
+# Or'ed into a row's kind: the key may be absent (it then does not count as a key of the message).
+_OPTIONAL = const(4)
 
 _B_U64 = const(0)
 _B_U32 = const(1)
@@ -46,21 +53,23 @@ _B_HASH = const(9)
 _B_FIRMWARE = const(10)
 _B_ID = const(11)
 _B_SIG = const(12)
+_B_OPT64 = const(13)
 # fmt: off
 _BOUNDS = (
     (0, _U64),
     (0, _U32),
     (1, _U32),
     (1, _U64),
-    (0, 4),  # KIND_IMPRESSION .. KIND_REBOOT
-    (1, 6),  # AL_FORCED_STAMP .. AL_CLOCK_UNSET
-    (0, 63),  # STATUS flags: bits 6.. are reserved and must be 0
-    (0, 5),  # R_OK .. R_BUSY
+    (0, 6),  # KIND_IMPRESSION .. KIND_UNRECORDED
+    (1, 10),  # AL_FORCED_STAMP .. AL_RESERVE_EXHAUSTED
+    (0, 511),  # STATUS flags: bits 9.. are reserved and must be 0
+    (0, 6),  # R_OK .. R_BAD_SIGNATURE
     (16, 16),  # NONCE_LEN
     (32, 32),  # HASH_LEN (= MAC_LEN)
     (0, 32),  # MAX_FIRMWARE_LEN
     (1, 32),  # MAX_ID_LEN
     (64, 64),  # SIG_LEN
+    (0, 64),  # a signature or a public key (X || Y), or nothing: 0 or 64 bytes, no other
 )
 # Indexed by message type; each row: field key (SPEC §4), kind, bounds.
 _SCHEMA = (
@@ -72,11 +81,13 @@ _SCHEMA = (
         4, _INT, _B_U32,  # HE_BOOT
         5, _INT, _B_U32_POSITIVE,  # HE_NEXT
         6, _TEXT, _B_FIRMWARE,  # HE_FIRMWARE
+        7, _INT, _B_U32,  # HE_ENROLMENT
     )),
     bytes((  # 2 WELCOME
         1, _BYTES, _B_NONCE,  # WE_NONCE
         2, _INT, _B_U32,  # WE_ACKED
         3, _INT, _B_U64,  # WE_TIME
+        4, _BYTES, _B_OPT64,  # WE_STORED
     )),
     b"",  # 3 SYNC
     bytes((  # 4 EVENT
@@ -89,8 +100,12 @@ _SCHEMA = (
         7, _INT, _B_U32,  # EV_OPERATOR
         8, _BYTES, _B_HASH,  # EV_PREV
         9, _BYTES, _B_SIG,  # EV_SIG
+        10, _INT | _OPTIONAL, _B_U32,  # EV_CAUSE
     )),
-    bytes((1, _INT, _B_U32)),  # 5 ACK: AK_COUNTER
+    bytes((  # 5 ACK
+        1, _INT, _B_U32,  # AK_COUNTER
+        2, _BYTES, _B_OPT64,  # AK_STORED
+    )),
     bytes((  # 6 ALARM
         1, _INT, _B_ALARM,  # AL_CODE
         2, _INT, _B_U64,  # AL_TIME
@@ -103,6 +118,7 @@ _SCHEMA = (
         4, _INT, _B_FLAGS,  # ST_FLAGS
         5, _INT, _B_U64,  # ST_PERMIT_LEFT
         6, _INT, _B_U32_POSITIVE,  # ST_NEXT
+        7, _INT | _OPTIONAL, _B_U64,  # ST_UNRECORDED
     )),
     bytes((  # 8 PERMIT
         1, _INT, _B_U32_POSITIVE,  # PE_ID
@@ -116,6 +132,12 @@ _SCHEMA = (
     bytes((  # 11 RESULT
         1, _INT, _B_U32_POSITIVE,  # RE_SEQ
         2, _INT, _B_RESULT,  # RE_CODE
+    )),
+    bytes((  # 12 ENROL
+        1, _INT, _B_U32_POSITIVE,  # EN_SERIAL
+        2, _BYTES, _B_OPT64,  # EN_GATEWAY
+        3, _BYTES, _B_SIG,  # EN_SIG
+        4, _DEVICE_ID, _B_ID,  # EN_DEVICE
     )),
 )
 # fmt: on
@@ -133,6 +155,7 @@ _AUTH = (
     _AUTH_SESSION,  # REVOKE
     _AUTH_SESSION,  # TIME
     _AUTH_SESSION,  # RESULT
+    _AUTH_SESSION,  # ENROL
 )
 
 _NAMES = (
@@ -148,6 +171,7 @@ _NAMES = (
     "REVOKE",
     "TIME",
     "RESULT",
+    "ENROL",
 )
 
 
@@ -174,9 +198,21 @@ def _check(msg, need_mac):
     if not _is_int(msg_type) or not 0 < msg_type < len(_SCHEMA):
         raise DecodeError(_TYPE, "unknown message type")
     rows = _SCHEMA[msg_type]
+    expected = 1
     for i in range(0, len(rows), 3):
-        _check_field(msg, rows[i], rows[i + 1], rows[i + 2])
-    expected = 1 + len(rows) // 3
+        field = rows[i + 1]
+        if field & _OPTIONAL:
+            if rows[i] not in msg:
+                continue
+            field ^= _OPTIONAL
+        _check_field(msg, rows[i], field, rows[i + 2])
+        expected += 1
+    if msg_type == _EVENT:
+        # `cause` is on ALARM and UNRECORDED records, may be on a REBOOT (protocol 2 made them
+        # without) and is on no other (SPEC §4.1).
+        record = msg[_EV_KIND]
+        if record != _KIND_REBOOT and (_EV_CAUSE in msg) != (record >= _KIND_ALARM):
+            raise DecodeError(_FIELD, "EVENT key 10 on the wrong kind of record")
     kind = _AUTH[msg_type]
     if kind == _AUTH_SESSION:
         _check_field(msg, _K_SEQ, _INT, _B_U32_POSITIVE)
@@ -207,7 +243,7 @@ def _check_field(msg, key, kind, bounds):
         size = len(value.encode("utf-8"))
         if kind == _DEVICE_ID and not _id_ok(value):
             raise DecodeError(_FIELD, "device id must be [A-Za-z0-9._-]")
-    if not low <= size <= high:
+    if not low <= size <= high or (bounds == _B_OPT64 and 0 < size < high):
         raise DecodeError(_FIELD, "key " + str(key) + " has a bad length")
 
 

@@ -31,18 +31,19 @@ class Rng:
 def corpus():
     nonce = bytes(range(16))
     msgs = [
-        {0: messages.HELLO, 1: 2, 2: "seal-0001", 3: nonce, 4: 3, 5: 42, 6: "fw 0.1"},
-        {0: messages.WELCOME, 1: nonce, 2: 41, 3: 1764115200125, 14: 1},
+        {0: messages.HELLO, 1: 3, 2: "seal-0001", 3: nonce, 4: 3, 5: 42, 6: "fw 0.1", 7: 9},
+        {0: messages.WELCOME, 1: nonce, 2: 41, 3: 1764115200125, 4: bytes(range(64)), 14: 1},
         {0: messages.SYNC},
         {0: messages.EVENT, 1: 42, 2: 3, 3: 61250, 4: 1764115242, 5: 0, 6: 17, 7: 1042,
          8: auth.GENESIS, 9: bytes(range(64))},
-        {0: messages.ACK, 1: 42, 14: 2},
+        {0: messages.ACK, 1: 42, 2: b"", 14: 2},
         {0: messages.ALARM, 1: 2, 2: 1764115200, 3: 0, 14: 1},
         {0: messages.STATUS, 1: 3712, 2: 3, 3: 1021, 4: 33, 5: 4, 6: 43, 14: 2},
         {0: messages.PERMIT, 1: 17, 2: 5, 3: 1764115200, 4: 1764144000, 5: 1042, 14: 3},
         {0: messages.REVOKE, 1: 17, 14: 4},
         {0: messages.TIME, 1: 1764115200500, 14: 5},
         {0: messages.RESULT, 1: 3, 2: 0, 14: 3},
+        {0: messages.ENROL, 1: 9, 2: bytes(range(64)), 3: bytes(64), 4: "seal-0001", 14: 6},
     ]
     payloads = []
     for msg in msgs:

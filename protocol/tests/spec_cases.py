@@ -244,6 +244,12 @@ class Field:
     high: int
     domain: tuple[int, ...] = ()  # an enumeration: only these values
     device_id: bool = False
+    sizes: tuple[int, ...] = ()  # bytes of only these lengths ("bytes(0 or 64)")
+    # May be left out ("optional"); of an EVENT field: the kinds that may carry it and those
+    # that must ("optional on kind 4, required on kinds 5..6"), none other may.
+    optional: bool = False
+    may_kinds: tuple[int, ...] = ()
+    must_kinds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,9 @@ def parse_field(item: str, type_name: str) -> Field:
         return Field(15, name, "bytes", 32, 32)
     if sized := re.fullmatch(r"bytes\((\d+)\)", spec):
         return Field(int(key), name, "bytes", int(sized[1]), int(sized[1]))
+    if either := re.match(r"bytes\((\d+) or (\d+)\)", spec):
+        low, high = int(either[1]), int(either[2])
+        return Field(int(key), name, "bytes", low, high, sizes=(low, high))
     if spec.startswith("text"):
         span = re.search(r"\((?:(\d+)\.\.)?(?:≤)?(\d+) bytes\)", spec)
         assert span, item
@@ -283,7 +292,15 @@ def parse_field(item: str, type_name: str) -> Field:
     if domain:
         low, high = domain[0], domain[-1]
         assert domain == list(range(low, high + 1)), (item, domain)
-    return Field(int(key), name, "int", low, high, tuple(domain))
+    return Field(int(key), name, "int", low, high, tuple(domain), optional="optional" in spec,
+                 may_kinds=_kinds("optional", spec), must_kinds=_kinds("required", spec))
+
+
+def _kinds(word: str, spec: str) -> tuple[int, ...]:
+    found = re.search(word + r" on kinds? (\d+)(?:\.\.(\d+))?", spec)
+    if not found:
+        return ()
+    return tuple(range(int(found[1]), int(found[2] or found[1]) + 1))
 
 
 def message_table() -> list[Message]:
@@ -294,7 +311,7 @@ def message_table() -> list[Message]:
         items = [] if fields.strip() == "—" else re.split(r", (?=\d+ )", fields.strip())
         table.append(Message(int(number), name, auth.strip(),
                              tuple(parse_field(i, name) for i in items)))
-    assert [m.type for m in table] == list(range(1, 12)), "the §4 table as the cases read it"
+    assert [m.type for m in table] == list(range(1, 13)), "the §4 table as the cases read it"
     return table
 
 
@@ -318,7 +335,18 @@ _DROP = object()  # a field value meaning: leave the field out
 def message(m: Message, high: bool = False, **change: Any) -> dict[int, Any]:
     msg: dict[int, Any] = {0: m.type}
     for f in m.fields:
-        msg[f.key] = change.get(f.name, sample(f, high))
+        if not f.optional or f.name in change:
+            msg[f.key] = change.get(f.name, sample(f, high))
+    kind = next((f for f in m.fields if f.name == "kind"), None)
+    for f in m.fields:
+        if kind is None or not f.must_kinds or change.get(f.name) is _DROP:
+            continue
+        # A field only some kinds of record carry: given the field, a kind that must carry it;
+        # given such a kind, the field.
+        if f.key in msg and "kind" not in change:
+            msg[kind.key] = f.must_kinds[0]
+        elif f.key not in msg and msg.get(kind.key) in f.must_kinds:
+            msg[f.key] = sample(f, high)
     return {k: v for k, v in msg.items() if v is not _DROP}
 
 
@@ -333,13 +361,15 @@ def wrong_values(f: Field) -> Iterator[tuple[str, Any]]:
         if f.high < U64:
             yield f"{f.high + 1}", f.high + 1
         if f.high == 2**RESERVED_BIT - 1:
-            yield from ((f"bit {b}", 1 << b) for b in (RESERVED_BIT, 7, 31, 32, 63))
+            yield from ((f"bit {b}", 1 << b) for b in (RESERVED_BIT, 15, 31, 32, 63))
         return
     other = "t" if f.kind == "bytes" else b"t"
     yield from ((f"{'text' if f.kind == 'bytes' else 'bytes'}", other), ("an int", 0),
                 ("null", None))
     if f.low > 0:
         yield f"{f.low - 1} bytes", of_size(f, f.low - 1)
+    if f.sizes:
+        yield from ((f"{n} bytes", of_size(f, n)) for n in (f.low + 1, f.high - 1))
     yield f"{f.high + 1} bytes", of_size(f, f.high + 1)
     if f.device_id:
         yield from ((f"{c!r} in it", "seal" + c + "1") for c in (" ", "/", ":", "é", "\x00", "+"))
@@ -358,8 +388,11 @@ def message_cases() -> Iterator[Case]:
             yield decode(f"{m.name} with every field at its {'most' if high else 'least'}",
                          [own], message(m, high), "ok")
         for f in m.fields:
-            yield decode(f"{m.name} without {f.name}", [own, "field_rules"],
-                         message(m, **{f.name: _DROP}), "FIELD")
+            if f.optional:
+                yield from _optional_cases(m, f, decode, own)
+            else:
+                yield decode(f"{m.name} without {f.name}", [own, "field_rules"],
+                             message(m, **{f.name: _DROP}), "FIELD")
             for what, value in wrong_values(f):
                 groups = [own, "field_rules"]
                 if f.key == 4 and m.name == "STATUS":
@@ -381,10 +414,27 @@ def message_cases() -> Iterator[Case]:
     g = ["types"]
     for what, value in (("an array", [4]), ("an int", 4), ("bytes", b"\x04"), ("text", "4"),
                         ("null", None), ("an empty map", {}), ("a map without key 0", {1: 1}),
-                        ("type 0", {0: 0}), ("type 12", {0: 12}), ("type 23", {0: 23}),
+                        ("type 0", {0: 0}), ("type 13", {0: 13}), ("type 23", {0: 23}),
                         ("type -1", {0: -1}), ("type 2**32", {0: 2**32}), ("type true", {0: True}),
                         ("type as text", {0: "4"}), ("type as bytes", {0: b"\x04"})):
         yield decode(f"{what} is TYPE", g, value, "TYPE")
+
+
+def _optional_cases(m: Message, f: Field, decode: Any, own: str) -> Iterator[Case]:
+    for high in (False, True):
+        yield decode(f"{m.name} with {f.name} at its {'most' if high else 'least'}", [own],
+                     message(m, high, **{f.name: sample(f, high)}), "ok")
+    if not f.must_kinds:
+        yield decode(f"{m.name} without {f.name}", [own, "field_rules"], message(m), "ok")
+        return
+    for kind in KINDS:
+        carried = message(m, kind=kind, **{f.name: f.low})
+        left_out = message(m, kind=kind, **{f.name: _DROP})
+        may = kind in f.may_kinds
+        yield decode(f"{m.name} of kind {kind} with {f.name}", [own, "field_rules"], carried,
+                     "ok" if may or kind in f.must_kinds else "FIELD")
+        yield decode(f"{m.name} of kind {kind} without {f.name}", [own, "field_rules"],
+                     left_out, "FIELD" if kind in f.must_kinds else "ok")
 
 
 # --- MACs and seq (§4.2) ----------------------------------------------------------------------
@@ -413,7 +463,7 @@ def auth_cases() -> Iterator[Case]:
         return {"name": name, "groups": g, "op": "accept", "hex": payload.hex(),
                 "key": key.hex(), "last_seq": last, "want": want}
 
-    ack = signed({0: 5, 1: 7, 14: 5}, session)
+    ack = signed({0: 5, 1: 7, 2: b"", 14: 5}, session)
     yield accept("seq after the last accepted", ack, session, 4, 5)
     yield accept("a gap in seq is normal", ack, session, 1, 5)
     yield accept("seq equal to the last is REPLAY", ack, session, 5, "REPLAY")
@@ -430,7 +480,7 @@ def auth_cases() -> Iterator[Case]:
                  "MAC")
 
     g = ["hello_mac"]
-    hello = {0: 1, 1: 2, 2: "seal-0001", 3: bytes(range(16)), 4: 1, 5: 1, 6: "fw"}
+    hello = {0: 1, 1: 3, 2: "seal-0001", 3: bytes(range(16)), 4: 1, 5: 1, 6: "fw", 7: 0}
     for name, payload, key, want in (
         ("a HELLO under its device key verifies", signed(hello, KEY), KEY, "ok"),
         ("a HELLO under another key is MAC", signed(hello, OTHER_KEY), KEY, "MAC"),

@@ -22,22 +22,23 @@ U64 = st.integers(0, 2**64 - 1)
 def examples() -> dict[int, dict[int, Any]]:
     nonce = bytes(range(16))
     return {
-        m.HELLO: {0: m.HELLO, 1: 2, 2: "seal-0001", 3: nonce, 4: 1, 5: 1, 6: "fw"},
-        m.WELCOME: {0: m.WELCOME, 1: nonce, 2: 0, 3: 1, 14: 1},
+        m.HELLO: {0: m.HELLO, 1: 3, 2: "seal-0001", 3: nonce, 4: 1, 5: 1, 6: "fw", 7: 0},
+        m.WELCOME: {0: m.WELCOME, 1: nonce, 2: 0, 3: 1, 4: b"", 14: 1},
         m.SYNC: {0: m.SYNC},
         m.EVENT: {0: m.EVENT, 1: 1, 2: 1, 3: 5, 4: 0, 5: 0, 6: 0, 7: 0, 8: auth.GENESIS,
                   9: bytes(64)},
-        m.ACK: {0: m.ACK, 1: 0, 14: 2},
+        m.ACK: {0: m.ACK, 1: 0, 2: bytes(64), 14: 2},
         m.ALARM: {0: m.ALARM, 1: m.AL_JOURNAL_FULL, 2: 0, 3: 0, 14: 1},
         m.STATUS: {0: m.STATUS, 1: 3300, 2: 0, 3: 100, 4: m.F_CLOCK_UNSET, 5: 0, 6: 1, 14: 1},
         m.PERMIT: {0: m.PERMIT, 1: 1, 2: 1, 3: 0, 4: 0, 5: 0, 14: 2},
         m.REVOKE: {0: m.REVOKE, 1: 1, 14: 3},
         m.TIME: {0: m.TIME, 1: 0, 14: 4},
         m.RESULT: {0: m.RESULT, 1: 2, 2: m.R_NO_TIME, 14: 2},
+        m.ENROL: {0: m.ENROL, 1: 7, 2: bytes(64), 3: bytes(64), 4: "seal-0001", 14: 3},
     }
 
 
-@pytest.mark.parametrize("msg_type", range(1, 12), ids=m.type_name)
+@pytest.mark.parametrize("msg_type", range(1, 13), ids=m.type_name)
 def test_every_type_roundtrips_signed(msg_type: int) -> None:
     msg = examples()[msg_type]
     if m.auth(msg_type) != m.AUTH_NONE:
@@ -52,7 +53,7 @@ def test_every_type_roundtrips_signed(msg_type: int) -> None:
         auth.verify(m.decode(payload), KEY)
 
 
-@pytest.mark.parametrize("msg_type", range(1, 12), ids=m.type_name)
+@pytest.mark.parametrize("msg_type", range(1, 13), ids=m.type_name)
 def test_every_missing_or_extra_key_is_a_field_error(msg_type: int) -> None:
     msg = auth.sign(examples()[msg_type], KEY) if m.auth(msg_type) else examples()[msg_type]
     for key in msg:
@@ -62,10 +63,26 @@ def test_every_missing_or_extra_key_is_a_field_error(msg_type: int) -> None:
         with pytest.raises(DecodeError) as e:
             m.decode(cbor.dumps(without))
         assert e.value.reason == FIELD, key
-    for key in set(range(1, 16)) - set(msg):
+    for key in set(range(1, 16)) - set(msg) - OPTIONAL.get(msg_type, set()):
         with pytest.raises(DecodeError) as e:
             m.decode(cbor.dumps({**msg, key: 0}))
         assert e.value.reason == FIELD, key
+
+
+# Keys a message may leave out (SPEC §4: "optional"); EVENT's key 10 goes with its kind.
+OPTIONAL = {m.STATUS: {m.ST_UNRECORDED}}
+
+
+def test_an_optional_key_may_be_left_out_or_given_in_range() -> None:
+    status = auth.sign(examples()[m.STATUS], KEY)
+    for value, ok in ((0, True), (2**64 - 1, True), (-1, False), (True, False), (b"", False)):
+        msg = {**status, m.ST_UNRECORDED: value}
+        if ok:
+            assert m.decode(cbor.dumps(msg))[m.ST_UNRECORDED] == value
+        else:
+            with pytest.raises(DecodeError) as e:
+                m.decode(cbor.dumps(msg))
+            assert e.value.reason == FIELD, value
 
 
 def test_encode_validates_like_decode() -> None:
@@ -106,7 +123,7 @@ def test_any_event_roundtrips_and_verifies_with_hmac(
 
 def test_verify_and_accept_reasons() -> None:
     session = auth.session_key(KEY, bytes(16), bytes(range(16)))
-    ack = auth.sign({0: m.ACK, 1: 7, 14: 5}, session)
+    ack = auth.sign({0: m.ACK, 1: 7, 2: b"", 14: 5}, session)
     assert auth.accept(ack, session, 4) == 5
     with pytest.raises(DecodeError) as e:
         auth.accept(ack, session, 5)
@@ -119,7 +136,7 @@ def test_verify_and_accept_reasons() -> None:
         auth.verify(tampered, session)
     assert e.value.reason == MAC
     with pytest.raises(DecodeError) as e:
-        auth.verify({0: m.ACK, 1: 7, 14: 5}, session)
+        auth.verify({0: m.ACK, 1: 7, 2: b"", 14: 5}, session)
     assert e.value.reason == MAC
 
 

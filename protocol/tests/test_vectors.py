@@ -45,7 +45,7 @@ def test_vectors_reproducible() -> None:
 
 def test_every_type_and_reason_covered() -> None:
     types = {v["message"]["0"] for v in load("frames.json")}
-    assert types == set(range(1, 12))
+    assert types == set(range(1, 13))
     reasons = {v["reason"] for v in load("invalid.json")}
     assert reasons == {"COBS", "SHORT", "CRC", "OVERSIZE", "CBOR", "NONCANONICAL", "TYPE",
                        "FIELD", "MAC", "REPLAY"}

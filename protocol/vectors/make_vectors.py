@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, utils  # noqa: E402
-from sealproto import auth, cobs, framing  # noqa: E402
+from sealproto import auth, cbor, cobs, framing  # noqa: E402
 from sealproto import messages as m  # noqa: E402
 
 Json = dict[str, Any]
@@ -42,9 +42,24 @@ SEAL_KEY = ec.derive_private_key(
     % 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
     ec.SECP256R1(),
 )
-SEAL_PUBLIC = SEAL_KEY.public_key().public_bytes(
-    serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-)[1:]
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def p256_key(label: str) -> ec.EllipticCurvePrivateKey:
+    return ec.derive_private_key(int.from_bytes(fixed(label), "big") % _P256_N, ec.SECP256R1())
+
+
+def public_xy(key: ec.EllipticCurvePrivateKey) -> bytes:
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return point[1:]
+
+
+SEAL_PUBLIC = public_xy(SEAL_KEY)
+# The enrolment authority and a gateway's acknowledgement key (SPEC §5.11).
+AUTHORITY_KEY = p256_key("enrolment authority key")
+GATEWAY_KEY = p256_key("gateway acknowledgement key")
 TIME_S = 1_764_115_200  # 2025-11-26T00:00:00Z
 U32 = 2**32 - 1
 
@@ -73,10 +88,22 @@ def signed(msg: dict[int, Any], key: bytes) -> dict[int, Any]:
     return auth.sign(dict(msg), key)
 
 
-def seal_signature(digest: bytes) -> bytes:
+def seal_signature(digest: bytes, key: ec.EllipticCurvePrivateKey = SEAL_KEY) -> bytes:
     algorithm = ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True)
-    r, s = utils.decode_dss_signature(SEAL_KEY.sign(digest, algorithm))
+    r, s = utils.decode_dss_signature(key.sign(digest, algorithm))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def certificate(serial: int, gateway: bytes) -> dict[int, Any]:
+    """An ENROL's certificate fields, signed by the vectors' authority (no seq, no MAC)."""
+    msg = {m.K_TYPE: m.ENROL, m.EN_SERIAL: serial, m.EN_GATEWAY: gateway, m.EN_SIG: b"",
+           m.EN_DEVICE: "seal-0001"}
+    msg[m.EN_SIG] = seal_signature(auth.enrolment_digest(msg), AUTHORITY_KEY)
+    return msg
+
+
+def stored(counter: int, head: bytes) -> bytes:
+    return seal_signature(auth.stored_digest("seal-0001", counter, head), GATEWAY_KEY)
 
 
 def event(counter: int, prev: bytes, **fields: int) -> dict[int, Any]:
@@ -91,6 +118,8 @@ def event(counter: int, prev: bytes, **fields: int) -> dict[int, Any]:
         m.EV_OPERATOR: fields.get("operator", 1042),
         m.EV_PREV: prev,
     }
+    if "cause" in fields:
+        msg[m.EV_CAUSE] = fields["cause"]
     msg[m.EV_SIG] = seal_signature(auth.seal_digest(msg))
     return signed(msg, DEVICE_KEY)
 
@@ -104,12 +133,13 @@ def valid_messages() -> list[tuple[str, dict[int, Any], bytes | None]]:
             signed(
                 {
                     m.K_TYPE: m.HELLO,
-                    m.HE_VERSION: 2,
+                    m.HE_VERSION: 3,
                     m.HE_DEVICE: "seal-0001",
                     m.HE_NONCE: DEVICE_NONCE,
                     m.HE_BOOT: 3,
                     m.HE_NEXT: 42,
                     m.HE_FIRMWARE: "sealfw 0.1.0",
+                    m.HE_ENROLMENT: 1_764_115_000,
                 },
                 DEVICE_KEY,
             ),
@@ -123,6 +153,7 @@ def valid_messages() -> list[tuple[str, dict[int, Any], bytes | None]]:
                     m.WE_NONCE: HOST_NONCE,
                     m.WE_ACKED: 39,
                     m.WE_TIME: TIME_S * 1000 + 125,
+                    m.WE_STORED: stored(39, fixed("record 39")),
                     m.K_SEQ: 1,
                 },
                 SESSION_KEY,
@@ -140,8 +171,38 @@ def valid_messages() -> list[tuple[str, dict[int, Any], bytes | None]]:
         ),
         ("event forced, clock unset", event(7, prev, time=0, kind=m.KIND_FORCED), DEVICE_KEY),
         (
+            "event reboot after a watchdog reset, 3 records rolled back",
+            event(43, prev, kind=m.KIND_REBOOT, permit=0, operator=0,
+                  cause=m.CA_ROLLBACK | m.CA_WATCHDOG | 3 << m.CA_MISSING_SHIFT),
+            DEVICE_KEY,
+        ),
+        (
+            "event alarm journaled",
+            event(44, prev, kind=m.KIND_ALARM, permit=0, operator=0, cause=m.AL_JOURNAL_FULL),
+            DEVICE_KEY,
+        ),
+        (
+            "event unrecorded presses",
+            event(45, prev, kind=m.KIND_UNRECORDED, permit=0, operator=0, cause=12),
+            DEVICE_KEY,
+        ),
+        (
+            "event longest the seal makes (SPEC 4.5)",
+            event(U32, prev, boot=U32, uptime=2**64 - 1, time=2**64 - 1, kind=m.KIND_REBOOT,
+                  permit=U32, operator=U32, cause=U32),
+            DEVICE_KEY,
+        ),
+        (
             "ack",
-            signed({m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.K_SEQ: 2}, SESSION_KEY),
+            signed(
+                {m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.AK_STORED: stored(42, prev), m.K_SEQ: 2},
+                SESSION_KEY,
+            ),
+            SESSION_KEY,
+        ),
+        (
+            "ack unsigned",
+            signed({m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.AK_STORED: b"", m.K_SEQ: 2}, SESSION_KEY),
             SESSION_KEY,
         ),
         (
@@ -165,6 +226,24 @@ def valid_messages() -> list[tuple[str, dict[int, Any], bytes | None]]:
                     m.ST_PERMIT_LEFT: 4,
                     m.ST_NEXT: 43,
                     m.K_SEQ: 2,
+                },
+                SESSION_KEY,
+            ),
+            SESSION_KEY,
+        ),
+        (
+            "status, presses without a record",
+            signed(
+                {
+                    m.K_TYPE: m.STATUS,
+                    m.ST_BATTERY: 3712,
+                    m.ST_BACKLOG: 1000,
+                    m.ST_FREE: 0,
+                    m.ST_FLAGS: m.F_LOCKED | m.F_JOURNAL_FULL | m.F_RESERVE_EXHAUSTED,
+                    m.ST_PERMIT_LEFT: 0,
+                    m.ST_NEXT: 1043,
+                    m.ST_UNRECORDED: 5,
+                    m.K_SEQ: 3,
                 },
                 SESSION_KEY,
             ),
@@ -199,6 +278,17 @@ def valid_messages() -> list[tuple[str, dict[int, Any], bytes | None]]:
         (
             "result",
             signed({m.K_TYPE: m.RESULT, m.RE_SEQ: 3, m.RE_CODE: m.R_OK, m.K_SEQ: 3}, SESSION_KEY),
+            SESSION_KEY,
+        ),
+        (
+            "enrol",
+            signed({**certificate(1_764_115_000, public_xy(GATEWAY_KEY)), m.K_SEQ: 6},
+                   SESSION_KEY),
+            SESSION_KEY,
+        ),
+        (
+            "enrol revoking",
+            signed({**certificate(1_764_116_000, b""), m.K_SEQ: 7}, SESSION_KEY),
             SESSION_KEY,
         ),
     ]
@@ -306,9 +396,48 @@ def seal_file() -> Json:
     }
 
 
+def enrol_file() -> Json:
+    """Certificates and stored statements (SPEC §5.11), checkable with any P-256 ECDSA."""
+    vectors: list[Json] = [
+        {"name": "keys", "authority_key": public_xy(AUTHORITY_KEY).hex(),
+         "gateway_key": public_xy(GATEWAY_KEY).hex()},
+    ]
+    for name, serial, gateway in (("certificate", 1_764_115_000, public_xy(GATEWAY_KEY)),
+                                  ("revocation", 1_764_116_000, b"")):
+        cert = certificate(serial, gateway)
+        vectors.append({"name": name, "message": to_json(cert),
+                        "digest": auth.enrolment_digest(cert).hex(),
+                        "sig": cert[m.EN_SIG].hex(), "valid": True})
+    forged = certificate(1_764_117_000, public_xy(SEAL_KEY))
+    forged[m.EN_SIG] = seal_signature(auth.enrolment_digest(forged), GATEWAY_KEY)
+    vectors.append({"name": "certificate signed by the gateway itself", "message": to_json(forged),
+                    "digest": auth.enrolment_digest(forged).hex(),
+                    "sig": forged[m.EN_SIG].hex(), "valid": False})
+    head = fixed("record 42")
+    statement = {0: m.STORED, m.SD_DEVICE: "seal-0001", m.SD_COUNTER: 42, m.SD_HEAD: head}
+    digest = auth.stored_digest("seal-0001", 42, head)
+    assert digest == hashlib.sha256(cbor.dumps(statement)).digest()
+    vectors.append({"name": "stored 42", "statement": to_json(statement),
+                    "encoded": cbor.dumps(statement).hex(), "digest": digest.hex(),
+                    "sig": stored(42, head).hex(), "valid": True})
+    wrong = seal_signature(auth.stored_digest("seal-0001", 42, head), SEAL_KEY)
+    vectors.append({"name": "stored 42 signed by the seal's key", "statement": to_json(statement),
+                    "encoded": cbor.dumps(statement).hex(), "digest": digest.hex(),
+                    "sig": wrong.hex(), "valid": False})
+    return {
+        "description": "enrolment (SPEC 5.11): a certificate's sig = ECDSA P-256 by "
+        "authority_key over SHA-256(encode(ENROL without keys 3, 14, 15)); a stored statement's "
+        "sig = ECDSA P-256 by gateway_key over SHA-256(encode({0: 13, 1: device_id, 2: counter, "
+        "3: head})); r || s big-endian, keys X || Y",
+        "vectors": vectors,
+    }
+
+
 def invalid_vectors() -> list[Json]:
     ev_payload = m.encode(event(42, fixed("some earlier record")))
-    ack = signed({m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.K_SEQ: 2}, SESSION_KEY)
+    ack = signed(
+        {m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.AK_STORED: b"", m.K_SEQ: 2}, SESSION_KEY
+    )
 
     def payload_case(name: str, payload: bytes, reason: str) -> Json:
         return {"name": name, "frame": raw_frame(payload).hex(), "reason": reason}
@@ -361,21 +490,38 @@ def invalid_vectors() -> list[Json]:
         payload_case("indefinite-length bytes", bytes.fromhex("5f4100ff"), "NONCANONICAL"),
         payload_case("not a map", bytes.fromhex("820501"), "TYPE"),
         msg_case("type 0", {0: 0}, "TYPE"),
-        msg_case("type 12", {0: 12}, "TYPE"),
+        msg_case("type 14", {0: 14}, "TYPE"),
         msg_case("no type key", {1: 42, 14: 2}, "TYPE"),
         payload_case("type is text", bytes.fromhex("a1006141"), "TYPE"),
         payload_case("type is true", bytes.fromhex("a100f5"), "TYPE"),
-        msg_case("ack missing its counter", {0: m.ACK, 14: 2, 15: bytes(32)}, "FIELD"),
-        msg_case("ack with an unknown key 9", {0: m.ACK, 1: 4, 9: 0, 14: 2, 15: bytes(32)},
+        msg_case("ack missing its counter", {0: m.ACK, 2: b"", 14: 2, 15: bytes(32)}, "FIELD"),
+        msg_case("ack missing its stored signature", {0: m.ACK, 1: 4, 14: 2, 15: bytes(32)},
+                 "FIELD"),
+        msg_case("ack stored signature of 63 bytes",
+                 {0: m.ACK, 1: 4, 2: bytes(63), 14: 2, 15: bytes(32)}, "FIELD"),
+        msg_case("enrol gateway key of 1 byte",
+                 {**certificate(9, b"\x04"), 14: 2, 15: bytes(32)}, "FIELD"),
+        msg_case("stored is a statement, not a message",
+                 {0: m.STORED, 1: "seal-0001", 2: 42, 3: bytes(32)}, "TYPE"),
+        msg_case("ack with an unknown key 9",
+                 {0: m.ACK, 1: 4, 2: b"", 9: 0, 14: 2, 15: bytes(32)},
                  "FIELD"),
         msg_case("sync with a seq", {0: m.SYNC, 14: 1}, "FIELD"),
-        msg_case("ack without its MAC", {0: m.ACK, 1: 4, 14: 2}, "FIELD"),
-        msg_case("ack with seq 0", {0: m.ACK, 1: 4, 14: 0, 15: bytes(32)}, "FIELD"),
-        msg_case("ack with a 31-byte MAC", {0: m.ACK, 1: 4, 14: 2, 15: bytes(31)}, "FIELD"),
+        msg_case("ack without its MAC", {0: m.ACK, 1: 4, 2: b"", 14: 2}, "FIELD"),
+        msg_case("ack with seq 0", {0: m.ACK, 1: 4, 2: b"", 14: 0, 15: bytes(32)}, "FIELD"),
+        msg_case("ack with a 31-byte MAC", {0: m.ACK, 1: 4, 2: b"", 14: 2, 15: bytes(31)},
+                 "FIELD"),
         msg_case("event counter 0", replace(event(1, auth.GENESIS), m.EV_COUNTER, 0), "FIELD"),
         msg_case("event counter 2**32", replace(event(1, auth.GENESIS), m.EV_COUNTER, 2**32),
                  "FIELD"),
-        msg_case("event kind 5", replace(event(1, auth.GENESIS), m.EV_KIND, 5), "FIELD"),
+        msg_case("event kind 7", replace(event(1, auth.GENESIS), m.EV_KIND, 7), "FIELD"),
+        msg_case("event alarm without its cause",
+                 replace(event(1, auth.GENESIS), m.EV_KIND, m.KIND_ALARM), "FIELD"),
+        msg_case("event impression with a cause",
+                 replace(event(1, auth.GENESIS), m.EV_CAUSE, 1), "FIELD"),
+        msg_case("event cause of 2**32",
+                 replace(event(1, auth.GENESIS, kind=m.KIND_REBOOT, cause=1), m.EV_CAUSE, 2**32),
+                 "FIELD"),
         msg_case("event prev of 31 bytes", replace(event(1, auth.GENESIS), m.EV_PREV, bytes(31)),
                  "FIELD"),
         msg_case("event sig of 63 bytes", replace(event(1, auth.GENESIS), m.EV_SIG, bytes(63)),
@@ -394,9 +540,9 @@ def invalid_vectors() -> list[Json]:
         msg_case("hello empty device id", replace(hello_msg(), m.HE_DEVICE, ""), "FIELD"),
         msg_case("hello nonce of 15 bytes", replace(hello_msg(), m.HE_NONCE, bytes(15)), "FIELD"),
         msg_case("status flags with a reserved bit",
-                 {0: m.STATUS, 1: 3700, 2: 0, 3: 9, 4: 64, 5: 0, 6: 1, 14: 1, 15: bytes(32)},
+                 {0: m.STATUS, 1: 3700, 2: 0, 3: 9, 4: 512, 5: 0, 6: 1, 14: 1, 15: bytes(32)},
                  "FIELD"),
-        msg_case("result code 6", {0: m.RESULT, 1: 3, 2: 6, 14: 1, 15: bytes(32)}, "FIELD"),
+        msg_case("result code 7", {0: m.RESULT, 1: 3, 2: 7, 14: 1, 15: bytes(32)}, "FIELD"),
         msg_case("permit count 0",
                  {0: m.PERMIT, 1: 17, 2: 0, 3: 0, 4: 1, 5: 1, 14: 2, 15: bytes(32)}, "FIELD"),
         msg_case("alarm code 0", {0: m.ALARM, 1: 0, 2: 0, 3: 0, 14: 1, 15: bytes(32)}, "FIELD"),
@@ -441,7 +587,9 @@ def invalid_file() -> Json:
 
 def streams_file() -> Json:
     ev = m.encode(event(42, fixed("some earlier record")))
-    ack = m.encode(signed({m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.K_SEQ: 2}, SESSION_KEY))
+    ack = m.encode(
+        signed({m.K_TYPE: m.ACK, m.AK_COUNTER: 42, m.AK_STORED: b"", m.K_SEQ: 2}, SESSION_KEY)
+    )
     sync = m.encode({m.K_TYPE: m.SYNC})
     big = b"\x59\x01\xdb" + bytes(range(256)) * 2
     big = big[: 480]
@@ -487,6 +635,7 @@ FILES = {
     "session.json": session_file,
     "chain.json": chain_file,
     "seal.json": seal_file,
+    "enrol.json": enrol_file,
     "invalid.json": invalid_file,
     "streams.json": streams_file,
 }

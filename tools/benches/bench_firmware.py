@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 from tools import build  # noqa: E402
 
 IMPRESSIONS = 1000
-HEAPSIZE = "64k"
+HEAPSIZE = "80k"
 HEAP_PROBE_MS = 5
 _PEER_DIR = ROOT / "firmware" / "tests" / "mpy"
 

@@ -99,7 +99,7 @@ def _ledger_counts(path: Path) -> tuple[int, int, int]:
 
 async def _run(work: Path, broker_port: int) -> list[dict[str, Any]]:
     from sealink.config import Config, LedgerConfig, MqttConfig, PortConfig
-    from sealink.crypto import GatewayKey
+    from sealink.crypto import GatewayKey, LinkKeyStore
     from sealink.gateway import Gateway
     from sealink.ledger import Ledger
     from sealink_sim.ptylink import open_pty_link
@@ -108,7 +108,7 @@ async def _run(work: Path, broker_port: int) -> list[dict[str, Any]]:
     key = GatewayKey.generate()
     key.save(work / "gateway.key")
     device_key = os.urandom(32)
-    ledger = Ledger(work / "ledger.sqlite")
+    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
     ledger.add_device(DEVICE, device_key, SimChip.of(device_key).public)
     ledger.close()
     counter = _ByteCount()
@@ -120,6 +120,7 @@ async def _run(work: Path, broker_port: int) -> list[dict[str, Any]]:
             gateway_id="flood",
             key_file=work / "gateway.key",
             ledger_path=work / "ledger.sqlite",
+            link_keys=work / "link-keys",
             mqtt=MqttConfig(port=broker_port, prefix="flood"),
             ledger=LedgerConfig(),
             ports=(
@@ -204,7 +205,7 @@ def _line_cost(kind: str) -> dict[str, Any]:
 
     rng = random.Random(SEED)
     registry = DeviceRegistry()
-    registry.load(DeviceRecord(DEVICE, os.urandom(32), 0, GENESIS, 0, None, None), 0)
+    registry.load(DeviceRecord(DEVICE, 0, GENESIS, 0, None, None), os.urandom(32), 0)
     machine = LinkMachine("tty-noisy", registry)
     if kind == "garbage":
         stream = bytes(rng.getrandbits(8) for _ in range(_COST_MB * 1_000_000))

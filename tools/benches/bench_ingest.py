@@ -9,6 +9,11 @@ COSE_Sign1, SQLite WAL group commit with fsync, ACK, outbox, MQTT QoS 1) until e
 PUBACKed; in the same run, raw paho QoS 1 publishes of the same
 payload to the same broker give the ceiling. Both are measured in ROUNDS interleaved rounds
 (SEALINK_BENCH_ROUNDS, default 3) and reported as medians; ratio = the ratio of the medians.
+`cpu_us_per_event` is where the CPU went while the events flowed (Linux /proc, medians): the
+gateway's event loop, its seal-verify and ledger threads, the publisher process, the simulated
+fleet and the broker; `cores_busy` is their sum over the window. Once that nears the cores
+there are, events per second are about cores / (the sum of cpu_us_per_event), so only a smaller
+sum raises the rate, not moving work between threads.
 
 latency: one stamp at a time on an EmulatedBoard (real firmware under MicroPython, over its
 pty): from the moment the board reports the impression journaled to the PUBACK of its event.
@@ -35,6 +40,56 @@ ROUNDS = int(os.environ.get("SEALINK_BENCH_ROUNDS", "3"))
 LATENCY_STAMPS = int(os.environ.get("SEALINK_BENCH_STAMPS", "100"))
 # The emulated seal's MicroPython heap; empty = the board's default.
 BOARD_HEAP = os.environ.get("SEALINK_BENCH_HEAP", "")
+
+
+_THREAD_PARTS = {"MainThread": "loop", "seal-verify": "verify", "sealink-ledger": "ledger"}
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process's threads (by thread name, pool suffix dropped) and
+    of its descendant processes (by what they run); {} where /proc is not there."""
+    import threading
+
+    if not Path("/proc/self/task").is_dir():
+        return {}
+    hz = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name.rsplit("_", 1)[0] for t in threading.enumerate()}
+    parts: dict[str, float] = {}
+    pids, me = [os.getpid()], os.getpid()
+    while pids:
+        pid = pids.pop()
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue  # ended meanwhile
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                pids += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            if pid == me:
+                part = _THREAD_PARTS.get(names.get(int(task.name), ""), "gateway_other")
+            elif b"sealink.mqtt.process" in command:
+                part = "publisher"
+            elif b"--fleet" in command:
+                part = "fleet"
+            elif b"mosquitto" in command:
+                part = "broker"
+            else:
+                part = "other"
+            parts[part] = parts.get(part, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+    return parts
+
+
+def _ack_key(work: Path) -> Path:
+    """A gateway's acknowledgement key, so that every ACK carries its signature (SPEC §5.11)."""
+    from sealink.crypto.p256 import P256Key
+
+    path = work / "gateway.ack.key"
+    P256Key.generate().save(path, "acknowledgement key")
+    return path
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -91,8 +146,9 @@ def _raw_publish_rate(port: int, payload: bytes, count: int, window: int) -> flo
         client.loop_write()
 
 
-async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
+async def _ingest(work: Path, port: int) -> tuple[float, bytes, dict[str, float]]:
     from sealink.config import Config, MqttConfig
+    from sealink.crypto.keystore import LinkKeyStore
     from sealink.crypto.signer import GatewayKey
     from sealink.gateway.service import Gateway
     from sealink.ledger.sqlite import Ledger
@@ -101,7 +157,7 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
 
     key = GatewayKey.generate()
     key.save(work / "gateway.key")
-    ledger = Ledger(work / "ledger.sqlite")
+    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
     sims_keys = {f"bench-{i:04d}": os.urandom(32) for i in range(DEVICES)}
     for device, device_key in sims_keys.items():
         ledger.add_device(device, device_key, SimChip.of(device_key).public)
@@ -110,7 +166,9 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
         gateway_id="bench",
         key_file=work / "gateway.key",
         ledger_path=work / "ledger.sqlite",
+        link_keys=work / "link-keys",
         mqtt=MqttConfig(port=port, prefix="bench"),
+        ack_key_file=_ack_key(work),
     )
     total = DEVICES * EVENTS_PER_DEVICE
     loop = asyncio.get_running_loop()
@@ -149,11 +207,17 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
 
             gateway.publisher.on_published = keep_first
             published_before = gateway.publisher.published
+            cpu_before = _cpu_seconds()
             start = time.perf_counter()
             await loop.sock_sendall(control, b"go\n")
             while gateway.publisher.published - published_before < total:
                 await asyncio.sleep(0.002)
             elapsed = time.perf_counter() - start
+            cpu = {
+                part: (seconds - cpu_before.get(part, 0.0)) / total * 1e6
+                for part, seconds in _cpu_seconds().items()
+            }
+            cpu["cores_busy"] = sum(cpu.values()) * total / 1e6 / elapsed
         finally:
             control.close()  # the fleet's cue to stop
             try:
@@ -161,7 +225,7 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes]:
             except subprocess.TimeoutExpired:
                 fleet.kill()
                 fleet.wait()
-    return total / elapsed, sample[0]
+    return total / elapsed, sample[0], cpu
 
 
 async def _fleet(control: socket.socket, fds: list[int]) -> None:
@@ -208,6 +272,7 @@ def bench_ingest() -> dict[str, Any]:
 
     rates: list[float] = []
     raws: list[float] = []
+    cpus: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="sealink-bench-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "broker", autosave_s=3600) as broker:
@@ -216,14 +281,16 @@ def bench_ingest() -> dict[str, Any]:
             for i in range(ROUNDS):
                 round_dir = work / f"round-{i}"
                 round_dir.mkdir()
-                rate, payload = asyncio.run(_ingest(round_dir, broker.port))
+                rate, payload, cpu = asyncio.run(_ingest(round_dir, broker.port))
                 rates.append(rate)
+                cpus.append(cpu)
                 # the same window as the gateway's publisher
                 window = MqttConfig().inflight
                 raws.append(
                     _raw_publish_rate(broker.port, payload, DEVICES * EVENTS_PER_DEVICE, window)
                 )
     rate, raw = statistics.median(rates), statistics.median(raws)
+    cpu = {p: statistics.median(c.get(p, 0.0) for c in cpus) for p in sorted(set().union(*cpus))}
     return {
         "bench": "ingest",
         "events_per_s": round(rate),
@@ -231,6 +298,8 @@ def bench_ingest() -> dict[str, Any]:
         "ratio": round(rate / raw, 3),
         "devices": DEVICES,
         "rounds": ROUNDS,
+        "cores_busy": round(cpu.pop("cores_busy", 0.0), 2),
+        "cpu_us_per_event": {p: round(us) for p, us in cpu.items() if us >= 0.5},
     }
 
 
@@ -244,8 +313,10 @@ async def _latency(
         gateway_id="bench",
         key_file=work / "gateway.key",
         ledger_path=work / "ledger.sqlite",
+        link_keys=work / "link-keys",
         mqtt=MqttConfig(port=port, prefix="bench"),
         ports=(PortConfig(board.uart_path),),
+        ack_key_file=work / "gateway.ack.key",
     )
     pubacks_wall_ms: dict[int, float] = {}
 
@@ -289,10 +360,13 @@ async def _latency(
 
 
 def bench_latency() -> dict[str, Any]:
+    from sealink.crypto.keystore import LinkKeyStore
+    from sealink.crypto.p256 import P256Key
     from sealink.crypto.signer import GatewayKey
     from sealink.ledger.sqlite import Ledger
     from sealink_sim.broker import Mosquitto
     from sealink_sim.emulator import EmulatedBoard
+    from sealink_sim.enrolment import enrol
 
     device = "bench-latency"
     with tempfile.TemporaryDirectory(prefix="sealink-bench-") as tmp:
@@ -308,8 +382,12 @@ def bench_latency() -> dict[str, Any]:
             chip_latency="typical",
             **({"heapsize": BOARD_HEAP} if BOARD_HEAP else {}),  # type: ignore[arg-type]
         )
-        ledger = Ledger(work / "ledger.sqlite")
+        ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
         ledger.add_device(device, device_key, board.provision())
+        # Enrolled, as a site's seal is: its acknowledgements free the journal (SPEC §5.11).
+        ack_key = P256Key.load(_ack_key(work), "acknowledgement key")
+        cert = enrol(device, ack_key.public)
+        ledger.enrol(device, cert.to_json(), cert.serial)
         ledger.close()
         with Mosquitto(work / "broker", autosave_s=3600) as broker, board:
             values, host = asyncio.run(_latency(work, broker.port, board, device, key))

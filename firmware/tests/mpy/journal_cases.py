@@ -249,3 +249,95 @@ def test_no_allocation_grows_with_events():
     assert gc.mem_alloc() - before < 512, gc.mem_alloc() - before
 
 
+
+
+def record(counter, kind, cause=None, permit=0):
+    # A record in the layout seal.events writes (record_fields reads it by position).
+    from sealproto import codec
+
+    msg = {0: 4, 1: counter, 2: 1, 3: 0, 4: 0, 5: kind, 6: permit, 7: 0, 8: bytes(32),
+           9: bytes(64), 15: bytes(32)}
+    if cause is not None:
+        msg[10] = cause
+    return codec.encode(msg)
+
+
+def test_full_before_the_reserve_exhausted_after_it():
+    # SPEC §10.2: full leaves the reserve (seal.events then makes no IMPRESSION, mp_durability
+    # tests that); exhausted refuses every record.
+    flashimg.fresh(_IMG)
+    j = Journal(flashimg.root(), capacity_events=4, segment_events=4, reserve_events=2).open()
+    j.new_boot()
+    for c in (1, 2):
+        j.append(c, record(c, 0, permit=9))
+    assert j.full and not j.exhausted and j.free == 0
+    j.append(3, record(3, 1))
+    j.append(4, record(4, 2))
+    assert j.exhausted
+    try:
+        j.append(5, record(5, 1))
+    except JournalFull:
+        pass
+    else:
+        raise AssertionError("a record past the reserve")
+    assert j.next_counter == 5
+
+
+def test_missed_records_are_kept_until_a_record_reports_them():
+    # SPEC §10.1: presses without a record and alarms without one live in `state` (each missed()
+    # one write); an UNRECORDED or ALARM record takes them back, also when the next `state`
+    # write never came (the count is then taken back at open, from the record itself).
+    flashimg.fresh(_IMG)
+    j = journal()
+    fill(j, 2)
+    j.missed()
+    j.missed()
+    j.missed(8)
+    j.missed(8)
+    assert (j.unrecorded, j.pending) == (2, 1 << 8)
+    j2 = reboot()
+    assert (j2.unrecorded, j2.pending) == (2, 1 << 8), "kept across a reboot"
+    j2.append(3, record(3, 6, cause=2))
+    j2.append(4, record(4, 5, cause=8))
+    assert (j2.unrecorded, j2.pending) == (0, 0)
+    # No `state` write since: the records taken back at open.
+    flashimg.mount(_IMG)
+    j3 = Journal(flashimg.root(), segment_events=4).open()
+    assert (j3.unrecorded, j3.pending) == (0, 0)
+    j3.new_boot()
+    j3.missed()
+    j3.ack(4)
+    assert reboot().unrecorded == 1, "compaction keeps the count"
+
+
+def test_permit_state_of_40_bytes_reads_with_nothing_missed():
+    import binascii
+    import struct
+
+    flashimg.fresh(_IMG)
+    j = journal()
+    fill(j, 1)
+    st = struct.pack("<IIIIIIIII", j.boot_id, 0, 5, 3, 0, 0, 7, 2, 0)
+    with open(flashimg.root() + "/state", "wb") as f:
+        f.write(st + struct.pack("<I", binascii.crc32(st)))
+    j2 = reboot()
+    assert j2.permit == (5, 3, 0, 0, 7) and (j2.unrecorded, j2.pending) == (0, 0)
+    assert os.stat(flashimg.root() + "/state")[6] == 48
+
+
+def test_records_count_by_their_fields_read_by_position():
+    j = Journal(flashimg.root())
+    j.permit = (70000, 5, 0, 0, 1)
+    j.unrecorded = 9
+    j.pending = 1 << 4 | 1 << 8
+    j._count(memoryview(record(1, 0, permit=70000)))
+    j._count(record(2, 0, permit=70001))
+    j._count(record(3, 1, permit=70000))
+    assert j.permit_used == 1, "only an IMPRESSION under the permit"
+    j._count(record(4, 6, cause=4))
+    j._count(record(5, 5, cause=8))
+    j._count(record(6, 4, cause=1 << 8 | 2))
+    assert (j.unrecorded, j.pending) == (5, 1 << 4)
+    for junk in (b"", bytes(40), record(7, 6, cause=5)[:-40]):
+        j._count(junk)
+    assert (j.permit_used, j.unrecorded, j.pending) == (1, 5, 1 << 4)

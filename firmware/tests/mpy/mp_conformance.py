@@ -172,14 +172,14 @@ def test_missing_or_mistyped_fields_are_rejected():
         permit,  # no PE_OPERATOR
         {M.K_TYPE: M.TIME, M.TI_TIME: True},  # `true` is not an integer
         {M.K_TYPE: M.REVOKE, M.RV_PERMIT: 0},  # permit ids start at 1
-        {M.K_TYPE: M.ACK, M.AK_COUNTER: 2**32},  # a uint32 field
+        {M.K_TYPE: M.ACK, M.AK_COUNTER: 2**32, M.AK_STORED: b""},  # a uint32 field
         {M.K_TYPE: M.ACK},  # no counter
     )
     for body in bad:
         rejected = w.link.rejected_decode
         w.link.feed(encode_frame(_forged(w, dict(body))), w.now)
         equal(w.link.rejected_decode, rejected + 1, repr(body))
-    equal((w.rig.journal.acked, w.rig.lock.v, _results(w)), (0, 0, 0), "none took effect")
+    equal((w.link.acked, w.rig.lock.v, _results(w)), (0, 0, 0), "none took effect")
 
 
 def test_every_message_the_seal_sends_decodes_strictly():
@@ -212,7 +212,10 @@ def test_status_flags_use_bits_0_to_5_only():
     rig.guard.check_battery(3000)  # LOW_BATTERY
     rig.guard.tampered = True  # TAMPERED (the event needs no flash room here)
     rig.permits.grant(9, 5, 0, 0, 1)  # PERMIT_ACTIVE, with LOCKED: the journal is full
-    rig.journal.capacity_events = rig.journal.backlog
+    # Full (the lock shut before the reserve), not exhausted by the ALARM record it takes: bit 7
+    # stays clear.
+    rig.journal.reserve_events = 2
+    rig.journal.capacity_events = rig.journal.backlog + 2
     rig.guard.update_lock()
     w.run(2)
     flags = [m for m in map(kind_of, w.unheard) if m[M.K_TYPE] == M.STATUS][-1][M.ST_FLAGS]
@@ -228,24 +231,25 @@ def test_forged_or_replayed_ack_never_compacts():
     w.deaf = True
     w.stamp(3)
     w.run()
-    good = w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 1})
+    good = w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 1, M.AK_STORED: b""})
     key = w.peer.session_key
     w.peer.session_key = bytes(32)
-    forged = w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 3})
+    forged = w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 3, M.AK_STORED: b""})
     w.peer.session_key = key
     w.link.feed(forged, w.now)
-    equal((w.rig.journal.acked, w.link.rejected_mac), (0, 1), "bad MAC")
+    equal((w.link.acked, w.link.rejected_mac), (0, 1), "bad MAC")
     w.link.feed(good, w.now)
-    equal(w.rig.journal.acked, 1, "the genuine ACK")
+    equal(w.link.acked, 1, "the genuine ACK")
     w.link.feed(good, w.now)
-    equal((w.rig.journal.acked, w.link.rejected_replay), (1, 1), "replayed")
-    old = w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 3})
+    equal((w.link.acked, w.link.rejected_replay), (1, 1), "replayed")
+    old = w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 3, M.AK_STORED: b""})
     del w.to_host[:]
     w.link.feed(encode_frame(M.encode({M.K_TYPE: M.SYNC})), w.now + 5000)  # a new session
     w.link.feed(w.peer.welcome(kind_of(w.to_host[-1])[M.HE_NONCE]), w.now + 5000)
     equal(w.link.state, UP, "the new session")
     w.link.feed(old, w.now + 5000)
-    equal((w.rig.journal.acked, w.link.rejected_mac), (1, 2), "from the previous session")
+    equal((w.link.acked, w.link.rejected_mac), (0, 2), "from the previous session")
+    equal(w.rig.journal.acked, 0, "and none of them compacts: none was signed as stored")
 
 
 def test_welcome_with_bad_mac_or_seq_is_dropped_and_hello_retries():
@@ -258,12 +262,12 @@ def test_welcome_with_bad_mac_or_seq_is_dropped_and_hello_retries():
     w.peer.welcome(hello[M.HE_NONCE])
     w.peer._tx_seq = 1  # the next "WELCOME" would be seq 2
     seq2 = w.peer.command({M.K_TYPE: M.WELCOME, M.WE_NONCE: bytes(16), M.WE_ACKED: 0,
-                           M.WE_TIME: 0})
+                           M.WE_TIME: 0, M.WE_STORED: b""})
     w.link.feed(seq2, w.now)
     equal((w.link.state, w.link.rejected_mac + w.link.rejected_replay), (HELLO_SENT, 1), "seq 2")
     # §4: a WELCOME whose host_nonce is 15 bytes is no WELCOME (FIELD), whatever its MAC.
     short = {M.K_TYPE: M.WELCOME, M.WE_NONCE: bytes(15), M.WE_ACKED: 0, M.WE_TIME: 0,
-             M.K_SEQ: 1, M.K_MAC: bytes(32)}
+             M.WE_STORED: b"", M.K_SEQ: 1, M.K_MAC: bytes(32)}
     w.link.feed(encode_frame(cbor.dumps(short)), w.now)
     equal((w.link.state, w.link.rejected_decode), (HELLO_SENT, 1), "short nonce")
     w.run(110)
@@ -277,7 +281,9 @@ def test_welcome_never_compacts_what_the_device_does_not_hold():
     w.peer.stored = 9  # a host claiming more than the seal ever made
     w.link.start(0)
     w.run(2)
-    equal(w.rig.journal.acked, 2)
+    equal(w.link.acked, 2)
+    # Its signature is for 9, not for the 2 the seal holds (SPEC §5.11): nothing is freed.
+    equal(w.rig.journal.acked, 0)
 
 
 def test_status_comes_first_after_welcome():
@@ -298,15 +304,15 @@ def test_stale_ack_and_device_types_from_the_host_are_ignored():
     w = _session("stale")
     w.stamp(3)
     w.run(3)
-    equal(w.rig.journal.acked, 3)
+    equal(w.link.acked, 3)
     ignored = w.link.rejected_ack
-    w.link.feed(w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 1}), w.now)
-    equal((w.rig.journal.acked, w.link.rejected_ack), (3, ignored + 1))
+    w.link.feed(w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 1, M.AK_STORED: b""}), w.now)
+    equal((w.link.acked, w.link.rejected_ack), (3, ignored + 1))
     status = w.peer.command({M.K_TYPE: M.STATUS, M.ST_BATTERY: 1, M.ST_BACKLOG: 0,
                              M.ST_FREE: 0, M.ST_FLAGS: 0, M.ST_PERMIT_LEFT: 0, M.ST_NEXT: 1})
     sent = len(w.to_host)
     w.link.feed(status, w.now)
-    equal((len(w.to_host), w.rig.journal.acked, w.link.state), (sent, 3, UP))
+    equal((len(w.to_host), w.link.acked, w.link.state), (sent, 3, UP))
 
 
 def test_malformed_frames_are_dropped_and_counted():

@@ -11,6 +11,7 @@ from mpyunit import equal
 from peer import Peer
 from rig import KEY, NOW_S, Rig
 from sealproto import messages as M
+from testchip import stored_proof
 
 from seal.link import HELLO_SENT
 
@@ -20,7 +21,7 @@ _IMPRESSIONS = const(1000)
 async def test_thousand_impressions_without_host_then_drained_in_order():
     rig = Rig("absent", capacity=_IMPRESSIONS, blocks=256)
     equal(rig.grant(permit=3, count=_IMPRESSIONS, operator=11), M.R_OK)
-    w = Wire("absent", rig=rig, peer=Peer(KEY, NOW_S * 1000, keep=False))
+    w = Wire("absent", rig=rig, peer=Peer(KEY, NOW_S * 1000, keep=False, prove=stored_proof))
     seen = []
 
     def on_event(msg):
@@ -48,7 +49,7 @@ async def test_thousand_impressions_without_host_then_drained_in_order():
     w.deaf = False
     t0 = time.ticks_ms()
     rounds = 0
-    while rig.journal.backlog and rounds < 5000:
+    while w.link.backlog and rounds < 5000:
         w.run(1, 10)
         rounds += 1
     print("drained in", rounds, "rounds,", time.ticks_diff(time.ticks_ms(), t0), "ms")

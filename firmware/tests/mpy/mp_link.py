@@ -12,6 +12,7 @@ from rig import KEY, NOW_S, Rig
 from sealproto import auth, cobs, messages
 from sealproto import messages as M
 from sealproto.framing import encode_frame
+from testchip import stored_proof
 
 from seal.events import Uptime
 from seal.link import HELLO_SENT, UP, Link
@@ -30,7 +31,7 @@ class Wire:
     # tick() it checks the link's deadline: tick() leaves nothing due (no spin for a sender).
     def __init__(self, name, rig=None, peer=None):
         self.rig = rig or Rig(name, blocks=128)
-        self.peer = peer or Peer(KEY, NOW_S * 1000)
+        self.peer = peer or Peer(KEY, NOW_S * 1000, prove=stored_proof)
         self.to_host = []
         self.now = 0
         self.drop = None
@@ -41,8 +42,9 @@ class Wire:
     def new_link(self):
         rig = self.rig
         # The link lends its frame buffer to send(): a copy is what a port keeps.
-        return Link("seal-test", KEY, "seal-test/0", rig.journal, rig.guard, lambda: 3700,
-                    os.urandom, lambda frame: self.to_host.append(bytes(frame)), rig.wake)
+        return Link("seal-test", KEY, "seal-test/0", rig.journal, rig.guard,
+                    rig.enrolment("seal-test"), lambda: 3700, os.urandom,
+                    lambda frame: self.to_host.append(bytes(frame)), rig.wake)
 
     def run(self, rounds=1, step_ms=10):
         for _ in range(rounds):
@@ -80,7 +82,8 @@ def test_handshake_and_status():
     equal(hello[M.HE_DEVICE], "seal-test")
     equal(hello[M.HE_BOOT], w.rig.boot)
     equal(hello[M.HE_NEXT], 1)
-    equal(hello[M.HE_VERSION], 2)
+    equal(hello[M.HE_VERSION], 3)
+    equal(hello[M.HE_ENROLMENT], 1, "the serial of the certificate the rig enrolled")
     w.run()
     status = w.peer.of_type(M.STATUS)
     equal(len(status), 1)
@@ -94,10 +97,14 @@ def test_events_flow_in_order_and_are_acked():
     w = Wire("flow")
     w.link.start(0)
     w.run()
+    verified = w.rig.chip.verified
     w.stamp(20)
     w.run(5)
     equal(w.peer.counters(), list(range(1, 21)))
-    equal(w.rig.journal.acked, 20)
+    equal(w.link.acked, 20)
+    # Compaction follows the gateway's signed acknowledgements, checked by the chip once per
+    # 16 records (SPEC §5.11): 16 of the 20 are freed, with one Verify.
+    equal((w.rig.journal.acked, w.rig.chip.verified - verified), (16, 1))
     equal(w.peer.errors, [])
 
 
@@ -138,8 +145,8 @@ def check_all_delivered(w, n):
     equal(w.peer.stored, n)
     if w.peer.keep:
         equal(w.peer.counters(), list(range(1, n + 1)))
-    equal(w.rig.journal.acked, n)
-    equal(w.rig.journal.backlog, 0)
+    equal((w.link.acked, w.link.backlog), (n, 0))
+    equal(n - 16 < w.rig.journal.acked <= n, True, "freed up to the last 16 (SPEC §5.11)")
     equal([e for e in w.peer.errors if e[0] != "session"], [])
 
 
@@ -206,7 +213,7 @@ def test_resume_after_host_restart_without_duplicates():
     w.run(200)
     # The host restarts with its store intact: it knows nothing of the session and sends SYNC.
     stored = w.peer.events
-    w.peer = Peer(KEY, NOW_S * 1000)
+    w.peer = Peer(KEY, NOW_S * 1000, prove=stored_proof)
     w.peer.events = stored
     w.peer.stored = len(stored)
     w.peer.last_hash = auth.record_hash(stored[-1])
@@ -324,8 +331,8 @@ def test_ack_beyond_newest_is_ignored():
     w.stamp(2)
     w.deaf = True
     w.run()
-    w.link.feed(w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 50}), w.now)
-    equal((w.rig.journal.acked, w.link.rejected_ack), (0, 1), "ignored and counted (SPEC §5.5)")
+    w.link.feed(w.peer.command({M.K_TYPE: M.ACK, M.AK_COUNTER: 50, M.AK_STORED: b""}), w.now)
+    equal((w.link.acked, w.link.rejected_ack), (0, 1), "ignored and counted (SPEC §5.5)")
 
 
 def test_duplicate_acks_make_one_fast_retransmit():

@@ -15,6 +15,7 @@ from mpyunit import equal
 from peer import Peer
 from rig import KEY, NOW_S, Rig
 from sealproto import messages as M
+from testchip import stored_proof
 
 from seal.link import HELLO_SENT, UP, Link
 from seal.uart import StreamPort, serve
@@ -76,8 +77,8 @@ def _setup(name):
     rig = Rig(name, blocks=64)
     pipe = Pipe(random)
     port = StreamPort(pipe)
-    link = Counting("seal-uart", KEY, "fw", rig.journal, rig.guard, lambda: 3700, os.urandom,
-                    port.send, rig.wake)
+    link = Counting("seal-uart", KEY, "fw", rig.journal, rig.guard, rig.enrolment("seal-uart"),
+                    lambda: 3700, os.urandom, port.send, rig.wake)
     return rig, pipe, link, asyncio.create_task(serve(link, port))
 
 
@@ -109,15 +110,15 @@ def _idle(link):
 
 async def test_serve_over_a_chunking_pipe_delivers_in_order():
     rig, pipe, link, serving = _setup("uart")
-    peer = Peer(KEY, NOW_S * 1000)
+    peer = Peer(KEY, NOW_S * 1000, prove=stored_proof)
     for _ in range(40):
         await rig.guard.on_press()
-    await _host(pipe, peer, lambda: rig.journal.acked == 40)
+    await _host(pipe, peer, lambda: link.acked == 40)
     serving.cancel()
     equal(link.state, UP)
     equal(peer.counters(), list(range(1, 41)))
     equal([e for e in peer.errors if e[0] != "session"], [])
-    equal(rig.journal.backlog, 0)
+    equal(link.backlog, 0)
 
 
 async def test_an_idle_link_sleeps_until_its_deadline():

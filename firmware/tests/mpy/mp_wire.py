@@ -34,8 +34,8 @@ def _bits(rnd, n):
 
 def _link(frames, rig=None):
     rig = rig or Rig("wire")
-    return Link("seal-wire", KEY, "fw", rig.journal, rig.guard, lambda: 3700, os.urandom,
-                frames.append, rig.wake)
+    return Link("seal-wire", KEY, "fw", rig.journal, rig.guard, rig.enrolment("seal-wire"),
+                lambda: 3700, os.urandom, frames.append, rig.wake)
 
 
 def _payloads(rnd):
@@ -124,6 +124,8 @@ class _Draft:
         self.next_counter = 7
         self.boot_id = 3
         self.last_hash = bytes(32)
+        self.full = False
+        self.exhausted = False
 
     def draft(self):
         return self._mv
@@ -137,6 +139,9 @@ class _SilentChip:
     # measured below is record() itself.
     def sign_digest(self, slot, digest, out):
         out[0] = slot
+
+    def increment_counter(self, n):
+        return n
 
 
 def _hash_cost(key_pad, view):

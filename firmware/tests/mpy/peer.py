@@ -1,6 +1,8 @@
 # A small host that speaks the protocol, for firmware tests: it checks every frame the device
 # sends (MACs, counter continuity, hash chain, session seq) and keeps what it accepted.
 # Runs unchanged under MicroPython (in-memory pipe tests) and CPython (over the emulated pty).
+# `prove(device, counter, head)` signs its acknowledgements as the seal's enrolled gateway
+# (SPEC §5.11); without it the seal frees nothing, as with a host that holds only the link key.
 import os
 
 from sealproto import auth, messages
@@ -9,9 +11,11 @@ from sealproto.framing import FrameDecoder, encode_frame
 from sealproto.messages import (
     ACK,
     AK_COUNTER,
+    AK_STORED,
     EV_COUNTER,
     EV_PREV,
     EVENT,
+    HE_DEVICE,
     HE_NONCE,
     HELLO,
     K_SEQ,
@@ -19,14 +23,17 @@ from sealproto.messages import (
     SYNC,
     WE_ACKED,
     WE_NONCE,
+    WE_STORED,
     WE_TIME,
     WELCOME,
 )
 
 
 class Peer:
-    def __init__(self, device_key, time_ms=1700000000000, keep=True):
+    def __init__(self, device_key, time_ms=1700000000000, keep=True, prove=None):
         self.key = device_key
+        self.prove = prove
+        self.device = None
         self.time_ms = time_ms
         self.decoder = FrameDecoder()
         # Accepted EVENT payloads in counter order; a long run under MicroPython keeps none and
@@ -70,6 +77,7 @@ class Peer:
                 self.errors.append(("hello", e.reason))
                 return
             self.hellos.append(msg)
+            self.device = msg[HE_DEVICE]
             out.append(self.welcome(msg[HE_NONCE]))
         elif kind == EVENT:
             self._on_event(msg, payload, out)
@@ -88,7 +96,12 @@ class Peer:
         self._rx_seq = 0
         self._unacked = 0
         return self.command({K_TYPE: WELCOME, WE_NONCE: host_nonce, WE_ACKED: self.stored,
-                             WE_TIME: self.time_ms})
+                             WE_TIME: self.time_ms, WE_STORED: self.proof()})
+
+    def proof(self):
+        if self.prove is None or not self.stored:
+            return b""
+        return self.prove(self.device, self.stored, self.last_hash)
 
     def sync(self):
         # What a host sends on opening a link (SPEC §5.9): a 0x00 to flush, then SYNC.
@@ -126,7 +139,8 @@ class Peer:
                 return
         self._unacked = 0
         if self.session_key is not None:
-            out.append(self.command({K_TYPE: ACK, AK_COUNTER: self.stored}))
+            out.append(self.command({K_TYPE: ACK, AK_COUNTER: self.stored,
+                                     AK_STORED: self.proof()}))
 
     def counters(self):
         return [messages.decode(p)[EV_COUNTER] for p in self.events]

@@ -5,8 +5,9 @@ from micropython import const
 
 import flashimg
 from sealproto import messages
-from testchip import TestChip
+from testchip import AUTHORITY, TestChip, certificate
 
+from seal.enrol import Enrolment
 from seal.events import Recorder, Uptime
 from seal.guard import Guard
 from seal.journal import Journal
@@ -43,18 +44,18 @@ class Clock:
         self.t = ms // 1000
 
 
-def fresh(name, capacity=1000, blocks=64, cut_at=0):
+def fresh(name, capacity=1000, blocks=64, cut_at=0, reserve=0):
     path = flashimg.tmpdir() + "/" + name + ".img"
     flashimg.fresh(path, blocks)
     if cut_at:
         flashimg.mount(path, cut_at)
-    j = Journal(flashimg.root(), capacity_events=capacity).open()
+    j = Journal(flashimg.root(), capacity_events=capacity, reserve_events=reserve).open()
     return j, j.new_boot()
 
 
 class Rig:
-    def __init__(self, name, capacity=1000, cut_at=0, blocks=64):
-        self.journal, self.boot = fresh(name, capacity, blocks, cut_at)
+    def __init__(self, name, capacity=1000, cut_at=0, blocks=64, reserve=0):
+        self.journal, self.boot = fresh(name, capacity, blocks, cut_at, reserve)
         self.clock = Clock()
         self.ticks = [1000]
         self.chip = TestChip()
@@ -85,6 +86,13 @@ class Rig:
         msg = {_PE_ID: permit, _PE_COUNT: count, _PE_NOT_BEFORE: NOW_S - 10,
                _PE_NOT_AFTER: NOW_S + 3600, _PE_OPERATOR: operator}
         return self.guard.command(_PERMIT, msg)
+
+    def enrolment(self, device, enrolled=True):
+        # The seal's enrolment (SPEC §5.11), enrolled with testchip.GATEWAY unless told not.
+        e = Enrolment(self.journal.root + ".enrol", device, AUTHORITY, self.chip)
+        if enrolled:
+            e.command(12, certificate(device))
+        return e
 
     def event(self, counter):
         return messages.decode(self.journal.read(counter))

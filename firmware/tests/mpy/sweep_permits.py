@@ -35,21 +35,20 @@ _PERMIT_MSG = {M.PE_ID: _PERMIT_ID, M.PE_COUNT: _COUNT, M.PE_NOT_BEFORE: 0, M.PE
 
 
 class Board:
-    def __init__(self, key, appended, boots, kinds):
+    def __init__(self, key, appended, boots, kinds, chip):
         self.kinds = kinds
         self.counted = []
         self.journal = Spy(flashimg.root(), appended)
         self.journal._seg_events = 1  # every ack that moves compacts: records go early
         self.journal.open()
         boots.append(self.journal.new_boot())
-        self.recorder = Recorder(self.journal, key, TestChip(), lambda: _CLOCK_S, Uptime())
+        self.recorder = Recorder(self.journal, key, chip, lambda: _CLOCK_S, Uptime())
         self.permits = Permits(lambda: _CLOCK_S, self.journal)
         self.guard = Guard(self.journal, self.recorder, self.permits, Pin(), Pin(),
                            self._report, lambda: _CLOCK_S, lambda ms: None, 3300,
                            asyncio.Event())
         self.counted = []
-        if self.journal.discarded:
-            self.guard.record_reboot()
+        self.guard.boot(0)
         self.guard.update_lock()
 
     def _report(self, name, value):
@@ -77,9 +76,9 @@ def under_permit(kinds):
     return sum(1 for k in kinds.values() if k == (M.KIND_IMPRESSION, _PERMIT_ID))
 
 
-def boot(key, appended, boots, kinds, resend, presses, rnd, dev, cut, log):
+def boot(key, appended, boots, kinds, resend, presses, rnd, dev, cut, log, chip):
     try:
-        board = Board(key, appended, boots, kinds)
+        board = Board(key, appended, boots, kinds, chip)
         if resend:
             code = board.guard.command(M.PERMIT, _PERMIT_MSG)
             check(code == M.R_OK or dev.dead, "cut", cut, "PERMIT answered", code)
@@ -105,6 +104,8 @@ def scenario(key, image, cut, rnd):
     log = []
     writes = 0
     cuts = 0
+    # The seal's chip: outside the flash, through every cut.
+    chip = TestChip()
     for resend, presses in _PHASES:
         if cut > writes:
             left = cut - writes
@@ -113,17 +114,17 @@ def scenario(key, image, cut, rnd):
         else:
             left = 0
         dev = flashimg.mount(image, cut_at=left, tear=tear)
-        boot(key, appended, boots, kinds, resend, presses, rnd, dev, cut, log)
+        boot(key, appended, boots, kinds, resend, presses, rnd, dev, cut, log, chip)
         writes += dev.writes
         cuts += dev.dead
         flashimg.mount(image)
-        verify(key, appended, boots, cut)
+        verify(key, appended, boots, cut, chip)
         scan(kinds)
         check(under_permit(kinds) <= _COUNT, "cut", cut, "permit gave", under_permit(kinds))
     dev = flashimg.mount(image)
-    boot(key, appended, boots, kinds, _LAST[0], _LAST[1], rnd, dev, cut, log)
+    boot(key, appended, boots, kinds, _LAST[0], _LAST[1], rnd, dev, cut, log, chip)
     flashimg.mount(image)
-    verify(key, appended, boots, cut)
+    verify(key, appended, boots, cut, chip)
     scan(kinds)
     # Every press that counted has its record (verify: byte for byte, or compacted once acked).
     check(all(c in kinds for c in appended), "cut", cut, "a counted press has no record")

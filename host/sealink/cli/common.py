@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from sealink.config import Config, load_config
+from sealink.crypto.keystore import LinkKeyStore
 from sealink.errors import SealinkError
 from sealink.ledger.sqlite import Ledger
 
@@ -37,7 +38,9 @@ def load(args: argparse.Namespace, check_key: bool = False) -> Config:
 
 @contextlib.contextmanager
 def open_ledger(config: Config) -> Iterator[Ledger]:
-    ledger = Ledger(config.ledger_path)
+    """The ledger, with the key store that registrations write to (and that the migration of
+    an older file moves its link keys to)."""
+    ledger = Ledger(config.ledger_path, LinkKeyStore(config.link_keys))
     try:
         yield ledger
     finally:

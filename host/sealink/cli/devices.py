@@ -1,4 +1,10 @@
-"""`sealink devices add|list|quarantine|release|adopt`: registered seals and their quarantine.
+"""`sealink devices add|enrol|list|quarantine|release|adopt`: registered seals and their quarantine.
+
+`add` writes the seal's link key to the key store (gateway.link_keys, 0600), then its row to the
+ledger, which holds no keys; `list` says of each seal whether the key store has its key, never
+the key. `enrol` keeps the enrolment authority's certificate for the seal (SPEC §5.11), which
+the gateway hands to the seal at its next session: only then do the seal's records free its
+journal once this gateway signed them stored.
 
 A quarantine (SPEC §5.8) is sticky: the gateway sets it when a seal's input fails a check, and
 only an operator clears it here; the running service learns of it from the ledger's audit trail
@@ -27,6 +33,9 @@ from sealink.cli.common import (
     with_operator,
 )
 from sealink.config import NAME_RE
+from sealink.crypto.enrolment import Certificate
+from sealink.crypto.keystore import LinkKeyStore
+from sealink.crypto.p256 import P256Key
 from sealink.crypto.sealkey import parse_seal_key
 from sealink.crypto.signer import GatewayKey, check_private_file
 from sealink.errors import DeviceError, KeyFileError
@@ -81,16 +90,58 @@ def cmd_devices_add(args: argparse.Namespace) -> int:
         )
     key = read_device_key(args.key_file)
     seal_key = read_seal_key(args.seal_key, args.key_file)
-    with open_ledger(load(args)) as ledger:
+    config = load(args)
+    with open_ledger(config) as ledger:
         ledger.add_device(args.device, key, seal_key, replace=args.replace)
-    print(f"registered {args.device} (seal key {seal_key[:8].hex()}…)", file=sys.stderr)
+    print(
+        f"registered {args.device} (seal key {seal_key[:8].hex()}…; link key in "
+        f"{config.link_keys})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_devices_enrol(args: argparse.Namespace) -> int:
+    cert = Certificate.load(Path(args.certificate))
+    if cert.device != args.device:
+        raise DeviceError(f"{args.certificate} enrols {cert.device}, not {args.device}")
+    config = load(args)
+    if cert.gateway_key:
+        if config.ack_key_file is None or not config.ack_key_file.exists():
+            raise DeviceError(
+                f"no acknowledgement key {config.ack_key_file}: run `sealink keys init` first"
+            )
+        ours = P256Key.load(config.ack_key_file, "acknowledgement key").public
+        if cert.gateway_key != ours:
+            raise DeviceError(
+                f"{args.certificate} enrols {args.device} with another gateway's key "
+                f"({cert.gateway_key[:8].hex()}…, this gateway's is {ours[:8].hex()}…)"
+            )
+    with open_ledger(config) as ledger:
+        ledger.enrol(args.device, cert.to_json(), cert.serial)
+    what = "revocation" if not cert.gateway_key else "enrolment"
+    print(
+        f"{args.device}: {what} serial {cert.serial} kept; the gateway hands it to the seal "
+        "at its next session",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
-    with open_ledger(load(args)) as ledger:
-        for row in ledger.devices():
-            print_json(row)
+    config = load(args)
+    with open_ledger(config) as ledger:
+        rows = ledger.devices()
+    keys = LinkKeyStore(config.link_keys).load()
+    for row in rows:
+        print_json({**row, "link_key": row["device"] in keys})
+    for row in rows:
+        if row["device"] not in keys:
+            print(
+                f"{row['device']}: no link key in {config.link_keys}; the gateway refuses its "
+                f"HELLO until `sealink devices add {row['device']} --replace --key-file ...`",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -270,7 +321,10 @@ def register(sub: Any) -> None:
     devices = sub.add_parser("devices", help="registered seals and their quarantine")
     dev_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     p = add_command(
-        dev_sub, "add", cmd_devices_add, "register a seal: its link key and its chip's public key"
+        dev_sub,
+        "add",
+        cmd_devices_add,
+        "register a seal: its link key (into the key store) and its chip's public key",
     )
     with_config(p)
     p.add_argument("device", help="device id ([A-Za-z0-9._-], 1..32)")
@@ -286,7 +340,21 @@ def register(sub: Any) -> None:
         'provisioning JSON\'s "seal_key")',
     )
     p.add_argument("--replace", action="store_true", help="replace an existing registration")
-    p = add_command(dev_sub, "list", cmd_devices_list, "list registered seals (JSON Lines)")
+    p = add_command(
+        dev_sub,
+        "enrol",
+        cmd_devices_enrol,
+        "keep the enrolment certificate (`sealink authority certify`) this gateway hands the seal",
+    )
+    with_config(p)
+    p.add_argument("device", help="device id")
+    p.add_argument("certificate", help="the certificate file (JSON)")
+    p = add_command(
+        dev_sub,
+        "list",
+        cmd_devices_list,
+        "list registered seals (JSON Lines; link_key: whether the key store holds its key)",
+    )
     with_config(p)
 
     p = add_command(

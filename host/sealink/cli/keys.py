@@ -1,4 +1,10 @@
-"""`sealink keys init|show`: the gateway's Ed25519 countersigning key."""
+"""`sealink keys init|show`: the gateway's keys, both 0600 files on the gateway host.
+
+The Ed25519 countersigning key signs every stored record (SPEC §11.1); the P-256
+acknowledgement key signs that records are stored, so that the seals may free them (SPEC
+§5.11). `init` makes whichever is missing; `show` prints what others need of them: the key id
+and public key for verifiers, and the acknowledgement key for the enrolment authority.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 
 from sealink.cli.common import add_command, print_json, with_config
 from sealink.config import load_config
+from sealink.crypto.p256 import P256Key
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import SealinkError
 
@@ -23,44 +30,76 @@ def _key_path(args: argparse.Namespace) -> Path:
     return load_config(args.config, check_key_file=False).key_file
 
 
+_ACK = "acknowledgement key"
+
+
+def _ack_path(args: argparse.Namespace, key_path: Path) -> Path:
+    if args.ack_key_file:
+        return Path(args.ack_key_file)
+    if args.config and not args.key_file:
+        configured = load_config(args.config, check_key_file=False).ack_key_file
+        if configured is not None:
+            return configured
+    return key_path.with_suffix(".ack.key")
+
+
 def cmd_keys_init(args: argparse.Namespace) -> int:
     path = _key_path(args)
+    ack_path = _ack_path(args, path)
+    if path.exists() and ack_path.exists() and not args.force:
+        raise SealinkError(f"{path} and {ack_path} already exist; not overwriting (--force)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = GatewayKey.generate()
-    key.save(path, overwrite=args.force)
-    print(f"wrote {path} (mode 0600); kid {key.kid.hex()}", file=sys.stderr)
+    ack_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.force or not ack_path.exists():
+        ack = P256Key.generate()
+        ack.save(ack_path, _ACK, overwrite=args.force)
+        print(f"wrote {ack_path} (mode 0600); ack_key {ack.public.hex()}", file=sys.stderr)
+    if args.force or not path.exists():
+        key = GatewayKey.generate()
+        key.save(path, overwrite=args.force)
+        print(f"wrote {path} (mode 0600); kid {key.kid.hex()}", file=sys.stderr)
+    else:
+        key = GatewayKey.load(path)
     sys.stdout.write(key.public_pem().decode())
     return 0
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    key = GatewayKey.load(_key_path(args))
+    path = _key_path(args)
+    key = GatewayKey.load(path)
     if args.format == "pem":
         sys.stdout.write(key.public_pem().decode())
     elif args.format == "cose":
         sys.stdout.buffer.write(key.cose_key())
     else:
+        ack_path = _ack_path(args, path)
+        ack = P256Key.load(ack_path, _ACK).public.hex() if ack_path.exists() else None
         print_json(
             {
                 "kid": key.kid.hex(),
                 "alg": "EdDSA",
                 "public_pem": key.public_pem().decode(),
                 "cose_key_hex": key.cose_key().hex(),
+                "ack_key": ack,
             }
         )
     return 0
 
 
 def register(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="the gateway countersigning key")
+    keys = sub.add_parser("keys", help="the gateway's countersigning and acknowledgement keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    p = add_command(keys_sub, "init", cmd_keys_init, "create the Ed25519 key (file mode 0600)")
+    p = add_command(
+        keys_sub, "init", cmd_keys_init, "create the Ed25519 and P-256 keys (file mode 0600)"
+    )
     with_config(p, required=False)
     p.add_argument("--key-file", help="where to write it (default: gateway.key_file)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing key")
+    p.add_argument("--ack-key-file", help="the acknowledgement key (default: gateway.ack_key_file)")
+    p.add_argument("--force", action="store_true", help="overwrite existing keys")
     p = add_command(keys_sub, "show", cmd_keys_show, "print the key id and public key for export")
     with_config(p, required=False)
     p.add_argument("--key-file", help="the key file (default: gateway.key_file)")
+    p.add_argument("--ack-key-file", help="the acknowledgement key (default: gateway.ack_key_file)")
     p.add_argument(
         "--format",
         choices=["json", "pem", "cose"],

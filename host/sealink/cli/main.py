@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from sealink.cli import devices, events, evidence, keys, permits, run
+from sealink.cli import authority, devices, events, evidence, keys, permits, run
 from sealink.errors import SealinkError
 
 __all__ = ["build_parser", "main"]
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 2 error (one line on stderr), 70 internal error",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for noun in (run, keys, devices, permits, events, evidence):
+    for noun in (run, keys, authority, devices, permits, events, evidence):
         noun.register(sub)
     _add_plugin_commands(sub)
     return parser

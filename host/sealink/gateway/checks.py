@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sealproto import errors, messages
+from sealproto import auth, errors, messages
 from sealproto.errors import DecodeError
 
 from sealink.gateway.fastpath import seal_digest
@@ -18,10 +18,25 @@ __all__ = [
     "describe",
     "device_alarm",
     "event_fault",
+    "reboot_causes",
+    "record_alarm",
     "rollback",
     "seal_ahead",
     "status_fields",
 ]
+
+# A REBOOT record's cause bits (SPEC §4.1, key 10), by the names alarms and logs give them.
+_CAUSES = (
+    (messages.CA_TORN, "torn_record"),
+    (messages.CA_ROLLBACK, "rollback"),
+    (messages.CA_NEW_JOURNAL, "new_journal"),
+    (messages.CA_WATCHDOG, "watchdog"),
+    (messages.CA_BROWNOUT, "brownout"),
+    (messages.CA_HARD_RESET, "hard_reset"),
+)
+_RECORDS_MISSING = messages.CA_ROLLBACK | messages.CA_NEW_JOURNAL
+# The fast path's seal digest reads the one shape of a record without a cause: a map of 11.
+_CAUSELESS_HEAD = 0xA0 + 11
 
 
 def describe(exc: DecodeError) -> str:
@@ -46,7 +61,8 @@ def event_fault(
     counter = event[messages.EV_COUNTER]
     if state.seal_key is None:
         return "bad_signature", f"EVENT {counter}: no seal key is registered for {state.device}"
-    if not state.seal_key.verify(seal_digest(payload), event[messages.EV_SIG]):
+    digest = seal_digest(payload) if payload[0] == _CAUSELESS_HEAD else auth.seal_digest(event)
+    if not state.seal_key.verify(digest, event[messages.EV_SIG]):
         return "bad_signature", f"EVENT {counter}: the seal signature does not verify"
     fault = _chain_fault(state, event, hello_boot)
     return None if fault is None else ("chain_break", fault)
@@ -90,6 +106,8 @@ def status_fields(state: DeviceState, status: dict[int, Any]) -> dict[str, Any]:
         "flags": status[messages.ST_FLAGS],
         "permit_left": status[messages.ST_PERMIT_LEFT],
         "next_counter": status[messages.ST_NEXT],
+        # Presses that got no record yet (SPEC §12), absent from the STATUS while there are none.
+        "unrecorded": status.get(messages.ST_UNRECORDED, 0),
         "quarantined": state.quarantine is not None,
     }
 
@@ -102,3 +120,36 @@ def device_alarm(alarm: dict[int, Any]) -> dict[str, Any]:
         "time_s": alarm[messages.AL_TIME],
         "detail": alarm[messages.AL_DETAIL],
     }
+
+
+def reboot_causes(cause: int) -> tuple[list[str], int]:
+    """A REBOOT record's cause (SPEC §4.1): the names of its bits, and how many records the
+    seal's chip counted that its journal lacked."""
+    return [name for bit, name in _CAUSES if cause & bit], cause >> messages.CA_MISSING_SHIFT
+
+
+def record_alarm(event: dict[int, Any]) -> dict[str, Any] | None:
+    """The alarm a record stands for, published like a seal's own ALARM (SPEC §11.2) with
+    `source` "record": the seal journals the alarms it cannot keep in RAM (SPEC §12), so the
+    gateway raises them from the record whenever it arrives, even after the seal rebooted.
+    A REBOOT that found records missing (ROLLBACK), an ALARM record (its code), an UNRECORDED
+    record (RESERVE_EXHAUSTED, `detail` = the presses that got no record); else None."""
+    cause = event.get(messages.EV_CAUSE)
+    if cause is None:
+        return None
+    kind = event[messages.EV_KIND]
+    alarm: dict[str, Any] = {
+        "source": "record",
+        "counter": event[messages.EV_COUNTER],
+        "time_s": event[messages.EV_TIME],
+    }
+    if kind == messages.KIND_REBOOT:
+        if not cause & _RECORDS_MISSING:
+            return None
+        names, missing = reboot_causes(cause)
+        return {**alarm, "code": messages.AL_ROLLBACK, "detail": missing, "causes": names}
+    if kind == messages.KIND_ALARM:
+        return {**alarm, "code": cause, "detail": 0}
+    if kind == messages.KIND_UNRECORDED:
+        return {**alarm, "code": messages.AL_RESERVE_EXHAUSTED, "detail": cause}
+    return None

@@ -1,10 +1,11 @@
 """Host → device commands of one session (SPEC §5.7), sans-IO.
 
-One command in flight at a time, TIME first in every session. A command without RESULT after
-`COMMAND_TIMEOUT_MS` is sent again with a new seq, `COMMAND_ATTEMPTS` times in all; then the
-device is reported unreachable and nothing more is sent in this session (the command stays
-pending in the ledger for the next one). A RESULT answers the command if its `command_seq` is
-any of the seqs that command was sent with.
+One command in flight at a time, TIME first in every session, then ENROL when the gateway
+holds a newer enrolment certificate for the seal than the one its HELLO names (SPEC §5.11). A
+command without RESULT after `COMMAND_TIMEOUT_MS` is sent again with a new seq,
+`COMMAND_ATTEMPTS` times in all; then the device is reported unreachable and nothing more is
+sent in this session (the command stays pending in the ledger for the next one). A RESULT
+answers the command if its `command_seq` is any of the seqs that command was sent with.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from sealink.ledger import Command
 
 __all__ = ["CommandQueue", "Outgoing"]
 
-_TIME_ID = 0  # the session's own TIME command: not a ledger row
+# The session's own commands: not ledger rows.
+_TIME_ID = 0
+_ENROL_ID = -1
 
 
 @dataclass
@@ -46,14 +49,17 @@ class CommandQueue:
         self.unreachable = False
         self.invalid: list[int] = []
 
-    def start(self, host_time_ms: int) -> None:
-        """A new session: forget what was in flight, set the device clock first."""
+    def start(self, host_time_ms: int, enrol: dict[int, Any] | None = None) -> None:
+        """A new session: forget what was in flight, set the device clock first, then hand
+        over the enrolment certificate `enrol` (an ENROL message) if there is one."""
         self._queue.clear()
         self._ids.clear()
         self.inflight = None
         self.unreachable = False
         time_msg = {K_TYPE: messages.TIME, messages.TI_TIME: host_time_ms}
         self._queue.append(Outgoing(_TIME_ID, "time", time_msg))
+        if enrol is not None:
+            self._queue.append(Outgoing(_ENROL_ID, "enrol", enrol))
 
     def offer(self, commands: list[Command], *, hold_permits: bool) -> None:
         """Pending ledger commands, oldest first; ones already queued or in flight are kept.
@@ -147,6 +153,10 @@ class CommandQueue:
         actions: list[Action] = []
         if code == messages.R_BUSY:
             self.busy(out, now_ms)
+        elif out.command_id == _ENROL_ID:
+            if code != messages.R_OK:
+                detail = f"the seal refused its enrolment certificate: result {code}"
+                actions.append(Alarm(device, "enrolment_refused", detail))
         elif out.command_id != _TIME_ID:
             state = "done" if code == messages.R_OK else "failed"
             actions.append(CommandDone(out.command_id, state, code))

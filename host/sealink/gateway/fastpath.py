@@ -66,7 +66,7 @@ _SIG_ENTRY_LEN = 3 + messages.SIG_LEN
 _EVENT_TAIL_LEN = _MAC_TAIL_LEN + _SIG_ENTRY_LEN + _MAC_TAIL_LEN
 # uint head byte -> (argument bytes, least value that may use it: shortest form only)
 _UINT_FORMS = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}
-_ACK_KEYS = (K_TYPE, messages.AK_COUNTER, K_SEQ, K_MAC)
+_ACK_KEYS = (K_TYPE, messages.AK_COUNTER, messages.AK_STORED, K_SEQ, K_MAC)
 # The shortest EVENT: its head, every int in one byte after its key, the three byte strings.
 _EVENT_MIN_LEN = len(_EVENT_HEAD) + 2 * len(_EVENT_INTS) + _EVENT_TAIL_LEN
 
@@ -144,6 +144,8 @@ def decode_ack(payload: bytes) -> dict[int, Any] | None:
         or msg[K_TYPE] != messages.ACK
         or type(msg[messages.AK_COUNTER]) is not int
         or not 0 <= msg[messages.AK_COUNTER] <= _U32
+        or type(msg[messages.AK_STORED]) is not bytes
+        or len(msg[messages.AK_STORED]) not in (0, messages.SIG_LEN)
         or type(msg[K_SEQ]) is not int
         or not 1 <= msg[K_SEQ] <= _U32
         or type(msg[K_MAC]) is not bytes

@@ -13,6 +13,8 @@ from sealproto import PROTOCOL_VERSION, auth, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 
+from sealink.crypto.enrolment import stored_signature
+from sealink.crypto.p256 import P256Key
 from sealink.gateway.checks import rollback
 from sealink.gateway.fastpath import device_mac_ok, encode_frame, encode_session
 from sealink.gateway.registry import DeviceRegistry, DeviceState
@@ -28,6 +30,7 @@ class Handshake:
     next_counter: int
     firmware: str
     acked: int
+    enrolment: int  # the serial of the seal's enrolment certificate, 0: none
     welcome: bytes  # the WELCOME frame that answers it
     hello: bytes  # the HELLO payload it answers (evidence, should nobody confirm it)
 
@@ -52,6 +55,7 @@ def answer_hello(
     payload: bytes,
     host_nonce: bytes,
     host_time_ms: int,
+    ack_key: P256Key | None,
 ) -> Handshake | NoAnswer:
     device = hello[messages.HE_DEVICE]
     version = hello[messages.HE_VERSION]
@@ -74,8 +78,18 @@ def answer_hello(
         messages.WE_NONCE: host_nonce,
         messages.WE_ACKED: acked,
         messages.WE_TIME: host_time_ms,
+        messages.WE_STORED: stored_proof(ack_key, state, acked),
         K_SEQ: 1,
     }
     frame = encode_frame(encode_session(welcome, key))
     firmware = hello[messages.HE_FIRMWARE]
-    return Handshake(state, key, boot_id, next_counter, firmware, acked, frame, payload)
+    enrolment = hello[messages.HE_ENROLMENT]
+    return Handshake(state, key, boot_id, next_counter, firmware, acked, enrolment, frame, payload)
+
+
+def stored_proof(ack_key: P256Key | None, state: DeviceState, counter: int) -> bytes:
+    """The signature that lets the seal free records 1..counter (SPEC §5.11), or nothing: no
+    acknowledgement key, nothing stored, or L ends an adopted gap (no head to sign)."""
+    if ack_key is None or counter == 0 or counter != state.stored or state.stored_hash is None:
+        return b""
+    return stored_signature(ack_key, state.device, counter, state.stored_hash)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sealproto import messages
+from sealproto.errors import DecodeError
 from sealproto.timers import SYNC_INTERVAL_MAX_MS, SYNC_INTERVAL_MS
 
 from sealink.gateway.actions import Action, CommandDone, Reject, SessionOpen, Status, Store
@@ -112,7 +114,21 @@ class Rejector:
         row, alarm = self._limiter.decide(reason, now_ms)
         if reason in _UNALARMED:
             alarm = None
+        if reason == "unknown_device" and data is not None and self._registry.any_keyless:
+            detail = self._why_unknown(detail, data)
         return Reject(reason, detail, device, data if row else None, row, alarm)
+
+    def _why_unknown(self, detail: str, hello: bytes) -> str:
+        """An unknown device may be a registered one whose link key the key store lacks: the
+        operator needs to know which file to fix, not that the seal is a stranger."""
+        try:
+            device = messages.decode(hello).get(messages.HE_DEVICE)
+        except DecodeError:
+            return detail
+        store = self._registry.missing_key(device) if isinstance(device, str) else None
+        if store is None:
+            return detail
+        return f"{detail}: registered, but the key store {store} holds no link key for it"
 
     def quarantine(
         self,

@@ -27,6 +27,7 @@ from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 from sealproto.timers import DUP_ACK_HOLDOFF_MS
 
+from sealink.crypto.p256 import P256Key
 from sealink.gateway import checks
 from sealink.gateway.actions import (
     Action,
@@ -47,7 +48,7 @@ from sealink.gateway.fastpath import (
     encode_frame,
     encode_session,
 )
-from sealink.gateway.handshake import Handshake, NoAnswer, answer_hello
+from sealink.gateway.handshake import Handshake, NoAnswer, answer_hello, stored_proof
 from sealink.gateway.limits import RejectLimiter, Rejector, SeenOnce, SyncPacer
 from sealink.gateway.registry import DeviceRegistry, DeviceState
 from sealink.ledger import Command
@@ -69,6 +70,7 @@ class LinkMachine:
         wall_ms: Callable[[], int] = wall_clock_ms,
         nonce: Callable[[int], bytes] = os.urandom,
         limiter: RejectLimiter | None = None,
+        ack_key: P256Key | None = None,
     ) -> None:
         # Timers and rate limits run on the caller's monotonic `now_ms`; `wall_ms` is only
         # what the device's clock is set to (WELCOME, TIME), so a host clock jump moves no timer.
@@ -76,6 +78,10 @@ class LinkMachine:
         self.port = port
         self._registry = registry
         self._nonce = nonce
+        # Signs that records are stored, so the seal may free them (SPEC §5.11); None: the seal
+        # keeps everything (its journal fills and its lock shuts).
+        self._ack_key = ack_key
+        self._stored_proof = (0, b"")
         self._rejector = Rejector(registry, limiter or RejectLimiter())
         self._decoder = FrameDecoder()
         self._out: list[Action] = []
@@ -202,7 +208,7 @@ class LinkMachine:
 
     def _on_hello(self, msg: dict[int, Any], payload: bytes, now_ms: int) -> None:
         nonce = self._nonce(messages.NONCE_LEN)
-        answer = answer_hello(self._registry, msg, payload, nonce, self._wall_ms())
+        answer = answer_hello(self._registry, msg, payload, nonce, self._wall_ms(), self._ack_key)
         if isinstance(answer, NoAnswer):
             self._reject(answer.reason, answer.detail, None, payload, now_ms)
             return
@@ -225,6 +231,7 @@ class LinkMachine:
         self._host_seq, self._device_seq = 1, 0
         self._hello_boot = hs.boot_id
         self._acked_sent = hs.acked
+        self._stored_proof = (0, b"")
         self._gap_flag = False
         self._dup_ack_ms = None
         self._evidence.clear()
@@ -243,7 +250,9 @@ class LinkMachine:
                 self._out.append(
                     Alarm(state.device, "quarantined", detail, {"since_ms": q.since_ms})
                 )
-        self.commands.start(self._wall_ms())
+        cert = state.enrolment
+        newer = cert is not None and cert.serial > hs.enrolment
+        self.commands.start(self._wall_ms(), cert.message() if newer and cert else None)
 
     # events (SPEC §5.4) ----------------------------------------------------------------------
 
@@ -285,6 +294,9 @@ class LinkMachine:
         self._registry.accept(state, counter, payload, digest, msg[messages.EV_BOOT])
         self._gap_flag = False
         self._out.append(Store(state.device, counter, payload, digest))
+        alarm = checks.record_alarm(msg)
+        if alarm is not None:
+            self._out.append(Alarm(state.device, "", "", alarm))
 
     def _duplicate(self, counter: int, now_ms: int) -> None:
         state = self.state
@@ -317,7 +329,13 @@ class LinkMachine:
         if state is None or state.quarantine is not None:
             return
         self._acked_sent = max(self._acked_sent, counter)
-        self._send_session({K_TYPE: messages.ACK, messages.AK_COUNTER: counter})
+        if self._stored_proof[0] != counter:
+            # A repeated ACK (a gap, a duplicate) carries the signature made for it once.
+            self._stored_proof = (counter, stored_proof(self._ack_key, state, counter))
+        proof = self._stored_proof[1]
+        self._send_session(
+            {K_TYPE: messages.ACK, messages.AK_COUNTER: counter, messages.AK_STORED: proof}
+        )
 
     def _send_session(self, msg: dict[int, Any]) -> int:
         self._host_seq += 1

@@ -7,16 +7,22 @@ quarantine) is queued here as `DeviceUpdate`s that the next group commit writes.
 Per device: `stored` (L, SPEC §5: every counter 1..L is durably stored) with the hash and
 boot_id of event L; `accepted` (events checked and handed to the commit, ≥ stored) with the
 same; the highest boot_id seen (B); the sticky quarantine; which link holds its session.
+A registered device whose link key the key store lacks has no state: its HELLOs are refused
+as an unknown device's, and `missing_key` says where its key was looked for.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sealproto.timers import WINDOW
 
+from sealink.crypto.enrolment import Certificate
 from sealink.crypto.sealkey import SealKey
+from sealink.errors import KeyFileError
 from sealink.ledger import DeviceRecord, DeviceUpdate, Quarantine
 
 __all__ = ["DeviceRegistry", "DeviceState"]
@@ -45,6 +51,8 @@ class DeviceState:
     owner: str | None = None
     # The seal chip's public key (SPEC §4.1); None: never registered, every EVENT is refused.
     seal_key: SealKey | None = None
+    # The enrolment certificate this gateway hands the seal (SPEC §5.11); None: it holds none.
+    enrolment: Certificate | None = None
 
     def __post_init__(self) -> None:
         self.accepted = self.stored
@@ -56,6 +64,7 @@ class DeviceRegistry:
     def __init__(self) -> None:
         self._devices: dict[str, DeviceState] = {}
         self._updates: list[DeviceUpdate] = []
+        self._keyless: dict[str, Path] = {}
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -66,15 +75,16 @@ class DeviceRegistry:
     def devices(self) -> Iterable[DeviceState]:
         return self._devices.values()
 
-    def load(self, record: DeviceRecord, stored_boot: int) -> DeviceState:
-        """Take the ledger's view of a device (at start, or after an operator acted on it).
-        An existing state is updated in place (link machines hold it); events accepted but
-        not yet committed stay accepted."""
+    def load(self, record: DeviceRecord, key: bytes, stored_boot: int) -> DeviceState:
+        """Take the ledger's view of a device, with its link key from the key store (at start,
+        or after an operator acted on it). An existing state is updated in place (link
+        machines hold it); events accepted but not yet committed stay accepted."""
+        self._keyless.pop(record.device, None)
         state = self._devices.get(record.device)
         if state is None:
             state = self._devices[record.device] = DeviceState(
                 record.device,
-                record.key,
+                key,
                 record.stored,
                 record.stored_hash,
                 stored_boot,
@@ -82,9 +92,11 @@ class DeviceRegistry:
                 record.quarantine,
                 record.ahead_acked,
                 seal_key=_seal_key(record.seal_key),
+                enrolment=_certificate(record),
             )
             return state
-        state.key = record.key
+        state.key = key
+        state.enrolment = _certificate(record)
         if record.seal_key != (state.seal_key.public if state.seal_key else None):
             state.seal_key = _seal_key(record.seal_key)
         state.boot_id = max(state.boot_id, record.boot_id)
@@ -104,6 +116,21 @@ class DeviceRegistry:
 
     def forget(self, device: str) -> None:
         self._devices.pop(device, None)
+        self._keyless.pop(device, None)
+
+    def lacks_key(self, device: str, key_store: Path) -> None:
+        """The device is registered but `key_store` holds no link key for it: no session can
+        start, and one open on it gets no more acknowledgements (its state is gone)."""
+        self._devices.pop(device, None)
+        self._keyless[device] = key_store
+
+    def missing_key(self, device: str) -> Path | None:
+        """Where the link key of this registered device was looked for and not found."""
+        return self._keyless.get(device)
+
+    @property
+    def any_keyless(self) -> bool:
+        return bool(self._keyless)
 
     # asked by a link machine ------------------------------------------------------------------
 
@@ -165,3 +192,15 @@ class DeviceRegistry:
 
 def _seal_key(public: bytes | None) -> SealKey | None:
     return None if public is None else SealKey(public)
+
+
+def _certificate(record: DeviceRecord) -> Certificate | None:
+    # Checked when `sealink devices enrol` stored it: a row that no longer parses was written
+    # by another tool; the seal gets no ENROL from it, and the log says why.
+    if record.enrolment is None:
+        return None
+    try:
+        return Certificate.from_json(record.enrolment, f"device {record.device}: enrolment")
+    except KeyFileError as exc:
+        logging.getLogger("sealink.gateway").error("%s; run `sealink devices enrol` again", exc)
+        return None

@@ -21,7 +21,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from sealink.config import Config, PortConfig
-from sealink.crypto import GatewayKey, countersign_payload
+from sealink.crypto import GatewayKey, LinkKeyStore, countersign_payload
+from sealink.crypto.p256 import P256Key
 from sealink.errors import LedgerError, TransportError, TransportUnavailableError
 from sealink.gateway.actions import (
     Alarm,
@@ -57,6 +58,8 @@ class Gateway:
     def __init__(self, config: Config, *, key: GatewayKey | None = None) -> None:
         self.config = config
         self.key = key or GatewayKey.load(config.key_file)
+        self.link_keys = LinkKeyStore(config.link_keys)
+        self.ack_key = _ack_key(config)
         self.gateway_id = config.gateway_id
         self.topics = Topics(config.mqtt.prefix, config.gateway_id)
         self.registry = DeviceRegistry()
@@ -73,7 +76,7 @@ class Gateway:
     # lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Gateway:
-        self._ledger = ledger = await self.db(Ledger, self.config.ledger_path)
+        self._ledger = ledger = await self.db(Ledger, self.config.ledger_path, self.link_keys)
         self._committer = GroupCommitter(
             ledger,
             self.db,
@@ -82,8 +85,14 @@ class Gateway:
             on_committed=self._committed,
             on_failing=self._ledger_failing,
         )
-        self._watch = LedgerWatch(ledger, self.db, self.registry, self.sessions, self._committer)
-        await self._watch.load()
+        self._watch = LedgerWatch(
+            ledger, self.db, self.registry, self.sessions, self._committer, self.link_keys
+        )
+        try:
+            await self._watch.load()
+        except BaseException:
+            await self.close()  # an unusable key store: nothing started yet but the ledger
+            raise
         first = await self.db(lambda: ledger.pending_outbox(0, 1))
         first_id = first[0].id if first else await self.db(ledger.max_outbox_id) + 1
         self._publisher = PublisherProcess(
@@ -108,6 +117,7 @@ class Gateway:
                     "gateway": self.gateway_id,
                     "kid": self.key.kid.hex(),
                     "ledger": str(self.config.ledger_path),
+                    "link_keys": str(self.config.link_keys),
                     "devices": len(self.registry),
                 }
             },
@@ -202,7 +212,8 @@ class Gateway:
     async def _serve(self, transport: Transport, connect: bool) -> None:
         if connect:
             await transport.connect()
-        session = Session(self, transport, LinkMachine(transport.name, self.registry))
+        machine = LinkMachine(transport.name, self.registry, ack_key=self.ack_key)
+        session = Session(self, transport, machine)
         self.sessions.add(session)
         try:
             await session.serve()
@@ -293,7 +304,7 @@ class Gateway:
         committer.submit(quarantine=row, outbox=outbox)
 
     def alarm(self, port: str, action: Alarm) -> None:
-        if action.fields.get("source") == "device":
+        if action.fields.get("source") in ("device", "record"):
             fields = dict(action.fields)  # SPEC §11.2: code, time_s, detail from the seal
         else:
             fields = {"source": "gateway", "reason": action.reason, "detail": action.detail}
@@ -398,3 +409,17 @@ class Gateway:
         self.publisher.publish_now(
             self.topics.status(device), json.dumps(body, sort_keys=True).encode(), retain=True
         )
+
+
+def _ack_key(config: Config) -> P256Key | None:
+    path = config.ack_key_file
+    if path is None or not path.exists():
+        # The gateway still stores and acknowledges; its seals free nothing until it has a key
+        # and they hold a certificate for it (SPEC §5.11): say so once, at start.
+        log.warning(
+            "no acknowledgement key %s: seals will keep every record and lock when their "
+            "journal fills; run `sealink keys init` and enrol them",
+            path,
+        )
+        return None
+    return P256Key.load(path, "acknowledgement key")

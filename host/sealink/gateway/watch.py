@@ -2,7 +2,9 @@
 
 The CLI writes from its own process (WAL lets it): operator actions on devices (hold, release,
 adopt), newly registered or re-registered devices, pending commands. The watch reloads the
-affected devices into the registry and hands each live session its pending commands.
+affected devices into the registry and hands each live session its pending commands. A
+registration writes the key store before the ledger, so when the ledger shows a new one the
+key store, read again then, already holds its link key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 from sealproto import messages
 
+from sealink.crypto.keystore import LinkKeys, LinkKeyStore
+from sealink.errors import KeyFileError
 from sealink.gateway.committer import GroupCommitter
 from sealink.gateway.fastpath import decode_event
 from sealink.gateway.registry import DeviceRegistry
@@ -36,8 +40,12 @@ class LedgerWatch:
         registry: DeviceRegistry,
         sessions: Iterable[Session],
         committer: GroupCommitter,
+        link_keys: LinkKeyStore,
     ) -> None:
         self._ledger = ledger
+        self._key_store = link_keys
+        self._keys = LinkKeys({})
+        self._keys_error: str | None = None
         self._db = db
         self._registry = registry
         self._sessions = sessions
@@ -46,9 +54,11 @@ class LedgerWatch:
         self._shape: tuple[int, int] = (0, 0)
 
     async def load(self) -> None:
-        """Every registered device, at start; operator actions from now on are news."""
+        """Every registered device, at start (KeyFileError: the key store is unusable);
+        operator actions from now on are news."""
         self._action_id = await self._db(self._ledger.max_operator_action_id)
-        await self._load_all()
+        self._keys = await self._db(self._key_store.load)
+        await self._load_devices()
 
     async def run(self) -> None:
         while True:
@@ -63,8 +73,8 @@ class LedgerWatch:
             log.info("operator action", extra={"fields": fields})
             await self.load_device(action.device)
         # Changes when a device is registered or re-registered (`sealink devices add`).
-        if await self._db(ledger.registrations) != self._shape:
-            await self._load_all()
+        if await self._db(ledger.registrations) != self._shape and await self._reload_keys():
+            await self._load_devices()
         for session in list(self._sessions):
             if session.device is not None:
                 session.offer_commands(await self._db(ledger.pending_commands, session.device))
@@ -79,18 +89,49 @@ class LedgerWatch:
         if record is None:
             self._registry.forget(device)
             return
+        key = self._keys.get(device)
+        if key is None:
+            self._lacks_key(device)
+            return
         boot = 0
         if record.stored and record.stored_hash is not None:
             payload = await self._db(ledger.event_bytes, device, record.stored)
             event = decode_event(payload) if payload is not None else None
             boot = event[messages.EV_BOOT] if event is not None else 0
-        self._registry.load(record, boot)
+        self._registry.load(record, key, boot)
         for session in self._sessions:
             if session.device == device:
                 # A release may have made stored events ackable.
                 session.committed()
 
-    async def _load_all(self) -> None:
+    async def _load_devices(self) -> None:
         self._shape = await self._db(self._ledger.registrations)
         for device in await self._db(self._ledger.device_ids):
             await self.load_device(device)
+
+    async def _reload_keys(self) -> bool:
+        """False: the key store was made unusable while the service runs (a chmod, a bad
+        edit); the keys read before stay in use and the next poll tries again."""
+        try:
+            self._keys = await self._db(self._key_store.load)
+        except KeyFileError as exc:
+            if str(exc) != self._keys_error:
+                log.error("link keys not reread", extra={"fields": {"why": str(exc)}})
+            self._keys_error = str(exc)
+            return False
+        self._keys_error = None
+        return True
+
+    def _lacks_key(self, device: str) -> None:
+        store = self._key_store.path
+        if self._registry.missing_key(device) is None:
+            fields = {
+                "device": device,
+                "link_keys": str(store),
+                "fix": f"sealink devices add {device} --replace --key-file ...",
+            }
+            log.error(
+                "registered device has no link key; its HELLOs are refused",
+                extra={"fields": fields},
+            )
+        self._registry.lacks_key(device, store)

@@ -99,16 +99,18 @@ class DeviceRecord:
     None when L ends an adopted gap: the next event's `prev` cannot be checked, it anchors the
     chain. `boot_id` is B, the highest boot_id seen. `ahead_acked` is the acked counter a seal
     claimed beyond the ledger (the upper end of the gap `adopt` would record). `seal_key` is
-    the seal chip's public key, X || Y (SPEC §4.1), None if it was never registered."""
+    the seal chip's public key, X || Y (SPEC §4.1), None if it was never registered. The link
+    key is not here: it lives in the key store (crypto/keystore.py), never in the ledger.
+    `enrolment` is the enrolment certificate (JSON) this gateway hands the seal (SPEC §5.11)."""
 
     device: str
-    key: bytes
     stored: int
     stored_hash: bytes | None
     boot_id: int
     quarantine: Quarantine | None
     ahead_acked: int | None
     seal_key: bytes | None = None
+    enrolment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

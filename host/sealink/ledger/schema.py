@@ -12,30 +12,42 @@ v3: the transparency log (SPEC §14): log_leaves (one row per stored event or ad
     file's events and gaps enter the log at migration, in the order they were received.
 v4: devices gains seal_key, the seal chip's P-256 public key (SPEC §4.1); a device of an older
     file has none until it is registered again, and its EVENTs are refused meanwhile.
+v5: devices loses key: the link keys live in the key store (crypto/keystore.py), since the
+    ledger's copies travel. Migrating writes every device's key to the key store first (no
+    key store, or one that cannot be written: the file stays as it was), then drops the column
+    with secure_delete on and VACUUMs, so no old key bytes stay in free pages or the WAL.
+v6: devices gains enrolment, the enrolment certificate (JSON, crypto/enrolment.py) this
+    gateway hands the seal (SPEC §5.11); none for a device of an older file until `sealink
+    devices enrol`.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
+from sealink.crypto.keystore import LinkKeyStore
+from sealink.errors import KeyFileError
 from sealink.ledger import log
 
-__all__ = ["SCHEMA_VERSION", "create_or_migrate"]
+__all__ = ["SCHEMA_VERSION", "MigrationError", "SchemaTooNew", "create_or_migrate"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
+
+_logger = logging.getLogger("sealink.ledger")
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS devices (
         id TEXT PRIMARY KEY,
-        key BLOB NOT NULL,
         registered_ms INTEGER NOT NULL,
         boot_id INTEGER NOT NULL DEFAULT 0,
         quarantine_reason TEXT,
         quarantine_detail TEXT,
         quarantine_ms INTEGER,
         ahead_acked INTEGER,
-        seal_key BLOB
+        seal_key BLOB,
+        enrolment TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS events (
         device TEXT NOT NULL,
@@ -152,8 +164,11 @@ _TABLES_V3 = (
 )
 
 _V4_COLUMNS = ("ALTER TABLE devices ADD COLUMN seal_key BLOB",)
+_V6_COLUMNS = ("ALTER TABLE devices ADD COLUMN enrolment TEXT",)
 
-_KNOWN = ("1", "2", "3", str(SCHEMA_VERSION))
+# Every version before 5 keeps the link keys in devices.key.
+_WITH_LINK_KEYS = ("1", "2", "3", "4")
+_KNOWN = (*_WITH_LINK_KEYS, "5", str(SCHEMA_VERSION))
 
 
 class SchemaTooNew(Exception):
@@ -163,11 +178,23 @@ class SchemaTooNew(Exception):
         )
 
 
-def create_or_migrate(db: sqlite3.Connection) -> None:
+class MigrationError(Exception):
+    """An older file cannot be brought up to date; it is left as it was."""
+
+
+def create_or_migrate(db: sqlite3.Connection, link_keys: LinkKeyStore | None = None) -> None:
     """Create a new ledger, or bring an older one to SCHEMA_VERSION, in one transaction (a
-    crash midway leaves the file as it was). SchemaTooNew: refuse what a newer sealink wrote."""
-    if _version(db) == str(SCHEMA_VERSION):
+    crash midway leaves the file as it was). SchemaTooNew: refuse what a newer sealink wrote.
+    MigrationError: an older file's link keys could not be moved to `link_keys`."""
+    found = _version(db)
+    if found == str(SCHEMA_VERSION):
         return  # the common case: no write, so opening never waits for the service's lock
+    # Zeroes what the migration frees (the key column's bytes) in the pages it writes; many
+    # builds have it on already, the connection keeps what it had.
+    scrub = found in _WITH_LINK_KEYS
+    secure_delete = db.execute("PRAGMA secure_delete").fetchone()[0]
+    if scrub:
+        db.execute("PRAGMA secure_delete=ON")
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute(_TABLES[0])
@@ -182,6 +209,11 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
         if version in ("1", "2", "3"):
             for statement in _V4_COLUMNS:
                 db.execute(statement)
+        if version in _WITH_LINK_KEYS:
+            _move_link_keys(db, version, link_keys)
+        if version in (*_WITH_LINK_KEYS, "5"):
+            for statement in _V6_COLUMNS:
+                db.execute(statement)
         for statement in _TABLES_V2:
             db.execute(statement)
         for statement in _TABLES_V3:
@@ -195,6 +227,36 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    finally:
+        db.execute(f"PRAGMA secure_delete={int(secure_delete)}")
+    if scrub:
+        _scrub(db)
+
+
+def _move_link_keys(db: sqlite3.Connection, version: str, link_keys: LinkKeyStore | None) -> None:
+    """Key store first, then the column goes: a failure between leaves the keys in both."""
+    rows = db.execute("SELECT id, key FROM devices ORDER BY id").fetchall()
+    if rows:
+        if link_keys is None:
+            raise MigrationError(
+                f"schema {version} holds {len(rows)} link keys and no key store was given to "
+                "move them to (gateway.link_keys)"
+            )
+        try:
+            link_keys.update({device: bytes(key) for device, key in rows})
+        except KeyFileError as exc:
+            raise MigrationError(f"its {len(rows)} link keys cannot be moved: {exc}") from None
+    db.execute("ALTER TABLE devices DROP COLUMN key")
+
+
+def _scrub(db: sqlite3.Connection) -> None:
+    """Rewrite the file without free pages, then empty the WAL, so bytes an older schema
+    freed (link keys, replaced ones too) are in neither."""
+    db.execute("VACUUM")
+    busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if busy:
+        # Another connection reads the file: its WAL is emptied at a later checkpoint.
+        _logger.warning("ledger migrated; its WAL is truncated only at the next checkpoint")
 
 
 def _version(db: sqlite3.Connection) -> str | None:

@@ -1,6 +1,7 @@
 """The gateway's durable ledger: SQLite in WAL mode, synchronous=FULL.
 
-Tables (ledger/schema.py): devices (key, B, the sticky quarantine), events (the exact device
+Tables (ledger/schema.py): devices (B, the sticky quarantine, the chip's public key; the link
+keys are in the key store, crypto/keystore.py, never here), events (the exact device
 bytes, their hash and the COSE countersignature), gaps (counters an operator declared lost,
 countersigned), quarantine (rejected inputs with their bytes, rate-limited) and rejections
 (every rejected input counted), commands (permits, revocations waiting to be sent and their
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sealink.commands import validate_command
+from sealink.crypto.keystore import LINK_KEY_LEN, LinkKeyStore
 from sealink.crypto.sealkey import SEAL_KEY_LEN
-from sealink.errors import DeviceError, LedgerError
+from sealink.errors import DeviceError, KeyFileError, LedgerError
 from sealink.ledger import log, queue
 from sealink.ledger import operator as ops
 from sealink.ledger.db import transaction
@@ -46,7 +48,7 @@ from sealink.ledger.records import (
     id_runs,
     now_ms,
 )
-from sealink.ledger.schema import SchemaTooNew, create_or_migrate
+from sealink.ledger.schema import MigrationError, SchemaTooNew, create_or_migrate
 
 __all__ = ["Batch", "Command", "EventRow", "Ledger", "OutboxRow", "QuarantineRow", "now_ms"]
 
@@ -71,14 +73,18 @@ def _enforce_private(path: Path) -> None:
 
 
 class Ledger:
-    """A connection to the ledger file. Not thread-safe: use it from one thread."""
+    """A connection to the ledger file. Not thread-safe: use it from one thread.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    `link_keys` is where `add_device` writes a seal's link key, and where migrating a file
+    older than schema 5 moves the keys it holds (SPEC §15 T6)."""
+
+    def __init__(self, path: str | os.PathLike[str], link_keys: LinkKeyStore | None = None) -> None:
         self.path = Path(path)
+        self.link_keys = link_keys
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
-                # Device keys live in here: never readable by others, not even for a moment.
+                # Every record and operator action: never readable by others, not for a moment.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
             _enforce_private(self.path)
             self._db = sqlite3.connect(
@@ -88,7 +94,12 @@ class Ledger:
             # FULL: a commit is on disk when it returns; the device is acked right after.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            create_or_migrate(self._db)
+            create_or_migrate(self._db, link_keys)
+        except MigrationError as exc:
+            self._db.close()
+            raise LedgerError(
+                f"ledger {self.path}: cannot migrate to schema 5, left as it was: {exc}"
+            ) from None
         except (sqlite3.Error, OSError, SchemaTooNew) as exc:
             raise LedgerError(f"ledger {self.path}: cannot open: {exc}") from None
         # The transparency log (SPEC §14), read on this connection.
@@ -105,32 +116,33 @@ class Ledger:
     def add_device(
         self, device: str, key: bytes, seal_key: bytes | None, *, replace: bool = False
     ) -> None:
-        """Register a seal: its link key and its chip's public key (None: its EVENTs are
-        refused until it is registered with one, SPEC §4.1)."""
-        if len(key) != 32:
-            raise DeviceError(f"device {device}: key must be 32 bytes, got {len(key)}")
+        """Register a seal: its link key, into the key store, and its chip's public key (None:
+        its EVENTs are refused until it is registered with one, SPEC §4.1).
+
+        The key store is written first, so a crash between the two leaves at worst a key no
+        device uses, never a device without its key; the ledger's write lock is held over both,
+        so of two registrations of one seal at once the second sees the first."""
+        if len(key) != LINK_KEY_LEN:
+            raise DeviceError(f"device {device}: key must be {LINK_KEY_LEN} bytes, got {len(key)}")
         if seal_key is not None and len(seal_key) != SEAL_KEY_LEN:
             raise DeviceError(f"device {device}: seal key must be {SEAL_KEY_LEN} bytes")
-        try:
-            if replace:
-                # New keys for a known seal keep what the ledger knows of it (B, quarantine).
-                self._db.execute(
-                    "INSERT INTO devices (id, key, seal_key, registered_ms) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET key = excluded.key, "
-                    "seal_key = excluded.seal_key, registered_ms = excluded.registered_ms",
-                    (device, key, seal_key, now_ms()),
-                )
-            else:
-                self._db.execute(
-                    "INSERT INTO devices (id, key, seal_key, registered_ms) VALUES (?, ?, ?, ?)",
-                    (device, key, seal_key, now_ms()),
-                )
-        except sqlite3.IntegrityError:
-            raise DeviceError(f"device {device} is already registered") from None
-
-    def device_key(self, device: str) -> bytes | None:
-        row = self._db.execute("SELECT key FROM devices WHERE id = ?", (device,)).fetchone()
-        return bytes(row[0]) if row else None
+        if self.link_keys is None:
+            raise DeviceError(f"device {device}: no key store to hold its link key")
+        with self._write("register a device") as db:
+            known = db.execute("SELECT 1 FROM devices WHERE id = ?", (device,)).fetchone()
+            if known and not replace:
+                raise DeviceError(f"device {device} is already registered")
+            try:
+                self.link_keys.put(device, key)
+            except KeyFileError as exc:
+                raise DeviceError(f"device {device}: not registered: {exc}") from None
+            # New keys for a known seal keep what the ledger knows of it (B, quarantine).
+            db.execute(
+                "INSERT INTO devices (id, seal_key, registered_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET "
+                "seal_key = excluded.seal_key, registered_ms = excluded.registered_ms",
+                (device, seal_key, now_ms()),
+            )
 
     def device_record(self, device: str) -> DeviceRecord | None:
         """Everything the host keeps per device (SPEC §5.1), read in one snapshot."""
@@ -138,8 +150,8 @@ class Ledger:
         db.execute("BEGIN")
         try:
             row = db.execute(
-                "SELECT key, boot_id, quarantine_reason, quarantine_detail, quarantine_ms, "
-                "ahead_acked, seal_key FROM devices WHERE id = ?",
+                "SELECT boot_id, quarantine_reason, quarantine_detail, quarantine_ms, "
+                "ahead_acked, seal_key, enrolment FROM devices WHERE id = ?",
                 (device,),
             ).fetchone()
             stored, stored_hash = ops.stored_head(db, device)
@@ -147,11 +159,28 @@ class Ledger:
             db.execute("COMMIT")
         if row is None:
             return None
-        quarantine = None if row[2] is None else Quarantine(row[2], row[3] or "", row[4] or 0)
-        seal_key = None if row[6] is None else bytes(row[6])
+        quarantine = None if row[1] is None else Quarantine(row[1], row[2] or "", row[3] or 0)
+        seal_key = None if row[5] is None else bytes(row[5])
         return DeviceRecord(
-            device, bytes(row[0]), stored, stored_hash, int(row[1]), quarantine, row[5], seal_key
+            device, stored, stored_hash, int(row[0]), quarantine, row[4], seal_key, row[6]
         )
+
+    def enrol(self, device: str, certificate: str, serial: int) -> None:
+        """Keep the enrolment certificate (JSON) the gateway hands the seal (SPEC §5.11),
+        replacing one of a lower serial. It counts as a change of the registration, so that
+        the running service takes it up at its next poll."""
+        with self._write("enrol a device") as db:
+            row = db.execute("SELECT enrolment FROM devices WHERE id = ?", (device,)).fetchone()
+            if row is None:
+                raise DeviceError(f"device {device} is not registered")
+            if row[0] is not None and json.loads(row[0])["serial"] > serial:
+                raise DeviceError(
+                    f"device {device}: holds a certificate of a later serial; not replacing it"
+                )
+            db.execute(
+                "UPDATE devices SET enrolment = ?, registered_ms = ? WHERE id = ?",
+                (certificate, now_ms(), device),
+            )
 
     def registrations(self) -> tuple[int, int]:
         """(devices registered, newest registration ms): changes with every `devices add`,
@@ -170,8 +199,8 @@ class Ledger:
             "d.quarantine_ms, d.ahead_acked, "
             "(SELECT MAX(counter) FROM events e WHERE e.device = d.id), "
             "(SELECT MAX(last) FROM gaps g WHERE g.device = d.id), "
-            "(SELECT COUNT(*) FROM quarantine q WHERE q.device = d.id), d.seal_key "
-            "FROM devices d ORDER BY d.id"
+            "(SELECT COUNT(*) FROM quarantine q WHERE q.device = d.id), d.seal_key, "
+            "d.enrolment FROM devices d ORDER BY d.id"
         ).fetchall()
         return [
             {
@@ -187,6 +216,7 @@ class Ledger:
                 "stored": max(r[7] or 0, r[8] or 0),
                 "quarantine_rows": r[9],
                 "seal_key": None if r[10] is None else bytes(r[10]).hex(),
+                "enrolment": None if r[11] is None else json.loads(r[11])["serial"],
             }
             for r in rows
         ]
