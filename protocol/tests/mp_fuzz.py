@@ -7,7 +7,7 @@ from sealproto.errors import DecodeError, reason_name
 
 _KEY = bytes(range(32))
 _PROGRESS_EVERY = 10000
-_MAX_INPUT = 1200  # inputs stay within what a 64 KB heap can concatenate
+_MAX_INPUT = 1200  # inputs stay within what the heap can concatenate
 _RUN = bytes(range(1, 256)) * 3  # non-zero bytes, for runs longer than any frame
 
 

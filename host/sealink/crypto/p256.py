@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from sealink.crypto.signer import check_private_file
+from sealink.crypto.signer import check_private_file, save_private_key
 from sealink.errors import KeyFileError
 
 __all__ = ["P256Key"]
@@ -48,23 +48,7 @@ class P256Key:
         return cls(key)
 
     def save(self, path: str | os.PathLike[str], what: str, *, overwrite: bool = False) -> None:
-        """Write the key PKCS#8 PEM, created 0600 (never briefly readable by others)."""
-        path = Path(path)
-        pem = self.private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-        try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise KeyFileError(f"{what} {path}: already exists; not overwriting") from None
-        except OSError as exc:
-            raise KeyFileError(f"{what} {path}: cannot write ({exc.strerror})") from None
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(pem)
+        save_private_key(self.private, Path(path), what, overwrite=overwrite)
 
     @property
     def public(self) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any
 
 import cbor2
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 # libsodium signs Ed25519 in ~2/3 of the time OpenSSL takes through cryptography, and signing
@@ -57,6 +58,27 @@ _SIG_STRUCTURE_HEAD = b"\x84\x6aSignature1"
 def key_id(public: Ed25519PublicKey) -> bytes:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).digest()[:8]
+
+
+def save_private_key(
+    key: Ed25519PrivateKey | EllipticCurvePrivateKey, path: Path, what: str, *, overwrite: bool
+) -> None:
+    """Write `key` PKCS#8 PEM, created 0600 (never briefly readable by others)."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{what} {path}: already exists; not overwriting") from None
+    except OSError as exc:
+        raise KeyFileError(f"{what} {path}: cannot write ({exc.strerror})") from None
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(pem)
 
 
 def check_private_file(path: Path, what: str) -> None:
@@ -171,21 +193,7 @@ class GatewayKey:
         return cls(key)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        """Write the key PKCS#8 PEM, created 0600 (never briefly readable by others)."""
-        path = Path(path)
-        pem = self.private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-        try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise KeyFileError(f"gateway key {path}: already exists; not overwriting") from None
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(pem)
+        save_private_key(self.private, Path(path), "gateway key", overwrite=overwrite)
 
     @property
     def public(self) -> Ed25519PublicKey:
