@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,6 +118,32 @@ def pty_link() -> Iterator[PtyLink]:
     """A pseudo-terminal: the device holds the master, the gateway opens the slave by path."""
     with open_pty_link() as link:
         yield link
+
+
+def sealink(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The `sealink` CLI as a user runs it, in a process of its own."""
+    # `-m` puts the working directory first on sys.path: run from here, so that no stray
+    # build metadata in the caller's directory (a sealink.egg-info) hides the entry points.
+    done = subprocess.run(
+        [sys.executable, "-m", "sealink.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=Path(__file__).parent,
+    )
+    assert "Traceback" not in done.stderr, done.stderr  # no Python traceback reaches a user
+    return done
+
+
+def provisioning_file(path: Path, device: str, mode: int = 0o600) -> bytes:
+    """The host half of a provisioned seal, as tools/provision.py --chip writes it: its link
+    key and its chip's public key. Returns the link key."""
+    key = os.urandom(32)
+    seal_key = SimChip.of(key).public.hex()
+    path.write_text(json.dumps({"device_id": device, "key": key.hex(), "seal_key": seal_key}))
+    os.chmod(path, mode)
+    return key
 
 
 def run(coro: Awaitable[T], timeout: float = 60.0) -> T:

@@ -7,12 +7,10 @@ import base64
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import provisioning_file, run, sealink
 from cwt import COSE, COSEKey
 from sealink.cli.main import build_parser, main
 from sealink.config import load_config
@@ -21,23 +19,8 @@ from sealink.gateway.service import Gateway
 from sealink.ledger import AHEAD_OF_LEDGER, Batch, DeviceUpdate, EventRow, Ledger, QuarantineRow
 from sealink_sim.broker import Mosquitto
 from sealink_sim.pipe import pipe_pair
-from sealink_sim.simdevice import SimChip, SimDevice, make_event
+from sealink_sim.simdevice import SimDevice, make_event
 from sealproto import auth
-
-
-def sealink(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    # `-m` puts the working directory first on sys.path: run from here, so that no stray
-    # build metadata in the caller's directory (a sealink.egg-info) hides the entry points.
-    done = subprocess.run(
-        [sys.executable, "-m", "sealink.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=Path(__file__).parent,
-    )
-    assert "Traceback" not in done.stderr, done.stderr  # no Python traceback reaches a user
-    return done
 
 
 @pytest.fixture
@@ -52,12 +35,8 @@ def conf(tmp_path: Path) -> Path:
 
 def _device_key_file(tmp_path: Path, mode: int = 0o600) -> tuple[Path, bytes]:
     """The host half of a provisioned seal: its link key and its chip's public key."""
-    key = os.urandom(32)
     path = tmp_path / "device.key"
-    seal_key = SimChip.of(key).public.hex()
-    path.write_text(json.dumps({"device_id": "seal-1", "key": key.hex(), "seal_key": seal_key}))
-    os.chmod(path, mode)
-    return path, key
+    return path, provisioning_file(path, "seal-1", mode)
 
 
 def _seal_keys(conf: Path, tmp_path: Path) -> str:

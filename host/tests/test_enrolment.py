@@ -8,11 +8,10 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import provisioning_file, sealink
 from sealink.crypto.enrolment import Certificate, certify
 from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.p256 import P256Key
@@ -24,16 +23,6 @@ from sealproto import auth, cbor, messages
 from sealproto.errors import DecodeError
 
 
-def sealink(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sealink.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).parent,
-    )
-
-
 @pytest.fixture
 def gateway(tmp_path: Path) -> Path:
     """A gateway's config with its keys made and one seal registered."""
@@ -43,14 +32,8 @@ def gateway(tmp_path: Path) -> Path:
         '[mqtt]\nport = 1\nprefix = "enrol"\n'
     )
     assert sealink("keys", "init", "--config", str(conf)).returncode == 0
-    key = os.urandom(32)
     key_file = tmp_path / "seal-1.json"
-    key_file.write_text(
-        json.dumps(
-            {"device_id": "seal-1", "key": key.hex(), "seal_key": SimChip.of(key).public.hex()}
-        )
-    )
-    os.chmod(key_file, 0o600)
+    provisioning_file(key_file, "seal-1")
     added = sealink("devices", "add", "--config", str(conf), "seal-1", "--key-file", str(key_file))
     assert added.returncode == 0, added.stderr
     return conf

@@ -16,13 +16,20 @@ import os
 import signal
 import sqlite3
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DEVICE, GatewayFiles, PtyLink, run, running, until
+from conftest import (
+    DEVICE,
+    GatewayFiles,
+    PtyLink,
+    provisioning_file,
+    run,
+    running,
+    sealink,
+    until,
+)
 from sealink.config import PortConfig
 from sealink.crypto.keystore import LinkKeyStore
 from sealink.errors import DeviceError, KeyFileError, LedgerError
@@ -288,18 +295,6 @@ def test_a_v4_ledger_whose_keys_cannot_be_moved_is_left_intact(tmp_path: Path) -
 # the CLI ---------------------------------------------------------------------------------------
 
 
-def _sealink(*args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "sealink.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).parent,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
     path = tmp_path / "sealink.toml"
@@ -317,7 +312,7 @@ def test_the_cli_migrates_a_v4_ledger_and_marks_a_seal_without_key(
     path.parent.mkdir()
     keys = {"seal-0": os.urandom(32), "seal-1": os.urandom(32)}
     _v4_ledger(path, keys, os.urandom(32))
-    listed = _sealink("devices", "list", "-c", str(conf))
+    listed = sealink("devices", "list", "-c", str(conf))
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["device"], r["link_key"]) for r in rows] == [("seal-0", True), ("seal-1", True)]
@@ -327,7 +322,7 @@ def test_the_cli_migrates_a_v4_ledger_and_marks_a_seal_without_key(
     doc = json.loads(store.read_text())
     del doc["keys"]["seal-1"]
     store.write_text(json.dumps(doc))
-    listed = _sealink("devices", "list", "-c", str(conf))
+    listed = sealink("devices", "list", "-c", str(conf))
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["device"], r["link_key"]) for r in rows] == [("seal-0", True), ("seal-1", False)]
@@ -337,20 +332,14 @@ def test_the_cli_migrates_a_v4_ledger_and_marks_a_seal_without_key(
 
 
 def test_cli_errors_about_the_key_store_are_one_line(conf: Path, tmp_path: Path) -> None:
-    key = os.urandom(32)
     key_file = tmp_path / "seal-1.json"
-    key_file.write_text(
-        json.dumps(
-            {"device_id": "seal-1", "key": key.hex(), "seal_key": SimChip.of(key).public.hex()}
-        )
-    )
-    os.chmod(key_file, 0o600)
+    key = provisioning_file(key_file, "seal-1")
     add = ("devices", "add", "-c", str(conf), "seal-1", "--key-file", str(key_file))
-    assert _sealink(*add).returncode == 0
+    assert sealink(*add).returncode == 0
     store = tmp_path / "etc" / "link-keys"
     os.chmod(store, 0o644)
     for args in (("devices", "list", "-c", str(conf)), (*add, "--replace")):
-        done = _sealink(*args)
+        done = sealink(*args)
         assert done.returncode == 2 and done.stderr.startswith("sealink: error: ")
         assert done.stderr.count("\n") == 1 and f"chmod 600 {store}" in done.stderr
         assert key.hex() not in done.stderr
@@ -360,7 +349,7 @@ def test_cli_errors_about_the_key_store_are_one_line(conf: Path, tmp_path: Path)
     for suffix in ("", "-wal"):
         (tmp_path / f"old.sqlite{suffix}").replace(path.with_name(f"ledger.sqlite{suffix}"))
     os.chmod(store, 0o644)
-    done = _sealink("devices", "list", "-c", str(conf))
+    done = sealink("devices", "list", "-c", str(conf))
     assert done.returncode == 2 and "cannot migrate to schema 5, left as it was" in done.stderr
     assert done.stderr.count("\n") == 1 and key.hex() not in done.stderr
 
