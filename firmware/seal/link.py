@@ -103,9 +103,9 @@ class Link:
         self._session_key = None
         self._tx_seq = 0
         self._rx_seq = 0
-        # Two acknowledgements (SPEC §5.11): `_acked`, the highest the host acknowledged in this
+        # Two acknowledgements (SPEC §5.11): `acked`, the highest the host acknowledged in this
         # session (the window and the resends follow it), and the journal's `acked`, the highest
-        # the enrolled gateway signed as stored (compaction follows it, never `_acked`).
+        # the enrolled gateway signed as stored (compaction follows it, never `acked`).
         self.acked = journal.acked
         self._next = journal.acked + 1
         self._sent_max = journal.acked
@@ -208,9 +208,9 @@ class Link:
         # Never acknowledge what this device does not hold (SPEC §5.2).
         journal = self._journal
         acked = min(msg[_WE_ACKED], journal.next_counter - 1)
+        self._verify_at = journal.acked + _VERIFY_EVERY
         if acked > journal.acked:
             self._free(acked, msg[_WE_STORED])
-        self._verify_at = journal.acked + _VERIFY_EVERY
         # Resume: everything not acked is sent again, from the oldest, after STATUS.
         self.acked = max(acked, journal.acked)
         self._next = self.acked + 1

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from sealink.config import ack_key_beside
+
 __all__ = ["HostError", "HostProcess"]
 
 _READY_LINE = "gateway started"
@@ -109,7 +111,7 @@ class HostProcess:
     def init_keys(self) -> None:
         """The gateway's keys, made once per state folder: a bench gateway keeps its identity.
         `keys init` makes whichever is missing (the acknowledgement key of an older folder)."""
-        if not (self.key_path.exists() and self.key_path.with_suffix(".ack.key").exists()):
+        if not (self.key_path.exists() and ack_key_beside(self.key_path).exists()):
             self.cli("keys", "init")
 
     def public_key_pem(self) -> bytes:

@@ -267,6 +267,11 @@ def _section(name: str, table: Any, key_prefix: str) -> dict[str, Any]:
     return out
 
 
+def ack_key_beside(key_file: Path) -> Path:
+    """The acknowledgement key's default place: gateway.key -> gateway.ack.key."""
+    return key_file.with_suffix(".ack.key")
+
+
 def parse_config(
     data: Mapping[str, Any], base: Path | None = None, check_key_file: bool = True
 ) -> Config:
@@ -299,7 +304,7 @@ def parse_config(
     ledger_path = resolve(gateway["ledger"])
     if link_keys in (key_file, ledger_path):
         raise ConfigError("gateway.link_keys", f"must be a file of its own, got {link_keys}")
-    ack_key_file = resolve(gateway.get("ack_key_file", str(key_file.with_suffix(".ack.key"))))
+    ack_key_file = resolve(gateway.get("ack_key_file", str(ack_key_beside(key_file))))
     if ack_key_file in (key_file, ledger_path, link_keys):
         raise ConfigError("gateway.ack_key_file", f"must be a file of its own, got {ack_key_file}")
     if check_key_file:

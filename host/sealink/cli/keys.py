@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sealink.cli.common import add_command, print_json, with_config
-from sealink.config import load_config
+from sealink.config import ack_key_beside, load_config
 from sealink.crypto.p256 import P256Key
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import SealinkError
@@ -22,30 +22,26 @@ from sealink.errors import SealinkError
 __all__ = ["register"]
 
 
-def _key_path(args: argparse.Namespace) -> Path:
-    if args.key_file:
-        return Path(args.key_file)
-    if not args.config:
-        raise SealinkError("give --config FILE or --key-file PATH")
-    return load_config(args.config, check_key_file=False).key_file
-
-
 _ACK = "acknowledgement key"
 
 
-def _ack_path(args: argparse.Namespace, key_path: Path) -> Path:
-    if args.ack_key_file:
-        return Path(args.ack_key_file)
-    if args.config and not args.key_file:
-        configured = load_config(args.config, check_key_file=False).ack_key_file
-        if configured is not None:
-            return configured
-    return key_path.with_suffix(".ack.key")
+def _key_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(the countersigning key, the acknowledgement key): from the flags, else the config; an
+    acknowledgement key not named sits beside the countersigning key."""
+    if args.key_file:
+        key_path = Path(args.key_file)
+        ack_path = ack_key_beside(key_path)
+    elif args.config:
+        config = load_config(args.config, check_key_file=False)
+        key_path = config.key_file
+        ack_path = config.ack_key_file or ack_key_beside(key_path)
+    else:
+        raise SealinkError("give --config FILE or --key-file PATH")
+    return key_path, Path(args.ack_key_file) if args.ack_key_file else ack_path
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    path = _key_path(args)
-    ack_path = _ack_path(args, path)
+    path, ack_path = _key_paths(args)
     if path.exists() and ack_path.exists() and not args.force:
         raise SealinkError(f"{path} and {ack_path} already exist; not overwriting (--force)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,14 +61,13 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    path = _key_path(args)
+    path, ack_path = _key_paths(args)
     key = GatewayKey.load(path)
     if args.format == "pem":
         sys.stdout.write(key.public_pem().decode())
     elif args.format == "cose":
         sys.stdout.buffer.write(key.cose_key())
     else:
-        ack_path = _ack_path(args, path)
         ack = P256Key.load(ack_path, _ACK).public.hex() if ack_path.exists() else None
         print_json(
             {
