@@ -251,8 +251,8 @@ class LinkMachine:
                     Alarm(state.device, "quarantined", detail, {"since_ms": q.since_ms})
                 )
         cert = state.enrolment
-        newer = cert is not None and cert.serial > hs.enrolment
-        self.commands.start(self._wall_ms(), cert.message() if newer and cert else None)
+        enrol = cert.message() if cert is not None and cert.serial > hs.enrolment else None
+        self.commands.start(self._wall_ms(), enrol)
 
     # events (SPEC §5.4) ----------------------------------------------------------------------
 
