@@ -10,8 +10,10 @@ manifest format, the same file the port's `make FROZEN_MANIFEST=...` freezes): i
 `firmware/manifest.py`, which includes one manifest per firmware feature, then adds the board's
 own modules. `include`, `package` and `module` are evaluated as MicroPython's makemanifest.py
 does (paths relative to the manifest that names them; a file included twice counts once).
-Includes of the port itself (`$(PORT_DIR)`, `$(MPY_DIR)`: asyncio and the like) are skipped:
-the MicroPython firmware on the board already holds them.
+Includes and modules of the port itself (`$(PORT_DIR)`, `$(MPY_DIR)`: asyncio and the like) are
+skipped: the MicroPython firmware on the board already holds them. So is a board's `_boot.py`
+(the ESP32's mounts littlefs with the flash's program size): the port runs `_boot.py` only from
+its frozen image, so it takes effect in a frozen build alone.
 
 The tree mirrors the board's filesystem: seal/*.mpy, sealproto/*.mpy, the board's own modules
 (hal.mpy, board.mpy) at the top, and the board's main.py as source (MicroPython runs main.py
@@ -47,6 +49,7 @@ MAIN = "main.py"
 ROMFS_IMAGE = "rom.img"
 # The port's own manifests: what the MicroPython firmware on the board already holds.
 _PORT_VARS = ("$(PORT_DIR)", "$(MPY_DIR)")
+_FROZEN_ONLY = "_boot.py"
 
 
 class BuildError(Exception):
@@ -95,6 +98,8 @@ def manifest_files(manifest: Path) -> list[tuple[Path, str]]:
                 add(folder / name, f"{package_path}/{name}")
 
         def module(module_path: str, base_path: str = ".") -> None:
+            if base_path.startswith(_PORT_VARS):
+                return
             add(here / base_path / module_path, module_path)
 
         try:
@@ -121,6 +126,7 @@ def sources(board: str, manifest: Path | None = None) -> list[tuple[Path, str]]:
     out = [
         (src, target.removesuffix(".py") + ".mpy")
         for src, target in manifest_files(manifest or board_dir / "manifest.py")
+        if target != _FROZEN_ONLY
     ]
     out.append((board_dir / MAIN, MAIN))
     return out

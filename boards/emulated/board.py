@@ -4,7 +4,7 @@ NAME = "emulated"
 # 512 blocks of 4096 bytes = a 2 MiB littlefs, the size of the ESP32 DevKitC's vfs partition
 # (read by the launcher, which makes the flash image).
 FLASH_BLOCKS = 512
-# Journal segments of 16 events fill ~2 KB of a block each: 2000 events take ~125 blocks,
+# Journal segments of 8 events take a block each (~1.5 KB of it): 2000 events take ~250 blocks,
 # leaving littlefs room for copy-on-write and metadata.
 JOURNAL_CAPACITY = 2000
 LOW_BATTERY_MV = 3400

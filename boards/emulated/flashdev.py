@@ -1,10 +1,14 @@
 # flashdev.py: the emulated board's flash, a littlefs block device on an image file.
 # It counts block writes and can lose power after write N (the power-cut tests).
+import vfs
 from micropython import const
 
 # 4096 = the erase sector of the ESP32's and the RP2040's NOR flash, which their MicroPython
-# ports give littlefs as block size: the emulator then sees the same littlefs write pattern.
+# ports give littlefs as block size; 256 = their flash's page, littlefs's program size on the
+# RP2040 (the port's _boot.py) and on this project's ESP32 build (boards/esp32/_boot.py). The
+# emulator then sees the boards' littlefs write pattern.
 BLOCK_SIZE = const(4096)
+PROG_SIZE = const(256)
 _IOCTL_BLOCK_COUNT = const(4)
 _IOCTL_BLOCK_SIZE = const(5)
 _IOCTL_ERASE = const(6)
@@ -30,6 +34,10 @@ class FileBlockDevice:
         self._f = open(path, "r+b")  # noqa: SIM115
         self.block_count = self._f.seek(0, 2) // BLOCK_SIZE
         self.writes = 0
+        # Of the writes, the erases (what wears a block out and costs a NOR flash most time)
+        # and the bytes programmed.
+        self.erases = 0
+        self.programmed = 0
         self.cut_at = cut_at
         self.dead = False
         self._on_cut = on_cut
@@ -60,6 +68,7 @@ class FileBlockDevice:
         return 0
 
     def writeblocks(self, block, buf, offset=0):
+        self.programmed += len(buf)
         return self._write(block * BLOCK_SIZE + offset, buf, 1)
 
     def ioctl(self, op, arg):
@@ -69,8 +78,17 @@ class FileBlockDevice:
             return BLOCK_SIZE
         if op == _IOCTL_ERASE:
             # NOR flash erases to 0xFF. An erase is one write: the power may go right after it.
+            self.erases += 1
             return self._write(arg * BLOCK_SIZE, _ERASED, BLOCK_SIZE // len(_ERASED))
         return 0
 
     def close(self):
         self._f.close()
+
+
+def mkfs(dev):
+    vfs.VfsLfs2.mkfs(dev, progsize=PROG_SIZE)
+
+
+def filesystem(dev):
+    return vfs.VfsLfs2(dev, progsize=PROG_SIZE)

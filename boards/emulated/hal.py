@@ -9,7 +9,7 @@ import vfs
 from micropython import const
 
 import board
-from flashdev import FileBlockDevice
+from flashdev import FileBlockDevice, filesystem
 
 from seal.uart import readable
 
@@ -58,7 +58,7 @@ def mount():
         _bdev = FileBlockDevice(os.getenv(_ENV_FLASH), int(cut) if cut else 0, _lose_power,
                                 _count_write)
         # Never format here: a flash that does not mount is a fault to report, not to erase.
-        vfs.mount(vfs.VfsLfs2(_bdev), _MOUNT_POINT)
+        vfs.mount(filesystem(_bdev), _MOUNT_POINT)
     return _MOUNT_POINT + "/journal"
 
 

@@ -29,6 +29,6 @@ CHIP_I2C_ID = 0
 CHIP_SDA_PIN = 4
 CHIP_SCL_PIN = 5
 
-# The Pico W's littlefs is ~848 KiB; 16-event journal segments of ~2 KiB each use one 4 KiB
-# block, so 1000 events take ~63 blocks and leave littlefs room for copy-on-write.
+# The Pico W's littlefs is ~848 KiB (212 blocks); 8-event journal segments of ~1.5 KiB each use
+# one 4 KiB block, so 1000 events take ~125 blocks and leave littlefs room for copy-on-write.
 JOURNAL_CAPACITY = 1000

@@ -17,10 +17,14 @@ _MAX_PAYLOAD = const(480)
 # without one (a bit per code) before that counter; a CRC32.
 _STATE_SIZE = const(48)
 _PERMIT_STATE_SIZE = const(40)
-# Segments whose list storage is taken at open: the boards' 2000 events in 16-event segments.
-_SEG_ROOM = const(128)
+# Segments whose list storage is taken at open: the boards' 2000 events in 8-event segments.
+_SEG_ROOM = const(256)
 _OLD_STATE_SIZE = const(12)
-_SEG_EVENTS = const(16)
+# littlefs copies a file's last block to a new one on every append after a commit (copy on
+# write), so each record costs an erase and the programs of its whole segment so far: smaller
+# segments cost fewer programs, more files. 8 records keep the journal at its flash write
+# budget (SPEC §10.2; `make bench`: firmware, flash_writes_per_event).
+_SEG_EVENTS = const(8)
 _MAX_U32 = const(0xFFFFFFFF)
 _ENOENT = const(2)
 _EIO = const(5)

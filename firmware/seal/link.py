@@ -67,8 +67,8 @@ _LINK_DEAD_MS = const(30000)
 _SYNC_INTERVAL_MS = const(1000)
 _STATUS_INTERVAL_MS = const(60000)
 # An acknowledgement frees journal space only once the chip verified the gateway's signature on
-# it (a Verify, 27 ms typical: tools/benches/bench_firmware.py); one per journal segment's worth
-# of records is enough, since compaction frees whole segments (seal/journal.py).
+# it (a Verify, 27 ms typical: tools/benches/bench_firmware.py); one per 16 records frees two
+# whole journal segments at a time (seal/journal.py), for under 2 ms of chip time a record.
 _VERIFY_EVERY = const(16)
 # The longest payload the seal sends, an EVENT, is 186 bytes (SPEC §4.5). With its CRC any
 # payload up to 249 bytes is one COBS block (no run of 254 bytes without a zero), so it is

@@ -190,3 +190,82 @@ def test_every_board_constant_is_read(board: str) -> None:
     text = "\n".join(src.read_text() for src in readers)
     unread = sorted(n for n in data if not re.search(rf"\b{n}\b", text))
     assert unread == [], f"boards/{board}/board.py: nothing reads {unread}"
+
+
+# The ESP32 partition as the build's _boot.py sees it (`flashbdev.bdev`, an esp32.Partition):
+# the emulated board's block device on an image, recording each program's length.
+FAKE_FLASHBDEV = """
+import os
+from flashdev import FileBlockDevice
+
+PROGRAMS = []
+
+
+class Partition(FileBlockDevice):
+    def writeblocks(self, block, buf, offset=0):
+        PROGRAMS.append(len(buf))
+        return FileBlockDevice.writeblocks(self, block, buf, offset)
+
+
+bdev = Partition(os.getenv("SEAL_FLASH"))
+"""
+
+# Runs the ESP32 build's _boot.py as the port does, at a root with nothing mounted yet.
+BOOT_PROBE = """
+import os, vfs
+import flashbdev
+src = open(os.getenv("SEAL_BOOT")).read()
+vfs.umount("/")
+exec(src)
+try:
+    kept = os.listdir("/")
+    with open("/probe", "w") as f:
+        f.write("x" * 300)
+    print("mounted", sorted(set(n % 256 for n in flashbdev.PROGRAMS)), kept)
+except OSError:
+    print("unmounted", len(flashbdev.PROGRAMS))
+"""
+
+
+@pytest.mark.parametrize("flash", ["blank", "not littlefs"])
+def test_the_esp32_boot_formats_only_a_blank_partition_with_the_flash_page(
+    flash: str, tmp_path: Path
+) -> None:
+    # The port's own _boot.py formats whatever does not mount, a seal's records included, and
+    # programs littlefs 32 bytes at a time; the build's mounts with the 256-byte page
+    # (SPEC §10.1) and formats a blank partition only.
+    if not MICROPYTHON.exists():
+        pytest.skip("micropython not installed: pip install -e '.[emulator]'")
+    image = tmp_path / "vfs.img"
+    image.write_bytes(b"\xff" * (64 * 4096))
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "flashbdev.py").write_text(FAKE_FLASHBDEV)
+    env = dict(
+        os.environ,
+        MICROPYPATH=f".frozen:{fake}:{ROOT / 'boards' / 'emulated'}",
+        SEAL_FLASH=str(image),
+        SEAL_BOOT=str(ROOT / "boards" / "esp32" / "_boot.py"),
+    )
+
+    def boot() -> str:
+        proc = subprocess.run(
+            [str(MICROPYTHON), "-c", BOOT_PROBE], capture_output=True, text=True, env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout.strip()
+
+    if flash == "not littlefs":
+        with image.open("r+b") as f:
+            f.write(b"\x00" * 4096)
+    before = image.read_bytes()
+    first = boot()
+    if flash == "not littlefs":
+        assert first == "unmounted 0"
+        assert image.read_bytes() == before
+        return
+    # Every program a whole number of pages; a second boot mounts what the first formatted
+    # and wrote, and formats nothing.
+    assert first == "mounted [0] []"
+    assert boot() == "mounted [0] ['probe']"

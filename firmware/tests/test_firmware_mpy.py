@@ -1,4 +1,4 @@
-"""Firmware unit tests (mpy/mp_*.py), run under the real `micropython -X heapsize=64k`."""
+"""Firmware unit tests (mpy/mp_*.py), run under the real `micropython -X heapsize=80k`."""
 
 from __future__ import annotations
 

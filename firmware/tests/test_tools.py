@@ -75,16 +75,35 @@ def _statements(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
 
 
+# What a board takes of its port before the firmware: the port's manifest, as MicroPython's own
+# board folders do (ports/rp2/boards/RPI_PICO_W/manifest.py); the ESP32 build only the parts the
+# firmware needs, since the port's manifest freezes a _boot.py of its own (boards/esp32/_boot.py).
+PORT_PARTS = {
+    "emulated": ['include("$(PORT_DIR)/variants/manifest.py")'],
+    "rp2": ['include("$(PORT_DIR)/boards/manifest.py")'],
+    "esp32": [
+        'module("flashbdev.py", base_path="$(PORT_DIR)/modules")',
+        'include("$(MPY_DIR)/extmod/asyncio")',
+    ],
+}
+
+
 @pytest.mark.parametrize("board", build.BOARDS)
 def test_board_manifests_include_the_port_then_the_firmware(board: str) -> None:
-    # As MicroPython's own board folders do (ports/rp2/boards/RPI_PICO_W/manifest.py).
     lines = _statements(ROOT / "boards" / board / "manifest.py")
-    port = "variants" if board == "emulated" else "boards"
-    assert lines[:2] == [
-        f'include("$(PORT_DIR)/{port}/manifest.py")',
-        'include("../../firmware/manifest.py")',
-    ]
+    port = PORT_PARTS[board]
+    assert lines[: len(port) + 1] == [*port, 'include("../../firmware/manifest.py")']
     assert {f'module("{m}.py")' for m in BOARD_MODULES[board]} <= set(lines)
+
+
+def test_the_esp32_boot_is_frozen_only() -> None:
+    # The port runs _boot.py from its frozen image alone: in a filesystem build it would be
+    # dead weight that looks as if it took effect.
+    lines = _statements(ROOT / "boards" / "esp32" / "manifest.py")
+    assert 'module("_boot.py")' in lines
+    assert "_boot.py" in {target for _, target in build.manifest_files(
+        ROOT / "boards" / "esp32" / "manifest.py")}
+    assert all("_boot" not in target for _, target in build.sources("esp32"))
 
 
 def test_the_firmware_manifest_is_one_include_per_feature() -> None:
@@ -113,6 +132,7 @@ def test_manifests_are_evaluated_as_micropython_does(tmp_path: Path) -> None:
     (tmp_path / "manifest.py").write_text(
         'include("$(PORT_DIR)/boards/manifest.py")\n'
         'include("sub/m.py")\ninclude("sub/m.py")\nmodule("pkg/a.py")\n'
+        'module("flashbdev.py", base_path="$(PORT_DIR)/modules")\n'
     )
     assert build.manifest_files(tmp_path / "manifest.py") == [
         (tmp_path / "pkg" / "a.py", "pkg/a.py")

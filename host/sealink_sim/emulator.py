@@ -81,11 +81,11 @@ _COMMAND_TIMEOUT_S = 10.0
 # Formats the image and writes /seal.json; the secret arrives on stdin, never in argv or env.
 _PROVISION = """
 import json, sys, vfs
-from flashdev import FileBlockDevice
+from flashdev import FileBlockDevice, filesystem, mkfs
 conf = json.loads(sys.stdin.read())
 dev = FileBlockDevice(conf.pop("image"))
-vfs.VfsLfs2.mkfs(dev)
-vfs.mount(vfs.VfsLfs2(dev), "/flash")
+mkfs(dev)
+vfs.mount(filesystem(dev), "/flash")
 with open("/flash/seal.json", "w") as f:
     f.write(json.dumps(conf))
 vfs.umount("/flash")

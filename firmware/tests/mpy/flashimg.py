@@ -4,7 +4,7 @@ import os
 import vfs
 
 # The emulated board's own block device: the tests cut power exactly where the board would.
-from flashdev import BLOCK_SIZE, FileBlockDevice
+from flashdev import BLOCK_SIZE, FileBlockDevice, filesystem, mkfs
 
 _MOUNT = "/t"
 
@@ -22,7 +22,7 @@ def blank(path, blocks=64):
 def fresh(path, blocks=64):
     blank(path, blocks)
     dev = FileBlockDevice(path)
-    vfs.VfsLfs2.mkfs(dev)
+    mkfs(dev)
     dev.close()
     return mount(path)
 
@@ -33,7 +33,7 @@ def mount(path, cut_at=0, tear=False):
     except OSError:
         pass
     dev = FileBlockDevice(path, cut_at, tear=tear)
-    vfs.mount(vfs.VfsLfs2(dev), _MOUNT)
+    vfs.mount(filesystem(dev), _MOUNT)
     return dev
 
 
