@@ -1,4 +1,4 @@
-"""Firmware unit tests (mpy/mp_*.py), run under the real `micropython -X heapsize=80k`."""
+"""Firmware unit tests (mpy/mp_*.py), run under the real `micropython -X heapsize=96k`."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ emulator = pytest.importorskip("sealink_sim.emulator")
 
 IMPRESSIONS = int(os.environ.get("SEAL_TEST_IMPRESSIONS", "1000"))
 # The device's RAM budget; the firmware's code runs from the emulated flash (ROMFS image).
-HEAPSIZE = os.environ.get("SEAL_TEST_HEAPSIZE", "80k")
+HEAPSIZE = os.environ.get("SEAL_TEST_HEAPSIZE", "96k")
 DRAIN_TIMEOUT_S = 120.0
 
 

@@ -1,4 +1,4 @@
-"""The device journal (firmware/seal/journal.py), unit-tested under micropython -X heapsize=80k.
+"""The device journal (firmware/seal/journal.py), unit-tested under micropython -X heapsize=96k.
 
 The cases live in mpy/journal_cases.py (not an mp_* script, so they run once, here).
 """

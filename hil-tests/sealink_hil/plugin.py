@@ -119,10 +119,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--emulator-heap",
-        default="80k",
+        default="96k",
         metavar="SIZE",
         help="the emulated board's MicroPython heap, as for `micropython -X heapsize=` "
-        "(default 80k, the firmware's budget, SPEC §13)",
+        "(default 96k, the firmware's budget, SPEC §13)",
     )
     group.addoption(
         "--soak-stamps",

@@ -20,7 +20,7 @@ Code lives in flash, as on a device: a board keeps its code frozen or in a ROMFS
 launcher (`_LAUNCHER`) is a few lines of CPython that map the build's ROMFS image
 (`tools/build.py --romfs`) into memory outside MicroPython's GC heap and hand its address to
 the board's main.py, which mounts it with `vfs.VfsRom` at /rom, as the port does with its ROMFS
-partition. The heap (`-X heapsize=80k`, SPEC §13) then holds what a device's RAM holds. It is
+partition. The heap (`-X heapsize=96k`, SPEC §13) then holds what a device's RAM holds. It is
 still one process: SIGKILL is still a power cut.
 Everything the device prints goes to `workdir/device.log`; `block_writes` and the
 `power_cut_at_write` index count the flash writes (programs and erases) of the current boot.
@@ -263,7 +263,7 @@ class EmulatedBoard:
         workdir: str | os.PathLike[str],
         device_id: str,
         device_key: bytes,
-        heapsize: str = "80k",
+        heapsize: str = "96k",
         rtc_offset_s: float | None = 0.0,
         power_cut_at_write: int | None = None,
         battery_mv: int = 3700,

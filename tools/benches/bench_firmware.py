@@ -1,4 +1,4 @@
-"""Firmware figures: 1,000 impressions through the real firmware at `-X heapsize=80k`.
+"""Firmware figures: 1,000 impressions through the real firmware at `-X heapsize=96k`.
 
 The code runs from the build's ROMFS image mapped outside the MicroPython heap, as a device
 runs frozen or ROMFS code from flash (sealink_sim.emulator), so the heap holds what a
@@ -8,7 +8,7 @@ device's RAM holds. Two runs:
   on its pty (firmware/tests/mpy/peer.py) that grants a permit and acks every event, stamped
   1,000 times. `heap_peak_bytes` is the largest live heap the board saw (collected first, at a
   scheduling point every few ms, by the emulated HAL's heap probe); the run fails if the
-  firmware does not fit in 80k at all.
+  firmware does not fit in 96k at all.
 - the impression path alone in one process (Guard -> Recorder -> the chip's Sign -> Journal on
   the emulated board's littlefs block device), so `impressions_per_s`, `seal_ms_per_impression`
   and the flash figures are the device's own cost, not the control channel's pacing: a backlog
@@ -49,7 +49,7 @@ from tools import build  # noqa: E402
 
 IMPRESSIONS = 1000
 BACKLOG = 200
-HEAPSIZE = "80k"
+HEAPSIZE = "96k"
 HEAP_PROBE_MS = 5
 _PEER_DIR = ROOT / "firmware" / "tests" / "mpy"
 

@@ -1,6 +1,6 @@
 # heapsize: 128k  (test code: the peer host, mpy/peer.py with the sealproto.messages names and
 # every record it stores, 175 bytes each since seal signatures, and the in-memory wire run in
-# this interpreter beside the firmware, which alone fits in 80k)
+# this interpreter beside the firmware, which alone fits in 96k)
 # SPEC requirements on the device's side of the link that the other firmware tests do not
 # already prove, each test named for what it proves; the SPEC section is in its comment. Host
 # input the device must refuse is forged here with a valid MAC, so that only the rule under

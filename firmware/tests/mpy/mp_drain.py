@@ -1,6 +1,6 @@
 # heapsize: 128k  (test code: the peer host, mpy/peer.py with the sealproto.messages names and
 # every record it stores, 175 bytes each since seal signatures, and the in-memory wire run in
-# this interpreter beside the firmware, which alone fits in 80k)
+# this interpreter beside the firmware, which alone fits in 96k)
 # Host absent: 1,000 impressions recorded with no host at all, then drained in order to a peer
 # that speaks the protocol, over an in-memory wire, under micropython.
 import time

@@ -1,6 +1,6 @@
 # heapsize: 160k  (test code: the peer host, mpy/peer.py with the sealproto.messages names and
 # every record it stores, 41 unfreed ones here, and the in-memory wire run in this interpreter
-# beside the firmware, which alone fits in 80k; each journal file opened needs 1.2 KB in one
+# beside the firmware, which alone fits in 96k; each journal file opened needs 1.2 KB in one
 # piece, its littlefs cache)
 # Enrolment and signed acknowledgements (SPEC §5.11): the seal frees journal space only on an
 # acknowledgement its chip verified under the enrolled gateway's key, and is enrolled only by a

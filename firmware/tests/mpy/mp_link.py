@@ -1,6 +1,6 @@
 # heapsize: 128k  (test code: the peer host, mpy/peer.py with the sealproto.messages names and
 # every record it stores, 175 bytes each since seal signatures, and the in-memory wire run in
-# this interpreter beside the firmware, which alone fits in 80k)
+# this interpreter beside the firmware, which alone fits in 96k)
 # The link state machine (SPEC §4.2, §5) against a peer host written with sealproto, through an
 # in-memory wire: handshake, window, cumulative ACK, fast retransmit, RTO, resume, commands.
 import os

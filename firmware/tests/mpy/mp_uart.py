@@ -1,6 +1,6 @@
 # heapsize: 128k  (test code: the peer host, mpy/peer.py with the sealproto.messages names and
 # every record it stores, 175 bytes each since seal signatures, and the in-memory wire run in
-# this interpreter beside the firmware, which alone fits in 80k)
+# this interpreter beside the firmware, which alone fits in 96k)
 # The transport glue: serve() runs the link over a raw non-blocking byte stream, waking only
 # when the stream is readable or writable, the link's wake event is set or its deadline comes.
 # The stream is an in-memory pipe that asyncio polls as it polls a UART (MP_STREAM_POLL), takes
