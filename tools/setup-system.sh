@@ -4,6 +4,11 @@
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+# The acknowledgement key in a TPM: tpm2-pytss builds against libtss2 (its headers and
+# pkg-config files) and loads the device and swtpm TCTIs; the tests' TPM is swtpm.
+command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -e /usr/include/tss2/tss2_esys.h ] || missing+=(libtss2-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "sealink needs these system packages: ${missing[*]}" >&2

@@ -50,6 +50,7 @@ class HostProcess:
         state_dir: Path | None = None,
         gateway_id: str = "gw-hil",
         prefix: str = "sealink",
+        ack_key_tpm: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,12 @@ class HostProcess:
         self.config_path = workdir / "gateway.toml"
         self.key_path = self.state_dir / "gateway.key"
         self.link_keys_path = self.state_dir / "link-keys"
+        # A key in a TPM (a TCTI) lives as long as that TPM: a test's swtpm, so its blob stays
+        # in the test's folder, not in a bench board's lasting state.
+        self.ack_key_tpm = ack_key_tpm
+        self.ack_key_path = ack_key_beside(
+            (workdir if ack_key_tpm else self.state_dir) / self.key_path.name
+        )
         self.ledger_path = self.state_dir / "ledger.sqlite"
         # A ledger that does not exist yet holds nothing: no need to ask the CLI what it holds.
         self.fresh = not self.ledger_path.exists()
@@ -78,10 +85,12 @@ class HostProcess:
 
     def _write_config(self) -> None:
         ports = "".join(f"\n[[ports]]\nurl = {json.dumps(url)}\n" for url in self.ports)
+        tpm = f"ack_key_tpm = {json.dumps(self.ack_key_tpm)}\n" if self.ack_key_tpm else ""
         self.config_path.write_text(
             f"[gateway]\nid = {json.dumps(self.gateway_id)}\n"
             f"key_file = {json.dumps(str(self.key_path))}\n"
             f"link_keys = {json.dumps(str(self.link_keys_path))}\n"
+            f"ack_key_file = {json.dumps(str(self.ack_key_path))}\n{tpm}"
             f"ledger = {json.dumps(str(self.ledger_path))}\n\n"
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker_port}\nprefix = "{self.prefix}"\n'
             # Reconnect fast: a broker restart is a fault the suite injects on purpose.
@@ -111,7 +120,7 @@ class HostProcess:
     def init_keys(self) -> None:
         """The gateway's keys, made once per state folder: a bench gateway keeps its identity.
         `keys init` makes whichever is missing (the acknowledgement key of an older folder)."""
-        if not (self.key_path.exists() and ack_key_beside(self.key_path).exists()):
+        if not (self.key_path.exists() and self.ack_key_path.exists()):
             self.cli("keys", "init")
 
     def public_key_pem(self) -> bytes:

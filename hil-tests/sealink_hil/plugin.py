@@ -50,6 +50,7 @@ from .wirelog import Hexdump, WireLog
 if TYPE_CHECKING:
     from sealink_sim.broker import Mosquitto
     from sealink_sim.observer import Observer
+    from sealink_sim.swtpm import SwTpm
 
 __all__ = ["HilSettings", "record_soak_line", "settings"]
 
@@ -191,6 +192,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: requires({capability!r})")
     config.addinivalue_line(
         "markers", "soak: long no-loss soak under mixed faults (runs only with -m soak)"
+    )
+    config.addinivalue_line(
+        "markers", "tpm: the gateway's acknowledgement key is made inside a TPM (swtpm)"
     )
     off, on = config.getoption("power_cmd_off"), config.getoption("power_cmd_on")
     if bool(off) != bool(on):
@@ -454,14 +458,47 @@ def _state_dir(hil: HilSettings, dut: Dut, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def host(
-    hil: HilSettings, broker: Mosquitto, dut: Dut, artifacts: Artifacts, tmp_path: Path
+    request: pytest.FixtureRequest,
+    hil: HilSettings,
+    broker: Mosquitto,
+    dut: Dut,
+    artifacts: Artifacts,
+    tmp_path: Path,
 ) -> Iterator[HostProcess]:
-    """The gateway (`sealink run --config`) as a subprocess, with the board's ledger and key."""
+    """The gateway (`sealink run --config`) as a subprocess, with the board's ledger and key;
+    `@pytest.mark.tpm`: its acknowledgement key inside a TPM of its own (swtpm)."""
+    tpm = _tpm(tmp_path / "tpm") if request.node.get_closest_marker("tpm") else None
+    try:
+        yield from _host(hil, broker, dut, artifacts, tmp_path, tpm.tcti if tpm else None)
+    finally:
+        if tpm is not None:
+            tpm.stop()
+
+
+def _tpm(state_dir: Path) -> SwTpm:
+    """A software TPM, started; a machine without swtpm fails the test (never skips it)."""
+    from sealink_sim.swtpm import SwTpm, SwTpmError
+
+    try:
+        return SwTpm(state_dir).start()
+    except SwTpmError as exc:
+        pytest.fail(str(exc))
+
+
+def _host(
+    hil: HilSettings,
+    broker: Mosquitto,
+    dut: Dut,
+    artifacts: Artifacts,
+    tmp_path: Path,
+    ack_key_tpm: str | None,
+) -> Iterator[HostProcess]:
     gateway = HostProcess(
         tmp_path / "host",
         broker_port=broker.port,
         log_path=artifacts.host_log,
         state_dir=_state_dir(hil, dut, tmp_path),
+        ack_key_tpm=ack_key_tpm,
     )
     try:
         gateway.init_keys()

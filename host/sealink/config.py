@@ -5,6 +5,8 @@ id = "gw-1"                          # [A-Za-z0-9._-], 1..32; names the gateway 
 key_file = "/etc/sealink/gateway.key" # made by `sealink keys init`, must be 0600
 link_keys = "/etc/sealink/link-keys" # optional; default "link-keys" beside key_file; 0600
 ack_key_file = "/etc/sealink/gateway.ack.key" # optional, this default; `sealink keys init`, 0600
+ack_key_tpm = "device:/dev/tpmrm0"   # optional: the ack key is made inside this TPM (a TCTI);
+                                     # ack_key_file then holds only its TPM-wrapped blob
 ledger = "/var/lib/sealink/ledger.sqlite"
 
 [mqtt]
@@ -27,6 +29,9 @@ url = "/dev/ttyUSB0"                 # any pyserial URL: rfc2217://, socket://, 
 transport = "serial"                 # "serial"; "ble" is reserved
 baudrate = 115200
 
+[[witnesses]]                        # optional: who cosigns the checkpoints (SPEC §14.6)
+vkey = "audit.example/w1+8c4f3a2b+BK…" # the witness's key, as `sealink witness init` prints it
+
 [log]
 level = "info"
 json = false
@@ -44,14 +49,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sealink.crypto.signer import check_private_file
+from sealink.crypto.vkey import COSIGNATURE_ALG, parse_vkey
 from sealink.errors import ConfigError
+from sealink.topics import witness_name_problem
 
-__all__ = ["Config", "LedgerConfig", "LogConfig", "MqttConfig", "PortConfig", "load_config"]
+__all__ = [
+    "Config",
+    "LedgerConfig",
+    "LogConfig",
+    "MqttConfig",
+    "PortConfig",
+    "WitnessKey",
+    "load_config",
+    "parse_mqtt",
+    "read_toml",
+]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 _TOPIC_FORBIDDEN = set("+#\0")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _SERIAL_SCHEMES = ("", "rfc2217", "socket", "spy", "loop", "hwgrep", "alt", "cp2110")
+# A TCTI as tpm2-tools takes it: the TCTI library's name, then its own configuration.
+_TCTI_RE = re.compile(r"^[a-z0-9_-]+(:\S*)?$")
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,14 @@ class PortConfig:
 
 
 @dataclass(frozen=True)
+class WitnessKey:
+    """A witness whose cosignatures of the checkpoints the gateway keeps (SPEC §14.6)."""
+
+    name: str
+    public_raw: bytes
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     json: bool = False
@@ -101,6 +128,9 @@ class Config:
     # Signs that seals' records are stored, so that they may free them (SPEC §5.11); a
     # config file always names one (default beside key_file), a Config made in code may not.
     ack_key_file: Path | None = None
+    # The TCTI of the TPM that holds the acknowledgement key; None: ack_key_file is a PEM key.
+    ack_key_tpm: str | None = None
+    witnesses: tuple[WitnessKey, ...] = ()
 
     @property
     def client_id(self) -> str:
@@ -207,6 +237,29 @@ def _serial_url(key: str, value: Any) -> Any:
     return value
 
 
+def _tcti(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not _TCTI_RE.match(value):
+        raise ConfigError(
+            key,
+            "must be a TCTI such as device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321, "
+            f"got {value!r}",
+        )
+    return value
+
+
+def _witness_vkey(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    try:
+        name, public = parse_vkey(value, COSIGNATURE_ALG)
+    except ValueError as exc:
+        raise ConfigError(key, f"{exc} (print it with `sealink witness init`)") from None
+    problem = witness_name_problem(name)
+    if problem is not None:
+        raise ConfigError(key, problem)
+    return WitnessKey(name, public)
+
+
 def _path(key: str, value: Any) -> Any:
     value = _type(str, "a string")(key, value)
     if not value:
@@ -221,6 +274,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
         "key_file": (_path, True),
         "link_keys": (_path, False),
         "ack_key_file": (_path, False),
+        "ack_key_tpm": (_tcti, False),
         "ledger": (_path, True),
     },
     "mqtt": {
@@ -242,6 +296,9 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
         "url": (_serial_url, True),
         "transport": (_transport, False),
         "baudrate": (_int_range(50, 20_000_000), False),
+    },
+    "witnesses": {
+        "vkey": (_witness_vkey, True),
     },
     "log": {
         "level": (_level, False),
@@ -267,6 +324,27 @@ def _section(name: str, table: Any, key_prefix: str) -> dict[str, Any]:
     return out
 
 
+def parse_mqtt(table: Any, key_prefix: str = "mqtt") -> MqttConfig:
+    """An [mqtt] table as the gateway takes it (the witness's config has the same)."""
+    mqtt = MqttConfig(**_section("mqtt", table, key_prefix))
+    if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
+        raise ConfigError(
+            f"{key_prefix}.reconnect_max_s", f"must not be less than {key_prefix}.reconnect_min_s"
+        )
+    return mqtt
+
+
+def _witnesses(raw: Any) -> tuple[WitnessKey, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("witnesses", "must be an array of tables ([[witnesses]])")
+    keys = tuple(_section("witnesses", w, f"witnesses[{i}]")["vkey"] for i, w in enumerate(raw))
+    names = [k.name for k in keys]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"witnesses[{i}].vkey", f"witness {name} is named twice")
+    return keys
+
+
 def ack_key_beside(key_file: Path) -> Path:
     """The acknowledgement key's default place: gateway.key -> gateway.ack.key."""
     return key_file.with_suffix(".ack.key")
@@ -282,7 +360,6 @@ def parse_config(
     if "gateway" not in data:
         raise ConfigError("gateway", "missing section [gateway]")
     gateway = _section("gateway", data["gateway"], "gateway")
-    mqtt = _section("mqtt", data.get("mqtt", {}), "mqtt")
     ledger = _section("ledger", data.get("ledger", {}), "ledger")
     log = _section("log", data.get("log", {}), "log")
     ports_raw = data.get("ports", [])
@@ -291,9 +368,8 @@ def parse_config(
     ports = tuple(
         PortConfig(**_section("ports", p, f"ports[{i}]")) for i, p in enumerate(ports_raw)
     )
-    mqtt_cfg = MqttConfig(**mqtt)
-    if mqtt_cfg.reconnect_max_s < mqtt_cfg.reconnect_min_s:
-        raise ConfigError("mqtt.reconnect_max_s", "must not be less than mqtt.reconnect_min_s")
+    mqtt_cfg = parse_mqtt(data.get("mqtt", {}))
+    witnesses = _witnesses(data.get("witnesses", []))
 
     def resolve(p: str) -> Path:
         path = Path(os.path.expanduser(p))
@@ -331,6 +407,8 @@ def parse_config(
         ledger_path=ledger_path,
         link_keys=link_keys,
         ack_key_file=ack_key_file,
+        ack_key_tpm=gateway.get("ack_key_tpm"),
+        witnesses=witnesses,
         mqtt=mqtt_cfg,
         ledger=LedgerConfig(**ledger),
         ports=ports,
@@ -338,15 +416,19 @@ def parse_config(
     )
 
 
-def load_config(path: str | os.PathLike[str], check_key_file: bool = True) -> Config:
-    path = Path(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's tables; ConfigError if it cannot be read or is not TOML."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
-    config = parse_config(data, path.resolve().parent, check_key_file)
+
+
+def load_config(path: str | os.PathLike[str], check_key_file: bool = True) -> Config:
+    path = Path(path)
+    config = parse_config(read_toml(path), path.resolve().parent, check_key_file)
     return Config(**{**config.__dict__, "source": path})

@@ -20,6 +20,10 @@ class KeyFileError(SealinkError):
     """A key file is missing, malformed or readable by others."""
 
 
+class TpmError(SealinkError):
+    """The TPM holding a key could not be reached, or refused to load or use it."""
+
+
 class TransportError(SealinkError):
     """A transport could not be opened, or failed while in use."""
 

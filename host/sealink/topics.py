@@ -1,10 +1,26 @@
-"""The MQTT topics a gateway publishes to (protocol/SPEC.md §11.2), all under one prefix."""
+"""The MQTT topics a gateway publishes to (protocol/SPEC.md §11.2), all under one prefix, and
+those of the witnesses that cosign its checkpoints (§14.6)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["Topics"]
+__all__ = ["Topics", "WitnessTopics", "witness_name_problem"]
+
+# A witness name is also the last levels of its topics: no wildcards, no empty level.
+_WITNESS_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_WITNESS_NAME_MAX = 100
+
+
+def witness_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a witness (None: it can). It is the witness key's name too."""
+    if len(name) > _WITNESS_NAME_MAX or not _WITNESS_NAME_RE.match(name):
+        return (
+            f"{name!r}: a witness name is 1..{_WITNESS_NAME_MAX} characters of A-Z a-z 0-9 . _ - "
+            "in levels separated by single '/'"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -35,3 +51,36 @@ class Topics:
     def checkpoint(self) -> str:
         """The latest signed checkpoint of the gateway's transparency log (SPEC §14.2)."""
         return f"{self.prefix}/gateway/{self.gateway_id}/checkpoint"
+
+    def keys(self) -> str:
+        """The gateway's key history (SPEC §14.7), retained."""
+        return f"{self.prefix}/gateway/{self.gateway_id}/keys"
+
+    def proof_request(self) -> str:
+        """Where witnesses ask the gateway for consistency proofs (MQTT 5 request/response)."""
+        return f"{self.prefix}/gateway/{self.gateway_id}/proof/request"
+
+    def cosignature(self, witness: str) -> str:
+        """A witness's latest cosignature of this gateway's checkpoint, retained (SPEC §14.6)."""
+        return f"{self.prefix}/gateway/{self.gateway_id}/cosignature/{witness}"
+
+    def cosignatures(self) -> str:
+        """Every witness's cosignature topic (a subscription filter)."""
+        return f"{self.prefix}/gateway/{self.gateway_id}/cosignature/#"
+
+
+@dataclass(frozen=True)
+class WitnessTopics:
+    """A witness's own topics: the replies to its proof requests, and its alarms."""
+
+    prefix: str
+    name: str
+
+    def proof_response(self, gateway_id: str) -> str:
+        return f"{self.prefix}/witness/{self.name}/proof/{gateway_id}"
+
+    def proof_responses(self) -> str:
+        return f"{self.prefix}/witness/{self.name}/proof/#"
+
+    def alarms(self) -> str:
+        return f"{self.prefix}/witness/{self.name}/alarms"

@@ -16,7 +16,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,25 +24,12 @@ from types import TracebackType
 
 from sealink.errors import BrokerError
 
+from sealink_sim.loopback import accepts, free_port
+
 __all__ = ["MOSQUITTO", "Mosquitto"]
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 _PORT_ATTEMPTS = 5
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class Mosquitto:
@@ -124,7 +110,7 @@ class Mosquitto:
         attempts = 1 if self._fixed_port or self.port else _PORT_ATTEMPTS
         for _ in range(attempts):
             if not self.port:
-                self.port = _free_port()
+                self.port = free_port()
             self._write_config()
             with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
@@ -148,7 +134,7 @@ class Mosquitto:
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 return False
-            if _accepts(self.port):
+            if accepts(self.port):
                 return True
             time.sleep(0.02)
         self.kill()

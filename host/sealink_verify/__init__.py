@@ -2,7 +2,8 @@
 
 An independent implementation: it depends only on cwt, cbor2 and the standard library and never
 imports sealink or sealproto, so a bug in the gateway's code cannot hide in the check of its
-output. `tlog` re-implements RFC 9162 proofs and the C2SP checkpoint note from their texts.
+output. `tlog` re-implements RFC 9162 proofs and the C2SP checkpoint note from their texts;
+`bundle` checks one impression's evidence bundle (SPEC §14.5).
 """
 
 from sealink_verify.audit import (
@@ -12,15 +13,19 @@ from sealink_verify.audit import (
     read_export,
     verify_export,
 )
+from sealink_verify.bundle import BundleReport, read_bundle, verify_bundle
 from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof
 
 __all__ = [
+    "BundleReport",
     "DeviceAudit",
     "EvidenceAudit",
     "GapStatement",
     "check_checkpoints",
     "check_proof",
     "derive_kid",
+    "read_bundle",
     "read_export",
+    "verify_bundle",
     "verify_export",
 ]

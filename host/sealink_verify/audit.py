@@ -26,7 +26,10 @@ is inside. Per device it proves (SPEC §4.1, §11):
   countersigned payload, `hash` with SHA-256 of the event bytes;
 - the first row is counter 1 or a signed gap from 1 (else the head was cut off);
 - with a checkpoint (`events export --with-checkpoint`, SPEC §14), `sealink_verify.evidence`
-  checks the rest: signature, device heads (tail truncation), the recomputed root.
+  checks the rest: signature, device heads (tail truncation), the recomputed root;
+- a gateway that rotated its key (SPEC §14.7): the key history is walked from the pinned first
+  key (`sealink_verify.keyhistory`), and each row must be signed by the key its kid names,
+  the one of the history for its leaf index.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cwt import COSE, COSEKey
 
 from sealink_verify import tlog
+from sealink_verify.keyhistory import (
+    Epoch,
+    KeyHistory,
+    KeyHistoryError,
+    from_entries,
+    history_entries,
+)
 
 __all__ = [
     "DeviceAudit",
@@ -66,6 +76,7 @@ _SEAL_KEY_LEN = 64
 _ECDSA_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 _GENESIS = bytes(32)
 _COSE_KEY_X = -2
+_HDR_KID = 4
 
 
 def derive_kid(public_key_pem: bytes) -> bytes:
@@ -143,8 +154,13 @@ class _Checker:
         public_key_pem: bytes,
         device_keys: dict[str, bytes],
         seal_keys: dict[str, bytes],
+        key_history: list[Any] | None,
     ) -> None:
-        self._key = COSEKey.from_pem(public_key_pem, kid=derive_kid(public_key_pem))
+        self._first = COSEKey.from_pem(public_key_pem).to_dict()[_COSE_KEY_X]
+        self.keys = KeyHistory.one(self._first)
+        self._keys_given = key_history is not None
+        if key_history is not None:
+            self._walk(0, key_history)
         self._cose = COSE.new()
         self._device_keys = device_keys
         self._seal_keys = {device: seal_public_key(raw) for device, raw in seal_keys.items()}
@@ -157,6 +173,14 @@ class _Checker:
             row = json.loads(text)
         except ValueError as exc:
             self._device("?").problems.append(f"line {number}: not an export row: {exc!r}")
+            return
+        if isinstance(row, dict) and "key_history" in row:
+            # The export's own copy: used unless the auditor gave one (--key-history).
+            if self.devices:
+                self._device("?").problems.append(f"line {number}: a key history after rows")
+            elif not self._keys_given:
+                history = row["key_history"]
+                self._walk(number, history.get("keys") if isinstance(history, dict) else None)
             return
         if isinstance(row, dict) and "checkpoint" in row:
             if self.trailer is not None:
@@ -182,10 +206,53 @@ class _Checker:
             return
         audit = self._device(device)
         where = f"line {number} ({device} #{counter})"
-        problems = self._row(audit, counter, event_bytes, cose, columns)
+        problems = self._row(audit, counter, event_bytes, cose, columns, leaf)
         audit.problems.extend(f"{where}: {p}" for p in problems)
         data = tlog.event_leaf_data(device, counter, event_bytes, cose)
         audit.leaves.append((leaf, counter, counter, tlog.rfc9162_leaf(data)))
+
+    def _walk(self, number: int, entries: Any) -> None:
+        try:
+            self.keys = from_entries(self._first, history_entries(entries))
+        except KeyHistoryError as exc:
+            where = f"line {number}: " if number else ""
+            self._device("?").problems.append(f"{where}key history: {exc}")
+
+    def _open(self, cose: bytes, leaf: int | None) -> tuple[Any, Epoch | None, str | None]:
+        """(the signed payload, the key that signed it, None) or (None, None, why not): the
+        key is the history's whose kid the COSE header names, and must be the one for the
+        row's leaf index (SPEC §14.7)."""
+        try:
+            protected = cbor2.loads(cbor2.loads(cose).value[0])
+            kid = protected.get(_HDR_KID) if isinstance(protected, dict) else None
+        except Exception:  # cbor2 raises several types: not a COSE_Sign1
+            kid = None
+        epoch = self.keys.by_kid(kid) if isinstance(kid, bytes) else None
+        if epoch is None:
+            named = kid.hex() if isinstance(kid, bytes) else repr(kid)
+            return (
+                None,
+                None,
+                (
+                    f"does not verify: signed by kid {named}, not a key of the gateway's key "
+                    f"history (the pinned key{' and its transitions' if self.keys.rotated else ''}"
+                    "): if the gateway rotated its key, give `sealink keys history --json` as "
+                    "--key-history"
+                ),
+            )
+        key = COSEKey.from_pem(epoch.pem(), kid=epoch.kid)
+        try:
+            signed = cbor2.loads(self._cose.decode(cose, key))
+        except Exception as exc:  # cwt raises several types; any of them means "not verified"
+            return None, None, f"does not verify: {exc}"
+        if leaf is None and self.keys.rotated:
+            # Nothing else places a row before or after a switch: its signed time is the
+            # signer's to choose.
+            return None, None, "names no leaf: the key history cannot tell which key may sign it"
+        problem = None if leaf is None else epoch.leaf_problem(leaf)
+        if problem is not None:
+            return None, None, problem
+        return signed, epoch, None
 
     def _device(self, device: str) -> DeviceAudit:
         return self.devices.setdefault(device, DeviceAudit(device))
@@ -197,8 +264,11 @@ class _Checker:
         event_bytes: bytes,
         cose: bytes,
         columns: tuple[int | None, bytes | None],
+        leaf: int | None,
     ) -> list[str]:
-        problems = self._countersignature(audit.device, counter, event_bytes, cose, columns[0])
+        problems = self._countersignature(
+            audit.device, counter, event_bytes, cose, columns[0], leaf
+        )
         if columns[1] is not None and columns[1] != hashlib.sha256(event_bytes).digest():
             problems.append("the exported hash column is not SHA-256 of the event bytes")
         try:
@@ -268,23 +338,24 @@ class _Checker:
         data = tlog.gap_leaf_data(device, statement.first, statement.last, cose)
         audit.leaves.append((leaf, statement.first, statement.last, tlog.rfc9162_leaf(data)))
         where = f"line {number} ({device} gap {statement.first}..{statement.last})"
-        problems = self._gap(audit, statement, cose)
+        problems = self._gap(audit, statement, cose, leaf)
         audit.problems.extend(f"{where}: {p}" for p in problems)
         if not problems:
             audit.gaps.append(statement)
         self._advance(audit, statement.first, statement.last)
         self._last_event[device] = None
 
-    def _gap(self, audit: DeviceAudit, gap: GapStatement, cose: bytes) -> list[str]:
+    def _gap(
+        self, audit: DeviceAudit, gap: GapStatement, cose: bytes, leaf: int | None
+    ) -> list[str]:
         problems = []
         if not 1 <= gap.first <= gap.last:
             problems.append("not a range of counters")
         if audit.rows and gap.first != audit.last + 1:
             problems.append(f"gap follows {audit.last}: records missing or repeated")
-        try:
-            signed = cbor2.loads(self._cose.decode(cose, self._key))
-        except Exception as exc:  # cwt raises several types; any of them means "not verified"
-            return [*problems, f"gap statement does not verify: {exc}"]
+        signed, epoch, why = self._open(cose, leaf)
+        if epoch is None:
+            return [*problems, f"gap statement {why}"]
         expected = {
             "kind": "gap",
             "device": audit.device,
@@ -299,12 +370,17 @@ class _Checker:
         return problems
 
     def _countersignature(
-        self, device: str, counter: int, event_bytes: bytes, cose: bytes, received_ms: int | None
+        self,
+        device: str,
+        counter: int,
+        event_bytes: bytes,
+        cose: bytes,
+        received_ms: int | None,
+        leaf: int | None,
     ) -> list[str]:
-        try:
-            signed = cbor2.loads(self._cose.decode(cose, self._key))
-        except Exception as exc:  # cwt raises several types; any of them means "not verified"
-            return [f"countersignature does not verify: {exc}"]
+        signed, epoch, why = self._open(cose, leaf)
+        if epoch is None:
+            return [f"countersignature {why}"]
         if not isinstance(signed, dict) or (
             signed.get("device"),
             signed.get("counter"),
@@ -325,11 +401,14 @@ def read_export(
     seal_keys: dict[str, bytes],
     device_keys: dict[str, bytes] | None = None,
     allow_partial: bool = False,
-) -> tuple[list[DeviceAudit], dict[str, Any] | None]:
+    key_history: list[Any] | None = None,
+) -> tuple[list[DeviceAudit], dict[str, Any] | None, KeyHistory]:
     """Check every row of an export (events and gaps of one device in counter order, as
-    exported); also returns its checkpoint line, if any (unchecked: sealink_verify.evidence).
+    exported); also returns its checkpoint line, if any (unchecked: sealink_verify.evidence),
+    and the key history walked from the pinned key (`key_history`: the `keys` of `sealink keys
+    history --json`; without it, the export's own key_history line, if any).
     `seal_keys`: device -> its chip's public key X || Y; a device without one fails."""
-    checker = _Checker(public_key_pem, device_keys or {}, seal_keys)
+    checker = _Checker(public_key_pem, device_keys or {}, seal_keys, key_history)
     for number, text in enumerate(lines, 1):
         if text.strip():
             checker.line(number, text)
@@ -340,7 +419,7 @@ def read_export(
                 f"the export starts at counter {audit.first}: records 1..{audit.first - 1} "
                 "are missing (head truncated), and no signed gap accounts for them"
             )
-    return audits, checker.trailer
+    return audits, checker.trailer, checker.keys
 
 
 def verify_export(
@@ -349,6 +428,7 @@ def verify_export(
     seal_keys: dict[str, bytes],
     device_keys: dict[str, bytes] | None = None,
     allow_partial: bool = False,
+    key_history: list[Any] | None = None,
 ) -> list[DeviceAudit]:
     """read_export without the checkpoint line."""
-    return read_export(lines, public_key_pem, seal_keys, device_keys, allow_partial)[0]
+    return read_export(lines, public_key_pem, seal_keys, device_keys, allow_partial, key_history)[0]

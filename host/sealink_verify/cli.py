@@ -1,7 +1,9 @@
-"""`sealink verify` (and the standalone `sealink-verify`): check an evidence export offline.
+"""`sealink verify` (and the standalone `sealink-verify`): check an evidence export offline;
+`sealink-verify bundle FILE`: check one impression's evidence bundle (SPEC §14.5).
 
 Registered into the `sealink` command line through the `sealink.commands` entry point group, so
-the gateway's CLI offers it without importing this package's code into the product.
+the gateway's CLI offers it without importing this package's code into the product. The bundle
+check is the standalone command's only: `sealink verify` takes an export as its first argument.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from sealink_verify.audit import (
     read_export,
     seal_public_key,
 )
+from sealink_verify.bundle import BundleError, ed25519_raw, read_bundle, verify_bundle
 from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof, load_proof
+from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries, history_entries
 
 __all__ = ["main", "register"]
 
@@ -31,6 +35,7 @@ EXIT_VERIFIED = 0
 EXIT_FAILED = 1
 EXIT_UNUSABLE = 2
 EXIT_GAPS = 3
+EXIT_UNPINNED = 4
 
 _EPILOG = """\
 exit status:
@@ -41,10 +46,21 @@ exit status:
      that is not a P-256 point)
   3  everything verified, but some counters are covered only by an operator-declared gap
      (`sealink devices adopt`: the records were lost; a warning names each gap)
+  4  (bundle) every check passed, but with a key taken from the bundle itself: give the
+     gateway's and the seal's keys obtained elsewhere (--gateway-key, --seal-key)
+
+A gateway that rotated its key (`sealink keys rotate`): pin its FIRST key (--public-key); the
+key history (`sealink keys history --json`, --key-history, or the export's first line) is walked
+from it, and each row and checkpoint must be signed by the key the history names for it.
 
 Every problem is also in the JSON output ("problem_list"); with a checkpoint (an export made
 with --with-checkpoint, --checkpoint notes, --proof files) a last line {"evidence": {...}}
 says what the transparency log proves.
+
+`sealink-verify bundle FILE [--gateway-key PEM] [--seal-key HEX] [--witness-key NAME=HEX]...
+[--json]` checks one impression's evidence bundle (`sealink evidence bundle`) with nothing
+else: 0 verified with both keys pinned, 4 verified with a key from the bundle only, 1 a check
+failed (a pinned witness's cosignature missing or forged included), 2 unusable.
 """
 
 
@@ -104,12 +120,45 @@ def read_seal_keys(path: str) -> dict[str, bytes]:
     return keys
 
 
+def read_key_history(path: str) -> list[Any]:
+    """The `keys` of `sealink keys history --json` (checked when walked)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read key history {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VerifyInputError(f"key history {path}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise VerifyInputError(
+            f'key history {path}: expected `sealink keys history --json` output ({{"keys": [...]}})'
+        )
+    return list(doc["keys"])
+
+
+def _walk(public_pem: bytes, history: list[Any] | None, evidence: EvidenceAudit) -> KeyHistory:
+    """The key history from the pinned first key; one that does not walk is a failure (a
+    forged or broken chain), and only the first key is relied on."""
+    first = ed25519_raw(public_pem)
+    if history is not None:
+        try:
+            return from_entries(first, history_entries(history))
+        except KeyHistoryError as exc:
+            evidence.problems.append(f"key history: {exc}")
+    return KeyHistory.one(first)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "export", nargs="?", help="JSON Lines written by `sealink events export` (optional)"
     )
     p.add_argument(
         "--public-key", required=True, metavar="PEM", help="from `sealink keys show --format pem`"
+    )
+    p.add_argument(
+        "--key-history",
+        metavar="JSON",
+        help="the gateway's key history (`sealink keys history --json`), walked from the "
+        "--public-key, which is then its FIRST key; an export of a rotated gateway carries it",
     )
     p.add_argument(
         "--seal-keys",
@@ -177,26 +226,27 @@ def _verify(args: argparse.Namespace) -> int:
             "record is the seal's and not the gateway operator's"
         )
     seal_keys = read_seal_keys(args.seal_keys) if args.seal_keys else {}
+    history = read_key_history(args.key_history) if args.key_history else None
     audits: list[DeviceAudit] = []
     trailer = None
     evidence = EvidenceAudit()
     try:
         public_pem = Path(args.public_key).read_bytes()
         derive_kid(public_pem)
-        if args.export is not None:
+        if args.export is None:
+            keys = _walk(public_pem, history, evidence)
+        else:
             with open(args.export, encoding="utf-8") as export:
-                audits, trailer = read_export(
-                    export, public_pem, seal_keys, device_keys, args.allow_partial
+                audits, trailer, keys = read_export(
+                    export, public_pem, seal_keys, device_keys, args.allow_partial, history
                 )
         for path in args.proof:
             try:
-                check_proof(
-                    load_proof(Path(path).read_text(encoding="utf-8")), public_pem, evidence
-                )
+                check_proof(load_proof(Path(path).read_text(encoding="utf-8")), keys, evidence)
             except ValueError as exc:  # not JSON
                 evidence.problems.append(f"{path}: not a proof: {exc}")
         notes = [Path(path).read_text(encoding="utf-8") for path in args.checkpoint]
-        check_checkpoints(audits, trailer, notes, public_pem, evidence)
+        check_checkpoints(audits, trailer, notes, keys, evidence)
         if args.require_checkpoint and trailer is None and not notes:
             evidence.problems.append(
                 "no signed checkpoint covers this export (--require-checkpoint): export with "
@@ -264,7 +314,95 @@ def register(sub: Any) -> None:
     p.set_defaults(fn=run)
 
 
+def _bundle_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sealink-verify bundle",
+        description="check one impression's evidence bundle offline (SPEC §14.5)",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", metavar="FILE", help="written by `sealink evidence bundle`")
+    p.add_argument(
+        "--gateway-key",
+        metavar="PEM",
+        help="the gateway's public key obtained elsewhere (`sealink keys show --format pem`); "
+        "without it the bundle's own key is used, and the exit status is 4, not 0",
+    )
+    p.add_argument(
+        "--seal-key",
+        metavar="HEX",
+        help="the seal's chip public key (128 hex digits: X || Y) from its provisioning; "
+        "without it the bundle's own key is used, and the exit status is 4, not 0",
+    )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="NAME=HEX",
+        help="a witness that must have cosigned the checkpoint, and its Ed25519 public key "
+        "(64 hex digits, as `sealink witness init` prints it); repeatable",
+    )
+    p.add_argument("--json", action="store_true", help="every check, the problems, the facts")
+    return p
+
+
+def _witness_keys(given: list[str]) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for item in given:
+        name, _, key = item.rpartition("=")
+        try:
+            raw = bytes.fromhex(key)
+        except ValueError:
+            raw = b""
+        if not name or len(raw) != 32:
+            raise VerifyInputError(f"--witness-key {item!r}: expected NAME=64 hex digits")
+        if name in keys:
+            raise VerifyInputError(f"--witness-key: {name} given twice")
+        keys[name] = raw
+    return keys
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    """0: verified with pinned keys; 4: verified with a key from the bundle only; 1: a check
+    failed; 2: an input is unusable."""
+    try:
+        gateway_key = seal_key = None
+        witness_keys = _witness_keys(args.witness_key)
+        if args.gateway_key is not None:
+            try:
+                gateway_key = ed25519_raw(Path(args.gateway_key).read_bytes())
+            except ValueError as exc:
+                raise VerifyInputError(f"{args.gateway_key}: {exc}") from None
+        if args.seal_key is not None:
+            try:
+                seal_key = bytes.fromhex(args.seal_key)
+                seal_public_key(seal_key)
+            except ValueError as exc:
+                raise VerifyInputError(f"--seal-key: not a seal key, X || Y ({exc})") from None
+        try:
+            bundle = read_bundle(Path(args.bundle).read_text(encoding="utf-8"))
+        except (BundleError, UnicodeDecodeError) as exc:
+            raise VerifyInputError(f"{args.bundle}: {exc}") from None
+    except OSError as exc:
+        print(f"sealink-verify: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except VerifyInputError as exc:
+        print(f"sealink-verify: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    report = verify_bundle(bundle, gateway_key, seal_key, witness_keys)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(report.text())
+    if not report.ok:
+        return EXIT_FAILED
+    return EXIT_VERIFIED if report.pinned else EXIT_UNPINNED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bundle"]:
+        return run_bundle(_bundle_parser().parse_args(argv[1:]))
     parser = argparse.ArgumentParser(
         prog="sealink-verify",
         description=__doc__,

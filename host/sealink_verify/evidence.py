@@ -27,6 +27,10 @@ import cbor2
 
 from sealink_verify import tlog
 from sealink_verify.audit import DeviceAudit
+from sealink_verify.keyhistory import KeyHistory
+
+# The gateway's key (PEM), or its key history walked from the pinned first key (SPEC §14.7).
+GatewayKeys = bytes | KeyHistory
 
 __all__ = ["EvidenceAudit", "check_checkpoints", "check_proof", "load_proof"]
 
@@ -58,14 +62,20 @@ class EvidenceAudit:
         }
 
 
-def check_proof(proof: dict[str, Any], public_key_pem: bytes, audit: EvidenceAudit) -> None:
+def _open(note: str, keys: GatewayKeys) -> tlog.SignedCheckpoint:
+    if isinstance(keys, KeyHistory):
+        return keys.open_checkpoint(note)
+    return tlog.open_checkpoint(note, keys)
+
+
+def check_proof(proof: dict[str, Any], keys: GatewayKeys, audit: EvidenceAudit) -> None:
     """An inclusion or consistency proof from `sealink evidence prove|consistency --json`."""
     try:
         kind = proof["type"]
         if kind == "inclusion":
-            _inclusion(proof, public_key_pem, audit)
+            _inclusion(proof, keys, audit)
         elif kind == "consistency":
-            _consistency(proof, public_key_pem, audit)
+            _consistency(proof, keys, audit)
         else:
             audit.problems.append(f"proof: unknown type {kind!r}")
     except (KeyError, TypeError, ValueError) as exc:
@@ -74,8 +84,8 @@ def check_proof(proof: dict[str, Any], public_key_pem: bytes, audit: EvidenceAud
         audit.problems.append(f"proof: checkpoint: {exc}")
 
 
-def _inclusion(proof: dict[str, Any], pem: bytes, audit: EvidenceAudit) -> None:
-    checkpoint = tlog.open_checkpoint(proof["checkpoint"], pem)
+def _inclusion(proof: dict[str, Any], keys: GatewayKeys, audit: EvidenceAudit) -> None:
+    checkpoint = _open(proof["checkpoint"], keys)
     data = bytes.fromhex(proof["leaf_data"])
     leaf = tlog.rfc9162_leaf(data)
     where = f"proof of {proof['device']} #{proof['counter']}"
@@ -93,11 +103,11 @@ def _inclusion(proof: dict[str, Any], pem: bytes, audit: EvidenceAudit) -> None:
         audit.problems.append(f"{where}: the leaf is another record")
 
 
-def _consistency(proof: dict[str, Any], pem: bytes, audit: EvidenceAudit) -> None:
-    new = tlog.open_checkpoint(proof["new_checkpoint"], pem)
+def _consistency(proof: dict[str, Any], keys: GatewayKeys, audit: EvidenceAudit) -> None:
+    new = _open(proof["new_checkpoint"], keys)
     old_size, old_root = int(proof["old_size"]), bytes.fromhex(proof["old_root"])
     if proof.get("old_checkpoint"):
-        old = tlog.open_checkpoint(proof["old_checkpoint"], pem)
+        old = _open(proof["old_checkpoint"], keys)
         if (old.size, old.root) != (old_size, old_root):
             audit.problems.append("consistency proof: old root is not the old checkpoint's")
     path = [bytes.fromhex(p) for p in proof["path"]]
@@ -111,13 +121,13 @@ def check_checkpoints(
     devices: list[DeviceAudit],
     trailer: dict[str, Any] | None,
     known_notes: Iterable[str],
-    public_key_pem: bytes,
+    keys: GatewayKeys,
     audit: EvidenceAudit,
 ) -> None:
     known: dict[int, tlog.SignedCheckpoint] = {}
     for note in known_notes:
         try:
-            cp = tlog.open_checkpoint(note, public_key_pem)
+            cp = _open(note, keys)
         except tlog.NoteError as exc:
             audit.problems.append(f"known checkpoint: {exc}")
             continue
@@ -128,7 +138,7 @@ def check_checkpoints(
     if trailer is None:
         return
     try:
-        checkpoint = tlog.open_checkpoint(str(trailer["checkpoint"]["note"]), public_key_pem)
+        checkpoint = _open(str(trailer["checkpoint"]["note"]), keys)
         heads = [
             (str(h["device"]), int(h["counter"]), int(h["leaf"]), bytes.fromhex(h["hash"]))
             for h in trailer["heads"]

@@ -1,7 +1,8 @@
 """The transparency log's primitives, written again from the texts (never from sealink):
-RFC 9162 §2.1 hashing and proof verification, the C2SP signed-note / tlog-checkpoint format, and
-the leaf and device-heads encodings of the gateway (SPEC §14). cwt verifies the Ed25519 note
-signature; cbor2 encodes; hashlib hashes.
+RFC 9162 §2.1 hashing and proof verification, the C2SP signed-note / tlog-checkpoint /
+tlog-cosignature formats, and the leaf and device-heads encodings of the gateway (SPEC §14).
+cwt verifies the Ed25519 note signature, cryptography the witnesses' cosignatures; cbor2
+encodes; hashlib hashes.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cwt import COSEKey
 
 __all__ = [
     "NoteError",
     "SignedCheckpoint",
+    "cosigners",
     "event_leaf_data",
     "gap_leaf_data",
     "heads_digest",
@@ -26,7 +30,9 @@ __all__ = [
     "open_checkpoint",
     "open_note",
     "rfc9162_leaf",
+    "signature_lines",
     "verify_consistency",
+    "verify_cosignature",
     "verify_inclusion",
 ]
 
@@ -182,6 +188,26 @@ class SignedCheckpoint:
         }
 
 
+def signature_lines(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """(text, [(key name, decoded signature), ...]) of a signed note."""
+    if any(ch < " " and ch != "\n" for ch in note):
+        raise NoteError("control characters in the note")
+    split = note.rfind("\n\n")
+    if split == -1 or not note.endswith("\n"):
+        raise NoteError("no blank line between text and signatures")
+    lines = []
+    for line in note[split + 2 :].split("\n")[:-1]:
+        dash, _, rest = line.partition(" ")
+        signer, _, blob = rest.partition(" ")
+        if dash != _EM_DASH or not signer or not blob:
+            raise NoteError(f"malformed signature line {line!r}")
+        try:
+            lines.append((signer, base64.b64decode(blob, validate=True)))
+        except binascii.Error:
+            raise NoteError(f"the signature of {signer} is not base64") from None
+    return note[: split + 1], lines
+
+
 def open_note(note: str, public_key_pem: bytes, name: str | None = None) -> str:
     """Verify a C2SP signed note under the gateway key and return its text. The signature that
     counts is the one under key name `name` (default: the text's first line, a checkpoint's
@@ -189,25 +215,12 @@ def open_note(note: str, public_key_pem: bytes, name: str | None = None) -> str:
     keys) are ignored."""
     key = COSEKey.from_pem(public_key_pem)
     raw_key = key.to_dict()[_COSE_KEY_X]
-    if any(ch < " " and ch != "\n" for ch in note):
-        raise NoteError("control characters in the note")
-    split = note.rfind("\n\n")
-    if split == -1 or not note.endswith("\n"):
-        raise NoteError("no blank line between text and signatures")
-    text = note[: split + 1]
+    text, lines = signature_lines(note)
     if name is None:
         name = text.split("\n", 1)[0]
     key_id = _sha256(name.encode() + b"\n\x01" + raw_key)[:4]
     good = 0
-    for line in note[split + 2 :].split("\n")[:-1]:
-        dash, _, rest = line.partition(" ")
-        signer, _, blob = rest.partition(" ")
-        if dash != _EM_DASH or not signer or not blob:
-            raise NoteError(f"malformed signature line {line!r}")
-        try:
-            signature = base64.b64decode(blob, validate=True)
-        except binascii.Error:
-            raise NoteError("signature is not base64") from None
+    for signer, signature in lines:
         if signer != name or signature[:4] != key_id:
             continue  # not the gateway's key: ignored, as the note spec requires
         try:
@@ -240,3 +253,36 @@ def open_checkpoint(note: str, public_key_pem: bytes) -> SignedCheckpoint:
         ext, _, value = line.partition(" ")
         extensions[ext] = value
     return SignedCheckpoint(origin, int(size_text), root, extensions, note)
+
+
+# C2SP tlog-cosignature, cosignature/v1 (SPEC §14.6) ---------------------------------------------
+
+_COSIGNATURE_ALG = b"\x04"
+
+
+def cosigners(note: str) -> list[str]:
+    """The key names of every signature line of a note, in order."""
+    return [name for name, _ in signature_lines(note)[1]]
+
+
+def verify_cosignature(note: str, name: str, public_raw: bytes) -> int | None:
+    """The time (unix seconds) at which witness `name` with Ed25519 key `public_raw` cosigned
+    the note's checkpoint; None if no line has that name and key ID; NoteError if one does and
+    does not verify. Its signed message: "cosignature/v1\\n", "time <seconds>\\n", then the
+    whole checkpoint text; the line: key ID (4) || big-endian u64 time || signature (64)."""
+    text, lines = signature_lines(note)
+    key_id = _sha256(name.encode() + b"\n" + _COSIGNATURE_ALG + public_raw)[:4]
+    key = Ed25519PublicKey.from_public_bytes(public_raw)
+    for signer, blob in lines:
+        if signer != name or blob[:4] != key_id:
+            continue
+        if len(blob) != 76:
+            raise NoteError(f"the cosignature of {name} is {len(blob)} bytes, not 76")
+        time_s = int.from_bytes(blob[4:12], "big")
+        message = b"cosignature/v1\ntime " + str(time_s).encode() + b"\n" + text.encode()
+        try:
+            key.verify(blob[12:], message)
+        except InvalidSignature:
+            raise NoteError(f"the cosignature of {name} does not verify") from None
+        return time_s
+    return None

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from sealink.crypto.ackkey import AckKey
 from sealink.crypto.enrolment import certify
 from sealink.crypto.p256 import P256Key
 from sealink.crypto.sealkey import SealKey
+from sealink.errors import TpmError
 from sealink.gateway.actions import (
     Action,
     Alarm,
@@ -176,7 +178,7 @@ class Host:
         stored_hash: bytes | None = GENESIS,
         boot: int = 0,
         seal_key: bytes | None = SEAL_KEY,
-        ack_key: P256Key | None = None,
+        ack_key: AckKey | None = None,
     ):
         self.ack_key = ack_key
         self.registry = DeviceRegistry()
@@ -238,6 +240,24 @@ def test_a_record_with_the_link_key_but_not_the_chip_is_quarantined_unacked() ->
     assert host.state.quarantine.reason == "bad_signature"
     host.commit(actions)
     assert acks(link.committed(host.now)) == []  # quarantined: nothing more is acknowledged
+
+
+def test_a_genuine_record_after_a_rewritten_one_does_not_vouch_for_it() -> None:
+    # SPEC §5.4 step 2: whoever held the seal's flash rewrote unsent record 2 (no chip: a
+    # bad signature); after the reboot the seal takes prev from that flash, so its genuine,
+    # chip-signed record 3 names the forgery's hash. Record 3's valid signature must not
+    # carry record 2 in.
+    host, seal = Host(), Seal()
+    connect(host, seal)
+    link = host.link()
+    good = seal.record(1)
+    stolen = ec.derive_private_key(0xF1A5_4, ec.SECP256R1())
+    rewritten = seal.event(2, auth.record_hash(good[0]), chip=stolen)
+    after = seal.event(3, auth.record_hash(rewritten), boot=2)
+    actions = link.feed(wire(good[0], rewritten, after), host.now)
+    assert [s.counter for s in of(Store, actions)] == [1]
+    assert host.state.quarantine.reason == "bad_signature"
+    assert "EVENT 2" in host.state.quarantine.detail
 
 
 def test_a_seal_without_a_registered_chip_key_gets_nothing_stored() -> None:
@@ -607,6 +627,38 @@ def test_welcome_signs_what_the_ledger_holds_and_nothing_without_a_head() -> Non
     # L ends a gap an operator adopted: no record to sign, so nothing the seal could free on.
     gap = Host(stored=4, stored_hash=None, ack_key=ACK_KEY)
     assert host_messages(gap.link().feed(wire(seal.hello()), gap.now))[0][messages.WE_STORED] == b""
+
+
+class FailingTpm:
+    """An acknowledgement key in a TPM that stops answering, then answers again: what
+    sealink.crypto.tpmkey.TpmKey raises when the TPM cannot sign (the TPM itself is
+    tested against swtpm in test_tpm.py)."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.public = ACK_KEY.public
+
+    def sign(self, digest: bytes) -> bytes:
+        if self.failing:
+            raise TpmError("TPM swtpm:port=2321: cannot sign (0x000a0008)")
+        return ACK_KEY.sign(digest)
+
+
+def test_a_tpm_that_cannot_sign_gives_an_unsigned_ack_an_alarm_and_a_retry() -> None:
+    tpm = FailingTpm()
+    host, seal = Host(), Seal()
+    host.ack_key = tpm
+    connect(host, seal)
+    link = host.link()
+    host.commit(link.feed(wire(*seal.record(2)), host.now))
+    actions = link.committed(host.now)
+    (ack,) = [m for m in host_messages(actions) if m[K_TYPE] == messages.ACK]
+    assert (ack[messages.AK_COUNTER], ack[messages.AK_STORED]) == (2, b"")
+    assert [(a.reason, a.device) for a in of(Alarm, actions)] == [("ack_key_fault", DEVICE)]
+    tpm.failing = False
+    host.commit(link.feed(wire(*seal.record(1)), host.now))
+    (ack,) = [m for m in host_messages(link.committed(host.now)) if m[K_TYPE] == messages.ACK]
+    assert stored_ok(DEVICE, 3, auth.record_hash(seal.journal[2]), ack[messages.AK_STORED])
 
 
 def test_a_gateway_without_an_ack_key_signs_nothing() -> None:

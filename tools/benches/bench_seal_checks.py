@@ -9,18 +9,26 @@ seal digest taken from the wire bytes (fastpath.seal_digest), the link MAC
 rounds; `verify_share` is the signature's part of the four. The ingest bench shows what it
 does to events per second with everything else around it.
 
+And the other way: what signing an ACK's STORED statement (SPEC §5.11) costs, per signature,
+median of SIGNS, with the acknowledgement key as a PEM file (P256Key) and inside a TPM
+(TpmKey on swtpm over loopback TCP: a hardware TPM is slower, and is not measured here).
+
     {"bench": "seal_checks", "verify_us": ..., "digest_us": ..., "mac_us": ..., ...}
+    {"bench": "ack_sign", "pem_us": ..., "tpm_us": ..., "tpm": "swtpm", "signs": ...}
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 RECORDS = 2000
+SIGNS = 200
 ROUNDS = int(os.environ.get("SEALINK_BENCH_ROUNDS", "7"))
 
 
@@ -32,6 +40,35 @@ def _per_record_us(check: Callable[[bytes], object], records: list[bytes]) -> fl
             check(payload)
         rounds.append((time.perf_counter() - start) / len(records) * 1e6)
     return statistics.median(rounds)
+
+
+def _per_sign_us(sign: Callable[[bytes], bytes], digest: bytes) -> float:
+    times = []
+    for _ in range(SIGNS):
+        start = time.perf_counter()
+        sign(digest)
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
+
+
+def _ack_sign() -> dict[str, Any]:
+    from sealink.crypto.p256 import P256Key
+    from sealink.crypto.tpmkey import TpmKey
+    from sealink_sim.swtpm import SwTpm
+    from sealproto import auth
+
+    digest = auth.stored_digest("seal-bench", 17, os.urandom(32))
+    with tempfile.TemporaryDirectory() as work, SwTpm(Path(work) / "tpm") as tpm:
+        key = TpmKey.create(tpm.tcti, Path(work) / "ack.key", "acknowledgement key")
+        with key:
+            tpm_us = _per_sign_us(key.sign, digest)
+    return {
+        "bench": "ack_sign",
+        "pem_us": round(_per_sign_us(P256Key.generate().sign, digest), 1),
+        "tpm_us": round(tpm_us, 1),
+        "tpm": "swtpm",
+        "signs": SIGNS,
+    }
 
 
 def run() -> list[dict[str, Any]]:
@@ -69,5 +106,6 @@ def run() -> list[dict[str, Any]]:
             "verify_share": round(figures["verify_us"] / total, 3),
             "verifies_per_core_per_s": round(1e6 / figures["verify_us"]),
             "rounds": ROUNDS,
-        }
+        },
+        _ack_sign(),
     ]

@@ -33,13 +33,14 @@ from sealink.cli.common import (
     with_operator,
 )
 from sealink.config import NAME_RE
+from sealink.crypto.ackkey import open_ack_key
 from sealink.crypto.enrolment import Certificate
 from sealink.crypto.keystore import LinkKeyStore
-from sealink.crypto.p256 import P256Key
 from sealink.crypto.sealkey import parse_seal_key
 from sealink.crypto.signer import GatewayKey, check_private_file
 from sealink.errors import DeviceError, KeyFileError
 from sealink.ledger import AHEAD_OF_LEDGER, Ledger
+from sealink.ledger.keyhistory import service_lock
 from sealink.topics import Topics
 
 __all__ = ["read_device_key", "read_seal_key", "register"]
@@ -111,7 +112,8 @@ def cmd_devices_enrol(args: argparse.Namespace) -> int:
             raise DeviceError(
                 f"no acknowledgement key {config.ack_key_file}: run `sealink keys init` first"
             )
-        ours = P256Key.load(config.ack_key_file, "acknowledgement key").public
+        with open_ack_key(config.ack_key_file, config.ack_key_tpm) as ack_key:
+            ours = ack_key.public
         if cert.gateway_key != ours:
             raise DeviceError(
                 f"{args.certificate} enrols {args.device} with another gateway's key "
@@ -296,9 +298,11 @@ def cmd_devices_release(args: argparse.Namespace) -> int:
 def cmd_devices_adopt(args: argparse.Namespace) -> int:
     operator = args.operator or default_operator()
     config = load(args)
-    key = GatewayKey.load(config.key_file)  # the gap is evidence: countersigned like an event
     topic = Topics(config.mqtt.prefix, config.gateway_id).gaps(args.device)
-    with open_ledger(config) as ledger:
+    # Held as the service holds it, so that no `keys rotate` retires the key between its load
+    # and the gap's leaf (SPEC §14.7).
+    with service_lock(config.ledger_path, exclusive=False), open_ledger(config) as ledger:
+        key = GatewayKey.load(config.key_file)  # the gap is evidence: countersigned like an event
         first, last = ledger.adopt(args.device, operator, args.note, key.sign1, topic)
     print_json(
         {

@@ -6,7 +6,10 @@ order, one line per event {"device", "counter", "received_ms", "hash", "event" (
 {"gap": {"device", "first", "last", "adopted_ms", "operator", "note"}, "cose": base64}.
 With `--with-checkpoint`, each row also names its leaf in the transparency log ("leaf") and a
 last line {"checkpoint": {...}, "heads": [...]} carries the latest signed checkpoint and the
-device heads it commits to (SPEC §14.4), read in the same snapshot as the rows.
+device heads it commits to (SPEC §14.4), read in the same snapshot as the rows. A gateway that
+rotated its key (`sealink keys rotate`) writes a first line {"key_history": {...}} (`sealink
+keys history --json`), and every row names its leaf, so the export verifies on its own with only
+the first key pinned (SPEC §14.7).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 from sealink.cli.common import add_command, load, open_ledger, print_json, with_config
 from sealink.cli.evidence import checkpoint_trailer
 from sealink.errors import SealinkError
+from sealink.evidence.keys import history_document
 from sealink.ledger import Gap, Ledger
 
 __all__ = ["export_rows", "register"]
@@ -83,11 +87,17 @@ def export_rows(
 def cmd_events_export(args: argparse.Namespace) -> int:
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
-        with open_ledger(load(args)) as ledger, ledger.log.snapshot():
+        config = load(args)
+        with open_ledger(config) as ledger, ledger.log.snapshot():
             checkpoint = ledger.log.checkpoint() if args.with_checkpoint else None
             if args.with_checkpoint and checkpoint is None:
                 raise SealinkError("no checkpoint yet (see `sealink evidence checkpoint`)")
-            leaves = ledger.log.leaf_indices(args.device) if checkpoint else None
+            chain = ledger.key_history.transitions()
+            if chain:
+                history = history_document(config.gateway_id, chain[0].old, chain)
+                print_json({"key_history": history}, out)
+            # Which key may sign a row is decided by its leaf index (SPEC §14.7).
+            leaves = ledger.log.leaf_indices(args.device) if checkpoint or chain else None
             for row in export_rows(ledger, args.device, args.since, leaves):
                 print_json(row, out)
             if checkpoint is not None:

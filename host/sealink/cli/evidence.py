@@ -1,11 +1,15 @@
 """`sealink evidence checkpoint|prove|consistency`: the gateway's transparency log (SPEC §14).
 
-checkpoint                     the latest signed checkpoint (the C2SP note; --json adds the
+checkpoint                     the latest signed checkpoint (the C2SP note, with the cosignature
+                               lines of the witnesses; --json lists them and adds the
                                device-heads table it commits to)
+vkey                           the gateway's note verifier key, for a witness's config
 prove DEVICE COUNTER           inclusion proof of the record holding that counter, against the
                                latest checkpoint (or --checkpoint SIZE)
 consistency OLD [NEW]          consistency proof between two tree sizes (NEW: the latest
                                checkpoint), for an auditor who kept an older checkpoint
+bundle DEVICE COUNTER          one impression's evidence bundle (SPEC §14.5): one JSON file
+                               that `sealink-verify bundle` checks offline with nothing else
 
 `--json` prints what `sealink verify --proof` checks offline.
 """
@@ -13,12 +17,39 @@ consistency OLD [NEW]          consistency proof between two tree sizes (NEW: th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import os
 import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from sealink.cli.common import add_command, load, open_ledger, print_json, with_config
+from sealink.crypto.signer import GatewayKey
+from sealink.crypto.vkey import NOTE_ALG, vkey
 from sealink.errors import SealinkError
-from sealink.evidence import Checkpoint
+from sealink.evidence import (
+    BundleParts,
+    Checkpoint,
+    CheckpointError,
+    KeyTransition,
+    add_signatures,
+    bundle_text,
+    checkpoint_keys,
+    checkpoint_origin,
+    heads_hash,
+    keys_origin,
+    leaf_key,
+    make_bundle,
+    open_note,
+    walk,
+)
+from sealink.evidence.keys import kid_of
 from sealink.ledger import Ledger
 
 __all__ = ["checkpoint_trailer", "register"]
@@ -38,6 +69,12 @@ def _latest(ledger: Ledger, size: int | None = None) -> Checkpoint:
     return checkpoint
 
 
+def cosigned(ledger: Ledger, checkpoint: Checkpoint) -> Checkpoint:
+    """The checkpoint with the witnesses' cosignature lines the ledger keeps for it."""
+    lines = [c.line for c in ledger.log.cosignatures(checkpoint.size)]
+    return dataclasses.replace(checkpoint, note=add_signatures(checkpoint.note, lines))
+
+
 def checkpoint_trailer(ledger: Ledger, checkpoint: Checkpoint) -> dict[str, Any]:
     """The checkpoint with the heads table it commits to (an export's last line)."""
     heads = [h.to_json() for h in ledger.log.heads(checkpoint.size)]
@@ -54,8 +91,17 @@ def _emit(args: argparse.Namespace, body: dict[str, Any], text: str) -> int:
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     with open_ledger(load(args)) as ledger, ledger.log.snapshot():
-        checkpoint = _latest(ledger, args.size)
-        return _emit(args, checkpoint_trailer(ledger, checkpoint), checkpoint.note)
+        checkpoint = cosigned(ledger, _latest(ledger, args.size))
+        body = checkpoint_trailer(ledger, checkpoint)
+        body["cosignatures"] = [c.to_json() for c in ledger.log.cosignatures(checkpoint.size)]
+        return _emit(args, body, checkpoint.note)
+
+
+def cmd_vkey(args: argparse.Namespace) -> int:
+    config = load(args)
+    key = GatewayKey.load(config.key_file)
+    print(vkey(checkpoint_origin(config.gateway_id), key.public_raw(), NOTE_ALG))
+    return 0
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
@@ -93,27 +139,136 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 def cmd_consistency(args: argparse.Namespace) -> int:
     with open_ledger(load(args)) as ledger, ledger.log.snapshot():
-        new = _latest(ledger, args.new_size)
-        if not 0 <= args.old_size <= new.size:
-            raise SealinkError(f"old size {args.old_size} must be between 0 and {new.size}")
-        old = ledger.log.checkpoint(args.old_size)
-        old_root = ledger.log.root(args.old_size)
-        path = ledger.log.consistency(args.old_size, new.size)
-    body = {
-        "type": "consistency",
-        "old_size": args.old_size,
-        "new_size": new.size,
-        "old_root": old_root.hex(),
-        "new_root": new.root.hex(),
-        "path": [p.hex() for p in path],
-        "old_checkpoint": None if old is None else old.note,
-        "new_checkpoint": new.note,
-    }
+        proof = ledger.log.consistency_proof(args.old_size, _latest(ledger, args.new_size))
     text = (
-        f"{args.old_size} -> {new.size}\nold root {old_root.hex()}\nnew root {new.root.hex()}\n"
-        + "".join(f"path     {p.hex()}\n" for p in path)
+        f"{proof.old_size} -> {proof.new_size}\nold root {proof.old_root.hex()}\n"
+        f"new root {proof.new_root.hex()}\n" + "".join(f"path     {p.hex()}\n" for p in proof.path)
     )
-    return _emit(args, body, text)
+    return _emit(args, proof.to_json(), text)
+
+
+def _bundle_parts(
+    ledger: Ledger, key: GatewayKey, gateway_id: str, args: argparse.Namespace
+) -> BundleParts:
+    device, counter = args.device, args.counter
+    record = ledger.device_record(device)  # its own snapshot: before the log's
+    if record is None:
+        raise SealinkError(f"unknown device {device} (registered: {ledger.device_ids()})")
+    if record.seal_key is None:
+        raise SealinkError(f"{device} has no seal key registered: none of its records verify")
+    with ledger.log.snapshot():
+        checkpoint = cosigned(ledger, _latest(ledger, args.checkpoint))
+        leaf = ledger.log.leaf_of(device, counter)
+        if leaf is None:
+            raise SealinkError(f"{device} #{counter} is not in the log")
+        if leaf.kind != "event":
+            raise SealinkError(
+                f"{device} #{counter} is in the gap {leaf.first}..{leaf.last} an operator "
+                "declared lost: there is no record to bundle"
+            )
+        if leaf.index >= checkpoint.size:
+            raise SealinkError(
+                f"{device} #{counter} is leaf {leaf.index}, not yet covered by the checkpoint "
+                f"of size {checkpoint.size}: ask again after the next checkpoint"
+            )
+        row = next(ledger.events(device, counter, 1))
+        path = ledger.log.inclusion(leaf.index, checkpoint.size)
+        heads = ledger.log.heads(checkpoint.size)
+        chain = ledger.key_history.transitions()
+    if heads_hash(heads) != checkpoint.heads_hash:
+        raise SealinkError(
+            f"the ledger's device heads at size {checkpoint.size} are not the ones its "
+            "checkpoint signed: the ledger was changed"
+        )
+    first = chain[0].old if chain else key.public_raw()
+    walk(first, [t.note for t in chain], keys_origin(gateway_id))
+    _signed_by(first, chain, checkpoint, row["cose"], leaf.index, f"{device} #{counter}")
+    return BundleParts(
+        gateway_id=gateway_id,
+        gateway_key=first,
+        device=device,
+        counter=counter,
+        event=row["event"],
+        cose=row["cose"],
+        seal_key=record.seal_key,
+        leaf_index=leaf.index,
+        leaf_data=leaf.data,
+        path=path,
+        checkpoint=checkpoint,
+        heads=heads,
+        transitions=chain,
+    )
+
+
+def _signed_by(
+    first: bytes,
+    chain: Sequence[KeyTransition],
+    checkpoint: Checkpoint,
+    cose: bytes,
+    leaf: int,
+    what: str,
+) -> None:
+    """Refuse to write a bundle whose record or checkpoint was signed by another key than the
+    one the key history names for it (SPEC §14.7): a key replaced without `keys rotate`."""
+    signer = leaf_key(first, chain, leaf)
+    protected = cbor2.loads(cbor2.loads(cose).value[0])
+    if protected.get(4) != kid_of(signer):
+        raise SealinkError(
+            f"{what} was countersigned under another gateway key than the key history names "
+            f"for it (kid {kid_of(signer).hex()}): the key was replaced without `sealink keys "
+            "rotate`, no key history to bundle"
+        )
+    candidates = checkpoint_keys(first, chain, checkpoint.size)
+    for note_key in candidates:
+        try:
+            open_note(checkpoint.note, Ed25519PublicKey.from_public_bytes(note_key), note_key)
+            return
+        except CheckpointError:
+            continue
+    kids = " or ".join(kid_of(k).hex() for k in candidates)
+    raise SealinkError(
+        f"the checkpoint of size {checkpoint.size} was signed under another gateway key than "
+        f"the key history names for it (kid {kids}): no key history to bundle"
+    )
+
+
+def _write_new(path: Path, text: str, force: bool) -> None:
+    """Write `text` to `path` whole or not at all (a temporary file beside it, then a rename;
+    without `force`, a link, which fails rather than replace an existing file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # evidence for others to read: no secret in it
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise SealinkError(f"{path} exists; not overwriting (--force)") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    config = load(args)
+    out = Path(args.out or f"{args.device}-{args.counter}.bundle.json")
+    if out.exists() and not args.force:
+        raise SealinkError(f"{out} exists; not overwriting (--force)")
+    key = GatewayKey.load(config.key_file)
+    with open_ledger(config) as ledger:
+        parts = _bundle_parts(ledger, key, config.gateway_id, args)
+    _write_new(out, bundle_text(make_bundle(parts)), args.force)
+    print(
+        f"wrote {out}: {parts.device} #{parts.counter}, leaf {parts.leaf_index} of the "
+        f"checkpoint of size {parts.checkpoint.size}; check it with `sealink-verify bundle {out}`",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def register(sub: Any) -> None:
@@ -122,7 +277,11 @@ def register(sub: Any) -> None:
     p = add_command(ev_sub, "checkpoint", cmd_checkpoint, "the latest signed checkpoint")
     with_config(p)
     p.add_argument("--size", type=int, help="the checkpoint of this tree size instead")
-    p.add_argument("--json", action="store_true", help="JSON, with the device-heads table")
+    p.add_argument(
+        "--json", action="store_true", help="JSON, with the cosignatures and the device heads"
+    )
+    p = add_command(ev_sub, "vkey", cmd_vkey, "the gateway's note verifier key, for witnesses")
+    with_config(p)
     p = add_command(ev_sub, "prove", cmd_prove, "inclusion proof of one record")
     with_config(p)
     p.add_argument("device")
@@ -134,3 +293,10 @@ def register(sub: Any) -> None:
     p.add_argument("old_size", type=int, metavar="OLD_SIZE")
     p.add_argument("new_size", type=int, nargs="?", metavar="NEW_SIZE", help="default: latest")
     p.add_argument("--json", action="store_true")
+    p = add_command(ev_sub, "bundle", cmd_bundle, "one impression's evidence, in one file")
+    with_config(p)
+    p.add_argument("device")
+    p.add_argument("counter", type=int)
+    p.add_argument("--out", "-o", metavar="FILE", help="default: DEVICE-COUNTER.bundle.json")
+    p.add_argument("--checkpoint", type=int, metavar="SIZE", help="default: the latest")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")

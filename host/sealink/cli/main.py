@@ -6,6 +6,7 @@ sealink devices add|list|quarantine|release|adopt   seals, and what an operator 
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
 sealink events list|export                JSON Lines
 sealink evidence checkpoint|prove|consistency   the transparency log's checkpoints and proofs
+sealink witness init|run                  cosign gateways' checkpoints (SPEC §14.6)
 sealink verify EXPORT --public-key PEM    an auditor's offline check (package sealink_verify)
 sealink demo --stamps N [--json]          everything on one machine (package sealink_sim)
 
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from sealink.cli import authority, devices, events, evidence, keys, permits, run
+from sealink.cli import authority, devices, events, evidence, keys, permits, run, witness
 from sealink.errors import SealinkError
 
 __all__ = ["build_parser", "main"]
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 2 error (one line on stderr), 70 internal error",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for noun in (run, keys, authority, devices, permits, events, evidence):
+    for noun in (run, keys, authority, devices, permits, events, evidence, witness):
         noun.register(sub)
     _add_plugin_commands(sub)
     return parser

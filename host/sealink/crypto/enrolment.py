@@ -24,6 +24,7 @@ from typing import Any
 from sealproto import auth, messages
 from sealproto.errors import DecodeError
 
+from sealink.crypto.ackkey import AckKey
 from sealink.crypto.p256 import P256Key
 from sealink.crypto.sealkey import SEAL_KEY_LEN, SealKey
 from sealink.errors import KeyFileError
@@ -111,7 +112,7 @@ def certify(
     )
 
 
-def stored_signature(ack_key: P256Key, device: str, counter: int, head: bytes) -> bytes:
+def stored_signature(ack_key: AckKey, device: str, counter: int, head: bytes) -> bytes:
     """The gateway's signature that it durably stored `device`'s records 1..counter, the last
     hashing to `head` (WELCOME key 4, ACK key 2)."""
     return ack_key.sign(auth.stored_digest(device, counter, head))

@@ -39,6 +39,7 @@ __all__ = [
     "countersign_payload",
     "countersign_payload_reference",
     "key_id",
+    "load_ed25519",
 ]
 
 ALG_EDDSA = -8
@@ -69,6 +70,11 @@ def save_private_key(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    write_private_file(path, pem, what, overwrite=overwrite)
+
+
+def write_private_file(path: Path, data: bytes, what: str, *, overwrite: bool) -> None:
+    """Write `data`, created 0600 (never briefly readable by others)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
         fd = os.open(path, flags, 0o600)
@@ -78,7 +84,7 @@ def save_private_key(
         raise KeyFileError(f"{what} {path}: cannot write ({exc.strerror})") from None
     with os.fdopen(fd, "wb") as out:
         os.fchmod(out.fileno(), 0o600)
-        out.write(pem)
+        out.write(data)
 
 
 def check_private_file(path: Path, what: str) -> None:
@@ -170,6 +176,18 @@ def countersign_payload_reference(
     )
 
 
+def load_ed25519(path: Path, what: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a 0600 PEM file (KeyFileError says what is wrong)."""
+    check_private_file(path, what)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError) as exc:
+        raise KeyFileError(f"{what} {path}: not a PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{what} {path}: not an Ed25519 key")
+    return key
+
+
 @dataclass(frozen=True, repr=False, eq=False)
 class GatewayKey:
     """The gateway's Ed25519 signing key. repr() never shows the private half."""
@@ -182,15 +200,7 @@ class GatewayKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GatewayKey:
-        path = Path(path)
-        check_private_file(path, "gateway key")
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError, OSError) as exc:
-            raise KeyFileError(f"gateway key {path}: not a PEM private key ({exc})") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(f"gateway key {path}: not an Ed25519 key")
-        return cls(key)
+        return cls(load_ed25519(Path(path), "gateway key"))
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         save_private_key(self.private, Path(path), "gateway key", overwrite=overwrite)

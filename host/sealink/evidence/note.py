@@ -29,12 +29,14 @@ from sealink.errors import SealinkError
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "NoteParts",
     "checkpoint_origin",
     "checkpoint_text",
     "note_key_id",
     "open_note",
     "sign_checkpoint",
     "sign_note",
+    "split_note",
 ]
 
 _ED25519 = b"\x01"
@@ -92,6 +94,38 @@ def sign_checkpoint(
     return Checkpoint(origin, size, root, heads_hash, time_ms, note)
 
 
+@dataclass(frozen=True)
+class NoteParts:
+    """A signed note cut in two: the text (final newline included) and its signature lines,
+    each as (key name, decoded bytes, the line itself)."""
+
+    text: str
+    signatures: tuple[tuple[str, bytes, str], ...]
+
+
+def split_note(note: str) -> NoteParts:
+    if any(ord(c) < 0x20 and c != "\n" for c in note):
+        raise CheckpointError("a note has no control characters but newline")
+    cut = note.rfind("\n\n")
+    if cut < 0 or not note.endswith("\n"):
+        raise CheckpointError("not a signed note: no blank line before the signatures")
+    signatures = []
+    for line in note[cut + 2 :].splitlines():
+        if not line.startswith(_DASH):
+            raise CheckpointError(f"not a signature line: {line!r}")
+        name, _, blob = line[len(_DASH) :].partition(" ")
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except binascii.Error:
+            raise CheckpointError(f"signature of {name!r} is not base64") from None
+        if not name or len(raw) < 4:
+            raise CheckpointError(f"not a signature line: {line!r}")
+        signatures.append((name, raw, line))
+    if not signatures:
+        raise CheckpointError("a signed note has at least one signature line")
+    return NoteParts(note[: cut + 1], tuple(signatures))
+
+
 def sign_note(key: GatewayKey, name: str, text: str) -> str:
     """A C2SP signed note of `text` (ending in a newline) with one Ed25519 signature."""
     signature = key.private.sign(text.encode())
@@ -102,12 +136,8 @@ def sign_note(key: GatewayKey, name: str, text: str) -> str:
 def open_note(note: str, public: Ed25519PublicKey, public_raw: bytes) -> Checkpoint:
     """Parse and verify a checkpoint note signed by `public` under its origin (CheckpointError
     names what is wrong). Signatures of other keys are ignored, as the note spec requires."""
-    if any(ord(c) < 0x20 and c != "\n" for c in note):
-        raise CheckpointError("a note has no control characters but newline")
-    cut = note.rfind("\n\n")
-    if cut < 0 or not note.endswith("\n"):
-        raise CheckpointError("not a signed note: no blank line before the signatures")
-    text, sigs = note[: cut + 1], note[cut + 2 :].splitlines()
+    parts = split_note(note)
+    text = parts.text
     lines = text.splitlines()
     if len(lines) < 3 or any(not line for line in lines):
         raise CheckpointError("a checkpoint has at least three non-empty lines")
@@ -128,14 +158,7 @@ def open_note(note: str, public: Ed25519PublicKey, public_raw: bytes) -> Checkpo
         raise CheckpointError(f"no valid {HEADS_EXT} and {TIME_EXT} extension lines") from None
     key_id = note_key_id(origin, public_raw)
     verified = False
-    for line in sigs:
-        if not line.startswith(_DASH):
-            raise CheckpointError(f"not a signature line: {line!r}")
-        name, _, blob = line[len(_DASH) :].partition(" ")
-        try:
-            raw = base64.b64decode(blob, validate=True)
-        except binascii.Error:
-            raise CheckpointError(f"signature of {name!r} is not base64") from None
+    for name, raw, _ in parts.signatures:
         if name != origin or raw[:4] != key_id:
             continue  # another key's signature (a witness, a rotated key): not ours to judge
         try:

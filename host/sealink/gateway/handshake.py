@@ -6,6 +6,7 @@ the device's first session message verifies under its key (the link machine's `_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +14,8 @@ from sealproto import PROTOCOL_VERSION, auth, messages
 from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 
+from sealink.crypto.ackkey import AckKey
 from sealink.crypto.enrolment import stored_signature
-from sealink.crypto.p256 import P256Key
 from sealink.gateway.checks import rollback
 from sealink.gateway.fastpath import device_mac_ok, encode_frame, encode_session
 from sealink.gateway.registry import DeviceRegistry, DeviceState
@@ -55,8 +56,9 @@ def answer_hello(
     payload: bytes,
     host_nonce: bytes,
     host_time_ms: int,
-    ack_key: P256Key | None,
+    prove: Callable[[DeviceState, int], bytes],
 ) -> Handshake | NoAnswer:
+    """The WELCOME to a HELLO (SPEC §5.2); `prove(state, acked)` signs what the seal may free."""
     device = hello[messages.HE_DEVICE]
     version = hello[messages.HE_VERSION]
     if version != PROTOCOL_VERSION:
@@ -78,7 +80,7 @@ def answer_hello(
         messages.WE_NONCE: host_nonce,
         messages.WE_ACKED: acked,
         messages.WE_TIME: host_time_ms,
-        messages.WE_STORED: stored_proof(ack_key, state, acked),
+        messages.WE_STORED: prove(state, acked),
         K_SEQ: 1,
     }
     frame = encode_frame(encode_session(welcome, key))
@@ -87,7 +89,7 @@ def answer_hello(
     return Handshake(state, key, boot_id, next_counter, firmware, acked, enrolment, frame, payload)
 
 
-def stored_proof(ack_key: P256Key | None, state: DeviceState, counter: int) -> bytes:
+def stored_proof(ack_key: AckKey | None, state: DeviceState, counter: int) -> bytes:
     """The signature that lets the seal free records 1..counter (SPEC §5.11), or nothing: no
     acknowledgement key, nothing stored, or L ends an adopted gap (no head to sign)."""
     if ack_key is None or counter == 0 or counter != state.stored or state.stored_hash is None:

@@ -27,7 +27,8 @@ from sealproto.errors import DecodeError
 from sealproto.messages import K_SEQ, K_TYPE
 from sealproto.timers import DUP_ACK_HOLDOFF_MS
 
-from sealink.crypto.p256 import P256Key
+from sealink.crypto.ackkey import AckKey
+from sealink.errors import TpmError
 from sealink.gateway import checks
 from sealink.gateway.actions import (
     Action,
@@ -70,7 +71,7 @@ class LinkMachine:
         wall_ms: Callable[[], int] = wall_clock_ms,
         nonce: Callable[[int], bytes] = os.urandom,
         limiter: RejectLimiter | None = None,
-        ack_key: P256Key | None = None,
+        ack_key: AckKey | None = None,
     ) -> None:
         # Timers and rate limits run on the caller's monotonic `now_ms`; `wall_ms` is only
         # what the device's clock is set to (WELCOME, TIME), so a host clock jump moves no timer.
@@ -208,7 +209,7 @@ class LinkMachine:
 
     def _on_hello(self, msg: dict[int, Any], payload: bytes, now_ms: int) -> None:
         nonce = self._nonce(messages.NONCE_LEN)
-        answer = answer_hello(self._registry, msg, payload, nonce, self._wall_ms(), self._ack_key)
+        answer = answer_hello(self._registry, msg, payload, nonce, self._wall_ms(), self._prove)
         if isinstance(answer, NoAnswer):
             self._reject(answer.reason, answer.detail, None, payload, now_ms)
             return
@@ -324,6 +325,15 @@ class LinkMachine:
         if state.stored > self._acked_sent:
             self._send_ack(state.stored)
 
+    def _prove(self, state: DeviceState, counter: int) -> bytes:
+        try:
+            return stored_proof(self._ack_key, state, counter)
+        except TpmError as exc:
+            # Unsigned, the ACK or WELCOME still moves the seal's window and frees nothing
+            # (§5.11); the next one asks the TPM again. Alarms coalesce per link and reason.
+            self._out.append(Alarm(state.device, "ack_key_fault", str(exc)))
+            return b""
+
     def _send_ack(self, counter: int) -> None:
         state = self.state
         if state is None or state.quarantine is not None:
@@ -331,7 +341,8 @@ class LinkMachine:
         self._acked_sent = max(self._acked_sent, counter)
         if self._stored_proof[0] != counter:
             # A repeated ACK (a gap, a duplicate) carries the signature made for it once.
-            self._stored_proof = (counter, stored_proof(self._ack_key, state, counter))
+            proof = self._prove(state, counter)
+            self._stored_proof = (counter if proof else 0, proof)
         proof = self._stored_proof[1]
         self._send_session(
             {K_TYPE: messages.ACK, messages.AK_COUNTER: counter, messages.AK_STORED: proof}

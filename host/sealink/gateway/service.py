@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 from sealink.config import Config, PortConfig
 from sealink.crypto import GatewayKey, LinkKeyStore, countersign_payload
-from sealink.crypto.p256 import P256Key
-from sealink.errors import LedgerError, TransportError, TransportUnavailableError
+from sealink.crypto.ackkey import AckKey, open_ack_key
+from sealink.errors import KeyFileError, LedgerError, TransportError, TransportUnavailableError
 from sealink.gateway.actions import (
     Alarm,
     CommandDone,
@@ -39,7 +39,9 @@ from sealink.gateway.machine import LinkMachine
 from sealink.gateway.registry import DeviceRegistry
 from sealink.gateway.session import Session
 from sealink.gateway.watch import LedgerWatch
+from sealink.gateway.witnesses import WitnessDesk
 from sealink.ledger import EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
+from sealink.ledger.keyhistory import service_lock
 from sealink.mqtt.process import PublisherProcess
 from sealink.topics import Topics
 from sealink.transport import Transport, open_transport
@@ -59,7 +61,9 @@ class Gateway:
         self.config = config
         self.key = key or GatewayKey.load(config.key_file)
         self.link_keys = LinkKeyStore(config.link_keys)
-        self.ack_key = _ack_key(config)
+        # A key in a TPM stays loaded there while the gateway runs: close() unloads it.
+        self._keys = contextlib.ExitStack()
+        self.ack_key = _ack_key(config, self._keys)
         self.gateway_id = config.gateway_id
         self.topics = Topics(config.mqtt.prefix, config.gateway_id)
         self.registry = DeviceRegistry()
@@ -72,11 +76,19 @@ class Gateway:
         self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
         self.checkpoints = Checkpoints(self)  # the transparency log's signed heads (SPEC §14)
+        self.witnesses = WitnessDesk(self)  # proofs for witnesses, their cosignatures (§14.6)
 
     # lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Gateway:
-        self._ledger = ledger = await self.db(Ledger, self.config.ledger_path, self.link_keys)
+        # Held shared while the service runs: `sealink keys rotate` takes it exclusively.
+        self._keys.enter_context(service_lock(self.config.ledger_path, exclusive=False))
+        try:
+            self._ledger = ledger = await self.db(Ledger, self.config.ledger_path, self.link_keys)
+            history = await self.db(self._key_history)
+        except BaseException:
+            await self.close()
+            raise
         self._committer = GroupCommitter(
             ledger,
             self.db,
@@ -104,6 +116,10 @@ class Gateway:
             first_pending_id=first_id,
             gateway_info={"kid": self.key.kid.hex()},
         )
+        # Subscribers and witnesses learn of each new key from the chain (SPEC §14.7).
+        self._publisher.publish_now(
+            self.topics.keys(), json.dumps(history, sort_keys=True).encode(), retain=True
+        )
         self._main = asyncio.create_task(self._run(), name="sealink-gateway")
         ready = asyncio.create_task(self._ready.wait())
         await asyncio.wait({self._main, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -123,6 +139,18 @@ class Gateway:
             },
         )
         return self
+
+    def _key_history(self) -> dict[str, Any]:
+        """On the ledger's thread: the key history, refused unless the key file's key is its
+        last (a rotation interrupted after its commit leaves the old key in the file)."""
+        history = self.ledger.key_history
+        current = history.current()
+        if current is not None and current != self.key.public_raw():
+            raise KeyFileError(
+                f"{self.config.key_file} is kid {self.key.kid.hex()}, not the ledger's current "
+                "key: finish the rotation with `sealink keys rotate`"
+            )
+        return history.document(self.gateway_id, self.key.public_raw())
 
     async def __aexit__(
         self,
@@ -150,6 +178,7 @@ class Gateway:
             await self.db(self._ledger.close)
             self._ledger = None
         self._executor.shutdown(wait=True)
+        self._keys.close()
 
     async def _drain(self, timeout_s: float) -> None:
         """Give what is committed a moment to reach the broker before stopping (what does
@@ -178,6 +207,7 @@ class Gateway:
             tg.create_task(self._publisher.run(), name="publisher")
             tg.create_task(self._watch.run(), name="ledger-watch")
             tg.create_task(self.checkpoints.run(), name="checkpoints")
+            tg.create_task(self.witnesses.run(), name="witnesses")
             for port in self.config.ports:
                 tg.create_task(self._serve_port(port), name=f"port:{port.url}")
             self._ready.set()
@@ -411,7 +441,7 @@ class Gateway:
         )
 
 
-def _ack_key(config: Config) -> P256Key | None:
+def _ack_key(config: Config, keys: contextlib.ExitStack) -> AckKey | None:
     path = config.ack_key_file
     if path is None or not path.exists():
         # The gateway still stores and acknowledges; its seals free nothing until it has a key
@@ -422,4 +452,4 @@ def _ack_key(config: Config) -> P256Key | None:
             path,
         )
         return None
-    return P256Key.load(path, "acknowledgement key")
+    return keys.enter_context(open_ack_key(path, config.ack_key_tpm))

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sealink.errors import LedgerError
-from sealink.evidence import Checkpoint, Frontier, Head, event_leaf, gap_leaf
+from sealink.evidence import Checkpoint, Cosignature, Frontier, Head, event_leaf, gap_leaf
 from sealink.evidence import merkle as mt
 from sealink.ledger.records import EventRow
 
-__all__ = ["Leaf", "LogStore", "append", "append_events", "backfill"]
+__all__ = ["ConsistencyProof", "Leaf", "LogStore", "append", "append_events", "backfill"]
 
 # (device, kind, first, last, leaf data)
 NewLeaf = tuple[str, str, int, int, bytes]
@@ -35,6 +35,32 @@ class Leaf:
     last: int
     data: bytes
     hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyProof:
+    """RFC 9162 consistency of two tree sizes, with the checkpoints the gateway signed of them
+    (the old one None when that size was never checkpointed)."""
+
+    old_size: int
+    new_size: int
+    old_root: bytes
+    new_root: bytes
+    path: list[bytes]
+    old_checkpoint: str | None
+    new_checkpoint: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "type": "consistency",
+            "old_size": self.old_size,
+            "new_size": self.new_size,
+            "old_root": self.old_root.hex(),
+            "new_root": self.new_root.hex(),
+            "path": [p.hex() for p in self.path],
+            "old_checkpoint": self.old_checkpoint,
+            "new_checkpoint": self.new_checkpoint,
+        }
 
 
 def size(db: sqlite3.Connection) -> int:
@@ -198,6 +224,22 @@ class LogStore:
             self._bounded(db, new_size)
             return mt.consistency_path(_node(db), old_size, new_size)
 
+    def consistency_proof(self, old_size: int, new: Checkpoint) -> ConsistencyProof:
+        """From `old_size` (0..new.size) to the stored checkpoint `new`, in one snapshot."""
+        if not 0 <= old_size <= new.size:
+            raise LedgerError(f"old size {old_size} must be between 0 and {new.size}")
+        with self.snapshot():
+            old = self.checkpoint(old_size)
+            return ConsistencyProof(
+                old_size,
+                new.size,
+                self.root(old_size),
+                new.root,
+                self.consistency(old_size, new.size),
+                None if old is None else old.note,
+                new.note,
+            )
+
     def leaf_indices(self, device: str | None) -> dict[tuple[str, int], int]:
         """(device, first counter) -> leaf index, for an export."""
         rows = self._db.execute(
@@ -244,3 +286,23 @@ class LogStore:
 
     def checkpoint_sizes(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT size FROM checkpoints ORDER BY size")]
+
+    # witnesses' cosignatures (SPEC §14.6) ------------------------------------------------------
+
+    def add_cosignature(self, size: int, cosignature: Cosignature, received_ms: int) -> bool:
+        """Keep a verified cosignature of the checkpoint of `size` (a witness's first one of
+        each size stays); True if it is new."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO cosignatures (size, witness, time_s, line, received_ms) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (size, cosignature.witness, cosignature.time_s, cosignature.line, received_ms),
+        )
+        return cur.rowcount > 0
+
+    def cosignatures(self, size: int) -> list[Cosignature]:
+        """The checkpoint of `size`'s cosignatures, by witness name."""
+        rows = self._db.execute(
+            "SELECT witness, time_s, line FROM cosignatures WHERE size = ? ORDER BY witness",
+            (size,),
+        )
+        return [Cosignature(str(r[0]), int(r[1]), str(r[2])) for r in rows]

@@ -19,6 +19,10 @@ v5: devices loses key: the link keys live in the key store (crypto/keystore.py),
 v6: devices gains enrolment, the enrolment certificate (JSON, crypto/enrolment.py) this
     gateway hands the seal (SPEC §5.11); none for a device of an older file until `sealink
     devices enrol`.
+v7: cosignatures, the witnesses' cosignatures of the gateway's checkpoints (SPEC §14.6), one
+    per checkpoint size and witness; an older file has none.
+v8: key_transitions, the gateway's key history (SPEC §14.7): one signed transition per key
+    rotation; an older file has none (its one key is the key file's).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from sealink.ledger import log
 
 __all__ = ["SCHEMA_VERSION", "MigrationError", "SchemaTooNew", "create_or_migrate"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 
 _logger = logging.getLogger("sealink.ledger")
 
@@ -163,12 +167,36 @@ _TABLES_V3 = (
     )""",
 )
 
+# New in v7: a witness's signature line of the checkpoint of `size`, verified on arrival.
+_TABLES_V7 = (
+    """CREATE TABLE IF NOT EXISTS cosignatures (
+        size INTEGER NOT NULL,
+        witness TEXT NOT NULL,
+        time_s INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (size, witness)
+    ) WITHOUT ROWID""",
+)
+
+# New in v8: each rotation of the countersigning key, its statement signed by both keys.
+_TABLES_V8 = (
+    """CREATE TABLE IF NOT EXISTS key_transitions (
+        seq INTEGER PRIMARY KEY,
+        old_key BLOB NOT NULL,
+        new_key BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,
+        note TEXT NOT NULL
+    )""",
+)
+
 _V4_COLUMNS = ("ALTER TABLE devices ADD COLUMN seal_key BLOB",)
 _V6_COLUMNS = ("ALTER TABLE devices ADD COLUMN enrolment TEXT",)
 
 # Every version before 5 keeps the link keys in devices.key.
 _WITH_LINK_KEYS = ("1", "2", "3", "4")
-_KNOWN = (*_WITH_LINK_KEYS, "5", str(SCHEMA_VERSION))
+_KNOWN = (*_WITH_LINK_KEYS, "5", "6", "7", str(SCHEMA_VERSION))
 
 
 class SchemaTooNew(Exception):
@@ -216,7 +244,7 @@ def create_or_migrate(db: sqlite3.Connection, link_keys: LinkKeyStore | None = N
                 db.execute(statement)
         for statement in _TABLES_V2:
             db.execute(statement)
-        for statement in _TABLES_V3:
+        for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8):
             db.execute(statement)
         if version in ("1", "2"):
             log.backfill(db)

@@ -34,6 +34,7 @@ from sealink.errors import DeviceError, KeyFileError, LedgerError
 from sealink.ledger import log, queue
 from sealink.ledger import operator as ops
 from sealink.ledger.db import transaction
+from sealink.ledger.keyhistory import KeyHistoryStore
 from sealink.ledger.records import (
     Batch,
     Command,
@@ -104,6 +105,7 @@ class Ledger:
             raise LedgerError(f"ledger {self.path}: cannot open: {exc}") from None
         # The transparency log (SPEC §14), read on this connection.
         self.log = log.LogStore(self._db)
+        self.key_history = KeyHistoryStore(self._db, self.path)  # SPEC §14.7
 
     def close(self) -> None:
         self._db.close()

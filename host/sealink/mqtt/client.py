@@ -1,0 +1,162 @@
+"""A small MQTT 5 client for the few messages of the witness protocol (SPEC §14.6): proof
+requests and their replies, checkpoints and cosignatures.
+
+    async with MqttClient(config, client_id, ["a/topic/#"], on_message) as client:
+        client.publish(topic, payload, retain=True, response_topic=..., correlation=...)
+
+paho runs in its own network thread (loop_start): a handful of messages a checkpoint interval
+do not need the publisher's single-threaded fast path. It reconnects with the configured
+backoff (in whole seconds, at least 1: paho's unit), the first connection included, and
+subscribes again on every connection;
+`on_message` runs on the event loop that entered the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+
+from sealink.config import MqttConfig
+from sealink.mqtt.pahofast import properties
+
+__all__ = ["Message", "MqttClient"]
+
+log = logging.getLogger("sealink.mqtt")
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+class MqttClient:
+    def __init__(
+        self,
+        config: MqttConfig,
+        client_id: str,
+        subscriptions: Sequence[str],
+        on_message: Callable[[Message], None],
+    ) -> None:
+        self.config = config
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self._client.reconnect_delay_set(
+            max(1, round(config.reconnect_min_s)), max(1, round(config.reconnect_max_s))
+        )
+        self._client.on_connect = self._connect
+        self._client.on_disconnect = self._disconnect
+        self._client.on_connect_fail = lambda client, userdata: self._call(
+            self._down, "cannot connect"
+        )
+        self._client.on_message = self._message
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._down_logged = False
+        self._closing = False
+
+    async def __aenter__(self) -> MqttClient:
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(
+            self.config.host, self.config.port, self.config.keepalive_s, clean_start=True
+        )
+        self._client.loop_start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        """QoS 1; paho keeps it while the broker is away and sends it after a reconnect."""
+        props = None
+        if response_topic is not None or correlation is not None:
+            props = properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+
+    # paho's thread ---------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._call(self._down, f"refused: {reason}")
+            return
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        self._call(self._up)
+
+    def _disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._call(self._down, str(reason))
+
+    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        response = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        message = Message(msg.topic, bytes(msg.payload), bool(msg.retain), response, correlation)
+        self._call(self._on_message, message)
+
+    # the event loop --------------------------------------------------------------------------
+
+    def _up(self) -> None:
+        self._connected.set()
+        self._down_logged = False
+        log.info("mqtt connected", extra={"fields": {"host": self.config.host}})
+
+    def _down(self, why: str) -> None:
+        self._connected.clear()
+        if (
+            not self._down_logged and not self._closing
+        ):  # once per outage: paho retries with backoff meanwhile
+            self._down_logged = True
+            log.warning(
+                "mqtt unavailable, retrying",
+                extra={"fields": {"host": self.config.host, "port": self.config.port, "why": why}},
+            )

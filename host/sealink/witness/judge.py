@@ -1,0 +1,87 @@
+"""A witness's decisions, without I/O: what to do with a gateway's checkpoint given the last
+one it cosigned, and whether a consistency proof carries it from there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sealink.evidence import Checkpoint, split_note, verify_consistency
+from sealink.witness.state import Cosigned
+
+__all__ = ["Cosign", "Decision", "NeedProof", "Refuse", "Seen", "judge", "judge_proof"]
+
+
+@dataclass(frozen=True)
+class Cosign:
+    """Consistent with what the witness stands behind: cosign it."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The very checkpoint already cosigned (a retained message delivered again)."""
+
+
+@dataclass(frozen=True)
+class NeedProof:
+    old_size: int
+    new_size: int
+
+
+@dataclass(frozen=True)
+class Refuse:
+    reason: str  # split_view, rollback, bad_proof, no_proof
+    detail: str
+
+
+Decision = Cosign | Seen | NeedProof | Refuse
+
+
+def judge(last: Cosigned | None, new: Checkpoint) -> Decision:
+    """`last` None: the first checkpoint of a gateway trusted on first use."""
+    if last is None:
+        return Cosign()
+    if new.size == last.size:
+        if new.root != last.root:
+            return Refuse(
+                "split_view",
+                f"two signed checkpoints of size {new.size} with different roots: "
+                f"{last.root.hex()} cosigned, {new.root.hex()} now",
+            )
+        if last.note is not None and split_note(last.note).text == split_note(new.note).text:
+            return Seen()
+        return Cosign()
+    if new.size < last.size:
+        return Refuse(
+            "rollback", f"size {new.size} is older than the size {last.size} already cosigned"
+        )
+    if new.time_ms < last.time_ms:
+        return Refuse(
+            "rollback",
+            f"size {new.size} is signed at {new.time_ms} ms, before the checkpoint of size "
+            f"{last.size} already cosigned ({last.time_ms} ms)",
+        )
+    return NeedProof(last.size, new.size)
+
+
+def judge_proof(last: Cosigned, new: Checkpoint, reply: Any) -> Cosign | Refuse:
+    """The gateway's reply to NeedProof(last.size, new.size), checked against the roots the
+    witness holds (never the ones the reply names)."""
+    if not isinstance(reply, dict) or reply.get("type") != "consistency":
+        why = reply.get("error") if isinstance(reply, dict) else None
+        return Refuse("no_proof", f"the gateway sent no proof: {why or 'not a proof reply'}")
+    if (reply.get("old_size"), reply.get("new_size")) != (last.size, new.size):
+        return Refuse("no_proof", f"a proof of other sizes than {last.size} -> {new.size}")
+    try:
+        path = [bytes.fromhex(p) for p in reply["path"]]
+    except (KeyError, TypeError, ValueError):
+        return Refuse("bad_proof", "the proof's path is not a list of hex hashes")
+    if any(len(p) != 32 for p in path) or not verify_consistency(
+        last.size, new.size, last.root, new.root, path
+    ):
+        return Refuse(
+            "bad_proof",
+            f"the consistency proof {last.size} -> {new.size} does not verify (RFC 9162): the "
+            "new checkpoint does not extend the one cosigned",
+        )
+    return Cosign()
