@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -634,11 +636,15 @@ class FailingTpm:
     sealink.crypto.tpmkey.TpmKey raises when the TPM cannot sign (the TPM itself is
     tested against swtpm in test_tpm.py)."""
 
+    signs_slowly = True
+
     def __init__(self) -> None:
         self.failing = True
         self.public = ACK_KEY.public
+        self.threads: set[int] = set()
 
     def sign(self, digest: bytes) -> bytes:
+        self.threads.add(threading.get_ident())
         if self.failing:
             raise TpmError("TPM swtpm:port=2321: cannot sign (0x000a0008)")
         return ACK_KEY.sign(digest)
@@ -659,6 +665,31 @@ def test_a_tpm_that_cannot_sign_gives_an_unsigned_ack_an_alarm_and_a_retry() -> 
     host.commit(link.feed(wire(*seal.record(1)), host.now))
     (ack,) = [m for m in host_messages(link.committed(host.now)) if m[K_TYPE] == messages.ACK]
     assert stored_ok(DEVICE, 3, auth.record_hash(seal.journal[2]), ack[messages.AK_STORED])
+
+
+def test_a_tpm_signs_ahead_in_a_worker_and_the_ack_carries_that_signature() -> None:
+    # What Session does after a commit: the signature is made off the event loop's thread
+    # (a TPM chip takes tens of ms), and the ACK the commit releases carries it.
+    tpm = FailingTpm()
+    tpm.failing = False
+    host, seal = Host(), Seal()
+    host.ack_key = tpm
+    connect(host, seal)
+    link = host.link()
+    host.commit(link.feed(wire(*seal.record(2)), host.now))
+    due = link.proof_due()
+    assert due is not None and due[1] == 2
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        proof = worker.submit(due[0]).result()
+    link.proved(2, proof)
+    (ack,) = [m for m in host_messages(link.committed(host.now)) if m[K_TYPE] == messages.ACK]
+    assert stored_ok(DEVICE, 2, auth.record_hash(seal.journal[1]), ack[messages.AK_STORED])
+    assert threading.get_ident() not in tpm.threads, "signed on the caller's thread"
+    assert link.proof_due() is None  # acknowledged: nothing more to sign
+    fast, other = Host(ack_key=ACK_KEY), Seal()
+    connect(fast, other)
+    fast.commit(fast.link().feed(wire(*other.record(1)), fast.now))
+    assert fast.link().proof_due() is None  # a key in a file signs inline, in microseconds
 
 
 def test_a_gateway_without_an_ack_key_signs_nothing() -> None:

@@ -28,6 +28,11 @@ class AckKey(Protocol):
         """X || Y, 64 bytes."""
         ...
 
+    @property
+    def signs_slowly(self) -> bool:
+        """Milliseconds a signature or more (a TPM): the gateway signs off its event loop."""
+        ...
+
     def sign(self, digest: bytes) -> bytes:
         """r || s over a 32-byte digest."""
         ...

@@ -131,6 +131,10 @@ class TpmKey:
     """A P-256 key loaded into a TPM for this process: `public` (X || Y) and `sign` (r || s)
     as P256Key's. `close()` unloads it; the file stays and loads again."""
 
+    # A command to the TPM and back: ~1 ms on swtpm (`make bench`: seal_checks, ack_sign),
+    # tens of ms on a TPM chip, which the event loop must not wait for.
+    signs_slowly = True
+
     def __init__(self, tss: Any, esapi: Any, blob: Any, tcti: str) -> None:
         self.tcti = tcti
         self._tss = tss

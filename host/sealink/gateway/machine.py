@@ -28,6 +28,7 @@ from sealproto.messages import K_SEQ, K_TYPE
 from sealproto.timers import DUP_ACK_HOLDOFF_MS
 
 from sealink.crypto.ackkey import AckKey
+from sealink.crypto.enrolment import stored_signature
 from sealink.errors import TpmError
 from sealink.gateway import checks
 from sealink.gateway.actions import (
@@ -131,6 +132,28 @@ class LinkMachine:
     def committed(self, now_ms: int) -> list[Action]:
         self._maybe_ack(now_ms)
         return self._take()
+
+    def proof_due(self) -> tuple[Callable[[], bytes], int] | None:
+        """With a key slow to sign (a TPM), the signature the ACK after a commit needs, as
+        (work for a worker thread, counter): the session hands the result to `proved` before
+        `committed`, so the event loop never waits on the key. None: nothing to sign ahead."""
+        state, key = self.state, self._ack_key
+        if state is None or key is None or not key.signs_slowly or not self._key:
+            return None
+        counter, head = state.stored, state.stored_hash
+        if (
+            state.quarantine is not None
+            or head is None
+            or counter <= self._acked_sent
+            or self._stored_proof[0] == counter
+        ):
+            return None
+        device = state.device
+        return (lambda: stored_signature(key, device, counter, head)), counter
+
+    def proved(self, counter: int, proof: bytes) -> None:
+        """The signature `proof_due` asked for; the next ACK of `counter` carries it."""
+        self._stored_proof = (counter, proof)
 
     def tick(self, now_ms: int) -> list[Action]:
         if self.state is None and self._sync.periodic(now_ms):

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from sealink.errors import TpmError
 from sealink.gateway.actions import (
     Action,
     Alarm,
@@ -43,6 +44,8 @@ __all__ = ["LinkHost", "Session"]
 # threads on two cores: a finished verify waits to take the GIL back, and the third keeps one
 # more in flight meanwhile, which `make bench` (ingest) measured faster than two.
 _VERIFIERS = ThreadPoolExecutor(max_workers=3, thread_name_prefix="seal-verify")
+# Acknowledgement signatures of a key in a TPM (LinkMachine.proof_due): one TPM, one at a time.
+_SIGNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ack-sign")
 
 
 def monotonic_ms() -> int:
@@ -140,11 +143,23 @@ class Session:
                 machine.displaced()
             if self._committed:
                 self._committed = False
-                await self._run(machine.committed(now))
+                await self._prove_ahead()
+                await self._run(machine.committed(monotonic_ms()))
             commands, self._commands = self._commands, None
             if commands is not None:
                 await self._run(machine.offer_commands(commands, now))
             await self._run(machine.tick(now))
+
+    async def _prove_ahead(self) -> None:
+        due = self.machine.proof_due()
+        if due is None:
+            return
+        sign, counter = due
+        try:
+            proof = await asyncio.get_running_loop().run_in_executor(_SIGNER, sign)
+        except TpmError:
+            return  # the ACK then asks the TPM on the loop, and alarms if it fails again
+        self.machine.proved(counter, proof)
 
     # carrying out actions --------------------------------------------------------------------
 
