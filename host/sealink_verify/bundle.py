@@ -97,6 +97,7 @@ class Bundle:
     key_history: list[tuple[bytes, bytes]]  # (public key, kid), oldest first
     version: int = BUNDLE_VERSION
     transitions: list[Any] = field(default_factory=list)  # entries as written: keyhistory reads
+    receipt: bytes | None = None  # the COSE Receipt (SPEC §14.8): `sealink-verify receipt` reads
 
 
 def _hex(value: Any, what: str, size: int | None = None) -> bytes:
@@ -170,6 +171,7 @@ def read_bundle(text: str) -> Bundle:
             ],
             version=doc["version"],
             transitions=list(doc["key_history"]),
+            receipt=None if doc.get("receipt") is None else _hex(doc["receipt"], "receipt"),
         )
     except (KeyError, TypeError) as exc:
         raise BundleError(f"malformed bundle: missing or misshapen {exc}") from None

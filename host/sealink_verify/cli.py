@@ -1,9 +1,11 @@
 """`sealink verify` (and the standalone `sealink-verify`): check an evidence export offline;
-`sealink-verify bundle FILE`: check one impression's evidence bundle (SPEC §14.5).
+`sealink-verify bundle FILE`: check one impression's evidence bundle (SPEC §14.5);
+`sealink-verify receipt FILE`: check one record's COSE Receipt (RFC 9942, SPEC §14.8).
 
 Registered into the `sealink` command line through the `sealink.commands` entry point group, so
 the gateway's CLI offers it without importing this package's code into the product. The bundle
-check is the standalone command's only: `sealink verify` takes an export as its first argument.
+and receipt checks are the standalone command's only: `sealink verify` takes an export as its
+first argument.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sealink_verify.audit import (
     read_export,
     seal_public_key,
 )
-from sealink_verify.bundle import BundleError, ed25519_raw, read_bundle, verify_bundle
+from sealink_verify.bundle import Bundle, BundleError, ed25519_raw, read_bundle, verify_bundle
 from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof, load_proof
 from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries, history_entries
+from sealink_verify.receipt import verify_receipt
 
 __all__ = ["main", "register"]
 
@@ -402,10 +405,80 @@ def run_bundle(args: argparse.Namespace) -> int:
     return EXIT_VERIFIED if report.pinned else EXIT_UNPINNED
 
 
+def _receipt_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sealink-verify receipt",
+        description="check a record's COSE Receipt of inclusion offline (RFC 9942, SPEC §14.8)",
+        epilog="exit status: 0 verified under the pinned key, 1 a check failed, 2 unusable",
+    )
+    p.add_argument(
+        "receipt",
+        nargs="?",
+        metavar="FILE",
+        help="written by `sealink evidence receipt` (default: the --bundle's own receipt)",
+    )
+    leaf = p.add_mutually_exclusive_group(required=True)
+    leaf.add_argument("--leaf-data", metavar="HEX", help="the leaf's data (SPEC §14.1), hex")
+    leaf.add_argument(
+        "--bundle",
+        metavar="FILE",
+        help="the record's evidence bundle: its leaf is computed from the record and "
+        "countersignature, its key history walked from --gateway-key",
+    )
+    p.add_argument(
+        "--gateway-key",
+        required=True,
+        metavar="PEM",
+        help="the gateway's (first) public key obtained elsewhere (`sealink keys show`)",
+    )
+    p.add_argument("--json", action="store_true", help="every check, the problems, the facts")
+    return p
+
+
+def run_receipt(args: argparse.Namespace) -> int:
+    """0: verified under the pinned key; 1: a check failed; 2: an input is unusable."""
+    try:
+        try:
+            pinned = ed25519_raw(Path(args.gateway_key).read_bytes())
+        except ValueError as exc:
+            raise VerifyInputError(f"{args.gateway_key}: {exc}") from None
+        leaf: bytes | Bundle
+        if args.bundle is not None:
+            try:
+                leaf = read_bundle(Path(args.bundle).read_text(encoding="utf-8"))
+            except (BundleError, UnicodeDecodeError) as exc:
+                raise VerifyInputError(f"{args.bundle}: {exc}") from None
+        else:
+            try:
+                leaf = bytes.fromhex(args.leaf_data)
+            except ValueError:
+                raise VerifyInputError("--leaf-data: not hex") from None
+        if args.receipt is not None:
+            receipt = Path(args.receipt).read_bytes()
+        elif isinstance(leaf, Bundle) and leaf.receipt is not None:
+            receipt = leaf.receipt
+        else:
+            raise VerifyInputError("no receipt: give FILE, or a --bundle that carries one")
+    except OSError as exc:
+        print(f"sealink-verify: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except VerifyInputError as exc:
+        print(f"sealink-verify: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    report = verify_receipt(receipt, pinned, leaf)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(report.text())
+    return EXIT_VERIFIED if report.ok else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bundle"]:
         return run_bundle(_bundle_parser().parse_args(argv[1:]))
+    if argv[:1] == ["receipt"]:
+        return run_receipt(_receipt_parser().parse_args(argv[1:]))
     parser = argparse.ArgumentParser(
         prog="sealink-verify",
         description=__doc__,

@@ -26,6 +26,7 @@ __all__ = [
     "event_leaf_data",
     "gap_leaf_data",
     "heads_digest",
+    "inclusion_root",
     "mth",
     "open_checkpoint",
     "open_note",
@@ -74,12 +75,18 @@ def verify_inclusion(
     leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes
 ) -> bool:
     """RFC 9162 §2.1.3.2, step by step."""
+    return inclusion_root(leaf, index, size, path) == root
+
+
+def inclusion_root(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
+    """The root that an inclusion path computes from a leaf hash (RFC 9162 §2.1.3.2 without the
+    final comparison); None when the path does not fit the index and size."""
     if index >= size or index < 0:
-        return False
+        return None
     fn, sn, r = index, size - 1, leaf
     for p in path:
         if sn == 0:
-            return False
+            return None
         if fn % 2 == 1 or fn == sn:
             r = _interior(p, r)
             while fn % 2 == 0 and fn != 0:
@@ -87,7 +94,7 @@ def verify_inclusion(
         else:
             r = _interior(r, p)
         fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and r == root
+    return r if sn == 0 else None
 
 
 def verify_consistency(

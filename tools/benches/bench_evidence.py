@@ -11,7 +11,8 @@ over SEALINK_BENCH_LOG_DEVICES devices. Then, as medians of ROUNDS runs:
   snapshot, sign the C2SP note, store it;
 - append_us_per_leaf: appending one 512-leaf group commit's leaves (inside a transaction);
 - inclusion/consistency: proof length in hashes and bytes, product proof generation time, and
-  verification time by sealink_verify's independent RFC 9162 code.
+  verification time by sealink_verify's independent RFC 9162 code;
+- receipt_bytes_max: the largest COSE Receipt (SPEC §14.8) of the proven leaves.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def _median_ms(samples: list[float]) -> float:
 def _one(size: int, rng: random.Random) -> dict[str, Any]:
     from sealink.crypto.signer import GatewayKey
     from sealink.evidence import checkpoint_origin, event_leaf, leaf_hash
+    from sealink.evidence.receipt import make_receipt
     from sealink.gateway.checkpoints import make_checkpoint
     from sealink.ledger import Ledger
     from sealink.ledger import log as ledger_log
@@ -101,7 +103,7 @@ def _one(size: int, rng: random.Random) -> dict[str, Any]:
             n = ledger.log.size()
             root = ledger.log.root(n)
             inc_gen, inc_ver, con_gen, con_ver = [], [], [], []
-            inc_len = con_len = 0
+            inc_len = con_len = receipt_len = 0
             for _ in range(ROUNDS):
                 index = rng.randrange(n)
                 t0 = time.perf_counter()
@@ -115,6 +117,7 @@ def _one(size: int, rng: random.Random) -> dict[str, Any]:
                 inc_ver.append(time.perf_counter() - t0)
                 assert ok
                 inc_len = len(path_)
+                receipt_len = max(receipt_len, len(make_receipt(key, n, index, path_, root)))
                 old = rng.randrange(1, n)
                 old_root = ledger.log.root(old)
                 t0 = time.perf_counter()
@@ -140,6 +143,7 @@ def _one(size: int, rng: random.Random) -> dict[str, Any]:
         "inclusion_bytes": inc_len * 32,
         "inclusion_prove_ms": _median_ms(inc_gen),
         "inclusion_verify_ms": _median_ms(inc_ver),
+        "receipt_bytes_max": receipt_len,
         "consistency_hashes_max": con_len,
         "consistency_bytes_max": con_len * 32,
         "consistency_prove_ms": _median_ms(con_gen),

@@ -10,6 +10,8 @@ consistency OLD [NEW]          consistency proof between two tree sizes (NEW: th
                                checkpoint), for an auditor who kept an older checkpoint
 bundle DEVICE COUNTER          one impression's evidence bundle (SPEC §14.5): one JSON file
                                that `sealink-verify bundle` checks offline with nothing else
+receipt DEVICE COUNTER         the record's COSE Receipt of inclusion (RFC 9942, SPEC §14.8)
+                               against the same checkpoint as its bundle, binary CBOR
 
 `--json` prints what `sealink verify --proof` checks offline.
 """
@@ -50,6 +52,8 @@ from sealink.evidence import (
     walk,
 )
 from sealink.evidence.keys import kid_of
+from sealink.evidence.merkle import leaf_hash, verify_inclusion
+from sealink.evidence.receipt import make_receipt, receipt_json
 from sealink.ledger import Ledger
 
 __all__ = ["checkpoint_trailer", "register"]
@@ -232,13 +236,13 @@ def _signed_by(
     )
 
 
-def _write_new(path: Path, text: str, force: bool) -> None:
-    """Write `text` to `path` whole or not at all (a temporary file beside it, then a rename;
+def _write_new(path: Path, data: bytes, force: bool) -> None:
+    """Write `data` to `path` whole or not at all (a temporary file beside it, then a rename;
     without `force`, a link, which fails rather than replace an existing file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # evidence for others to read: no secret in it
@@ -254,18 +258,78 @@ def _write_new(path: Path, text: str, force: bool) -> None:
             os.unlink(tmp)
 
 
-def cmd_bundle(args: argparse.Namespace) -> int:
+def _evidence_of(args: argparse.Namespace, out: Path | None) -> tuple[BundleParts, GatewayKey]:
+    """The bundle's parts and the gateway key, refusing early to replace `out`."""
     config = load(args)
-    out = Path(args.out or f"{args.device}-{args.counter}.bundle.json")
-    if out.exists() and not args.force:
+    if out is not None and out.exists() and not args.force:
         raise SealinkError(f"{out} exists; not overwriting (--force)")
     key = GatewayKey.load(config.key_file)
     with open_ledger(config) as ledger:
-        parts = _bundle_parts(ledger, key, config.gateway_id, args)
-    _write_new(out, bundle_text(make_bundle(parts)), args.force)
+        return _bundle_parts(ledger, key, config.gateway_id, args), key
+
+
+class ReceiptRefused(SealinkError):
+    """No receipt of this record and checkpoint: the gateway may not sign one (SPEC §14.8)."""
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"{args.device}-{args.counter}.bundle.json")
+    parts, key = _evidence_of(args, out)
+    try:
+        receipt = _receipt(parts, key)
+    except ReceiptRefused:
+        receipt = None  # the bundle proves the record without it
+    _write_new(out, bundle_text(make_bundle(parts, receipt)).encode(), args.force)
     print(
         f"wrote {out}: {parts.device} #{parts.counter}, leaf {parts.leaf_index} of the "
         f"checkpoint of size {parts.checkpoint.size}; check it with `sealink-verify bundle {out}`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _receipt(parts: BundleParts, key: GatewayKey) -> bytes:
+    """Sign the receipt of the bundle's leaf and checkpoint size (SPEC §14.8): only with a key
+    the key history names for that size, over the root that checkpoint signed."""
+    size, what = parts.checkpoint.size, f"{parts.device} #{parts.counter}"
+    current = parts.transitions[-1].new if parts.transitions else parts.gateway_key
+    if key.public_raw() != current:
+        raise ReceiptRefused(
+            f"the key file's key (kid {key.kid.hex()}) is not the last key of the key history "
+            f"(kid {kid_of(current).hex()}): finish `sealink keys rotate` first"
+        )
+    if key.public_raw() not in checkpoint_keys(parts.gateway_key, parts.transitions, size):
+        raise ReceiptRefused(
+            f"the checkpoint of size {size} belongs to a retired gateway key, which the gateway "
+            "no longer holds: ask for a receipt against a checkpoint signed since the last "
+            "`sealink keys rotate` (--checkpoint SIZE)"
+        )
+    leaf = leaf_hash(parts.leaf_data)
+    if not verify_inclusion(leaf, parts.leaf_index, size, parts.path, parts.checkpoint.root):
+        raise ReceiptRefused(
+            f"{what}: the ledger's inclusion path does not reach the root its checkpoint of "
+            f"size {size} signed: the ledger was changed"
+        )
+    if not parts.path:
+        raise ReceiptRefused(
+            f"{what} is the only leaf of the checkpoint of size {size}: an RFC 9942 receipt "
+            "needs an inclusion path of at least one node; ask again after the next checkpoint"
+        )
+    return make_receipt(key, size, parts.leaf_index, parts.path, parts.checkpoint.root)
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    out = None if args.json else Path(args.out or f"{args.device}-{args.counter}.receipt.cbor")
+    parts, key = _evidence_of(args, out)
+    receipt = _receipt(parts, key)
+    if out is None:
+        print_json({"device": parts.device, "counter": parts.counter, **receipt_json(receipt)})
+        return 0
+    _write_new(out, receipt, args.force)
+    print(
+        f"wrote {out}: {parts.device} #{parts.counter}, leaf {parts.leaf_index} of the "
+        f"checkpoint of size {parts.checkpoint.size}, {len(receipt)} bytes; check it with "
+        f"`sealink-verify receipt {out} --bundle BUNDLE --gateway-key PEM`",
         file=sys.stderr,
     )
     return 0
@@ -300,3 +364,11 @@ def register(sub: Any) -> None:
     p.add_argument("--out", "-o", metavar="FILE", help="default: DEVICE-COUNTER.bundle.json")
     p.add_argument("--checkpoint", type=int, metavar="SIZE", help="default: the latest")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p = add_command(ev_sub, "receipt", cmd_receipt, "one record's COSE Receipt (RFC 9942)")
+    with_config(p)
+    p.add_argument("device")
+    p.add_argument("counter", type=int)
+    p.add_argument("--out", "-o", metavar="FILE", help="default: DEVICE-COUNTER.receipt.cbor")
+    p.add_argument("--checkpoint", type=int, metavar="SIZE", help="default: the latest")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--json", action="store_true", help="print its fields (hex) instead")

@@ -9,6 +9,8 @@ offline, in one JSON document.
 
 Version 2, written only by a gateway that rotated its key (SPEC §14.7): `gateway` is its current
 key, and `key_history` the whole chain, each entry after the first with its "transition".
+Either version may carry "receipt" (hex), the record's COSE Receipt (SPEC §14.8): a field older
+verifiers ignore, so it needs no new version.
 Pure: the CLI reads the parts from the ledger in one snapshot and writes the file.
 """
 
@@ -61,9 +63,9 @@ def _key(public: bytes) -> dict[str, str]:
     return {"public_key": public.hex(), "kid": hashlib.sha256(public).digest()[:8].hex()}
 
 
-def make_bundle(parts: BundleParts) -> dict[str, Any]:
+def make_bundle(parts: BundleParts, receipt: bytes | None = None) -> dict[str, Any]:
     current = parts.transitions[-1].new if parts.transitions else parts.gateway_key
-    return {
+    bundle = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION_ROTATED if parts.transitions else BUNDLE_VERSION,
         "device": parts.device,
@@ -81,6 +83,9 @@ def make_bundle(parts: BundleParts) -> dict[str, Any]:
         "heads": [h.to_json() for h in sorted(parts.heads, key=lambda h: h.device)],
         "key_history": history_entries(parts.gateway_key, parts.transitions),
     }
+    if receipt is not None:
+        bundle["receipt"] = receipt.hex()
+    return bundle
 
 
 def bundle_text(bundle: dict[str, Any]) -> str:
