@@ -9,6 +9,10 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [ -e /usr/include/tss2/tss2_esys.h ] || missing+=(libtss2-dev)
+# tpm2-pytss has no wheel: pip compiles it (cffi), which takes a compiler and Python's headers.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    || missing+=(python3-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "sealink needs these system packages: ${missing[*]}" >&2
