@@ -603,7 +603,7 @@ def _claim(facts: dict[str, Any]) -> str:
     return (
         f"{words} {facts['counter']} of seal {facts['device']}, {made}, {permit}{operator}, "
         f"was recorded by the seal's security chip and accepted by gateway {facts['gateway']} "
-        f"on {received}; it is entry {facts['leaf_index']} of the gateway's log, whose signed "
+        f"on {received}; it is entry {facts['leaf_index'] + 1} of the gateway's log, whose signed "
         f"state of {state} (size {facts['tree_size']}) includes it."
     )
 

@@ -351,7 +351,7 @@ def test_the_text_is_for_a_court_clerk(
     assert lines[0].startswith(
         "Impression 5 of seal seal-a, made when the seal's clock was not set, without a permit, "
         "was recorded by the seal's security chip and accepted by gateway gw-ev on "
-        "2023-11-14 22:13:20 UTC; it is entry 4 of the gateway's log, whose signed state of "
+        "2023-11-14 22:13:20 UTC; it is entry 5 of the gateway's log, whose signed state of "
     )
     assert lines[1].startswith("BUT a key was taken from the bundle itself")
     fingerprint = hashlib.sha256(rig.key.public_raw()).hexdigest()
@@ -561,6 +561,6 @@ def test_vector_file_is_current_and_verifies(
     assert capsys.readouterr().out.startswith(
         "Impression 2 of seal S-0001, made 2026-12-01 09:14:03 UTC by the seal's clock, under "
         "permit 5 by operator 42, was recorded by the seal's security chip and accepted by "
-        "gateway gw-vectors on 2026-12-01 09:14:05 UTC; it is entry 2 of the gateway's log, "
+        "gateway gw-vectors on 2026-12-01 09:14:05 UTC; it is entry 3 of the gateway's log, "
         "whose signed state of 2026-12-01 09:20:00 UTC (size 5) includes it.\n"
     )
