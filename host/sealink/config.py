@@ -25,8 +25,9 @@ group_commit_ms = 0.0                # linger before a commit to gather more row
 checkpoint_interval_s = 10.0         # sign a transparency-log checkpoint this often (if it grew)
 
 [[ports]]
-url = "/dev/ttyUSB0"                 # any pyserial URL: rfc2217://, socket://, spy://
-transport = "serial"                 # "serial"; "ble" is reserved
+url = "/dev/ttyUSB0"                 # any pyserial URL: rfc2217://, socket://, spy://; or
+                                     # ble://<device id>[?…] (sealink/transport/bleurl.py)
+transport = "serial"                 # optional: "serial", or "ble" (a ble:// URL implies it)
 baudrate = 115200
 
 [[witnesses]]                        # optional: who cosigns the checkpoints (SPEC §14.6)
@@ -237,6 +238,30 @@ def _serial_url(key: str, value: Any) -> Any:
     return value
 
 
+def _port_url(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not value.startswith("ble:"):
+        return _serial_url(key, value)
+    from sealink.transport.bleurl import parse_ble_url
+
+    try:
+        parse_ble_url(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+    return value
+
+
+def _port(table: Any, key_prefix: str) -> PortConfig:
+    fields = _section("ports", table, key_prefix)
+    wanted = "ble" if fields["url"].startswith("ble:") else "serial"
+    if fields.setdefault("transport", wanted) != wanted:
+        raise ConfigError(
+            f"{key_prefix}.transport",
+            f"{fields['transport']!r} does not match url {fields['url']!r} ({wanted})",
+        )
+    return PortConfig(**fields)
+
+
 def _tcti(key: str, value: Any) -> Any:
     value = _type(str, "a string")(key, value)
     if not _TCTI_RE.match(value):
@@ -293,7 +318,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
         "checkpoint_interval_s": (_interval_s, False),
     },
     "ports": {
-        "url": (_serial_url, True),
+        "url": (_port_url, True),
         "transport": (_transport, False),
         "baudrate": (_int_range(50, 20_000_000), False),
     },
@@ -365,9 +390,7 @@ def parse_config(
     ports_raw = data.get("ports", [])
     if not isinstance(ports_raw, list):
         raise ConfigError("ports", "must be an array of tables ([[ports]])")
-    ports = tuple(
-        PortConfig(**_section("ports", p, f"ports[{i}]")) for i, p in enumerate(ports_raw)
-    )
+    ports = tuple(_port(p, f"ports[{i}]") for i, p in enumerate(ports_raw))
     mqtt_cfg = parse_mqtt(data.get("mqtt", {}))
     witnesses = _witnesses(data.get("witnesses", []))
 

@@ -78,6 +78,15 @@ def test_a_good_config_loads_with_paths_relative_to_the_file(conf_dir: Path) -> 
             "ports[1].transport",
             "unknown transport",
         ),
+        (('url = "/dev/ttyUSB0"', 'url = "ble://seal/1"'), "ports[0].url", "the id is 1..32"),
+        (('url = "/dev/ttyUSB0"', 'url = "ble://s1?backend=bumble"'), "ports[0].url", "needs hci"),
+        (('url = "/dev/ttyUSB0"', 'url = "ble://s1?mtu=9"'), "ports[0].url", "mtu must be"),
+        (('url = "/dev/ttyUSB0"', 'url = "ble://s1?pin=1"'), "ports[0].url", "unknown BLE URL"),
+        (
+            ('url = "/dev/ttyUSB0"', 'url = "ble://s1"\ntransport = "serial"'),
+            "ports[0].transport",
+            "does not match url",
+        ),
         (("json = true", 'json = "yes"'), "log.json", "true or false"),
         (('level = "debug"', 'level = "loud"'), "log.level", "one of"),
         (
@@ -102,6 +111,13 @@ def test_each_error_names_the_key_and_the_problem(
         load_config(_write(conf_dir, GOOD.replace(edit[0], edit[1].replace("$&", edit[0]), 1)))
     assert err.value.key == key, str(err.value)
     assert problem in str(err.value)
+
+
+def test_a_ble_url_selects_the_ble_transport(conf_dir: Path) -> None:
+    url = "ble://Seal_A.1?backend=bumble&hci=usb:0&mtu=23"
+    config = load_config(_write(conf_dir, GOOD.replace("/dev/ttyUSB0", url)))
+    assert (config.ports[0].url, config.ports[0].transport) == (url, "ble")
+    assert config.ports[1].transport == "serial"
 
 
 def test_a_key_file_readable_by_others_is_refused(conf_dir: Path) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -279,12 +280,12 @@ class Gateway:
                     "port open failed",
                     extra={"fields": {"port": port.url, "why": str(exc), "retry_s": delay}},
                 )
-                await asyncio.sleep(delay)
+                await asyncio.sleep(_jittered(delay))
                 delay = min(delay * 2, _PORT_RETRY_MAX_S)
                 continue
             delay = _PORT_RETRY_MIN_S
             await self._serve(transport, connect=False)
-            await asyncio.sleep(_PORT_RETRY_MIN_S)
+            await asyncio.sleep(_jittered(_PORT_RETRY_MIN_S))
 
     def _session_of(self, device: str) -> Session | None:
         for session in self.sessions:
@@ -439,6 +440,12 @@ class Gateway:
         self.publisher.publish_now(
             self.topics.status(device), json.dumps(body, sort_keys=True).encode(), retain=True
         )
+
+
+def _jittered(delay_s: float) -> float:
+    """Half to all of the delay: a hundred seals dropped at once (an adapter reset, the
+    gateway's own restart) come back spread out, not in one storm of connects."""
+    return delay_s * random.uniform(0.5, 1.0)
 
 
 def _ack_key(config: Config, keys: contextlib.ExitStack) -> AckKey | None:

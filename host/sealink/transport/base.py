@@ -47,10 +47,15 @@ def open_transport(kind: str, url: str, **options: Any) -> Transport:
                 ) from None
             return SerialTransport(url, **options)
         case "ble":
-            raise TransportUnavailableError(
-                "BLE transport is not yet available in this sealink version; "
-                'connect the seal over serial (transport = "serial")'
-            )
+            try:
+                from sealink.transport.ble import BleTransport
+            except ImportError as exc:
+                raise TransportUnavailableError(
+                    f"BLE transport needs bleak (and bumble for backend=bumble): "
+                    f"pip install 'sealink[ble]' ({exc})"
+                ) from None
+            # The options are a serial port's (baudrate, which every [[ports]] table has).
+            return BleTransport(url)
         case _:
             raise TransportUnavailableError(
                 f"unknown transport {kind!r}; known: {', '.join(TRANSPORTS)}"
