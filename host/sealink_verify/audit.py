@@ -59,6 +59,7 @@ from sealink_verify.keyhistory import (
 )
 
 __all__ = [
+    "KINDS",
     "DeviceAudit",
     "GapStatement",
     "derive_kid",
@@ -69,10 +70,13 @@ __all__ = [
 ]
 
 _EV_COUNTER = 1
+_EV_KIND = 5
 _EV_PREV = 8
 _EV_SIG = 9
 _MAC = 15
 _SEAL_KEY_LEN = 64
+# EVENT field 5 (SPEC §4.1), by value.
+KINDS = ("impression", "forced", "tamper", "low_battery", "reboot", "alarm", "unrecorded")
 _ECDSA_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 _GENESIS = bytes(32)
 _COSE_KEY_X = -2
@@ -106,6 +110,8 @@ class DeviceAudit:
     seal_signatures_checked: int = 0
     problems: list[str] = field(default_factory=list)
     gaps: list[GapStatement] = field(default_factory=list)
+    # exported records by kind (SPEC §4.1), verified or not: what the seal says happened
+    kinds: dict[str, int] = field(default_factory=dict)
     rows: int = 0  # events and gaps, verified or not: the sequence advances over each
     # (leaf index or None, first, last, RFC 9162 leaf hash) of each row, in export order
     leaves: list[tuple[int | None, int, int, bytes]] = field(default_factory=list)
@@ -114,6 +120,7 @@ class DeviceAudit:
         return {
             "device": self.device,
             "events": self.events,
+            "kinds": dict(sorted(self.kinds.items())),
             "counters": [self.first, self.last],
             "complete_from_first_record": self.first == 1 and not self.problems,
             "gaps": [[gap.first, gap.last] for gap in self.gaps],
@@ -309,6 +316,12 @@ class _Checker:
         # is reported once, not again by the rows after it.
         self._advance(audit, counter, counter)
         audit.events += 1
+        if event:
+            kind = event.get(_EV_KIND)
+            name = (
+                KINDS[kind] if isinstance(kind, int) and 0 <= kind < len(KINDS) else f"kind {kind}"
+            )
+            audit.kinds[name] = audit.kinds.get(name, 0) + 1
         self._last_event[audit.device] = event_bytes
         return problems
 

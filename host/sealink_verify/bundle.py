@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cwt import COSE, COSEKey
 
 from sealink_verify import tlog
-from sealink_verify.audit import seal_public_key, seal_signature_ok
+from sealink_verify.audit import KINDS, seal_public_key, seal_signature_ok
 from sealink_verify.keyhistory import (
     Epoch,
     KeyHistory,
@@ -61,7 +61,6 @@ _EV_BYTES = {8: 32, 9: 64, 15: 32}
 _EV_CAUSE = 10
 _KIND_REBOOT = 4
 _CAUSE_REQUIRED = (5, 6)  # ALARM, UNRECORDED; optional on REBOOT, absent on the others
-_KINDS = ("impression", "forced", "tamper", "low_battery", "reboot", "alarm", "unrecorded")
 _KIND_WORDS = (
     "Impression",
     "Forced impression (sensed while the lock was shut)",
@@ -521,7 +520,7 @@ class _Verifier:
             "device": b.device,
             "counter": b.counter,
             "gateway": b.gateway_id,
-            "kind": _KINDS[kind] if isinstance(kind, int) and kind < len(_KINDS) else kind,
+            "kind": KINDS[kind] if isinstance(kind, int) and kind < len(KINDS) else kind,
             "boot_id": event.get(2),
             "time_s": event.get(4),
             "permit": event.get(6),
@@ -550,11 +549,11 @@ def _event_problem(event: Any, raw: bytes) -> str | None:
     for k, size in _EV_BYTES.items():
         if not isinstance(event.get(k), bytes) or len(event[k]) != size:
             return f"field {k} is missing or not {size} bytes"
-    if event[1] < 1 or event[5] >= len(_KINDS):
+    if event[1] < 1 or event[5] >= len(KINDS):
         return "counter 0, or a kind that is not defined"
     cause = event.get(_EV_CAUSE)
     if cause is None and event[5] in _CAUSE_REQUIRED:
-        return f"a {_KINDS[event[5]]} record without its cause (field 10)"
+        return f"a {KINDS[event[5]]} record without its cause (field 10)"
     if cause is not None and (
         event[5] not in (*_CAUSE_REQUIRED, _KIND_REBOOT)
         or not isinstance(cause, int)
@@ -590,7 +589,7 @@ def _utc(seconds: float) -> str:
 
 def _claim(facts: dict[str, Any]) -> str:
     kind = facts["kind"]
-    words = _KIND_WORDS[_KINDS.index(kind)] if kind in _KINDS else "Record"
+    words = _KIND_WORDS[KINDS.index(kind)] if kind in KINDS else "Record"
     made = (
         f"made {_utc(facts['time_s'])} by the seal's clock"
         if facts["time_s"]

@@ -290,7 +290,14 @@ def _outcome(audits: list[DeviceAudit], evidence_problems: list[str]) -> int:
     # Problems of the export as a whole (its key history, a malformed line) are filed under
     # the device "?": not a device.
     devices = sum(1 for a in audits if a.device != "?")
+    kinds: dict[str, int] = {}
+    for audit in audits:
+        for kind, n in audit.kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    summary = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
     events = f"{sum(a.events for a in audits)} events of {devices} devices"
+    if summary:
+        events += f" ({summary})"
     gaps = sum(len(a.gaps) for a in audits)
     if not audits or evidence_problems or any(audit.problems for audit in audits):
         print(f"sealink verify: {events}, FAILED", file=sys.stderr)

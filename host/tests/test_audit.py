@@ -15,7 +15,7 @@ from sealink.crypto.signer import GatewayKey, countersign_payload
 from sealink.ledger import gap_payload
 from sealink_sim.simdevice import SimChip, make_event
 from sealink_verify.audit import verify_export
-from sealproto import auth
+from sealproto import auth, messages
 
 DEVICE_KEY = bytes(range(32))
 # What the seals' provisioning issued: each seal chip's public key (SPEC §4.1).
@@ -30,10 +30,13 @@ def _seal_keys_file(tmp_path: Path) -> str:
     return str(path)
 
 
-def _export(key: GatewayKey, device: str, count: int) -> list[str]:
+def _export(
+    key: GatewayKey, device: str, count: int, kinds: dict[int, int] | None = None
+) -> list[str]:
     rows, prev = [], auth.GENESIS
     for counter in range(1, count + 1):
-        event = make_event(DEVICE_KEY, counter, prev)
+        kind = (kinds or {}).get(counter, messages.KIND_IMPRESSION)
+        event = make_event(DEVICE_KEY, counter, prev, kind=kind)
         prev = auth.record_hash(event)
         signed = key.sign1(countersign_payload(device, counter, event, 1_700_000_000_000, "gw"))
         rows.append(
@@ -67,6 +70,23 @@ def test_an_intact_export_verifies_completely(key: GatewayKey) -> None:
     assert (audit.events, audit.first, audit.last, audit.macs_checked) == (6, 1, 6, 6)
     assert audit.seal_signatures_checked == 6
     assert audit.summary()["complete_from_first_record"] is True
+
+
+def test_the_summary_counts_the_records_by_kind(
+    key: GatewayKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the seal says happened, at a glance: presses, forced presses, tampering, reboots.
+    kinds = {1: messages.KIND_REBOOT, 4: messages.KIND_FORCED, 5: messages.KIND_TAMPER}
+    rows = _export(key, "seal-1", 7, kinds)
+    [audit] = verify_export(rows, key.public_pem(), SEAL_KEYS, {})
+    assert audit.summary()["kinds"] == {"forced": 1, "impression": 4, "reboot": 1, "tamper": 1}
+    export = tmp_path / "export.jsonl"
+    export.write_text("\n".join(rows) + "\n")
+    pem = tmp_path / "gateway.pub.pem"
+    pem.write_bytes(key.public_pem())
+    args = ["verify", str(export), "--public-key", str(pem)]
+    assert main([*args, "--seal-keys", _seal_keys_file(tmp_path)]) == 0
+    assert "(forced 1, impression 4, reboot 1, tamper 1)" in capsys.readouterr().err
 
 
 def test_a_missing_record_is_named(key: GatewayKey) -> None:
