@@ -19,11 +19,8 @@ receipt DEVICE COUNTER         the record's COSE Receipt of inclusion (RFC 9942,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +51,7 @@ from sealink.evidence import (
 from sealink.evidence.keys import kid_of
 from sealink.evidence.merkle import leaf_hash, verify_inclusion
 from sealink.evidence.receipt import make_receipt, receipt_json
+from sealink.files import write_durably
 from sealink.ledger import Ledger
 
 __all__ = ["checkpoint_trailer", "register"]
@@ -237,25 +235,12 @@ def _signed_by(
 
 
 def _write_new(path: Path, data: bytes, force: bool) -> None:
-    """Write `data` to `path` whole or not at all (a temporary file beside it, then a rename;
-    without `force`, a link, which fails rather than replace an existing file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write evidence, for others to read (no secret in it), whole or not at all; without
+    `force`, never over an existing file."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # evidence for others to read: no secret in it
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise SealinkError(f"{path} exists; not overwriting (--force)") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        write_durably(path, data, mode=0o644, replace=force)
+    except FileExistsError:
+        raise SealinkError(f"{path} exists; not overwriting (--force)") from None
 
 
 def _evidence_of(args: argparse.Namespace, out: Path | None) -> tuple[BundleParts, GatewayKey]:
@@ -335,6 +320,16 @@ def cmd_receipt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_record(p: argparse.ArgumentParser, default_out: str) -> None:
+    """The arguments of a command that writes one record's evidence to a file."""
+    with_config(p)
+    p.add_argument("device")
+    p.add_argument("counter", type=int)
+    p.add_argument("--out", "-o", metavar="FILE", help=f"default: {default_out}")
+    p.add_argument("--checkpoint", type=int, metavar="SIZE", help="default: the latest")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
+
 def register(sub: Any) -> None:
     evidence = sub.add_parser("evidence", help="the transparency log: checkpoints and proofs")
     ev_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
@@ -358,17 +353,7 @@ def register(sub: Any) -> None:
     p.add_argument("new_size", type=int, nargs="?", metavar="NEW_SIZE", help="default: latest")
     p.add_argument("--json", action="store_true")
     p = add_command(ev_sub, "bundle", cmd_bundle, "one impression's evidence, in one file")
-    with_config(p)
-    p.add_argument("device")
-    p.add_argument("counter", type=int)
-    p.add_argument("--out", "-o", metavar="FILE", help="default: DEVICE-COUNTER.bundle.json")
-    p.add_argument("--checkpoint", type=int, metavar="SIZE", help="default: the latest")
-    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    _one_record(p, "DEVICE-COUNTER.bundle.json")
     p = add_command(ev_sub, "receipt", cmd_receipt, "one record's COSE Receipt (RFC 9942)")
-    with_config(p)
-    p.add_argument("device")
-    p.add_argument("counter", type=int)
-    p.add_argument("--out", "-o", metavar="FILE", help="default: DEVICE-COUNTER.receipt.cbor")
-    p.add_argument("--checkpoint", type=int, metavar="SIZE", help="default: the latest")
-    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    _one_record(p, "DEVICE-COUNTER.receipt.cbor")
     p.add_argument("--json", action="store_true", help="print its fields (hex) instead")

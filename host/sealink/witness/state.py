@@ -6,15 +6,13 @@ checkpoints. Refusals keep their evidence (both signed notes, the proof) in evid
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sealink.errors import SealinkError
+from sealink.files import write_durably
 
 __all__ = ["Cosigned", "StateDir"]
 
@@ -54,28 +52,6 @@ class Cosigned:
         return cls(size, bytes.fromhex(root), time_ms, note, line)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
 class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -101,7 +77,8 @@ class StateDir:
             ) from None
 
     def save(self, origin: str, cosigned: Cosigned) -> None:
-        _write_atomic(self._file(origin), json.dumps(cosigned.to_json(), sort_keys=True) + "\n")
+        text = json.dumps(cosigned.to_json(), sort_keys=True) + "\n"
+        write_durably(self._file(origin), text.encode())
 
     def keep_evidence(self, origin: str, reason: str, files: dict[str, str]) -> Path:
         """A new folder evidence/<origin>-<reason>-<unix ms> holding `files` (name -> text)."""
@@ -113,5 +90,5 @@ class StateDir:
             folder = folder.with_name(f"{folder.name.rsplit('.', 1)[0]}.{suffix}")
         folder.mkdir(mode=0o700)
         for name, text in files.items():
-            _write_atomic(folder / name, text)
+            write_durably(folder / name, text.encode())
         return folder
