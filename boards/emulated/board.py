@@ -8,3 +8,5 @@ FLASH_BLOCKS = 512
 # leaving littlefs room for copy-on-write and metadata.
 JOURNAL_CAPACITY = 2000
 LOW_BATTERY_MV = 3400
+# The links the launcher does not choose otherwise (SEAL_LINKS), in order of preference.
+LINKS = ("uart",)

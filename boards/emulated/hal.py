@@ -26,6 +26,7 @@ _ENV_HEAP_PROBE_MS = const("SEAL_HEAP_PROBE_MS")
 _ENV_RESET_CAUSE = const("SEAL_RESET_CAUSE")
 _ENV_JOURNAL_CAPACITY = const("SEAL_JOURNAL_CAPACITY")
 _ENV_AUTHORITY = const("SEAL_AUTHORITY")
+_ENV_LINKS = const("SEAL_LINKS")
 
 _MOUNT_POINT = const("/flash")
 
@@ -128,6 +129,8 @@ def _env_int(name, default):
 # clean power-on, unless it gives one): there is no MCU here to have reset.
 JOURNAL_CAPACITY = _env_int(_ENV_JOURNAL_CAPACITY, board.JOURNAL_CAPACITY)
 RESET_CAUSE = _env_int(_ENV_RESET_CAUSE, 0)
+# Which links this board has ("uart", "ble", in order of preference), as the launcher says.
+LINKS = tuple(os.getenv(_ENV_LINKS).split(",")) if os.getenv(_ENV_LINKS) else board.LINKS
 
 stamp = _Input(_env_int(_ENV_STAMP, 0))
 tamper = _Input(_env_int(_ENV_TAMPER, 0))
@@ -217,6 +220,14 @@ def uart():
     if _uart is None:
         _uart = open(int(os.getenv(_ENV_UART_FD)), "r+b")  # noqa: SIM115
     return _uart
+
+
+def ble():
+    # The stand-in for the port's `bluetooth` module (bluetooth.py beside this file): the
+    # documented bluetooth.BLE API over a socket to the launcher's bumble peripheral.
+    import bluetooth
+
+    return bluetooth.BLE()
 
 
 _rtc_offset_ms = 0

@@ -29,5 +29,9 @@ CHIP_I2C_ID = 0
 CHIP_SDA_PIN = 16
 CHIP_SCL_PIN = 17
 
+# How the seal reaches its gateway, in order of preference (SPEC §6): over BLE while a central
+# is connected, else over the UART. ("uart",) for a seal that is always cabled.
+LINKS = ("ble", "uart")
+
 # The littlefs partition of ESP32_GENERIC (~2 MiB) holds far more; this bounds the backlog.
 JOURNAL_CAPACITY = 2000

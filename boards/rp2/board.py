@@ -29,6 +29,10 @@ CHIP_I2C_ID = 0
 CHIP_SDA_PIN = 4
 CHIP_SCL_PIN = 5
 
+# How the seal reaches its gateway, in order of preference (SPEC §6): over BLE while a central
+# is connected, else over the UART. ("uart",) for a seal that is always cabled.
+LINKS = ("ble", "uart")
+
 # The Pico W's littlefs is ~848 KiB (212 blocks); 8-event journal segments of ~1.5 KiB each use
 # one 4 KiB block, so 1000 events take ~125 blocks and leave littlefs room for copy-on-write.
 JOURNAL_CAPACITY = 1000

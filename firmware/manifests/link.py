@@ -1,3 +1,3 @@
-# Talking to the host: the link state machine, the byte-stream port it runs over, and the
+# Talking to the host: the link state machine, the ports it runs over (UART, BLE), and the
 # enrolment that decides whose acknowledgements free journal space.
-package("seal", files=("enrol.py", "link.py", "uart.py"), base_path="..")
+package("seal", files=("ble.py", "enrol.py", "link.py", "ports.py", "uart.py"), base_path="..")

@@ -13,8 +13,8 @@ from seal.guard import Guard
 from seal.journal import Journal
 from seal.link import Link
 from seal.permits import Permits
+from seal.ports import Ports, serve
 from seal.sensor import count_presses, watch
-from seal.uart import StreamPort, serve
 
 # Wire numbers of sealproto (SPEC §4, §7) as const: a name imported from there costs RAM.
 # firmware/tests/test_wire_constants.py checks them against sealproto.
@@ -61,9 +61,9 @@ async def _main(device_id, key, journal):
     guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
                   hal.set_time_ms, board.LOW_BATTERY_MV, wake)
     enrolment = Enrolment(journal.root + ".enrol", device_id, hal.authority_key(), chip)
-    port = StreamPort(hal.uart())
+    ports = Ports(_ports(device_id))
     link = Link(device_id, key, FIRMWARE + "/" + board.NAME, journal, guard, enrolment,
-                hal.battery_mv, hal.urandom, port.send, wake)
+                hal.battery_mv, hal.urandom, ports.send, wake)
     # After the objects that live as long as the firmware: its garbage then leaves no holes
     # between them (MicroPython's heap does not move objects).
     try:
@@ -83,7 +83,7 @@ async def _main(device_id, key, journal):
 
     asyncio.create_task(count_presses(hal.stamp, stamp_flag, guard.on_press))
     asyncio.create_task(watch(hal.tamper, tamper_flag, guard.on_tamper))
-    asyncio.create_task(serve(link, port))
+    asyncio.create_task(serve(link, ports))
     rounds = 0
     while True:
         # The inputs' slow poll (seal/sensor.py): a lost edge is caught within a round.
@@ -95,6 +95,21 @@ async def _main(device_id, key, journal):
         guard.update_lock()
         rounds += 1
         await asyncio.sleep_ms(_HOUSEKEEPING_MS)
+
+
+def _ports(device_id):
+    # The board's links in its order of preference (SPEC §6): only what it names is imported.
+    ports = []
+    for name in hal.LINKS:
+        if name == "ble":
+            from seal.ble import BlePort
+
+            ports.append(BlePort(hal.ble(), device_id))
+        else:
+            from seal.uart import StreamPort
+
+            ports.append(StreamPort(hal.uart()))
+    return ports
 
 
 def _task_died(loop, context):

@@ -93,7 +93,7 @@ class Link:
         self._urandom = urandom
         self._send = send
         # The link's event: set by whoever gives it something to send or to read (the guard,
-        # the port's reader); the sender (seal/uart.py) waits on it and clears it.
+        # the port's reader); the sender (seal/ports.py) waits on it and clears it.
         self.wake = wake
         self._decoder = FrameDecoder()
         # [0x00][COBS(payload || crc32)][0x00]: see _send_payload.

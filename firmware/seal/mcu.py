@@ -13,6 +13,7 @@ from board import (
     CHIP_SDA_PIN,
     JOURNAL_CAPACITY,  # noqa: F401  (the HAL's: seal.app reads hal.JOURNAL_CAPACITY)
     LED_PIN,
+    LINKS,  # noqa: F401  (the HAL's: seal.app reads hal.LINKS)
     LOCK_PIN,
     STAMP_ACTIVE_LOW,
     STAMP_PIN,
@@ -90,6 +91,13 @@ def chip():
         bus = I2C(CHIP_I2C_ID, sda=Pin(CHIP_SDA_PIN), scl=Pin(CHIP_SCL_PIN), freq=100_000)
         _chip = Atecc608(bus)
     return _chip
+
+
+def ble():
+    # The radio of both boards (ESP32: NimBLE; Pico W: btstack on the CYW43439).
+    import bluetooth
+
+    return bluetooth.BLE()
 
 
 def authority_key():

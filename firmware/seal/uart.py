@@ -1,10 +1,8 @@
-# Transport glue: moves bytes between a raw non-blocking byte stream (machine.UART, the
-# emulated board's pty) and the link. Nothing polls: a reader task sleeps until the stream is
-# readable, the sender until the link's wake event or its next deadline.
-import asyncio
+# UART port: moves bytes between a raw non-blocking byte stream (machine.UART, the emulated
+# board's pty) and the link (seal/ports.py). Nothing polls: the waits sleep until the stream is
+# readable or writable.
 from asyncio import core
 from micropython import const
-from time import ticks_add, ticks_diff, ticks_ms
 
 _CHUNK = const(128)
 # Nobody reading the wire (no host, a full pty) must not grow the heap: the link resends
@@ -66,50 +64,15 @@ class StreamPort:
             return None
         return self._buf[:n] if n else None
 
+    # A stream is up from boot on: nobody connects to a UART, so no session starts on that.
+    def up(self):
+        return True
 
-async def serve(link, port, ticks=ticks_ms):
-    # The link's sender: runs tick() whenever the link's wake event is set (a new record or
-    # alarm, bytes fed, the timer) and sleeps in between, exactly until next_deadline_ms().
-    wake = link.wake
-    reader = asyncio.create_task(_read(link, port, ticks))
-    timer = None
-    due = 0
-    link.start(ticks())
-    try:
-        while True:
-            wake.clear()
-            now = ticks()
-            link.tick(now)
-            if port.flush():
-                await _writable(port.stream)
-                continue
-            ms = link.next_deadline_ms(now)
-            at = ticks_add(now, ms)
-            # A sleeping timer cannot be moved: one that would ring late is replaced; one that
-            # rings early only costs a tick() with nothing due.
-            if timer is None or timer.done() or ticks_diff(at, due) < 0:
-                if timer is not None:
-                    timer.cancel()
-                timer = asyncio.create_task(_ring(wake, ms))
-                due = at
-            await wake.wait()
-            if timer.done():
-                timer = None
-    finally:
-        reader.cancel()
-        if timer is not None:
-            timer.cancel()
+    def session_due(self):
+        return False
 
+    def readable(self):
+        return readable(self.stream)
 
-async def _read(link, port, ticks):
-    while True:
-        await readable(port.stream)
-        data = port.receive()
-        if data:
-            link.feed(data, ticks())
-            link.wake.set()
-
-
-async def _ring(wake, ms):
-    await asyncio.sleep_ms(ms)
-    wake.set()
+    def writable(self):
+        return _writable(self.stream)

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import sealproto
-from sealproto import errors, framing, messages, timers
+from sealproto import errors, framing, gatt, messages, timers
 
 SEAL = Path(__file__).resolve().parents[1] / "seal"
 SEALPROTO = Path(sealproto.__file__).resolve().parent
 _DEVICE_SIDE = ("auth.py", "cbor.py", "cobs.py", "codec.py", "framing.py")
 _CONST = re.compile(r"^_(\w+) = const\((\w+)\)", re.MULTILINE)
-_SOURCES = (messages, errors, framing, timers, sealproto)
+_SOURCES = (messages, errors, framing, timers, gatt, sealproto)
+_TEXT_CONST = re.compile(r'^_(\w+) = const\("([^"]*)"\)', re.MULTILINE)
 
 
 def _copies() -> list[tuple[str, str, int]]:
@@ -33,6 +34,19 @@ def _copies() -> list[tuple[str, str, int]]:
 def test_firmware_constant_matches_sealproto(module: str, name: str, value: int) -> None:
     want = next(getattr(m, name) for m in _SOURCES if hasattr(m, name))
     assert value == want, f"{module}: _{name} = {value}, sealproto says {want}"
+
+
+def test_the_gatt_uuids_are_sealprotos() -> None:
+    # SPEC §6's UUIDs and sizes as seal/ble.py spells them.
+    text = (SEAL / "ble.py").read_text()
+    uuids = {name: value for name, value in _TEXT_CONST.findall(text) if name.endswith("_UUID")}
+    assert uuids == {
+        "SERVICE_UUID": gatt.SERVICE_UUID,
+        "RX_UUID": gatt.RX_UUID,
+        "TX_UUID": gatt.TX_UUID,
+    }
+    names = {name for module, name, _ in _copies() if module == "ble.py"}
+    assert {"ATT_MTU_MIN", "ATT_MTU_WANTED", "ATT_HEADER", "NAME_MAX"} <= names
 
 
 def test_the_copies_are_found() -> None:

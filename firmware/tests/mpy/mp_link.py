@@ -361,7 +361,7 @@ def test_rto_doubles_while_the_host_is_silent():
 
 
 def test_next_deadline_follows_the_link_timers():
-    # What a sender sleeps for (seal/uart.py): the HELLO retry while waiting for a WELCOME,
+    # What a sender sleeps for (seal/ports.py): the HELLO retry while waiting for a WELCOME,
     # the STATUS interval when idle, the sooner of RTO and LINK_DEAD with events in flight,
     # 0 while there is something to send (SPEC §5.1, §5.2, §5.6, §5.7).
     w = Wire("deadline")

@@ -18,7 +18,8 @@ from sealproto import messages as M
 from testchip import stored_proof
 
 from seal.link import HELLO_SENT, UP, Link
-from seal.uart import StreamPort, serve
+from seal.ports import Ports, serve
+from seal.uart import StreamPort
 
 _SEED = 777
 _POLL = 3  # MP_STREAM_POLL
@@ -77,9 +78,10 @@ def _setup(name):
     rig = Rig(name, blocks=64)
     pipe = Pipe(random)
     port = StreamPort(pipe)
+    ports = Ports([port])
     link = Counting("seal-uart", KEY, "fw", rig.journal, rig.guard, rig.enrolment("seal-uart"),
-                    lambda: 3700, os.urandom, port.send, rig.wake)
-    return rig, pipe, link, asyncio.create_task(serve(link, port))
+                    lambda: 3700, os.urandom, ports.send, rig.wake)
+    return rig, pipe, link, asyncio.create_task(serve(link, ports))
 
 
 async def _host(pipe, peer, until, timeout_ms=20000):
