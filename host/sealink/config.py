@@ -18,6 +18,14 @@ keepalive_s = 30
 inflight = 256                       # publishes awaiting PUBACK, at most
 reconnect_min_s = 0.1
 reconnect_max_s = 10.0
+session_expiry_s = 86400             # MQTT 5: how long the broker keeps the gateway's session
+tls = true                           # optional; TLS 1.2 or later, the broker's name checked
+ca_file = "/etc/sealink/mqtt-ca.pem" # optional: the broker's CA (default: the system's CAs)
+cert_file = "/etc/sealink/mqtt.crt"  # optional: a client certificate, with key_file (0600)
+key_file = "/etc/sealink/mqtt.key"
+server_name = "broker.example"       # optional: the name in the broker's certificate (and SNI)
+username = "gw-1"                    # optional: the login; the shipped ACL wants the gateway id
+password_file = "/etc/sealink/mqtt.password" # optional: the password, one line, 0600
 
 [ledger]
 group_commit_rows = 512              # at most this many rows per transaction
@@ -42,9 +50,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,6 +74,7 @@ __all__ = [
     "load_config",
     "parse_mqtt",
     "read_toml",
+    "tls_context",
 ]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
@@ -84,6 +95,18 @@ class MqttConfig:
     inflight: int = 256
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 10.0
+    # The gateway's publisher resumes its session (clean start off); the broker keeps it this
+    # long after a disconnect (MQTT 5 §3.1.2.11.2).
+    session_expiry_s: int = 24 * 3600
+    tls: bool = False
+    ca_file: Path | None = None  # None: the system's CAs
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str = ""  # checked against the broker's certificate; "" means `host`
+    username: str = ""
+    password_file: Path | None = None
+    # Read from password_file when the config is loaded; never a config key, never printed.
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -285,6 +308,13 @@ def _witness_vkey(key: str, value: Any) -> Any:
     return WitnessKey(name, public)
 
 
+def _username(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    if not value or len(value.encode()) > 0xFFFF or "\0" in value:
+        raise ConfigError(key, "must be a non-empty MQTT user name")
+    return value
+
+
 def _path(key: str, value: Any) -> Any:
     value = _type(str, "a string")(key, value)
     if not value:
@@ -311,6 +341,14 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
         "inflight": (_int_range(1, 65535), False),
         "reconnect_min_s": (_positive_float, False),
         "reconnect_max_s": (_positive_float, False),
+        "session_expiry_s": (_int_range(0, 0xFFFFFFFF), False),
+        "tls": (_type(bool, "true or false"), False),
+        "ca_file": (_path, False),
+        "cert_file": (_path, False),
+        "key_file": (_path, False),
+        "server_name": (_host, False),
+        "username": (_username, False),
+        "password_file": (_path, False),
     },
     "ledger": {
         "group_commit_rows": (_int_range(1, 100_000), False),
@@ -349,14 +387,149 @@ def _section(name: str, table: Any, key_prefix: str) -> dict[str, Any]:
     return out
 
 
-def parse_mqtt(table: Any, key_prefix: str = "mqtt") -> MqttConfig:
-    """An [mqtt] table as the gateway takes it (the witness's config has the same)."""
-    mqtt = MqttConfig(**_section("mqtt", table, key_prefix))
+_MQTT_FILES = ("ca_file", "cert_file", "key_file", "password_file")
+_MQTTS_PORT = 8883
+
+
+def parse_mqtt(
+    table: Any, key_prefix: str = "mqtt", base: Path | None = None, check_files: bool = True
+) -> MqttConfig:
+    """An [mqtt] table as the gateway takes it (the witness's config has the same). Relative
+    paths resolve against `base`. With `check_files`, the TLS files and the password file must
+    be readable (the private ones by their owner only), the password is read, and the TLS
+    settings are tried on a TLS context; without, only their syntax is checked (commands that
+    do not connect, run by users who may not read them)."""
+    fields = _section("mqtt", table, key_prefix)
+    for key in _MQTT_FILES:
+        if key in fields:
+            fields[key] = _resolve(fields[key], base)
+    if fields.get("tls", False):
+        fields.setdefault("port", _MQTTS_PORT)
+    mqtt = MqttConfig(**fields)
     if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
         raise ConfigError(
             f"{key_prefix}.reconnect_max_s", f"must not be less than {key_prefix}.reconnect_min_s"
         )
+    _check_mqtt_keys(mqtt, key_prefix)
+    if not check_files:
+        return mqtt
+    for key in ("ca_file", "cert_file"):
+        path = getattr(mqtt, key)
+        if path is not None:
+            _readable(path, f"{key_prefix}.{key}")
+    for key, what in (("key_file", "MQTT client key"), ("password_file", "MQTT password file")):
+        path = getattr(mqtt, key)
+        if path is not None:
+            _readable(path, f"{key_prefix}.{key}")
+            try:
+                check_private_file(path, what)
+            except Exception as exc:
+                raise ConfigError(f"{key_prefix}.{key}", str(exc)) from None
+    if mqtt.password_file is not None:
+        mqtt = replace(mqtt, password=_read_password(mqtt.password_file, key_prefix))
+    if mqtt.tls:
+        tls_context(mqtt, key_prefix)  # a bad PEM or a key that is not the certificate's
     return mqtt
+
+
+def _check_mqtt_keys(mqtt: MqttConfig, key_prefix: str) -> None:
+    """Settings that make sense only together."""
+    if not mqtt.tls:
+        for key in ("ca_file", "cert_file", "key_file", "server_name"):
+            if getattr(mqtt, key):
+                raise ConfigError(f"{key_prefix}.{key}", "needs tls = true")
+    if (mqtt.cert_file is None) != (mqtt.key_file is None):
+        missing = "key_file" if mqtt.key_file is None else "cert_file"
+        raise ConfigError(f"{key_prefix}.{missing}", "cert_file and key_file go together")
+    if mqtt.password_file is not None and not mqtt.username:
+        raise ConfigError(f"{key_prefix}.username", "missing: password_file needs a username")
+
+
+def _readable(path: Path, key: str) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_password(path: Path, key_prefix: str) -> str:
+    key = f"{key_prefix}.password_file"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path}: not UTF-8 text") from None
+    # One line: the line ending an editor adds is not part of the password.
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password or "\n" in password:
+        raise ConfigError(key, f"{path}: must hold the password on one line")
+    return password
+
+
+class _NamedContext(ssl.SSLContext):
+    """Checks the broker's certificate against `server_name` (and sends it as SNI) instead of
+    the host that paho connects to."""
+
+    server_name: str | None = None
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=self.server_name or server_hostname,
+            session=session,
+        )
+
+
+def _no_passphrase() -> bytes:
+    # An encrypted client key would make OpenSSL ask on the terminal, which a service has not.
+    return b""
+
+
+def _tls_why(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    return exc.strerror or str(exc)
+
+
+def tls_context(mqtt: MqttConfig, key_prefix: str = "mqtt") -> ssl.SSLContext:
+    """The TLS context of a connection to the broker: TLS 1.2 or later, the broker's chain and
+    name verified (no setting turns that off). ConfigError naming the key if a file is not
+    what it should be."""
+    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.server_name = mqtt.server_name or None
+    try:
+        if mqtt.ca_file is not None:
+            context.load_verify_locations(cafile=str(mqtt.ca_file))
+        else:
+            context.load_default_certs()
+    except OSError as exc:  # ssl.SSLError is one
+        raise ConfigError(
+            f"{key_prefix}.ca_file", f"{mqtt.ca_file}: not PEM CA certificates ({_tls_why(exc)})"
+        ) from None
+    if mqtt.cert_file is not None:
+        try:
+            context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file), _no_passphrase)
+        except OSError as exc:
+            raise ConfigError(
+                f"{key_prefix}.cert_file",
+                f"{mqtt.cert_file} with {mqtt.key_file}: not a PEM certificate and its "
+                f"unencrypted private key ({_tls_why(exc)})",
+            ) from None
+    return context
 
 
 def _witnesses(raw: Any) -> tuple[WitnessKey, ...]:
@@ -368,6 +541,11 @@ def _witnesses(raw: Any) -> tuple[WitnessKey, ...]:
         if name in names[:i]:
             raise ConfigError(f"witnesses[{i}].vkey", f"witness {name} is named twice")
     return keys
+
+
+def _resolve(p: str, base: Path | None) -> Path:
+    path = Path(os.path.expanduser(p))
+    return path if path.is_absolute() or base is None else base / path
 
 
 def ack_key_beside(key_file: Path) -> Path:
@@ -391,12 +569,11 @@ def parse_config(
     if not isinstance(ports_raw, list):
         raise ConfigError("ports", "must be an array of tables ([[ports]])")
     ports = tuple(_port(p, f"ports[{i}]") for i, p in enumerate(ports_raw))
-    mqtt_cfg = parse_mqtt(data.get("mqtt", {}))
+    mqtt_cfg = parse_mqtt(data.get("mqtt", {}), base=base, check_files=check_key_file)
     witnesses = _witnesses(data.get("witnesses", []))
 
     def resolve(p: str) -> Path:
-        path = Path(os.path.expanduser(p))
-        return path if path.is_absolute() or base is None else base / path
+        return _resolve(p, base)
 
     key_file = resolve(gateway["key_file"])
     link_keys = resolve(gateway.get("link_keys", str(key_file.with_name("link-keys"))))

@@ -7,6 +7,10 @@ QoS 1 messages (Mosquitto saves its database on a clean shutdown and every `auto
 
     with Mosquitto() as broker:
         client.connect("127.0.0.1", broker.port)
+
+By default the listener is plain TCP and anonymous. Keyword options make it a locked-down broker
+as a site runs one: `tls` (a TLS listener, client certificates optionally required), `users`
+(logins only; the password file is made with mosquitto_passwd) and `acl_file`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -26,10 +32,22 @@ from sealink.errors import BrokerError
 
 from sealink_sim.loopback import accepts, free_port
 
-__all__ = ["MOSQUITTO", "Mosquitto"]
+__all__ = ["MOSQUITTO", "BrokerTls", "Mosquitto"]
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"  # in the mosquitto package too
 _PORT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's TLS listener: its certificate and key, and the CA its clients' certificates
+    must chain to (when `require_certificate`)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
 
 
 class Mosquitto:
@@ -43,9 +61,15 @@ class Mosquitto:
         autosave_s: int = 1,
         executable: str = MOSQUITTO,
         start_timeout_s: float = 10.0,
+        tls: BrokerTls | None = None,
+        users: Mapping[str, str] | None = None,
+        acl_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not Path(executable).exists():
             raise BrokerError(f"{executable} not found: install mosquitto (apt install mosquitto)")
+        self.tls = tls
+        self.users = dict(users) if users is not None else None
+        self.acl_file = Path(acl_file) if acl_file is not None else None
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sealink-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +93,10 @@ class Mosquitto:
         return self.workdir / "data"
 
     @property
+    def password_path(self) -> Path:
+        return self.workdir / "passwd"
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -80,7 +108,7 @@ class Mosquitto:
         self.data_dir.mkdir(exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *self._access_lines(),
             "persistence true",
             f"persistence_location {self.data_dir}/",
             "persistence_file mosquitto.db",
@@ -102,6 +130,39 @@ class Mosquitto:
             # As root Mosquitto would switch to the "mosquitto" user, who cannot write here.
             lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _access_lines(self) -> list[str]:
+        lines = []
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.cert_file}",
+                f"keyfile {self.tls.key_file}",
+                f"require_certificate {str(self.tls.require_certificate).lower()}",
+            ]
+        if self.users is None:
+            lines.append("allow_anonymous true")
+        else:
+            self._write_passwords(self.users)
+            lines += ["allow_anonymous false", f"password_file {self.password_path}"]
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        return lines
+
+    def _write_passwords(self, users: Mapping[str, str]) -> None:
+        if not Path(MOSQUITTO_PASSWD).exists():
+            raise BrokerError(f"{MOSQUITTO_PASSWD} not found: install mosquitto")
+        self.password_path.unlink(missing_ok=True)
+        self.password_path.touch(mode=0o600)
+        for user, password in users.items():
+            done = subprocess.run(
+                [MOSQUITTO_PASSWD, "-b", str(self.password_path), user, password],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if done.returncode != 0:
+                raise BrokerError(f"mosquitto_passwd failed for {user}: {done.stderr.strip()}")
 
     def start(self) -> Mosquitto:
         """Start (or restart, on the same port) and return once it accepts connections."""

@@ -167,3 +167,118 @@ def test_sealink_run_reports_the_config_error_and_exits_2(conf_dir: Path) -> Non
     )
     assert proc.returncode == 2
     assert "mqtt.port" in proc.stderr and "between 1 and 65535" in proc.stderr
+
+
+MQTT_TLS = """
+[gateway]
+id = "gw-1"
+key_file = "gateway.key"
+ledger = "ledger.sqlite"
+
+[mqtt]
+host = "broker.example"
+tls = true
+ca_file = "ca.pem"
+username = "gw-1"
+password_file = "mqtt.password"
+"""
+
+
+def _ca(conf_dir: Path) -> None:
+    """A CA certificate file that a TLS context accepts (made with cryptography)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (conf_dir / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _password(conf_dir: Path, text: str = "s3cret word\n", mode: int = 0o600) -> None:
+    path = conf_dir / "mqtt.password"
+    path.write_text(text)
+    os.chmod(path, mode)
+
+
+def test_mqtt_tls_and_login_load_with_the_password_from_its_file(conf_dir: Path) -> None:
+    _ca(conf_dir)
+    _password(conf_dir)
+    config = load_config(_write(conf_dir, MQTT_TLS))
+    mqtt = config.mqtt
+    assert mqtt.tls and mqtt.port == 8883  # the MQTT-over-TLS port unless one is given
+    assert mqtt.ca_file == conf_dir / "ca.pem" and mqtt.username == "gw-1"
+    assert mqtt.password == "s3cret word"  # the line ending is not part of it
+    assert "s3cret" not in repr(config)
+    assert mqtt.session_expiry_s == 86400
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "problem"),
+    [
+        (('ca_file = "ca.pem"', 'ca_file = "absent.pem"'), "mqtt.ca_file", "cannot read"),
+        (
+            ('password_file = "mqtt.password"', 'password_file = "x"'),
+            "mqtt.password_file",
+            "cannot read",
+        ),
+        (("tls = true", "tls = false"), "mqtt.ca_file", "needs tls = true"),
+        (('username = "gw-1"\n', ""), "mqtt.username", "password_file needs a username"),
+        (("tls = true", 'tls = true\ncert_file = "ca.pem"'), "mqtt.key_file", "go together"),
+        (("tls = true", 'tls = "yes"'), "mqtt.tls", "true or false"),
+        (("tls = true", "tls = true\ninsecure = true"), "mqtt.insecure", "unknown key"),
+        (("tls = true", "tls = true\nsession_expiry_s = -1"), "mqtt.session_expiry_s", "between"),
+    ],
+)
+def test_mqtt_tls_and_login_errors_name_the_key(
+    conf_dir: Path, edit: tuple[str, str], key: str, problem: str
+) -> None:
+    _ca(conf_dir)
+    _password(conf_dir)
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(conf_dir, MQTT_TLS.replace(*edit)))
+    assert err.value.key == key and problem in err.value.problem
+
+
+def test_a_password_file_others_may_read_is_refused_and_never_shown(conf_dir: Path) -> None:
+    _ca(conf_dir)
+    _password(conf_dir, mode=0o644)
+    path = _write(conf_dir, MQTT_TLS)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "mqtt.password_file" and "chmod 600" in str(err.value)
+    assert "s3cret" not in str(err.value)
+    # commands that do not connect load it without reading it
+    assert load_config(path, check_key_file=False).mqtt.password is None
+    proc = subprocess.run(
+        [sys.executable, "-m", "sealink.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("sealink: error: config: mqtt.password_file: ")
+    assert "s3cret" not in proc.stderr
+
+
+def test_a_ca_file_that_is_not_a_certificate_is_refused_at_load(conf_dir: Path) -> None:
+    _password(conf_dir)
+    (conf_dir / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(conf_dir, MQTT_TLS))
+    assert err.value.key == "mqtt.ca_file" and "not PEM CA certificates" in err.value.problem

@@ -5,9 +5,9 @@ requests and their replies, checkpoints and cosignatures.
         client.publish(topic, payload, retain=True, response_topic=..., correlation=...)
 
 paho runs in its own network thread (loop_start): a handful of messages a checkpoint interval
-do not need the publisher's single-threaded fast path. It reconnects with the configured
-backoff (in whole seconds, at least 1: paho's unit), the first connection included, and
-subscribes again on every connection;
+do not need the publisher's single-threaded fast path. TLS and the login are connection.py's.
+It reconnects with the configured backoff (in whole seconds, at least 1: paho's unit), the
+first connection included, and subscribes again on every connection;
 `on_message` runs on the event loop that entered the client.
 """
 
@@ -21,10 +21,10 @@ from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 
 from sealink.config import MqttConfig
+from sealink.mqtt.connection import Client, new_client, refusal
 from sealink.mqtt.pahofast import properties
 
 __all__ = ["Message", "MqttClient"]
@@ -52,16 +52,11 @@ class MqttClient:
         self.config = config
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
-        self._client.reconnect_delay_set(
-            max(1, round(config.reconnect_min_s)), max(1, round(config.reconnect_max_s))
-        )
+        self._client = new_client(config, client_id, Client)
         self._client.on_connect = self._connect
         self._client.on_disconnect = self._disconnect
         self._client.on_connect_fail = lambda client, userdata: self._call(
-            self._down, "cannot connect"
+            self._down, self._client.failure or "cannot connect"
         )
         self._client.on_message = self._message
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,7 +120,7 @@ class MqttClient:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            self._call(self._down, f"refused: {reason}")
+            self._client.failure = refusal(reason)  # the disconnect that follows reports it
             return
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
@@ -134,7 +129,7 @@ class MqttClient:
     def _disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
-        self._call(self._down, str(reason))
+        self._call(self._down, self._client.failure or str(reason))
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

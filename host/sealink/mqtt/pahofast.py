@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 
 from sealink.config import MqttConfig
+from sealink.mqtt.connection import Client, new_client
 
 __all__ = ["LeanClient", "UserProperties", "lean_client", "properties"]
 
@@ -58,7 +58,7 @@ class UserProperties(Properties):
     __repr__ = __str__
 
 
-class LeanClient(mqtt.Client):
+class LeanClient(Client):
     """paho's client with a lean path for the common PUBACK (MQTT v5 §3.4: packet identifier,
     optional reason code, no properties). paho's generic path builds two ReasonCode objects and
     a Properties object per PUBACK, which measured ~60 µs on this machine, more than the rest of
@@ -96,14 +96,10 @@ class LeanClient(mqtt.Client):
 def lean_client(
     client_id: str, config: MqttConfig, on_puback: Callable[[int, int], None]
 ) -> LeanClient:
-    client = LeanClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = new_client(config, client_id, LeanClient)
     client.on_puback = on_puback
     # The publisher's own window bounds what is in flight; paho's own limit rescans its whole
     # queue on every PUBACK.
     client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
-    client.reconnect_delay_set(
-        min_delay=max(1, int(config.reconnect_min_s)),
-        max_delay=max(1, int(config.reconnect_max_s)),
-    )
     return client

@@ -9,7 +9,8 @@ paho's network thread and the publishing code and no wake-up per message: measur
 doubles the events per second of the whole gateway on a 2-core machine. paho (`on_publish`,
 or `pahofast.LeanClient.on_puback` on the common path) hands us each PUBACK's reason code,
 which alone decides whether a row counts as published.
-Only the blocking TCP connect runs in a worker thread; reconnects back off exponentially.
+Only the blocking TCP (and TLS) connect runs in a worker thread; reconnects back off
+exponentially. The client's TLS, login and session come from connection.py.
 
 Memory is bounded whatever the outage: at most `inflight` messages sit in paho awaiting PUBACK
 and at most `4 * inflight` rows wait in memory; the rest stay in SQLite and are loaded in id
@@ -33,15 +34,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from sealink.config import MqttConfig
 from sealink.ledger.sqlite import OutboxRow
-from sealink.mqtt.pahofast import UserProperties, lean_client, properties
+from sealink.mqtt.connection import connect_failure, connect_properties, refusal
+from sealink.mqtt.pahofast import UserProperties, lean_client
 from sealink.topics import Topics
 
 __all__ = ["Publisher"]
 
 log = logging.getLogger("sealink.publisher")
 
-_SESSION_EXPIRY_S = 24 * 3600
+# A refused row is tried again after 1 s, then ever less often, up to once a minute per topic:
+# a broker may close the connection after each refusal (Mosquitto 2.0 does, after an ACL's).
 _RETRY_FAILED_S = 1.0
+_RETRY_FAILED_MAX_S = 60.0
+# A broker that refuses every PUBACK (an ACL) would otherwise log each row at each retry.
+_REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 class Publisher:
@@ -91,6 +97,10 @@ class Publisher:
         self._closing = False
         self._ever_connected = False
         self._lost = asyncio.Event()
+        self._refusals_logged: dict[str, tuple[float, int]] = {}  # what -> (when, suppressed)
+        self._retry_after_s: dict[str, float] = {}  # topic -> delay before its next retry
+        self._others: dict[int, str] = {}  # mid -> topic of a publish not from the outbox
+        self._refused_here = ""  # a refusal on the current connection, for its disconnect
 
     @property
     def gateway_status_topic(self) -> str:
@@ -134,8 +144,7 @@ class Publisher:
             self._shutdown()
 
     async def _connection(self) -> None:
-        props = properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = _SESSION_EXPIRY_S
+        props = connect_properties(self.config)
         delay = self.config.reconnect_min_s
         first = True
         while True:
@@ -161,7 +170,7 @@ class Publisher:
                     extra={
                         "fields": {
                             "broker": f"{self.config.host}:{self.config.port}",
-                            "why": str(exc),
+                            "why": self._client.failure or connect_failure(exc),
                             "retry_s": round(delay, 2),
                         }
                     },
@@ -213,23 +222,36 @@ class Publisher:
     def _readable(self) -> None:
         if self._connecting:
             return
+        sock = self._sock
         self._client.loop_read()
+        # TLS: bytes the TLS layer already decrypted never make the socket readable again.
+        pending = getattr(sock, "pending", None)
+        while pending is not None and not self._closed_by_paho(sock) and pending() > 0:
+            self._client.loop_read()
         self._flush()
 
     def _flush(self) -> None:
         """Write what paho queued; wait for writability only when the socket is full."""
         client = self._client
-        if self._sock is None or self._connecting:
+        sock = self._sock
+        if sock is None or self._connecting:
             return
         if client.want_write():
             client.loop_write()
-        wants = client.want_write() and self._sock is not None
-        if wants != self._writing and self._loop is not None and self._sock is not None:
+        if self._closed_by_paho(sock):
+            return  # just now (a TLS alert, a reset): _unwatch is on its way
+        wants = client.want_write()
+        if wants != self._writing and self._loop is not None:
             if wants:
-                self._loop.add_writer(self._sock, self._flush)
+                self._loop.add_writer(sock, self._flush)
             else:
-                self._loop.remove_writer(self._sock)
+                self._loop.remove_writer(sock)
             self._writing = wants
+
+    def _closed_by_paho(self, sock: Any) -> bool:
+        """paho closes its socket inside loop_read/loop_write; on_socket_close reaches the
+        loop later."""
+        return self._client.socket() is not sock
 
     def _shutdown(self) -> None:
         self._closing = True
@@ -269,7 +291,7 @@ class Publisher:
         if retain:
             self._retained[topic] = payload
         if self.connected and not self._connecting:
-            self._client.publish(topic, payload, qos=1, retain=retain)
+            self._publish_other(topic, payload, retain)
             self._flush()
 
     async def wait_connected(self, timeout: float) -> None:
@@ -329,17 +351,15 @@ class Publisher:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("mqtt connect refused", extra={"fields": {"reason": str(reason)}})
+            self._client.failure = refusal(reason)  # the disconnect that follows logs it
             return
-        client.publish(
-            self.gateway_status_topic, self._status_payload("online"), qos=1, retain=True
-        )
+        self._publish_other(self.gateway_status_topic, self._status_payload("online"), True)
         self._call(self._connected, True)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
-        self._call(self._connected, False, str(reason))
+        self._call(self._connected, False, self._client.failure or str(reason))
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
@@ -359,34 +379,78 @@ class Publisher:
             self._ever_connected = True
             self._connect_event.set()
             self._wake.set()
+            self._refused_here = ""
             for topic, payload in self._retained.items():
-                self._client.publish(topic, payload, qos=1, retain=True)
+                self._publish_other(topic, payload, True)
             self._flush()
             log.info("mqtt connected", extra={"fields": {"inflight": len(self._inflight)}})
-        else:
+        elif self._connect_event.is_set():
+            if self._refused_here:
+                why = f"closed by the broker after it refused a publish ({self._refused_here})"
             self._connect_event.clear()
             level = logging.INFO if self._closing else logging.WARNING
             log.log(level, "mqtt disconnected", extra={"fields": {"reason": why}})
+        elif not self._closing:  # lost before its CONNACK: refused, or the TLS handshake failed
+            log.warning(
+                "mqtt connect failed",
+                extra={"fields": {"broker": f"{self.config.host}:{self.config.port}", "why": why}},
+            )
+
+    def _publish_other(self, topic: str, payload: bytes, retain: bool) -> None:
+        """A QoS 1 publish that is not an outbox row (status, retained gateway messages)."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        self._others[info.mid] = topic
 
     def _puback(self, mid: int, code: int, reason: Any) -> None:
         row = self._inflight.pop(mid, None)
         if row is None:
-            return  # a status message or a retained gateway message: not from the outbox
+            topic = self._others.pop(mid, None)
+            if topic is not None and code >= 0x80:
+                self._other_refused(topic, str(reason))
+            return
         if code < 0x80:
             self.published += 1
+            if self._retry_after_s:  # rare: a topic was refused before
+                self._retry_after_s.pop(row.topic, None)
             self._mark([row.id])
             if self.on_published is not None:
                 self.on_published(row)
         else:
             # The broker refused it (quota, not authorised...): keep the row, try again later.
             self.failed_pubacks += 1
-            log.warning(
-                "puback refused",
-                extra={"fields": {"topic": row.topic, "outbox_id": row.id, "reason": str(reason)}},
+            self._refused_here = str(reason)
+            delay = min(
+                self._retry_after_s.get(row.topic, _RETRY_FAILED_S / 2) * 2, _RETRY_FAILED_MAX_S
+            )
+            self._retry_after_s[row.topic] = delay
+            self._log_refused(
+                "puback refused, the row stays in the outbox",
+                str(reason),
+                {"topic": row.topic, "outbox_id": row.id, "retry_s": delay},
             )
             if self._loop is not None:
-                self._loop.call_later(_RETRY_FAILED_S, self._requeue, row)
+                self._loop.call_later(delay, self._requeue, row)
         self._wake.set()
+
+    def _other_refused(self, topic: str, reason: str) -> None:
+        # Not evidence (that is in the outbox): a retained message the broker refuses is not
+        # sent again at each reconnect, where it would only be refused again.
+        self._refused_here = reason
+        dropped = self._retained.pop(topic, None) is not None
+        self._log_refused("publish refused", reason, {"topic": topic, "retained_dropped": dropped})
+
+    def _log_refused(self, message: str, reason: str, fields: dict[str, Any]) -> None:
+        now = time.monotonic()
+        key = f"{message}: {reason}"
+        last, suppressed = self._refusals_logged.get(key, (-_REFUSAL_LOG_INTERVAL_S, 0))
+        if now - last < _REFUSAL_LOG_INTERVAL_S:
+            self._refusals_logged[key] = (last, suppressed + 1)
+            return
+        self._refusals_logged[key] = (now, 0)
+        fields["reason"] = reason
+        if suppressed:
+            fields["suppressed_since_last"] = suppressed
+        log.warning(message, extra={"fields": fields})
 
     def _requeue(self, row: OutboxRow) -> None:
         self._retry.append(row)

@@ -6,7 +6,7 @@ key_file = "witness.key"             # made by `sealink witness init`, must be 0
 state_dir = "witness-state"          # the last cosigned checkpoint of each gateway, evidence
 proof_timeout_s = 10.0               # optional: how long to wait for a proof reply
 
-[mqtt]                               # as the gateway's [mqtt] (host, port, prefix, ...)
+[mqtt]                               # as the gateway's [mqtt] (host, port, prefix, tls, ...)
 host = "127.0.0.1"
 
 [[gateways]]
@@ -143,7 +143,7 @@ def parse_witness_config(data: dict[str, Any], base: Path | None = None) -> Witn
         name=name,
         key_file=resolve(_str(witness, "key_file", "witness")),
         state_dir=resolve(_str(witness, "state_dir", "witness")),
-        mqtt=parse_mqtt(data.get("mqtt", {})),
+        mqtt=parse_mqtt(data.get("mqtt", {}), base=base),
         gateways=gateways,
         proof_timeout_s=float(timeout),
         log=LogConfig(level, log.get("json", False)),
