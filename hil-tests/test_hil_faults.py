@@ -18,6 +18,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from sealink_hil.blefaults import BLE_FAULT_KINDS
 from sealink_hil.linkfaults import D2H, FAULT_KINDS, H2D
 from sealink_hil.rig import Rig
 from sealink_hil.waits import until
@@ -59,6 +60,7 @@ def _timed_stamps(rig: Rig, times: int) -> list[tuple[int, float, float]]:
     return found
 
 
+@pytest.mark.transports
 def test_impressions_reach_the_observer_signed_and_in_order(rig: Rig) -> None:
     _stamp(rig, BEFORE + AFTER)
     _verdict(rig)
@@ -66,6 +68,7 @@ def test_impressions_reach_the_observer_signed_and_in_order(rig: Rig) -> None:
     assert rig.counted == set(range(first, first + BEFORE + AFTER)), rig.where()
 
 
+@pytest.mark.transports
 @pytest.mark.requires("flash_cut")
 def test_power_cut_at_a_flash_block_write(rig: Rig) -> None:
     _stamp(rig, BEFORE)
@@ -77,6 +80,7 @@ def test_power_cut_at_a_flash_block_write(rig: Rig) -> None:
     assert rig.faults.effects["power_cut_fired"] == 2, f"an armed cut never fired; {rig.where()}"
 
 
+@pytest.mark.transports
 @pytest.mark.requires("power_control")
 def test_power_cut_at_a_random_instant_of_a_press(rig: Rig) -> None:
     _stamp(rig, BEFORE)
@@ -95,6 +99,20 @@ def test_serial_link_fault(rig: Rig, kind: str) -> None:
         _stamp(rig, AFTER)
     _verdict(rig)
     assert rig.port.applied, f"the {kind} fault never hit a byte; {rig.where()}"
+
+
+@pytest.mark.parametrize("transport", ["ble"], indirect=True)
+@pytest.mark.parametrize("kind", BLE_FAULT_KINDS)
+def test_ble_link_fault(rig: Rig, kind: str) -> None:
+    # Whole ATT chunks dropped, repeated or held, both directions held, the seal dropping the
+    # connection: what a broken stack or a walk out of range does (no bit flips: the link
+    # layer's CRC catches those).
+    _stamp(rig, BEFORE)
+    for _ in range(2):
+        rig.inject(f"wire_{kind}")
+        _stamp(rig, AFTER)
+    _verdict(rig)
+    assert rig.port.applied, f"the {kind} fault never hit a chunk; {rig.where()}"
 
 
 def test_host_sigkill_and_restart_on_the_same_ledger(rig: Rig) -> None:

@@ -31,6 +31,7 @@ def _soak(rig: Rig, request: pytest.FixtureRequest, stamps: int) -> None:
     assert result.faults >= stamps / 50, rig.where()
 
 
+@pytest.mark.transports
 @pytest.mark.timeout(900)
 def test_short_soak_in_the_default_run(rig: Rig, request: pytest.FixtureRequest) -> None:
     _soak(rig, request, SHORT_SOAK_STAMPS)

@@ -34,24 +34,36 @@ def run():
     try:
         root = hal.mount()
         device_id, key = hal.load_provisioning()
+    except OSError:
+        _flash_failed()
+        raise
+    # Before the journal: the ports' buffers are the largest blocks the firmware holds (BLE's
+    # output 3 KB in one piece), found whole only in a heap that opening the journal (its
+    # recovery after a power cut most of all) has not yet cut up.
+    ports = Ports(_ports(device_id))
+    try:
         capacity = hal.JOURNAL_CAPACITY
         journal = Journal(root, capacity_events=capacity,
                           reserve_events=min(_RESERVE_EVENTS, capacity // 4)).open()
         journal.new_boot()
     except OSError:
-        # Nothing can be recorded, so nothing may be unlocked: the lock stays shut.
-        hal.lock.value(0)
-        hal.report("alarm", _AL_JOURNAL_FAULT)
+        _flash_failed()
         raise
     try:
-        asyncio.run(_main(device_id, key, journal))
+        asyncio.run(_main(device_id, key, journal, ports))
     finally:
         # However the firmware stops, nobody counts presses any more: the lock must be shut.
         hal.lock.value(0)
         hal.report("lock", 0)
 
 
-async def _main(device_id, key, journal):
+def _flash_failed():
+    # Nothing can be recorded, so nothing may be unlocked: the lock stays shut.
+    hal.lock.value(0)
+    hal.report("alarm", _AL_JOURNAL_FAULT)
+
+
+async def _main(device_id, key, journal, ports):
     # The link's wake event: the guard sets it for every record, alarm and change of state.
     wake = asyncio.Event()
     uptime = Uptime()
@@ -61,7 +73,6 @@ async def _main(device_id, key, journal):
     guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
                   hal.set_time_ms, board.LOW_BATTERY_MV, wake)
     enrolment = Enrolment(journal.root + ".enrol", device_id, hal.authority_key(), chip)
-    ports = Ports(_ports(device_id))
     link = Link(device_id, key, FIRMWARE + "/" + board.NAME, journal, guard, enrolment,
                 hal.battery_mv, hal.urandom, ports.send, wake)
     # After the objects that live as long as the firmware: its garbage then leaves no holes

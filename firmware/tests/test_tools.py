@@ -18,7 +18,7 @@ MPY_BUDGET_BYTES = 48 * 1024
 # What a device imports of sealproto; sealproto.messages holds the public names for hosts.
 DEVICE_SEALPROTO = {"__init__", "errors", "cobs", "framing", "cbor", "codec", "auth"}
 BOARD_MODULES = {"esp32": {"board", "hal"}, "rp2": {"board", "hal"},
-                 "emulated": {"board", "flashdev", "hal", "i2cbus"}}
+                 "emulated": {"board", "bluetooth", "flashdev", "hal", "i2cbus"}}
 # seal.mcu is the HAL of the `machine`-based boards; the emulated board has its own.
 MACHINE_BOARDS = {"esp32", "rp2"}
 

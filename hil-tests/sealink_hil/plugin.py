@@ -30,6 +30,7 @@ import pytest
 
 from .app import App
 from .artifacts import BOARD_LOG, BROKER_LOG, Artifacts
+from .bleport import BleAirPort
 from .boards import (
     CAPABILITIES,
     CAPABILITY_MARKERS,
@@ -43,7 +44,7 @@ from .faults import Faults
 from .gateway import HostProcess
 from .history import History, fresh_history, read_history
 from .linkfaults import LinkFaults
-from .port import Port, open_port
+from .port import TRANSPORTS, Port, open_port
 from .rig import Rig
 from .wirelog import Hexdump, WireLog
 
@@ -195,6 +196,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "tpm: the gateway's acknowledgement key is made inside a TPM (swtpm)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "transports: run the test over each of the board's links ("
+        + ", ".join(TRANSPORTS)
+        + "), the `transport` fixture saying which",
     )
     off, on = config.getoption("power_cmd_off"), config.getoption("power_cmd_on")
     if bool(off) != bool(on):
@@ -380,12 +387,35 @@ def _device_identity(hil: HilSettings) -> tuple[str, bytes, bytes]:
     return device_id, bytes.fromhex(text), bytes.fromhex(seal_key)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("transports") and (
+        "transport" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture
+def transport(request: pytest.FixtureRequest) -> str:
+    """How the board reaches the gateway: "serial" (its UART), or each of TRANSPORTS in turn
+    for a test marked `@pytest.mark.transports`."""
+    return str(getattr(request, "param", "serial"))
+
+
 def _make_dut(
-    hil: HilSettings, app: App, faults: Faults, artifacts: Artifacts, tmp_path: Path
+    hil: HilSettings,
+    app: App,
+    faults: Faults,
+    artifacts: Artifacts,
+    tmp_path: Path,
+    transport: str,
 ) -> Dut:
     """Choose the Dut by the --board kind (the one place that does), with its Port started."""
     if hil.board.kind == "ble":
         pytest.skip(BLE_SKIP)
+    if transport == "ble" and hil.board.kind != "emulated":
+        pytest.skip(
+            f"board {hil.board}: over BLE only the emulated board (a bench needs an adapter)"
+        )
     hexdump = Hexdump(artifacts.wire_hexdump)
     wire = WireLog(artifacts.wire_log)
     engine = LinkFaults(faults.stream("wire"))
@@ -397,6 +427,20 @@ def _make_dut(
         # The authority the emulated firmware trusts, as the bench's would be kept: a key file.
         authority = tmp_path / "authority.key"
         SIM_AUTHORITY.save(authority, "authority key")
+        if transport == "ble":
+            from sealink_sim.air import Air  # bumble: the ble extra
+
+            air = Air()
+            board = EmulatedBoard(
+                tmp_path / "board",
+                device_id=EMULATED_DEVICE,
+                device_key=key,
+                heapsize=hil.emulator_heap,
+                air=air,
+                links=("ble",),
+            )
+            ble = BleAirPort(board, air, engine, hexdump, wire).start()
+            return EmulatedDut(app, ble, board, key, authority)
         board = EmulatedBoard(
             tmp_path / "board",
             device_id=EMULATED_DEVICE,
@@ -423,10 +467,15 @@ def _make_dut(
 
 @pytest.fixture
 def dut(
-    hil: HilSettings, app: App, faults: Faults, artifacts: Artifacts, tmp_path: Path
+    hil: HilSettings,
+    app: App,
+    faults: Faults,
+    artifacts: Artifacts,
+    tmp_path: Path,
+    transport: str,
 ) -> Iterator[Dut]:
     """The device under test, started, on its Port: EmulatedDut or SerialDut, one API."""
-    made = _make_dut(hil, app, faults, artifacts, tmp_path)
+    made = _make_dut(hil, app, faults, artifacts, tmp_path, transport)
     port = made.port
     try:
         made.start()

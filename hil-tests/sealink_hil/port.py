@@ -3,9 +3,9 @@
 App (the built firmware) -> Port (this) -> Dut (the device API tests use). A Port takes the
 board's end of the link (`board_url`), offers the gateway an end of its own (`host_url`), and
 in between runs every chunk past a fault engine (sealink_hil.linkfaults) and two taps: the
-hexdump and the decoded wire log. Today's Port is a pty relay over any pyserial URL; a BLE
-Port (a bumble relay between the board's GATT server and the gateway's central) would give the
-same engine and taps other chunks.
+hexdump and the decoded wire log. Two Ports: a pty relay over any pyserial URL
+(sealink_hil.relay), and the emulated board's BLE link on a virtual air, whose chunks are ATT
+writes and notifications (sealink_hil.bleport).
 """
 
 from __future__ import annotations
@@ -17,13 +17,18 @@ from .linkfaults import LinkFaults, WireFault
 from .relay import PtyRelay
 from .wirelog import Hexdump, WireLog
 
-__all__ = ["Port", "open_port"]
+__all__ = ["TRANSPORTS", "Port", "open_port"]
+
+# The links a test marked `transports` runs over (plugin's `transport` fixture).
+TRANSPORTS = ("serial", "ble")
 
 
 class Port(Protocol):
     """What the Dut, the gateway fixture and the fault injection need of a link."""
 
     kind: str
+    # The wire faults this link can have (sealink_hil.linkfaults.FAULT_KINDS, or fewer).
+    fault_kinds: tuple[str, ...]
     board_url: str
     engine: LinkFaults
     wire: WireLog

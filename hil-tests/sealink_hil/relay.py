@@ -28,7 +28,7 @@ from typing import Any
 
 import serial
 
-from .linkfaults import D2H, DIRECTIONS, H2D, Effect, LinkFaults, WireFault
+from .linkfaults import D2H, DIRECTIONS, FAULT_KINDS, H2D, Effect, LinkFaults, WireFault
 from .wirelog import RX, Hexdump, WireLog
 
 __all__ = ["PtyRelay"]
@@ -71,6 +71,7 @@ class PtyRelay:
     """
 
     kind = "serial"
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
 
     def __init__(
         self,

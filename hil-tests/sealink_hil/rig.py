@@ -292,7 +292,12 @@ class Rig:
             "rtc_drift": "rtc_control",
         }
         caps = self.board.capabilities
-        return tuple(kind for kind in ALL_KINDS if needs.get(kind, "") in caps | {""})
+        link = {f"wire_{kind}" for kind in self.port.fault_kinds}
+        return tuple(
+            kind
+            for kind in ALL_KINDS
+            if needs.get(kind, "") in caps | {""} and (kind in link or kind not in WIRE_KINDS)
+        )
 
     # -- the verdict ----------------------------------------------------------------------
 

@@ -91,8 +91,11 @@ class BleSeal:
         mtu: int = 247,
         boot_id: int = 1,
         chip: SimChip | None = None,
+        name: str | None = None,
     ) -> None:
         self.device_id = device_id
+        # What it advertises: its device id, unless it copies another seal's name (a test).
+        self.name = name or device_id
         self.link = link
         self.max_mtu = mtu
         self.connection: Connection | None = None
@@ -131,7 +134,7 @@ class BleSeal:
         device.gatt_server.on("characteristic_subscription", self._subscription)
         self._device = device
         await device.power_on()
-        adv, scan = advertising_data(self.device_id)
+        adv, scan = advertising_data(self.name)
         await device.start_advertising(
             auto_restart=True,
             advertising_data=adv,

@@ -22,7 +22,13 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not args.json:
         configure_logging("warning")
-    return run_demo(args.stamps, as_json=args.json, workdir=args.workdir, heap=args.heap)
+    return run_demo(
+        args.stamps,
+        as_json=args.json,
+        workdir=args.workdir,
+        heap=args.heap,
+        transport=args.transport,
+    )
 
 
 def register(sub: Any) -> None:
@@ -32,4 +38,11 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON summary")
     p.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
     p.add_argument("--heap", help="the emulated seal's MicroPython heap (default: the board's)")
+    p.add_argument(
+        "--transport",
+        choices=("serial", "ble"),
+        default="serial",
+        help="how the seal reaches the gateway: its UART (a pty) or BLE (bumble virtual "
+        "controllers; default serial)",
+    )
     p.set_defaults(fn=run)

@@ -1,7 +1,9 @@
 """`sealink demo`: the whole path on one machine, no hardware.
 
 A private Mosquitto on a free loopback port, an emulated seal running the real firmware under
-MicroPython with a freshly provisioned key, the gateway in this process on the seal's pty, a
+MicroPython with a freshly provisioned key, the gateway in this process on the seal's pty
+(`transport="serial"`) or over BLE (`"ble"`: the seal's GATT peripheral and the gateway's
+central on bumble virtual controllers, real HCI, L2CAP, ATT and GATT between them), a
 permit for N impressions, N stamps pressed through the board's control channel, and the
 independent observer (cwt) verifying every COSE signature with the exported public key.
 Every process it starts is stopped on the way out, Ctrl-C included.
@@ -62,10 +64,21 @@ class _Progress:
             sys.stdout.flush()
 
 
+TRANSPORTS = ("serial", "ble")
+
+
 def run_demo(
-    stamps: int, *, as_json: bool, workdir: str | None = None, heap: str | None = None
+    stamps: int,
+    *,
+    as_json: bool,
+    workdir: str | None = None,
+    heap: str | None = None,
+    transport: str = "serial",
 ) -> int:
-    from sealink_sim.emulator import EmulatedBoard
+    from sealink_sim.emulator import HEAPSIZE, EmulatedBoard
+
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
 
     progress = _Progress(not as_json)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sealink-demo-"))
@@ -80,12 +93,18 @@ def run_demo(
             public_pem = key.public_pem()  # what `sealink keys show --format pem` exports
             (work / "gateway.pub.pem").write_bytes(public_pem)
             device_key = os.urandom(32)
-            board = (
-                EmulatedBoard(
-                    work / "board", device_id=DEVICE, device_key=device_key, heapsize=heap
-                )
-                if heap
-                else EmulatedBoard(work / "board", device_id=DEVICE, device_key=device_key)
+            air = None
+            if transport == "ble":
+                from sealink_sim.air import Air  # bumble: the ble extra
+
+                air = stack.enter_context(Air())
+            board = EmulatedBoard(
+                work / "board",
+                device_id=DEVICE,
+                device_key=device_key,
+                air=air,
+                links=("ble",) if air else ("uart",),
+                heapsize=heap or HEAPSIZE,
             )
             # As a provisioning station does: the seal key is made inside the chip, and only
             # its public half is registered with the gateway.
@@ -104,7 +123,8 @@ def run_demo(
             ledger.enrol(DEVICE, cert.to_json(), cert.serial)
             ledger.close()
             stack.enter_context(board)
-            progress.say(f"  seal        {DEVICE} on {board.uart_path} (log {board.log_path})")
+            port = board.ble_url(air.central_hci()) if air else board.uart_path
+            progress.say(f"  seal        {DEVICE} on {port} (log {board.log_path})")
             observer = stack.enter_context(
                 Observer(
                     "127.0.0.1",
@@ -122,7 +142,7 @@ def run_demo(
                 link_keys=work / "link-keys",
                 ack_key_file=work / "gateway.ack.key",
                 mqtt=MqttConfig(port=broker.port, prefix="sealink"),
-                ports=(PortConfig(board.uart_path),),
+                ports=(PortConfig(port, transport="ble" if air else "serial"),),
             )
             summary = asyncio.run(_drive(config, key, board, observer, stamps, progress))
     except KeyboardInterrupt:

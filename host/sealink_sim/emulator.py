@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
 
 from sealink.errors import SealinkError
 from sealproto import messages
@@ -56,7 +56,12 @@ from sealproto import messages
 from sealink_sim.atecc import ChipModel, Latency, public_key_of, serve
 from sealink_sim.enrolment import SIM_AUTHORITY
 
+if TYPE_CHECKING:
+    from sealink_sim.air import Air, ChunkFilter, Radio
+
 __all__ = [
+    "HEAPSIZE",
+    "LINKS",
     "RESET_CAUSES",
     "ROMFS_IMAGE",
     "SOURCE_ENV",
@@ -76,6 +81,10 @@ RESET_CAUSES = {
     "hard": messages.CA_HARD_RESET,
 }
 _BOOT_TIMEOUT_S = 30.0
+# The firmware's heap budget (SPEC §13): what a board's RAM leaves MicroPython.
+HEAPSIZE = "96k"
+# The links a board can bring up (boards/emulated/hal.py reads SEAL_LINKS).
+LINKS = ("uart", "ble")
 _COMMAND_TIMEOUT_S = 10.0
 
 # Formats the image and writes /seal.json; the secret arrives on stdin, never in argv or env.
@@ -256,6 +265,9 @@ class EmulatedBoard:
     GPIO levels set while the board is off (`press()`, `open_case()`) hold at its next boot.
     `journal_capacity` makes the journal smaller than boards/emulated/board.py's (tests that
     fill it); `reset_cause` (a key of RESET_CAUSES) is the MCU reset the next boot reports.
+    `links` are the firmware's links ("uart", "ble"); "ble" needs an `air`: each boot gets a
+    fresh Radio on it (`radio`, the current or last boot's; a power cut or stop() takes it off
+    the air, as a powered-off seal leaves it), always at the same static address.
     """
 
     def __init__(
@@ -263,7 +275,7 @@ class EmulatedBoard:
         workdir: str | os.PathLike[str],
         device_id: str,
         device_key: bytes,
-        heapsize: str = "96k",
+        heapsize: str = HEAPSIZE,
         rtc_offset_s: float | None = 0.0,
         power_cut_at_write: int | None = None,
         battery_mv: int = 3700,
@@ -273,9 +285,21 @@ class EmulatedBoard:
         chip_state: str | os.PathLike[str] | None = None,
         authority_key: bytes | None = SIM_AUTHORITY.public,
         journal_capacity: int | None = None,
+        air: Air | None = None,
+        links: tuple[str, ...] = ("uart",),
     ) -> None:
         if len(device_key) != 32:
             raise ValueError("device_key must be 32 bytes")
+        unknown = [link for link in links if link not in LINKS]
+        if unknown or not links:
+            raise ValueError(f"links: one or more of {', '.join(LINKS)}, got {links!r}")
+        if "ble" in links and air is None:
+            raise ValueError('links with "ble" need an air (sealink_sim.air.Air)')
+        self.air = air
+        self.links = links
+        self.radio: Radio | None = None
+        # Given to every boot's Radio (the HIL BLE port's fault engine and taps).
+        self.chunk_filter: ChunkFilter | None = None
         if journal_capacity is not None and journal_capacity < 1:
             raise ValueError("journal_capacity must be at least 1")
         self.journal_capacity = journal_capacity
@@ -464,6 +488,16 @@ class EmulatedBoard:
         self.reset_cause = None
         board_end = self._connect_chip()
         env["SEAL_I2C_FD"] = str(board_end.fileno())
+        env["SEAL_LINKS"] = ",".join(self.links)
+        board_fds = [self._master, board_end.fileno()]
+        try:
+            radio_end = self._connect_radio()
+        except BaseException:
+            board_end.close()
+            raise
+        if radio_end is not None:
+            env["SEAL_BLE_FD"] = str(radio_end.fileno())
+            board_fds.append(radio_end.fileno())
         if self.authority_key is not None:
             env["SEAL_AUTHORITY"] = self.authority_key.hex()
         if self.power_cut_at_write:
@@ -496,11 +530,13 @@ class EmulatedBoard:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.workdir,
-                pass_fds=(self._master, board_end.fileno()),
+                pass_fds=tuple(board_fds),
             )
         finally:
             # The board holds its end now; the chip's thread ends when the board's closes.
             board_end.close()
+            if radio_end is not None:
+                radio_end.close()
         self._reader = threading.Thread(
             target=self._read_output,
             args=(self._proc, self._log),
@@ -525,6 +561,25 @@ class EmulatedBoard:
         self._chip_bus = host_end
         serve(host_end, self.chip, name=f"chip-{self.device_id}")
         return board_end
+
+    def _connect_radio(self) -> socket.socket | None:
+        # The radio shares the board's power too: a fresh Device on the air each boot.
+        if "ble" not in self.links or self.air is None:
+            return None
+        host_end, board_end = socket.socketpair()
+        board_end.setblocking(False)
+        try:
+            self.radio = self.air.peripheral(self.device_id, host_end)
+            self.radio.chunk_filter = self.chunk_filter
+        except BaseException:
+            host_end.close()
+            board_end.close()
+            raise
+        return board_end
+
+    def ble_url(self, air_hci: str) -> str:
+        """The gateway's port URL for this board over `air_hci` (Air.central_hci())."""
+        return f"ble://{self.device_id}?backend=bumble&hci={air_hci}"
 
     def _disconnect_chip(self) -> None:
         if self._chip_bus is not None:
@@ -592,6 +647,8 @@ class EmulatedBoard:
         if self._reader is not None:
             self._reader.join(timeout=10)
         self._disconnect_chip()
+        if self.radio is not None:
+            self.radio.close()
         self._proc = None
         self._reader = None
 

@@ -27,6 +27,7 @@ from sealink.gateway.actions import (
     CommandDone,
     CompareStored,
     Displace,
+    Hangup,
     Reject,
     Send,
     SessionOpen,
@@ -727,3 +728,31 @@ def test_a_seal_holding_the_certificate_gets_no_enrol() -> None:
     (time_cmd,) = [m for m in host_messages(link.tick(host.now)) if m[K_TYPE] == messages.TIME]
     result = seal.session(messages.RESULT, RE_SEQ=time_cmd[K_SEQ], RE_CODE=messages.R_OK)
     assert host_messages(link.feed(wire(result), host.now)) == []
+
+
+def test_a_link_for_one_seal_answers_no_other_and_hangs_up() -> None:
+    # SPEC §6: a ble://<device id> port's search may find another seal (a copied name, a
+    # shortened name that begins two ids). Its HELLO, registered and MAC-valid or not, gets no
+    # WELCOME; the link is hung up so that the port searches again.
+    host = Host()
+    other = Seal(key=os.urandom(32), device="seal-m-0002")
+    host.registry.load(
+        DeviceRecord(other.device, 0, GENESIS, 0, None, None, SEAL_KEY), other.key, 1
+    )
+    for stranger in (other, Seal(device="seal-unknown-9")):
+        link = LinkMachine(f"ble:{DEVICE}", host.registry, device=DEVICE)
+        link.start(host.now)
+        actions = link.feed(wire(stranger.hello()), host.now)
+        assert host_messages(actions) == []
+        (reject,) = of(Reject, actions)
+        assert (reject.reason, reject.device, reject.row) == ("wrong_device", None, True)
+        assert reject.alarm is not None and stranger.device in reject.detail
+        (hangup,) = of(Hangup, actions)
+        assert DEVICE in hangup.detail and stranger.device in hangup.detail
+    assert host.registry.get(other.device).owner is None
+    own = LinkMachine(f"ble:{DEVICE}", host.registry, device=DEVICE)
+    own.start(host.now)
+    seal = Seal()
+    seal.welcome(own.feed(wire(seal.hello()), host.now))
+    opened = own.feed(wire(seal.status(0)), host.now)
+    assert of(SessionOpen, opened) and not of(Hangup, opened) and not of(Reject, opened)

@@ -16,6 +16,7 @@ __all__ = [
     "CommandDone",
     "CompareStored",
     "Displace",
+    "Hangup",
     "Reject",
     "Send",
     "SessionOpen",
@@ -93,6 +94,14 @@ class Displace:
 
 
 @dataclass(frozen=True, slots=True)
+class Hangup:
+    """Close this link: the peer on it is not the device its port is for (SPEC §6); the port
+    opens a new link."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class CompareStored:
     """Fetch stored event `counter` of `device` and hand it to `LinkMachine.stored_bytes`."""
 
@@ -112,5 +121,14 @@ class CommandDone:
 
 
 Action = (
-    Send | Store | Reject | Alarm | Status | SessionOpen | Displace | CompareStored | CommandDone
+    Send
+    | Store
+    | Reject
+    | Alarm
+    | Status
+    | SessionOpen
+    | Displace
+    | Hangup
+    | CompareStored
+    | CommandDone
 )

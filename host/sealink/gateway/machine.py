@@ -8,7 +8,8 @@
 Every decision of §5 is made here; the session object only moves bytes and carries out the
 actions (`actions.py`). Order of checks per frame: CRC (framing), strict decode, type and
 direction, the MAC (device key for HELLO/EVENT, session key then seq for the rest), then for an
-EVENT counter continuity, duplicates and the chain.
+EVENT counter continuity, duplicates and the chain. A link made for one device (a ble:// port,
+SPEC §6) refuses a HELLO of any other before checking it, and hangs up.
 
 Freshness: a HELLO proves nothing about liveness (anyone can replay a recorded one), so it
 only opens a *pending* handshake answered by WELCOME. The session becomes live, moves to this
@@ -36,6 +37,7 @@ from sealink.gateway.actions import (
     Alarm,
     CompareStored,
     Displace,
+    Hangup,
     Reject,
     Send,
     SessionOpen,
@@ -73,11 +75,14 @@ class LinkMachine:
         nonce: Callable[[int], bytes] = os.urandom,
         limiter: RejectLimiter | None = None,
         ack_key: AckKey | None = None,
+        device: str | None = None,
     ) -> None:
         # Timers and rate limits run on the caller's monotonic `now_ms`; `wall_ms` is only
         # what the device's clock is set to (WELCOME, TIME), so a host clock jump moves no timer.
         self._wall_ms = wall_ms
         self.port = port
+        # The one device this link may carry (a ble://<device id> port's); None: any.
+        self._for_device = device
         self._registry = registry
         self._nonce = nonce
         # Signs that records are stored, so the seal may free them (SPEC §5.11); None: the seal
@@ -231,6 +236,15 @@ class LinkMachine:
     # handshake (SPEC §5.2) -------------------------------------------------------------------
 
     def _on_hello(self, msg: dict[int, Any], payload: bytes, now_ms: int) -> None:
+        device = msg[messages.HE_DEVICE]
+        if self._for_device is not None and device != self._for_device:
+            # A search by advertised name found another seal (one copying the name, or a
+            # shortened name that begins several ids), registered or not, MAC valid or not: no
+            # WELCOME, and the link goes, so that the port looks for its own seal (SPEC §6).
+            detail = f"HELLO of {device!r} on the link for {self._for_device!r}"
+            self._reject("wrong_device", detail, None, payload, now_ms)
+            self._out.append(Hangup(detail))
+            return
         nonce = self._nonce(messages.NONCE_LEN)
         answer = answer_hello(self._registry, msg, payload, nonce, self._wall_ms(), self._prove)
         if isinstance(answer, NoAnswer):

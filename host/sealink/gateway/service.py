@@ -45,7 +45,7 @@ from sealink.ledger import EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
 from sealink.ledger.keyhistory import service_lock
 from sealink.mqtt.process import PublisherProcess
 from sealink.topics import Topics
-from sealink.transport import Transport, open_transport
+from sealink.transport import Transport, open_transport, port_device, release_stacks
 
 __all__ = ["Gateway"]
 
@@ -170,6 +170,8 @@ class Gateway:
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await main
+            # The ports' links are closed by now; their BLE controllers are let go of too.
+            await release_stacks()
         # Whatever was accepted but not yet committed is committed now (never acked: the
         # devices resend it anyway, and it is deduplicated).
         if self._ledger is not None:
@@ -235,15 +237,18 @@ class Gateway:
 
     # ports and sessions ----------------------------------------------------------------------
 
-    def attach(self, transport: Transport, *, connect: bool = True) -> asyncio.Task[None]:
-        """Serve one more device link (tests, benchmarks, hot-plugged ports)."""
+    def attach(
+        self, transport: Transport, *, connect: bool = True, device: str | None = None
+    ) -> asyncio.Task[None]:
+        """Serve one more device link (tests, benchmarks, hot-plugged ports); `device`: the
+        only one it may carry."""
         assert self._tg is not None, "gateway not started"
-        return self._tg.create_task(self._serve(transport, connect), name=transport.name)
+        return self._tg.create_task(self._serve(transport, connect, device), name=transport.name)
 
-    async def _serve(self, transport: Transport, connect: bool) -> None:
+    async def _serve(self, transport: Transport, connect: bool, device: str | None) -> None:
         if connect:
             await transport.connect()
-        machine = LinkMachine(transport.name, self.registry, ack_key=self.ack_key)
+        machine = LinkMachine(transport.name, self.registry, ack_key=self.ack_key, device=device)
         session = Session(self, transport, machine)
         self.sessions.add(session)
         try:
@@ -257,34 +262,39 @@ class Gateway:
             log.exception("session failed", extra={"fields": {"port": transport.name}})
         finally:
             self.sessions.discard(session)
-            device = session.device
+            served = session.device
             session.closed()
-            state = self.registry.get(device) if device is not None else None
+            state = self.registry.get(served) if served is not None else None
             if state is not None and state.owner is None:
                 self._publish_status(state.device, transport.name, {"online": False})
             with contextlib.suppress(TransportError):
                 await transport.close()
 
     async def _serve_port(self, port: PortConfig) -> None:
+        try:
+            # One transport for the port's life, connected again for each link: a BLE port
+            # remembers which seals it refused (SPEC §6).
+            transport = open_transport(port.transport, port.url, baudrate=port.baudrate)
+            device = port_device(port.transport, port.url)
+        except TransportUnavailableError as exc:
+            log.error("port unusable", extra={"fields": {"port": port.url, "why": str(exc)}})
+            return
         delay = _PORT_RETRY_MIN_S
         while True:
             try:
-                transport = open_transport(port.transport, port.url, baudrate=port.baudrate)
-            except TransportUnavailableError as exc:
-                log.error("port unusable", extra={"fields": {"port": port.url, "why": str(exc)}})
-                return
-            try:
                 await transport.connect()
-            except TransportError as exc:
-                log.warning(
-                    "port open failed",
-                    extra={"fields": {"port": port.url, "why": str(exc), "retry_s": delay}},
-                )
+            except Exception as exc:
+                fields = {"port": port.url, "why": str(exc), "retry_s": delay}
+                if isinstance(exc, TransportError):
+                    log.warning("port open failed", extra={"fields": fields})
+                else:
+                    # A transport's bug must not stop the other ports: logged whole, retried.
+                    log.exception("port open failed", extra={"fields": fields})
                 await asyncio.sleep(_jittered(delay))
                 delay = min(delay * 2, _PORT_RETRY_MAX_S)
                 continue
             delay = _PORT_RETRY_MIN_S
-            await self._serve(transport, connect=False)
+            await self._serve(transport, False, device)
             await asyncio.sleep(_jittered(_PORT_RETRY_MIN_S))
 
     def _session_of(self, device: str) -> Session | None:

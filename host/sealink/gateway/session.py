@@ -19,13 +19,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sealink.errors import TpmError
+from sealink.errors import TpmError, TransportError
 from sealink.gateway.actions import (
     Action,
     Alarm,
     CommandDone,
     CompareStored,
     Displace,
+    Hangup,
     Reject,
     Send,
     SessionOpen,
@@ -36,7 +37,7 @@ from sealink.gateway.fastpath import seal_signature
 from sealink.gateway.limits import FloodMeter
 from sealink.gateway.machine import LinkMachine
 from sealink.ledger import Command
-from sealink.transport import Transport
+from sealink.transport import PicksPeer, Transport
 
 __all__ = ["LinkHost", "Session"]
 
@@ -81,7 +82,7 @@ class Session:
         return self.machine.device
 
     async def serve(self) -> None:
-        """Run until the link fails (TransportError)."""
+        """Run until the link fails, or the machine hangs it up (TransportError)."""
         await self._run(self.machine.start(monotonic_ms()))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._timer(), name=f"{self.port}:timer")
@@ -183,6 +184,10 @@ class Session:
                     host.displace(action)
                 case CommandDone():
                     host.command_done(action)
+                case Hangup(detail):
+                    if isinstance(self.transport, PicksPeer):
+                        await self.transport.refuse_peer()
+                    raise TransportError(f"{port}: {detail}")
                 case CompareStored(device, counter, payload):
                     stored = await host.stored_event(device, counter)
                     now = monotonic_ms()

@@ -1,5 +1,6 @@
 """BLE transport (SPEC §6) through bleak's public API: find the seal by the device id it
-advertises, connect, subscribe to TX, write RX in chunks of ATT MTU - 3.
+advertises, connect, subscribe to TX, write RX in chunks of ATT MTU - 3. One transport serves
+a port for its life: each connect() searches again, passing over the seals refused lately.
 
 The system's stack (BlueZ, CoreBluetooth, WinRT) by default; `backend=bumble` drives bumble's
 own host on an HCI controller (sealink.transport.blebumble). A failed search or connect raises
@@ -25,6 +26,10 @@ from sealink.transport.bleurl import BleUrl, parse_ble_url
 __all__ = ["BleTransport", "advertises"]
 
 _CONNECT_TIMEOUT_S = 20.0
+# How long a seal whose HELLO named another device is passed over: long enough that a port
+# with both in range settles on its own seal, short enough that one stray HELLO does not keep
+# the port from its seal for good.
+_PASS_OVER_S = 300.0
 _GONE = b""
 
 
@@ -46,6 +51,8 @@ class BleTransport:
             raise TransportUnavailableError(str(exc)) from None
         self.name = f"ble:{self.url.device_id}"
         self._client: BleakClient | None = None
+        self._peer: str | None = None  # the address connected to last
+        self._refused: dict[str, float] = {}  # address: passed over until (loop time)
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._chunk = chunk_size(ATT_MTU_MIN)
         self._send_lock = asyncio.Lock()
@@ -79,10 +86,12 @@ class BleTransport:
     async def connect(self) -> None:
         scanner_args, client_args = self._backend_args()
         device = await self._find(scanner_args)
-        self._inbox = asyncio.Queue()
+        # Bound to this link's queue: a late callback of the last link must not end this one.
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._inbox = inbox
         client = BleakClient(
             device,
-            disconnected_callback=lambda _: self._inbox.put_nowait(_GONE),
+            disconnected_callback=lambda _: inbox.put_nowait(_GONE),
             timeout=_CONNECT_TIMEOUT_S,
             **client_args,
         )
@@ -91,7 +100,7 @@ class BleTransport:
             rx = client.services.get_characteristic(RX_UUID)
             if rx is None or client.services.get_characteristic(TX_UUID) is None:
                 raise TransportError(f"{self.name}: no sealink GATT service {SERVICE_UUID}")
-            await client.start_notify(TX_UUID, lambda _, data: self._inbox.put_nowait(bytes(data)))
+            await client.start_notify(TX_UUID, lambda _, data: inbox.put_nowait(bytes(data)))
             self._chunk = rx.max_write_without_response_size
         except (BleakError, TimeoutError, OSError) as exc:
             await self._drop(client)
@@ -100,15 +109,28 @@ class BleTransport:
             await self._drop(client)
             raise
         self._client = client
+        self._peer = device.address
+
+    async def refuse_peer(self) -> None:
+        if self._peer is not None:
+            self._refused[self._peer] = asyncio.get_running_loop().time() + _PASS_OVER_S
+        await self.close()
 
     async def _find(self, scanner_args: dict[str, Any]) -> BLEDevice:
-        def wanted(_: BLEDevice, adv: AdvertisementData) -> bool:
-            return advertises(self.url.device_id, adv.local_name)
+        now = asyncio.get_running_loop().time()
+        self._refused = {a: until for a, until in self._refused.items() if until > now}
+
+        def wanted(device: BLEDevice, adv: AdvertisementData) -> bool:
+            return (
+                advertises(self.url.device_id, adv.local_name)
+                and device.address not in self._refused
+            )
 
         try:
             # Matched by name alone: the service UUID rides in the scan response, which not
-            # every stack merges before reporting (bumble's virtual controller sends none);
-            # connect() checks the service itself.
+            # every stack merges before reporting (bumble's virtual controller sends the
+            # advertising data in its place: test_ble's active scan); connect() checks the
+            # service itself.
             device = await BleakScanner.find_device_by_filter(
                 wanted, timeout=self.url.scan_s, **scanner_args
             )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -247,8 +247,9 @@ class BumbleClient(BaseBleakClient):
         connection.on(connection.EVENT_DISCONNECTION, self._disconnected)
         try:
             self._peer = peer = Peer(connection)
-            await peer.request_mtu(self._want_mtu)
-            self.services = await self._discover(peer)
+            with _as_bleak(f"{self.address}: setting up the link"):
+                await peer.request_mtu(self._want_mtu)
+                self.services = await self._discover(peer)
         except BaseException:
             await self.disconnect()
             raise
@@ -298,30 +299,46 @@ class BumbleClient(BaseBleakClient):
     async def read_gatt_char(
         self, characteristic: BleakGATTCharacteristic, *, use_cached: bool = False, **kwargs: Any
     ) -> bytearray:
-        return bytearray(await self._need_peer().read_value(characteristic.obj))
+        with _as_bleak(f"{self.address}: read"):
+            return bytearray(await self._need_peer().read_value(characteristic.obj))
 
     async def read_gatt_descriptor(
         self, descriptor: BleakGATTDescriptor, *, use_cached: bool = False, **kwargs: Any
     ) -> bytearray:
-        return bytearray(await self._need_peer().read_value(descriptor.handle))
+        with _as_bleak(f"{self.address}: read"):
+            return bytearray(await self._need_peer().read_value(descriptor.handle))
 
     async def write_gatt_char(
         self, characteristic: BleakGATTCharacteristic, data: Any, response: bool
     ) -> None:
-        await self._need_peer().write_value(characteristic.obj, bytes(data), response)
+        with _as_bleak(f"{self.address}: write"):
+            await self._need_peer().write_value(characteristic.obj, bytes(data), response)
 
     async def write_gatt_descriptor(self, descriptor: BleakGATTDescriptor, data: Any) -> None:
-        await self._need_peer().write_value(descriptor.handle, bytes(data), True)
+        with _as_bleak(f"{self.address}: write"):
+            await self._need_peer().write_value(descriptor.handle, bytes(data), True)
 
     async def start_notify(
         self, characteristic: BleakGATTCharacteristic, callback: NotifyCallback, **kwargs: Any
     ) -> None:
-        await self._need_peer().subscribe(
-            characteristic.obj, lambda value: callback(bytearray(value))
-        )
+        with _as_bleak(f"{self.address}: subscribe"):
+            await self._need_peer().subscribe(
+                characteristic.obj, lambda value: callback(bytearray(value))
+            )
 
     async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
-        await self._need_peer().unsubscribe(characteristic.obj)
+        with _as_bleak(f"{self.address}: unsubscribe"):
+            await self._need_peer().unsubscribe(characteristic.obj)
+
+
+@contextlib.contextmanager
+def _as_bleak(what: str) -> Iterator[None]:
+    """bumble's errors as bleak's, which the transport above handles: a GATT request that
+    times out (a seal that lost power mid-request) must fail the link, not the gateway."""
+    try:
+        yield
+    except (BaseBumbleError, hci.HCI_Error) as exc:
+        raise BleakError(f"{what} failed: {exc}") from None
 
 
 def hci_address(text: str) -> hci.Address:

@@ -80,9 +80,12 @@ class SerialTransport:
             woke = True
 
     def _blocking_read(self) -> bytes:
-        while not self._closed:
+        # Bound to this link's port: a thread still reading when the port task connects again
+        # must end, not read the next link's bytes.
+        ser = self._ser
+        while not self._closed and self._ser is ser:
             try:
-                data: bytes = self._ser.read(max(1, self._ser.in_waiting))
+                data: bytes = ser.read(max(1, ser.in_waiting))
             except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
                 raise TransportError(f"{self.name}: read failed: {exc}") from None
             if data:
