@@ -515,3 +515,63 @@ def test_a_seal_registered_while_the_gateway_runs_is_served(
                 await sim.wait_acked(2)
 
     run(body())
+
+
+class _BrokenTransport:
+    """A transport with a bug: its connect raises what no transport should (not a
+    TransportError). Stands in for a third-party stack's unexpected exception."""
+
+    name = "broken"
+    mtu = 64
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def connect(self) -> None:
+        self.attempts += 1
+        raise RuntimeError("a bug in a transport")
+
+    async def send(self, data: bytes) -> None:
+        raise AssertionError("never connected")
+
+    async def receive(self) -> bytes:
+        raise AssertionError("never connected")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_transport_that_fails_unexpectedly_stops_neither_the_gateway_nor_its_other_ports(
+    files: GatewayFiles,
+    broker: Mosquitto,
+    observer: Observer,
+    pty_link: PtyLink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sealink.gateway import service
+
+    broken = _BrokenTransport()
+    real = service.open_transport
+
+    def opening(kind: str, url: str, **options: object) -> object:
+        return broken if url == "socket://broken.invalid:1" else real(kind, url, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "open_transport", opening)
+    config = files.config(
+        broker.port,
+        ports=(PortConfig("socket://broken.invalid:1"), PortConfig(pty_link.host_path)),
+    )
+    key = files.device_keys[DEVICE]
+
+    async def body() -> None:
+        async with running(config), SimDevice(DEVICE, key, pty_link.device_end) as sim:
+            await _welcomed(sim)
+            await sim.stamp(5)
+            await sim.wait_acked(5)
+            await until(lambda: broken.attempts >= 2, 10, "a second attempt on the broken port")
+
+    run(body())
+    assert observer.wait_for(DEVICE, 5, timeout=15).verified == 5
+    failed = [r for r in caplog.records if r.getMessage() == "port open failed" and r.exc_info]
+    assert failed, "the unexpected exception is logged with its traceback"
