@@ -23,6 +23,9 @@ _AL_JOURNAL_FAULT = const(5)
 FIRMWARE = "seal-0.1.0"
 _HOUSEKEEPING_MS = const(1000)
 _BATTERY_EVERY = const(30)
+# How often (housekeeping rounds) a port redoes what a glitch may have undone: a BLE seal with
+# no central advertises again, so that a stack that stopped advertising does not hide it.
+_REFRESH_PORTS_EVERY = const(10)
 # The journal's reserve (SPEC §10.2): slots only a record that is not an IMPRESSION may take,
 # once the lock has shut on a full journal. 64 holds a minute of someone pressing a shut seal
 # once a second, a tamper, a low battery and a boot's records; past it every press is still
@@ -103,6 +106,8 @@ async def _main(device_id, key, journal, ports):
         uptime.ms()
         if rounds % _BATTERY_EVERY == 0:
             guard.check_battery(hal.battery_mv())
+        if rounds % _REFRESH_PORTS_EVERY == 0:
+            ports.refresh()
         guard.update_lock()
         rounds += 1
         await asyncio.sleep_ms(_HOUSEKEEPING_MS)

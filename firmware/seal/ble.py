@@ -128,6 +128,12 @@ class BlePort:
     def up(self):
         return self._heard
 
+    def refresh(self):
+        # Advertising again costs nothing while it runs (the stack restarts it) and finds a
+        # seal whose stack stopped it without a word; connected, the seal stays unseen.
+        if self._conn is None:
+            self._advertise()
+
     def session_due(self):
         # True once per connection, at its first write: a new central starts a new session.
         due = self._due

@@ -17,6 +17,10 @@ class Ports:
         if self.active is not None:
             self.active.send(frame)
 
+    def refresh(self):
+        for port in self.all:
+            port.refresh()
+
     def choose(self):
         # True when a new session must start: the carrier changed, or a new central came.
         best = None

@@ -71,6 +71,9 @@ class StreamPort:
     def session_due(self):
         return False
 
+    def refresh(self):
+        pass
+
     def readable(self):
         return readable(self.stream)
 

@@ -42,6 +42,7 @@ class BleAirPort:
         engine: LinkFaults,
         hexdump: Hexdump,
         wire: WireLog,
+        mtu: int,
     ) -> None:
         self.board = board
         self._air = air
@@ -50,7 +51,7 @@ class BleAirPort:
         self.hexdump = hexdump
         self.wire = wire
         self.board_url = f"ble://{board.device_id}"
-        self._host_url = board.ble_url(air.central_hci())
+        self._host_url = f"{board.ble_url(air.central_hci())}&mtu={mtu}"
         self.error: BaseException | None = None
 
     @property

@@ -44,7 +44,7 @@ from .faults import Faults
 from .gateway import HostProcess
 from .history import History, fresh_history, read_history
 from .linkfaults import LinkFaults
-from .port import TRANSPORTS, Port, open_port
+from .port import BLE_TRANSPORTS, TRANSPORTS, Port, open_port
 from .rig import Rig
 from .wirelog import Hexdump, WireLog
 
@@ -397,7 +397,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def transport(request: pytest.FixtureRequest) -> str:
     """How the board reaches the gateway: "serial" (its UART), or each of TRANSPORTS in turn
-    for a test marked `@pytest.mark.transports`."""
+    for a test marked `@pytest.mark.transports`; a test may ask for one of BLE_TRANSPORTS
+    (`ble-mtu23`: the central asks for no larger ATT MTU than a link starts with)."""
     return str(getattr(request, "param", "serial"))
 
 
@@ -412,7 +413,7 @@ def _make_dut(
     """Choose the Dut by the --board kind (the one place that does), with its Port started."""
     if hil.board.kind == "ble":
         pytest.skip(BLE_SKIP)
-    if transport == "ble" and hil.board.kind != "emulated":
+    if transport in BLE_TRANSPORTS and hil.board.kind != "emulated":
         pytest.skip(
             f"board {hil.board}: over BLE only the emulated board (a bench needs an adapter)"
         )
@@ -427,7 +428,7 @@ def _make_dut(
         # The authority the emulated firmware trusts, as the bench's would be kept: a key file.
         authority = tmp_path / "authority.key"
         SIM_AUTHORITY.save(authority, "authority key")
-        if transport == "ble":
+        if transport in BLE_TRANSPORTS:
             from sealink_sim.air import Air  # bumble: the ble extra
 
             air = Air()
@@ -439,7 +440,8 @@ def _make_dut(
                 air=air,
                 links=("ble",),
             )
-            ble = BleAirPort(board, air, engine, hexdump, wire).start()
+            ble = BleAirPort(board, air, engine, hexdump, wire, BLE_TRANSPORTS[transport])
+            ble.start()
             return EmulatedDut(app, ble, board, key, authority)
         board = EmulatedBoard(
             tmp_path / "board",

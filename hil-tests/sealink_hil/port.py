@@ -17,10 +17,12 @@ from .linkfaults import LinkFaults, WireFault
 from .relay import PtyRelay
 from .wirelog import Hexdump, WireLog
 
-__all__ = ["TRANSPORTS", "Port", "open_port"]
+__all__ = ["BLE_TRANSPORTS", "TRANSPORTS", "Port", "open_port"]
 
 # The links a test marked `transports` runs over (plugin's `transport` fixture).
 TRANSPORTS = ("serial", "ble")
+# The BLE links a test can ask for, by the ATT MTU the gateway's central asks for (SPEC §6).
+BLE_TRANSPORTS = {"ble": 247, "ble-mtu23": 23}
 
 
 class Port(Protocol):

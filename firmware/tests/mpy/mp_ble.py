@@ -310,3 +310,14 @@ async def test_ble_takes_the_link_while_connected_else_the_uart():
     uart_host = Peer(KEY)
     uart_host.feed(bytes(pipe.out))
     equal(len(uart_host.hellos), 1)
+
+
+def test_refresh_advertises_again_only_without_a_central():
+    ble = FakeBle(None)
+    port = BlePort(ble, "seal-adv")
+    ble.advertising = None  # the stack stopped advertising and said nothing
+    port.refresh()
+    equal(ble.advertising is not None, True, "advertising again")
+    ble.connect()
+    port.refresh()
+    equal(ble.advertising, None, "a connected seal does not advertise")
