@@ -428,28 +428,25 @@ def _make_dut(
         # The authority the emulated firmware trusts, as the bench's would be kept: a key file.
         authority = tmp_path / "authority.key"
         SIM_AUTHORITY.save(authority, "authority key")
+        air = None
         if transport in BLE_TRANSPORTS:
             from sealink_sim.air import Air  # bumble: the ble extra
 
             air = Air()
-            board = EmulatedBoard(
-                tmp_path / "board",
-                device_id=EMULATED_DEVICE,
-                device_key=key,
-                heapsize=hil.emulator_heap,
-                air=air,
-                links=("ble",),
-            )
-            ble = BleAirPort(board, air, engine, hexdump, wire, BLE_TRANSPORTS[transport])
-            ble.start()
-            return EmulatedDut(app, ble, board, key, authority)
         board = EmulatedBoard(
             tmp_path / "board",
             device_id=EMULATED_DEVICE,
             device_key=key,
             heapsize=hil.emulator_heap,
+            air=air,
+            links=("uart",) if air is None else ("ble",),
         )
-        port = open_port(str(board.uart_path), tmp_path / "board.tty", engine, hexdump, wire)
+        port: Port
+        if air is None:
+            port = open_port(str(board.uart_path), tmp_path / "board.tty", engine, hexdump, wire)
+        else:
+            mtu = BLE_TRANSPORTS[transport]
+            port = BleAirPort(board, air, engine, hexdump, wire, mtu).start()
         return EmulatedDut(app, port, board, key, authority)
     device_id, key, seal_key = _device_identity(hil)
     port = open_port(hil.board.target, tmp_path / f"{device_id}.tty", engine, hexdump, wire)
