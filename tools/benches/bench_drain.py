@@ -55,7 +55,6 @@ BACKLOG = int(os.environ.get("SEALINK_BENCH_DRAIN_BACKLOG", "1900"))
 # Issue 11's figure is at 115,200; another rate shows where the seal or the gateway, not the
 # line, sets the pace.
 BAUD = int(os.environ.get("SEALINK_BENCH_DRAIN_BAUD", "115200"))
-HEAPSIZE = "96k"
 DEVICE = "seal-bench-drain"
 # The ceiling's raw stream: a few seconds of the line.
 CEILING_BYTES = 32768
@@ -273,7 +272,7 @@ def _setup(work: Path, broker_port: int) -> tuple[Any, Any, Any]:
     from sealink.crypto.p256 import P256Key
     from sealink.crypto.signer import GatewayKey
     from sealink.ledger.sqlite import Ledger
-    from sealink_sim.emulator import EmulatedBoard
+    from sealink_sim.emulator import HEAPSIZE, EmulatedBoard
     from sealink_sim.enrolment import enrol
 
     key = GatewayKey.generate()

@@ -38,7 +38,7 @@ from typing import Any
 
 import serial
 from sealink_sim.atecc import ChipModel, serve
-from sealink_sim.emulator import ROMFS_IMAGE, EmulatedBoard, rom_command
+from sealink_sim.emulator import HEAPSIZE, ROMFS_IMAGE, EmulatedBoard, rom_command
 from sealproto import messages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,6 @@ from tools import build  # noqa: E402
 
 IMPRESSIONS = 1000
 BACKLOG = 200
-HEAPSIZE = "96k"
 HEAP_PROBE_MS = 5
 _PEER_DIR = ROOT / "firmware" / "tests" / "mpy"
 
