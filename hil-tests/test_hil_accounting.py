@@ -14,8 +14,10 @@ from types import SimpleNamespace
 import cbor2
 import pytest
 from sealink_hil.artifacts import Artifacts
+from sealink_hil.blefaults import BLE_FAULT_KINDS
 from sealink_hil.faults import ALL_KINDS, Faults
 from sealink_hil.history import History
+from sealink_hil.linkfaults import FAULT_KINDS
 from sealink_hil.rig import Rig
 from sealink_sim.observer import DeviceTally
 from sealproto import messages as m
@@ -48,7 +50,8 @@ def _tally(kinds: list[str], skip: int | None = None, history: int = 0) -> Devic
 
 def _rig(tmp_path: Path, tally: DeviceTally, counted: set[int], base: int = 0) -> Rig:
     observer = SimpleNamespace(device=lambda _id: tally, problems=[])
-    board = SimpleNamespace(device_id=DEVICE, capabilities=frozenset({"flash_cut"}), port=None)
+    port = SimpleNamespace(fault_kinds=FAULT_KINDS)  # a serial link's: every wire fault
+    board = SimpleNamespace(device_id=DEVICE, capabilities=frozenset({"flash_cut"}), port=port)
     faults = Faults(7, Artifacts(tmp_path, "acct"), echo=lambda _line: None)
     history = History(DEVICE, counter=base, ledger=base, board_acked=base, boot=1, firmware="?")
     rig = Rig(board, None, None, observer, faults, faults.artifacts, history)  # type: ignore[arg-type]
@@ -126,3 +129,11 @@ def test_the_schedule_has_every_kind_and_one_fault_per_fifty_stamps(
     again = _rig(tmp_path / "again", tally, set())
     again.board.capabilities = rig.board.capabilities
     assert again.schedule(stamps) == plan, "the same seed must give the same schedule"
+
+
+def test_a_ble_link_is_never_scheduled_a_bit_flip(tmp_path: Path) -> None:
+    rig = _rig(tmp_path, _tally([]), set())
+    rig.port = SimpleNamespace(fault_kinds=BLE_FAULT_KINDS)  # type: ignore[assignment]
+    kinds = {kind for at in rig.schedule(300).values() for kind in at}
+    assert "wire_corrupt" not in kinds
+    assert {f"wire_{kind}" for kind in BLE_FAULT_KINDS} <= kinds
