@@ -77,7 +77,8 @@ def load_provisioning():
 
 # --- GPIO: the control channel -------------------------------------------------------------
 # The launcher writes one command a line on stdin: "press", "release", "open", "close",
-# "battery <mv>", "stamp" (press, hold, release, hold). Holds are timed on the device's clock,
+# "battery <mv>", "stamp" (press, hold, release, hold), "cut <n>" (power lost at the n-th
+# flash write from now). Holds are timed on the device's clock,
 # so the debouncer sees real presses whatever the host's scheduling. After each command the
 # board reports "@done <n>". Edges call the registered handlers from a task, as an IRQ would.
 # Longer than the firmware's debounce (10 ms stable, sampled every 2 ms). A stalled host
@@ -158,6 +159,10 @@ async def _apply(words):
         tamper._set(1 if cmd == "open" else 0)
     elif cmd == "battery":
         _battery_mv = int(words[1])
+        return
+    elif cmd == "cut":
+        # Lose power at the N-th flash write from now (the launcher's arm_power_cut).
+        _bdev.cut_at = _bdev.writes + int(words[1])
         return
     else:
         report("error", "unknown-command")

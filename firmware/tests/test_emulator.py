@@ -119,6 +119,21 @@ def test_power_cut_at_write_keeps_exactly_the_writes_before(tmp_path: Path) -> N
         b.wait_until(lambda b: b.counter == after + 1)
 
 
+def test_a_cut_armed_on_the_running_board_counts_from_now(tmp_path: Path) -> None:
+    # However many writes the boot made (more after a torn write), the cut comes exactly N
+    # writes after it was armed.
+    with EmulatedBoard(tmp_path, device_id="seal-0005", device_key=KEY, heapsize=HEAPSIZE) as b:
+        before = b.block_writes
+        b.arm_power_cut(2)
+        assert b.block_writes == before, "arming writes nothing"
+        b.stamp()
+        b.stamp()
+        b.wait_until(lambda b: b.powercut)
+        assert b.block_writes == before + 2
+        with pytest.raises(ValueError, match="at least 1"):
+            b.arm_power_cut(0)
+
+
 def test_power_cut_sweep_through_the_real_app(tmp_path: Path) -> None:
     """Every block-write index of a boot + 3 stamps, cut by SIGKILL in the real firmware."""
     seed = int(os.environ.get("SEAL_POWERCUT_SEED", 20261126))

@@ -122,7 +122,6 @@ class EmulatedDut:
         # The provisioning station's work: the flash image and the key inside the chip.
         self.seal_key = board.provision()
         self.authority_key = authority_key
-        self.boot_writes = 0
 
     @property
     def log_path(self) -> Path:
@@ -162,7 +161,6 @@ class EmulatedDut:
         """
         if self.board.running:
             self.board.release()
-            self.boot_writes = int(self.board.block_writes)
 
     def stop(self) -> None:
         self.board.close()
@@ -183,11 +181,12 @@ class EmulatedDut:
             raise TimeoutError(f"waiting for {what}: {exc}") from None
 
     def power_cut(self, at_write: int | None = None) -> None:
-        """Cut now; or reboot with a cut armed at the `at_write`-th flash write after boot."""
+        """Cut now; or reboot with a cut armed at the `at_write`-th flash write after the
+        boot's own (counted on the booted board: a boot after a torn write writes more)."""
         self.board.power_cut()
         if at_write is not None:
-            self.board.power_cut_at_write = self.boot_writes + at_write
             self.power_on()
+            self.board.arm_power_cut(at_write)
 
     def power_on(self) -> None:
         self.board.start()

@@ -91,8 +91,9 @@ class Faults:
     def power_cut_at_write(self, board: _Board, writes_from_now: int | None = None) -> int:
         """Cut power at the N-th flash block write after a boot's own writes.
 
-        The emulated block device is armed at boot, so the board reboots first (the cut-short
-        boot is part of this fault); the cut then tears or loses whatever write N was for.
+        The board reboots first (the power cut before that boot is part of this fault), then
+        the cut is armed N writes ahead on the booted board; it tears or loses whatever write
+        N was for.
         """
         n = writes_from_now if writes_from_now is not None else self.rng.randint(1, 8)
         self.record("power_cut_write", at_write=n)

@@ -658,6 +658,13 @@ class EmulatedBoard:
             self.powercut = True
         self._kill()
 
+    def arm_power_cut(self, writes_from_now: int) -> None:
+        """Lose power at the `writes_from_now`-th flash block write of the running boot from
+        now on (`power_cut_at_write` arms one for the next boot, counted from its start)."""
+        if writes_from_now < 1:
+            raise ValueError("writes_from_now must be at least 1")
+        self._command(f"cut {writes_from_now}")
+
     def stop(self) -> None:
         """Power the board off. A device has no clean shutdown: this is a power cut too."""
         self._kill()
