@@ -57,6 +57,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from bumble import hci, ll
+from bumble.controller import Connection as ControllerConnection
 from bumble.controller import Controller
 from bumble.core import UUID, BaseBumbleError
 from bumble.device import AdvertisingType, Connection, Device
@@ -81,6 +82,9 @@ _ADDR_RANDOM = 1
 _EINVAL = 22
 # What a central and a peripheral report when the other end went silent (Core Vol 1 Part F).
 _SUPERVISION_TIMEOUT = hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR
+# connSupervisionTimeout may be 100 ms to 32 s (Core Vol 6 Part B §4.5.2); a link with no peer
+# ends one to two of these after the peer left.
+_SUPERVISION_S = 1.0
 # bluetooth.rst: "This interval will be rounded down to the nearest 625us."
 _ADV_UNIT_US = 625
 _FLAG_BITS = 0x7F  # MicroPython's FLAG_* low bits are the GATT characteristic properties
@@ -175,6 +179,49 @@ _host_log = logging.getLogger("bumble.host")
 
 
 class _QuietController(Controller):
+    """A controller that formats packets only for debug logging, and whose links end by
+    supervision timeout when the peer leaves the air without a word (a board powered off, a
+    gateway killed, either of them mid-connection): bumble's virtual link keeps no supervision
+    timer, so a link whose CONNECT_IND crossed its peer's power cut stayed up for good on one
+    side, and disconnecting it never completed (its LL_TERMINATE_IND had nobody to reach)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._peerless: set[hci.Address] = set()
+        asyncio.get_running_loop().call_later(_SUPERVISION_S, self._supervise)
+
+    def _peer_holds(self, connection: ControllerConnection) -> bool:
+        peer = self.link.find_le_controller(connection.peer_address)
+        return (
+            peer is not None and peer is not self and connection.self_address in peer.le_connections
+        )
+
+    def _supervise(self) -> None:
+        if self not in self.link.controllers:
+            return  # retired
+        # Peerless at two sweeps running: a link being made is peerless for one loop turn.
+        peerless = {
+            address
+            for address, connection in self.le_connections.items()
+            if not self._peer_holds(connection)
+        }
+        for address in peerless & self._peerless:
+            self.on_le_disconnected(self.le_connections[address], _SUPERVISION_TIMEOUT)
+        self._peerless = peerless - self._peerless
+        asyncio.get_running_loop().call_later(_SUPERVISION_S, self._supervise)
+
+    def on_hci_disconnect_command(self, command: hci.HCI_Disconnect_Command) -> None:
+        connection = self.find_le_connection_by_handle(command.connection_handle)
+        if connection is None or self._peer_holds(connection):
+            super().on_hci_disconnect_command(command)
+            return
+        # Nobody to hear the LL_TERMINATE_IND (bumble's link would raise): a controller ends
+        # the link locally and reports it (Core Vol 4 Part E §7.1.6).
+        self._send_hci_command_status(hci.HCI_COMMAND_STATUS_PENDING, command.op_code)
+        self.on_le_disconnected(
+            connection, hci.HCI_ErrorCode.CONNECTION_TERMINATED_BY_LOCAL_HOST_ERROR
+        )
+
     def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
         if _controller_log.isEnabledFor(logging.DEBUG):
             super().on_hci_packet(packet)

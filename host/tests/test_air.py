@@ -593,6 +593,62 @@ def test_a_vanished_seal_is_silent_both_ways_until_it_reappears(air: Air, board:
     assert not any(irq[0] == _IRQ_GATTS_WRITE for irq in board.irqs)
 
 
+def _cut_as_connect_ind_crosses(air: Air, radio: Radio) -> None:
+    """The board loses power as the central's CONNECT_IND crosses: the central counts a link,
+    the board never did. Made here by having the radio forget its end of an established link
+    (bumble's private state: there is no window to hit between two loop turns from outside),
+    then powering it off, which tells no one of a link it does not hold."""
+
+    async def forget() -> None:
+        controller = radio._controller
+        assert controller is not None
+        controller.le_connections.clear()
+
+    air.call(forget())
+    radio.close()
+
+
+def test_a_link_whose_peer_lost_power_mid_connect_ends_by_supervision_timeout(
+    air: Air, board: Board
+) -> None:
+    _peripheral_up(board)
+    radio = board.radio
+    assert radio is not None
+    hci = air.central_hci()
+
+    async def body() -> None:
+        central = await _connected(hci)
+        try:
+            _cut_as_connect_ind_crosses(air, radio)
+            with pytest.raises(TransportError, match="disconnected"):
+                async with asyncio.timeout(_WAIT_S):
+                    await central.receive()
+        finally:
+            await central.close()
+            await close_hosts()
+
+    asyncio.run(body())
+
+
+def test_dropping_a_link_whose_peer_lost_power_completes(air: Air, board: Board) -> None:
+    _peripheral_up(board)
+    radio = board.radio
+    assert radio is not None
+    hci = air.central_hci()
+
+    async def body() -> None:
+        central = await _connected(hci)
+        try:
+            _cut_as_connect_ind_crosses(air, radio)
+            # At once, before supervision ends it: the controller ends it locally.
+            async with asyncio.timeout(_WAIT_S):
+                await central.close()
+        finally:
+            await close_hosts()
+
+    asyncio.run(body())
+
+
 def test_advertising_stopped_hides_the_seal_until_the_firmware_advertises(
     air: Air, board: Board
 ) -> None:

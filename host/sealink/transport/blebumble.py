@@ -41,6 +41,10 @@ from sealink.errors import TransportUnavailableError
 __all__ = ["BumbleClient", "BumbleScanner", "close_hosts", "virtual_link"]
 
 _VIRTUAL = "virtual:"
+# The longest a controller takes to end a link it was asked to end: the peer's acknowledgement
+# or, failing that, the supervision timeout (at most 32 s, Core Vol 6 Part B §4.5.2; a gateway
+# asks for far less).
+_DISCONNECT_TIMEOUT_S = 10.0
 _links: dict[str, LocalLink] = {}
 _hosts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[_Host]]] = (
     weakref.WeakKeyDictionary()
@@ -281,8 +285,12 @@ class BumbleClient(BaseBleakClient):
     async def disconnect(self) -> None:
         connection = self._connection
         if connection is not None:
+            # Bounded: bumble waits for the Disconnection Complete event without a timeout,
+            # and a controller that never sends it (unplugged, confused) must not wedge the
+            # port that is dropping its link.
             with contextlib.suppress(BaseBumbleError, hci.HCI_Error, TimeoutError):
-                await connection.disconnect()
+                async with asyncio.timeout(_DISCONNECT_TIMEOUT_S):
+                    await connection.disconnect()
         self._connection = self._peer = None
 
     def _need_peer(self) -> Peer:
@@ -334,11 +342,18 @@ class BumbleClient(BaseBleakClient):
 @contextlib.contextmanager
 def _as_bleak(what: str) -> Iterator[None]:
     """bumble's errors as bleak's, which the transport above handles: a GATT request that
-    times out (a seal that lost power mid-request) must fail the link, not the gateway."""
+    times out (a seal that lost power mid-request) must fail the link, not the gateway. bumble
+    cancels the pending request's future when the link ends under it; that CancelledError is
+    the link's end, not this task's, and must not stop the port's loop."""
     try:
         yield
     except (BaseBumbleError, hci.HCI_Error) as exc:
         raise BleakError(f"{what} failed: {exc}") from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise BleakError(f"{what} failed: the link ended") from None
 
 
 def hci_address(text: str) -> hci.Address:
