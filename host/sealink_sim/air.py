@@ -62,9 +62,9 @@ from bumble.controller import Controller
 from bumble.core import UUID, BaseBumbleError
 from bumble.device import AdvertisingType, Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Descriptor, Service
-from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink, PacketParser
+from sealink.transport.bumblequiet import QuietController, QuietHost
 
 __all__ = ["DEVICE_TO_HOST", "HOST_TO_DEVICE", "Air", "ChunkFilter", "Radio", "static_address"]
 
@@ -170,20 +170,12 @@ class Air:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-# bumble (0.0.236) logs every HCI packet with an f-string that formats the packet even when
-# debug logging is off: in a cProfile of test_air's 2,000-notification stream that formatting
-# was most of the Air thread's time. These send and dispatch the same, formatting only when
-# debug logging is on.
-_controller_log = logging.getLogger("bumble.controller")
-_host_log = logging.getLogger("bumble.host")
-
-
-class _QuietController(Controller):
-    """A controller that formats packets only for debug logging, and whose links end by
-    supervision timeout when the peer leaves the air without a word (a board powered off, a
-    gateway killed, either of them mid-connection): bumble's virtual link keeps no supervision
-    timer, so a link whose CONNECT_IND crossed its peer's power cut stayed up for good on one
-    side, and disconnecting it never completed (its LL_TERMINATE_IND had nobody to reach)."""
+class _AirController(QuietController):
+    """A controller on the air, whose links end by supervision timeout when the peer leaves
+    the air without a word (a board powered off, a gateway killed, either of them
+    mid-connection): bumble's virtual link keeps no supervision timer, so a link whose
+    CONNECT_IND crossed its peer's power cut stayed up for good on one side, and disconnecting
+    it never completed (its LL_TERMINATE_IND had nobody to reach)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -221,40 +213,6 @@ class _QuietController(Controller):
         self.on_le_disconnected(
             connection, hci.HCI_ErrorCode.CONNECTION_TERMINATED_BY_LOCAL_HOST_ERROR
         )
-
-    def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
-        if _controller_log.isEnabledFor(logging.DEBUG):
-            super().on_hci_packet(packet)
-        elif isinstance(packet, hci.HCI_AclDataPacket):
-            self.on_hci_acl_data_packet(packet)
-        elif isinstance(packet, hci.HCI_Command):
-            self.on_hci_command_packet(packet)
-        else:
-            super().on_hci_packet(packet)
-
-    def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
-        if _controller_log.isEnabledFor(logging.DEBUG):
-            super().send_hci_packet(packet)
-        elif self.host:
-            asyncio.get_running_loop().call_soon(self.host.on_packet, bytes(packet))
-
-
-class _QuietHost(Host):
-    def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
-        if _host_log.isEnabledFor(logging.DEBUG) or self.snooper:
-            super().send_hci_packet(packet)
-        elif self.hci_sink:
-            self.hci_sink.on_packet(bytes(packet))
-
-    def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
-        if _host_log.isEnabledFor(logging.DEBUG) or self.snooper:
-            super().on_hci_packet(packet)
-        elif isinstance(packet, hci.HCI_AclDataPacket):
-            self.on_hci_acl_data_packet(packet)
-        elif isinstance(packet, hci.HCI_Event):
-            self.on_hci_event_packet(packet)
-        else:
-            super().on_hci_packet(packet)
 
 
 def _retire(controller: Controller) -> None:
@@ -301,7 +259,7 @@ def _legacy_advertiser(link: LocalLink, address: hci.Address) -> tuple[bool, boo
     return None
 
 
-class _CentralController(_QuietController):
+class _CentralController(_AirController):
     """A central's controller that hears scan responses as a radio's does.
 
     bumble's virtual link carries no SCAN_REQ/SCAN_RSP: its controller reports the advertising
@@ -419,7 +377,7 @@ class _HciPort(asyncio.Protocol):
             self._transport = None
 
 
-class _RadioController(_QuietController):
+class _RadioController(_AirController):
     """A peripheral's controller that can go silent: nothing in or out while `silent`."""
 
     silent = False
@@ -569,7 +527,7 @@ class Radio:
         device = Device(
             name=self.device_id,
             address=self.address,
-            host=_QuietHost(controller, AsyncPipeSink(controller)),
+            host=QuietHost(controller, AsyncPipeSink(controller)),
         )
         device.gatt_server.max_mtu = self.max_mtu
         device.on(device.EVENT_CONNECTION, self._connected)

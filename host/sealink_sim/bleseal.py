@@ -17,15 +17,14 @@ import asyncio
 import contextlib
 from typing import Any
 
-from bumble.controller import Controller
 from bumble.core import UUID, AdvertisingData, BaseBumbleError
 from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 from bumble.hci import Address, HCI_Error
-from bumble.host import Host
 from bumble.transport.common import AsyncPipeSink
 from sealink.errors import TransportError
 from sealink.transport.blebumble import virtual_link
+from sealink.transport.bumblequiet import QuietController, QuietHost
 from sealproto.gatt import NAME_MAX, RX_UUID, SERVICE_UUID, TX_UUID, chunk_size
 
 from sealink_sim.simdevice import SimChip, SimDevice
@@ -113,11 +112,11 @@ class BleSeal:
         self._tx: Characteristic[bytes] | None = None
 
     async def __aenter__(self) -> BleSeal:
-        controller = Controller(f"seal-{self.device_id}", link=virtual_link(self.link))
+        controller = QuietController(f"seal-{self.device_id}", link=virtual_link(self.link))
         device = Device(
             name=self.device_id,
             address=Address.generate_static_address(),
-            host=Host(controller, AsyncPipeSink(controller)),
+            host=QuietHost(controller, AsyncPipeSink(controller)),
         )
         device.gatt_server.max_mtu = self.max_mtu
         rx: Characteristic[bytes] = Characteristic(

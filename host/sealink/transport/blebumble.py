@@ -27,16 +27,15 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakError
 from bumble import hci
-from bumble.controller import Controller
 from bumble.core import AdvertisingData, BaseBumbleError
 from bumble.device import Advertisement, Connection, Device, Peer
 from bumble.gatt import Characteristic
-from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink
 
 from sealink.errors import TransportUnavailableError
+from sealink.transport.bumblequiet import QuietController, QuietHost
 
 __all__ = ["BumbleClient", "BumbleScanner", "close_hosts", "virtual_link"]
 
@@ -115,16 +114,18 @@ async def _open_host(spec: str) -> _Host:
     address = hci.Address.generate_static_address()
     closer = None
     if spec.startswith(_VIRTUAL):
-        controller = Controller(f"sealink-{spec}", link=virtual_link(spec[len(_VIRTUAL) :]))
+        controller = QuietController(f"sealink-{spec}", link=virtual_link(spec[len(_VIRTUAL) :]))
         device = Device(
-            name="sealink", address=address, host=Host(controller, AsyncPipeSink(controller))
+            name="sealink", address=address, host=QuietHost(controller, AsyncPipeSink(controller))
         )
     else:
         try:
             transport = await open_transport(spec)
         except (BaseBumbleError, OSError, ValueError) as exc:
             raise TransportUnavailableError(f"no BLE controller at {spec!r}: {exc}") from None
-        device = Device.with_hci("sealink", address, transport.source, transport.sink)
+        device = Device(
+            name="sealink", address=address, host=QuietHost(transport.source, transport.sink)
+        )
         closer = transport.close
     host = _Host(device, closer)
     try:
