@@ -1,6 +1,7 @@
 """The gateway service under test, as the separate process it is in production.
 
     sealink keys init --config gateway.toml
+    sealink ledger init --config gateway.toml
     sealink devices add DEVICE --key-file DEVICE.key --config gateway.toml
     sealink run --config gateway.toml          (through sealink_hil.clockshift)
 
@@ -119,9 +120,12 @@ class HostProcess:
 
     def init_keys(self) -> None:
         """The gateway's keys, made once per state folder: a bench gateway keeps its identity.
-        `keys init` makes whichever is missing (the acknowledgement key of an older folder)."""
+        `keys init` makes whichever is missing (the acknowledgement key of an older folder).
+        Its ledger too: only `ledger init` makes one."""
         if not (self.key_path.exists() and self.ack_key_path.exists()):
             self.cli("keys", "init")
+        if not self.ledger_path.exists():
+            self.cli("ledger", "init")
 
     def public_key_pem(self) -> bytes:
         return self.cli("keys", "show", "--format", "pem").encode()

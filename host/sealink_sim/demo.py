@@ -112,7 +112,7 @@ def run_demo(
             progress.say(f"  seal chip   public key {seal_key[:8].hex()}… (ATECC608 model)")
             # As `sealink devices add` does: the link key into the key store, the rest into the
             # ledger.
-            ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
+            ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
             ledger.add_device(DEVICE, device_key, seal_key, replace=True)
             # As `sealink keys init`, `sealink authority certify` (the simulator's authority,
             # which the emulated board's firmware trusts) and `sealink devices enrol` do: the

@@ -73,7 +73,8 @@ class GatewayFiles:
         """Register a seal: its link key (random unless given) and its chip's public key (a
         simulated seal's, SimChip.of(key), unless given: an emulated board's provision())."""
         key = key or os.urandom(32)
-        ledger = self.ledger()
+        # The first registration makes the test's ledger, as `sealink ledger init` would.
+        ledger = self.ledger(create=True)
         try:
             ledger.add_device(device, key, seal_key or SimChip.of(key).public)
         finally:
@@ -92,8 +93,8 @@ class GatewayFiles:
             ports=ports,
         )
 
-    def ledger(self) -> Ledger:
-        return Ledger(self.ledger_path, LinkKeyStore(self.link_keys))
+    def ledger(self, *, create: bool = False) -> Ledger:
+        return Ledger(self.ledger_path, LinkKeyStore(self.link_keys), create=create)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ class Rig:
         self.root = root
         self.key = key or GatewayKey.generate()
         self.path = root / "ledger.sqlite"
-        self.ledger = Ledger(self.path, LinkKeyStore(root / "link-keys"))
+        self.ledger = Ledger(self.path, LinkKeyStore(root / "link-keys"), create=True)
         self.prev: dict[str, bytes] = {}
         self.counter: dict[str, int] = {}
         self.conf = root / "sealink.toml"

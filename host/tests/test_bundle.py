@@ -462,7 +462,7 @@ def _vector_bundle(root: Path) -> tuple[Bundle, GatewayKey]:
     conf.write_text(
         '[gateway]\nid = "gw-vectors"\nkey_file = "gateway.key"\nledger = "ledger.sqlite"\n'
     )
-    ledger = Ledger(root / "ledger.sqlite", LinkKeyStore(root / "link-keys"))
+    ledger = Ledger(root / "ledger.sqlite", LinkKeyStore(root / "link-keys"), create=True)
     try:
         for device in ("S-0001", "S-0002"):
             ledger.add_device(device, DEVICE_KEY, SEAL_KEY)

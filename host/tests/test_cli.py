@@ -30,6 +30,7 @@ def conf(tmp_path: Path) -> Path:
         '[gateway]\nid = "gw-cli"\nkey_file = "keys/gateway.key"\nledger = "ledger.sqlite"\n'
         '[mqtt]\nport = 1\nprefix = "cli"\n'
     )
+    assert main(["ledger", "init", "--config", str(path)]) == 0
     return path
 
 
@@ -55,6 +56,12 @@ def test_help_everywhere() -> None:
         ["keys"],
         ["keys", "init"],
         ["keys", "show"],
+        ["ledger"],
+        ["ledger", "init"],
+        ["ledger", "backup"],
+        ["ledger", "restore"],
+        ["config"],
+        ["config", "check"],
         ["devices"],
         ["devices", "add"],
         ["devices", "list"],

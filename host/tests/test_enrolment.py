@@ -32,6 +32,7 @@ def gateway(tmp_path: Path) -> Path:
         '[mqtt]\nport = 1\nprefix = "enrol"\n'
     )
     assert sealink("keys", "init", "--config", str(conf)).returncode == 0
+    assert sealink("ledger", "init", "--config", str(conf)).returncode == 0
     key_file = tmp_path / "seal-1.json"
     provisioning_file(key_file, "seal-1")
     added = sealink("devices", "add", "--config", str(conf), "seal-1", "--key-file", str(key_file))
@@ -130,7 +131,7 @@ def test_the_stored_statement_is_what_the_gateway_signs() -> None:
 def test_a_schema_5_ledger_gains_the_enrolment_column(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     keys = LinkKeyStore(tmp_path / "link-keys")
-    ledger = Ledger(path, keys)
+    ledger = Ledger(path, keys, create=True)
     ledger.add_device("seal-1", os.urandom(32), SimChip().public)
     ledger.close()
     with sqlite3.connect(path) as db:

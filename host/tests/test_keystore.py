@@ -158,7 +158,7 @@ def test_concurrent_writers_keep_every_key(tmp_path: Path) -> None:
 
 def test_add_device_writes_the_key_store_and_never_the_ledger(tmp_path: Path) -> None:
     store = LinkKeyStore(tmp_path / "link-keys")
-    ledger = Ledger(tmp_path / "ledger.sqlite", store)
+    ledger = Ledger(tmp_path / "ledger.sqlite", store, create=True)
     key = os.urandom(32)
     try:
         ledger.add_device("seal-1", key, SimChip.of(key).public)
@@ -177,7 +177,7 @@ def test_add_device_writes_the_key_store_and_never_the_ledger(tmp_path: Path) ->
 def test_a_key_store_that_cannot_be_written_registers_nothing(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    ledger = Ledger(tmp_path / "ledger.sqlite", LinkKeyStore(blocker / "link-keys"))
+    ledger = Ledger(tmp_path / "ledger.sqlite", LinkKeyStore(blocker / "link-keys"), create=True)
     try:
         with pytest.raises(DeviceError, match="not registered: link key store"):
             ledger.add_device("seal-1", os.urandom(32), None)
@@ -189,7 +189,7 @@ def test_a_key_store_that_cannot_be_written_registers_nothing(tmp_path: Path) ->
 def _v4_ledger(path: Path, keys: dict[str, bytes], replaced: bytes) -> None:
     """A ledger as schema 4 left it, in WAL mode, its last writes still in the WAL: the keys in
     devices.key, one of them registered again over `replaced` (old bytes in a free cell)."""
-    Ledger(path).close()  # every other table as they are
+    Ledger(path, create=True).close()  # every other table as they are
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("DROP TABLE devices")
@@ -334,6 +334,7 @@ def test_the_cli_migrates_a_v4_ledger_and_marks_a_seal_without_key(
 def test_cli_errors_about_the_key_store_are_one_line(conf: Path, tmp_path: Path) -> None:
     key_file = tmp_path / "seal-1.json"
     key = provisioning_file(key_file, "seal-1")
+    assert sealink("ledger", "init", "-c", str(conf)).returncode == 0
     add = ("devices", "add", "-c", str(conf), "seal-1", "--key-file", str(key_file))
     assert sealink(*add).returncode == 0
     store = tmp_path / "etc" / "link-keys"

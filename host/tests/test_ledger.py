@@ -96,7 +96,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '1');
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    led = Ledger(tmp_path / "ledger.sqlite", LinkKeyStore(tmp_path / "link-keys"))
+    led = Ledger(tmp_path / "ledger.sqlite", LinkKeyStore(tmp_path / "link-keys"), create=True)
     led.add_device(DEVICE, KEY, SimChip.of(KEY).public)
     yield led
     led.close()
@@ -122,7 +122,7 @@ def test_id_runs_cover_exactly_the_ids(ids: list[int]) -> None:
 
 
 def test_marking_published_touches_only_the_marked_rows(tmp_path: Path, seed: int) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger = Ledger(tmp_path / "ledger.sqlite", create=True)
     try:
         ledger.commit(Batch(outbox=[("t", bytes([i]), "d", i) for i in range(1, 101)]))
         rng = random.Random(seed)
@@ -189,7 +189,7 @@ def test_a_v1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path) -> Non
 
 def test_a_ledger_from_a_newer_sealink_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite"
-    Ledger(path).close()
+    Ledger(path, create=True).close()
     db = sqlite3.connect(path)
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))
     db.commit()
@@ -451,7 +451,7 @@ def test_an_existing_ledger_readable_by_others_is_made_private(tmp_path: Path) -
     """Every record lives in the ledger: a copied or restored file left 0644 (and the WAL files
     SQLite makes with the same mode) is 0600 once the gateway opens it."""
     path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(path, LinkKeyStore(tmp_path / "link-keys"))
+    ledger = Ledger(path, LinkKeyStore(tmp_path / "link-keys"), create=True)
     ledger.add_device("seal-1", bytes(32), None)
     ledger.close()
     os.chmod(path, 0o644)

@@ -190,6 +190,7 @@ def test_the_authority_certifies_the_key_in_the_tpm_and_the_gateway_takes_only_t
 ) -> None:
     conf = _config(tmp_path / "gw", tpm.tcti)
     assert sealink("keys", "init", "--config", str(conf)).returncode == 0
+    assert sealink("ledger", "init", "--config", str(conf)).returncode == 0
     seal = tmp_path / "seal-1.json"
     provisioning_file(seal, "seal-1")
     added = sealink("devices", "add", "--config", str(conf), "seal-1", "--key-file", str(seal))

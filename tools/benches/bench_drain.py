@@ -287,7 +287,7 @@ def _setup(work: Path, broker_port: int) -> tuple[Any, Any, Any]:
         heapsize=HEAPSIZE,
         chip_latency="none",
     )
-    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
+    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
     ledger.add_device(DEVICE, device_key, board.provision())
     # Enrolled, as a site's seal is: the ACKs free its journal (SPEC §5.11).
     cert = enrol(DEVICE, ack_key.public)

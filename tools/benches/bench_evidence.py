@@ -36,7 +36,7 @@ def _build(path: Path, size: int) -> None:
     from sealink.evidence import Frontier, event_leaf, leaf_hash
     from sealink.ledger import Ledger
 
-    Ledger(path).close()  # the schema
+    Ledger(path, create=True).close()  # the schema
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
     frontier = Frontier(0, [])

@@ -108,7 +108,7 @@ async def _run(work: Path, broker_port: int) -> list[dict[str, Any]]:
     key = GatewayKey.generate()
     key.save(work / "gateway.key")
     device_key = os.urandom(32)
-    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
+    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
     ledger.add_device(DEVICE, device_key, SimChip.of(device_key).public)
     ledger.close()
     counter = _ByteCount()

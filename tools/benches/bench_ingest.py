@@ -157,7 +157,7 @@ async def _ingest(work: Path, port: int) -> tuple[float, bytes, dict[str, float]
 
     key = GatewayKey.generate()
     key.save(work / "gateway.key")
-    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
+    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
     sims_keys = {f"bench-{i:04d}": os.urandom(32) for i in range(DEVICES)}
     for device, device_key in sims_keys.items():
         ledger.add_device(device, device_key, SimChip.of(device_key).public)
@@ -382,7 +382,7 @@ def bench_latency() -> dict[str, Any]:
             chip_latency="typical",
             **({"heapsize": BOARD_HEAP} if BOARD_HEAP else {}),  # type: ignore[arg-type]
         )
-        ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"))
+        ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
         ledger.add_device(device, device_key, board.provision())
         # Enrolled, as a site's seal is: its acknowledgements free the journal (SPEC §5.11).
         ack_key = P256Key.load(_ack_key(work), "acknowledgement key")

@@ -2,6 +2,8 @@
 
 sealink run --config FILE                 the service (see tools/sealink.service)
 sealink keys init|show --config FILE      the gateway's Ed25519 countersigning key
+sealink ledger init|backup|restore --config FILE   the ledger file (only `init` creates one)
+sealink config check --config FILE [--json]   the config, its files and the broker, checked
 sealink devices add|list|quarantine|release|adopt   seals, and what an operator decides
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
 sealink events list|export                JSON Lines
@@ -19,12 +21,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
-from sealink.cli import authority, devices, events, evidence, keys, permits, run, witness
+from sealink.cli import (
+    authority,
+    configcheck,
+    devices,
+    events,
+    evidence,
+    keys,
+    ledger,
+    permits,
+    run,
+    witness,
+)
 from sealink.errors import SealinkError
 
 __all__ = ["build_parser", "main"]
@@ -63,11 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="sealink gateway: verify, countersign, store and publish seal impressions",
         epilog="exit status: 0 done, 2 error (one line on stderr), 70 internal error",
     )
+    parser.add_argument("--version", action="version", version=f"sealink {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for noun in (run, keys, authority, devices, permits, events, evidence, witness):
+    nouns = (run, keys, authority, ledger, configcheck, devices, permits, events, evidence, witness)
+    for noun in nouns:
         noun.register(sub)
     _add_plugin_commands(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("sealink")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except SealinkError as exc:
         print(f"sealink: error: {exc}", file=sys.stderr)
+        return _EXIT_ERROR
+    except sqlite3.Error as exc:  # a read that the ledger's own methods do not wrap
+        print(f"sealink: error: ledger: {exc}", file=sys.stderr)
         return _EXIT_ERROR
     except OSError as exc:  # a file named on the command line: unreadable, unwritable, missing
         where = f"{exc.filename}: " if exc.filename else ""

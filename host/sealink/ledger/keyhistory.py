@@ -1,5 +1,5 @@
-"""The gateway's key history in the ledger (table key_transitions, SPEC §14.7), and the lock that
-keeps a rotation and a running service apart.
+"""The gateway's key history in the ledger (table key_transitions, SPEC §14.7), the lock that
+keeps a rotation and a running service apart, and the one that keeps two gateways apart.
 
 The transition is signed inside the write transaction that stores it, so the log size it names
 is the size at the switch: no leaf can be appended between the two.
@@ -26,22 +26,55 @@ from sealink.evidence.keys import (
     walk,
 )
 from sealink.ledger import log
-from sealink.ledger.db import transaction
+from sealink.ledger.db import LedgerMissing, transaction
+from sealink.ledger.owner import match_owner
 
-__all__ = ["KeyHistoryStore", "ServiceLockError", "service_lock"]
+__all__ = ["KeyHistoryStore", "ServiceLockError", "gateway_lock", "service_lock"]
 
 
 class ServiceLockError(LedgerError):
     """The ledger is held by the running service, or by a key rotation."""
 
 
+def _lock_file(ledger_path: Path, suffix: str) -> int:
+    """Open (or make, 0600) the lock file `<ledger><suffix>`, owned as the ledger is. Only
+    beside a ledger that exists: a mistyped path makes no folders and no files."""
+    if not ledger_path.exists():
+        raise LedgerMissing(ledger_path)
+    path = ledger_path.with_name(ledger_path.name + suffix)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    match_owner(ledger_path, path)
+    return fd
+
+
+@contextlib.contextmanager
+def gateway_lock(ledger_path: Path) -> Iterator[None]:
+    """flock, exclusive, on `<ledger>.gateway`: one gateway service per ledger. Two would
+    each take the other's commits for their own and acknowledge on the other's behalf. The
+    holder writes its pid there, so the second can name it."""
+    fd = _lock_file(ledger_path, ".gateway")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise ServiceLockError(
+                f"ledger {ledger_path} is in use by another gateway{who}: one gateway per "
+                "ledger; stop it first, or give this one a ledger of its own"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def service_lock(ledger_path: Path, *, exclusive: bool) -> Iterator[None]:
     """flock on `<ledger>.lock`: the service holds it shared while it runs, `keys rotate`
     exclusive. The kernel drops it when the holder dies, so a crash leaves no stale lock."""
-    path = ledger_path.with_name(ledger_path.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _lock_file(ledger_path, ".lock")
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

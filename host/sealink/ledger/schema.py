@@ -23,10 +23,15 @@ v7: cosignatures, the witnesses' cosignatures of the gateway's checkpoints (SPEC
     per checkpoint size and witness; an older file has none.
 v8: key_transitions, the gateway's key history (SPEC §14.7): one signed transition per key
     rotation; an older file has none (its one key is the key file's).
+v9: outbox.payload may be NULL: once the broker acknowledged an event's or a gap's publication,
+    its payload is dropped, since the events or gaps table holds the same bytes (the record's
+    countersignature, from which the publication is rebuilt). Alarms keep theirs: the outbox is
+    their only copy. Migrating rebuilds the table and drops the payloads already published.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 
@@ -34,9 +39,17 @@ from sealink.crypto.keystore import LinkKeyStore
 from sealink.errors import KeyFileError
 from sealink.ledger import log
 
-__all__ = ["SCHEMA_VERSION", "MigrationError", "SchemaTooNew", "create_or_migrate"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MigrationError",
+    "NotALedger",
+    "SchemaTooNew",
+    "create_or_migrate",
+    "prune_published",
+    "stored_version",
+]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _logger = logging.getLogger("sealink.ledger")
 
@@ -85,7 +98,7 @@ _TABLES = (
     """CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY,
         topic TEXT NOT NULL,
-        payload BLOB NOT NULL,
+        payload BLOB,
         device TEXT,
         counter INTEGER,
         created_ms INTEGER NOT NULL,
@@ -196,7 +209,35 @@ _V6_COLUMNS = ("ALTER TABLE devices ADD COLUMN enrolment TEXT",)
 
 # Every version before 5 keeps the link keys in devices.key.
 _WITH_LINK_KEYS = ("1", "2", "3", "4")
-_KNOWN = (*_WITH_LINK_KEYS, "5", "6", "7", str(SCHEMA_VERSION))
+_KNOWN = (*_WITH_LINK_KEYS, "5", "6", "7", "8", str(SCHEMA_VERSION))
+
+# The published rows whose payload another table holds byte for byte: an event's
+# countersignature (events.cose) or an adopted gap's (gaps.cose).
+_REBUILDABLE = (
+    "published_ms IS NOT NULL AND payload IS NOT NULL AND ("
+    "EXISTS (SELECT 1 FROM events e WHERE e.device = outbox.device "
+    "AND e.counter = outbox.counter AND e.cose = outbox.payload) OR "
+    "(outbox.counter IS NULL AND EXISTS (SELECT 1 FROM gaps g WHERE g.device = outbox.device "
+    "AND g.cose = outbox.payload)))"
+)
+
+# v9: the outbox's payload becomes nullable. SQLite cannot drop a NOT NULL: copy the table.
+_V9_OUTBOX = (
+    """CREATE TABLE outbox_v9 (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload BLOB,
+        device TEXT,
+        counter INTEGER,
+        created_ms INTEGER NOT NULL,
+        published_ms INTEGER
+    )""",
+    "INSERT INTO outbox_v9 SELECT id, topic, payload, device, counter, created_ms, "
+    "published_ms FROM outbox",
+    "DROP TABLE outbox",
+    "ALTER TABLE outbox_v9 RENAME TO outbox",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE published_ms IS NULL",
+)
 
 
 class SchemaTooNew(Exception):
@@ -210,13 +251,22 @@ class MigrationError(Exception):
     """An older file cannot be brought up to date; it is left as it was."""
 
 
-def create_or_migrate(db: sqlite3.Connection, link_keys: LinkKeyStore | None = None) -> None:
-    """Create a new ledger, or bring an older one to SCHEMA_VERSION, in one transaction (a
-    crash midway leaves the file as it was). SchemaTooNew: refuse what a newer sealink wrote.
-    MigrationError: an older file's link keys could not be moved to `link_keys`."""
-    found = _version(db)
+class NotALedger(Exception):
+    """The file has no schema and was not to be created."""
+
+
+def create_or_migrate(
+    db: sqlite3.Connection, link_keys: LinkKeyStore | None = None, *, create: bool = False
+) -> None:
+    """Create a new ledger (only with `create`), or bring an older one to SCHEMA_VERSION, in
+    one transaction (a crash midway leaves the file as it was). SchemaTooNew: refuse what a
+    newer sealink wrote. MigrationError: an older file's link keys could not be moved to
+    `link_keys`. NotALedger: no schema in the file and not `create`."""
+    found = stored_version(db)
     if found == str(SCHEMA_VERSION):
         return  # the common case: no write, so opening never waits for the service's lock
+    if found is None and not create:
+        raise NotALedger
     # Zeroes what the migration frees (the key column's bytes) in the pages it writes; many
     # builds have it on already, the connection keeps what it had.
     scrub = found in _WITH_LINK_KEYS
@@ -226,7 +276,7 @@ def create_or_migrate(db: sqlite3.Connection, link_keys: LinkKeyStore | None = N
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute(_TABLES[0])
-        version = _version(db)
+        version = stored_version(db)
         if version is not None and version not in _KNOWN:
             raise SchemaTooNew(version)
         for statement in _TABLES[1:]:
@@ -248,17 +298,31 @@ def create_or_migrate(db: sqlite3.Connection, link_keys: LinkKeyStore | None = N
             db.execute(statement)
         if version in ("1", "2"):
             log.backfill(db)
+        if version is not None and version != str(SCHEMA_VERSION):
+            for statement in _V9_OUTBOX:
+                db.execute(statement)
+            prune_published(db)
         db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # a full disk may have rolled it back already
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         raise
     finally:
         db.execute(f"PRAGMA secure_delete={int(secure_delete)}")
     if scrub:
         _scrub(db)
+
+
+def prune_published(db: sqlite3.Connection, first: int = 0, last: int | None = None) -> None:
+    """Drop the payloads of published rows (ids first..last) that the ledger can rebuild."""
+    db.execute(
+        f"UPDATE outbox SET payload = NULL WHERE id BETWEEN ? AND ? AND {_REBUILDABLE}",
+        (first, last if last is not None else 2**63 - 1),
+    )
 
 
 def _move_link_keys(db: sqlite3.Connection, version: str, link_keys: LinkKeyStore | None) -> None:
@@ -287,9 +351,10 @@ def _scrub(db: sqlite3.Connection) -> None:
         _logger.warning("ledger migrated; its WAL is truncated only at the next checkpoint")
 
 
-def _version(db: sqlite3.Connection) -> str | None:
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-    except sqlite3.OperationalError:  # no meta table: a new file
+def stored_version(db: sqlite3.Connection) -> str | None:
+    """The file's schema version; None: no sealink schema in it (a new or foreign file)."""
+    tables = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+    if tables.fetchone() is None:  # a new file; not "cannot read it" (a full disk, say)
         return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     return str(row[0]) if row else None

@@ -6,7 +6,8 @@ bytes, their hash and the COSE countersignature), gaps (counters an operator dec
 countersigned), quarantine (rejected inputs with their bytes, rate-limited) and rejections
 (every rejected input counted), commands (permits, revocations waiting to be sent and their
 results), operator_actions (the audit trail), outbox (what must reach MQTT, in order; alarms
-live there too), and the transparency log (log_leaves, log_nodes, checkpoints: ledger/log.py,
+live there too; a published event's or gap's payload is dropped, as its table holds the same
+bytes), and the transparency log (log_leaves, log_nodes, checkpoints: ledger/log.py,
 SPEC §14), appended in the same transaction as the records it holds.
 
 The service writes through ONE connection owned by one worker thread; `commit()` writes a whole
@@ -31,10 +32,11 @@ from sealink.commands import validate_command
 from sealink.crypto.keystore import LINK_KEY_LEN, LinkKeyStore
 from sealink.crypto.sealkey import SEAL_KEY_LEN
 from sealink.errors import DeviceError, KeyFileError, LedgerError
-from sealink.ledger import log, queue
+from sealink.ledger import backup, log, queue
 from sealink.ledger import operator as ops
-from sealink.ledger.db import transaction
+from sealink.ledger.db import LedgerMissing, describe, transaction
 from sealink.ledger.keyhistory import KeyHistoryStore
+from sealink.ledger.owner import match_owner, wal_files
 from sealink.ledger.records import (
     Batch,
     Command,
@@ -49,7 +51,14 @@ from sealink.ledger.records import (
     id_runs,
     now_ms,
 )
-from sealink.ledger.schema import MigrationError, SchemaTooNew, create_or_migrate
+from sealink.ledger.schema import (
+    MigrationError,
+    NotALedger,
+    SchemaTooNew,
+    create_or_migrate,
+    prune_published,
+    stored_version,
+)
 
 __all__ = ["Batch", "Command", "EventRow", "Ledger", "OutboxRow", "QuarantineRow", "now_ms"]
 
@@ -60,7 +69,7 @@ _logger = logging.getLogger("sealink.ledger")
 def _enforce_private(path: Path) -> None:
     """The ledger and its WAL files are 0600 even when they exist already (copied, restored,
     made by another tool): SQLite gives the WAL files the database file's mode."""
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for file in (path, *wal_files(path)):
         try:
             mode = stat.S_IMODE(file.stat().st_mode)
         except FileNotFoundError:
@@ -79,29 +88,60 @@ class Ledger:
     `link_keys` is where `add_device` writes a seal's link key, and where migrating a file
     older than schema 5 moves the keys it holds (SPEC §15 T6)."""
 
-    def __init__(self, path: str | os.PathLike[str], link_keys: LinkKeyStore | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        link_keys: LinkKeyStore | None = None,
+        *,
+        create: bool = False,
+    ) -> None:
+        """Open the ledger at `path`; LedgerError if there is none there, unless `create`
+        (`sealink ledger init`, tests, benchmarks): a typo in a path must not start an empty
+        ledger that a seal ahead of it is then quarantined against."""
         self.path = Path(path)
         self.link_keys = link_keys
+        if not create and not self.path.exists():
+            raise LedgerMissing(self.path)
+        db: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():
+            if create:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 # Every record and operator action: never readable by others, not for a moment.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            _enforce_private(self.path)
-            self._db = sqlite3.connect(
+            db = self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            if not create and stored_version(db) is None:
+                raise NotALedger  # before anything below changes the file
+            _enforce_private(self.path)
+            db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk when it returns; the device is acked right after.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            create_or_migrate(self._db, link_keys)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            create_or_migrate(db, link_keys, create=create)
+            match_owner(self.path, *wal_files(self.path))
         except MigrationError as exc:
-            self._db.close()
+            if db is not None:
+                db.close()
             raise LedgerError(
                 f"ledger {self.path}: cannot migrate to schema 5, left as it was: {exc}"
             ) from None
-        except (sqlite3.Error, OSError, SchemaTooNew) as exc:
+        except NotALedger:
+            if db is not None:
+                db.close()
+            raise LedgerError(
+                f"ledger {self.path}: not a sealink ledger (no schema in it): check [gateway] "
+                "ledger, or create one with `sealink ledger init`"
+            ) from None
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            raise LedgerError(
+                f"ledger {self.path}: cannot open: {describe(exc, self.path)}"
+            ) from None
+        except (OSError, SchemaTooNew) as exc:
+            if db is not None:
+                db.close()
             raise LedgerError(f"ledger {self.path}: cannot open: {exc}") from None
         # The transparency log (SPEC §14), read on this connection.
         self.log = log.LogStore(self._db)
@@ -109,6 +149,10 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def backup(self, to: Path) -> str:
+        """An online, checked, 0600 copy of this ledger at `to` (ledger/backup.py); its schema."""
+        return backup.backup(self._db, self.path, to)
 
     def _write(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db, self.path, what)
@@ -136,6 +180,8 @@ class Ledger:
                 raise DeviceError(f"device {device} is already registered")
             try:
                 self.link_keys.put(device, key)
+                store = self.link_keys.path
+                match_owner(self.path, store, store.with_name(store.name + ".lock"))
             except KeyFileError as exc:
                 raise DeviceError(f"device {device}: not registered: {exc}") from None
             # New keys for a known seal keep what the ledger knows of it (B, quarantine).
@@ -322,10 +368,14 @@ class Ledger:
                 )
             if batch.published:
                 # PUBACKs come back in id order: one statement per run, not per row
+                runs = id_runs(batch.published)
                 db.executemany(
                     "UPDATE outbox SET published_ms = ? WHERE id BETWEEN ? AND ?",
-                    [(ms, first, last) for first, last in id_runs(batch.published)],
+                    [(ms, first, last) for first, last in runs],
                 )
+                # The broker has them: keep each record once, in events or gaps (schema v9).
+                for first, last in runs:
+                    prune_published(db, first, last)
             if batch.command_states:
                 db.executemany(
                     "UPDATE commands SET state = ?, result = ?, updated_ms = ? WHERE id = ?",
