@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STAMPS ?= 50
 
-.PHONY: setup system test lint demo bench fuzz
+.PHONY: setup system test lint demo bench fuzz install
 
 setup: system $(STAMP)
 
@@ -34,3 +34,8 @@ bench: setup
 
 fuzz: setup
 	$(PY) tools/fuzz.py
+
+# The gateway as a systemd service (as root): tools/install.sh says what goes where, and why.
+# DESTDIR stages it under another root; PREFIX (/usr/local) is where the `sealink` link goes.
+install:
+	DESTDIR='$(DESTDIR)' PREFIX='$(or $(PREFIX),/usr/local)' bash tools/install.sh
