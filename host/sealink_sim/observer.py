@@ -13,8 +13,11 @@ public key, and cbor2 to read the device event inside. Per device it counts:
 - lost: counters between 1 and the highest verified that never arrived
 - latency: observer receipt time minus the gateway's receipt time (same machine clock)
 
-Alarms and retained status (JSON) are counted and kept per device; gateway topics
-(`<prefix>/gateway/<id>/...`) are tallied under the gateway id.
+Alarms and retained status are signed messages (SPEC §11.4), checked with
+`sealink_verify.mqtt` under the same gateway key: a verified one is counted and its JSON body
+kept per device; one that does not verify, or a retained status older than one already seen,
+counts as `forged` and is kept nowhere else. Gateway topics (`<prefix>/gateway/<id>/...`) are
+tallied under the gateway id.
 
 Thread-safe: paho's network thread updates the tallies; `wait_until` waits on a condition.
 
@@ -25,7 +28,6 @@ Thread-safe: paho's network thread updates the tallies; `wait_until` waits on a 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 import uuid
@@ -43,6 +45,7 @@ from paho.mqtt.properties import Properties
 from sealink.errors import ObserverError
 from sealink_verify import derive_kid
 from sealink_verify.audit import seal_public_key, seal_signature_ok
+from sealink_verify.mqtt import Freshness, MessageError, SignedMessage, verify_message
 
 __all__ = ["DeviceTally", "Observer"]
 
@@ -64,7 +67,8 @@ class DeviceTally:
     chain_breaks: int = 0
     redeliveries: int = 0
     alarms: int = 0
-    # Every alarm published for the device, as its JSON (SPEC §11.2), oldest first.
+    forged: int = 0  # status or alarm messages that failed SPEC §11.4's checks
+    # Every verified alarm published for the device, as its JSON body (SPEC §11.2), oldest first.
     alarm_log: list[dict[str, Any]] = field(default_factory=list, repr=False)
     events: dict[int, bytes] = field(default_factory=dict, repr=False)
     arrivals: dict[int, float] = field(default_factory=dict, repr=False)
@@ -97,7 +101,18 @@ class DeviceTally:
             "redeliveries": self.redeliveries,
             "lost": self.lost,
             "alarms": self.alarms,
+            "forged": self.forged,
         }
+
+
+def _claimed_gateway(payload: bytes) -> str:
+    """The gateway a signed message names, unverified: the observer holds one key and checks
+    it signed for that gateway (verify_message binds the two)."""
+    try:
+        claimed = cbor2.loads(cbor2.loads(payload).value[2]).get("gateway")
+    except Exception:  # anything unreadable: verify_message names what is wrong with it
+        return ""
+    return claimed if isinstance(claimed, str) else ""
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -133,6 +148,8 @@ class Observer:
         self.client_id = client_id or f"sealink-observer-{uuid.uuid4().hex[:8]}"
         self.connect_timeout_s = connect_timeout_s
         self._key = COSEKey.from_pem(public_key_pem, kid=kid or derive_kid(public_key_pem))
+        self._gateway_raw: bytes = self._key.to_dict()[-2]
+        self._freshness = Freshness()
         # device -> its chip's public key: each event's seal signature is checked too (SPEC
         # §4.1); devices not listed are checked up to the gateway's countersignature only.
         self._seal_keys = {d: seal_public_key(k) for d, k in (seal_keys or {}).items()}
@@ -284,19 +301,30 @@ class Observer:
             if kind == "events":
                 self._on_event(tally, msg, now_ms)
             elif kind == "alarms":
-                tally.alarms += 1
-                try:
-                    alarm = json.loads(msg.payload)
-                except ValueError:
-                    alarm = {"raw": msg.payload.hex()}
-                tally.alarm_log.append(alarm if isinstance(alarm, dict) else {"value": alarm})
+                alarm = self._signed(tally, msg)
+                if alarm is not None:
+                    tally.alarms += 1
+                    tally.alarm_log.append(alarm.body)
             elif kind == "status":
-                try:
-                    status = json.loads(msg.payload)
-                except ValueError:
-                    status = {"raw": msg.payload.hex()}
-                tally.status = status if isinstance(status, dict) else {"value": status}
+                status = self._signed(tally, msg)
+                if status is not None:
+                    tally.status = status.body
             self._cond.notify_all()
+
+    def _signed(self, tally: DeviceTally, msg: mqtt.MQTTMessage) -> SignedMessage | None:
+        """The verified message, or None (counted as forged, with the failed check named).
+        A retained status must not go back (Freshness); a redelivered one is no news."""
+        payload = bytes(msg.payload)
+        gateway = _claimed_gateway(payload)
+        try:
+            message = verify_message(msg.topic, payload, {gateway: [self._gateway_raw]})
+            if msg.topic.endswith("/status") and not self._freshness.accept(message):
+                return None
+        except MessageError as exc:
+            tally.forged += 1
+            self._problems.append(f"{msg.topic}: {type(exc).__name__}: {exc}")
+            return None
+        return message
 
     def _problem(self, tally: DeviceTally, text: str) -> None:
         tally.invalid += 1

@@ -1,6 +1,7 @@
 """`sealink verify` (and the standalone `sealink-verify`): check an evidence export offline;
 `sealink-verify bundle FILE`: check one impression's evidence bundle (SPEC §14.5);
-`sealink-verify receipt FILE`: check one record's COSE Receipt (RFC 9942, SPEC §14.8).
+`sealink-verify receipt FILE`: check one record's COSE Receipt (RFC 9942, SPEC §14.8);
+`sealink-verify message --topic T FILE`: check one signed MQTT status or alarm (SPEC §11.4).
 
 Registered into the `sealink` command line through the `sealink.commands` entry point group, so
 the gateway's CLI offers it without importing this package's code into the product. The bundle
@@ -30,6 +31,7 @@ from sealink_verify.audit import (
 from sealink_verify.bundle import Bundle, BundleError, ed25519_raw, read_bundle, verify_bundle
 from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof, load_proof
 from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries, history_entries
+from sealink_verify.mqtt import MessageError, verify_message
 from sealink_verify.receipt import verify_receipt
 
 __all__ = ["main", "register"]
@@ -480,8 +482,80 @@ def run_receipt(args: argparse.Namespace) -> int:
     return EXIT_VERIFIED if report.ok else EXIT_FAILED
 
 
+def _message_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sealink-verify message",
+        description="check one signed MQTT status or alarm of a gateway (SPEC §11.4) and print "
+        "its JSON body",
+        epilog="exit status: 0 verified (the body is printed), 1 it does not verify (the "
+        "failed check is named), 2 an input is unusable",
+    )
+    p.add_argument("payload", metavar="FILE", help="the message's payload bytes; - for stdin")
+    p.add_argument("--topic", required=True, help="the topic the message was delivered on")
+    p.add_argument(
+        "--gateway-key",
+        action="append",
+        required=True,
+        metavar="ID=PEM",
+        help="a gateway id and a file with its public key (`sealink keys show --format pem`); "
+        "repeatable, also for each key of a rotated gateway",
+    )
+    p.add_argument("--json", action="store_true", help="the signed fields too, as one object")
+    return p
+
+
+def _gateway_keys(given: list[str]) -> dict[str, list[bytes]]:
+    keys: dict[str, list[bytes]] = {}
+    for item in given:
+        gateway, sep, path = item.partition("=")
+        if not gateway or not sep or not path:
+            raise VerifyInputError(f"--gateway-key {item!r}: expected ID=PEM-FILE")
+        try:
+            raw = ed25519_raw(Path(path).read_bytes())
+        except ValueError as exc:
+            raise VerifyInputError(f"{path}: {exc}") from None
+        keys.setdefault(gateway, []).append(raw)
+    return keys
+
+
+def run_message(args: argparse.Namespace) -> int:
+    """0: verified; 1: it does not verify; 2: an input is unusable."""
+    try:
+        keys = _gateway_keys(args.gateway_key)
+        if args.payload == "-":
+            payload = sys.stdin.buffer.read()
+        else:
+            payload = Path(args.payload).read_bytes()
+    except OSError as exc:
+        print(f"sealink-verify: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except VerifyInputError as exc:
+        print(f"sealink-verify: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        message = verify_message(args.topic, payload, keys)
+    except MessageError as exc:
+        print(f"sealink-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        out: dict[str, Any] = {
+            "topic": message.topic,
+            "gateway": message.gateway,
+            "seq": message.seq,
+            "time_ms": message.time_ms,
+            "kid": message.kid.hex(),
+            "body": message.body,
+        }
+    else:
+        out = message.body
+    sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+    return EXIT_VERIFIED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["message"]:
+        return run_message(_message_parser().parse_args(argv[1:]))
     if argv[:1] == ["bundle"]:
         return run_bundle(_bundle_parser().parse_args(argv[1:]))
     if argv[:1] == ["receipt"]:

@@ -49,6 +49,7 @@ from sealink_sim.simdevice import make_event
 from sealink_verify import tlog
 from sealink_verify.cli import EXIT_FAILED, EXIT_VERIFIED
 from sealink_verify.cli import main as verify
+from sealink_verify.mqtt import verify_message
 from sealproto import auth
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "cosignature.json"
@@ -88,8 +89,12 @@ class Tap:
         with self._lock:
             return [bytes(m.payload) for m in self.got if m.topic == topic]
 
-    def alarms(self, topic: str) -> list[dict[str, Any]]:
-        return [json.loads(p) for p in self.on(topic)]
+    def alarms(self, topic: str, gateway_key: bytes | None = None) -> list[dict[str, Any]]:
+        """A witness's alarms are JSON; a gateway's are signed (SPEC §11.4): with its key,
+        each one is verified and its body returned."""
+        if gateway_key is None:
+            return [json.loads(p) for p in self.on(topic)]
+        return [verify_message(topic, p, {"gw-test": [gateway_key]}).body for p in self.on(topic)]
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, **props: Any) -> None:
         properties = None
@@ -337,12 +342,13 @@ def test_a_fork_and_a_replay_are_refused_alarmed_and_kept_and_forged_cosignature
             cosig_topic = f"{PREFIX}/gateway/gw-test/cosignature/{W}"
             for note in (forged, of_fork):
                 tap.publish(cosig_topic, note.encode())
+            gw_key = files.key.public_raw()
             await until(
-                lambda: len(tap.alarms(gateway_alarms)) >= 2, TIMEOUT_S, "two gateway alarms"
+                lambda: len(tap.alarms(gateway_alarms, gw_key)) >= 2, TIMEOUT_S, "two alarms"
             )
-            reasons = {a["reason"] for a in tap.alarms(gateway_alarms)}
+            reasons = {a["reason"] for a in tap.alarms(gateway_alarms, gw_key)}
             assert reasons == {"cosignature_rejected"}
-            details = " ".join(a["detail"] for a in tap.alarms(gateway_alarms))
+            details = " ".join(a["detail"] for a in tap.alarms(gateway_alarms, gw_key))
             assert "does not verify" in details or "no cosignature line" in details
             assert "never signed" in details
             for size in (2, 3):

@@ -161,7 +161,9 @@ def _gateway_lines(roster: Roster, gateway: Gateway) -> Iterator[str]:
     topics = Topics(roster.prefix, gateway.id)
     yield f"# gateway {gateway.id}: its own topics and its seals' (SPEC §11.2)"
     yield f"user {gateway.id}"
-    for topic in (topics.gateway_status(), topics.alarms(None), topics.checkpoint(), topics.keys()):
+    # It reads its own status back: another gateway with its id shows itself there (§11.4).
+    yield f"topic readwrite {topics.gateway_status()}"
+    for topic in (topics.alarms(None), topics.checkpoint(), topics.keys()):
         yield f"topic write {topic}"
     yield f"topic read {topics.proof_request()}"
     yield f"topic read {topics.cosignatures()}"

@@ -37,13 +37,16 @@ from sealink.gateway.actions import (
 from sealink.gateway.checkpoints import Checkpoints
 from sealink.gateway.committer import GroupCommitter, OutboxEntry
 from sealink.gateway.machine import LinkMachine
+from sealink.gateway.metrics import GatewayMetrics, MetricsServer
 from sealink.gateway.registry import DeviceRegistry
 from sealink.gateway.session import Session
 from sealink.gateway.watch import LedgerWatch
 from sealink.gateway.witnesses import WitnessDesk
 from sealink.ledger import EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
-from sealink.ledger.keyhistory import service_lock
+from sealink.ledger.keyhistory import gateway_lock, service_lock
 from sealink.mqtt.process import PublisherProcess
+from sealink.mqtt.signed import GatewayStatus, MessageSigner
+from sealink.mqtt.takeover import Incident
 from sealink.topics import Topics
 from sealink.transport import Transport, open_transport, port_device, release_stacks
 
@@ -57,6 +60,15 @@ _PORT_RETRY_MIN_S = 0.2
 _PORT_RETRY_MAX_S = 5.0
 
 
+@dataclasses.dataclass
+class _Port:
+    """A configured port's task, and whether its link is up (for the service's status)."""
+
+    task: asyncio.Task[None] | None = None
+    tried: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # opened or failed
+    open: bool = False
+
+
 class Gateway:
     def __init__(self, config: Config, *, key: GatewayKey | None = None) -> None:
         self.config = config
@@ -67,6 +79,7 @@ class Gateway:
         self.ack_key = _ack_key(config, self._keys)
         self.gateway_id = config.gateway_id
         self.topics = Topics(config.mqtt.prefix, config.gateway_id)
+        self.signer = MessageSigner(self.key, config.gateway_id)  # status and alarms, §11.4
         self.registry = DeviceRegistry()
         self.sessions: set[Session] = set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sealink-ledger")
@@ -76,15 +89,20 @@ class Gateway:
         self._main: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
+        self._ports: dict[PortConfig, _Port] = {}
         self.checkpoints = Checkpoints(self)  # the transparency log's signed heads (SPEC §14)
         self.witnesses = WitnessDesk(self)  # proofs for witnesses, their cosignatures (§14.6)
+        self.metrics = GatewayMetrics(self)
+        self._metrics_server: MetricsServer | None = None
 
     # lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Gateway:
-        # Held shared while the service runs: `sealink keys rotate` takes it exclusively.
-        self._keys.enter_context(service_lock(self.config.ledger_path, exclusive=False))
+        # One gateway per ledger; and held shared while the service runs, as `devices adopt`
+        # holds it: `sealink keys rotate` and `ledger restore` take it exclusively.
         try:
+            self._keys.enter_context(gateway_lock(self.config.ledger_path))
+            self._keys.enter_context(service_lock(self.config.ledger_path, exclusive=False))
             self._ledger = ledger = await self.db(Ledger, self.config.ledger_path, self.link_keys)
             history = await self.db(self._key_history)
         except BaseException:
@@ -97,6 +115,7 @@ class Gateway:
             self.config.ledger,
             on_committed=self._committed,
             on_failing=self._ledger_failing,
+            on_latency=self.metrics.committed,
         )
         self._watch = LedgerWatch(
             ledger, self.db, self.registry, self.sessions, self._committer, self.link_keys
@@ -113,14 +132,25 @@ class Gateway:
             self.config.client_id,
             self.gateway_id,
             load=lambda after, limit: self.db(ledger.pending_outbox, after, limit),
-            mark=self._committer.mark_published,
+            mark=self._published,
             first_pending_id=first_id,
-            gateway_info={"kid": self.key.kid.hex()},
+            status=GatewayStatus(
+                self.signer, self.topics.gateway_status(), {"kid": self.key.kid.hex()}
+            ),
+            public_raw=self.key.public_raw(),
+            on_incident=self._mqtt_incident,
         )
         # Subscribers and witnesses learn of each new key from the chain (SPEC §14.7).
         self._publisher.publish_now(
             self.topics.keys(), json.dumps(history, sort_keys=True).encode(), retain=True
         )
+        if self.config.metrics.listen is not None:
+            self._metrics_server = MetricsServer(self.metrics)
+            try:
+                await self._metrics_server.start(*self.config.metrics.listen)
+            except BaseException:
+                await self.close()
+                raise
         self._main = asyncio.create_task(self._run(), name="sealink-gateway")
         ready = asyncio.create_task(self._ready.wait())
         await asyncio.wait({self._main, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -162,6 +192,9 @@ class Gateway:
         await self.close()
 
     async def close(self, drain_timeout_s: float = 2.0) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            await server.close()  # a stopping gateway is not healthy; and its ledger goes next
         main, self._main = self._main, None
         if main is not None and not main.done():
             await self._drain(drain_timeout_s)
@@ -212,7 +245,7 @@ class Gateway:
             tg.create_task(self.checkpoints.run(), name="checkpoints")
             tg.create_task(self.witnesses.run(), name="witnesses")
             for port in self.config.ports:
-                tg.create_task(self._serve_port(port), name=f"port:{port.url}")
+                self._start_port(port)
             self._ready.set()
 
     @property
@@ -270,7 +303,51 @@ class Gateway:
             with contextlib.suppress(TransportError):
                 await transport.close()
 
-    async def _serve_port(self, port: PortConfig) -> None:
+    # the configured ports: `sealink run` applies a reloaded config's (SIGHUP) ------------------
+
+    def _start_port(self, port: PortConfig) -> None:
+        assert self._tg is not None, "gateway not started"
+        state = self._ports[port] = _Port()
+        state.task = self._tg.create_task(self._serve_port(port, state), name=f"port:{port.url}")
+
+    async def apply_ports(
+        self, ports: tuple[PortConfig, ...]
+    ) -> tuple[list[PortConfig], list[PortConfig]]:
+        """Serve exactly `ports`; returns (added, removed). A port that is gone or whose
+        settings changed is closed before any port opens (so a changed one is released first);
+        a port whose settings are unchanged keeps its link and its session."""
+        removed = [port for port in self._ports if port not in ports]
+        added = [port for port in dict.fromkeys(ports) if port not in self._ports]
+        tasks = {task for port in removed if (task := self._ports.pop(port).task) is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for port in added:
+            self._start_port(port)
+        self.config = dataclasses.replace(self.config, ports=ports)
+        return added, removed
+
+    async def ports_tried(self) -> None:
+        """Until every configured port has been tried once: opened, or failed to open."""
+        await asyncio.gather(*(state.tried.wait() for state in self._ports.values()))
+
+    @property
+    def ports_open(self) -> tuple[int, int]:
+        """(ports whose link is up, ports configured)."""
+        return sum(state.open for state in self._ports.values()), len(self._ports)
+
+    @property
+    def port_links(self) -> dict[str, bool]:
+        """Each configured port's URL, and whether its link is up."""
+        return {port.url: state.open for port, state in self._ports.items()}
+
+    @property
+    def metrics_address(self) -> str | None:
+        """host:port of /metrics and /healthz, once bound; None when not configured."""
+        return self._metrics_server.address if self._metrics_server is not None else None
+
+    async def _serve_port(self, port: PortConfig, state: _Port) -> None:
         try:
             # One transport for the port's life, connected again for each link: a BLE port
             # remembers which seals it refused (SPEC §6).
@@ -278,12 +355,14 @@ class Gateway:
             device = port_device(port.transport, port.url)
         except TransportUnavailableError as exc:
             log.error("port unusable", extra={"fields": {"port": port.url, "why": str(exc)}})
+            state.tried.set()
             return
         delay = _PORT_RETRY_MIN_S
         while True:
             try:
                 await transport.connect()
             except Exception as exc:
+                state.tried.set()
                 fields = {"port": port.url, "why": str(exc), "retry_s": delay}
                 if isinstance(exc, TransportError):
                     log.warning("port open failed", extra={"fields": fields})
@@ -294,7 +373,12 @@ class Gateway:
                 delay = min(delay * 2, _PORT_RETRY_MAX_S)
                 continue
             delay = _PORT_RETRY_MIN_S
-            await self._serve(transport, False, device)
+            state.open = True
+            state.tried.set()
+            try:
+                await self._serve(transport, False, device)
+            finally:
+                state.open = False
             await asyncio.sleep(_jittered(_PORT_RETRY_MIN_S))
 
     def _session_of(self, device: str) -> Session | None:
@@ -318,10 +402,12 @@ class Gateway:
             ),
             outbox=[(self.topics.events(action.device), cose, action.device, action.counter)],
         )
+        self.metrics.stored(action.device)
 
     def reject(self, port: str, action: Reject) -> None:
         committer = self.committer
         committer.count_rejection(port, action.device, action.reason)
+        self.metrics.reject(action.reason)
         if not action.row and action.alarm is None:
             return
         fields = {"device": action.device, "port": port, "reason": action.reason}
@@ -394,7 +480,12 @@ class Gateway:
             for session in self.sessions:
                 if session.device in devices:
                     session.committed()
+        self.metrics.offered(outbox)
         self.publisher.offer(outbox)
+
+    def _published(self, ids: list[int]) -> None:
+        self.committer.mark_published(ids)
+        self.metrics.published(ids)
 
     def _ledger_failing(self, error: str | None) -> None:
         # About the ledger itself, so it cannot travel through the ledger's outbox.
@@ -403,6 +494,13 @@ class Gateway:
         )
         payload = self._alarm_payload(None, source="gateway", reason=reason, detail=detail)
         self.publisher.publish_now(self.topics.alarms(None), payload)
+
+    def _mqtt_incident(self, incident: Incident) -> None:
+        # Through the outbox: the broker link it is about may be down right now.
+        payload = self._alarm_payload(
+            None, source="gateway", reason=incident.reason, detail=incident.detail
+        )
+        self.committer.submit(outbox=[(self.topics.alarms(None), payload, None, None)])
 
     def _wake_commands(self, session: Session) -> None:
         device = session.device
@@ -442,14 +540,14 @@ class Gateway:
     # payloads --------------------------------------------------------------------------------
 
     def _alarm_payload(self, device: str | None, **fields: Any) -> bytes:
+        """Signed for the alarm topic of `device` (None: the gateway's own), SPEC §11.4."""
         body = {"device": device, "gateway": self.gateway_id, "time_ms": now_ms(), **fields}
-        return json.dumps(body, sort_keys=True).encode()
+        return self.signer.sign(self.topics.alarms(device), body)
 
     def _publish_status(self, device: str, port: str, fields: dict[str, Any]) -> None:
+        topic = self.topics.status(device)
         body = {"device": device, "port": port, "time_ms": now_ms(), **fields}
-        self.publisher.publish_now(
-            self.topics.status(device), json.dumps(body, sort_keys=True).encode(), retain=True
-        )
+        self.publisher.publish_now(topic, self.signer.sign(topic, body), retain=True)
 
 
 def _jittered(delay_s: float) -> float:

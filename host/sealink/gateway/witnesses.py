@@ -183,6 +183,5 @@ class WitnessDesk:
             "source": "gateway",
             **fields,
         }
-        gateway.publisher.publish_now(
-            gateway.topics.alarms(None), json.dumps(body, sort_keys=True).encode()
-        )
+        topic = gateway.topics.alarms(None)
+        gateway.publisher.publish_now(topic, gateway.signer.sign(topic, body))

@@ -10,10 +10,12 @@ the second core, and a broker outage cannot stall ingest.
 
 Wire between the two: 4-byte big-endian length + pickle of a tuple (both ends are this module,
 same interpreter). Parent -> child: ("init", ...), ("offer", seq, rows), ("now", topic, payload,
-retain), ("rows", rows) answering a load, ("close",). Child -> parent: ("load", after, limit),
-("published", rows) — rows whose PUBACK reason code was a success, the only thing that lets the
-parent mark them in the ledger — and ("state", connected, inflight, buffered, backlog, failed,
-last offer seq taken).
+retain), ("rows", rows) answering a load, ("status", online, will) answering a connecting,
+("close", stopped). Child -> parent: ("load", after, limit), ("connecting", n) before its n-th
+connect, ("incident", reason, detail) (takeover.py), ("published", rows) — rows whose PUBACK
+reason code was a success, the only thing that lets the parent mark them in the ledger — and
+("state", connected, inflight, buffered, backlog, failed, last offer seq taken).
+The gateway key stays in the parent: it signs the child's status messages (SPEC §11.4).
 Rows travel as (id, topic, payload, device, counter) tuples.
 """
 
@@ -34,6 +36,8 @@ from typing import Any
 from sealink.config import MqttConfig
 from sealink.errors import SealinkError
 from sealink.ledger.sqlite import OutboxRow
+from sealink.mqtt.signed import GatewayStatus
+from sealink.mqtt.takeover import Incident
 
 __all__ = ["PublisherProcess"]
 
@@ -108,18 +112,24 @@ class PublisherProcess:
         load: Callable[[int, int], Awaitable[list[OutboxRow]]],
         mark: Callable[[list[int]], None],
         first_pending_id: int,
-        gateway_info: dict[str, Any] | None = None,
+        status: GatewayStatus,
+        public_raw: bytes,
+        on_incident: Callable[[Incident], None],
     ) -> None:
         self.config = config
         self._load = load
         self._mark = mark
+        self._status = status
+        self._connection = 0
+        self._on_incident = on_incident
         self._init = (
             "init",
             config,
             client_id,
             gateway_id,
             first_pending_id,
-            gateway_info or {},
+            status.instance,
+            public_raw,
             *_log_settings(),
         )
         self._writer: asyncio.StreamWriter | None = None
@@ -202,7 +212,8 @@ class PublisherProcess:
                 raise PublisherProcessError(f"exited unexpectedly (code {child.poll()})")
             except asyncio.CancelledError:
                 if self._writer is not None:
-                    self._writer.write(_pack(("close",)))
+                    stopped = self._status.stopped(self._connection)
+                    self._writer.write(_pack(("close", stopped)))
                     self._closed = True
                     with contextlib.suppress(TimeoutError, OSError):
                         async with asyncio.timeout(_CLOSE_TIMEOUT_S):
@@ -244,6 +255,11 @@ class PublisherProcess:
             elif kind == "load":
                 rows = await self._load(message[1], message[2])
                 self._send(("rows", _row_tuples(rows)))
+            elif kind == "connecting":
+                self._connection = message[1]
+                self._send(("status", *self._status.connecting(self._connection)))
+            elif kind == "incident":
+                self._on_incident(Incident(message[1], message[2]))
 
 
 # the child -----------------------------------------------------------------------------------
@@ -251,24 +267,32 @@ class PublisherProcess:
 
 async def _child(fd: int) -> None:
     from sealink.logs import configure_logging
-    from sealink.mqtt.publisher import Publisher
+    from sealink.mqtt.publisher import OwnStatus, Publisher
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     init = await _receive(reader)
     if init is None:
         return
-    _, config, client_id, gateway_id, first_pending_id, info, level, as_json = init
+    _, config, client_id, gateway_id, first_pending_id, instance, public_raw, level, as_json = init
     if level is not None:
         configure_logging(level, as_json)
     loop = asyncio.get_running_loop()
     loads: asyncio.Queue[list[OutboxRow]] = asyncio.Queue()
+    statuses: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
     published: list[RowTuple] = []
     offers_seen = 0
 
     async def load(after: int, limit: int) -> list[OutboxRow]:
         writer.write(_pack(("load", after, limit)))
         return await loads.get()
+
+    async def connecting(n: int) -> tuple[bytes, bytes]:
+        writer.write(_pack(("connecting", n)))
+        return await statuses.get()
+
+    def on_incident(incident: Incident) -> None:
+        writer.write(_pack(("incident", incident.reason, incident.detail)))
 
     def flush_published() -> None:
         if published:
@@ -288,7 +312,7 @@ async def _child(fd: int) -> None:
         load=load,
         mark=lambda ids: None,  # the parent marks, from the "published" messages
         first_pending_id=first_pending_id,
-        gateway_info=info,
+        own=OwnStatus(instance, public_raw, connecting, on_incident),
     )
     publisher.on_published = on_published
 
@@ -324,7 +348,10 @@ async def _child(fd: int) -> None:
                 publisher.publish_now(*message[1:])
             elif kind == "rows":
                 loads.put_nowait(_rows(message[1]))
+            elif kind == "status":
+                statuses.put_nowait((message[1], message[2]))
             elif kind == "close":
+                publisher.stopped_payload = message[1]
                 break
             if running.done():
                 break

@@ -11,6 +11,10 @@ or `pahofast.LeanClient.on_puback` on the common path) hands us each PUBACK's re
 which alone decides whether a row counts as published.
 Only the blocking TCP (and TLS) connect runs in a worker thread; reconnects back off
 exponentially. The client's TLS, login and session come from connection.py.
+The gateway's own status is signed by the gateway's process (`OwnStatus.connecting` hands over
+a fresh "online" and last will for each connection, SPEC §11.4); the publisher reads its own
+status topic back and, with `takeover.TakeoverWatch`, names a client-id takeover or a second
+gateway with its id, raises the alarm through `OwnStatus.on_incident` and backs off.
 
 Memory is bounded whatever the outage: at most `inflight` messages sit in paho awaiting PUBACK
 and at most `4 * inflight` rows wait in memory; the rest stay in SQLite and are loaded in id
@@ -24,8 +28,10 @@ import collections
 import contextlib
 import json
 import logging
+import select
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,9 +42,11 @@ from sealink.config import MqttConfig
 from sealink.ledger.sqlite import OutboxRow
 from sealink.mqtt.connection import connect_failure, connect_properties, refusal
 from sealink.mqtt.pahofast import UserProperties, lean_client
+from sealink.mqtt.signed import open_own
+from sealink.mqtt.takeover import Incident, TakeoverWatch
 from sealink.topics import Topics
 
-__all__ = ["Publisher"]
+__all__ = ["OwnStatus", "Publisher"]
 
 log = logging.getLogger("sealink.publisher")
 
@@ -48,6 +56,18 @@ _RETRY_FAILED_S = 1.0
 _RETRY_FAILED_MAX_S = 60.0
 # A broker that refuses every PUBACK (an ACL) would otherwise log each row at each retry.
 _REFUSAL_LOG_INTERVAL_S = 60.0
+# At shutdown, how long the "stopped" status may wait for its PUBACK before the DISCONNECT.
+_SHUTDOWN_READ_S = 1.0
+
+
+@dataclass(frozen=True)
+class OwnStatus:
+    """What the publisher needs from the gateway's process for its own status topic."""
+
+    instance: str  # this run's, in every status the gateway signs
+    public_raw: bytes  # the gateway key: tells its own statuses from others'
+    connecting: Callable[[int], Awaitable[tuple[bytes, bytes]]]  # n -> (online, will)
+    on_incident: Callable[[Incident], None]
 
 
 class Publisher:
@@ -61,7 +81,7 @@ class Publisher:
         load: Callable[[int, int], Awaitable[list[OutboxRow]]],
         mark: Callable[[list[int]], None],
         first_pending_id: int,
-        gateway_info: dict[str, Any] | None = None,
+        own: OwnStatus,
     ) -> None:
         self.config = config
         self.prefix = config.prefix
@@ -76,7 +96,19 @@ class Publisher:
         self._inflight: dict[int, OutboxRow] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._info = gateway_info or {}
+        self._own = own
+        self._online = b""  # this connection's signed "online" status
+        self._reading_back = False
+        self.stopped_payload: bytes | None = None  # signed "stopped", sent at shutdown
+        self._connections = 0
+        self._first_seq: int | None = None
+        self._identity = TakeoverWatch(
+            client_id,
+            own.instance,
+            config.reconnect_min_s,
+            config.reconnect_max_s,
+            resumes=config.session_expiry_s > 0,
+        )
         self.connected = False
         # Called with each outbox row once its PUBACK succeeded (benchmarks, the demo).
         self.on_published: Callable[[OutboxRow], None] | None = None
@@ -86,16 +118,13 @@ class Publisher:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
-        self._client.will_set(
-            self.gateway_status_topic, self._status_payload("offline"), qos=1, retain=True
-        )
+        self._client.on_message = self._on_message
         self._connect_event = asyncio.Event()
         self._sock: Any = None
         self._writing = False
         self._connecting = False
         self._retained: dict[str, bytes] = {}
         self._closing = False
-        self._ever_connected = False
         self._lost = asyncio.Event()
         self._refusals_logged: dict[str, tuple[float, int]] = {}  # what -> (when, suppressed)
         self._retry_after_s: dict[str, float] = {}  # topic -> delay before its next retry
@@ -105,10 +134,6 @@ class Publisher:
     @property
     def gateway_status_topic(self) -> str:
         return Topics(self.prefix, self.gateway_id).gateway_status()
-
-    def _status_payload(self, state: str) -> bytes:
-        body = {"gateway": self.gateway_id, "state": state, "time_ms": time.time_ns() // 1_000_000}
-        return json.dumps({**self._info, **body}, sort_keys=True).encode()
 
     @property
     def inflight(self) -> int:
@@ -145,10 +170,11 @@ class Publisher:
 
     async def _connection(self) -> None:
         props = connect_properties(self.config)
-        delay = self.config.reconnect_min_s
         first = True
         while True:
             self._lost.clear()
+            await self._prepare_status()
+            self._identity.attempt()
             self._connecting = True
             try:
                 if first:
@@ -165,6 +191,7 @@ class Publisher:
                     await asyncio.to_thread(self._client.reconnect)
             except (OSError, ValueError) as exc:
                 self._connecting = False
+                delay = self._identity.next_delay()
                 log.warning(
                     "mqtt connect failed",
                     extra={
@@ -176,16 +203,29 @@ class Publisher:
                     },
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
             finally:
                 self._connecting = False
             self._flush()
             await self._lost.wait()
-            if self._ever_connected:
-                delay = self.config.reconnect_min_s
+            delay = self._identity.next_delay()
+            if self._identity.backing_off:
+                log.warning(
+                    "mqtt reconnect backs off: the client id is in use elsewhere",
+                    extra={"fields": {"retry_s": round(delay, 2)}},
+                )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    async def _prepare_status(self) -> None:
+        """A fresh signed "online" and last will for the next connection (paho sends the will
+        in every CONNECT it makes from now on)."""
+        self._connections += 1
+        online, will = await self._own.connecting(self._connections)
+        if self._first_seq is None:
+            fields = open_own(online, self._own.public_raw)
+            self._first_seq = int(fields["seq"]) if fields is not None else 0
+        self._online = online
+        self._client.will_set(self.gateway_status_topic, will, qos=1, retain=True)
 
     async def _tick(self) -> None:
         while True:
@@ -256,16 +296,29 @@ class Publisher:
     def _shutdown(self) -> None:
         self._closing = True
         with contextlib.suppress(Exception):
-            if self.connected:
-                self._client.publish(
-                    self.gateway_status_topic, self._status_payload("stopped"), qos=1, retain=True
+            if self.connected and self.stopped_payload is not None:
+                info = self._client.publish(
+                    self.gateway_status_topic, self.stopped_payload, qos=1, retain=True
                 )
                 self._flush()
+                self._read_until(info.is_published, _SHUTDOWN_READ_S)
         with contextlib.suppress(Exception):
             self._client.disconnect()
             self._flush()
         if self._sock is not None:
             self._unwatch(self._sock)
+
+    def _read_until(self, done: Callable[[], bool], timeout_s: float) -> None:
+        """Read what the broker sends until `done()` or the timeout, then whatever is left: a
+        socket closed with unread data sends a TCP reset, and Mosquitto then loses our
+        DISCONNECT and publishes the will after "stopped"."""
+        deadline = time.monotonic() + timeout_s
+        while (sock := self._sock) is not None and not self._closed_by_paho(sock):
+            remaining = 0.0 if done() else max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([sock], [], [], remaining)
+            if not readable:
+                return
+            self._client.loop_read()
 
     def offer(self, rows: list[OutboxRow]) -> None:
         """Rows just committed. Taken straight into memory when they follow what we hold;
@@ -353,13 +406,73 @@ class Publisher:
         if reason.is_failure:
             self._client.failure = refusal(reason)  # the disconnect that follows logs it
             return
-        self._publish_other(self.gateway_status_topic, self._status_payload("online"), True)
-        self._call(self._connected, True)
+        # Read back once a connection: the retained status shows another gateway with this id
+        # (takeover.py). Unsubscribed when our own "online" comes back, so that nothing of
+        # ours lies unread in the socket when it closes: a close with unread data is a TCP
+        # reset, and Mosquitto then drops our DISCONNECT and publishes the will after "stopped".
+        # QoS 0: no PUBACK of ours in flight when a broker closes the connection on a refusal.
+        self._reading_back = True
+        client.subscribe(self.gateway_status_topic, qos=0)
+        self._publish_other(self.gateway_status_topic, self._online, True)
+        self._call(self._connected, True, "", bool(getattr(flags, "session_present", False)))
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
-        self._call(self._connected, False, self._client.failure or str(reason))
+        from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+        server_reason = int(getattr(reason, "value", 0)) if from_server else None
+        # A clean end of stream from the broker: no DISCONNECT, no socket error, not ours.
+        by_broker = (
+            not from_server
+            and not self._client.failure
+            and int(getattr(reason, "value", 0)) == 0x80
+        )
+        why = self._client.failure or str(reason)
+        self._call(self._disconnected, why, server_reason, by_broker)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.gateway_status_topic:
+            return
+        if bytes(msg.payload) == self._online:
+            if self._reading_back:
+                self._reading_back = False
+                client.unsubscribe(self.gateway_status_topic)
+            return
+        fields = open_own(bytes(msg.payload), self._own.public_raw)
+        body: dict[str, Any] | None = None
+        if (
+            fields is not None
+            and fields.get("topic") == msg.topic
+            and fields.get("gateway") == self.gateway_id
+            and int(fields.get("seq", 0)) > (self._first_seq or 0)
+        ):
+            try:
+                decoded = json.loads(fields["body"])
+            except (ValueError, TypeError):
+                decoded = None
+            body = decoded if isinstance(decoded, dict) else None
+        self._incident(self._identity.own_status(fields, body))
+
+    def _incident(self, incident: Incident | None) -> None:
+        if incident is None:
+            return
+        log.error(
+            "mqtt identity in use elsewhere",
+            extra={
+                "fields": {
+                    "reason": incident.reason,
+                    "detail": incident.detail,
+                    "client_id": self._identity.client_id,
+                }
+            },
+        )
+        self._own.on_incident(incident)
+
+    def _disconnected(self, why: str, server_reason: int | None, by_broker: bool) -> None:
+        if self._connect_event.is_set() and not self._closing:
+            by_broker = by_broker and not self._refused_here
+            self._incident(self._identity.disconnected(time.monotonic(), server_reason, by_broker))
+        self._connected(False, why)
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
@@ -373,10 +486,10 @@ class Publisher:
                 reason = ReasonCode(PacketTypes.PUBACK, identifier=code)
         self._puback(mid, code, reason)
 
-    def _connected(self, up: bool, why: str = "") -> None:
+    def _connected(self, up: bool, why: str = "", session_present: bool = False) -> None:
         self.connected = up
         if up:
-            self._ever_connected = True
+            self._incident(self._identity.connected(time.monotonic(), session_present))
             self._connect_event.set()
             self._wake.set()
             self._refused_here = ""

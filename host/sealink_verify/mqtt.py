@@ -1,0 +1,178 @@
+"""A consumer's check of the gateway's signed MQTT messages: status and alarms (SPEC §11.4).
+
+    body = verify_message(topic, payload, {"gw-1": [public_key_raw]}).body
+
+Written again from the text of SPEC §11.4 with cwt and cbor2, never from sealink. A message
+verifies when it is a COSE_Sign1 under a key of the gateway its payload names, for the very topic
+it arrived on (a gateway topic `<prefix>/gateway/<id>/...` must name that gateway), and its body
+is a JSON object. `Freshness` adds what one message cannot show: a retained message rolled back
+to an older one, or an alarm delivered twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+from cwt import COSE, COSEKey
+
+__all__ = [
+    "BadSignature",
+    "Freshness",
+    "MessageError",
+    "NotSigned",
+    "RolledBack",
+    "SignedMessage",
+    "UnknownKey",
+    "WrongGateway",
+    "WrongTopic",
+    "verify_message",
+]
+
+_TAG_SIGN1 = 18
+_HDR_KID = 4
+_OKP, _ED25519 = 1, 6
+
+
+class MessageError(Exception):
+    """A message that does not verify; its subclass says which check failed."""
+
+
+class NotSigned(MessageError):
+    """Not a COSE_Sign1 of the §11.4 form (unsigned JSON from before, or garbage)."""
+
+
+class UnknownKey(MessageError):
+    """Signed with a key id that no gateway given to the check holds."""
+
+
+class BadSignature(MessageError):
+    """The signature does not verify under the key its kid names."""
+
+
+class WrongTopic(MessageError):
+    """Signed for another topic: replayed onto this one."""
+
+
+class WrongGateway(MessageError):
+    """The payload names a gateway whose keys did not sign it, or another gateway's topic."""
+
+
+class RolledBack(MessageError):
+    """Older than a message already accepted on the topic (or the same seq, other bytes)."""
+
+
+@dataclass(frozen=True)
+class SignedMessage:
+    topic: str
+    gateway: str
+    seq: int
+    time_ms: int
+    kid: bytes
+    body: dict[str, Any]
+    body_bytes: bytes = field(repr=False)
+
+
+def _kid(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()[:8]
+
+
+def _keys_by_kid(gateway_keys: Mapping[str, Iterable[bytes]]) -> dict[bytes, tuple[str, bytes]]:
+    return {_kid(raw): (gateway, raw) for gateway, keys in gateway_keys.items() for raw in keys}
+
+
+def _signing_kid(payload: bytes) -> bytes:
+    """The kid of a COSE_Sign1's protected header, read before anything is verified."""
+    try:
+        sign1 = cbor2.loads(payload)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+        raise NotSigned(f"not CBOR: {exc}") from None
+    if not isinstance(sign1, cbor2.CBORTag) or sign1.tag != _TAG_SIGN1:
+        raise NotSigned("not a tagged COSE_Sign1 (tag 18)")
+    parts = list(sign1.value) if isinstance(sign1.value, list | tuple) else []
+    if len(parts) != 4 or not isinstance(parts[0], bytes):
+        raise NotSigned("a COSE_Sign1 is [protected, unprotected, payload, signature]")
+    try:
+        protected = cbor2.loads(parts[0]) if parts[0] else {}
+    except (cbor2.CBORDecodeError, ValueError) as exc:
+        raise NotSigned(f"protected header not CBOR: {exc}") from None
+    kid = protected.get(_HDR_KID) if isinstance(protected, dict) else None
+    if not isinstance(kid, bytes):
+        raise NotSigned("no kid in the protected header")
+    return kid
+
+
+def verify_message(
+    topic: str, payload: bytes, gateway_keys: Mapping[str, Iterable[bytes]]
+) -> SignedMessage:
+    """The verified message, or a MessageError naming the check that failed. `gateway_keys`:
+    gateway id -> its raw Ed25519 public keys (every key of its history, SPEC §14.7)."""
+    kid = _signing_kid(payload)
+    owner = _keys_by_kid(gateway_keys).get(kid)
+    if owner is None:
+        raise UnknownKey(f"kid {kid.hex()} is not a key of {', '.join(sorted(gateway_keys))}")
+    gateway, raw = owner
+    key = COSEKey.new({1: _OKP, 2: kid, 3: -8, -1: _ED25519, -2: raw})
+    try:
+        signed = COSE.new().decode(payload, key)
+    except Exception as exc:  # cwt raises several types; any of them means "not verified"
+        raise BadSignature(f"COSE_Sign1 does not verify under kid {kid.hex()}: {exc}") from None
+    try:
+        fields = cbor2.loads(signed)
+        message = SignedMessage(
+            topic=fields["topic"],
+            gateway=fields["gateway"],
+            seq=fields["seq"],
+            time_ms=fields["time_ms"],
+            kid=kid,
+            body=json.loads(fields["body"]),
+            body_bytes=fields["body"],
+        )
+    except (cbor2.CBORDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise NotSigned(f"signed payload is not the §11.4 map: {exc!r}") from None
+    types_ok = all(
+        (
+            isinstance(message.topic, str),
+            isinstance(message.gateway, str),
+            isinstance(message.seq, int),
+            isinstance(message.time_ms, int),
+            isinstance(message.body, dict),
+        )
+    )
+    if not types_ok:
+        raise NotSigned("signed payload fields have the wrong types")
+    if message.topic != topic:
+        raise WrongTopic(f"signed for {message.topic!r}, delivered on {topic!r}")
+    if message.gateway != gateway:
+        raise WrongGateway(f"payload names gateway {message.gateway!r}, signed by {gateway!r}")
+    levels = topic.split("/")
+    if len(levels) >= 3 and levels[-3] == "gateway" and levels[-2] != gateway:
+        raise WrongGateway(f"gateway {gateway!r} signed for gateway {levels[-2]!r}'s topic")
+    if message.body.get("gateway", gateway) != gateway:
+        raise WrongGateway(f"body names gateway {message.body.get('gateway')!r}")
+    return message
+
+
+class Freshness:
+    """Per topic, the highest seq accepted (SPEC §11.4): a lower one is a rollback (an older
+    retained message put back), the same one with other bytes a forgery's collision; the same
+    bytes again are a redelivery (`accept` returns False)."""
+
+    def __init__(self) -> None:
+        self._highest: dict[str, tuple[int, bytes]] = {}
+
+    def accept(self, message: SignedMessage) -> bool:
+        """True: news; False: a redelivery of the latest; RolledBack otherwise."""
+        last = self._highest.get(message.topic)
+        if last is not None:
+            seq, body = last
+            if message.seq == seq and message.body_bytes == body:
+                return False
+            if message.seq <= seq:
+                raise RolledBack(f"{message.topic}: seq {message.seq} after seq {seq} was accepted")
+        self._highest[message.topic] = (message.seq, message.body_bytes)
+        return True
