@@ -41,6 +41,10 @@ baudrate = 115200
 [[witnesses]]                        # optional: who cosigns the checkpoints (SPEC §14.6)
 vkey = "audit.example/w1+8c4f3a2b+BK…" # the witness's key, as `sealink witness init` prints it
 
+[metrics]                            # optional: off unless `listen` is given
+listen = "127.0.0.1:9464"            # host:port ([v6]:port) of /metrics (Prometheus) and
+                                     # /healthz (JSON); port 0 picks a free one
+
 [log]
 level = "info"
 json = false
@@ -68,6 +72,7 @@ __all__ = [
     "Config",
     "LedgerConfig",
     "LogConfig",
+    "MetricsConfig",
     "MqttConfig",
     "PortConfig",
     "WitnessKey",
@@ -138,6 +143,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # (host, port) of the metrics and health endpoint; None: not served.
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     gateway_id: str
     key_file: Path
@@ -155,6 +166,7 @@ class Config:
     # The TCTI of the TPM that holds the acknowledgement key; None: ack_key_file is a PEM key.
     ack_key_tpm: str | None = None
     witnesses: tuple[WitnessKey, ...] = ()
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def client_id(self) -> str:
@@ -308,6 +320,18 @@ def _witness_vkey(key: str, value: Any) -> Any:
     return WitnessKey(name, public)
 
 
+def _listen(key: str, value: Any) -> Any:
+    value = _type(str, "a string")(key, value)
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 address, as in a URL
+    elif ":" in host:
+        raise ConfigError(key, f"an IPv6 address goes in brackets, [::1]:9464; got {value!r}")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"must be host:port with a port 0..65535, got {value!r}")
+    return _host(key, host), int(port)
+
+
 def _username(key: str, value: Any) -> Any:
     value = _type(str, "a string")(key, value)
     if not value or len(value.encode()) > 0xFFFF or "\0" in value:
@@ -362,6 +386,9 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
     },
     "witnesses": {
         "vkey": (_witness_vkey, True),
+    },
+    "metrics": {
+        "listen": (_listen, False),
     },
     "log": {
         "level": (_level, False),
@@ -565,6 +592,7 @@ def parse_config(
     gateway = _section("gateway", data["gateway"], "gateway")
     ledger = _section("ledger", data.get("ledger", {}), "ledger")
     log = _section("log", data.get("log", {}), "log")
+    metrics = _section("metrics", data.get("metrics", {}), "metrics")
     ports_raw = data.get("ports", [])
     if not isinstance(ports_raw, list):
         raise ConfigError("ports", "must be an array of tables ([[ports]])")
@@ -613,6 +641,7 @@ def parse_config(
         ledger=LedgerConfig(**ledger),
         ports=ports,
         log=LogConfig(**log),
+        metrics=MetricsConfig(**metrics),
     )
 
 

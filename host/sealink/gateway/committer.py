@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ class GroupCommitter:
         *,
         on_committed: Callable[[set[str], list[OutboxRow]], None],
         on_failing: Callable[[str | None], None],
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._db = db
@@ -52,12 +54,16 @@ class GroupCommitter:
         self._max_rows = config.group_commit_rows
         self._on_committed = on_committed
         self._on_failing = on_failing
+        # Seconds from a batch's first submit to its commit on disk (the metrics' histogram).
+        self._on_latency = on_latency
         self._batch = Batch()
+        self._first_submit: float | None = None
         self._done: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._mark_timer: asyncio.TimerHandle | None = None
         self._rejections: Counter[tuple[str, str | None, str]] = Counter()
-        self._failing = False
+        # Why the ledger refuses to commit, while it does (None: the last commit succeeded).
+        self.failing: str | None = None
         self.commits = 0
         self.events_stored = 0
         self.quarantined = 0
@@ -77,6 +83,8 @@ class GroupCommitter:
         the whole batch's future (one per commit, not per event): await it through
         asyncio.shield() where the waiting task may be cancelled."""
         batch = self._batch
+        if self._first_submit is None:
+            self._first_submit = time.monotonic()
         if event is not None:
             batch.events.append(event)
         if outbox:
@@ -118,12 +126,15 @@ class GroupCommitter:
             await self.commit_now()
 
     async def commit_now(self) -> None:
+        first_submit, self._first_submit = self._first_submit, None
         batch, done = self._take()
         if not len(batch):
             if done is not None and not done.done():
                 done.set_result(None)
             return
         outbox = await self._commit(batch)
+        if first_submit is not None and self._on_latency is not None:
+            self._on_latency(time.monotonic() - first_submit)
         self.commits += 1
         self.events_stored += len(batch.events)
         self.quarantined += len(batch.quarantine)
@@ -153,14 +164,14 @@ class GroupCommitter:
                     "ledger commit failed; nothing is acked until it succeeds",
                     extra={"fields": {"error": str(exc), "retry_s": delay}},
                 )
-                if not self._failing:
-                    self._failing = True
-                    self._on_failing(str(exc))
+                first, self.failing = self.failing is None, str(exc)
+                if first:
+                    self._on_failing(self.failing)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
                 continue
-            if self._failing:
-                self._failing = False
+            if self.failing is not None:
+                self.failing = None
                 self._on_failing(None)
             return rows
 
