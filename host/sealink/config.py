@@ -167,6 +167,9 @@ class Config:
     ack_key_tpm: str | None = None
     witnesses: tuple[WitnessKey, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # A seal in session but not heard from for this many STATUS intervals (SPEC §5.3: it sends
+    # one at least every STATUS_INTERVAL_MS) is published offline (SPEC §11.2).
+    offline_after_status_intervals: float = 3.0
 
     @property
     def client_id(self) -> str:
@@ -205,6 +208,15 @@ def _positive_float(key: str, value: Any) -> Any:
     if value < 0:
         raise ConfigError(key, f"must not be negative, got {value}")
     return value
+
+
+def _liveness_multiple(key: str, value: Any) -> Any:
+    value = _type(float, "a number")(key, value)
+    if value <= 0:
+        raise ConfigError(
+            key, f"must be above 0 (a multiple of the seals' STATUS interval), got {value}"
+        )
+    return float(value)
 
 
 def _interval_s(key: str, value: Any) -> Any:
@@ -355,6 +367,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
         "ack_key_file": (_path, False),
         "ack_key_tpm": (_tcti, False),
         "ledger": (_path, True),
+        "offline_after_status_intervals": (_liveness_multiple, False),
     },
     "mqtt": {
         "host": (_host, False),
@@ -636,6 +649,7 @@ def parse_config(
         link_keys=link_keys,
         ack_key_file=ack_key_file,
         ack_key_tpm=gateway.get("ack_key_tpm"),
+        offline_after_status_intervals=gateway.get("offline_after_status_intervals", 3.0),
         witnesses=witnesses,
         mqtt=mqtt_cfg,
         ledger=LedgerConfig(**ledger),

@@ -99,6 +99,7 @@ def test_records_that_stand_for_alarms_become_alarms() -> None:
         "counter": 5,
         "time_s": 1_764_115_242,
         "code": messages.AL_ROLLBACK,
+        "code_name": "rollback",
         "detail": 3,
         "causes": ["rollback", "watchdog"],
     }
@@ -108,6 +109,7 @@ def test_records_that_stand_for_alarms_become_alarms() -> None:
     assert wiped is not None and (wiped["code"], wiped["detail"]) == (messages.AL_ROLLBACK, 9)
     alarm = checks.record_alarm(record(messages.KIND_ALARM, messages.AL_JOURNAL_FULL))
     assert alarm is not None and alarm["code"] == messages.AL_JOURNAL_FULL
+    assert alarm["code_name"] == "journal_full"
     presses = checks.record_alarm(record(messages.KIND_UNRECORDED, 12))
     assert presses is not None
     assert (presses["code"], presses["detail"]) == (messages.AL_RESERVE_EXHAUSTED, 12)

@@ -15,9 +15,11 @@ from sealink.gateway.fastpath import seal_digest
 from sealink.gateway.registry import DeviceState
 
 __all__ = [
+    "alarm_name",
     "describe",
     "device_alarm",
     "event_fault",
+    "flag_names",
     "reboot_causes",
     "record_alarm",
     "rollback",
@@ -35,6 +37,18 @@ _CAUSES = (
     (messages.CA_HARD_RESET, "hard_reset"),
 )
 _RECORDS_MISSING = messages.CA_ROLLBACK | messages.CA_NEW_JOURNAL
+# STATUS flags (SPEC §4.3) and alarm codes (§7.3) by their SPEC names, for JSON consumers: the
+# sealproto constants F_<NAME> and AL_<NAME>, lower-cased (AL_CODE, AL_TIME and AL_DETAIL are
+# the ALARM message's keys, not codes).
+_ALARM_KEYS = {"AL_CODE", "AL_TIME", "AL_DETAIL"}
+_FLAGS = tuple(
+    (value, name[2:].lower()) for name, value in vars(messages).items() if name.startswith("F_")
+)
+_ALARM_CODES = {
+    value: name[3:].lower()
+    for name, value in vars(messages).items()
+    if name.startswith("AL_") and name not in _ALARM_KEYS
+}
 # The fast path's seal digest reads the one shape of a record without a cause: a map of 11.
 _CAUSELESS_HEAD = 0xA0 + 11
 
@@ -104,6 +118,7 @@ def status_fields(state: DeviceState, status: dict[int, Any]) -> dict[str, Any]:
         "backlog": status[messages.ST_BACKLOG],
         "journal_free": status[messages.ST_FREE],
         "flags": status[messages.ST_FLAGS],
+        "flag_names": flag_names(status[messages.ST_FLAGS]),
         "permit_left": status[messages.ST_PERMIT_LEFT],
         "next_counter": status[messages.ST_NEXT],
         # Presses that got no record yet (SPEC §12), absent from the STATUS while there are none.
@@ -112,11 +127,25 @@ def status_fields(state: DeviceState, status: dict[int, Any]) -> dict[str, Any]:
     }
 
 
+def flag_names(flags: int) -> list[str]:
+    """The names of a STATUS's flags (SPEC §4.3); a reserved bit as `bit<n>`."""
+    names = [name for bit, name in _FLAGS if flags & bit]
+    known = sum(bit for bit, _ in _FLAGS)
+    return names + [f"bit{n}" for n in range(flags.bit_length()) if flags & ~known & (1 << n)]
+
+
+def alarm_name(code: int) -> str:
+    """An alarm code's name (SPEC §7.3); one this gateway does not know as `code<n>`."""
+    return _ALARM_CODES.get(code, f"code{code}")
+
+
 def device_alarm(alarm: dict[int, Any]) -> dict[str, Any]:
-    """An ALARM's fields as published (SPEC §11.2: source device, code, time_s, detail)."""
+    """An ALARM's fields as published (SPEC §11.2: source device, code and its name, time_s,
+    detail)."""
     return {
         "source": "device",
         "code": alarm[messages.AL_CODE],
+        "code_name": alarm_name(alarm[messages.AL_CODE]),
         "time_s": alarm[messages.AL_TIME],
         "detail": alarm[messages.AL_DETAIL],
     }
@@ -147,9 +176,11 @@ def record_alarm(event: dict[int, Any]) -> dict[str, Any] | None:
         if not cause & _RECORDS_MISSING:
             return None
         names, missing = reboot_causes(cause)
-        return {**alarm, "code": messages.AL_ROLLBACK, "detail": missing, "causes": names}
-    if kind == messages.KIND_ALARM:
-        return {**alarm, "code": cause, "detail": 0}
-    if kind == messages.KIND_UNRECORDED:
-        return {**alarm, "code": messages.AL_RESERVE_EXHAUSTED, "detail": cause}
-    return None
+        code, detail, extra = messages.AL_ROLLBACK, missing, {"causes": names}
+    elif kind == messages.KIND_ALARM:
+        code, detail, extra = cause, 0, {}
+    elif kind == messages.KIND_UNRECORDED:
+        code, detail, extra = messages.AL_RESERVE_EXHAUSTED, cause, {}
+    else:
+        return None
+    return {**alarm, "code": code, "code_name": alarm_name(code), "detail": detail, **extra}

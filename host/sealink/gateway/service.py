@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
+from sealproto import timers
+
 from sealink.config import Config, PortConfig
 from sealink.crypto import GatewayKey, LinkKeyStore, countersign_payload
 from sealink.crypto.ackkey import AckKey, open_ack_key
@@ -39,7 +41,7 @@ from sealink.gateway.committer import GroupCommitter, OutboxEntry
 from sealink.gateway.machine import LinkMachine
 from sealink.gateway.metrics import GatewayMetrics, MetricsServer
 from sealink.gateway.registry import DeviceRegistry
-from sealink.gateway.session import Session
+from sealink.gateway.session import Session, monotonic_ms
 from sealink.gateway.watch import LedgerWatch
 from sealink.gateway.witnesses import WitnessDesk
 from sealink.ledger import EventRow, Ledger, OutboxRow, QuarantineRow, now_ms
@@ -58,6 +60,8 @@ T = TypeVar("T")
 
 _PORT_RETRY_MIN_S = 0.2
 _PORT_RETRY_MAX_S = 5.0
+# How often the liveness watch looks at the sessions, at most (a quarter of its limit if less).
+_LIVENESS_TICK_MS = 5000
 
 
 @dataclasses.dataclass
@@ -90,6 +94,8 @@ class Gateway:
         self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
         self._ports: dict[PortConfig, _Port] = {}
+        self._status: dict[str, dict[str, Any]] = {}  # device: its last retained status body
+        self._stopping = False
         self.checkpoints = Checkpoints(self)  # the transparency log's signed heads (SPEC §14)
         self.witnesses = WitnessDesk(self)  # proofs for witnesses, their cosignatures (§14.6)
         self.metrics = GatewayMetrics(self)
@@ -197,6 +203,14 @@ class Gateway:
             await server.close()  # a stopping gateway is not healthy; and its ledger goes next
         main, self._main = self._main, None
         if main is not None and not main.done():
+            self._stopping = True
+            for session in list(self.sessions):
+                if session.device is not None:
+                    self._publish_status(
+                        session.device,
+                        session.port,
+                        {"online": False, "offline_reason": "gateway_stopped"},
+                    )
             await self._drain(drain_timeout_s)
             await self.checkpoints.make()  # the last one, published while the broker link lives
         if main is not None:
@@ -244,6 +258,7 @@ class Gateway:
             tg.create_task(self._watch.run(), name="ledger-watch")
             tg.create_task(self.checkpoints.run(), name="checkpoints")
             tg.create_task(self.witnesses.run(), name="witnesses")
+            tg.create_task(self._watch_liveness(), name="liveness")
             for port in self.config.ports:
                 self._start_port(port)
             self._ready.set()
@@ -298,8 +313,11 @@ class Gateway:
             served = session.device
             session.closed()
             state = self.registry.get(served) if served is not None else None
-            if state is not None and state.owner is None:
-                self._publish_status(state.device, transport.name, {"online": False})
+            # A stopping gateway has said why its seals go offline (close()).
+            if state is not None and state.owner is None and not self._stopping:
+                self._publish_status(
+                    state.device, transport.name, {"online": False, "offline_reason": "link_closed"}
+                )
             with contextlib.suppress(TransportError):
                 await transport.close()
 
@@ -545,9 +563,44 @@ class Gateway:
         return self.signer.sign(self.topics.alarms(device), body)
 
     def _publish_status(self, device: str, port: str, fields: dict[str, Any]) -> None:
+        """The seal's retained status: what HELLO and STATUS last said, kept across an offline
+        spell (so a consumer sees the last battery and backlog of a silent seal), and which
+        gateway says it (SPEC §11.2)."""
         topic = self.topics.status(device)
-        body = {"device": device, "port": port, "time_ms": now_ms(), **fields}
+        body = {**self._status.get(device, {}), **fields}
+        if body.get("online"):
+            body.pop("offline_reason", None)
+        body.update(device=device, gateway=self.gateway_id, port=port, time_ms=now_ms())
+        self._status[device] = body
         self.publisher.publish_now(topic, self.signer.sign(topic, body), retain=True)
+
+    async def _watch_liveness(self) -> None:
+        """A seal in session but silent for `offline_after_status_intervals` STATUS intervals is
+        published offline (its link may stay up: a serial port does when the seal loses
+        power); heard again, online."""
+        limit_ms = self.config.offline_after_status_intervals * timers.STATUS_INTERVAL_MS
+        while True:
+            await asyncio.sleep(min(limit_ms / 4, _LIVENESS_TICK_MS) / 1000)
+            now = monotonic_ms()
+            for session in list(self.sessions):
+                device = session.device
+                if device is None:
+                    continue
+                quiet_ms = now - session.heard_ms
+                if quiet_ms >= limit_ms and not session.silent:
+                    session.silent = True
+                    fields = {"device": device, "port": session.port, "silent_ms": quiet_ms}
+                    log.warning("seal silent", extra={"fields": fields})
+                    last_seen_ms = now_ms() - quiet_ms
+                    self._publish_status(
+                        device,
+                        session.port,
+                        {"online": False, "offline_reason": "silent", "last_seen_ms": last_seen_ms},
+                    )
+                elif quiet_ms < limit_ms and session.silent:
+                    session.silent = False
+                    log.info("seal heard again", extra={"fields": {"device": device}})
+                    self._publish_status(device, session.port, {"online": True})
 
 
 def _jittered(delay_s: float) -> float:

@@ -76,6 +76,10 @@ class Session:
         self._committed = False
         self._displaced = False
         self._commands: list[Command] | None = None
+        # When the link last brought anything (monotonic ms), and whether the service has
+        # published the seal offline for its silence since (SPEC §11.2: liveness).
+        self.heard_ms = monotonic_ms()
+        self.silent = False
 
     @property
     def device(self) -> str | None:
@@ -111,7 +115,8 @@ class Session:
         machine, flood = self.machine, FloodMeter()
         while True:
             data = await self.transport.receive()
-            frames = machine.frames(data, monotonic_ms())
+            self.heard_ms = monotonic_ms()
+            frames = machine.frames(data, self.heard_ms)
             key = machine.state.seal_key if machine.state is not None else None
             if key is not None:
                 pairs = [p for p in map(seal_signature, frames) if p is not None]
