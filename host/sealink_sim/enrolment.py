@@ -9,12 +9,16 @@ trusts it.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from sealink.crypto.enrolment import Certificate, certify
+from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.p256 import P256Key
+from sealink.crypto.signer import GatewayKey
+from sealink.ledger.sqlite import Ledger
 
-__all__ = ["SIM_AUTHORITY", "enrol"]
+__all__ = ["SIM_AUTHORITY", "enrol", "enrolled_gateway"]
 
 _P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -30,3 +34,22 @@ SIM_AUTHORITY = P256Key(
 def enrol(device: str, gateway_ack_key: bytes, serial: int = 1) -> Certificate:
     """A certificate enrolling `device` with the gateway whose acknowledgement key this is."""
     return certify(SIM_AUTHORITY, device, gateway_ack_key, serial)
+
+
+def enrolled_gateway(work: Path, device: str, device_key: bytes, seal_public: bytes) -> GatewayKey:
+    """A gateway's files in `work` for one seal, as a site has them: its countersigning and
+    acknowledgement keys (gateway.key, gateway.ack.key), a ledger (ledger.sqlite, link-keys)
+    with the seal registered and enrolled, so that its ACKs free the seal's journal after a
+    Verify (SPEC §5.11). Returns the countersigning key."""
+    key = GatewayKey.generate()
+    key.save(work / "gateway.key")
+    ack_key = P256Key.generate()
+    ack_key.save(work / "gateway.ack.key", "acknowledgement key")
+    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
+    try:
+        ledger.add_device(device, device_key, seal_public)
+        cert = enrol(device, ack_key.public)
+        ledger.enrol(device, cert.to_json(), cert.serial)
+    finally:
+        ledger.close()
+    return key

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -608,9 +608,10 @@ def _cut_as_connect_ind_crosses(air: Air, radio: Radio) -> None:
     radio.close()
 
 
-def test_a_link_whose_peer_lost_power_mid_connect_ends_by_supervision_timeout(
-    air: Air, board: Board
+def _after_a_cut_mid_connect(
+    air: Air, board: Board, then: Callable[[BleTransport], Awaitable[None]]
 ) -> None:
+    """Connect the gateway's central, cut the board as its CONNECT_IND crossed, run `then`."""
     _peripheral_up(board)
     radio = board.radio
     assert radio is not None
@@ -620,9 +621,8 @@ def test_a_link_whose_peer_lost_power_mid_connect_ends_by_supervision_timeout(
         central = await _connected(hci)
         try:
             _cut_as_connect_ind_crosses(air, radio)
-            with pytest.raises(TransportError, match="disconnected"):
-                async with asyncio.timeout(_WAIT_S):
-                    await central.receive()
+            async with asyncio.timeout(_WAIT_S):
+                await then(central)
         finally:
             await central.close()
             await close_hosts()
@@ -630,23 +630,22 @@ def test_a_link_whose_peer_lost_power_mid_connect_ends_by_supervision_timeout(
     asyncio.run(body())
 
 
+def test_a_link_whose_peer_lost_power_mid_connect_ends_by_supervision_timeout(
+    air: Air, board: Board
+) -> None:
+    async def link_ends(central: BleTransport) -> None:
+        with pytest.raises(TransportError, match="disconnected"):
+            await central.receive()
+
+    _after_a_cut_mid_connect(air, board, link_ends)
+
+
 def test_dropping_a_link_whose_peer_lost_power_completes(air: Air, board: Board) -> None:
-    _peripheral_up(board)
-    radio = board.radio
-    assert radio is not None
-    hci = air.central_hci()
+    async def drop_at_once(central: BleTransport) -> None:
+        # Before supervision ends it: the controller ends it locally.
+        await central.close()
 
-    async def body() -> None:
-        central = await _connected(hci)
-        try:
-            _cut_as_connect_ind_crosses(air, radio)
-            # At once, before supervision ends it: the controller ends it locally.
-            async with asyncio.timeout(_WAIT_S):
-                await central.close()
-        finally:
-            await close_hosts()
-
-    asyncio.run(body())
+    _after_a_cut_mid_connect(air, board, drop_at_once)
 
 
 def test_advertising_stopped_hides_the_seal_until_the_firmware_advertises(

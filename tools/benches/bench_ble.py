@@ -164,17 +164,10 @@ def _firmware_config(work: Path, broker_port: int, url: str) -> Any:
 
 def _firmware_setup(work: Path, air: Any) -> Any:
     """The gateway's files and the enrolled, provisioned seal on `air`; returns the board."""
-    from sealink.crypto.keystore import LinkKeyStore
-    from sealink.crypto.p256 import P256Key
-    from sealink.crypto.signer import GatewayKey
-    from sealink.ledger.sqlite import Ledger
     from sealink_sim.emulator import HEAPSIZE, EmulatedBoard
-    from sealink_sim.enrolment import enrol
+    from sealink_sim.enrolment import enrolled_gateway
 
     work.mkdir()
-    GatewayKey.generate().save(work / "gateway.key")
-    ack_key = P256Key.generate()
-    ack_key.save(work / "gateway.ack.key", "acknowledgement key")
     device_key = os.urandom(32)
     board = EmulatedBoard(
         work / "board",
@@ -186,11 +179,7 @@ def _firmware_setup(work: Path, air: Any) -> Any:
         links=("ble",),
         heap_probe_ms=HEAP_PROBE_MS,
     )
-    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
-    ledger.add_device(DEVICE, device_key, board.provision())
-    cert = enrol(DEVICE, ack_key.public)
-    ledger.enrol(DEVICE, cert.to_json(), cert.serial)
-    ledger.close()
+    enrolled_gateway(work, DEVICE, device_key, board.provision())
     return board
 
 

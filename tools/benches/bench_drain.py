@@ -268,17 +268,9 @@ def _board_cpu_s() -> float:
 def _setup(work: Path, broker_port: int) -> tuple[Any, Any, Any]:
     """The gateway's files and the enrolled, provisioned seal: (config, gateway key, board)."""
     from sealink.config import Config, MqttConfig
-    from sealink.crypto.keystore import LinkKeyStore
-    from sealink.crypto.p256 import P256Key
-    from sealink.crypto.signer import GatewayKey
-    from sealink.ledger.sqlite import Ledger
     from sealink_sim.emulator import HEAPSIZE, EmulatedBoard
-    from sealink_sim.enrolment import enrol
+    from sealink_sim.enrolment import enrolled_gateway
 
-    key = GatewayKey.generate()
-    key.save(work / "gateway.key")
-    ack_key = P256Key.generate()
-    ack_key.save(work / "gateway.ack.key", "acknowledgement key")
     device_key = os.urandom(32)
     board = EmulatedBoard(
         work / "board",
@@ -287,12 +279,8 @@ def _setup(work: Path, broker_port: int) -> tuple[Any, Any, Any]:
         heapsize=HEAPSIZE,
         chip_latency="none",
     )
-    ledger = Ledger(work / "ledger.sqlite", LinkKeyStore(work / "link-keys"), create=True)
-    ledger.add_device(DEVICE, device_key, board.provision())
     # Enrolled, as a site's seal is: the ACKs free its journal (SPEC §5.11).
-    cert = enrol(DEVICE, ack_key.public)
-    ledger.enrol(DEVICE, cert.to_json(), cert.serial)
-    ledger.close()
+    key = enrolled_gateway(work, DEVICE, device_key, board.provision())
     config = Config(
         gateway_id="bench",
         key_file=work / "gateway.key",
