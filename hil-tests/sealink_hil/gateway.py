@@ -191,7 +191,7 @@ class HostProcess:
 
     def events(self, device: str | None = None, since: int = 0) -> list[dict[str, Any]]:
         """What the ledger stored (`sealink events list`): device, counter, received_ms, hash."""
-        args = ["events", "list", "--since", str(since)]
+        args = ["events", "list", "--json", "--since", str(since)]
         if device is not None:
             args += ["--device", device]
         return [json.loads(line) for line in self.cli(*args).splitlines() if line]
@@ -205,8 +205,9 @@ class HostProcess:
         uri = f"{self.ledger_path.resolve().as_uri()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
             row = db.execute(
+                # The events' own rows, not their JSON companions (SPEC §11.2).
                 "SELECT COUNT(*) FROM outbox WHERE published_ms IS NULL AND device = ? "
-                "AND counter > ?",
+                "AND counter > ? AND topic LIKE '%/events'",
                 (device, above),
             ).fetchone()
         return int(row[0])

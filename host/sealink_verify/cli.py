@@ -17,7 +17,8 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,43 @@ failed (a pinned witness's cosignature missing or forged included), 2 unusable.
 
 class VerifyInputError(Exception):
     """An input the verifier cannot read: named, without a traceback."""
+
+
+class _Progress:
+    """How much of the export is read, as one line on stderr redrawn at most every
+    `_REDRAW_S`, and only when stderr is a terminal (a log or a pipe gets no control
+    characters). No progress library is a dependency, and the verifier keeps its own line
+    rather than the gateway's: it imports nothing of sealink (import-linter)."""
+
+    _REDRAW_S = 0.2
+
+    def __init__(self, name: str, size: int) -> None:
+        self.shown = sys.stderr.isatty() and size > 0
+        self._name = name
+        self._size = size
+        self._read = 0
+        self._drawn_at: float | None = None
+
+    def lines(self, source: Iterable[str]) -> Iterator[str]:
+        """`source`'s lines, counted as they are read (an export is ASCII JSON Lines: its
+        characters are its bytes)."""
+        try:
+            for line in source:
+                self._read += len(line)
+                self._draw()
+                yield line
+        finally:
+            if self._drawn_at is not None:
+                sys.stderr.write("\r\x1b[K")  # what is printed next starts on a clean line
+                sys.stderr.flush()
+
+    def _draw(self) -> None:
+        now = time.monotonic()
+        if self.shown and (self._drawn_at is None or now - self._drawn_at >= self._REDRAW_S):
+            self._drawn_at = now
+            percent = min(100, self._read * 100 // self._size)
+            sys.stderr.write(f"\rsealink verify: {self._name}: {percent}% read\x1b[K")
+            sys.stderr.flush()
 
 
 def read_device_key(path: str) -> bytes:
@@ -242,8 +280,14 @@ def _verify(args: argparse.Namespace) -> int:
             keys = _walk(public_pem, history, evidence)
         else:
             with open(args.export, encoding="utf-8") as export:
+                progress = _Progress(args.export, os.fstat(export.fileno()).st_size)
                 audits, trailer, keys = read_export(
-                    export, public_pem, seal_keys, device_keys, args.allow_partial, history
+                    progress.lines(export),
+                    public_pem,
+                    seal_keys,
+                    device_keys,
+                    args.allow_partial,
+                    history,
                 )
         for path in args.proof:
             try:

@@ -62,6 +62,8 @@ def test_help_everywhere() -> None:
         ["ledger", "restore"],
         ["config"],
         ["config", "check"],
+        ["alarms"],
+        ["alarms", "list"],
         ["devices"],
         ["devices", "add"],
         ["devices", "list"],

@@ -6,7 +6,8 @@ sealink ledger init|backup|restore --config FILE   the ledger file (only `init` 
 sealink config check --config FILE [--json]   the config, its files and the broker, checked
 sealink devices add|list|quarantine|release|adopt   seals, and what an operator decides
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
-sealink events list|export                JSON Lines
+sealink events list [--follow]|export     stored events: columns or JSON Lines; evidence
+sealink alarms list [--follow]            the alarms the gateway raised
 sealink evidence checkpoint|prove|consistency   the transparency log's checkpoints and proofs
 sealink witness init|run                  cosign gateways' checkpoints (SPEC §14.6)
 sealink verify EXPORT --public-key PEM    an auditor's offline check (package sealink_verify)
@@ -28,6 +29,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 from sealink.cli import (
+    alarms,
     authority,
     configcheck,
     devices,
@@ -79,7 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sealink {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    nouns = (run, keys, authority, ledger, configcheck, devices, permits, events, evidence, witness)
+    nouns = (
+        run,
+        keys,
+        authority,
+        ledger,
+        configcheck,
+        devices,
+        permits,
+        events,
+        alarms,
+        evidence,
+        witness,
+    )
     for noun in nouns:
         noun.register(sub)
     _add_plugin_commands(sub)

@@ -306,6 +306,54 @@ class Ledger:
                 "received_ms": r[5],
             }
 
+    def event_count(self, device: str | None = None, since: int = 0) -> int:
+        """How many events `events(device, since)` yields."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM events WHERE (? IS NULL OR device = ?) AND counter >= ?",
+            (device, device, since),
+        ).fetchone()
+        return int(row[0])
+
+    def events_logged_from(
+        self, index: int, device: str | None = None
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(leaf index, event as `events` gives it) of the events whose transparency-log leaf
+        is at `index` or above, in commit order: the events table has no order of arrival, the
+        log does (`sealink events list --follow`)."""
+        rows = self._db.execute(
+            "SELECT l.idx, e.device, e.counter, e.event, e.hash, e.cose, e.received_ms "
+            "FROM log_leaves l JOIN events e ON e.device = l.device AND e.counter = l.first "
+            "WHERE l.idx >= ? AND l.kind = 'event' AND (? IS NULL OR l.device = ?) "
+            "ORDER BY l.idx",
+            (index, device, device),
+        ).fetchall()
+        return [
+            (
+                r[0],
+                {
+                    "device": r[1],
+                    "counter": r[2],
+                    "event": bytes(r[3]),
+                    "hash": bytes(r[4]),
+                    "cose": bytes(r[5]),
+                    "received_ms": r[6],
+                },
+            )
+            for r in rows
+        ]
+
+    def alarms(self, device: str | None = None, after_id: int = 0) -> list[OutboxRow]:
+        """The alarms the gateway raised through the outbox (their only copy: SPEC §11.2,
+        schema v9), oldest first, from outbox id `after_id` up; device None: every device's
+        and the gateway's own."""
+        rows = self._db.execute(
+            "SELECT id, topic, payload, device, counter FROM outbox "
+            "WHERE id > ? AND topic LIKE '%/alarms' AND payload IS NOT NULL "
+            "AND (? IS NULL OR device = ?) ORDER BY id",
+            (after_id, device, device),
+        ).fetchall()
+        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
     def gaps(self, device: str | None = None) -> list[Gap]:
         """Adopted gaps, by device then first counter."""
         return ops.gaps(self._db, device)
