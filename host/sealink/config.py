@@ -112,6 +112,8 @@ class MqttConfig:
     password_file: Path | None = None
     # Read from password_file when the config is loaded; never a config key, never printed.
     password: str | None = field(default=None, repr=False)
+    # Beside each record's COSE, its decoded JSON on `<prefix>/<device>/events/json` (SPEC §11.2).
+    json_companion: bool = True
 
 
 @dataclass(frozen=True)
@@ -386,6 +388,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
         "server_name": (_host, False),
         "username": (_username, False),
         "password_file": (_path, False),
+        "json_companion": (_type(bool, "true or false"), False),
     },
     "ledger": {
         "group_commit_rows": (_int_range(1, 100_000), False),

@@ -31,6 +31,11 @@ class Topics:
     def events(self, device: str) -> str:
         return f"{self.prefix}/{device}/events"
 
+    def events_json(self, device: str) -> str:
+        """The decoded, unsigned JSON companion of each record (SPEC §11.2): one level below
+        `events`, so a `<prefix>/+/events` subscriber gets only the evidence."""
+        return f"{self.prefix}/{device}/events/json"
+
     def status(self, device: str) -> str:
         return f"{self.prefix}/{device}/status"
 

@@ -171,6 +171,7 @@ def _gateway_lines(roster: Roster, gateway: Gateway) -> Iterator[str]:
     for device in gateway.devices:
         for topic in (
             topics.events(device),
+            topics.events_json(device),
             topics.alarms(device),
             topics.gaps(device),
             topics.status(device),

@@ -38,6 +38,7 @@ from sealink.gateway.actions import (
 )
 from sealink.gateway.checkpoints import Checkpoints
 from sealink.gateway.committer import GroupCommitter, OutboxEntry
+from sealink.gateway.companion import companion_body
 from sealink.gateway.machine import LinkMachine
 from sealink.gateway.metrics import GatewayMetrics, MetricsServer
 from sealink.gateway.registry import DeviceRegistry
@@ -414,13 +415,17 @@ class Gateway:
                 action.device, action.counter, action.payload, received, self.gateway_id
             )
         )
+        device, counter = action.device, action.counter
+        outbox: list[OutboxEntry] = [(self.topics.events(device), cose, device, counter)]
+        if self.config.mqtt.json_companion:
+            # Through the outbox right behind its event: never lost, never ahead of the evidence.
+            body = companion_body(device, self.gateway_id, action.payload, cose, received)
+            outbox.append((self.topics.events_json(device), body, device, counter))
         self.committer.submit(
-            event=EventRow(
-                action.device, action.counter, action.payload, action.digest, cose, received
-            ),
-            outbox=[(self.topics.events(action.device), cose, action.device, action.counter)],
+            event=EventRow(device, counter, action.payload, action.digest, cose, received),
+            outbox=outbox,
         )
-        self.metrics.stored(action.device)
+        self.metrics.stored(device)
 
     def reject(self, port: str, action: Reject) -> None:
         committer = self.committer

@@ -27,6 +27,8 @@ v9: outbox.payload may be NULL: once the broker acknowledged an event's or a gap
     its payload is dropped, since the events or gaps table holds the same bytes (the record's
     countersignature, from which the publication is rebuilt). Alarms keep theirs: the outbox is
     their only copy. Migrating rebuilds the table and drops the payloads already published.
+    A record's JSON companion (SPEC §11.2, no schema change) is dropped the same way: it is
+    rebuilt from the record's events row.
 """
 
 from __future__ import annotations
@@ -212,13 +214,16 @@ _WITH_LINK_KEYS = ("1", "2", "3", "4")
 _KNOWN = (*_WITH_LINK_KEYS, "5", "6", "7", "8", str(SCHEMA_VERSION))
 
 # The published rows whose payload another table holds byte for byte: an event's
-# countersignature (events.cose) or an adopted gap's (gaps.cose).
+# countersignature (events.cose) or an adopted gap's (gaps.cose); and a record's JSON
+# companion (SPEC §11.2), a pure function of its events row (sealink.gateway.companion).
 _REBUILDABLE = (
     "published_ms IS NOT NULL AND payload IS NOT NULL AND ("
     "EXISTS (SELECT 1 FROM events e WHERE e.device = outbox.device "
     "AND e.counter = outbox.counter AND e.cose = outbox.payload) OR "
     "(outbox.counter IS NULL AND EXISTS (SELECT 1 FROM gaps g WHERE g.device = outbox.device "
-    "AND g.cose = outbox.payload)))"
+    "AND g.cose = outbox.payload)) OR "
+    "(substr(outbox.topic, -12) = '/events/json' AND EXISTS (SELECT 1 FROM events e "
+    "WHERE e.device = outbox.device AND e.counter = outbox.counter)))"
 )
 
 # v9: the outbox's payload becomes nullable. SQLite cannot drop a NOT NULL: copy the table.
