@@ -36,8 +36,12 @@ _RX_BUFFER = const(1024)
 # seal/uart.py's _OUT_MAX. Beyond it output is dropped; the link sends it again.
 _OUT_MAX = const(3072)
 # How long to wait when the stack has no buffer for a notification: it frees them as the
-# controller sends, a connection event (7.5 ms and up) at a time, and tells nobody.
-_BUSY_MS = const(5)
+# controller sends, a connection event (7.5 ms and up) at a time, and tells nobody (the
+# bluetooth docs give no event for a notification sent, only _IRQ_GATTS_INDICATE_DONE for an
+# indication). Well inside one connection event, so a freed buffer waits at most 2 ms; a try
+# that finds none costs one gatts_notify call, so 1 ms spent more than it gained
+# (`tools/bench.py ble`, the emulated seal's drain at MTU 23, against 5 ms and 1 ms).
+_BUSY_MS = const(2)
 
 
 def _uuid_le(text):
