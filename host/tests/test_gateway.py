@@ -295,6 +295,44 @@ def test_ledger_failure_means_no_ack_then_recovery_loses_nothing(
     observer.wait_until(lambda o: o.device("gw-test").alarms >= 1, 15, "ledger alarm")
 
 
+def test_a_ledger_alarm_made_while_the_broker_is_away_arrives_when_it_is_back(
+    files: GatewayFiles,
+    broker: Mosquitto,
+    observer: Observer,
+    pty_link: PtyLink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Mocked as in the test above (a full disk cannot be made safely here). The ledger's own
+    # alarms cannot wait in its outbox: the publisher holds them until the broker answers.
+    def commit(self: Ledger, batch):  # type: ignore[no-untyped-def]
+        raise LedgerError("ledger: commit failed: database or disk is full")
+
+    monkeypatch.setattr(Ledger, "commit", commit)
+    key = files.device_keys[DEVICE]
+    broker.stop()
+
+    async def body() -> None:
+        async with (
+            running(_serial_config(files, broker, pty_link)) as gateway,
+            SimDevice(DEVICE, key, pty_link.device_end) as sim,
+        ):
+            await _welcomed(sim)
+            await sim.stamp(1)
+            await until(lambda: gateway.committer.failing is not None, 20, "a failed commit")
+            assert not gateway.publisher.connected
+            await asyncio.to_thread(broker.start)
+            await gateway.publisher.wait_connected(30)
+            await asyncio.to_thread(
+                observer.wait_until,
+                lambda o: o.device("gw-test").alarms >= 1,
+                30,
+                "the ledger alarm made while the broker was away",
+            )
+            assert sim.acked == 0
+
+    run(body(), timeout=120)
+
+
 def test_gateway_restart_resumes_from_the_ledger(
     files: GatewayFiles, broker: Mosquitto, observer: Observer
 ) -> None:

@@ -58,6 +58,8 @@ _RETRY_FAILED_MAX_S = 60.0
 _REFUSAL_LOG_INTERVAL_S = 60.0
 # At shutdown, how long the "stopped" status may wait for its PUBACK before the DISCONNECT.
 _SHUTDOWN_READ_S = 1.0
+# Non-retained best-effort messages kept while disconnected, at most (the newest win).
+_HELD_NOW = 64
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ class Publisher:
         self._writing = False
         self._connecting = False
         self._retained: dict[str, bytes] = {}
+        # Non-retained messages made while disconnected (alarms about the ledger itself, which
+        # cannot wait in its outbox): the newest _HELD_NOW, sent on connect.
+        self._held_now: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=_HELD_NOW)
         self._closing = False
         self._lost = asyncio.Event()
         self._refusals_logged: dict[str, tuple[float, int]] = {}  # what -> (when, suppressed)
@@ -338,14 +343,17 @@ class Publisher:
 
     def publish_now(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Best effort, not from the outbox: retained status, and alarms about the ledger
-        itself (which cannot go through the ledger). While disconnected only the latest
-        retained message per topic is kept (memory bounded by the number of devices) and sent
-        on reconnect; a non-retained one is dropped (it was logged)."""
+        itself (which cannot go through the ledger). While disconnected the latest retained
+        message per topic (memory bounded by the number of devices) and the newest _HELD_NOW
+        others are kept and sent on connect: a disk that fills as the gateway starts must
+        still be reported once the broker answers."""
         if retain:
             self._retained[topic] = payload
         if self.connected and not self._connecting:
             self._publish_other(topic, payload, retain)
             self._flush()
+        elif not retain:
+            self._held_now.append((topic, payload))
 
     async def wait_connected(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):
@@ -495,6 +503,8 @@ class Publisher:
             self._refused_here = ""
             for topic, payload in self._retained.items():
                 self._publish_other(topic, payload, True)
+            while self._held_now:
+                self._publish_other(*self._held_now.popleft(), False)
             self._flush()
             log.info("mqtt connected", extra={"fields": {"inflight": len(self._inflight)}})
         elif self._connect_event.is_set():
