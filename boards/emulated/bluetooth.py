@@ -220,10 +220,12 @@ class _BLE:
 
     def _dispatch(self, rx, at, end):
         kind = rx[at]
-        conn = _u16(rx, at + 1)
         if kind == _K_FREED:
+            # Two bytes long: read no connection handle past it (at the buffer's end it is
+            # past the buffer).
             self._free = min(_NOTIFY_POOL, self._free + rx[at + 1])
             return
+        conn = _u16(rx, at + 1)
         if kind in (_K_CONNECTED, _K_GONE):
             self._addr_view[:] = rx[at + 4 : at + 10]
             data = (conn, rx[at + 3], self._addr_view)
