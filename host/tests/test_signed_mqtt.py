@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from sealink.crypto.signer import GatewayKey
+from sealink.errors import KeyFileError
 from sealink.mqtt.signed import MessageSigner
 from sealink_sim.broker import Mosquitto
 from sealink_sim.observer import Observer
@@ -168,6 +169,29 @@ class _Tap:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def test_seq_never_goes_back_across_runs_whatever_the_clock_does(tmp_path: Path) -> None:
+    # Found by the HIL soak's clock jumps: a gateway restarted after its clock stepped back
+    # an hour signed below its last run, and consumers (rightly) called it a rollback.
+    key = GatewayKey.generate()
+    floor = tmp_path / "ledger.sqlite.msgseq"
+    topic = "sealink/seal-0001/status"
+    keys = {"gw-1": [key.public_raw()]}
+    now_us = 1_800_000_000_000_000
+    first = MessageSigner(key, "gw-1", clock_us=lambda: now_us, floor_file=floor)
+    last = verify_message(topic, first.sign(topic, {"online": True}), keys).seq
+    assert floor.stat().st_mode & 0o777 == 0o600
+    for step_back_s in (3600, 86400):
+        run = MessageSigner(
+            key, "gw-1", clock_us=lambda s=step_back_s: now_us - s * 1_000_000, floor_file=floor
+        )
+        seq = verify_message(topic, run.sign(topic, {"online": True}), keys).seq
+        assert seq > last
+        last = seq
+    floor.write_text("garbage")
+    with pytest.raises(KeyFileError, match="seq floor"):
+        MessageSigner(key, "gw-1", floor_file=floor)
 
 
 def test_forged_and_replayed_status_and_alarms_are_counted_not_believed(

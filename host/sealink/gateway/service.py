@@ -84,7 +84,12 @@ class Gateway:
         self.ack_key = _ack_key(config, self._keys)
         self.gateway_id = config.gateway_id
         self.topics = Topics(config.mqtt.prefix, config.gateway_id)
-        self.signer = MessageSigner(self.key, config.gateway_id)  # status and alarms, §11.4
+        # Status and alarms (§11.4); their seq floor lives beside the ledger.
+        self.signer = MessageSigner(
+            self.key,
+            config.gateway_id,
+            floor_file=config.ledger_path.with_name(config.ledger_path.name + ".msgseq"),
+        )
         self.registry = DeviceRegistry()
         self.sessions: set[Session] = set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sealink-ledger")

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -24,32 +25,64 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealink.crypto import GatewayKey
+from sealink.errors import KeyFileError
+from sealink.files import write_durably
 
 __all__ = ["GatewayStatus", "MessageSigner", "open_own"]
+
+
+def _read_floor(path: Path) -> int:
+    """The floor a file holds; 0 when there is none yet. Anything else in it is an error that
+    names the file (a seq that could go back is worse than a gateway that stops)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return 0
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot read the signed messages' seq floor: {exc}") from None
+    if not text.isdigit():
+        raise KeyFileError(f"{path}: not a seq floor (a decimal number): {text[:40]!r}")
+    return int(text)
+
 
 _TAG_SIGN1 = 18
 _SIG_STRUCTURE = "Signature1"
 
 
+# How far past the last seq a floor file reserves: one durable write per hour of clock.
+_FLOOR_BLOCK = 3_600_000_000
+
+
 class MessageSigner:
-    """Signs the gateway's non-record messages. One per gateway process."""
+    """Signs the gateway's non-record messages. One per gateway process.
+
+    With `floor_file`, seq never goes back across runs whatever the clock does (an NTP step
+    back, a Raspberry Pi booting without an RTC): the file holds a floor above every seq signed
+    so far, written durably before the first seq beyond the floor it had is used."""
 
     def __init__(
         self,
         key: GatewayKey,
         gateway_id: str,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        floor_file: Path | None = None,
     ) -> None:
         self._key = key
         self.gateway_id = gateway_id
         self._clock_us = clock_us
-        self._seq = 0
+        self._floor_file = floor_file
+        self._floor = _read_floor(floor_file) if floor_file is not None else 0
+        self._seq = self._floor
 
     def _next(self) -> tuple[int, int]:
-        """(seq, time_ms). The clock keeps a restarted gateway above its last run; +1 keeps a
-        burst strictly increasing within a microsecond and over a clock step back in a run."""
+        """(seq, time_ms). The clock and the floor keep a restarted gateway above its last
+        run; +1 keeps a burst strictly increasing within a microsecond and over a clock step
+        back in a run."""
         now_us = self._clock_us()
         self._seq = max(self._seq + 1, now_us)
+        if self._floor_file is not None and self._seq >= self._floor:
+            self._floor = self._seq + _FLOOR_BLOCK
+            write_durably(self._floor_file, str(self._floor).encode())
         return self._seq, now_us // 1000
 
     def sign(self, topic: str, body: dict[str, Any]) -> bytes:
