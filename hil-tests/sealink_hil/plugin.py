@@ -433,14 +433,21 @@ def _make_dut(
             from sealink_sim.air import Air  # bumble: the ble extra
 
             air = Air()
-        board = EmulatedBoard(
-            tmp_path / "board",
-            device_id=EMULATED_DEVICE,
-            device_key=key,
-            heapsize=hil.emulator_heap,
-            air=air,
-            links=("uart",) if air is None else ("ble",),
-        )
+        try:
+            board = EmulatedBoard(
+                tmp_path / "board",
+                device_id=EMULATED_DEVICE,
+                device_key=key,
+                heapsize=hil.emulator_heap,
+                air=air,
+                links=("uart",) if air is None else ("ble",),
+            )
+        except BaseException:
+            # The port closes the air once it owns it; until then a failed board must not
+            # leave the air's controllers and thread running into the next test.
+            if air is not None:
+                air.close()
+            raise
         port: Port
         if air is None:
             port = open_port(str(board.uart_path), tmp_path / "board.tty", engine, hexdump, wire)

@@ -18,9 +18,9 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sealink_verify.audit import (
     DeviceAudit,
@@ -36,6 +36,8 @@ from sealink_verify.mqtt import MessageError, verify_message
 from sealink_verify.receipt import verify_receipt
 
 __all__ = ["main", "register"]
+
+_T = TypeVar("_T")
 
 EXIT_VERIFIED = 0
 EXIT_FAILED = 1
@@ -421,34 +423,50 @@ def _witness_keys(given: list[str]) -> dict[str, bytes]:
     return keys
 
 
+def _usable(read: Callable[[], _T]) -> _T | None:
+    """What `read()` returns, or None after saying on stderr why an input is unusable."""
+    try:
+        return read()
+    except OSError as exc:
+        print(f"sealink-verify: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+    except VerifyInputError as exc:
+        print(f"sealink-verify: error: {exc}", file=sys.stderr)
+    return None
+
+
+def _bundle_inputs(
+    args: argparse.Namespace,
+) -> tuple[Bundle, bytes | None, bytes | None, dict[str, bytes]]:
+    gateway_key = seal_key = None
+    witness_keys = _witness_keys(args.witness_key)
+    if args.gateway_key is not None:
+        try:
+            gateway_key = ed25519_raw(Path(args.gateway_key).read_bytes())
+        except ValueError as exc:
+            raise VerifyInputError(f"{args.gateway_key}: {exc}") from None
+    if args.seal_key is not None:
+        try:
+            seal_key = bytes.fromhex(args.seal_key)
+            seal_public_key(seal_key)
+        except ValueError as exc:
+            raise VerifyInputError(f"--seal-key: not a seal key, X || Y ({exc})") from None
+    return _read_bundle(args.bundle), gateway_key, seal_key, witness_keys
+
+
+def _read_bundle(path: str) -> Bundle:
+    try:
+        return read_bundle(Path(path).read_text(encoding="utf-8"))
+    except (BundleError, UnicodeDecodeError) as exc:
+        raise VerifyInputError(f"{path}: {exc}") from None
+
+
 def run_bundle(args: argparse.Namespace) -> int:
     """0: verified with pinned keys; 4: verified with a key from the bundle only; 1: a check
     failed; 2: an input is unusable."""
-    try:
-        gateway_key = seal_key = None
-        witness_keys = _witness_keys(args.witness_key)
-        if args.gateway_key is not None:
-            try:
-                gateway_key = ed25519_raw(Path(args.gateway_key).read_bytes())
-            except ValueError as exc:
-                raise VerifyInputError(f"{args.gateway_key}: {exc}") from None
-        if args.seal_key is not None:
-            try:
-                seal_key = bytes.fromhex(args.seal_key)
-                seal_public_key(seal_key)
-            except ValueError as exc:
-                raise VerifyInputError(f"--seal-key: not a seal key, X || Y ({exc})") from None
-        try:
-            bundle = read_bundle(Path(args.bundle).read_text(encoding="utf-8"))
-        except (BundleError, UnicodeDecodeError) as exc:
-            raise VerifyInputError(f"{args.bundle}: {exc}") from None
-    except OSError as exc:
-        print(f"sealink-verify: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+    inputs = _usable(lambda: _bundle_inputs(args))
+    if inputs is None:
         return EXIT_UNUSABLE
-    except VerifyInputError as exc:
-        print(f"sealink-verify: error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    report = verify_bundle(bundle, gateway_key, seal_key, witness_keys)
+    report = verify_bundle(*inputs)
     if args.json:
         sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
     else:
@@ -488,37 +506,34 @@ def _receipt_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _receipt_inputs(args: argparse.Namespace) -> tuple[bytes, bytes, bytes | Bundle]:
+    try:
+        pinned = ed25519_raw(Path(args.gateway_key).read_bytes())
+    except ValueError as exc:
+        raise VerifyInputError(f"{args.gateway_key}: {exc}") from None
+    leaf: bytes | Bundle
+    if args.bundle is not None:
+        leaf = _read_bundle(args.bundle)
+    else:
+        try:
+            leaf = bytes.fromhex(args.leaf_data)
+        except ValueError:
+            raise VerifyInputError("--leaf-data: not hex") from None
+    if args.receipt is not None:
+        receipt = Path(args.receipt).read_bytes()
+    elif isinstance(leaf, Bundle) and leaf.receipt is not None:
+        receipt = leaf.receipt
+    else:
+        raise VerifyInputError("no receipt: give FILE, or a --bundle that carries one")
+    return receipt, pinned, leaf
+
+
 def run_receipt(args: argparse.Namespace) -> int:
     """0: verified under the pinned key; 1: a check failed; 2: an input is unusable."""
-    try:
-        try:
-            pinned = ed25519_raw(Path(args.gateway_key).read_bytes())
-        except ValueError as exc:
-            raise VerifyInputError(f"{args.gateway_key}: {exc}") from None
-        leaf: bytes | Bundle
-        if args.bundle is not None:
-            try:
-                leaf = read_bundle(Path(args.bundle).read_text(encoding="utf-8"))
-            except (BundleError, UnicodeDecodeError) as exc:
-                raise VerifyInputError(f"{args.bundle}: {exc}") from None
-        else:
-            try:
-                leaf = bytes.fromhex(args.leaf_data)
-            except ValueError:
-                raise VerifyInputError("--leaf-data: not hex") from None
-        if args.receipt is not None:
-            receipt = Path(args.receipt).read_bytes()
-        elif isinstance(leaf, Bundle) and leaf.receipt is not None:
-            receipt = leaf.receipt
-        else:
-            raise VerifyInputError("no receipt: give FILE, or a --bundle that carries one")
-    except OSError as exc:
-        print(f"sealink-verify: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+    inputs = _usable(lambda: _receipt_inputs(args))
+    if inputs is None:
         return EXIT_UNUSABLE
-    except VerifyInputError as exc:
-        print(f"sealink-verify: error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    report = verify_receipt(receipt, pinned, leaf)
+    report = verify_receipt(*inputs)
     if args.json:
         sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
     else:
@@ -562,20 +577,16 @@ def _gateway_keys(given: list[str]) -> dict[str, list[bytes]]:
     return keys
 
 
+def _payload(path: str) -> bytes:
+    return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+
+
 def run_message(args: argparse.Namespace) -> int:
     """0: verified; 1: it does not verify; 2: an input is unusable."""
-    try:
-        keys = _gateway_keys(args.gateway_key)
-        if args.payload == "-":
-            payload = sys.stdin.buffer.read()
-        else:
-            payload = Path(args.payload).read_bytes()
-    except OSError as exc:
-        print(f"sealink-verify: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+    inputs = _usable(lambda: (_gateway_keys(args.gateway_key), _payload(args.payload)))
+    if inputs is None:
         return EXIT_UNUSABLE
-    except VerifyInputError as exc:
-        print(f"sealink-verify: error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    keys, payload = inputs
     try:
         message = verify_message(args.topic, payload, keys)
     except MessageError as exc:
