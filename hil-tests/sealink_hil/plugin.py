@@ -195,6 +195,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "soak: long no-loss soak under mixed faults (runs only with -m soak)"
     )
     config.addinivalue_line(
+        "markers",
+        "slow: a test of more than about 30 s, kept out of the default run so it stays under "
+        "20 minutes (runs only when -m names it: `make test-slow`, `-m 'slow or not slow'`)",
+    )
+    config.addinivalue_line(
         "markers", "tpm: the gateway's acknowledgement key is made inside a TPM (swtpm)"
     )
     config.addinivalue_line(
@@ -268,14 +273,22 @@ def needed_capabilities(item: pytest.Item) -> list[str]:
     return needed
 
 
+# Markers whose tests run only when the -m expression names them.
+_OPT_IN_MARKERS = ("soak", "slow")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak tests run only when `-m` asks for them; missing capabilities turn into skips."""
+    """Soak and slow tests run only when `-m` asks for them; missing capabilities turn into
+    skips."""
     hil = settings(config)
-    if not _soak_run(config):
-        soak = [item for item in items if item.get_closest_marker("soak")]
-        if soak:
-            config.hook.pytest_deselected(items=soak)
-            items[:] = [item for item in items if not item.get_closest_marker("soak")]
+    markexpr = config.getoption("markexpr") or ""
+    for marker in _OPT_IN_MARKERS:
+        if marker in markexpr:
+            continue
+        held = [item for item in items if item.get_closest_marker(marker)]
+        if held:
+            config.hook.pytest_deselected(items=held)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
     for item in items:
         for capability in needed_capabilities(item):
             try:
