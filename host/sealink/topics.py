@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Topics", "WitnessTopics", "witness_name_problem"]
+__all__ = ["Topics", "WitnessTopics", "approver_name_problem", "witness_name_problem"]
 
 # A witness name is also the last levels of its topics: no wildcards, no empty level.
 _WITNESS_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -20,6 +20,17 @@ def witness_name_problem(name: str) -> str | None:
             f"{name!r}: a witness name is 1..{_WITNESS_NAME_MAX} characters of A-Z a-z 0-9 . _ - "
             "in levels separated by single '/'"
         )
+    return None
+
+
+# An approver's name is one topic level of its results (SPEC §11.5).
+_APPROVER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def approver_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an approver (None: it can)."""
+    if not _APPROVER_NAME_RE.match(name):
+        return f"{name!r}: an approver name is 1..64 characters of A-Z a-z 0-9 . _ -"
     return None
 
 
@@ -72,6 +83,15 @@ class Topics:
     def cosignatures(self) -> str:
         """Every witness's cosignature topic (a subscription filter)."""
         return f"{self.prefix}/gateway/{self.gateway_id}/cosignature/#"
+
+    def approval_request(self) -> str:
+        """Where approvers publish signed requests to this gateway (SPEC §11.5)."""
+        return f"{self.prefix}/cmd/{self.gateway_id}/request"
+
+    def approval_result(self, approver: str) -> str:
+        """Where the gateway publishes an approver's results: the only response topic it
+        accepts is this one or a level below it (SPEC §11.5)."""
+        return f"{self.prefix}/cmd/{self.gateway_id}/result/{approver}"
 
 
 @dataclass(frozen=True)
