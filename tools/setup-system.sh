@@ -4,6 +4,8 @@
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+# `sealink fleet`: its tests and bench start a private PostgreSQL 15 cluster (initdb, postgres).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 # The acknowledgement key in a TPM: tpm2-pytss builds against libtss2 (its headers and
 # pkg-config files) and loads the device and swtpm TCTIs; the tests' TPM is swtpm.
 command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)

@@ -50,3 +50,7 @@ class DeviceError(SealinkError):
 
 class ObserverError(SealinkError):
     """The independent observer could not subscribe, or a wait timed out."""
+
+
+class FleetError(SealinkError):
+    """The fleet ledger could not reach, migrate or use its PostgreSQL database."""

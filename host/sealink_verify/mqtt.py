@@ -30,6 +30,7 @@ __all__ = [
     "UnknownKey",
     "WrongGateway",
     "WrongTopic",
+    "signing_kid",
     "verify_message",
 ]
 
@@ -85,7 +86,7 @@ def _keys_by_kid(gateway_keys: Mapping[str, Iterable[bytes]]) -> dict[bytes, tup
     return {_kid(raw): (gateway, raw) for gateway, keys in gateway_keys.items() for raw in keys}
 
 
-def _signing_kid(payload: bytes) -> bytes:
+def signing_kid(payload: bytes) -> bytes:
     """The kid of a COSE_Sign1's protected header, read before anything is verified."""
     try:
         sign1 = cbor2.loads(payload)
@@ -111,7 +112,7 @@ def verify_message(
 ) -> SignedMessage:
     """The verified message, or a MessageError naming the check that failed. `gateway_keys`:
     gateway id -> its raw Ed25519 public keys (every key of its history, SPEC §14.7)."""
-    kid = _signing_kid(payload)
+    kid = signing_kid(payload)
     owner = _keys_by_kid(gateway_keys).get(kid)
     if owner is None:
         raise UnknownKey(f"kid {kid.hex()} is not a key of {', '.join(sorted(gateway_keys))}")

@@ -10,6 +10,7 @@ sealink events list [--follow]|export     stored events: columns or JSON Lines; 
 sealink alarms list [--follow]            the alarms the gateway raised
 sealink evidence checkpoint|prove|consistency   the transparency log's checkpoints and proofs
 sealink witness init|run                  cosign gateways' checkpoints (SPEC §14.6)
+sealink fleet migrate|run|records|gaps|forks   the fleet ledger in PostgreSQL (issue 14)
 sealink verify EXPORT --public-key PEM    an auditor's offline check (package sealink_verify)
 sealink demo --stamps N [--json]          everything on one machine (package sealink_sim)
 
@@ -35,6 +36,7 @@ from sealink.cli import (
     devices,
     events,
     evidence,
+    fleet,
     keys,
     ledger,
     permits,
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         alarms,
         evidence,
         witness,
+        fleet,
     )
     for noun in nouns:
         noun.register(sub)

@@ -1,0 +1,201 @@
+"""`sealink fleet`: the fleet ledger in PostgreSQL (issue 14).
+
+sealink fleet migrate --config fleet.toml        apply the schema migrations (idempotent)
+sealink fleet run --config fleet.toml            ingest every gateway's records from MQTT
+sealink fleet devices import FILE --config ...   seals' public keys, from `sealink devices list
+                                                 --json` or provisioning files (JSON lines)
+sealink fleet records --device D [--since MS] [--until MS] [--json]
+sealink fleet gaps [--device D] [--json]         counters missing per seal, across gateways
+sealink fleet forks [--json]                     second records for a held (device, counter)
+
+The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt): it is
+imported only when a fleet command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sealink.cli.common import add_command, iso_ms, print_json
+from sealink.errors import FleetError
+
+if TYPE_CHECKING:
+    from sealink.fleet import FleetConfig, Store
+
+__all__ = ["register"]
+
+
+def _open(args: argparse.Namespace) -> tuple[FleetConfig, Store]:
+    try:
+        from sealink.fleet import Store, load_config
+    except ImportError as exc:
+        raise FleetError(
+            f"the fleet needs its extra: pip install 'sealink[fleet]' ({exc})"
+        ) from None
+    config = load_config(args.config)
+    return config, Store(config.database)
+
+
+def _migrate(config: FleetConfig, store: Store) -> list[str]:
+    import psycopg
+
+    from sealink.fleet import migrate
+
+    try:
+        with psycopg.connect(config.database) as conn:
+            applied = migrate(conn)
+    except psycopg.Error as exc:
+        raise FleetError(f"migrate: {exc}") from None
+    for gateway, key in config.gateways:
+        store.pin_gateway(gateway, [key])
+    return applied
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    config, store = _open(args)
+    with store:
+        applied = _migrate(config, store)
+    print_json({"applied": applied})
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sealink.fleet import FleetService
+
+    config, store = _open(args)
+    with store:
+        _migrate(config, store)
+        service = FleetService(config, store).start()
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+        service.stop()
+    return 0
+
+
+def _seal_keys(path: Path) -> list[tuple[str, bytes]]:
+    """(device, 64-byte key) from JSON lines with `device`/`device_id` and `seal_key` (hex)."""
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip().startswith("{"):
+            continue
+        try:
+            row = json.loads(line)
+            device = str(row.get("device") or row["device_id"])
+            key = row.get("seal_key")
+            raw = None if key is None else bytes.fromhex(key)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FleetError(f"{path}:{number}: not a device row: {exc!r}") from None
+        if raw is not None and len(raw) != 64:
+            raise FleetError(f"{path}:{number}: {device}: a seal key is 64 bytes (X || Y)")
+        if raw is not None:
+            found.append((device, raw))
+    return found
+
+
+def cmd_devices_import(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    keys = _seal_keys(path)
+    _config, store = _open(args)
+    with store:
+        count = store.import_seal_keys(keys, source=f"import:{path.name}")
+    print_json({"imported": count})
+    return 0
+
+
+def _query(args: argparse.Namespace, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    _config, store = _open(args)
+    try:
+        with store, store.pool.connection() as conn:
+            return list(conn.execute(sql, params).fetchall())
+    except psycopg.Error as exc:
+        raise FleetError(f"query: {exc} (was `sealink fleet migrate` run?)") from None
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    rows = _query(
+        args,
+        "SELECT device, counter, gateway, received_ms, kind, permit, operator, time_s, "
+        "encode(record_hash, 'hex'), seal_verified, chain_ok FROM records WHERE device = %s "
+        "AND received_ms >= %s AND received_ms < %s ORDER BY counter",
+        (args.device, args.since or 0, args.until or 2**62),
+    )
+    names = ("device", "counter", "gateway", "received_ms", "kind", "permit", "operator",
+             "time_s", "record_sha256", "seal_verified", "chain_ok")  # fmt: skip
+    for row in rows:
+        if args.json:
+            print_json(dict(zip(names, row, strict=True)))
+        else:
+            print(f"{row[1]:>8}  {iso_ms(row[3]):<24}  {row[2]:<16}  kind {row[4]}  "
+                  f"seal {row[9]}  chain {row[10]}")  # fmt: skip
+    return 0
+
+
+def cmd_gaps(args: argparse.Namespace) -> int:
+    rows = _query(
+        args,
+        "SELECT device, first, last FROM gaps WHERE %s::text IS NULL OR device = %s "
+        "ORDER BY device, first",
+        (args.device, args.device),
+    )
+    for device, first, last in rows:
+        if args.json:
+            print_json({"device": device, "first": first, "last": last})
+        else:
+            print(f"{device}: {first}..{last} missing")
+    return 0
+
+
+def cmd_forks(args: argparse.Namespace) -> int:
+    rows = _query(
+        args,
+        "SELECT f.device, f.counter, f.gateway, f.received_ms, encode(f.record_hash, 'hex'), "
+        "r.gateway, encode(r.record_hash, 'hex') FROM forks f JOIN records r "
+        "USING (device, counter) ORDER BY f.device, f.counter",
+        (),
+    )
+    for device, counter, gateway, received_ms, digest, held_gateway, held in rows:
+        if args.json:
+            print_json({"device": device, "counter": counter, "gateway": gateway,
+                        "received_ms": received_ms, "record_sha256": digest,
+                        "held_gateway": held_gateway, "held_sha256": held})  # fmt: skip
+        else:
+            print(f"{device}#{counter}: {gateway} {digest[:16]} vs held {held_gateway} {held[:16]}")
+    return 0
+
+
+def _with_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, metavar="FILE", help="fleet.toml")
+
+
+def register(sub: Any) -> None:
+    fleet = sub.add_parser("fleet", help="the fleet ledger in PostgreSQL (issue 14)")
+    fl = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    _with_config(add_command(fl, "migrate", cmd_migrate, "apply the schema migrations"))
+    _with_config(add_command(fl, "run", cmd_run, "ingest every gateway's records from MQTT"))
+    devices = fl.add_parser("devices", help="the fleet's registry of seals")
+    dv = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    p = add_command(dv, "import", cmd_devices_import, "import seals' public keys")
+    p.add_argument("file", help="`sealink devices list --json` output, or provisioning JSON")
+    _with_config(p)
+    p = add_command(fl, "records", cmd_records, "a seal's records held by the fleet")
+    _with_config(p)
+    p.add_argument("--device", required=True)
+    p.add_argument("--since", type=int, metavar="MS", help="received at or after (Unix ms)")
+    p.add_argument("--until", type=int, metavar="MS", help="received before (Unix ms)")
+    p.add_argument("--json", action="store_true", help="JSON Lines")
+    p = add_command(fl, "gaps", cmd_gaps, "counters missing per seal, across gateways")
+    _with_config(p)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="JSON Lines")
+    p = add_command(fl, "forks", cmd_forks, "second records for a held (device, counter)")
+    _with_config(p)
+    p.add_argument("--json", action="store_true", help="JSON Lines")

@@ -1,0 +1,38 @@
+"""The fleet ledger (issue 14): every gateway's records, verified, in one PostgreSQL database.
+
+    config = load_config("fleet.toml")
+    with Store(config.database) as store:
+        migrate_database(store)
+        FleetService(config, store).start()
+
+Records are verified by the independent verifier (`sealink_verify.record`), stored
+idempotently on (device, counter), forks kept and alarmed, the chain judged whichever order
+records arrive in, and each MQTT message acknowledged only after its transaction committed.
+"""
+
+from sealink.fleet._config import FleetConfig, load_config
+from sealink.fleet._schema import migrate, migrations
+from sealink.fleet._service import FleetService, Inbound
+from sealink.fleet._store import (
+    Batch,
+    GatewayAlarm,
+    Rejection,
+    SignedCheckpoint,
+    Store,
+    StoreOutcome,
+)
+
+__all__ = [
+    "Batch",
+    "FleetConfig",
+    "FleetService",
+    "GatewayAlarm",
+    "Inbound",
+    "Rejection",
+    "SignedCheckpoint",
+    "Store",
+    "StoreOutcome",
+    "load_config",
+    "migrate",
+    "migrations",
+]

@@ -1,0 +1,96 @@
+"""fleet.toml: where the database and the broker are, and which gateway keys are pinned.
+
+[fleet]
+database = "postgresql://fleet@db.example/sealink"
+instance = "fleet-1"        # the MQTT client id: stable, so a restart resumes its session
+batch_max = 500             # messages per transaction
+batch_ms = 20               # how long a batch may wait to fill once it holds one message
+
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+prefix = "sealink"
+group = "sealink-fleet"     # the shared subscription group all instances join
+session_expiry_s = 86400
+receive_maximum = 1000      # unacknowledged QoS 1 messages the broker may send at once
+
+[gateways]                  # gateway id = its public key file (PEM, `sealink keys show`)
+gw-1 = "keys/gw-1.pem"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sealink.errors import ConfigError
+
+__all__ = ["FleetConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    database: str
+    instance: str
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "sealink"
+    group: str = "sealink-fleet"
+    session_expiry_s: int = 86400
+    receive_maximum: int = 1000
+    batch_max: int = 500
+    batch_ms: int = 20
+    gateways: tuple[tuple[str, bytes], ...] = ()  # (gateway id, raw Ed25519 public key)
+
+
+def _raw_key(gateway: str, path: Path) -> bytes:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"gateways.{gateway}", f"{path}: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"gateways.{gateway}", f"{path}: not an Ed25519 public key")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _typed(table: dict[str, Any], name: str, key: str, kind: type, default: Any) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise ConfigError(f"{name}.{key}", f"must be {kind.__name__}, got {value!r}")
+    if isinstance(value, int) and value <= 0:
+        raise ConfigError(f"{name}.{key}", f"must be > 0, got {value}")
+    return value
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    """Read and check fleet.toml; ConfigError names the key at fault."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("", f"{path}: {exc}") from None
+    fleet, mqtt, gateways = (doc.get(k, {}) for k in ("fleet", "mqtt", "gateways"))
+    if "database" not in fleet or "instance" not in fleet:
+        raise ConfigError("fleet", "database and instance are required")
+    base = path.parent
+    return FleetConfig(
+        database=_typed(fleet, "fleet", "database", str, ""),
+        instance=_typed(fleet, "fleet", "instance", str, ""),
+        batch_max=_typed(fleet, "fleet", "batch_max", int, 500),
+        batch_ms=_typed(fleet, "fleet", "batch_ms", int, 20),
+        host=_typed(mqtt, "mqtt", "host", str, "127.0.0.1"),
+        port=_typed(mqtt, "mqtt", "port", int, 1883),
+        prefix=_typed(mqtt, "mqtt", "prefix", str, "sealink").rstrip("/"),
+        group=_typed(mqtt, "mqtt", "group", str, "sealink-fleet"),
+        session_expiry_s=_typed(mqtt, "mqtt", "session_expiry_s", int, 86400),
+        receive_maximum=_typed(mqtt, "mqtt", "receive_maximum", int, 1000),
+        gateways=tuple(
+            (gw, _raw_key(gw, base / str(_typed(gateways, "gateways", gw, str, ""))))
+            for gw in sorted(gateways)
+        ),
+    )

@@ -1,0 +1,198 @@
+"""`sealink fleet run`: records, alarms and checkpoints from MQTT into PostgreSQL.
+
+Every instance joins one MQTT 5 shared subscription group, so the broker hands each event to
+one of them. paho runs with manual acknowledgement: a PUBLISH is acknowledged (PUBACK) only
+after the transaction holding what it carried committed, so an instance killed at any instant
+has acknowledged nothing it did not store, and the broker delivers the rest again. Each
+instance keeps a persistent session under its own fixed client id (clean start off, a session
+expiry): Mosquitto 2.0.11 keeps the messages in flight to a member that went away queued in
+that member's session, not handed to another member (measured: README "Fleet ledger"), so a
+killed instance must come back under the same id, or its in-flight messages wait for the
+session to expire.
+
+Checkpoints are retained, and retained messages never reach a shared subscription (MQTT 5
+§4.8.2): every instance subscribes to them directly; storing one is idempotent.
+
+Threads: paho's network thread only queues what arrives; one writer thread verifies, writes a
+batch per transaction, then acknowledges the batch in arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sealink_verify.audit import seal_public_key
+from sealink_verify.keyhistory import KeyHistory
+from sealink_verify.mqtt import MessageError, verify_message
+from sealink_verify.record import RecordError, RecordVerifier
+from sealink_verify.tlog import NoteError
+
+from sealink.fleet._config import FleetConfig
+from sealink.fleet._store import Batch, GatewayAlarm, Rejection, SignedCheckpoint, Store
+
+__all__ = ["FleetService", "Inbound"]
+
+log = logging.getLogger("sealink.fleet")
+
+_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+class FleetService:
+    """One fleet instance. `start()`, then `stop()` (or `run_forever()` until a signal)."""
+
+    def __init__(self, config: FleetConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        keys = store.pinned_keys()
+        self.gateway_keys = keys
+        self.verifier = RecordVerifier(
+            keys, {d: seal_public_key(k) for d, k in store.seal_keys().items()}
+        )
+        self._inbox: queue.Queue[Inbound] = queue.Queue()
+        self._stopping = threading.Event()
+        self.connected = threading.Event()
+        self.stored = 0
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.instance,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._writer = threading.Thread(target=self._write_loop, name="fleet-writer", daemon=True)
+
+    def start(self) -> FleetService:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        props.ReceiveMaximum = self.config.receive_maximum
+        self._client.connect_async(
+            self.config.host, self.config.port, keepalive=10, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+        self._writer.start()
+        return self
+
+    def stop(self) -> None:
+        """Finish the batch in hand (stored and acknowledged), then disconnect."""
+        self._stopping.set()
+        self._writer.join(timeout=30)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # paho's network thread ----------------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("fleet: broker refused the connection: %s", reason)
+            return
+        share = f"$share/{self.config.group}/{self.config.prefix}"
+        client.subscribe(
+            [
+                (f"{share}/+/events", 1),
+                (f"{share}/+/alarms", 1),
+                (f"{share}/gateway/+/alarms", 1),
+                (f"{self.config.prefix}/gateway/+/checkpoint", 1),
+            ]
+        )
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.put(Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    # the writer thread -----------------------------------------------------------------------
+
+    def _next_batch(self) -> list[Inbound]:
+        try:
+            first = self._inbox.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        taken = [first]
+        deadline = time.monotonic() + self.config.batch_ms / 1000
+        while len(taken) < self.config.batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                taken.append(self._inbox.get(timeout=max(remaining, 0)) if remaining > 0
+                             else self._inbox.get_nowait())  # fmt: skip
+            except queue.Empty:
+                break
+        return taken
+
+    def _write_loop(self) -> None:
+        while not self._stopping.is_set() or not self._inbox.empty():
+            taken = self._next_batch()
+            if not taken:
+                continue
+            batch = Batch()
+            for item in taken:
+                self.classify(item.topic, item.payload, batch)
+            self._commit(batch)
+            for item in taken:  # only now: what they carried is committed
+                if item.qos > 0:
+                    self._client.ack(item.mid, item.qos)
+            self.stored += len(batch.records)
+
+    def _commit(self, batch: Batch) -> None:
+        """Write until it commits: a database outage delays messages, never drops them (they
+        stay unacknowledged: the broker still holds them)."""
+        for attempt in range(1_000_000):
+            try:
+                outcome = self.store.write(batch)
+            except psycopg.Error as exc:
+                delay = _RETRY_S[min(attempt, len(_RETRY_S) - 1)]
+                log.error("fleet: database write failed (retry in %.1f s): %s", delay, exc)
+                time.sleep(delay)
+                continue
+            if outcome.forks or outcome.chain_breaks or outcome.rejected:
+                log.error("fleet: alarms raised: %s", outcome)
+            return
+
+    def classify(self, topic: str, payload: bytes, batch: Batch) -> None:
+        """Verify one message into the batch: a record, an alarm, a checkpoint, or a rejection."""
+        levels = topic.split("/")
+        kind = levels[-1]
+        device = levels[-2] if len(levels) >= 2 else ""
+        try:
+            if kind == "events":
+                batch.records.append((self.verifier.open(device, payload), payload))
+            elif kind == "alarms":
+                batch.alarms.append(self._alarm(topic, payload, levels))
+            elif kind == "checkpoint":
+                batch.checkpoints.append(self._checkpoint(device, payload))
+        except RecordError as exc:
+            batch.rejections.append(Rejection(topic, exc.reason, exc.detail, payload, device))
+        except MessageError as exc:
+            batch.rejections.append(Rejection(topic, type(exc).__name__, str(exc), payload, device))
+        except (NoteError, UnicodeDecodeError, KeyError) as exc:
+            batch.rejections.append(Rejection(topic, "bad_checkpoint", str(exc), payload))
+
+    def _alarm(self, topic: str, payload: bytes, levels: list[str]) -> GatewayAlarm:
+        message = verify_message(topic, payload, self.gateway_keys)
+        device = None if len(levels) >= 3 and levels[-3] == "gateway" else levels[-2]
+        return GatewayAlarm(message.gateway, device, message.seq, message.time_ms, message.body)
+
+    def _checkpoint(self, gateway: str, payload: bytes) -> SignedCheckpoint:
+        keys = self.gateway_keys[gateway]
+        checkpoint = KeyHistory.one(keys[0]).open_checkpoint(payload.decode())
+        return SignedCheckpoint(gateway, checkpoint.size, checkpoint.root, checkpoint.note)

@@ -1,0 +1,291 @@
+"""The fleet ledger in PostgreSQL: one transaction per batch of verified messages.
+
+A batch is COPYed into a temporary staging table, then moved into `records` with ON CONFLICT
+DO NOTHING: (device, counter) is the key, so a redelivery, or the same record from two
+gateways, is stored once. A staged row whose key is held with another record hash is a fork:
+kept in `forks` and alarmed. The chain is judged in the same transaction, both ways (the new
+record against counter - 1, counter + 1 against the new record), under a per-device advisory
+lock taken in device order: two instances storing neighbouring counters of one seal take turns,
+so each sees the other's committed row and no link of the chain is left unjudged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+from sealink_verify.record import CountersignedRecord
+
+from sealink.errors import FleetError
+
+__all__ = ["Batch", "GatewayAlarm", "Rejection", "SignedCheckpoint", "Store", "StoreOutcome"]
+
+_GENESIS = bytes(32)
+_STAGE_COLUMNS = (
+    "device, counter, gateway, received_ms, stored_ms, cose, record_hash, prev, kind, permit, "
+    "operator, time_s, seal_verified"
+)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayAlarm:
+    gateway: str
+    device: str | None
+    seq: int
+    time_ms: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    gateway: str
+    size: int
+    root: bytes
+    note: str
+
+
+@dataclass
+class Batch:
+    records: list[tuple[CountersignedRecord, bytes]] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    alarms: list[GatewayAlarm] = field(default_factory=list)
+    checkpoints: list[SignedCheckpoint] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.rejections) + len(self.alarms) + len(self.checkpoints)
+
+
+@dataclass
+class StoreOutcome:
+    stored: int = 0
+    duplicates: int = 0
+    forks: int = 0
+    chain_breaks: int = 0
+    rejected: int = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """A connection pool to the fleet database and the batch writer."""
+
+    def __init__(self, dsn: str, *, max_size: int = 4) -> None:
+        self.dsn = dsn
+        try:  # one plain connection first: an unreachable database is one clear error
+            psycopg.connect(dsn, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise FleetError(f"database unreachable: {str(exc).strip()}") from None
+        self.pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            dsn, min_size=1, max_size=max_size, open=True, timeout=30, configure=_configure
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, batch: Batch) -> StoreOutcome:
+        """Store a batch in one transaction; returns what it did once committed."""
+        outcome = StoreOutcome()
+        with self.pool.connection() as conn, conn.transaction():
+            devices = sorted({r.device for r, _ in batch.records})
+            for device in devices:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device,))
+            if batch.records:
+                _stage(conn, batch.records)
+                _records(conn, outcome)
+            for rejection in batch.rejections:
+                _reject(conn, rejection, outcome)
+            for alarm in batch.alarms:
+                _gateway_alarm(conn, alarm)
+            for checkpoint in batch.checkpoints:
+                _checkpoint(conn, checkpoint)
+        return outcome
+
+    def pin_gateway(self, gateway: str, keys: Sequence[bytes]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO gateways (id, pinned_keys, added_ms) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET pinned_keys = EXCLUDED.pinned_keys",
+                (gateway, list(keys), _now_ms()),
+            )
+
+    def import_seal_keys(self, keys: Iterable[tuple[str, bytes]], source: str) -> int:
+        """Register seals' public keys; a seal already registered with another key is refused
+        (a key is replaced by a revocation, not by an import: issue 14's registry)."""
+        count = 0
+        with self.pool.connection() as conn, conn.transaction():
+            for device, key in keys:
+                row = conn.execute(
+                    "INSERT INTO devices (id, seal_key, key_source, first_seen_ms) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                    "seal_key = EXCLUDED.seal_key, key_source = EXCLUDED.key_source "
+                    "WHERE devices.seal_key IS NULL OR devices.seal_key = EXCLUDED.seal_key "
+                    "RETURNING id",
+                    (device, key, source, _now_ms()),
+                ).fetchone()
+                if row is None:
+                    raise FleetError(f"{device}: the registry holds another seal key for it")
+                count += 1
+        return count
+
+    def seal_keys(self) -> dict[str, bytes]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id, seal_key FROM devices WHERE seal_key IS NOT NULL")
+            return {str(r[0]): bytes(r[1]) for r in rows}
+
+    def pinned_keys(self) -> dict[str, list[bytes]]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id, pinned_keys FROM gateways")
+            return {str(r[0]): [bytes(k) for k in r[1]] for r in rows}
+
+
+def _configure(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    conn.autocommit = True  # transactions are explicit (conn.transaction())
+
+
+def _stage(
+    conn: psycopg.Connection[tuple[Any, ...]], records: list[tuple[CountersignedRecord, bytes]]
+) -> None:
+    # Per connection, made at first use (the pool may open connections before `migrate`).
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS staging AS SELECT {_STAGE_COLUMNS} FROM records "
+        "WITH NO DATA"
+    )
+    conn.execute("TRUNCATE staging")
+    now = _now_ms()
+    with conn.cursor() as cur, cur.copy(f"COPY staging ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+        for record, cose in records:
+            copy.write_row(
+                (
+                    record.device, record.counter, record.gateway, record.received_ms, now,
+                    cose, record.record_hash, record.prev, record.field_int("kind"),
+                    record.field_int("permit"), record.field_int("operator"),
+                    record.field_int("time_s"), record.seal_verified,
+                )
+            )  # fmt: skip
+
+
+def _records(conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome) -> None:
+    staged = conn.execute("SELECT count(*) FROM staging").fetchone()
+    inserted = conn.execute(
+        f"INSERT INTO records ({_STAGE_COLUMNS}) "
+        f"SELECT DISTINCT ON (device, counter) {_STAGE_COLUMNS} FROM staging "
+        "ORDER BY device, counter, received_ms ON CONFLICT (device, counter) DO NOTHING"
+    ).rowcount
+    outcome.stored += inserted
+    forks = conn.execute(
+        "INSERT INTO forks (device, counter, gateway, received_ms, stored_ms, cose, record_hash) "
+        "SELECT s.device, s.counter, s.gateway, s.received_ms, s.stored_ms, s.cose, "
+        "s.record_hash FROM staging s JOIN records r USING (device, counter) "
+        "WHERE r.record_hash <> s.record_hash ON CONFLICT DO NOTHING "
+        "RETURNING device, counter, gateway, encode(record_hash, 'hex')"
+    ).fetchall()
+    outcome.forks += len(forks)
+    outcome.duplicates += int(staged[0] if staged else 0) - inserted - len(forks)
+    for device, counter, gateway, digest in forks:
+        _alarm(conn, "fork", device, gateway, {"counter": counter, "record_sha256": digest},
+               f"fork:{device}:{counter}:{digest}")  # fmt: skip
+    _judge_chain(conn, outcome)
+
+
+def _judge_chain(conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome) -> None:
+    """chain_ok of each staged record (against counter - 1) and of its successor."""
+    judged = conn.execute(
+        "WITH held AS (SELECT r.device, r.counter FROM records r JOIN staging s "
+        "USING (device, counter) WHERE r.record_hash = s.record_hash), "
+        "targets AS (SELECT device, counter FROM held UNION "
+        "SELECT device, counter + 1 FROM held) "
+        "UPDATE records r SET chain_ok = CASE WHEN r.counter = 1 THEN r.prev = %s "
+        "ELSE r.prev = p.record_hash END "
+        "FROM targets t LEFT JOIN records p ON p.device = t.device AND p.counter = t.counter - 1 "
+        "WHERE r.device = t.device AND r.counter = t.counter "
+        "AND (r.counter = 1 OR p.record_hash IS NOT NULL) AND r.chain_ok IS NULL "
+        "RETURNING r.device, r.counter, r.gateway, r.chain_ok",
+        (_GENESIS,),
+    ).fetchall()
+    for device, counter, gateway, ok in judged:
+        if not ok:
+            outcome.chain_breaks += 1
+            _alarm(conn, "chain_break", device, gateway, {"counter": counter},
+                   f"chain_break:{device}:{counter}")  # fmt: skip
+
+
+def _alarm(
+    conn: psycopg.Connection[tuple[Any, ...]],
+    reason: str,
+    device: str | None,
+    gateway: str | None,
+    detail: dict[str, Any],
+    dedupe: str,
+) -> None:
+    conn.execute(
+        "INSERT INTO alarms (time_ms, source, gateway, device, reason, detail, dedupe) "
+        "VALUES (%s, 'fleet', %s, %s, %s, %s, %s) ON CONFLICT (dedupe) DO NOTHING",
+        (_now_ms(), gateway, device, reason, json.dumps(detail), dedupe),
+    )
+
+
+def _reject(
+    conn: psycopg.Connection[tuple[Any, ...]], rejection: Rejection, outcome: StoreOutcome
+) -> None:
+    digest = hashlib.sha256(rejection.topic.encode() + b"\0" + rejection.payload).digest()
+    row = conn.execute(
+        "INSERT INTO rejections (topic, reason, detail, payload, payload_sha, stored_ms) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (payload_sha) DO NOTHING RETURNING id",
+        (rejection.topic, rejection.reason, rejection.detail, rejection.payload, digest,
+         _now_ms()),
+    ).fetchone()  # fmt: skip
+    if row is not None:
+        outcome.rejected += 1
+        detail = {"topic": rejection.topic, "check": rejection.reason, "detail": rejection.detail}
+        _alarm(conn, "rejected", rejection.device, None, detail, f"rejected:{digest.hex()}")
+
+
+def _gateway_alarm(conn: psycopg.Connection[tuple[Any, ...]], alarm: GatewayAlarm) -> None:
+    conn.execute(
+        "INSERT INTO alarms (time_ms, source, gateway, device, reason, detail, dedupe) "
+        "VALUES (%s, 'gateway', %s, %s, %s, %s, %s) ON CONFLICT (dedupe) DO NOTHING",
+        (
+            alarm.time_ms,
+            alarm.gateway,
+            alarm.device,
+            str(alarm.body.get("reason") or alarm.body.get("code_name") or "alarm"),
+            json.dumps(alarm.body),
+            f"gateway:{alarm.gateway}:{alarm.seq}",
+        ),
+    )
+
+
+def _checkpoint(conn: psycopg.Connection[tuple[Any, ...]], cp: SignedCheckpoint) -> None:
+    row = conn.execute(
+        "INSERT INTO checkpoints (gateway, size, root, note, received_ms) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (gateway, size) DO UPDATE SET size = "
+        "checkpoints.size RETURNING root",
+        (cp.gateway, cp.size, cp.root, cp.note, _now_ms()),
+    ).fetchone()
+    if row is not None and bytes(row[0]) != cp.root:
+        detail = {"size": cp.size, "roots": [bytes(row[0]).hex(), cp.root.hex()]}
+        _alarm(conn, "split_view", None, cp.gateway, detail,
+               f"split_view:{cp.gateway}:{cp.size}:{cp.root.hex()}")  # fmt: skip
