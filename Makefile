@@ -15,7 +15,7 @@ system:
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[emulator,ble,tpm,tools,fleet,test]'
+	$(PY) -m pip install --quiet -e '.[emulator,ble,tpm,tools,fleet,console,test]'
 	touch $@
 
 lint: setup

@@ -11,6 +11,7 @@ sealink alarms list [--follow]            the alarms the gateway raised
 sealink evidence checkpoint|prove|consistency   the transparency log's checkpoints and proofs
 sealink witness init|run                  cosign gateways' checkpoints (SPEC §14.6)
 sealink fleet migrate|run|records|gaps|forks   the fleet ledger in PostgreSQL (issue 14)
+sealink console [init|user|audit] --config FILE   the operators' web console
 sealink verify EXPORT --public-key PEM    an auditor's offline check (package sealink_verify)
 sealink demo --stamps N [--json]          everything on one machine (package sealink_sim)
 
@@ -33,6 +34,7 @@ from sealink.cli import (
     alarms,
     authority,
     configcheck,
+    console,
     devices,
     events,
     evidence,
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         alarms,
         evidence,
         witness,
+        console,
         fleet,
     )
     for noun in nouns:

@@ -1,0 +1,161 @@
+"""The console's TOML configuration, validated with errors that name key and problem.
+
+[console]
+listen = "127.0.0.1:8470"            # host:port of the web server (port 0: any free port)
+data_dir = "console-data"            # its SQLite: accounts, sessions' audit, acks, records
+secret_key_file = "console.secret"   # signs session cookies; `sealink console init`, 0600
+approver = "ops-console"             # optional: the approver name its requests are signed as
+approver_key_file = "approver.key"   # optional: that approver's key (SPEC §11.5)
+
+[mqtt]                               # as the gateway's [mqtt] (host, port, prefix, tls, ...)
+host = "127.0.0.1"
+
+[[gateways]]                         # each gateway it follows, with its pinned public key
+id = "gw-1"
+public_key = "gw-1.pub.pem"          # `sealink keys show` on that gateway
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sealink.config import NAME_RE, MqttConfig, parse_mqtt, read_toml
+from sealink.errors import ConfigError, SealinkError
+
+__all__ = [
+    "ConsoleConfig",
+    "ConsoleError",
+    "FollowedGateway",
+    "load_console_config",
+    "parse_console_config",
+]
+
+_CONSOLE_KEYS = ("listen", "data_dir", "secret_key_file", "approver", "approver_key_file")
+_GATEWAY_KEYS = ("id", "public_key")
+
+
+class ConsoleError(SealinkError):
+    """The console cannot start, or a console command cannot do what it was asked."""
+
+
+@dataclass(frozen=True)
+class FollowedGateway:
+    gateway_id: str
+    public_raw: bytes  # its Ed25519 countersigning key, pinned
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    listen: tuple[str, int]
+    data_dir: Path
+    secret_key_file: Path
+    mqtt: MqttConfig
+    gateways: tuple[FollowedGateway, ...]
+    approver: str | None = None
+    approver_key_file: Path | None = None
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "console.sqlite"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"sealink-console-{os.getpid()}"
+
+    def gateway_keys(self) -> dict[str, list[bytes]]:
+        """gateway id -> its keys, as sealink_verify.mqtt.verify_message takes them."""
+        return {g.gateway_id: [g.public_raw] for g in self.gateways}
+
+
+def _table(data: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(key, "must be a table")
+    for name in data:
+        if name not in known:
+            where = f"{key}.{name}" if key else name
+            raise ConfigError(where, f"unknown key (known: {', '.join(known)})")
+    return data
+
+
+def _str(table: dict[str, Any], key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.{key}", "missing, or not a non-empty string")
+    return value
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("console.listen", f"must be host:port, port 0..65535; got {value!r}")
+    return host, int(port)
+
+
+def _public_key(path: Path, where: str) -> bytes:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(where, f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(where, f"{path}: not a PEM public key (`sealink keys show`)") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(where, f"{path}: not an Ed25519 key")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _gateways(raw: Any, resolve: Any) -> tuple[FollowedGateway, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("gateways", "follow at least one gateway ([[gateways]] id, public_key)")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"gateways[{i}]"
+        table = _table(item, where, _GATEWAY_KEYS)
+        gateway_id = _str(table, "id", where)
+        if not NAME_RE.match(gateway_id):
+            raise ConfigError(f"{where}.id", f"{gateway_id!r} is not a gateway id")
+        key = _public_key(resolve(_str(table, "public_key", where)), f"{where}.public_key")
+        out.append(FollowedGateway(gateway_id, key))
+    if len({g.gateway_id for g in out}) != len(out):
+        raise ConfigError("gateways", "a gateway is followed twice")
+    return tuple(out)
+
+
+def parse_console_config(
+    data: dict[str, Any], base: Path | None = None, check_files: bool = True
+) -> ConsoleConfig:
+    _table(data, "", ("console", "mqtt", "gateways"))
+    console = _table(data.get("console"), "console", _CONSOLE_KEYS)
+
+    def resolve(p: str) -> Path:
+        path = Path(os.path.expanduser(p))
+        return path if path.is_absolute() or base is None else base / path
+
+    approver = console.get("approver")
+    key_file = console.get("approver_key_file")
+    if (approver is None) != (key_file is None):
+        raise ConfigError("console.approver", "approver and approver_key_file go together")
+    if approver is not None and not NAME_RE.match(str(approver)):
+        raise ConfigError("console.approver", f"{approver!r} is not an approver name")
+    return ConsoleConfig(
+        listen=_listen(_str(console, "listen", "console")),
+        data_dir=resolve(_str(console, "data_dir", "console")),
+        secret_key_file=resolve(_str(console, "secret_key_file", "console")),
+        mqtt=parse_mqtt(data.get("mqtt", {}), base=base, check_files=check_files),
+        gateways=_gateways(data.get("gateways"), resolve),
+        approver=approver,
+        approver_key_file=resolve(_str(console, "approver_key_file", "console"))
+        if key_file is not None
+        else None,
+    )
+
+
+def load_console_config(path: str | os.PathLike[str], check_files: bool = True) -> ConsoleConfig:
+    path = Path(path)
+    return parse_console_config(read_toml(path), path.resolve().parent, check_files)

@@ -1,0 +1,68 @@
+"""Run the console: the feed, the store and the web app on one event loop, served by uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+
+from sealink.console.auth import load_secret
+from sealink.console.config import ConsoleConfig, ConsoleError
+from sealink.console.feed import Feed
+from sealink.console.store import Store
+from sealink.console.web import Console, build_app
+
+__all__ = ["serve"]
+
+log = logging.getLogger("sealink.console")
+
+_GRACE_S = 2  # open event streams never end by themselves: shutdown closes them after this
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts, so the URL (port 0: the one the
+    kernel chose) is known at once; connections made meanwhile wait in its backlog."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConsoleError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+async def serve(config: ConsoleConfig, on_listening: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM; `on_listening` gets the URL once the socket is bound."""
+    secret = load_secret(config.secret_key_file)
+    store = Store(config.database)
+    console = Console(Feed(config.mqtt, config.gateway_keys(), config.client_id), store)
+    console.feed.add_sink(console.on_update)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with console.feed:
+            yield
+
+    try:
+        host, port = config.listen
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(console, secret, lifespan=lifespan),
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=_GRACE_S,
+            )
+        )
+        sock = _bound(host, port)
+        on_listening(f"http://{host}:{sock.getsockname()[1]}")
+        await server.serve(sockets=[sock])
+    finally:
+        store.close()

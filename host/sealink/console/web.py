@@ -1,0 +1,264 @@
+"""The console's web application: Starlette routes, Jinja2 pages, Server-Sent Events.
+
+Every page but the login needs a session; every POST needs the session's CSRF token; what a
+role may do is checked here, on the server, whatever the page showed. The live model is the
+feed's (sealink.console.feed); this module only renders it and records what users do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from sealink.console.auth import Throttle, check_password, random_token
+from sealink.console.feed import Alarm, Feed, Health, Impression, Update
+from sealink.console.roles import role_at_least
+from sealink.console.store import Account, Store
+
+__all__ = ["Console", "build_app"]
+
+_HERE = Path(__file__).parent
+_SESSION_S = 8 * 3600
+_PING_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
+_Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _time_ms(ms: Any) -> str:
+    if not isinstance(ms, int) or ms <= 0:
+        return "—"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _time_s(s: Any) -> str:
+    return _time_ms(s * 1000) if isinstance(s, int) and s > 0 else "unset"
+
+
+class Console:
+    """What the routes share: the feed, the store, the templates, the SSE listeners."""
+
+    def __init__(self, feed: Feed, store: Store, actions: Any = None) -> None:
+        self.feed = feed
+        self.store = store
+        self.actions = actions  # the approval path (None: the console is read-only)
+        self.throttle = Throttle()
+        self.env = Environment(
+            loader=FileSystemLoader(_HERE / "templates"),
+            autoescape=select_autoescape(["html"]),
+        )
+        self.env.filters["ms"] = _time_ms
+        self.env.filters["s"] = _time_s
+        self._listeners: set[asyncio.Queue[tuple[str, str]]] = set()
+
+    # the feed's sink: store first, then tell the pages ------------------------------------------
+
+    def on_update(self, update: Update) -> None:
+        if isinstance(update, Impression):
+            self.store.add_record(update)
+            self._broadcast("impression", self.fragment("_impression.html", r=update))
+        elif isinstance(update, Alarm):
+            self.store.add_alarm(update)
+            fragment = self.fragment("_alarm.html", a=update, by=None, at=None, csrf="")
+            self._broadcast("alarm", fragment)
+        elif isinstance(update, Health):
+            self._broadcast("health", self.fragment("_device.html", d=update))
+
+    def _broadcast(self, event: str, data: str) -> None:
+        for queue in self._listeners:
+            if not queue.full():
+                queue.put_nowait((event, data))
+
+    def fragment(self, name: str, **context: Any) -> str:
+        return self.env.get_template(name).render(**context)
+
+    async def stream(self) -> AsyncIterator[str]:
+        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(1000)
+        self._listeners.add(queue)
+        try:
+            yield ": connected\n\n"
+            while True:
+                try:
+                    event, data = await asyncio.wait_for(queue.get(), _PING_S)
+                except TimeoutError:
+                    yield ": ping\n\n"
+                    continue
+                lines = "".join(f"data: {line}\n" for line in data.splitlines())
+                yield f"event: {event}\n{lines}\n"
+        finally:
+            self._listeners.discard(queue)
+
+    # pages -------------------------------------------------------------------------------------
+
+    def page(self, request: Request, name: str, user: Account, **context: Any) -> HTMLResponse:
+        body = self.env.get_template(name).render(
+            user=user, csrf=request.session.get("csrf", ""), path=request.url.path, **context
+        )
+        return HTMLResponse(body)
+
+
+def _user(console: Console, request: Request) -> Account | None:
+    """The session's account, looked up again each time: a disabled account is out at once."""
+    name = request.session.get("user")
+    account = console.store.account(name) if isinstance(name, str) else None
+    return account if account is not None and not account.disabled else None
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+async def _checked_form(request: Request) -> dict[str, str] | None:
+    """The POSTed form if it carries the session's CSRF token, else None."""
+    form = await request.form()
+    token = form.get("csrf")
+    expected = request.session.get("csrf")
+    if not isinstance(token, str) or not isinstance(expected, str):
+        return None
+    if not secrets.compare_digest(token, expected):
+        return None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _refused(console: Console, user: str, action: str, why: str, status: int) -> Response:
+    console.store.audit(user, action, "", "refused", why)
+    return HTMLResponse(f"<h1>Refused</h1><p>{why}</p>", status_code=status)
+
+
+def guarded(
+    console: Console, role: str, action: str | None = None
+) -> Callable[[Callable[[Request, Account, dict[str, str]], Awaitable[Response]]], _Handler]:
+    """A route that needs a session whose role is at least `role`; a POST also needs the CSRF
+    token (its form goes to the handler). `action` names it on the audit trail if refused."""
+
+    def wrap(fn: Callable[[Request, Account, dict[str, str]], Awaitable[Response]]) -> _Handler:
+        async def handler(request: Request) -> Response:
+            user = _user(console, request)
+            if user is None:
+                if request.method == "POST":
+                    return _refused(console, "-", action or "post", "not logged in", 403)
+                return RedirectResponse("/login", status_code=303)
+            form: dict[str, str] = {}
+            if request.method == "POST":
+                checked = await _checked_form(request)
+                if checked is None:
+                    return _refused(console, user.name, action or "post", "no CSRF token", 403)
+                form = checked
+            if not role_at_least(user.role, role):
+                why = f"needs role {role}, {user.name} is {user.role}"
+                return _refused(console, user.name, action or request.url.path, why, 403)
+            return await fn(request, user, form)
+
+        return handler
+
+    return wrap
+
+
+def _login_routes(console: Console) -> list[Route]:
+    async def login_page(request: Request) -> Response:
+        request.session.setdefault("csrf", random_token())
+        html = console.env.get_template("login.html").render(
+            csrf=request.session["csrf"], error=request.query_params.get("error")
+        )
+        return HTMLResponse(html)
+
+    async def login(request: Request) -> Response:
+        form = await _checked_form(request)
+        if form is None:
+            return _refused(console, "-", "login", "no CSRF token", 403)
+        name, password = form.get("name", ""), form.get("password", "")
+        if console.throttle.blocked(name, _client(request)):
+            console.store.audit(name, "login", _client(request), "refused", "throttled")
+            return RedirectResponse("/login?error=throttled", status_code=303)
+        account = console.store.account(name)
+        if not check_password(console.store, account, password):
+            console.throttle.failed(name, _client(request))
+            console.store.audit(name, "login", _client(request), "failed", "wrong name or password")
+            return RedirectResponse("/login?error=wrong", status_code=303)
+        console.throttle.succeeded(name)
+        request.session.clear()  # a new session on each login: no fixation of an old one
+        request.session.update({"user": name, "csrf": random_token(), "at": int(time.time())})
+        console.store.audit(name, "login", _client(request), "ok")
+        return RedirectResponse("/", status_code=303)
+
+    @guarded(console, "viewer", "logout")
+    async def logout(request: Request, user: Account, form: dict[str, str]) -> Response:
+        console.store.audit(user.name, "logout", _client(request), "ok")
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    return [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]
+
+
+def _view_routes(console: Console) -> list[Route]:
+    @guarded(console, "viewer")
+    async def impressions(request: Request, user: Account, form: dict[str, str]) -> Response:
+        rows = console.store.records(None, None, None, limit=200)
+        return console.page(request, "impressions.html", user, records=rows)
+
+    @guarded(console, "viewer")
+    async def alarms(request: Request, user: Account, form: dict[str, str]) -> Response:
+        return console.page(request, "alarms.html", user, alarms=console.store.alarms())
+
+    @guarded(console, "viewer")
+    async def devices(request: Request, user: Account, form: dict[str, str]) -> Response:
+        rows = sorted(console.feed.devices.values(), key=lambda d: d.device)
+        gateways = sorted(console.feed.gateways.values(), key=lambda g: g.gateway)
+        return console.page(request, "devices.html", user, devices=rows, gateways=gateways)
+
+    @guarded(console, "viewer")
+    async def stream(request: Request, user: Account, form: dict[str, str]) -> Response:
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(console.stream(), media_type="text/event-stream", headers=headers)
+
+    @guarded(console, "operator", "ack")
+    async def ack(request: Request, user: Account, form: dict[str, str]) -> Response:
+        key = form.get("key", "")
+        done = console.store.ack(key, user.name)
+        console.store.audit(
+            user.name,
+            "ack",
+            key,
+            "ok" if done else "failed",
+            "" if done else "no such unacknowledged alarm",
+        )
+        return RedirectResponse("/alarms", status_code=303)
+
+    return [
+        Route("/", impressions),
+        Route("/alarms", alarms),
+        Route("/alarms/ack", ack, methods=["POST"]),
+        Route("/devices", devices),
+        Route("/stream", stream),
+    ]
+
+
+def build_app(console: Console, secret: str, *, lifespan: Any = None) -> Starlette:
+    routes: list[Route | Mount] = [*_login_routes(console), *_view_routes(console)]
+    routes.append(Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"))
+    middleware = [
+        Middleware(
+            SessionMiddleware,  # signed cookie, HttpOnly; SameSite=Strict keeps other sites out
+            secret_key=secret,
+            session_cookie="sealink_console",
+            max_age=_SESSION_S,
+            same_site="strict",
+        )
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -1,0 +1,292 @@
+"""`sealink console` in a real browser: Debian's headless Chromium driven by Playwright, the
+console as a user starts it (`sealink console --config`, its own process), a real Mosquitto,
+a running gateway and a simulated seal over a pty.
+
+Screenshots of each step go to build/artifacts/console/<test>/ (printed by each test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import DEVICE, GatewayFiles, PtyLink, run, running, sealink
+from playwright.async_api import Browser, Page, async_playwright
+from sealink.config import PortConfig
+from sealink_sim.broker import Mosquitto
+from sealink_sim.simdevice import SimDevice
+from sealproto import messages
+from sealproto.messages import K_TYPE
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "artifacts" / "console"
+WAIT_MS = 15_000
+PASSWORD = "correct horse battery"
+USERS = {"alice": "approver", "oscar": "operator", "vera": "viewer"}
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium (tools/setup-system.sh installs it)"
+)
+
+
+@dataclass
+class ConsoleRig:
+    config: Path
+    url: str
+    process: subprocess.Popen[str]
+    shots: Path
+
+    def audit(self) -> list[dict[str, object]]:
+        done = sealink("console", "audit", "--json", "--config", str(self.config))
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _write_config(tmp_path: Path, files: GatewayFiles, broker: Mosquitto) -> Path:
+    pub = tmp_path / "gw-test.pub.pem"
+    pub.write_bytes(files.key.public_pem())
+    config = tmp_path / "console.toml"
+    config.write_text(
+        f"""
+[console]
+listen = "127.0.0.1:0"
+data_dir = "console-data"
+secret_key_file = "console.secret"
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+prefix = "sealink-test"
+
+[[gateways]]
+id = "gw-test"
+public_key = "{pub.name}"
+"""
+    )
+    return config
+
+
+def _prepare(tmp_path: Path, files: GatewayFiles, broker: Mosquitto) -> Path:
+    """The console's files, made with its own commands as an operator would."""
+    config = _write_config(tmp_path, files, broker)
+    done = sealink("console", "init", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "console.secret").stat().st_mode & 0o077 == 0
+    password = tmp_path / "password"
+    password.write_text(PASSWORD + "\n")
+    for name, role in USERS.items():
+        done = sealink(
+            "console", "user", "add", name, "--role", role,
+            "--password-file", str(password), "--config", str(config),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    return config
+
+
+@pytest.fixture
+def console(
+    tmp_path: Path, files: GatewayFiles, broker: Mosquitto, request: pytest.FixtureRequest
+) -> Iterator[ConsoleRig]:
+    config = _prepare(tmp_path, files, broker)
+    shots = ARTIFACTS / request.node.name
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
+    print(f"console screenshots: {shots}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sealink.cli", "console", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the console prints its URL once bound, or exits
+        assert "listening on " in line, f"console did not start: {line!r} {process.stderr}"
+        yield ConsoleRig(config, line.rsplit(" ", 1)[1].strip(), process, shots)
+    finally:
+        process.terminate()
+        try:
+            _, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+        assert "Traceback" not in err, err
+
+
+@contextlib.asynccontextmanager
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def _login(page: Page, rig: ConsoleRig, name: str, password: str = PASSWORD) -> None:
+    await page.goto(f"{rig.url}/login")
+    await page.fill("#name", name)
+    await page.fill("#password", password)
+    await page.click("#login")
+
+
+async def _shot(page: Page, rig: ConsoleRig, step: str) -> None:
+    await page.screenshot(path=str(rig.shots / f"{step}.png"), full_page=True)
+
+
+def _alarm(code: int) -> dict[int, int]:
+    return {
+        K_TYPE: messages.ALARM,
+        messages.AL_CODE: code,
+        messages.AL_TIME: 0,
+        messages.AL_DETAIL: 0,
+    }
+
+
+def test_operator_logs_in_watches_impressions_and_acknowledges_a_forced_stamp(
+    console: ConsoleRig, files: GatewayFiles, broker: Mosquitto, pty_link: PtyLink
+) -> None:
+    config = files.config(broker.port, ports=(PortConfig(pty_link.host_path),))
+
+    async def body() -> None:
+        async with (
+            browser() as chromium,
+            running(config),
+            SimDevice(DEVICE, files.device_keys[DEVICE], pty_link.device_end) as sim,
+        ):
+            await asyncio.wait_for(sim.welcomed.wait(), 10)
+            page = await chromium.new_page()
+            await _login(page, console, "oscar", "not the password")
+            await page.wait_for_selector("#error", timeout=WAIT_MS)
+            assert "/login" in page.url
+            await _shot(page, console, "01-wrong-password")
+            await _login(page, console, "oscar")
+            await page.wait_for_selector("#impressions", state="attached", timeout=WAIT_MS)
+            await page.wait_for_selector(".live.on", timeout=WAIT_MS)
+            await _shot(page, console, "02-logged-in")
+
+            await sim.stamp(1, permit=7, operator=42, time_s=1_790_000_000)
+            row = await page.wait_for_selector(
+                f'tr.impression[data-device="{DEVICE}"][data-counter="1"]', timeout=WAIT_MS
+            )
+            text = await row.inner_text()
+            for shown in ("impression", "7", "42", "verified", "gw-test"):
+                assert shown in text, text
+            await _shot(page, console, "03-live-impression")
+
+            await page.click("text=Devices")
+            await page.wait_for_selector(".live.on", timeout=WAIT_MS)
+            await sim.send_status(ST_BATTERY=3712, ST_BACKLOG=0, ST_FREE=321)
+            health = await page.wait_for_selector(
+                f'#device-{DEVICE}:has-text("3712")', timeout=WAIT_MS
+            )
+            text = await health.inner_text()
+            assert "online" in text and "321" in text and "simdevice" in text, text
+            await _shot(page, console, "04-device-health")
+
+            await page.click("text=Alarms")
+            await page.wait_for_selector(".live.on", timeout=WAIT_MS)
+            # A forced stamp, as the firmware makes one: a FORCED record, then ALARM FORCED_STAMP.
+            await sim.stamp(1, kind=messages.KIND_FORCED)
+            await sim.send_session(_alarm(messages.AL_FORCED_STAMP))
+            alarm = await page.wait_for_selector(
+                'tr.alarm:has-text("forced_stamp")', timeout=WAIT_MS
+            )
+            await _shot(page, console, "05-forced-stamp-alarm")
+            assert "device" in await alarm.inner_text()  # raised by the seal itself (source)
+            await page.click('tr.alarm:has-text("forced_stamp") .ack-button')
+            acked = await page.wait_for_selector(
+                'tr.alarm:has-text("forced_stamp") .by', timeout=WAIT_MS
+            )
+            assert await acked.inner_text() == "oscar"
+            await _shot(page, console, "06-acknowledged")
+            key = await page.get_attribute('tr.alarm:has-text("forced_stamp")', "data-key")
+
+            # CSRF: the same session, the same form, without the token, is refused.
+            refused = await page.request.post(
+                f"{console.url}/alarms/ack", form={"key": key}, max_redirects=0
+            )
+            assert refused.status == 403
+
+    run(body(), timeout=80)
+    rows = console.audit()
+    actions = [(r["user"], r["action"], r["outcome"]) for r in rows]
+    assert ("oscar", "login", "failed") in actions
+    assert ("oscar", "login", "ok") in actions
+    assert ("oscar", "ack", "ok") in actions
+    assert ("oscar", "ack", "refused") in actions, actions  # the POST without a CSRF token
+
+
+def test_a_viewer_cannot_acknowledge_and_a_disabled_account_is_out(
+    console: ConsoleRig, files: GatewayFiles, broker: Mosquitto
+) -> None:
+    async def body() -> None:
+        async with browser() as chromium:
+            page = await chromium.new_page()
+            await _login(page, console, "vera")
+            await page.wait_for_selector("#impressions", state="attached", timeout=WAIT_MS)
+            csrf = await page.get_attribute("main", "data-csrf")
+            # The server checks the role, whatever the page shows: a well-formed POST with
+            # the viewer's own CSRF token is refused.
+            refused = await page.request.post(
+                f"{console.url}/alarms/ack", form={"key": "gw-test:1", "csrf": csrf},
+                max_redirects=0,
+            )  # fmt: skip
+            assert refused.status == 403
+            await _shot(page, console, "01-viewer")
+            done = await asyncio.to_thread(
+                sealink, "console", "user", "disable", "vera", "--config", str(console.config)
+            )
+            assert done.returncode == 0, done.stderr
+            await page.goto(f"{console.url}/alarms")
+            assert page.url.endswith("/login"), page.url
+
+    run(body(), timeout=60)
+    actions = [(r["user"], r["action"], r["outcome"]) for r in console.audit()]
+    assert ("vera", "ack", "refused") in actions, actions
+
+
+def test_failed_logins_are_throttled_and_no_password_goes_on_the_command_line(
+    console: ConsoleRig, tmp_path: Path
+) -> None:
+    async def body() -> None:
+        async with browser() as chromium:
+            page = await chromium.new_page()
+            for _ in range(5):
+                await _login(page, console, "alice", "wrong password!")
+                await page.wait_for_selector("#error", timeout=WAIT_MS)
+            await _login(page, console, "alice")  # the right one, too late
+            error = await page.wait_for_selector("#error", timeout=WAIT_MS)
+            assert "Too many" in await error.inner_text()
+
+    run(body(), timeout=60)
+    outcomes = [r["outcome"] for r in console.audit() if r["action"] == "login"]
+    assert outcomes.count("failed") == 5 and outcomes[-1] == "refused", outcomes
+    done = sealink("console", "user", "add", "eve", "--role", "viewer", "--password", "x",
+                   "--config", str(console.config))  # fmt: skip
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr
+    env = {**os.environ}
+    done = subprocess.run(
+        [sys.executable, "-m", "sealink.cli", "console", "user", "add", "eve", "--role",
+         "viewer", "--config", str(console.config)],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--password-file" in done.stderr, done.stderr
