@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sealink.cli.common import add_command, iso_ms, print_json
 from sealink.errors import FleetError
+from sealink.logs import configure_logging
 
 if TYPE_CHECKING:
     from sealink.fleet import FleetConfig, Store
@@ -38,7 +39,7 @@ def _open(args: argparse.Namespace) -> tuple[FleetConfig, Store]:
             f"the fleet needs its extra: pip install 'sealink[fleet]' ({exc})"
         ) from None
     config = load_config(args.config)
-    return config, Store(config.database)
+    return config, Store(config.database, instance=config.instance)
 
 
 def _migrate(config: FleetConfig, store: Store) -> list[str]:
@@ -67,6 +68,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from sealink.fleet import FleetService
 
+    configure_logging("info")
     config, store = _open(args)
     with store:
         _migrate(config, store)

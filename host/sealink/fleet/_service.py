@@ -79,6 +79,7 @@ class FleetService:
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._writer = threading.Thread(target=self._write_loop, name="fleet-writer", daemon=True)
 
     def start(self) -> FleetService:
@@ -116,6 +117,17 @@ class FleetService:
                 (f"{self.config.prefix}/gateway/+/checkpoint", 1),
             ]
         )
+        log.info("fleet: connected, session present: %s", flags.session_present)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("fleet: the broker refused subscriptions: %s", ", ".join(failed))
+            return
+        # Tests and operators wait for this line: from now on the broker queues for us.
+        log.info("fleet: subscribed as %s in group %s", self.config.instance, self.config.group)
         self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -28,7 +28,8 @@ __all__ = ["Batch", "GatewayAlarm", "Rejection", "SignedCheckpoint", "Store", "S
 
 _GENESIS = bytes(32)
 _STAGE_COLUMNS = (
-    "device, counter, gateway, received_ms, stored_ms, cose, record_hash, prev, kind, permit, "
+    "device, counter, gateway, received_ms, stored_ms, stored_by, cose, record_hash, prev, kind, "
+    "permit, "
     "operator, time_s, seal_verified"
 )
 
@@ -86,8 +87,9 @@ def _now_ms() -> int:
 class Store:
     """A connection pool to the fleet database and the batch writer."""
 
-    def __init__(self, dsn: str, *, max_size: int = 4) -> None:
+    def __init__(self, dsn: str, *, instance: str = "", max_size: int = 4) -> None:
         self.dsn = dsn
+        self.instance = instance
         try:  # one plain connection first: an unreachable database is one clear error
             psycopg.connect(dsn, connect_timeout=10).close()
         except psycopg.Error as exc:
@@ -113,7 +115,7 @@ class Store:
             for device in devices:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device,))
             if batch.records:
-                _stage(conn, batch.records)
+                _stage(conn, batch.records, self.instance)
                 _records(conn, outcome)
             for rejection in batch.rejections:
                 _reject(conn, rejection, outcome)
@@ -166,7 +168,9 @@ def _configure(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
 
 
 def _stage(
-    conn: psycopg.Connection[tuple[Any, ...]], records: list[tuple[CountersignedRecord, bytes]]
+    conn: psycopg.Connection[tuple[Any, ...]],
+    records: list[tuple[CountersignedRecord, bytes]],
+    instance: str,
 ) -> None:
     # Per connection, made at first use (the pool may open connections before `migrate`).
     conn.execute(
@@ -180,7 +184,7 @@ def _stage(
             copy.write_row(
                 (
                     record.device, record.counter, record.gateway, record.received_ms, now,
-                    cose, record.record_hash, record.prev, record.field_int("kind"),
+                    instance, cose, record.record_hash, record.prev, record.field_int("kind"),
                     record.field_int("permit"), record.field_int("operator"),
                     record.field_int("time_s"), record.seal_verified,
                 )

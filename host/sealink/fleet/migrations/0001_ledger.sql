@@ -25,6 +25,7 @@ CREATE TABLE records (
     gateway       text NOT NULL,
     received_ms   bigint NOT NULL,
     stored_ms     bigint NOT NULL,
+    stored_by     text NOT NULL,  -- the fleet instance whose transaction stored it
     cose          bytea NOT NULL,
     record_hash   bytea NOT NULL,
     prev          bytea NOT NULL,
