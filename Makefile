@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STAMPS ?= 50
 
-.PHONY: setup system test lint demo bench fuzz install
+.PHONY: setup system test test-slow lint demo bench fuzz install
 
 setup: system $(STAMP)
 
@@ -25,6 +25,10 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest
+
+# The tests marked slow (each over ~30 s), kept out of `make test` so CI's run stays short.
+test-slow: setup
+	$(VENV)/bin/pytest -m slow
 
 demo: setup
 	$(VENV)/bin/sealink demo --stamps $(STAMPS)

@@ -333,3 +333,24 @@ def test_a_failure_names_the_device_log_and_the_wire_hexdump(
             f"decoded wire log: {tmp_path}*wire.log*",
         ]
     )
+
+
+def test_slow_and_soak_tests_run_only_when_asked_for(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marks="""
+        import pytest
+
+        @pytest.mark.slow
+        def test_long(): pass
+
+        @pytest.mark.soak
+        def test_soak(): pass
+
+        def test_quick(): pass
+        """
+    )
+    _run(pytester).assert_outcomes(passed=1, deselected=2)
+    _run(pytester, "-m", "slow").assert_outcomes(passed=1, deselected=2)
+    _run(pytester, "-m", "slow or not slow").assert_outcomes(passed=2, deselected=1)
+    # Named by its node id, a slow test runs without -m (a developer replaying one).
+    _run(pytester, "test_marks.py::test_long").assert_outcomes(passed=1)

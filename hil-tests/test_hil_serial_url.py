@@ -172,6 +172,8 @@ def _run_suite(pytester: pytest.Pytester, bench: _Bench, name: str) -> list[dict
     return cases
 
 
+# ~55 s (the HIL suite, twice, in pytester): `make test-slow`.
+@pytest.mark.slow
 def test_the_suite_passes_twice_in_a_row_on_a_board_with_history(
     pytester: pytest.Pytester, bench: _Bench
 ) -> None:

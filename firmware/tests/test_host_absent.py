@@ -46,6 +46,8 @@ def _pump(port: serial.Serial, peer: Peer, until, timeout: float) -> None:
                 port.write(answer)
 
 
+# ~100 s (1,990 presses through the real firmware): `make test-slow`.
+@pytest.mark.slow
 def test_a_journal_filled_without_host_survives_a_power_cut_then_drains_in_order(
     tmp_path: Path,
 ) -> None:

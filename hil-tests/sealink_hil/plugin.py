@@ -273,8 +273,23 @@ def needed_capabilities(item: pytest.Item) -> list[str]:
     return needed
 
 
-# Markers whose tests run only when the -m expression names them.
+# Markers whose tests run only when the -m expression names them, or the test is named on
+# the command line by its node id (`pytest path::test_name`).
 _OPT_IN_MARKERS = ("soak", "slow")
+
+
+def _named_tests(config: pytest.Config) -> set[str]:
+    """The node ids (rootdir-relative, without parameters) given as arguments."""
+    named = set()
+    for arg in config.args:
+        path, sep, name = arg.partition("::")
+        if sep:
+            try:
+                relative = Path(path).resolve().relative_to(config.rootpath)
+            except ValueError:  # outside the rootdir: not one of this project's node ids
+                continue
+            named.add(f"{relative.as_posix()}::{name.split('[')[0]}")
+    return named
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -282,13 +297,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skips."""
     hil = settings(config)
     markexpr = config.getoption("markexpr") or ""
+    named = _named_tests(config)
     for marker in _OPT_IN_MARKERS:
         if marker in markexpr:
             continue
-        held = [item for item in items if item.get_closest_marker(marker)]
+        held = [
+            item
+            for item in items
+            if item.get_closest_marker(marker) and item.nodeid.split("[")[0] not in named
+        ]
         if held:
             config.hook.pytest_deselected(items=held)
-            items[:] = [item for item in items if not item.get_closest_marker(marker)]
+            items[:] = [item for item in items if item not in held]
     for item in items:
         for capability in needed_capabilities(item):
             try:
