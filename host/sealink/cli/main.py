@@ -8,6 +8,7 @@ sealink devices add|list|quarantine|release|adopt   seals, and what an operator 
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
 sealink events list [--follow]|export     stored events: columns or JSON Lines; evidence
 sealink alarms list [--follow]            the alarms the gateway raised
+sealink watch --config FILE               live seals, impressions and alarms in the terminal
 sealink evidence checkpoint|prove|consistency   the transparency log's checkpoints and proofs
 sealink witness init|run                  cosign gateways' checkpoints (SPEC §14.6)
 sealink fleet migrate|run|records|gaps|forks   the fleet ledger in PostgreSQL (issue 14)
@@ -43,6 +44,7 @@ from sealink.cli import (
     ledger,
     permits,
     run,
+    watch,
     witness,
 )
 from sealink.errors import SealinkError
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         alarms,
         evidence,
         witness,
+        watch,
         console,
         fleet,
     )
