@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from conftest import DEVICE, GatewayFiles, run, running, sealink
@@ -81,7 +82,30 @@ def test_watch_shows_verified_impressions_and_health_and_counts_a_forgery(
     run(body(), timeout=90)
 
 
-def test_watch_refuses_to_start_without_a_terminal(files: GatewayFiles) -> None:
-    done = sealink("watch", "--config", str(files.root / "gateway.toml"), env={**os.environ})
+def _config(tmp_path: Path, files: GatewayFiles) -> Path:
+    path = tmp_path / "sealink.toml"
+    path.write_text(
+        f'[gateway]\nid = "gw-test"\nkey_file = "{files.key_file}"\n'
+        f'ledger = "{files.ledger_path}"\n'
+    )
+    return path
+
+
+def test_watch_refuses_to_start_without_a_terminal(tmp_path: Path, files: GatewayFiles) -> None:
+    done = sealink("watch", "--config", str(_config(tmp_path, files)), env={**os.environ})
     assert done.returncode == 2
     assert "draws on a terminal" in done.stderr
+
+
+def test_a_bad_gateway_key_is_named(tmp_path: Path, files: GatewayFiles) -> None:
+    config = str(_config(tmp_path, files))
+    done = sealink("watch", "--config", config, "--gateway-key", "gw-2")
+    assert (done.returncode, done.stderr.strip()) == (
+        2,
+        "sealink: error: --gateway-key 'gw-2': expected ID=PEM-FILE",
+    )
+    not_pem = tmp_path / "key.pem"
+    not_pem.write_text("hello")
+    done = sealink("watch", "--config", config, "--gateway-key", f"gw-2={not_pem}")
+    assert done.returncode == 2
+    assert f"{not_pem}: not an Ed25519 public key PEM" in done.stderr

@@ -12,12 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_public_key,
-)
+from sealink_verify.bundle import ed25519_raw
 
 from sealink.cli.common import add_command, load, with_config
 from sealink.crypto import GatewayKey
@@ -38,19 +33,18 @@ def _pinned_keys(
         if not gateway or not sep or not path:
             raise SealinkError(f"--gateway-key {item!r}: expected ID=PEM-FILE")
         try:
-            public = load_pem_public_key(Path(path).read_bytes())
+            raw = ed25519_raw(Path(path).read_bytes())
         except OSError as exc:
             raise SealinkError(f"--gateway-key: cannot read {path}: {exc.strerror}") from None
         except ValueError as exc:
-            raise SealinkError(f"--gateway-key: {path} is not a PEM public key ({exc})") from None
-        if not isinstance(public, Ed25519PublicKey):
-            raise SealinkError(f"--gateway-key: {path} is not an Ed25519 key")
-        raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+            raise SealinkError(f"--gateway-key: {path}: {exc}") from None
         keys.setdefault(gateway, []).append(raw)
     return keys
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    config = load(args)
+    keys = _pinned_keys(args, config.gateway_id, config.key_file)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise SealinkError(
             "`sealink watch` draws on a terminal; without one use "
@@ -63,8 +57,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise SealinkError(
             f"`sealink watch` needs the console extra: pip install 'sealink[console]' ({exc})"
         ) from None
-    config = load(args)
-    keys = _pinned_keys(args, config.gateway_id, config.key_file)
     client_id = f"{config.client_id}-watch-{os.getpid()}"
     WatchApp(Feed(config.mqtt, keys, client_id)).run()
     return 0
