@@ -13,8 +13,9 @@ session to expire.
 Checkpoints are retained, and retained messages never reach a shared subscription (MQTT 5
 §4.8.2): every instance subscribes to them directly; storing one is idempotent.
 
-Threads: paho's network thread only queues what arrives; one writer thread verifies, writes a
-batch per transaction, then acknowledges the batch in arrival order.
+Threads: paho's network thread only queues what arrives; a verifier thread checks a batch
+while the writer thread stores the one before in one transaction, then acknowledges it in
+arrival order (batches are stored, and so acknowledged, in the order they arrived).
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ class FleetService:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        # Verified batches waiting for the store: two, so verification (CPU, holding the GIL)
+        # overlaps the transaction of the batch before (I/O, psycopg releases the GIL).
+        self._verified: queue.Queue[tuple[Batch, list[Inbound]] | None] = queue.Queue(2)
+        self._verifier = threading.Thread(
+            target=self._verify_loop, name="fleet-verify", daemon=True
+        )
         self._writer = threading.Thread(target=self._write_loop, name="fleet-writer", daemon=True)
 
     def start(self) -> FleetService:
@@ -90,12 +97,14 @@ class FleetService:
             self.config.host, self.config.port, keepalive=10, clean_start=False, properties=props
         )
         self._client.loop_start()
+        self._verifier.start()
         self._writer.start()
         return self
 
     def stop(self) -> None:
         """Finish the batch in hand (stored and acknowledged), then disconnect."""
         self._stopping.set()
+        self._verifier.join(timeout=30)
         self._writer.join(timeout=30)
         self._client.disconnect()
         self._client.loop_stop()
@@ -151,7 +160,7 @@ class FleetService:
                 break
         return taken
 
-    def _write_loop(self) -> None:
+    def _verify_loop(self) -> None:
         while not self._stopping.is_set() or not self._inbox.empty():
             taken = self._next_batch()
             if not taken:
@@ -159,6 +168,12 @@ class FleetService:
             batch = Batch()
             for item in taken:
                 self.classify(item.topic, item.payload, batch)
+            self._verified.put((batch, taken))
+        self._verified.put(None)
+
+    def _write_loop(self) -> None:
+        while (work := self._verified.get()) is not None:
+            batch, taken = work
             self._commit(batch)
             for item in taken:  # only now: what they carried is committed
                 if item.qos > 0:

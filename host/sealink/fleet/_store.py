@@ -174,10 +174,9 @@ def _stage(
 ) -> None:
     # Per connection, made at first use (the pool may open connections before `migrate`).
     conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS staging AS SELECT {_STAGE_COLUMNS} FROM records "
-        "WITH NO DATA"
+        "CREATE TEMP TABLE IF NOT EXISTS staging ON COMMIT DELETE ROWS AS "
+        f"SELECT {_STAGE_COLUMNS} FROM records WITH NO DATA"
     )
-    conn.execute("TRUNCATE staging")
     now = _now_ms()
     with conn.cursor() as cur, cur.copy(f"COPY staging ({_STAGE_COLUMNS}) FROM STDIN") as copy:
         for record, cose in records:

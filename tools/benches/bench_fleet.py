@@ -1,0 +1,227 @@
+"""The fleet ledger's ingest (issue 14), beside its two ceilings, all in one run.
+
+    .venv/bin/python tools/bench.py fleet
+
+RECORDS countersigned records (SEALS simulated seals, one gateway key; sealink_sim.fleetrig)
+are made once, then:
+
+- `verify_per_s`: sealink_verify.record's check of records alone (countersignature, seal
+  signature), in this process, the best of three passes: the CPU ceiling of one instance.
+- `copy_rows_per_s`: a raw COPY of the same rows into the same `records` table of a fresh
+  database, one transaction: the storage ceiling.
+- `records_per_s` with 1 and 2 `sealink fleet run` processes: their sessions are made (the
+  instances start, subscribe and stop), every record is published while they are away (the
+  broker queues them in their sessions), then they start again; from the moment the last one
+  has subscribed to the moment PostgreSQL holds every record, fully verified and chained.
+
+`fraction_of_ceiling` = records_per_s / the lower ceiling, the CPU one counted once per
+instance (each instance verifies on its own core where the machine has them).
+
+    {"bench": "fleet", "instances": 1, "records_per_s": ..., "copy_rows_per_s": ...,
+     "verify_per_s": ..., "fraction_of_ceiling": ..., "records": ..., "cores": ...}
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from sealink.fleet import migrate
+from sealink_sim.broker import Mosquitto
+from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
+from sealink_sim.postgres import PostgresCluster
+from sealink_verify.audit import seal_public_key
+from sealink_verify.record import RecordVerifier
+
+RECORDS = int(os.environ.get("SEALINK_BENCH_FLEET_RECORDS", "12000"))
+SEALS = 40
+PREFIX = "bench"
+_TIMEOUT_S = 600.0
+_COLUMNS = (
+    "device, counter, gateway, received_ms, stored_ms, stored_by, cose, record_hash, prev, "
+    "kind, permit, operator, time_s, seal_verified"
+)
+
+
+def _records(gateway: SimGateway, seals: list[SimSeal]) -> list[tuple[str, bytes]]:
+    per_seal = RECORDS // len(seals)
+    return [
+        (seal.device, cose) for seal in seals for _counter, cose in gateway.records(seal, per_seal)
+    ]
+
+
+def _verify_per_s(
+    gateway: SimGateway, seals: list[SimSeal], records: list[tuple[str, bytes]]
+) -> float:
+    verifier = RecordVerifier(
+        {gateway.id: [gateway.key.public_raw()]},
+        {s.device: seal_public_key(s.chip.public) for s in seals},
+    )
+    # The best of three passes over a third of the records: this machine is shared, and a
+    # ceiling measured in a slow moment would flatter the ingest beside it.
+    sample = records[: max(1, len(records) // 3)]
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for device, cose in sample:
+            verifier.open(device, cose)
+        best = max(best, len(sample) / (time.perf_counter() - start))
+    return best
+
+
+def _copy_rows_per_s(
+    dsn: str, gateway: SimGateway, seals: list[SimSeal], records: list[tuple[str, bytes]]
+) -> float:
+    verifier = RecordVerifier({gateway.id: [gateway.key.public_raw()]})
+    rows = []
+    for device, cose in records:
+        r = verifier.open(device, cose)
+        rows.append((r.device, r.counter, r.gateway, r.received_ms, 0, "copy", cose, r.record_hash,
+                     r.prev, r.field_int("kind"), r.field_int("permit"), r.field_int("operator"),
+                     r.field_int("time_s"), True))  # fmt: skip
+    with psycopg.connect(dsn) as conn:
+        migrate(conn)
+        start = time.perf_counter()
+        with (
+            conn.transaction(),
+            conn.cursor() as cur,
+            cur.copy(f"COPY records ({_COLUMNS}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        elapsed = time.perf_counter() - start
+    return len(rows) / elapsed
+
+
+class _Instance:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.log = config.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        seen = self.log.read_text().count("fleet: subscribed") if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sealink.cli", "fleet", "run", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        _wait(lambda: self.log.read_text().count("fleet: subscribed") > seen, "subscribed")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+def _wait(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + _TIMEOUT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench fleet: timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM records WHERE chain_ok").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _publish(port: int, records: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = [client.publish(f"{PREFIX}/{d}/events", cose, qos=1) for d, cose in records]
+    for info in infos:
+        info.wait_for_publish(_TIMEOUT_S)
+    client.disconnect()
+    client.loop_stop()
+
+
+def _sealink(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "sealink.cli", *args], check=True, capture_output=True)
+
+
+def _instances(work: Path, dsn: str, port: int, gateway: SimGateway, count: int) -> list[_Instance]:
+    pem = gateway.write_public_key(work / "gw.pem")
+    return [
+        _Instance(
+            write_fleet_config(
+                work / f"fleet-{count}-{n}.toml",
+                database=dsn,
+                instance=f"fleet-{count}-{n}",
+                port=port,
+                prefix=PREFIX,
+                gateways={gateway.id: pem},
+                group=f"bench-{count}",
+            )
+        )
+        for n in range(count)
+    ]
+
+
+def _ingest(
+    work: Path,
+    pg: PostgresCluster,
+    broker: Mosquitto,
+    gateway: SimGateway,
+    seals: list[SimSeal],
+    records: list[tuple[str, bytes]],
+    instances: int,
+) -> float:
+    dsn = pg.database(f"ingest_{instances}")
+    fleet = _instances(work, dsn, broker.port, gateway, instances)
+    registry = work / "seals.jsonl"
+    registry.write_text(
+        "".join(f'{{"device": "{s.device}", "seal_key": "{s.chip.public.hex()}"}}\n' for s in seals)
+    )
+    _sealink("fleet", "migrate", "-c", str(fleet[0].config))
+    _sealink("fleet", "devices", "import", str(registry), "-c", str(fleet[0].config))
+    for instance in fleet:  # make the sessions, then leave: the broker queues for them
+        instance.start()
+        instance.stop()
+    _publish(broker.port, records)
+    for instance in fleet:
+        instance.start()
+    start = time.perf_counter()
+    _wait(lambda: _count(dsn) >= len(records), f"{len(records)} records stored")
+    elapsed = time.perf_counter() - start
+    for instance in fleet:
+        instance.stop()
+    return len(records) / elapsed
+
+
+def run() -> list[dict[str, Any]]:
+    with (
+        tempfile.TemporaryDirectory(prefix="sealink-bench-fleet-") as tmp,
+        PostgresCluster() as pg,
+        Mosquitto(Path(tmp) / "broker") as broker,
+    ):
+        work = Path(tmp)
+        gateway = SimGateway("gw-bench")
+        seals = [SimSeal(f"seal-{i:04d}") for i in range(SEALS)]
+        records = _records(gateway, seals)
+        verify = _verify_per_s(gateway, seals, records)
+        copy = _copy_rows_per_s(pg.database("copy"), gateway, seals, records)
+        results = []
+        for instances in (1, 2):
+            rate = _ingest(work, pg, broker, gateway, seals, records, instances)
+            ceiling = min(copy, verify * min(instances, os.cpu_count() or 1))
+            results.append({
+                "bench": "fleet", "instances": instances, "records_per_s": round(rate),
+                "copy_rows_per_s": round(copy), "verify_per_s": round(verify),
+                "fraction_of_ceiling": round(rate / ceiling, 3), "records": len(records),
+                "cores": os.cpu_count(),
+            })  # fmt: skip
+        return results
