@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import DEVICE, GatewayFiles, PtyLink, run, running, sealink
 from playwright.async_api import Browser, Page, async_playwright
+from sealink.approvals import ACTIONS, ApproverKey
 from sealink.config import PortConfig
 from sealink_sim.broker import Mosquitto
 from sealink_sim.simdevice import SimDevice
@@ -39,6 +40,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "artifacts" / "console"
 WAIT_MS = 15_000
 PASSWORD = "correct horse battery"
+APPROVER = "ops-console"
 USERS = {"alice": "approver", "oscar": "operator", "vera": "viewer"}
 
 pytestmark = pytest.mark.skipif(
@@ -59,7 +61,20 @@ class ConsoleRig:
         return [json.loads(line) for line in done.stdout.splitlines()]
 
 
-def _write_config(tmp_path: Path, files: GatewayFiles, broker: Mosquitto) -> Path:
+def _approver(tmp_path: Path, files: GatewayFiles) -> str:
+    """An approver key for the console, registered with the gateway (SPEC §11.5)."""
+    key = ApproverKey.generate()
+    key.save(tmp_path / "approver.key")
+    ledger = files.ledger()
+    try:
+        ledger.add_approver(APPROVER, key.public_raw(), ACTIONS)
+    finally:
+        ledger.close()
+    return f'approver = "{APPROVER}"\napprover_key_file = "approver.key"'
+
+
+def _write_config(tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool) -> Path:
+    """The console's TOML; with `approver`, the console may change seals."""
     pub = tmp_path / "gw-test.pub.pem"
     pub.write_bytes(files.key.public_pem())
     config = tmp_path / "console.toml"
@@ -69,6 +84,7 @@ def _write_config(tmp_path: Path, files: GatewayFiles, broker: Mosquitto) -> Pat
 listen = "127.0.0.1:0"
 data_dir = "console-data"
 secret_key_file = "console.secret"
+{_approver(tmp_path, files) if approver else ""}
 
 [mqtt]
 host = "127.0.0.1"
@@ -83,9 +99,9 @@ public_key = "{pub.name}"
     return config
 
 
-def _prepare(tmp_path: Path, files: GatewayFiles, broker: Mosquitto) -> Path:
+def _prepare(tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool) -> Path:
     """The console's files, made with its own commands as an operator would."""
-    config = _write_config(tmp_path, files, broker)
+    config = _write_config(tmp_path, files, broker, approver)
     done = sealink("console", "init", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "console.secret").stat().st_mode & 0o077 == 0
@@ -104,7 +120,8 @@ def _prepare(tmp_path: Path, files: GatewayFiles, broker: Mosquitto) -> Path:
 def console(
     tmp_path: Path, files: GatewayFiles, broker: Mosquitto, request: pytest.FixtureRequest
 ) -> Iterator[ConsoleRig]:
-    config = _prepare(tmp_path, files, broker)
+    # Indirect parametrisation (True) gives the console an approver key (test_console_approvals).
+    config = _prepare(tmp_path, files, broker, getattr(request, "param", False))
     shots = ARTIFACTS / request.node.name
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
@@ -225,6 +242,12 @@ def test_operator_logs_in_watches_impressions_and_acknowledges_a_forced_stamp(
                 f"{console.url}/alarms/ack", form={"key": key}, max_redirects=0
             )
             assert refused.status == 403
+
+            await page.goto(f"{console.url}/search?device={DEVICE}")
+            assert await page.locator("#results tr.impression").count() == 2
+            await page.goto(f"{console.url}/search?device=no-such-seal")
+            assert await page.locator("#results tr.impression").count() == 0
+            await _shot(page, console, "07-search")
 
     run(body(), timeout=80)
     rows = console.audit()

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Callable
 import uvicorn
 from starlette.applications import Starlette
 
+from sealink.console.actions import Actions
+from sealink.console.app import build_app
 from sealink.console.auth import load_secret
 from sealink.console.config import ConsoleConfig, ConsoleError
 from sealink.console.feed import Feed
 from sealink.console.store import Store
-from sealink.console.web import Console, build_app
+from sealink.console.web import Console
 
 __all__ = ["serve"]
 
@@ -44,10 +46,17 @@ async def serve(config: ConsoleConfig, on_listening: Callable[[str], None]) -> N
     store = Store(config.database)
     console = Console(Feed(config.mqtt, config.gateway_keys(), config.client_id), store)
     console.feed.add_sink(console.on_update)
+    if config.approver is not None:
+        console.actions = Actions(config, store, console.on_result)
+    else:
+        log.warning("no approver key: the console is read-only (no permits, releases, bundles)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with console.feed:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(console.feed)
+            if console.actions is not None:
+                await stack.enter_async_context(console.actions)
             yield
 
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sealink.console.feed import Alarm, Impression
 
-__all__ = ["Account", "AuditRow", "Store"]
+__all__ = ["Account", "AuditRow", "RequestRow", "Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS records (
     permit INTEGER NOT NULL, operator INTEGER NOT NULL, time_s INTEGER NOT NULL,
     received_ms INTEGER NOT NULL, record_sha256 TEXT NOT NULL, cose BLOB NOT NULL,
     PRIMARY KEY (device, counter));
+CREATE TABLE IF NOT EXISTS requests (
+    request TEXT PRIMARY KEY, gateway TEXT NOT NULL, action TEXT NOT NULL, device TEXT NOT NULL,
+    user TEXT NOT NULL, time_ms INTEGER NOT NULL, fields TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'sent', last TEXT NOT NULL DEFAULT '{}', updated_ms INTEGER);
 CREATE INDEX IF NOT EXISTS records_by_time ON records (device, received_ms);
 """
 
@@ -62,6 +66,41 @@ class AuditRow:
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """A request the console sent on the approval path, with the latest result it got."""
+
+    request: str
+    gateway: str
+    action: str
+    device: str
+    user: str
+    time_ms: int
+    fields: dict[str, Any]
+    state: str  # `sent` until the gateway's first result
+    last: dict[str, Any]  # that latest result's body (SPEC §11.5)
+    updated_ms: int | None
+
+    @property
+    def permit(self) -> Any:
+        return self.last.get("permit", self.fields.get("permit"))
+
+    @property
+    def count(self) -> Any:
+        return self.last.get("count", self.fields.get("count"))
+
+
+_REQUEST_COLUMNS = (
+    "request, gateway, action, device, user, time_ms, fields, state, last, updated_ms"
+)
+
+
+def _request_row(row: tuple[Any, ...]) -> RequestRow:
+    values = list(row)
+    values[6], values[8] = json.loads(values[6]), json.loads(values[8])
+    return RequestRow(*values)
 
 
 class Store:
@@ -202,3 +241,41 @@ class Store:
                 (user, _now_ms(), key),
             )
         return cur.rowcount == 1
+
+    # the approval path -----------------------------------------------------------------------
+
+    def add_request(
+        self, request: str, gateway: str, action: str, device: str, user: str, fields: Any
+    ) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO requests (request, gateway, action, device, user, time_ms, fields) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (request, gateway, action, device, user, _now_ms(), json.dumps(fields)),
+            )
+
+    def add_result(self, request: str, body: dict[str, Any]) -> RequestRow | None:
+        """A result of a request: the latest state shown; None for a request not ours."""
+        state = str(body.get("state", "?"))
+        kept = {k: v for k, v in body.items() if k != "bundle"}  # the bundle is a download
+        with self._db:
+            self._db.execute(
+                "UPDATE requests SET state = ?, last = ?, updated_ms = ? WHERE request = ?",
+                (state, json.dumps(kept, sort_keys=True), _now_ms(), request),
+            )
+        return self.request_row(request)
+
+    def request_row(self, request: str) -> RequestRow | None:
+        row = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request = ?", (request,)
+        ).fetchone()
+        return _request_row(row) if row else None
+
+    def requests(self, actions: tuple[str, ...], limit: int = 200) -> list[RequestRow]:
+        marks = ", ".join("?" for _ in actions)
+        rows = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE action IN ({marks}) "
+            "ORDER BY time_ms DESC LIMIT ?",
+            (*actions, limit),
+        ).fetchall()
+        return [_request_row(r) for r in rows]

@@ -16,23 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
+from sealink.console.actions import Actions
 from sealink.console.auth import Throttle, check_password, random_token
 from sealink.console.feed import Alarm, Feed, Health, Impression, Update
 from sealink.console.roles import role_at_least
-from sealink.console.store import Account, Store
+from sealink.console.store import Account, RequestRow, Store
 
-__all__ = ["Console", "build_app"]
+__all__ = ["Console", "guarded", "login_routes", "view_routes"]
 
 _HERE = Path(__file__).parent
-_SESSION_S = 8 * 3600
 _PING_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 _Handler = Callable[[Request], Awaitable[Response]]
 
@@ -50,10 +46,10 @@ def _time_s(s: Any) -> str:
 class Console:
     """What the routes share: the feed, the store, the templates, the SSE listeners."""
 
-    def __init__(self, feed: Feed, store: Store, actions: Any = None) -> None:
+    def __init__(self, feed: Feed, store: Store) -> None:
         self.feed = feed
         self.store = store
-        self.actions = actions  # the approval path (None: the console is read-only)
+        self.actions: Actions | None = None  # the approval path (None: read-only)
         self.throttle = Throttle()
         self.env = Environment(
             loader=FileSystemLoader(_HERE / "templates"),
@@ -68,13 +64,33 @@ class Console:
     def on_update(self, update: Update) -> None:
         if isinstance(update, Impression):
             self.store.add_record(update)
-            self._broadcast("impression", self.fragment("_impression.html", r=update))
+            self._broadcast("impression", self.fragment("_impression.html", r=update, csrf=""))
         elif isinstance(update, Alarm):
             self.store.add_alarm(update)
             fragment = self.fragment("_alarm.html", a=update, by=None, at=None, csrf="")
             self._broadcast("alarm", fragment)
         elif isinstance(update, Health):
             self._broadcast("health", self.fragment("_device.html", d=update))
+            # Who may release is the page's to know: the form is sent to all, the server
+            # checks the role when it is posted.
+            held = self.fragment("_held.html", d=update, csrf="", user_role="approver")
+            self._broadcast("held", held)
+
+    def on_result(self, row: RequestRow) -> None:
+        fragment = self.fragment("_request.html", q=row, csrf="", user_role="approver")
+        self._broadcast("request", fragment)
+
+    def gateway_of(self, device: str) -> str | None:
+        """The gateway that last reported `device` (its status, else a record of it)."""
+        health = self.feed.devices.get(device)
+        if health is not None:
+            return health.gateway
+        records = self.store.records(device, None, None, limit=1)
+        return records[0].gateway if records else None
+
+    def known(self) -> list[str]:
+        """Every device a followed gateway reported."""
+        return sorted(self.feed.devices)
 
     def _broadcast(self, event: str, data: str) -> None:
         for queue in self._listeners:
@@ -166,7 +182,7 @@ def guarded(
     return wrap
 
 
-def _login_routes(console: Console) -> list[Route]:
+def login_routes(console: Console) -> list[Route]:
     async def login_page(request: Request) -> Response:
         request.session.setdefault("csrf", random_token())
         html = console.env.get_template("login.html").render(
@@ -206,7 +222,7 @@ def _login_routes(console: Console) -> list[Route]:
     ]
 
 
-def _view_routes(console: Console) -> list[Route]:
+def view_routes(console: Console) -> list[Route]:
     @guarded(console, "viewer")
     async def impressions(request: Request, user: Account, form: dict[str, str]) -> Response:
         rows = console.store.records(None, None, None, limit=200)
@@ -247,18 +263,3 @@ def _view_routes(console: Console) -> list[Route]:
         Route("/devices", devices),
         Route("/stream", stream),
     ]
-
-
-def build_app(console: Console, secret: str, *, lifespan: Any = None) -> Starlette:
-    routes: list[Route | Mount] = [*_login_routes(console), *_view_routes(console)]
-    routes.append(Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"))
-    middleware = [
-        Middleware(
-            SessionMiddleware,  # signed cookie, HttpOnly; SameSite=Strict keeps other sites out
-            secret_key=secret,
-            session_cookie="sealink_console",
-            max_age=_SESSION_S,
-            same_site="strict",
-        )
-    ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

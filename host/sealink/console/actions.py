@@ -1,0 +1,114 @@
+"""What the console changes on a seal goes through the approval path only (SPEC §11.5): a
+signed request per action (permit, revoke, release, bundle) from the console's approver key,
+one `ApprovalClient` per followed gateway, and the gateway's signed results followed until the
+request is settled. The console never writes a gateway's ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from sealink.approvals import ApprovalClient, ApproverKey
+from sealink.console.config import ConsoleConfig, ConsoleError
+from sealink.console.store import RequestRow, Store
+
+__all__ = ["FINAL_STATES", "Actions"]
+
+log = logging.getLogger("sealink.console")
+
+# A request whose latest result is one of these is settled: nothing more follows for it.
+FINAL_STATES = frozenset({"refused", "done", "expired"})
+_BUNDLE_TIMEOUT_S = 30.0
+
+
+def _settled(body: dict[str, Any]) -> bool:
+    """Nothing more follows this result: a final state, or a permit used up."""
+    if body.get("state") in FINAL_STATES:
+        return True
+    return body.get("state") == "used" and body.get("used") == body.get("count")
+
+
+class Actions:
+    def __init__(
+        self,
+        config: ConsoleConfig,
+        store: Store,
+        on_result: Callable[[RequestRow], None],
+    ) -> None:
+        if config.approver is None or config.approver_key_file is None:
+            raise ConsoleError("no [console] approver and approver_key_file: read-only console")
+        self.approver = config.approver
+        self._key = ApproverKey.load(config.approver_key_file)
+        self._store = store
+        self._on_result = on_result
+        self._clients = {
+            g.gateway_id: ApprovalClient(
+                config.mqtt,
+                self._key,
+                config.approver,
+                config.mqtt.prefix,
+                g.gateway_id,
+                g.public_raw,
+                client_id=f"{config.client_id}-approver-{g.gateway_id}",
+            )
+            for g in config.gateways
+        }
+        self._stack = contextlib.AsyncExitStack()
+        self._followers: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Actions:
+        for client in self._clients.values():
+            await self._stack.enter_async_context(client)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
+        await self._stack.aclose()
+
+    def _client(self, gateway: str) -> ApprovalClient:
+        client = self._clients.get(gateway)
+        if client is None:
+            raise ConsoleError(f"gateway {gateway!r} is not one this console follows")
+        return client
+
+    async def request(
+        self, gateway: str, action: str, device: str, user: str, **fields: Any
+    ) -> str:
+        """Send one signed request for `user`; its results are stored as they come."""
+        client = self._client(gateway)
+        request = await client.request(action, device, requested_by=user, **fields)
+        self._store.add_request(request, gateway, action, device, user, fields)
+        task = asyncio.create_task(self._follow(client, request), name=f"console:{request}")
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
+        return request
+
+    async def _follow(self, client: ApprovalClient, request: str) -> None:
+        async for body in client.results(request):
+            row = self._store.add_result(request, body)
+            if row is not None:
+                self._on_result(row)
+            if _settled(body):
+                return
+
+    async def bundle(self, gateway: str, device: str, counter: int, user: str) -> bytes:
+        """The evidence bundle of one record (SPEC §14.5), asked of its gateway."""
+        request = await self.request(gateway, "bundle", device, user, counter=counter)
+        body = await self._client(gateway).wait(request, {"done", "refused"}, _BUNDLE_TIMEOUT_S)
+        if body.get("state") != "done" or not isinstance(body.get("bundle"), str):
+            why = body.get("reason") or body.get("detail") or "no bundle"
+            raise ConsoleError(f"the gateway refused the bundle of {device} #{counter}: {why}")
+        return base64.b64decode(body["bundle"], validate=True)
