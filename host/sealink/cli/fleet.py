@@ -2,8 +2,8 @@
 
 sealink fleet migrate --config fleet.toml        apply the schema migrations (idempotent)
 sealink fleet run --config fleet.toml            ingest every gateway's records from MQTT
-sealink fleet devices import FILE --config ...   seals' public keys, from `sealink devices list
-                                                 --json` or provisioning files (JSON lines)
+sealink fleet devices import FILE --config ...   seals' public keys, from `sealink devices list`
+                                                 or provisioning files (JSON lines)
 sealink fleet records --device D [--since MS] [--until MS] [--json]
 sealink fleet gaps [--device D] [--json]         counters missing per seal, across gateways
 sealink fleet forks [--json]                     second records for a held (device, counter)
@@ -186,7 +186,7 @@ def register(sub: Any) -> None:
     devices = fl.add_parser("devices", help="the fleet's registry of seals")
     dv = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     p = add_command(dv, "import", cmd_devices_import, "import seals' public keys")
-    p.add_argument("file", help="`sealink devices list --json` output, or provisioning JSON")
+    p.add_argument("file", help="`sealink devices list` output, or provisioning JSON")
     _with_config(p)
     p = add_command(fl, "records", cmd_records, "a seal's records held by the fleet")
     _with_config(p)
