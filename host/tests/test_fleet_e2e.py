@@ -15,16 +15,20 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from conftest import GatewayFiles, run, running, sealink
+from paho.mqtt.enums import CallbackAPIVersion
 from sealink.crypto.signer import GatewayKey
+from sealink.fleet import FleetService, Store, load_config
 from sealink_sim.broker import Mosquitto
-from sealink_sim.fleetrig import write_fleet_config
+from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.observer import Observer
 from sealink_sim.pipe import pipe_pair
 from sealink_sim.postgres import PostgresCluster
@@ -202,3 +206,123 @@ def test_two_instances_one_killed_mid_stream_store_exactly_what_was_verified(
     by_instance = _count(dsn, "SELECT count(DISTINCT stored_by) FROM records")
     assert by_instance == 2, "both instances took a share of the records"
     assert codes[1] == 0, logs
+
+
+def _publisher(port: int) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def test_a_database_outage_delays_records_and_loses_none(
+    tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster
+) -> None:
+    gateway, seal = SimGateway("gw-1"), SimSeal("seal-o")
+    pem = gateway.write_public_key(tmp_path / "gw-1.pem")
+    config = write_fleet_config(
+        tmp_path / "fleet.toml", database=cluster.dsn, instance="fleet-o", port=broker.port,
+        prefix=PREFIX, gateways={"gw-1": pem},
+    )  # fmt: skip
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    store = Store(cluster.dsn, instance="fleet-o")
+    service = FleetService(load_config(config), store).start()
+    publisher = _publisher(broker.port)
+    try:
+        assert service.connected.wait(_WAIT_S)
+        records = gateway.records(seal, 30)
+        for _, cose in records[:10]:
+            publisher.publish(f"{PREFIX}/{seal.device}/events", cose, qos=1).wait_for_publish()
+        _wait(lambda: _count(cluster.dsn) == 10, "the first 10 stored")
+        cluster.stop()  # PostgreSQL goes away; the broker keeps what is not acknowledged
+        for _, cose in records[10:]:
+            publisher.publish(f"{PREFIX}/{seal.device}/events", cose, qos=1).wait_for_publish()
+        cluster.start()  # same port and data directory
+        _wait(lambda: _count(cluster.dsn) == 30, "all 30 stored once PostgreSQL is back")
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        service.stop()
+        store.close()
+    assert _count(cluster.dsn, "SELECT count(*) FROM records WHERE chain_ok") == 30
+    assert _count(cluster.dsn, "SELECT count(*) FROM gaps") == 0
+
+
+def test_mosquitto_keeps_a_killed_members_messages_in_its_session(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """What README "Fleet ledger" designs for, pinned (Mosquitto 2.0.11): messages in flight
+    to a shared-subscription member that died stay in its persistent session (not handed to
+    the other member), and come back, DUP set, when it reconnects under its client id."""
+    script = tmp_path / "member.py"
+    script.write_text(_MEMBER)
+    seen: dict[str, list[tuple[str, ...]]] = {"a": [], "b": []}
+
+    def member(name: str, ack: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(broker.port), f"member-{name}", ack],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        threading.Thread(
+            target=lambda: [seen[name].append(tuple(line.split())) for line in stdout],
+            daemon=True,
+        ).start()
+        _wait(lambda: any(line[0] == "subscribed" for line in seen[name]), f"{name} subscribed")
+        return proc
+
+    def got(name: str) -> set[int]:
+        return {int(line[0]) for line in list(seen[name]) if line[0].isdigit()}
+
+    a, b = member("a", "noack"), member("b", "ack")
+    publisher = _publisher(broker.port)
+    try:
+        for i in range(100):
+            publisher.publish(f"share/{i % 4}", str(i), qos=1).wait_for_publish()
+        _wait(lambda: len(got("a")) == 10 and len(got("b")) == 50, "A's 10 in flight, B's half")
+        held = got("a")
+        a.kill()
+        a.wait(10)
+        for i in range(100, 140):
+            publisher.publish(f"share/{i % 4}", str(i), qos=1).wait_for_publish()
+        _wait(lambda: len({i for i in got("b") if i >= 100}) == 20, "B's half of the new ones")
+        assert not held & got("b"), "messages in flight to the dead member went to the other"
+        seen["a"].clear()
+        a = member("a", "ack")
+        _wait(lambda: len(got("a")) == 70, "A's session: 10 in flight, 40 queued, 20 new")
+        redelivered = {int(line[0]) for line in seen["a"] if line[0].isdigit() and line[1] == "1"}
+        assert redelivered == held
+        assert got("a") | got("b") == set(range(140)) and not got("a") & got("b")
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        for proc in (a, b):
+            proc.kill()
+            proc.wait(10)
+
+
+_MEMBER = """
+import sys, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+port, client_id, ack = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "ack"
+client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                     manual_ack=True)
+
+def on_message(c, userdata, msg):
+    print(msg.payload.decode(), int(msg.dup), flush=True)
+    if ack:
+        c.ack(msg.mid, msg.qos)
+
+client.on_message = on_message
+client.on_connect = lambda c, *_: c.subscribe("$share/g/share/+", 1)
+client.on_subscribe = lambda *_: print("subscribed", 0, flush=True)
+props = Properties(PacketTypes.CONNECT)
+props.SessionExpiryInterval = 3600
+props.ReceiveMaximum = 10
+client.connect("127.0.0.1", port, clean_start=False, properties=props)
+client.loop_forever()
+"""
