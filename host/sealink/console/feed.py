@@ -6,28 +6,26 @@
 
 No web code lives here. Everything shown is checked first, as an independent consumer does:
 a record on `<prefix>/<device>/events` is the gateway's COSE_Sign1 (SPEC §11.1), verified
-with cwt under the pinned key its kid names, and decoded from the countersigned `event`
-bytes (never from the unsigned JSON companion); status and alarms are signed messages
-(SPEC §11.4) checked by `sealink_verify.mqtt.verify_message`, and a retained status that goes
-back is refused by its `Freshness`. What fails a check is a `Rejected` update, shown as such.
+by `sealink_verify.record` under the pinned key its kid names, and decoded from the
+countersigned `event` bytes (never from the unsigned JSON companion); status and alarms are
+signed messages (SPEC §11.4) checked by `sealink_verify.mqtt.verify_message`, and a retained
+status that goes back is refused by its `Freshness`. What fails a check is a `Rejected`
+update, shown as such.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import cbor2
-from cwt import COSE, COSEKey
 from sealink_verify.audit import KINDS
 from sealink_verify.mqtt import Freshness, MessageError, SignedMessage, verify_message
-from sealproto import messages
+from sealink_verify.record import RecordError, RecordVerifier
 
 from sealink.config import MqttConfig
 from sealink.mqtt.client import Message, MqttClient
@@ -43,9 +41,6 @@ __all__ = [
     "kind_name",
 ]
 
-_TAG_SIGN1 = 18
-_HDR_KID = 4
-_OKP, _ED25519, _EDDSA = 1, 6, -8
 _RECENT = 500  # impressions and alarms kept in memory for a page's first view
 _QUEUE = 1000  # updates a slow subscriber may lag behind before it loses the oldest
 
@@ -135,24 +130,6 @@ class Rejected:
 Update = Impression | Alarm | Health | GatewayState | Rejected
 
 
-def _key_id(raw: bytes) -> bytes:
-    return hashlib.sha256(raw).digest()[:8]  # SPEC §11.1's kid
-
-
-def _cose_key(raw: bytes) -> Any:
-    return COSEKey.new({1: _OKP, 2: _key_id(raw), 3: _EDDSA, -1: _ED25519, -2: raw})
-
-
-def _kid(cose: bytes) -> bytes | None:
-    try:
-        sign1 = cbor2.loads(cose)
-        protected = cbor2.loads(sign1.value[0])
-    except Exception:  # anything unreadable has no kid: the caller rejects it
-        return None
-    kid = protected.get(_HDR_KID) if isinstance(protected, dict) else None
-    return kid if isinstance(kid, bytes) else None
-
-
 class Feed:
     """Subscribe to the fleet's topics, verify every message, keep the latest state, and hand
     typed updates to each subscriber (an asyncio queue apiece)."""
@@ -166,13 +143,8 @@ class Feed:
     ) -> None:
         self.prefix = mqtt.prefix.rstrip("/")
         self._gateway_keys = {g: list(keys) for g, keys in gateway_keys.items()}
-        self._cose_keys = {
-            _key_id(raw): (gateway, _cose_key(raw))
-            for gateway, keys in gateway_keys.items()
-            for raw in keys
-        }
+        self._records = RecordVerifier(self._gateway_keys)
         self._sinks = list(sinks)  # called with each update before any subscriber sees it
-        self._cose = COSE.new()
         self._freshness = Freshness()
         self._seen: set[tuple[str, int]] = set()
         self.impressions: deque[Impression] = deque(maxlen=_RECENT)
@@ -263,35 +235,23 @@ class Feed:
         return alarm
 
     def _event(self, topic: str, device: str, cose: bytes) -> Update | None:
-        owner = self._cose_keys.get(_kid(cose) or b"")
-        if owner is None:
-            return Rejected(topic, "record signed by no followed gateway's key")
-        gateway, key = owner
         try:
-            signed = cbor2.loads(self._cose.decode(cose, key))
-            event = cbor2.loads(signed["event"])
-            counter = signed["counter"]
-        except Exception as exc:  # cwt raises several types; any of them means "not verified"
-            return Rejected(topic, f"countersignature does not verify: {exc}")
-        if (
-            signed.get("device") != device
-            or signed.get("gateway") != gateway
-            or event.get(messages.EV_COUNTER) != counter
-        ):
-            return Rejected(topic, "the signed record names another device, gateway or counter")
-        if (device, counter) in self._seen:
+            record = self._records.open(device, cose)
+        except RecordError as exc:
+            return Rejected(topic, f"record {exc.reason}: {exc.detail}")
+        if (device, record.counter) in self._seen:
             return None  # at-least-once delivery: (device, counter) names a record
-        self._seen.add((device, counter))
+        self._seen.add((device, record.counter))
         impression = Impression(
-            gateway=gateway,
+            gateway=record.gateway,
             device=device,
-            counter=counter,
-            kind=int(event.get(messages.EV_KIND, 0)),
-            permit=int(event.get(messages.EV_PERMIT, 0)),
-            operator=int(event.get(messages.EV_OPERATOR, 0)),
-            time_s=int(event.get(messages.EV_TIME, 0)),
-            received_ms=int(signed.get("received_ms", 0)),
-            record_sha256=hashlib.sha256(signed["event"]).hexdigest(),
+            counter=record.counter,
+            kind=record.field_int("kind"),
+            permit=record.field_int("permit"),
+            operator=record.field_int("operator"),
+            time_s=record.field_int("time_s"),
+            received_ms=record.received_ms,
+            record_sha256=record.record_hash.hex(),
             cose=cose,
         )
         self.impressions.appendleft(impression)
