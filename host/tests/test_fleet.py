@@ -19,7 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import sealink
+from sealink.evidence.note import sign_checkpoint
 from sealink.fleet import Batch, FleetService, Store, StoreOutcome, load_config, migrate
+from sealink.mqtt.signed import MessageSigner
 from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimChip, make_event
@@ -227,3 +229,40 @@ def test_fleet_cli_errors_are_one_line(tmp_path: Path) -> None:
     done = sealink("fleet", "gaps", "--config", str(config))
     assert done.returncode == 2
     assert done.stderr.startswith("sealink: error: database")
+
+
+def test_signed_alarms_are_kept_once_and_forged_ones_refused(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    rig = _rig(cluster, tmp_path)
+    signer = MessageSigner(rig.gateways[0].key, "gw-1")
+    topic = f"{PREFIX}/seal-a/alarms"
+    body = {"device": "seal-a", "gateway": "gw-1", "source": "gateway", "reason": "bad_mac"}
+    alarm = signer.sign(topic, body)
+    replayed = signer.sign(f"{PREFIX}/seal-b/alarms", body)  # signed for another topic
+    other = MessageSigner(rig.gateways[1].key, "gw-2").sign(topic, {**body, "gateway": "gw-1"})
+    rig.write([(topic, alarm), (topic, alarm), (topic, replayed), (topic, other)])
+    kept = rig.rows("SELECT source, gateway, device, reason FROM alarms WHERE source = 'gateway'")
+    assert kept == [("gateway", "gw-1", "seal-a", "bad_mac")]
+    checks = rig.rows("SELECT reason FROM rejections ORDER BY id")
+    assert checks == [("WrongTopic",), ("WrongGateway",)]
+    rig.store.close()
+
+
+def test_checkpoints_verify_and_two_roots_for_one_size_are_a_split_view(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    rig = _rig(cluster, tmp_path)
+    key = rig.gateways[0].key
+    topic = f"{PREFIX}/gateway/gw-1/checkpoint"
+    first = sign_checkpoint(key, "gw-1", 5, b"\x01" * 32, b"\x02" * 32, 1000).note
+    split = sign_checkpoint(key, "gw-1", 5, b"\x03" * 32, b"\x02" * 32, 2000).note
+    forged = sign_checkpoint(rig.gateways[1].key, "gw-1", 6, b"\x04" * 32, b"\x02" * 32, 3000)
+    rig.write([(topic, n.encode()) for n in (first, first, split, forged.note)])
+    assert rig.rows("SELECT size, root FROM checkpoints") == [(5, b"\x01" * 32)]
+    assert rig.rows("SELECT reason, gateway FROM alarms ORDER BY reason") == [
+        ("rejected", None),
+        ("split_view", "gw-1"),
+    ]
+    assert rig.rows("SELECT reason FROM rejections") == [("bad_checkpoint",)]
+    rig.store.close()
