@@ -33,5 +33,16 @@ CHIP_SCL_PIN = 17
 # is connected, else over the UART. ("uart",) for a seal that is always cabled.
 LINKS = ("ble", "uart")
 
+# Operator identity at the seal (SPEC §5.7): a 3x4 matrix keypad (rows driven, columns with
+# pull-ups) and a PN532 NFC breakout in I2C mode on its own bus, its IRQ line on an input-only
+# pin with the breakout's own pull-up. () for a seal without them. Not yet tried on hardware.
+INPUTS = ("keypad", "nfc")
+KEYPAD_ROW_PINS = (13, 14, 18, 19)
+KEYPAD_COL_PINS = (21, 22, 23)
+NFC_I2C_ID = 1
+NFC_SDA_PIN = 4
+NFC_SCL_PIN = 5
+NFC_IRQ_PIN = 34
+
 # The littlefs partition of ESP32_GENERIC (~2 MiB) holds far more; this bounds the backlog.
 JOURNAL_CAPACITY = 2000

@@ -33,6 +33,17 @@ CHIP_SCL_PIN = 5
 # is connected, else over the UART. ("uart",) for a seal that is always cabled.
 LINKS = ("ble", "uart")
 
+# Operator identity at the seal (SPEC §5.7): a 3x4 matrix keypad on GP6..GP12 (rows driven,
+# columns with pull-ups) and a PN532 NFC breakout in I2C mode on I2C1 (GP2/GP3), its IRQ line
+# on GP13. () for a seal without them. Not yet tried on hardware.
+INPUTS = ("keypad", "nfc")
+KEYPAD_ROW_PINS = (6, 7, 8, 9)
+KEYPAD_COL_PINS = (10, 11, 12)
+NFC_I2C_ID = 1
+NFC_SDA_PIN = 2
+NFC_SCL_PIN = 3
+NFC_IRQ_PIN = 13
+
 # The Pico W's littlefs is ~848 KiB (212 blocks); 8-event journal segments of ~1.5 KiB each use
 # one 4 KiB block, so 1000 events take ~125 blocks and leave littlefs room for copy-on-write.
 JOURNAL_CAPACITY = 1000

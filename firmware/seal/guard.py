@@ -39,6 +39,8 @@ _PE_ID = const(1)
 _PE_NOT_AFTER = const(4)
 _PE_NOT_BEFORE = const(3)
 _PE_OPERATOR = const(5)
+_PE_OPERATORS = const(6)
+_OPERATOR = const(14)
 _PERMIT = const(8)
 _R_BAD_FIELD = const(1)
 _R_BUSY = const(5)
@@ -57,7 +59,7 @@ _MAX_ALARMS = const(8)
 
 class Guard:
     def __init__(self, journal, recorder, permits, lock, led, report, clock, set_time_ms,
-                 low_battery_mv, wake):
+                 low_battery_mv, wake, ident=None):
         self._journal = journal
         self._recorder = recorder
         self._permits = permits
@@ -69,6 +71,8 @@ class Guard:
         self._low_battery_mv = low_battery_mv
         # Set whenever the link has something new to send: a record, an alarm, a changed flag.
         self._wake = wake
+        # Who identified at the seal (seal.ident), None on a board with neither keypad nor reader.
+        self._ident = ident
         # (code, time_s, detail) of each alarm not yet sent, oldest first; the link takes them.
         self.alarms = []
         self.unlocked = False
@@ -207,7 +211,10 @@ class Guard:
         # Decided now, not at the last tick: the permit may have expired or run out since.
         self.update_lock()
         if self.unlocked:
-            if self._record(_KIND_IMPRESSION, self.permit, self._permits.operator):
+            # Under a permit that names operators, the one who opened it (SPEC §4.1, §5.7).
+            permits = self._permits
+            operator = self._ident.who() if permits.operators else permits.operator
+            if self._record(_KIND_IMPRESSION, self.permit, operator):
                 self._permits.use()
         elif self._record(_KIND_FORCED):
             self.raise_alarm(_AL_FORCED_STAMP)
@@ -254,6 +261,9 @@ class Guard:
         permit = 0
         if not (full or self.case_open or self.faulted or self.chip_fault):
             permit = self._permits.active()
+            ops = self._permits.operators
+            if permit and ops and not (self._ident and self._ident.who() in ops):
+                permit = 0
         self.permit = permit
         unlocked = permit != 0
         if unlocked != self.unlocked:
@@ -272,6 +282,13 @@ class Guard:
     def command(self, kind, msg):
         if kind in (_PERMIT, _REVOKE):
             code = self._permit_command(kind, msg)
+        elif kind == _OPERATOR:
+            if self._ident is None:
+                return _R_BAD_FIELD
+            try:
+                code = self._ident.command(msg)
+            except OSError:
+                return _R_BUSY
         elif kind == _TIME:
             if msg[_TI_TIME] == 0:
                 return _R_BAD_FIELD
@@ -293,7 +310,8 @@ class Guard:
             if kind == _REVOKE:
                 return self._permits.revoke(msg[_RV_PERMIT])
             code = self._permits.grant(msg[_PE_ID], msg[_PE_COUNT], msg[_PE_NOT_BEFORE],
-                                       msg[_PE_NOT_AFTER], msg[_PE_OPERATOR])
+                                       msg[_PE_NOT_AFTER], msg[_PE_OPERATOR],
+                                       msg.get(_PE_OPERATORS, b""))
         except OSError:
             self.faulted = True
             self.raise_alarm(_AL_JOURNAL_FAULT, kind)

@@ -14,8 +14,10 @@ _HDR = const(10)
 _MAX_PAYLOAD = const(480)
 # boot_id, acked, the permit (id, count, not_before_s, not_after_s, operator), the counter from
 # which the records still count, the permit's use, the presses without a record and the alarms
-# without one (a bit per code) before that counter; a CRC32.
-_STATE_SIZE = const(48)
+# without one (a bit per code) before that counter, the operators the permit names (4 u32, 0:
+# none; SPEC §5.7); a CRC32. A 48-byte state, written before permits named operators, names none.
+_STATE_SIZE = const(64)
+_MISSED_STATE_SIZE = const(48)
 _PERMIT_STATE_SIZE = const(40)
 # Segments whose list storage is taken at open: the boards' 2000 events in 8-event segments.
 _SEG_ROOM = const(256)
@@ -88,6 +90,8 @@ class Journal:
         # from flash at every open, so a used impression is never forgotten (SPEC §10.1).
         self.permit = _NO_PERMIT
         self.permit_used = 0
+        # The operator ids the permit names, () if none: then anyone may use it.
+        self.permit_ops = ()
         self._from = 1
         # Presses that got no record, and a bit per alarm code whose record could not be made:
         # counted in `state`, taken back by the UNRECORDED and ALARM records that report them.
@@ -154,6 +158,7 @@ class Journal:
         segs.sort()
         self.permit = _NO_PERMIT
         self.permit_used = 0
+        self.permit_ops = ()
         self._from = 1
         self.unrecorded = 0
         self.pending = 0
@@ -188,7 +193,7 @@ class Journal:
             if binascii.crc32(memoryview(st)[:8]) != crc:
                 raise JournalCorrupt(_EIO, "bad state")
             return struct.unpack_from("<II", st)
-        if n != _STATE_SIZE and n != _PERMIT_STATE_SIZE:
+        if n != _STATE_SIZE and n != _MISSED_STATE_SIZE and n != _PERMIT_STATE_SIZE:
             raise JournalCorrupt(_EIO, "bad state")
         # A 40-byte state, written before the traces of missed records were kept, has none.
         v = struct.unpack_from("<IIIIIIIII", st)
@@ -197,17 +202,22 @@ class Journal:
         self.permit = v[2:7]
         self._from = v[7]
         self.permit_used = v[8]
-        if n == _STATE_SIZE:
+        if n >= _MISSED_STATE_SIZE:
             self.unrecorded, self.pending = struct.unpack_from("<II", st, 36)
+        if n == _STATE_SIZE:
+            self.permit_ops = tuple(op for op in struct.unpack_from("<IIII", st, 44) if op)
         return v[0], v[1]
 
-    def _write_state(self, boot_id, acked, permit=None, used=0, unrecorded=-1, pending=-1):
+    def _write_state(self, boot_id, acked, permit=None, used=0, unrecorded=-1, pending=-1,
+                     ops=None):
         # Also a snapshot of what the records count: the impressions before next_counter are in
         # `used` from now on, the UNRECORDED and ALARM records before it are taken off
         # `unrecorded` and `pending`, so compaction may delete those records.
         if permit is None:
             permit = self.permit
             used = self.permit_used
+        if ops is None:
+            ops = self.permit_ops
         if unrecorded < 0:
             unrecorded = self.unrecorded
         if pending < 0:
@@ -215,6 +225,8 @@ class Journal:
         st = self._state
         struct.pack_into("<IIIIIIIIIII", st, 0, boot_id, acked, permit[0], permit[1], permit[2],
                          permit[3], permit[4], self.next_counter, used, unrecorded, pending)
+        for i in range(4):
+            struct.pack_into("<I", st, 44 + 4 * i, ops[i] if i < len(ops) else 0)
         struct.pack_into("<I", st, _STATE_SIZE - 4,
                          binascii.crc32(memoryview(st)[: _STATE_SIZE - 4]))
         tmp = self._path("state.tmp")
@@ -351,14 +363,17 @@ class Journal:
         self._broken = False
         return self.boot_id
 
-    def set_permit(self, permit, used=0):
+    def set_permit(self, permit, used=0, ops=None):
         # Install (or, with used = its use so far, revoke) a permit durably; it takes effect,
         # in RAM too, only once `state` was replaced. Raises OSError with nothing changed.
+        # ops: the operators it names (None: those of the permit installed, for a revoke).
         self._check()
         self._broken = True
-        self._write_state(self.boot_id, self.acked, permit, used)
+        self._write_state(self.boot_id, self.acked, permit, used, ops=ops)
         self.permit = permit
         self.permit_used = used
+        if ops is not None:
+            self.permit_ops = ops
         self._from = self.next_counter
         self._broken = False
 

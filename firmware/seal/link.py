@@ -36,6 +36,7 @@ _HELLO = const(1)
 _K_SEQ = const(14)
 _K_TYPE = const(0)
 _PERMIT = const(8)
+_OPERATOR = const(14)
 _RE_CODE = const(2)
 _RE_SEQ = const(1)
 _RESULT = const(11)
@@ -180,7 +181,7 @@ class Link:
         self._host_ms = now_ms
         if kind == _ACK:
             self._on_ack(msg[_AK_COUNTER], msg[_AK_STORED], now_ms)
-        elif kind in (_PERMIT, _REVOKE, _TIME, _ENROL):
+        elif kind in (_PERMIT, _REVOKE, _TIME, _ENROL, _OPERATOR):
             target = self._enrolment if kind == _ENROL else self._guard
             code = target.command(kind, msg)
             self._send_session({_K_TYPE: _RESULT, _RE_SEQ: seq, _RE_CODE: code})

@@ -11,6 +11,7 @@ from board import (
     CHIP_I2C_ID,
     CHIP_SCL_PIN,
     CHIP_SDA_PIN,
+    INPUTS,  # noqa: F401  (the HAL's: seal.app reads hal.INPUTS)
     JOURNAL_CAPACITY,  # noqa: F401  (the HAL's: seal.app reads hal.JOURNAL_CAPACITY)
     LED_PIN,
     LINKS,  # noqa: F401  (the HAL's: seal.app reads hal.LINKS)
@@ -63,6 +64,22 @@ elif _cause == getattr(machine, "HARD_RESET", -1):
 else:
     RESET_CAUSE = 0
 del _cause
+
+
+# Operator inputs (SPEC §5.7), as board.py wires them: a 3x4 keypad, a PN532 on its own bus.
+if "keypad" in INPUTS:
+    from board import KEYPAD_COL_PINS, KEYPAD_ROW_PINS
+
+    from seal.inputs import Keypad
+
+    keypad = Keypad(KEYPAD_ROW_PINS, KEYPAD_COL_PINS)
+if "nfc" in INPUTS:
+    from board import NFC_I2C_ID, NFC_IRQ_PIN, NFC_SCL_PIN, NFC_SDA_PIN
+
+    from seal.inputs import Pn532
+
+    nfc = Pn532(I2C(NFC_I2C_ID, sda=Pin(NFC_SDA_PIN), scl=Pin(NFC_SCL_PIN), freq=100_000),
+                NFC_IRQ_PIN)
 
 
 def mount():

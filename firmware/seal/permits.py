@@ -26,11 +26,14 @@ class Permits:
         self._store = self if journal is None else journal
         self.permit = (0, 0, 0, 0, 0)
         self.permit_used = 0
+        self.permit_ops = ()
 
-    def set_permit(self, permit, used=0):
+    def set_permit(self, permit, used=0, ops=None):
         # The RAM-only store (no journal); the journal's own set_permit writes `state`.
         self.permit = permit
         self.permit_used = used
+        if ops is not None:
+            self.permit_ops = ops
 
     @property
     def id(self):
@@ -47,9 +50,18 @@ class Permits:
     def operator(self):
         return self._store.permit[4]
 
-    def grant(self, permit, count, not_before_s, not_after_s, operator):
+    @property
+    def operators(self):
+        # The operators the permit names (SPEC §5.7): () lets anyone use it, as before.
+        return self._store.permit_ops
+
+    def grant(self, permit, count, not_before_s, not_after_s, operator, ops=b""):
         # Raises OSError when the permit could not be stored: it is then not installed.
+        # ops: PERMIT key 6 as sent, big-endian u32 ids (absent: b"").
         if not_before_s > not_after_s:
+            return _R_BAD_FIELD
+        ids = tuple(int.from_bytes(ops[i:i + 4], "big") for i in range(0, len(ops), 4))
+        if 0 in ids:
             return _R_BAD_FIELD
         installed = self.id
         if permit == installed:
@@ -63,7 +75,7 @@ class Permits:
             if not_after_s < now:
                 return _R_EXPIRED
         self._store.set_permit((permit, min(count, _U32), min(not_before_s, _U32),
-                                min(not_after_s, _U32), operator))
+                                min(not_after_s, _U32), operator), 0, ids)
         return _R_OK
 
     def revoke(self, permit):

@@ -132,6 +132,25 @@ try:
     raise AssertionError("no chip, yet sign_digest() returned")
 except OSError:
     pass
+# The operator inputs (SPEC §5.7): a keypad whose key 5 (row 1, column 1) is held closes column
+# 1 onto row 1's level; the other columns float high on their pull-ups. The PN532 finds no
+# chip on its bus either: it reads no card, and the firmware goes on without it.
+if "keypad" in board.INPUTS:
+    rows, cols = hal.keypad._rows, hal.keypad._cols
+    for p in board.KEYPAD_ROW_PINS:
+        assert ("Pin", p, machine.Pin.OUT, None, 0) in log, "rows driven low at boot"
+    for col in cols:
+        col.level = 1
+    assert hal.keypad.key() == 0
+    cols[1].value = lambda v=None: rows[1].level
+    assert hal.keypad.key() == ord("5")
+    assert [r.level for r in rows] == [0] * len(rows), "rows low again: any key fires the IRQ"
+    hal.keypad.irq(lambda p: None)
+    assert ("irq", board.KEYPAD_COL_PINS[0], machine.Pin.IRQ_RISING | machine.Pin.IRQ_FALLING) in log
+if "nfc" in board.INPUTS:
+    assert ("I2C", board.NFC_I2C_ID, board.NFC_SDA_PIN, board.NFC_SCL_PIN, 100000) in log
+    hal.nfc.irq(lambda p: None)
+    assert hal.nfc.uid() is None
 print("battery", BATTERY_PROBE)
 # REBOOT causes (SPEC §4.1 key 10), read at import: a watchdog or a hard reset is unclean.
 import sys

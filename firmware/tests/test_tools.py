@@ -26,7 +26,7 @@ MACHINE_BOARDS = {"esp32", "rp2"}
 def _expected(board: str) -> set[str]:
     seal = {p.stem for p in (ROOT / "firmware" / "seal").glob("*.py")}
     if board not in MACHINE_BOARDS:
-        seal.discard("mcu")
+        seal -= {"mcu", "inputs"}
     files = {f"seal/{m}.mpy" for m in seal} | {f"sealproto/{m}.mpy" for m in DEVICE_SEALPROTO}
     return files | {m + ".mpy" for m in BOARD_MODULES[board]} | {"main.py"}
 
@@ -146,10 +146,11 @@ def test_manifests_are_evaluated_as_micropython_does(tmp_path: Path) -> None:
 
 
 def test_a_build_from_another_manifest_adds_to_the_board(tmp_path: Path) -> None:
-    # The firmware tests' build: the emulated board plus sealproto.messages for test code.
+    # The firmware tests' build: the emulated board plus sealproto.messages and .timers for
+    # test code.
     files = {f["path"] for f in build.build("emulated", tmp_path, manifest=ROOT / "firmware" /
                                             "tests" / "manifest.py")}
-    assert files == _expected("emulated") | {"sealproto/messages.mpy"}
+    assert files == _expected("emulated") | {"sealproto/messages.mpy", "sealproto/timers.mpy"}
 
 
 def test_deploy_dry_run_builds_and_prints_the_mpremote_command(

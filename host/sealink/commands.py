@@ -1,15 +1,17 @@
 """Host → device commands an operator queues (SPEC §5.7): checked before they are queued, and
 turned into the sealproto message the session sends.
 
-A command is stored as (kind, body): kind "permit" or "revoke", body a JSON object with the
-field names below. The ranges are the wire's: the check builds the sealproto message and lets
-sealproto's own schema (SPEC §4) judge it, so no wire number is restated here; what the schema
-cannot see (a window whose start is after its end) is checked on top.
+A command is stored as (kind, body): kind "permit", "revoke" or "operator", body a JSON object
+with the field names below. The ranges are the wire's: the check builds the sealproto message
+and lets sealproto's own schema (SPEC §4) judge it, so no wire number is restated here; what the
+schema cannot see (a window whose start is after its end) is checked on top. JSON has no bytes:
+an operator's salt and hashes are hex text in the body, a permit's operators a list of ids.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from typing import Any
 
 from sealproto import messages
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 # kind -> (message type, {body field: message key}, {optional body field: default})
-_COMMANDS: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {
+_COMMANDS: dict[str, tuple[int, dict[str, int], dict[str, int | str]]] = {
     "permit": (
         messages.PERMIT,
         {
@@ -35,11 +37,27 @@ _COMMANDS: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {
             "not_before_s": messages.PE_NOT_BEFORE,
             "not_after_s": messages.PE_NOT_AFTER,
             "operator": messages.PE_OPERATOR,
+            "operators": messages.PE_OPERATORS,
         },
         {"operator": 0},
     ),
     "revoke": (messages.REVOKE, {"permit": messages.RV_PERMIT}, {}),
+    # SPEC §5.7: one operator's credentials, as salted hashes (sealink.cli.operators makes them).
+    "operator": (
+        messages.OPERATOR,
+        {
+            "operator": messages.OP_ID,
+            "salt": messages.OP_SALT,
+            "pin": messages.OP_PIN,
+            "card": messages.OP_CARD,
+        },
+        {"pin": "", "card": ""},
+    ),
 }
+# Body fields that JSON carries as hex text; the wire carries them as bytes.
+_HEX_FIELDS = frozenset({"salt", "pin", "card"})
+# Body fields a message may leave out altogether (SPEC §4 "optional"): PERMIT's operators.
+_OPTIONAL_FIELDS = frozenset({"operators"})
 KINDS = tuple(_COMMANDS)
 
 
@@ -74,12 +92,40 @@ def _message(kind: str, body: dict[str, Any]) -> dict[int, Any]:
     msg: dict[int, Any] = {messages.K_TYPE: msg_type}
     for name, key in fields.items():
         if name in body:
-            msg[key] = body[name]
+            msg[key] = _wire_value(kind, name, body[name])
         elif name in defaults:
-            msg[key] = defaults[name]
-        else:
+            msg[key] = _wire_value(kind, name, defaults[name])
+        elif name not in _OPTIONAL_FIELDS:
             raise CommandFieldError(kind, name, "is missing")
     return msg
+
+
+def _wire_value(kind: str, name: str, value: Any) -> Any:
+    if name in _HEX_FIELDS:
+        if not isinstance(value, str):
+            raise CommandFieldError(kind, name, f"must be hex text, not {value!r}")
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise CommandFieldError(kind, name, f"is not hex: {value!r}") from None
+    if name == "operators":
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise CommandFieldError(kind, name, f"must be a list of operator ids, not {value!r}")
+        if not all(1 <= v <= 0xFFFFFFFF for v in value):
+            raise CommandFieldError(kind, name, f"ids must be 1..4294967295, not {value!r}")
+        if len(value) > messages.MAX_PERMIT_OPERATORS:
+            raise CommandFieldError(
+                kind,
+                name,
+                f"names {len(value)}; a permit names at most "
+                f"{messages.MAX_PERMIT_OPERATORS} (SPEC §5.7)",
+            )
+        return struct.pack(f">{len(value)}I", *value)
+    return value
 
 
 def validate_command(kind: str, body: dict[str, Any]) -> None:
@@ -126,6 +172,13 @@ def _field_problem(
         return CommandError(f"{kind}: not a valid {where}: {exc.detail}")
     name = names[0]
     value = body.get(name)
+    if name in _HEX_FIELDS:
+        size = len(value) // 2 if isinstance(value, str) else 0
+        return CommandFieldError(
+            kind,
+            name,
+            f"of {size} bytes is not a length the wire takes ({where}, field {fields[name]})",
+        )
     if isinstance(value, bool) or not isinstance(value, int):
         return CommandFieldError(kind, name, f"must be an integer, not {value!r}")
     return CommandFieldError(

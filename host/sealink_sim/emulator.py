@@ -779,6 +779,23 @@ class EmulatedBoard:
         self._case_open = False
         self._command("close")
 
+    def keys(self, keys: str) -> None:
+        """Type on the seal's keypad (digits, '*' clears, '#' ends an entry, SPEC §5.7): each
+        key held and let go as a finger does, longer than the keypad's debounce."""
+        if not keys or any(k not in "0123456789*#" for k in keys):
+            raise ValueError(f"keys: digits, '*' and '#' only, got {keys!r}")
+        self._command(f"keys {keys}")
+
+    def pin(self, pin: str) -> None:
+        """Type a PIN and '#'."""
+        self.keys(pin + "#")
+
+    def card(self, uid: bytes) -> None:
+        """Hold an NFC card with this UID to the seal's reader, then take it away."""
+        if not uid:
+            raise ValueError("card: a UID of at least one byte")
+        self._command(f"card {uid.hex()}")
+
     def set_battery_mv(self, mv: int) -> None:
         self._battery_mv = mv
         self._command(f"battery {int(mv)}")

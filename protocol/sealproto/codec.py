@@ -54,6 +54,9 @@ _B_FIRMWARE = const(10)
 _B_ID = const(11)
 _B_SIG = const(12)
 _B_OPT64 = const(13)
+_B_OPT32 = const(14)
+_B_IDS = const(15)
+_B_SALT = const(16)
 # fmt: off
 _BOUNDS = (
     (0, _U64),
@@ -61,7 +64,7 @@ _BOUNDS = (
     (1, _U32),
     (1, _U64),
     (0, 6),  # KIND_IMPRESSION .. KIND_UNRECORDED
-    (1, 10),  # AL_FORCED_STAMP .. AL_RESERVE_EXHAUSTED
+    (1, 11),  # AL_FORCED_STAMP .. AL_PIN_LOCKOUT
     (0, 511),  # STATUS flags: bits 9.. are reserved and must be 0
     (0, 6),  # R_OK .. R_BAD_SIGNATURE
     (16, 16),  # NONCE_LEN
@@ -70,6 +73,9 @@ _BOUNDS = (
     (1, 32),  # MAX_ID_LEN
     (64, 64),  # SIG_LEN
     (0, 64),  # a signature or a public key (X || Y), or nothing: 0 or 64 bytes, no other
+    (0, 32),  # a credential hash, or nothing: 0 or 32 bytes, no other
+    (4, 16),  # operator ids, each a big-endian uint32: 1..4 of them (MAX_PERMIT_OPERATORS)
+    (16, 16),  # SALT_LEN
 )
 # Indexed by message type; each row: field key (SPEC §4), kind, bounds.
 _SCHEMA = (
@@ -126,6 +132,7 @@ _SCHEMA = (
         3, _INT, _B_U64,  # PE_NOT_BEFORE
         4, _INT, _B_U64,  # PE_NOT_AFTER
         5, _INT, _B_U32,  # PE_OPERATOR
+        6, _BYTES | _OPTIONAL, _B_IDS,  # PE_OPERATORS
     )),
     bytes((1, _INT, _B_U32_POSITIVE)),  # 9 REVOKE: RV_PERMIT
     bytes((1, _INT, _B_U64)),  # 10 TIME: TI_TIME
@@ -138,6 +145,13 @@ _SCHEMA = (
         2, _BYTES, _B_OPT64,  # EN_GATEWAY
         3, _BYTES, _B_SIG,  # EN_SIG
         4, _DEVICE_ID, _B_ID,  # EN_DEVICE
+    )),
+    None,  # 13 STORED: signed, never sent (SPEC §5.11)
+    bytes((  # 14 OPERATOR
+        1, _INT, _B_U32_POSITIVE,  # OP_ID
+        2, _BYTES, _B_SALT,  # OP_SALT
+        3, _BYTES, _B_OPT32,  # OP_PIN
+        4, _BYTES, _B_OPT32,  # OP_CARD
     )),
 )
 # fmt: on
@@ -156,6 +170,8 @@ _AUTH = (
     _AUTH_SESSION,  # TIME
     _AUTH_SESSION,  # RESULT
     _AUTH_SESSION,  # ENROL
+    _AUTH_NONE,  # STORED: no such message
+    _AUTH_SESSION,  # OPERATOR
 )
 
 _NAMES = (
@@ -172,6 +188,8 @@ _NAMES = (
     "TIME",
     "RESULT",
     "ENROL",
+    "?",
+    "OPERATOR",
 )
 
 
@@ -198,6 +216,8 @@ def _check(msg, need_mac):
     if not _is_int(msg_type) or not 0 < msg_type < len(_SCHEMA):
         raise DecodeError(_TYPE, "unknown message type")
     rows = _SCHEMA[msg_type]
+    if rows is None:
+        raise DecodeError(_TYPE, "unknown message type")
     expected = 1
     for i in range(0, len(rows), 3):
         field = rows[i + 1]
@@ -243,7 +263,8 @@ def _check_field(msg, key, kind, bounds):
         size = len(value.encode("utf-8"))
         if kind == _DEVICE_ID and not _id_ok(value):
             raise DecodeError(_FIELD, "device id must be [A-Za-z0-9._-]")
-    if not low <= size <= high or (bounds == _B_OPT64 and 0 < size < high):
+    if (not low <= size <= high or (bounds >= _B_OPT64 and bounds <= _B_OPT32 and 0 < size < high)
+            or (bounds == _B_IDS and size % 4)):
         raise DecodeError(_FIELD, "key " + str(key) + " has a bad length")
 
 

@@ -1,4 +1,4 @@
-# sealproto.messages: the twelve message types of SPEC §4 as plain dicts with int keys.
+# sealproto.messages: the thirteen message types of SPEC §4 as plain dicts with int keys.
 # encode() and decode() run the same schema check (sealproto.codec, re-exported here: the
 # firmware imports that module alone and so holds none of these names); pairs are listed below.
 from sealproto.codec import _AUTH, _NAMES, _is_int
@@ -24,11 +24,12 @@ STATUS = const(7)  # D->H, unanswered
 PERMIT = const(8)  # H->D, answered by RESULT
 REVOKE = const(9)  # H->D, answered by RESULT
 TIME = const(10)  # H->D, answered by RESULT
-RESULT = const(11)  # D->H, answers PERMIT, REVOKE, TIME, ENROL (RE_SEQ = the command's seq)
+RESULT = const(11)  # D->H, answers PERMIT, REVOKE, TIME, ENROL, OPERATOR (RE_SEQ = its seq)
 ENROL = const(12)  # H->D, answered by RESULT: an enrolment authority's certificate
 # Never sent: the statement a gateway signs when it acknowledges (SPEC §5.11), built by
 # sealproto.auth.stored_digest alone; encode() and decode() know no such message.
 STORED = const(13)
+OPERATOR = const(14)  # H->D, answered by RESULT: one operator's credentials (SPEC §5.7)
 
 K_TYPE = const(0)
 K_SEQ = const(14)
@@ -87,6 +88,12 @@ PE_COUNT = const(2)
 PE_NOT_BEFORE = const(3)
 PE_NOT_AFTER = const(4)
 PE_OPERATOR = const(5)
+PE_OPERATORS = const(6)  # optional: the operators who may open the lock, u32 big-endian each
+
+OP_ID = const(1)
+OP_SALT = const(2)
+OP_PIN = const(3)  # SHA-256(salt || PIN digits), or empty: no PIN
+OP_CARD = const(4)  # SHA-256(salt || card UID), or empty: no card
 
 RV_PERMIT = const(1)
 
@@ -123,6 +130,7 @@ AL_ROLLBACK = const(7)
 AL_CHIP_FAULT = const(8)
 AL_UNVERIFIED_ACK = const(9)
 AL_RESERVE_EXHAUSTED = const(10)
+AL_PIN_LOCKOUT = const(11)
 
 R_OK = const(0)
 R_BAD_FIELD = const(1)
@@ -153,6 +161,9 @@ HASH_LEN = const(32)
 SIG_LEN = const(64)
 MAX_ID_LEN = const(32)
 MAX_FIRMWARE_LEN = const(32)
+SALT_LEN = const(16)
+MAX_PERMIT_OPERATORS = const(4)  # operator ids a PERMIT may name
+MAX_OPERATORS = const(16)  # operators a seal's table holds
 
 
 # For hosts and tools; the firmware never needs them, so they live here, not in codec.

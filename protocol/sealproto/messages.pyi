@@ -1,4 +1,4 @@
-"""The twelve message types of SPEC §4: plain dicts with int keys.
+"""The thirteen message types of SPEC §4: plain dicts with int keys.
 
 `encode` and `decode` run the same schema check and raise DecodeError(TYPE or FIELD) on a
 message that does not conform; `encode` alone lets a MAC-carrying message lack its MAC (key 15),
@@ -22,6 +22,7 @@ TIME: Final = 10
 RESULT: Final = 11
 ENROL: Final = 12
 STORED: Final = 13
+OPERATOR: Final = 14
 K_TYPE: Final = 0
 K_SEQ: Final = 14
 K_MAC: Final = 15
@@ -70,6 +71,11 @@ PE_COUNT: Final = 2
 PE_NOT_BEFORE: Final = 3
 PE_NOT_AFTER: Final = 4
 PE_OPERATOR: Final = 5
+PE_OPERATORS: Final = 6
+OP_ID: Final = 1
+OP_SALT: Final = 2
+OP_PIN: Final = 3
+OP_CARD: Final = 4
 RV_PERMIT: Final = 1
 TI_TIME: Final = 1
 RE_SEQ: Final = 1
@@ -98,6 +104,7 @@ AL_ROLLBACK: Final = 7
 AL_CHIP_FAULT: Final = 8
 AL_UNVERIFIED_ACK: Final = 9
 AL_RESERVE_EXHAUSTED: Final = 10
+AL_PIN_LOCKOUT: Final = 11
 R_OK: Final = 0
 R_BAD_FIELD: Final = 1
 R_EXPIRED: Final = 2
@@ -123,6 +130,9 @@ HASH_LEN: Final = 32
 SIG_LEN: Final = 64
 MAX_ID_LEN: Final = 32
 MAX_FIRMWARE_LEN: Final = 32
+SALT_LEN: Final = 16
+MAX_PERMIT_OPERATORS: Final = 4
+MAX_OPERATORS: Final = 16
 
 def type_name(msg_type: int) -> str:
     """The type's name ("HELLO", "EVENT", ...), or "?" for an unknown type."""

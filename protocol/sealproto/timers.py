@@ -21,3 +21,10 @@ DUP_ACK_HOLDOFF_MS = const(250)  # host: at most one duplicate-answering ACK per
 STATUS_INTERVAL_MS = const(60000)  # device: STATUS at least this often in a session
 COMMAND_TIMEOUT_MS = const(2000)  # host: resend a command without RESULT after this
 COMMAND_ATTEMPTS = const(6)  # host: the first send and 5 resends, then "unreachable"
+# Operator identity at the seal (SPEC §5.1, §5.7): an identification opens a permit that names
+# operators for this long; a PIN's digits more than DIGIT_TIMEOUT_MS apart start a new entry;
+# PIN_FAILURES wrong PINs in a row lock identification out for PIN_LOCKOUT_MS.
+IDENT_WINDOW_MS = const(60000)
+DIGIT_TIMEOUT_MS = const(5000)
+PIN_FAILURES = const(3)
+PIN_LOCKOUT_MS = const(300000)

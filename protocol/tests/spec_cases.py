@@ -245,6 +245,7 @@ class Field:
     domain: tuple[int, ...] = ()  # an enumeration: only these values
     device_id: bool = False
     sizes: tuple[int, ...] = ()  # bytes of only these lengths ("bytes(0 or 64)")
+    step: int = 1  # bytes of a whole number of these ("bytes(4..16 in steps of 4)")
     # May be left out ("optional"); of an EVENT field: the kinds that may carry it and those
     # that must ("optional on kind 4, required on kinds 5..6"), none other may.
     optional: bool = False
@@ -269,6 +270,9 @@ def parse_field(item: str, type_name: str) -> Field:
         return Field(15, name, "bytes", 32, 32)
     if sized := re.fullmatch(r"bytes\((\d+)\)", spec):
         return Field(int(key), name, "bytes", int(sized[1]), int(sized[1]))
+    if stepped := re.match(r"bytes\((\d+)\.\.(\d+) in steps of (\d+)\)", spec):
+        return Field(int(key), name, "bytes", int(stepped[1]), int(stepped[2]),
+                     step=int(stepped[3]), optional="optional" in spec)
     if either := re.match(r"bytes\((\d+) or (\d+)\)", spec):
         low, high = int(either[1]), int(either[2])
         return Field(int(key), name, "bytes", low, high, sizes=(low, high))
@@ -311,7 +315,8 @@ def message_table() -> list[Message]:
         items = [] if fields.strip() == "—" else re.split(r", (?=\d+ )", fields.strip())
         table.append(Message(int(number), name, auth.strip(),
                              tuple(parse_field(i, name) for i in items)))
-    assert [m.type for m in table] == list(range(1, 13)), "the §4 table as the cases read it"
+    # 13 is STORED, a statement never sent (§5.11): no row.
+    assert [m.type for m in table] == [*range(1, 13), 14], "the §4 table as the cases read it"
     return table
 
 
@@ -369,6 +374,8 @@ def wrong_values(f: Field) -> Iterator[tuple[str, Any]]:
     if f.low > 0:
         yield f"{f.low - 1} bytes", of_size(f, f.low - 1)
     if f.sizes:
+        yield from ((f"{n} bytes", of_size(f, n)) for n in (f.low + 1, f.high - 1))
+    if f.step > 1:
         yield from ((f"{n} bytes", of_size(f, n)) for n in (f.low + 1, f.high - 1))
     yield f"{f.high + 1} bytes", of_size(f, f.high + 1)
     if f.device_id:

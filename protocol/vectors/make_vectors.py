@@ -33,6 +33,7 @@ DEVICE_KEY = fixed("device key")
 OTHER_KEY = fixed("another device key")
 DEVICE_NONCE = fixed("device nonce", 16)
 HOST_NONCE = fixed("host nonce", 16)
+OPERATOR_SALT = fixed("operator salt", 16)
 SESSION_KEY = auth.session_key(DEVICE_KEY, DEVICE_NONCE, HOST_NONCE)
 # The seal's chip key of the vectors: a P-256 scalar derived from a label. Signatures are
 # RFC 6979 deterministic so the files are reproducible; a chip's random k verifies the same.
@@ -266,6 +267,50 @@ def valid_messages() -> list[tuple[str, dict[int, Any], bytes | None]]:
             SESSION_KEY,
         ),
         (
+            "permit naming operators 2 and 1042 (SPEC 5.7)",
+            signed(
+                {
+                    m.K_TYPE: m.PERMIT,
+                    m.PE_ID: 18,
+                    m.PE_COUNT: 5,
+                    m.PE_NOT_BEFORE: TIME_S,
+                    m.PE_NOT_AFTER: TIME_S + 8 * 3600,
+                    m.PE_OPERATOR: 0,
+                    m.PE_OPERATORS: (2).to_bytes(4, "big") + (1042).to_bytes(4, "big"),
+                    m.K_SEQ: 3,
+                },
+                SESSION_KEY,
+            ),
+            SESSION_KEY,
+        ),
+        (
+            "operator 2 with PIN 4711 and a card (SPEC 5.7)",
+            signed(
+                {
+                    m.K_TYPE: m.OPERATOR,
+                    m.OP_ID: 2,
+                    m.OP_SALT: OPERATOR_SALT,
+                    m.OP_PIN: hashlib.sha256(OPERATOR_SALT + b"4711").digest(),
+                    m.OP_CARD: hashlib.sha256(OPERATOR_SALT + bytes.fromhex("04a22b91")).digest(),
+                    m.K_SEQ: 8,
+                },
+                SESSION_KEY,
+            ),
+            SESSION_KEY,
+        ),
+        (
+            "operator 3 removed",
+            signed({m.K_TYPE: m.OPERATOR, m.OP_ID: 3, m.OP_SALT: OPERATOR_SALT, m.OP_PIN: b"",
+                    m.OP_CARD: b"", m.K_SEQ: 9}, SESSION_KEY),
+            SESSION_KEY,
+        ),
+        (
+            "alarm pin_lockout after 3 wrong PINs",
+            signed({m.K_TYPE: m.ALARM, m.AL_CODE: m.AL_PIN_LOCKOUT, m.AL_TIME: TIME_S,
+                    m.AL_DETAIL: 3, m.K_SEQ: 4}, SESSION_KEY),
+            SESSION_KEY,
+        ),
+        (
             "revoke",
             signed({m.K_TYPE: m.REVOKE, m.RV_PERMIT: 17, m.K_SEQ: 4}, SESSION_KEY),
             SESSION_KEY,
@@ -490,7 +535,24 @@ def invalid_vectors() -> list[Json]:
         payload_case("indefinite-length bytes", bytes.fromhex("5f4100ff"), "NONCANONICAL"),
         payload_case("not a map", bytes.fromhex("820501"), "TYPE"),
         msg_case("type 0", {0: 0}, "TYPE"),
-        msg_case("type 14", {0: 14}, "TYPE"),
+        msg_case("type 15", {0: 15}, "TYPE"),
+        msg_case("operator with a 31-byte PIN hash",
+                 {0: m.OPERATOR, 1: 2, 2: bytes(16), 3: bytes(31), 4: b"", 14: 2,
+                  15: bytes(32)}, "FIELD"),
+        msg_case("operator with a 15-byte salt",
+                 {0: m.OPERATOR, 1: 2, 2: bytes(15), 3: b"", 4: b"", 14: 2, 15: bytes(32)},
+                 "FIELD"),
+        msg_case("operator id 0",
+                 {0: m.OPERATOR, 1: 0, 2: bytes(16), 3: b"", 4: b"", 14: 2, 15: bytes(32)},
+                 "FIELD"),
+        msg_case("permit naming operators in 6 bytes",
+                 {0: m.PERMIT, 1: 1, 2: 1, 3: 0, 4: 0, 5: 0, 6: bytes(6), 14: 2,
+                  15: bytes(32)}, "FIELD"),
+        msg_case("permit naming 5 operators",
+                 {0: m.PERMIT, 1: 1, 2: 1, 3: 0, 4: 0, 5: 0, 6: bytes(range(1, 21)), 14: 2,
+                  15: bytes(32)}, "FIELD"),
+        msg_case("alarm code 12", {0: m.ALARM, 1: 12, 2: 0, 3: 0, 14: 2, 15: bytes(32)},
+                 "FIELD"),
         msg_case("no type key", {1: 42, 14: 2}, "TYPE"),
         payload_case("type is text", bytes.fromhex("a1006141"), "TYPE"),
         payload_case("type is true", bytes.fromhex("a100f5"), "TYPE"),

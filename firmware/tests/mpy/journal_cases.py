@@ -325,7 +325,7 @@ def test_permit_state_of_40_bytes_reads_with_nothing_missed():
         f.write(st + struct.pack("<I", binascii.crc32(st)))
     j2 = reboot()
     assert j2.permit == (5, 3, 0, 0, 7) and (j2.unrecorded, j2.pending) == (0, 0)
-    assert os.stat(flashimg.root() + "/state")[6] == 48
+    assert os.stat(flashimg.root() + "/state")[6] == 64
 
 
 def test_records_count_by_their_fields_read_by_position():

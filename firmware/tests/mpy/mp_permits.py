@@ -199,7 +199,7 @@ def test_old_state_without_permit_reads_as_none():
         f.write(st + struct.pack("<I", binascii.crc32(st)))
     s = _Seal()
     equal((s.permits.id, s.permits.left, s.journal.next_counter), (0, 0, 2))
-    equal(os.stat(flashimg.root() + "/state")[6], 48, "rewritten in the new form at boot")
+    equal(os.stat(flashimg.root() + "/state")[6], 64, "rewritten in the new form at boot")
 
 
 def test_install_cut_at_every_write_is_old_or_new():
