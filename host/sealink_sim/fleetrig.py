@@ -74,6 +74,7 @@ def write_fleet_config(
     gateways: dict[str, Path],
     batch_max: int = 500,
     group: str = "sealink-fleet",
+    registry_refresh_s: int = 10,
 ) -> Path:
     lines = [
         "[fleet]",
@@ -81,6 +82,7 @@ def write_fleet_config(
         f'instance = "{instance}"',
         f"batch_max = {batch_max}",
         "batch_ms = 20",
+        f"registry_refresh_s = {registry_refresh_s}",
         "",
         "[mqtt]",
         'host = "127.0.0.1"',

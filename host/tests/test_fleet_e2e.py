@@ -248,6 +248,39 @@ def test_a_database_outage_delays_records_and_loses_none(
     assert _count(cluster.dsn, "SELECT count(*) FROM gaps") == 0
 
 
+def test_a_seal_imported_while_the_fleet_runs_has_its_signature_checked_from_then_on(
+    tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster
+) -> None:
+    gateway, seal = SimGateway("gw-1"), SimSeal("seal-late")
+    pem = gateway.write_public_key(tmp_path / "gw-1.pem")
+    config = write_fleet_config(
+        tmp_path / "fleet.toml", database=cluster.dsn, instance="fleet-r", port=broker.port,
+        prefix=PREFIX, gateways={"gw-1": pem}, registry_refresh_s=1,
+    )  # fmt: skip
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    store = Store(cluster.dsn, instance="fleet-r")
+    service = FleetService(load_config(config), store).start()
+    publisher = _publisher(broker.port)
+    topic = f"{PREFIX}/{seal.device}/events"
+    try:
+        assert service.connected.wait(_WAIT_S)
+        (_, first), (_, second) = gateway.records(seal, 2)
+        publisher.publish(topic, first, qos=1).wait_for_publish()
+        _wait(lambda: _count(cluster.dsn) == 1, "the first record stored")
+        store.import_seal_keys([(seal.device, seal.chip.public)], source="test")
+        _wait(lambda: seal.device in service.verifier.seal_keys, "the registry refreshed")
+        publisher.publish(topic, second, qos=1).wait_for_publish()
+        _wait(lambda: _count(cluster.dsn) == 2, "the second record stored")
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        service.stop()
+        store.close()
+    checked = "SELECT counter, seal_verified FROM records ORDER BY counter"
+    with psycopg.connect(cluster.dsn) as conn:
+        assert conn.execute(checked).fetchall() == [(1, None), (2, True)]
+
+
 def test_mosquitto_keeps_a_killed_members_messages_in_its_session(
     tmp_path: Path, broker: Mosquitto
 ) -> None:

@@ -45,6 +45,7 @@ class FleetConfig:
     receive_maximum: int = 1000
     batch_max: int = 500
     batch_ms: int = 20
+    registry_refresh_s: int = 10
     gateways: tuple[tuple[str, bytes], ...] = ()  # (gateway id, raw Ed25519 public key)
 
 
@@ -83,6 +84,7 @@ def load_config(path: str | Path) -> FleetConfig:
         instance=_typed(fleet, "fleet", "instance", str, ""),
         batch_max=_typed(fleet, "fleet", "batch_max", int, 500),
         batch_ms=_typed(fleet, "fleet", "batch_ms", int, 20),
+        registry_refresh_s=_typed(fleet, "fleet", "registry_refresh_s", int, 10),
         host=_typed(mqtt, "mqtt", "host", str, "127.0.0.1"),
         port=_typed(mqtt, "mqtt", "port", int, 1883),
         prefix=_typed(mqtt, "mqtt", "prefix", str, "sealink").rstrip("/"),

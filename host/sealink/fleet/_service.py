@@ -160,8 +160,21 @@ class FleetService:
                 break
         return taken
 
+    def _refresh_registry(self) -> None:
+        try:
+            keys = self.store.seal_keys(timeout_s=1.0)
+        except psycopg.Error as exc:  # the writer's retries report the outage
+            log.debug("fleet: registry not refreshed: %s", exc)
+            return
+        self.verifier.seal_keys = {d: seal_public_key(k) for d, k in keys.items()}
+
     def _verify_loop(self) -> None:
+        refreshed = time.monotonic()
         while not self._stopping.is_set() or not self._inbox.empty():
+            # Seals imported into the registry while the instance runs.
+            if time.monotonic() - refreshed > self.config.registry_refresh_s:
+                self._refresh_registry()
+                refreshed = time.monotonic()
             taken = self._next_batch()
             if not taken:
                 continue

@@ -152,8 +152,8 @@ class Store:
                 count += 1
         return count
 
-    def seal_keys(self) -> dict[str, bytes]:
-        with self.pool.connection() as conn:
+    def seal_keys(self, timeout_s: float = 30.0) -> dict[str, bytes]:
+        with self.pool.connection(timeout=timeout_s) as conn:
             rows = conn.execute("SELECT id, seal_key FROM devices WHERE seal_key IS NOT NULL")
             return {str(r[0]): bytes(r[1]) for r in rows}
 
