@@ -266,3 +266,21 @@ def test_checkpoints_verify_and_two_roots_for_one_size_are_a_split_view(
     ]
     assert rig.rows("SELECT reason FROM rejections") == [("bad_checkpoint",)]
     rig.store.close()
+
+
+def test_importing_a_seals_key_checks_the_records_already_held(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    seal = SimSeal("seal-h")
+    rig = _rig(cluster, tmp_path)  # no seal keys yet: records are held unchecked
+    (_, one), (_, two) = rig.gateways[0].records(seal, 2)
+    impostor = make_event(seal.key, 3, seal.head, chip=SimChip())  # not the seal's chip
+    three = rig.gateways[0].countersign(seal.device, 3, impostor)
+    assert rig.write([(_topic(seal.device), c) for c in (one, two, three)]).stored == 3
+    assert rig.rows("SELECT count(*) FROM records WHERE seal_verified IS NULL") == [(3,)]
+    assert rig.rows("SELECT id FROM devices") == [("seal-h",)]
+    rig.store.import_seal_keys([(seal.device, seal.chip.public)], source="test")
+    checked = rig.rows("SELECT counter, seal_verified FROM records ORDER BY counter")
+    assert checked == [(1, True), (2, True), (3, False)]
+    assert rig.rows("SELECT reason, detail FROM alarms") == [("bad_seal_signature", {"counter": 3})]
+    rig.store.close()

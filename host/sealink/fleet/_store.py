@@ -18,8 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 import psycopg
 from psycopg_pool import ConnectionPool
+from sealink_verify.audit import seal_public_key, seal_signature_ok
 from sealink_verify.record import CountersignedRecord
 
 from sealink.errors import FleetError
@@ -149,6 +151,7 @@ class Store:
                 ).fetchone()
                 if row is None:
                     raise FleetError(f"{device}: the registry holds another seal key for it")
+                _check_held(conn, device, key)
                 count += 1
         return count
 
@@ -198,6 +201,10 @@ def _records(conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome) -
         "ORDER BY device, counter, received_ms ON CONFLICT (device, counter) DO NOTHING"
     ).rowcount
     outcome.stored += inserted
+    conn.execute(
+        "INSERT INTO devices (id, first_seen_ms) SELECT device, min(stored_ms) FROM staging "
+        "GROUP BY device ON CONFLICT (id) DO NOTHING"
+    )
     forks = conn.execute(
         "INSERT INTO forks (device, counter, gateway, received_ms, stored_ms, cose, record_hash) "
         "SELECT s.device, s.counter, s.gateway, s.received_ms, s.stored_ms, s.cose, "
@@ -211,6 +218,26 @@ def _records(conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome) -
         _alarm(conn, "fork", device, gateway, {"counter": counter, "record_sha256": digest},
                f"fork:{device}:{counter}:{digest}")  # fmt: skip
     _judge_chain(conn, outcome)
+
+
+def _check_held(conn: psycopg.Connection[tuple[Any, ...]], device: str, key: bytes) -> None:
+    """The seal signatures of a seal's records stored before its key was known (their
+    countersignature was checked at arrival; the COSE payload is read, not verified again)."""
+    public = seal_public_key(key)
+    rows = conn.execute(
+        "SELECT counter, cose, gateway FROM records WHERE device = %s AND seal_verified IS NULL",
+        (device,),
+    ).fetchall()
+    for counter, cose, gateway in rows:
+        event = cbor2.loads(cbor2.loads(cbor2.loads(bytes(cose)).value[2])["event"])
+        ok = seal_signature_ok(public, event)
+        conn.execute(
+            "UPDATE records SET seal_verified = %s WHERE device = %s AND counter = %s",
+            (ok, device, counter),
+        )
+        if not ok:
+            _alarm(conn, "bad_seal_signature", device, gateway, {"counter": counter},
+                   f"bad_seal_signature:{device}:{counter}")  # fmt: skip
 
 
 def _judge_chain(conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome) -> None:
