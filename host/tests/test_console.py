@@ -266,6 +266,10 @@ def test_a_viewer_cannot_acknowledge_and_a_disabled_account_is_out(
             page = await chromium.new_page()
             await _login(page, console, "vera")
             await page.wait_for_selector("#impressions", state="attached", timeout=WAIT_MS)
+            (cookie,) = await page.context.cookies()
+            assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict"), cookie
+            headers = (await page.request.get(f"{console.url}/alarms")).headers
+            assert "frame-ancestors 'none'" in headers["content-security-policy"], headers
             csrf = await page.get_attribute("main", "data-csrf")
             # The server checks the role, whatever the page shows: a well-formed POST with
             # the viewer's own CSRF token is refused.

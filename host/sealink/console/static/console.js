@@ -6,7 +6,15 @@
   var live = document.getElementById("live");
   var csrf = document.querySelector("main").dataset.csrf || "";
   var source = new EventSource("/stream");
-  source.onopen = function () { live.textContent = "● live"; live.className = "live on"; };
+  var opened = false;
+  source.onopen = function () {
+    // Back after a break (the console restarted, the network dropped): what happened
+    // meanwhile was never sent to this page, so it is drawn again from the server.
+    if (opened) { window.location.reload(); return; }
+    opened = true;
+    live.textContent = "● live";
+    live.className = "live on";
+  };
   source.onerror = function () { live.textContent = "○ reconnecting"; live.className = "live"; };
   function row(html) {
     var holder = document.createElement("tbody");
