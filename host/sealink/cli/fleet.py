@@ -7,6 +7,7 @@ sealink fleet devices import FILE --config ...   seals' public keys, from `seali
 sealink fleet records --device D [--since MS] [--until MS] [--json]
 sealink fleet gaps [--device D] [--json]         counters missing per seal, across gateways
 sealink fleet forks [--json]                     second records for a held (device, counter)
+sealink fleet alarms [--device D] [--json]       what the fleet raised and gateways signed
 
 The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt): it is
 imported only when a fleet command runs.
@@ -174,6 +175,23 @@ def cmd_forks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alarms(args: argparse.Namespace) -> int:
+    rows = _query(
+        args,
+        "SELECT time_ms, source, gateway, device, reason, detail FROM alarms "
+        "WHERE %s::text IS NULL OR device = %s ORDER BY id",
+        (args.device, args.device),
+    )
+    for time_ms, source, gateway, device, reason, detail in rows:
+        if args.json:
+            print_json({"time_ms": time_ms, "source": source, "gateway": gateway,
+                        "device": device, "reason": reason, "detail": detail})  # fmt: skip
+        else:
+            print(f"{iso_ms(time_ms):<24}  {source:<7}  {gateway or '-':<12}  "
+                  f"{device or '-':<16}  {reason:<18}  {json.dumps(detail)}")  # fmt: skip
+    return 0
+
+
 def _with_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="fleet.toml")
 
@@ -200,4 +218,8 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p = add_command(fl, "forks", cmd_forks, "second records for a held (device, counter)")
     _with_config(p)
+    p.add_argument("--json", action="store_true", help="JSON Lines")
+    p = add_command(fl, "alarms", cmd_alarms, "what the fleet raised and gateways signed")
+    _with_config(p)
+    p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="JSON Lines")
