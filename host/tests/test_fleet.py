@@ -19,6 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import sealink
+from sealink.crypto.signer import GatewayKey
+from sealink.evidence.keys import history_document, keys_origin, sign_transition
 from sealink.evidence.note import sign_checkpoint
 from sealink.fleet import Batch, FleetService, Store, StoreOutcome, load_config, migrate
 from sealink.mqtt.signed import MessageSigner
@@ -83,7 +85,7 @@ def test_migrations_apply_once_and_a_rerun_is_a_no_op(
     with psycopg.connect(rig.dsn) as conn:
         assert migrate(conn) == []
     names = [r[0] for r in rig.rows("SELECT name FROM schema_migrations ORDER BY name")]
-    assert names == ["0001_ledger.sql"]
+    assert names == ["0001_ledger.sql", "0002_key_history.sql"]
     pinned = rig.rows("SELECT id FROM gateways ORDER BY id")
     assert pinned == [("gw-1",), ("gw-2",)]
     rig.store.close()
@@ -283,4 +285,38 @@ def test_importing_a_seals_key_checks_the_records_already_held(
     checked = rig.rows("SELECT counter, seal_verified FROM records ORDER BY counter")
     assert checked == [(1, True), (2, True), (3, False)]
     assert rig.rows("SELECT reason, detail FROM alarms") == [("bad_seal_signature", {"counter": 3})]
+    rig.store.close()
+
+
+def test_a_rotated_gateway_key_is_learned_from_its_history_and_held_records_taken_again(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    seal = SimSeal("seal-r")
+    rig = _rig(cluster, tmp_path, [seal])
+    old = rig.gateways[0].key
+    rotated = SimGateway("gw-1", GatewayKey.generate())
+    transition = sign_transition(old, rotated.key, keys_origin("gw-1"), 1, 10, 1000)
+    history = history_document("gw-1", old.public_raw(), [transition])
+    keys_topic = f"{PREFIX}/gateway/gw-1/keys"
+    (_, one), (_, two) = rotated.records(seal, 2)
+    # Signed by the new key before its history arrived: refused, kept, alarmed.
+    assert rig.write([(_topic(seal.device), one)]).rejected == 1
+    stranger = GatewayKey.generate()  # a transition the pinned key never signed
+    forged = history_document(
+        "gw-1",
+        old.public_raw(),
+        [sign_transition(stranger, rotated.key, keys_origin("gw-1"), 1, 10, 1000)],
+    )
+    rig.write([(keys_topic, json.dumps(forged).encode())])
+    assert rig.rows("SELECT reason FROM rejections ORDER BY id") == [
+        ("unknown_key",), ("bad_key_history",),
+    ]  # fmt: skip
+    rig.write([(keys_topic, json.dumps(history).encode())])
+    assert rig.rows("SELECT counter FROM records") == [(1,)]  # taken again, now verified
+    assert rig.rows("SELECT reason FROM rejections") == [("bad_key_history",)]
+    assert rig.write([(_topic(seal.device), two)]).stored == 1
+    # A new instance knows the history from the database.
+    later = FleetService(load_config(rig.config_path), rig.store)
+    assert rotated.key.public_raw() in later.gateway_keys["gw-1"]
+    assert rig.rows("SELECT count(*) FROM records WHERE chain_ok") == [(2,)]
     rig.store.close()

@@ -10,8 +10,10 @@ that member's session, not handed to another member (measured: README "Fleet led
 killed instance must come back under the same id, or its in-flight messages wait for the
 session to expire.
 
-Checkpoints are retained, and retained messages never reach a shared subscription (MQTT 5
-§4.8.2): every instance subscribes to them directly; storing one is idempotent.
+Checkpoints and key histories are retained, and retained messages never reach a shared
+subscription (MQTT 5 §4.8.2): every instance subscribes to them directly; storing one is
+idempotent. A key history (SPEC §14.7) is walked from the gateway's pinned key; the records
+refused meanwhile for a key nobody had are taken again once their key is learned.
 
 Threads: paho's network thread only queues what arrives; a verifier thread checks a batch
 while the writer thread stores the one before in one transaction, then acknowledges it in
@@ -20,6 +22,7 @@ arrival order (batches are stored, and so acknowledged, in the order they arrive
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -33,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sealink_verify.audit import seal_public_key
-from sealink_verify.keyhistory import KeyHistory
+from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries, history_entries
 from sealink_verify.mqtt import MessageError, verify_message
 from sealink_verify.record import RecordError, RecordVerifier
 from sealink_verify.tlog import NoteError
@@ -64,6 +67,7 @@ class FleetService:
         self.store = store
         keys = store.pinned_keys()
         self.gateway_keys = keys
+        self._histories: dict[str, KeyHistory] = {}
         self.verifier = RecordVerifier(
             keys, {d: seal_public_key(k) for d, k in store.seal_keys().items()}
         )
@@ -124,6 +128,7 @@ class FleetService:
                 (f"{share}/+/alarms", 1),
                 (f"{share}/gateway/+/alarms", 1),
                 (f"{self.config.prefix}/gateway/+/checkpoint", 1),
+                (f"{self.config.prefix}/gateway/+/keys", 1),
             ]
         )
         log.info("fleet: connected, session present: %s", flags.session_present)
@@ -220,6 +225,10 @@ class FleetService:
                 batch.alarms.append(self._alarm(topic, payload, levels))
             elif kind == "checkpoint":
                 batch.checkpoints.append(self._checkpoint(device, payload))
+            elif kind == "keys" and payload:
+                self._key_history(device, payload, batch)
+        except KeyHistoryError as exc:
+            batch.rejections.append(Rejection(topic, "bad_key_history", str(exc), payload))
         except RecordError as exc:
             batch.rejections.append(Rejection(topic, exc.reason, exc.detail, payload, device))
         except MessageError as exc:
@@ -232,7 +241,46 @@ class FleetService:
         device = None if len(levels) >= 3 and levels[-3] == "gateway" else levels[-2]
         return GatewayAlarm(message.gateway, device, message.seq, message.time_ms, message.body)
 
+    def _key_history(self, gateway: str, payload: bytes, batch: Batch) -> None:
+        """Learn a gateway's later keys from its retained key history, walked from the pinned
+        key (SPEC §14.7); then take again the records refused for a key nobody had."""
+        if gateway not in self.gateway_keys:
+            raise KeyHistoryError(f"gateway {gateway!r} has no pinned key")
+        try:
+            doc = json.loads(payload)
+            entries = history_entries(doc["keys"] if isinstance(doc, dict) else None)
+        except (ValueError, KeyError) as exc:
+            raise KeyHistoryError(f"not a key history document: {exc!r}") from None
+        history = from_entries(self.gateway_keys[gateway][0], entries, gateway)
+        self._histories[gateway] = history
+        keys = list(
+            dict.fromkeys([*self.gateway_keys[gateway], *(e.public for e in history.epochs)])
+        )
+        if keys == self.gateway_keys[gateway]:
+            return
+        self.gateway_keys[gateway] = keys
+        self.verifier = RecordVerifier(self.gateway_keys, self.verifier.seal_keys)
+        batch.key_histories[gateway] = keys
+        log.info("fleet: %s's key history: %d keys", gateway, len(keys))
+        for rejection_id, topic, held in self.store.unknown_key_rejections():
+            retried = Batch()
+            self.classify(topic, held, retried)
+            if retried.records:
+                batch.records.extend(retried.records)
+                batch.resolved.append(rejection_id)
+
     def _checkpoint(self, gateway: str, payload: bytes) -> SignedCheckpoint:
-        keys = self.gateway_keys[gateway]
-        checkpoint = KeyHistory.one(keys[0]).open_checkpoint(payload.decode())
-        return SignedCheckpoint(gateway, checkpoint.size, checkpoint.root, checkpoint.note)
+        walked = self._histories.get(gateway)
+        if walked is not None:  # the key valid for the checkpoint's size
+            checkpoint = walked.open_checkpoint(payload.decode())
+            return SignedCheckpoint(gateway, checkpoint.size, checkpoint.root, checkpoint.note)
+        error = NoteError(f"gateway {gateway!r} has no pinned key")
+        # Until its retained history arrives (it follows at once): any key learned before.
+        for key in self.gateway_keys.get(gateway, []):
+            try:
+                checkpoint = KeyHistory.one(key).open_checkpoint(payload.decode())
+            except NoteError as exc:
+                error = exc
+                continue
+            return SignedCheckpoint(gateway, checkpoint.size, checkpoint.root, checkpoint.note)
+        raise error

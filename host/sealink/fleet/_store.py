@@ -68,9 +68,14 @@ class Batch:
     rejections: list[Rejection] = field(default_factory=list)
     alarms: list[GatewayAlarm] = field(default_factory=list)
     checkpoints: list[SignedCheckpoint] = field(default_factory=list)
+    # gateway -> every key of its history, walked from the pinned key (SPEC §14.7)
+    key_histories: dict[str, list[bytes]] = field(default_factory=dict)
+    # rejections (by id) whose record verified once its gateway's new key was learned
+    resolved: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.records) + len(self.rejections) + len(self.alarms) + len(self.checkpoints)
+        parts = (self.records, self.rejections, self.alarms, self.checkpoints)
+        return sum(len(p) for p in parts) + len(self.key_histories)
 
 
 @dataclass
@@ -125,13 +130,29 @@ class Store:
                 _gateway_alarm(conn, alarm)
             for checkpoint in batch.checkpoints:
                 _checkpoint(conn, checkpoint)
+            for gateway, keys in batch.key_histories.items():
+                conn.execute("UPDATE gateways SET history_keys = %s WHERE id = %s", (keys, gateway))
+            if batch.resolved:
+                conn.execute("DELETE FROM rejections WHERE id = ANY(%s)", (batch.resolved,))
         return outcome
+
+    def unknown_key_rejections(self) -> list[tuple[int, str, bytes]]:
+        """(id, topic, payload) of records refused for a key no gateway had, oldest first."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, topic, payload FROM rejections WHERE reason = 'unknown_key' "
+                "ORDER BY id LIMIT 100000"
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
     def pin_gateway(self, gateway: str, keys: Sequence[bytes]) -> None:
         with self.pool.connection() as conn:
             conn.execute(
                 "INSERT INTO gateways (id, pinned_keys, added_ms) VALUES (%s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET pinned_keys = EXCLUDED.pinned_keys",
+                "ON CONFLICT (id) DO UPDATE SET pinned_keys = EXCLUDED.pinned_keys, "
+                # A history walked from another pinned key is not this one's.
+                "history_keys = CASE WHEN gateways.pinned_keys = EXCLUDED.pinned_keys "
+                "THEN gateways.history_keys END",
                 (gateway, list(keys), _now_ms()),
             )
 
@@ -161,9 +182,12 @@ class Store:
             return {str(r[0]): bytes(r[1]) for r in rows}
 
     def pinned_keys(self) -> dict[str, list[bytes]]:
+        """gateway -> its pinned keys, and the keys of its history learned since."""
         with self.pool.connection() as conn:
-            rows = conn.execute("SELECT id, pinned_keys FROM gateways")
-            return {str(r[0]): [bytes(k) for k in r[1]] for r in rows}
+            rows = conn.execute(
+                "SELECT id, pinned_keys || coalesce(history_keys, '{}') FROM gateways"
+            )
+            return {str(r[0]): list(dict.fromkeys(bytes(k) for k in r[1])) for r in rows}
 
 
 def _configure(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
