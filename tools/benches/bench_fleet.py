@@ -14,6 +14,9 @@ are made once, then:
   broker queues them in their sessions), then they start again; from the moment the last one
   has subscribed to the moment PostgreSQL holds every record, fully verified and chained.
 
+`postgres_mb_per_million_records`: the size of `records` with its indexes (bytes per record,
+which is MB per million), after the ingest.
+
 `fraction_of_ceiling` = records_per_s / the lower ceiling, the CPU one counted once per
 instance (each instance verifies on its own core where the machine has them).
 
@@ -179,7 +182,8 @@ def _ingest(
     seals: list[SimSeal],
     records: list[tuple[str, bytes]],
     instances: int,
-) -> float:
+) -> tuple[float, float]:
+    """(records/s, bytes of `records` with its indexes per record)."""
     dsn = pg.database(f"ingest_{instances}")
     fleet = _instances(work, dsn, broker.port, gateway, instances)
     registry = work / "seals.jsonl"
@@ -199,7 +203,10 @@ def _ingest(
     elapsed = time.perf_counter() - start
     for instance in fleet:
         instance.stop()
-    return len(records) / elapsed
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_total_relation_size('records')").fetchone()
+    size = int(row[0]) if row else 0
+    return len(records) / elapsed, size / len(records)
 
 
 def run() -> list[dict[str, Any]]:
@@ -216,12 +223,13 @@ def run() -> list[dict[str, Any]]:
         copy = _copy_rows_per_s(pg.database("copy"), gateway, seals, records)
         results = []
         for instances in (1, 2):
-            rate = _ingest(work, pg, broker, gateway, seals, records, instances)
+            rate, per_record = _ingest(work, pg, broker, gateway, seals, records, instances)
             ceiling = min(copy, verify * min(instances, os.cpu_count() or 1))
             results.append({
                 "bench": "fleet", "instances": instances, "records_per_s": round(rate),
                 "copy_rows_per_s": round(copy), "verify_per_s": round(verify),
                 "fraction_of_ceiling": round(rate / ceiling, 3), "records": len(records),
                 "cores": os.cpu_count(),
+                "postgres_mb_per_million_records": round(per_record, 1),
             })  # fmt: skip
         return results
