@@ -117,8 +117,11 @@ class RecordVerifier:
             received_ms = payload["received_ms"]
         except (cbor2.CBORDecodeError, ValueError, KeyError, TypeError) as exc:
             raise RecordError("malformed", f"signed payload unreadable: {exc!r}") from None
-        if not (isinstance(fields, dict) and isinstance(counter, int) and counter >= 1):
-            raise RecordError("malformed", "the event is not a map, or the counter not >= 1")
+        if not (isinstance(fields, dict) and isinstance(counter, int) and 1 <= counter < 2**32):
+            # SPEC §4: an EVENT's counter is a uint32, at least 1.
+            raise RecordError("malformed", "the event is not a map, or the counter not uint32 >= 1")
+        if not (isinstance(received_ms, int) and 0 <= received_ms < 2**63):
+            raise RecordError("malformed", f"received_ms {received_ms!r} is no Unix time in ms")
         if payload.get("device") != device or fields.get(_EV_COUNTER) != counter:
             raise RecordError(
                 "mismatch",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import psycopg
 import pytest
 from conftest import sealink
@@ -319,4 +320,43 @@ def test_a_rotated_gateway_key_is_learned_from_its_history_and_held_records_take
     later = FleetService(load_config(rig.config_path), rig.store)
     assert rotated.key.public_raw() in later.gateway_keys["gw-1"]
     assert rig.rows("SELECT count(*) FROM records WHERE chain_ok") == [(2,)]
+    rig.store.close()
+
+
+def test_a_record_postgresql_refuses_is_kept_as_a_rejection_and_the_batch_stored(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """A seal id with a NUL (MQTT forbids it in topics; here it stands for any row PostgreSQL
+    refuses for its content): the rest of its batch is stored, it is kept as a rejection."""
+    good, odd = SimSeal("seal-g"), SimSeal("seal\x00odd")
+    rig = _rig(cluster, tmp_path)
+    gw = rig.gateways[0]
+    batch = Batch()
+    for seal in (good, odd):
+        for _, cose in gw.records(seal, 2):
+            rig.service.classify(_topic(seal.device), cose, batch)
+    rig.service._commit(batch)  # the service's own path: refused batch -> one at a time
+    assert rig.rows("SELECT device, counter FROM records ORDER BY counter") == [
+        ("seal-g", 1), ("seal-g", 2),
+    ]  # fmt: skip
+    kept = rig.rows("SELECT topic, reason FROM rejections ORDER BY id")
+    assert kept == [(f"{PREFIX}/seal\\x00odd/events", "unstorable")] * 2
+    rig.store.close()
+
+
+def test_out_of_range_counters_and_times(cluster: PostgresCluster, tmp_path: Path) -> None:
+    """A counter beyond uint32 is refused (SPEC §4); a seal clock up to 2^64 - 1 is stored."""
+    seal = SimSeal("seal-t")
+    rig = _rig(cluster, tmp_path)
+    gw = rig.gateways[0]
+    big = cbor2.dumps({0: 4, 1: 2**32, 4: 0, 5: 0, 6: 0, 7: 0, 8: bytes(32)}, canonical=True)
+    late = make_event(seal.key, 1, bytes(32), time_s=2**64 - 1)
+    outcome = rig.write(
+        [(_topic(seal.device), gw.countersign(seal.device, 2**32, big)),
+         (_topic(seal.device), gw.countersign(seal.device, 1, late))]
+    )  # fmt: skip
+    assert (outcome.stored, outcome.rejected) == (1, 1)
+    assert rig.rows("SELECT reason FROM rejections") == [("malformed",)]
+    shown = sealink("fleet", "records", "--device", "seal-t", "--json", "-c", str(rig.config_path))
+    assert json.loads(shown.stdout)["time_s"] == 2**64 - 1
     rig.store.close()

@@ -135,7 +135,8 @@ def cmd_records(args: argparse.Namespace) -> int:
              "time_s", "record_sha256", "seal_verified", "chain_ok")  # fmt: skip
     for row in rows:
         if args.json:
-            print_json(dict(zip(names, row, strict=True)))
+            # time_s is numeric (a uint64 does not fit a bigint): an int again for JSON.
+            print_json({**dict(zip(names, row, strict=True)), "time_s": int(row[7])})
         else:
             print(f"{row[1]:>8}  {iso_ms(row[3]):<24}  {row[2]:<16}  kind {row[4]}  "
                   f"seal {row[9]}  chain {row[10]}")  # fmt: skip

@@ -185,7 +185,13 @@ class FleetService:
                 continue
             batch = Batch()
             for item in taken:
-                self.classify(item.topic, item.payload, batch)
+                try:
+                    self.classify(item.topic, item.payload, batch)
+                except Exception as exc:  # a bug must not stop the fleet: keep the message
+                    log.exception("fleet: %s: message not understood", item.topic)
+                    batch.rejections.append(
+                        Rejection(item.topic, "internal", repr(exc), item.payload)
+                    )
             self._verified.put((batch, taken))
         self._verified.put(None)
 
@@ -200,18 +206,54 @@ class FleetService:
 
     def _commit(self, batch: Batch) -> None:
         """Write until it commits: a database outage delays messages, never drops them (they
-        stay unacknowledged: the broker still holds them)."""
+        stay unacknowledged: the broker still holds them). A batch PostgreSQL refuses for
+        what it holds (not for being unreachable) is written a message at a time, so one
+        message it cannot take is kept as a rejection and does not hold up the rest."""
         for attempt in range(1_000_000):
             try:
                 outcome = self.store.write(batch)
-            except psycopg.Error as exc:
+            except psycopg.OperationalError as exc:  # also the pool's timeout
                 delay = _RETRY_S[min(attempt, len(_RETRY_S) - 1)]
                 log.error("fleet: database write failed (retry in %.1f s): %s", delay, exc)
                 time.sleep(delay)
                 continue
+            except psycopg.Error as exc:
+                log.error("fleet: a batch was refused (%s): storing it a message at a time", exc)
+                self._commit_singly(batch)
+                return
             if outcome.forks or outcome.chain_breaks or outcome.rejected:
                 log.error("fleet: alarms raised: %s", outcome)
             return
+
+    def _commit_singly(self, batch: Batch) -> None:
+        for record, cose in batch.records:
+            single = Batch(records=[(record, cose)])
+            try:
+                self._commit_or_raise(single)
+            except psycopg.Error as exc:
+                # Kept with what PostgreSQL can hold of its names (a NUL it cannot).
+                device = record.device.replace("\x00", "\\x00")
+                topic = f"{self.config.prefix}/{device}/events"
+                rejection = Rejection(topic, "unstorable", str(exc), cose, device)
+                self._commit(Batch(rejections=[rejection]))
+        rest = Batch(
+            rejections=batch.rejections, alarms=batch.alarms, checkpoints=batch.checkpoints,
+            key_histories=batch.key_histories, resolved=batch.resolved,
+        )  # fmt: skip
+        try:
+            self._commit_or_raise(rest)
+        except psycopg.Error as exc:
+            log.error("fleet: alarms, checkpoints or key histories not stored: %s", exc)
+
+    def _commit_or_raise(self, batch: Batch) -> None:
+        """One write, retried while the database is unreachable; other errors raised."""
+        for attempt in range(1_000_000):
+            try:
+                self.store.write(batch)
+                return
+            except psycopg.OperationalError as exc:
+                time.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+                log.error("fleet: database write failed: %s", exc)
 
     def classify(self, topic: str, payload: bytes, batch: Batch) -> None:
         """Verify one message into the batch: a record, an alarm, a checkpoint, or a rejection."""

@@ -32,7 +32,7 @@ CREATE TABLE records (
     kind          integer NOT NULL,
     permit        bigint NOT NULL,
     operator      bigint NOT NULL,
-    time_s        bigint NOT NULL,
+    time_s        numeric(20) NOT NULL,  -- a uint of the seal's (SPEC §4): up to 2^64 - 1
     -- true: the seal's signature verified; NULL: the registry has no key for the seal yet.
     seal_verified boolean,
     -- true/false: prev is/is not SHA-256 of counter - 1's record; NULL: that one is not held.
