@@ -130,7 +130,7 @@ def _permit_routes(console: Console) -> list[Route]:
 def _evidence_routes(console: Console) -> list[Route]:
     @guarded(console, "viewer")
     async def quarantine(request: Request, user: Account, form: dict[str, str]) -> Response:
-        held = [d for d in console.feed.devices.values() if d.quarantined]
+        held = console.held()
         alarms = [(a, by, at) for a, by, at in console.store.alarms() if a.quarantine]
         rows = console.store.requests(("release",))
         return console.page(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,19 @@ from sealink.console.feed import Alarm, Feed, Health, Impression, Update
 from sealink.console.roles import role_at_least
 from sealink.console.store import Account, RequestRow, Store
 
-__all__ = ["Console", "guarded", "login_routes", "view_routes"]
+__all__ = ["Console", "Held", "guarded", "login_routes", "view_routes"]
 
 _HERE = Path(__file__).parent
 _PING_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
+_REPLAY = 2000  # events kept for pages that connect late or reconnect
 _Handler = Callable[[Request], Awaitable[Response]]
+_Event = tuple[int, str, str]  # id, SSE event name, data (a rendered row)
+
+
+def _sse(item: _Event) -> str:
+    number, event, data = item
+    lines = "".join(f"data: {line}\n" for line in data.splitlines())
+    return f"id: {number}\nevent: {event}\n{lines}\n"
 
 
 def _time_ms(ms: Any) -> str:
@@ -41,6 +51,14 @@ def _time_ms(ms: Any) -> str:
 
 def _time_s(s: Any) -> str:
     return _time_ms(s * 1000) if isinstance(s, int) and s > 0 else "unset"
+
+
+@dataclass(frozen=True)
+class Held:
+    device: str
+    gateway: str
+    since_ms: int
+    why: str  # the alarm that quarantined it, or "status"
 
 
 class Console:
@@ -57,7 +75,11 @@ class Console:
         )
         self.env.filters["ms"] = _time_ms
         self.env.filters["s"] = _time_s
-        self._listeners: set[asyncio.Queue[tuple[str, str]]] = set()
+        self._listeners: set[asyncio.Queue[_Event]] = set()
+        # The latest events, numbered: a page asks for those after the one it was drawn at,
+        # so nothing between its rendering and its stream's start (or a reconnect) is lost.
+        self.last_id = 0
+        self._recent: deque[_Event] = deque(maxlen=_REPLAY)
 
     # the feed's sink: store first, then tell the pages ------------------------------------------
 
@@ -69,16 +91,50 @@ class Console:
             self.store.add_alarm(update)
             fragment = self.fragment("_alarm.html", a=update, by=None, at=None, csrf="")
             self._broadcast("alarm", fragment)
+            if update.quarantine:
+                self._held_changed(update.device)
         elif isinstance(update, Health):
             self._broadcast("health", self.fragment("_device.html", d=update))
-            # Who may release is the page's to know: the form is sent to all, the server
-            # checks the role when it is posted.
-            held = self.fragment("_held.html", d=update, csrf="", user_role="approver")
-            self._broadcast("held", held)
+            self._held_changed(update.device)
 
     def on_result(self, row: RequestRow) -> None:
         fragment = self.fragment("_request.html", q=row, csrf="", user_role="approver")
         self._broadcast("request", fragment)
+        if row.action == "release":
+            self._held_changed(row.device)
+
+    def held(self) -> list[Held]:
+        """The seals held in quarantine (SPEC §5.8): those whose signed status says so, and
+        those with an alarm of a quarantine transition that no later status, nor a release
+        the gateway confirmed, has lifted (a status follows only the seal's next STATUS)."""
+        alarms: dict[str, Alarm] = {}
+        for alarm, _, _ in self.store.alarms():  # newest first
+            if alarm.quarantine and not alarm.device.startswith("gateway/"):
+                alarms.setdefault(alarm.device, alarm)  # not a seal's: nothing to release
+        devices = set(alarms) | {d.device for d in self.feed.devices.values() if d.quarantined}
+        found = (self._held_one(device, alarms.get(device)) for device in sorted(devices))
+        return [h for h in found if h is not None]
+
+    def _held_one(self, device: str, alarm: Alarm | None) -> Held | None:
+        health = self.feed.devices.get(device)
+        if health is not None and health.quarantined:
+            since = alarm.time_ms if alarm is not None else health.time_ms
+            return Held(device, health.gateway, since, alarm.what if alarm else "status")
+        if alarm is None or (health is not None and health.time_ms > alarm.time_ms):
+            return None
+        released = [
+            r
+            for r in self.store.requests(("release",))
+            if r.device == device and r.state == "done" and (r.updated_ms or 0) > alarm.time_ms
+        ]
+        return None if released else Held(device, alarm.gateway, alarm.time_ms, alarm.what)
+
+    def _held_changed(self, device: str) -> None:
+        held = {h.device: h for h in self.held()}.get(device)
+        # Who may release is the page's to know: the form goes to all, the server checks the
+        # role when it is posted.
+        fragment = self.fragment("_held.html", device=device, h=held, csrf="", user_role="approver")
+        self._broadcast("held", fragment)
 
     def gateway_of(self, device: str) -> str | None:
         """The gateway that last reported `device` (its status, else a record of it)."""
@@ -93,26 +149,46 @@ class Console:
         return sorted(self.feed.devices)
 
     def _broadcast(self, event: str, data: str) -> None:
+        self.last_id += 1
+        item = (self.last_id, event, data)
+        self._recent.append(item)
         for queue in self._listeners:
             if not queue.full():
-                queue.put_nowait((event, data))
+                queue.put_nowait(item)
 
     def fragment(self, name: str, **context: Any) -> str:
         return self.env.get_template(name).render(**context)
 
-    async def stream(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(1000)
+    def _missed(self, after: int) -> list[_Event] | None:
+        """The events after `after`, or None if some of them are no longer kept."""
+        if after >= self.last_id:
+            return []
+        if not self._recent or self._recent[0][0] > after + 1:
+            return None
+        return [e for e in self._recent if e[0] > after]
+
+    async def stream(self, after: int) -> AsyncIterator[str]:
+        queue: asyncio.Queue[_Event] = asyncio.Queue(1000)
         self._listeners.add(queue)
         try:
+            missed = self._missed(after)
+            if missed is None:  # too far behind: the page draws itself again
+                yield "event: resync\ndata: \n\n"
+                return
             yield ": connected\n\n"
+            sent = after
+            for item in missed:
+                sent = item[0]
+                yield _sse(item)
             while True:
                 try:
-                    event, data = await asyncio.wait_for(queue.get(), _PING_S)
+                    item = await asyncio.wait_for(queue.get(), _PING_S)
                 except TimeoutError:
                     yield ": ping\n\n"
                     continue
-                lines = "".join(f"data: {line}\n" for line in data.splitlines())
-                yield f"event: {event}\n{lines}\n"
+                if item[0] > sent:  # those replayed above may be queued too
+                    sent = item[0]
+                    yield _sse(item)
         finally:
             self._listeners.discard(queue)
 
@@ -120,7 +196,11 @@ class Console:
 
     def page(self, request: Request, name: str, user: Account, **context: Any) -> HTMLResponse:
         body = self.env.get_template(name).render(
-            user=user, csrf=request.session.get("csrf", ""), path=request.url.path, **context
+            user=user,
+            csrf=request.session.get("csrf", ""),
+            path=request.url.path,
+            after=self.last_id,
+            **context,
         )
         return HTMLResponse(body)
 
@@ -241,7 +321,11 @@ def view_routes(console: Console) -> list[Route]:
     @guarded(console, "viewer")
     async def stream(request: Request, user: Account, form: dict[str, str]) -> Response:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return StreamingResponse(console.stream(), media_type="text/event-stream", headers=headers)
+        # A reconnecting EventSource says the last id it got; a new one, the page's own.
+        last = request.headers.get("last-event-id") or request.query_params.get("after", "0")
+        after = int(last) if last.isdigit() else 0
+        body = console.stream(after)
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     @guarded(console, "operator", "ack")
     async def ack(request: Request, user: Account, form: dict[str, str]) -> Response:

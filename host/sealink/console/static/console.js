@@ -4,17 +4,13 @@
 (function () {
   "use strict";
   var live = document.getElementById("live");
-  var csrf = document.querySelector("main").dataset.csrf || "";
-  var source = new EventSource("/stream");
-  var opened = false;
-  source.onopen = function () {
-    // Back after a break (the console restarted, the network dropped): what happened
-    // meanwhile was never sent to this page, so it is drawn again from the server.
-    if (opened) { window.location.reload(); return; }
-    opened = true;
-    live.textContent = "● live";
-    live.className = "live on";
-  };
+  var main = document.querySelector("main");
+  var csrf = main.dataset.csrf || "";
+  // From the event this page was drawn at: nothing in between is lost. A reconnect sends
+  // the last event id it got; a server that no longer holds what followed says "resync".
+  var source = new EventSource("/stream?after=" + (main.dataset.after || "0"));
+  source.onopen = function () { live.textContent = "● live"; live.className = "live on"; };
+  source.addEventListener("resync", function () { window.location.reload(); });
   source.onerror = function () { live.textContent = "○ reconnecting"; live.className = "live"; };
   function row(html) {
     var holder = document.createElement("tbody");
