@@ -278,6 +278,11 @@ def test_a_viewer_cannot_acknowledge_and_a_disabled_account_is_out(
                 max_redirects=0,
             )  # fmt: skip
             assert refused.status == 403
+            permit = {"device": DEVICE, "count": "1", "csrf": csrf or ""}
+            refused = await page.request.post(
+                f"{console.url}/permits/issue", form=permit, max_redirects=0
+            )
+            assert refused.status == 403
             await _shot(page, console, "01-viewer")
             done = await asyncio.to_thread(
                 sealink, "console", "user", "disable", "vera", "--config", str(console.config)
@@ -289,6 +294,7 @@ def test_a_viewer_cannot_acknowledge_and_a_disabled_account_is_out(
     run(body(), timeout=60)
     actions = [(r["user"], r["action"], r["outcome"]) for r in console.audit()]
     assert ("vera", "ack", "refused") in actions, actions
+    assert ("vera", "permit", "refused") in actions, actions
 
 
 def test_failed_logins_are_throttled_and_no_password_goes_on_the_command_line(
