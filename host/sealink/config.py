@@ -69,6 +69,7 @@ from sealink.errors import ConfigError
 from sealink.topics import witness_name_problem
 
 __all__ = [
+    "ApprovalsConfig",
     "Config",
     "LedgerConfig",
     "LogConfig",
@@ -151,6 +152,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    # A request whose time_ms is further than this from the gateway's clock is refused as
+    # stale (SPEC §11.5): with seq, it bounds how long a captured request stays usable.
+    max_skew_s: int = 300
+
+
+@dataclass(frozen=True)
 class Config:
     gateway_id: str
     key_file: Path
@@ -172,6 +180,7 @@ class Config:
     # A seal in session but not heard from for this many STATUS intervals (SPEC §5.3: it sends
     # one at least every STATUS_INTERVAL_MS) is published offline (SPEC §11.2).
     offline_after_status_intervals: float = 3.0
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
 
     @property
     def client_id(self) -> str:
@@ -406,6 +415,9 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
     "metrics": {
         "listen": (_listen, False),
     },
+    "approvals": {
+        "max_skew_s": (_int_range(1, 86_400), False),
+    },
     "log": {
         "level": (_level, False),
         "json": (_type(bool, "true or false"), False),
@@ -609,6 +621,7 @@ def parse_config(
     ledger = _section("ledger", data.get("ledger", {}), "ledger")
     log = _section("log", data.get("log", {}), "log")
     metrics = _section("metrics", data.get("metrics", {}), "metrics")
+    approvals = _section("approvals", data.get("approvals", {}), "approvals")
     ports_raw = data.get("ports", [])
     if not isinstance(ports_raw, list):
         raise ConfigError("ports", "must be an array of tables ([[ports]])")
@@ -659,6 +672,7 @@ def parse_config(
         ports=ports,
         log=LogConfig(**log),
         metrics=MetricsConfig(**metrics),
+        approvals=ApprovalsConfig(**approvals),
     )
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any
 
@@ -72,7 +73,8 @@ class ApprovalClient:
         await self._mqtt.__aexit__(exc_type, exc, tb)
 
     async def wait_connected(self, timeout: float) -> None:
-        await self._mqtt.wait_connected(timeout)
+        """Until connected and subscribed to the results: none can be missed from then on."""
+        await self._mqtt.wait_subscribed(timeout)
 
     async def request(
         self,
@@ -103,7 +105,7 @@ class ApprovalClient:
         )
         return request
 
-    async def results(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def results(self, request_id: str) -> AsyncGenerator[dict[str, Any], None]:
         """Every result of `request_id` in the order they came, then each new one as it comes
         (an endless iterator: the caller stops when it has what it waits for)."""
         seen = 0
@@ -122,8 +124,8 @@ class ApprovalClient:
     ) -> dict[str, Any]:
         """The first result of `request_id` in one of `states`; ApprovalTimeout if none came."""
         try:
-            async with asyncio.timeout(timeout):
-                async for body in self.results(request_id):
+            async with asyncio.timeout(timeout), aclosing(self.results(request_id)) as results:
+                async for body in results:
                     if body.get("state") in states:
                         return body
         except TimeoutError:

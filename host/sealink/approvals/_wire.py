@@ -61,6 +61,7 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "not_before_s": (int, True),
         "not_after_s": (int, True),
         "operator": (int, False),
+        "operators": (list, False),
         "document_sha256": (str, False),
     },
     "revoke": {"permit": (int, True)},
@@ -101,6 +102,11 @@ def _check_value(name: str, kind: type, value: Any) -> None:
         raise _invalid(name, f"must not be negative, not {value}")
     if kind is str and not isinstance(value, str):
         raise _invalid(name, f"must be a string, not {type(value).__name__}")
+    if kind is list and (
+        not isinstance(value, list)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise _invalid(name, "must be a list of operator ids (integers)")
 
 
 def check_body(body: Any) -> dict[str, Any]:

@@ -6,6 +6,9 @@ sealink ledger init|backup|restore --config FILE   the ledger file (only `init` 
 sealink config check --config FILE [--json]   the config, its files and the broker, checked
 sealink devices add|list|quarantine|release|adopt   seals, and what an operator decides
 sealink permits issue|revoke|list         queued in the ledger; the running service sends them
+sealink operators set DEVICE --id N ...   who may identify at a seal (PIN, card; SPEC §5.7)
+sealink approvers keygen|add|list|revoke  the approval system's keys (SPEC §11.5)
+sealink approve permit|revoke|release|bundle   an approver's signed request over MQTT
 sealink events list [--follow]|export     stored events: columns or JSON Lines; evidence
 sealink alarms list [--follow]            the alarms the gateway raised
 sealink watch --config FILE               live seals, impressions and alarms in the terminal
@@ -33,6 +36,8 @@ from typing import Any
 
 from sealink.cli import (
     alarms,
+    approve,
+    approvers,
     authority,
     configcheck,
     console,
@@ -42,6 +47,7 @@ from sealink.cli import (
     fleet,
     keys,
     ledger,
+    operators,
     permits,
     run,
     watch,
@@ -95,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         configcheck,
         devices,
         permits,
+        operators,
+        approvers,
+        approve,
         events,
         alarms,
         evidence,

@@ -5,12 +5,14 @@ before anything is queued."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
 from sealink.cli.common import add_command, load, open_ledger, print_json, with_config
 from sealink.commands import CommandFieldError, validate_command
 from sealink.errors import CommandError
+from sealink.ledger import Ledger
 
 __all__ = ["register"]
 
@@ -21,6 +23,7 @@ _OPTIONS = {
     "not_before_s": "--not-before",
     "not_after_s": "--not-after",
     "operator": "--operator",
+    "operators": "--operators",
 }
 
 
@@ -30,6 +33,13 @@ def _checked(kind: str, body: dict[str, Any], options: dict[str, str] = _OPTIONS
     except CommandFieldError as exc:
         option = options.get(exc.field)
         raise CommandError(f"{option} {exc.problem}" if option else str(exc)) from None
+
+
+def _operator_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: operator ids, comma-separated") from None
 
 
 def cmd_permits_issue(args: argparse.Namespace) -> int:
@@ -43,13 +53,45 @@ def cmd_permits_issue(args: argparse.Namespace) -> int:
         "not_after_s": not_after,
         "operator": args.operator,
     }
+    if args.operators is not None:
+        body["operators"] = args.operators
     with open_ledger(load(args)) as ledger:
         if args.permit is None:
             body["permit"] = ledger.next_permit_id(args.device)
         _checked("permit", body)  # queue_command checks too; this names the option
         command = ledger.queue_command(args.device, "permit", body)
-    print_json({"command": command, "device": args.device, **body})
+        print_json({"command": command, "device": args.device, **body})
+        if args.wait:
+            return _wait(ledger, args.device, command, args.timeout)
     return 0
+
+
+# The running service writes the command's state from its own process: the ledger row is the
+# only event this process can see, so it is read again at this interval until the deadline.
+_WAIT_POLL_S = 0.1
+
+
+def _wait(ledger: Ledger, device: str, command: int, timeout_s: float) -> int:
+    """Wait for the seal's answer to `command`: exit 0 when it took the permit, 1 otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = next(c for c in ledger.commands(device) if c.id == command)
+        if state.state != "pending":
+            break
+        if time.monotonic() >= deadline:
+            print(
+                f"sealink: permit not delivered within {timeout_s:g} s: the seal has not "
+                "connected (it stays queued and is sent when it does)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(_WAIT_POLL_S)
+    print_json({"command": command, "state": state.state, "result": state.result})
+    if state.state == "done":
+        return 0
+    why = f"{state.state}, result {state.result}"
+    print(f"sealink: the seal refused the permit: {why}", file=sys.stderr)
+    return 1
 
 
 def cmd_permits_revoke(args: argparse.Namespace) -> int:
@@ -100,10 +142,18 @@ def register(sub: Any) -> None:
     p.add_argument("--not-after", type=int, metavar="UNIX_S")
     p.add_argument("--operator", type=int, default=0, help="operator id (uint32, default 0)")
     p.add_argument(
+        "--operators",
+        type=_operator_ids,
+        metavar="ID,ID",
+        help="only these operators, once identified at the seal, open it (SPEC §5.7)",
+    )
+    p.add_argument(
         "--permit",
         type=int,
         help="permit id: above every id issued to this device (default: the next one)",
     )
+    p.add_argument("--wait", action="store_true", help="wait for the seal's answer")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default 60")
     p = add_command(per_sub, "revoke", cmd_permits_revoke, "queue the revocation of a permit")
     with_config(p)
     p.add_argument("device")

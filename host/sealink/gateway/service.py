@@ -36,6 +36,7 @@ from sealink.gateway.actions import (
     Status,
     Store,
 )
+from sealink.gateway.approvals import ApprovalDesk
 from sealink.gateway.checkpoints import Checkpoints
 from sealink.gateway.committer import GroupCommitter, OutboxEntry
 from sealink.gateway.companion import companion_body
@@ -104,6 +105,7 @@ class Gateway:
         self._stopping = False
         self.checkpoints = Checkpoints(self)  # the transparency log's signed heads (SPEC §14)
         self.witnesses = WitnessDesk(self)  # proofs for witnesses, their cosignatures (§14.6)
+        self.approvals = ApprovalDesk(self)  # the approval system's signed requests (§11.5)
         self.metrics = GatewayMetrics(self)
         self._metrics_server: MetricsServer | None = None
 
@@ -264,6 +266,7 @@ class Gateway:
             tg.create_task(self._watch.run(), name="ledger-watch")
             tg.create_task(self.checkpoints.run(), name="checkpoints")
             tg.create_task(self.witnesses.run(), name="witnesses")
+            tg.create_task(self.approvals.run(), name="approvals")
             tg.create_task(self._watch_liveness(), name="liveness")
             for port in self.config.ports:
                 self._start_port(port)
@@ -497,6 +500,7 @@ class Gateway:
             extra={"fields": {"command": action.command_id, "state": action.state}},
         )
         self.committer.submit(command_state=(action.command_id, action.state, action.code))
+        self.approvals.command_done(action)
 
     async def stored_event(self, device: str, counter: int) -> bytes | None:
         return await self.db(self.ledger.event_bytes, device, counter)
@@ -510,6 +514,8 @@ class Gateway:
                     session.committed()
         self.metrics.offered(outbox)
         self.publisher.offer(outbox)
+        if devices:
+            self.approvals.committed(devices)
 
     def _published(self, ids: list[int]) -> None:
         self.committer.mark_published(ids)
@@ -529,6 +535,12 @@ class Gateway:
             None, source="gateway", reason=incident.reason, detail=incident.detail
         )
         self.committer.submit(outbox=[(self.topics.alarms(None), payload, None, None)])
+
+    def wake_commands(self, device: str) -> None:
+        """Commands were queued for `device`: its live session, if any, takes them now."""
+        session = self._session_of(device)
+        if session is not None:
+            self._wake_commands(session)
 
     def _wake_commands(self, session: Session) -> None:
         device = session.device

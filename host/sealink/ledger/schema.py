@@ -29,6 +29,9 @@ v9: outbox.payload may be NULL: once the broker acknowledged an event's or a gap
     their only copy. Migrating rebuilds the table and drops the payloads already published.
     A record's JSON companion (SPEC §11.2, no schema change) is dropped the same way: it is
     rebuilt from the record's events row.
+v10: approvers, approval_requests and approval_results (SPEC §11.5, ledger/approvals.py): the
+    approval system's registered keys, every request it sent with its outcome, and the signed
+    results not yet acknowledged by the broker; an older file has none.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ __all__ = [
     "stored_version",
 ]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _logger = logging.getLogger("sealink.ledger")
 
@@ -206,12 +209,64 @@ _TABLES_V8 = (
     )""",
 )
 
+# New in v10: approvers and their requests (SPEC §11.5). A request id is accepted once per
+# approver; a duplicate or refused row repeats it freely.
+_TABLES_V10 = (
+    """CREATE TABLE IF NOT EXISTS approvers (
+        name TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        actions TEXT NOT NULL,
+        added_ms INTEGER NOT NULL,
+        revoked_ms INTEGER,
+        highest_seq INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE IF NOT EXISTS approval_requests (
+        id INTEGER PRIMARY KEY,
+        approver TEXT,
+        request TEXT,
+        action TEXT,
+        device TEXT,
+        requested_by TEXT,
+        seq INTEGER,
+        received_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        state TEXT,
+        command INTEGER,
+        permit INTEGER,
+        body TEXT,
+        last TEXT,
+        response_topic TEXT NOT NULL,
+        correlation BLOB,
+        reason TEXT,
+        detail TEXT,
+        field TEXT,
+        first INTEGER,
+        used INTEGER NOT NULL DEFAULT 0,
+        scanned INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS approval_requests_once ON approval_requests "
+    "(approver, request) WHERE outcome = 'accepted'",
+    "CREATE INDEX IF NOT EXISTS approval_requests_command ON approval_requests (command) "
+    "WHERE command IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS approval_results (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        correlation BLOB,
+        payload BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        published_ms INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS approval_results_pending ON approval_results (id) "
+    "WHERE published_ms IS NULL",
+)
+
 _V4_COLUMNS = ("ALTER TABLE devices ADD COLUMN seal_key BLOB",)
 _V6_COLUMNS = ("ALTER TABLE devices ADD COLUMN enrolment TEXT",)
 
 # Every version before 5 keeps the link keys in devices.key.
 _WITH_LINK_KEYS = ("1", "2", "3", "4")
-_KNOWN = (*_WITH_LINK_KEYS, "5", "6", "7", "8", str(SCHEMA_VERSION))
+_BEFORE_V9 = (*_WITH_LINK_KEYS, "5", "6", "7", "8")
+_KNOWN = (*_BEFORE_V9, "9", str(SCHEMA_VERSION))
 
 # The published rows whose payload another table holds byte for byte: an event's
 # countersignature (events.cose) or an adopted gap's (gaps.cose); and a record's JSON
@@ -299,11 +354,11 @@ def create_or_migrate(
                 db.execute(statement)
         for statement in _TABLES_V2:
             db.execute(statement)
-        for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8):
+        for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8, *_TABLES_V10):
             db.execute(statement)
         if version in ("1", "2"):
             log.backfill(db)
-        if version is not None and version != str(SCHEMA_VERSION):
+        if version in _BEFORE_V9:
             for statement in _V9_OUTBOX:
                 db.execute(statement)
             prune_published(db)

@@ -32,7 +32,7 @@ from sealink.commands import validate_command
 from sealink.crypto.keystore import LINK_KEY_LEN, LinkKeyStore
 from sealink.crypto.sealkey import SEAL_KEY_LEN
 from sealink.errors import DeviceError, KeyFileError, LedgerError
-from sealink.ledger import backup, log, queue
+from sealink.ledger import approvals, backup, log, queue
 from sealink.ledger import operator as ops
 from sealink.ledger.db import LedgerMissing, describe, transaction
 from sealink.ledger.keyhistory import KeyHistoryStore
@@ -510,3 +510,58 @@ class Ledger:
     def max_operator_action_id(self) -> int:
         row = self._db.execute("SELECT MAX(id) FROM operator_actions").fetchone()
         return int(row[0] or 0)
+
+    # approvers and their requests (ledger/approvals.py, SPEC §11.5) --------------------------
+
+    def add_approver(self, name: str, public_key: bytes, actions: tuple[str, ...]) -> None:
+        with self._write("add an approver") as db:
+            approvals.add_approver(db, name, public_key, actions)
+
+    def revoke_approver(self, name: str) -> None:
+        with self._write("revoke an approver") as db:
+            approvals.revoke_approver(db, name)
+
+    def approvers(self, name: str | None = None) -> list[approvals.Approver]:
+        return approvals.approvers(self._db, name)
+
+    def record_request(self, entry: approvals.ApprovalEntry) -> approvals.ApprovalRow:
+        """Decide and record one approval request in one transaction (its command too)."""
+        with self._write("record an approval request") as db:
+            return approvals.record_request(db, entry)
+
+    def approval_request(self, row_id: int) -> approvals.ApprovalRow:
+        return approvals.request_row(self._db, row_id)
+
+    def approval_requests(
+        self, where: str = "", args: tuple[Any, ...] = ()
+    ) -> list[approvals.ApprovalRow]:
+        return approvals.requests(self._db, where, args)
+
+    def approval_result(
+        self,
+        row_id: int | None,
+        state: str | None,
+        body: dict[str, Any],
+        topic: str,
+        correlation: bytes | None,
+        payload: bytes,
+    ) -> int:
+        """Keep a signed result until the broker acknowledges it; with `state`, the row's
+        state and latest body too, in the same transaction."""
+        with self._write("store an approval result") as db:
+            if row_id is not None and state is not None:
+                approvals.set_state(db, row_id, state, body)
+            return approvals.add_result(db, topic, correlation, payload)
+
+    def pending_approval_results(self) -> list[approvals.PendingResult]:
+        return approvals.pending_results(self._db)
+
+    def approval_result_published(self, result_id: int) -> None:
+        with self._write("mark an approval result sent") as db:
+            db.execute(
+                "UPDATE approval_results SET published_ms = ? WHERE id = ?", (now_ms(), result_id)
+            )
+
+    def approval_used(self, row_id: int, device: str, permit: int) -> int:
+        with self._write("count a permit's impressions") as db:
+            return approvals.used(db, row_id, device, permit)

@@ -48,7 +48,10 @@ class MqttClient:
         client_id: str,
         subscriptions: Sequence[str],
         on_message: Callable[[Message], None],
+        on_published: Callable[[int, bool], None] | None = None,
     ) -> None:
+        """`on_published(mid, ok)`: the broker's PUBACK of a publish (`ok`: a success reason
+        code), on the event loop; for messages that must be kept until the broker has them."""
         self.config = config
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
@@ -59,8 +62,14 @@ class MqttClient:
             self._down, self._client.failure or "cannot connect"
         )
         self._client.on_message = self._message
+        self._client.on_subscribe = self._suback
+        if on_published is not None:
+            self._client.on_publish = lambda client, userdata, mid, reason, props: self._call(
+                on_published, mid, not reason.is_failure
+            )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()
         self._down_logged = False
         self._closing = False
 
@@ -90,6 +99,12 @@ class MqttClient:
         async with asyncio.timeout(timeout):
             await self._connected.wait()
 
+    async def wait_subscribed(self, timeout: float) -> None:
+        """Until the broker acknowledged this connection's subscriptions: from then on nothing
+        published to them is missed (before, the broker drops it: clean start, no session)."""
+        async with asyncio.timeout(timeout):
+            await self._subscribed.wait()
+
     def publish(
         self,
         topic: str,
@@ -98,8 +113,9 @@ class MqttClient:
         retain: bool = False,
         response_topic: str | None = None,
         correlation: bytes | None = None,
-    ) -> None:
-        """QoS 1; paho keeps it while the broker is away and sends it after a reconnect."""
+    ) -> int:
+        """QoS 1; paho keeps it while the broker is away and sends it after a reconnect. Its
+        message id, which `on_published` names."""
         props = None
         if response_topic is not None or correlation is not None:
             props = properties(PacketTypes.PUBLISH)
@@ -107,7 +123,7 @@ class MqttClient:
                 props.ResponseTopic = response_topic
             if correlation is not None:
                 props.CorrelationData = correlation
-        self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        return self._client.publish(topic, payload, qos=1, retain=retain, properties=props).mid
 
     # paho's thread ---------------------------------------------------------------------------
 
@@ -122,9 +138,15 @@ class MqttClient:
         if reason.is_failure:
             self._client.failure = refusal(reason)  # the disconnect that follows reports it
             return
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+        # One SUBSCRIBE, so one SUBACK says every filter is in place.
+        if self._subscriptions:
+            client.subscribe([(topic, 1) for topic in self._subscriptions])
         self._call(self._up)
+
+    def _suback(
+        self, client: mqtt.Client, userdata: Any, mid: Any, reasons: Any, props: Any
+    ) -> None:
+        self._call(self._subscribed.set)
 
     def _disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -147,6 +169,7 @@ class MqttClient:
 
     def _down(self, why: str) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         if (
             not self._down_logged and not self._closing
         ):  # once per outage: paho retries with backoff meanwhile
