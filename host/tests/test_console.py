@@ -116,6 +116,33 @@ def _prepare(tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: b
     return config
 
 
+def _start(config: Path) -> tuple[subprocess.Popen[str], str]:
+    """`sealink console --config` in its own process, and the URL it printed once bound."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sealink.cli", "console", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the console prints its URL once bound, or exits
+    if "listening on " not in line:
+        _stop(process)
+        raise AssertionError(f"console did not start: {line!r}")
+    return process, line.rsplit(" ", 1)[1].strip()
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        _, err = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    assert "Traceback" not in err, err
+
+
 @pytest.fixture
 def console(
     tmp_path: Path, files: GatewayFiles, broker: Mosquitto, request: pytest.FixtureRequest
@@ -126,26 +153,12 @@ def console(
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     print(f"console screenshots: {shots}")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sealink.cli", "console", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent,
-    )
+    process, url = _start(config)
+    rig = ConsoleRig(config, url, process, shots)
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()  # the console prints its URL once bound, or exits
-        assert "listening on " in line, f"console did not start: {line!r} {process.stderr}"
-        yield ConsoleRig(config, line.rsplit(" ", 1)[1].strip(), process, shots)
+        yield rig
     finally:
-        process.terminate()
-        try:
-            _, err = process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, err = process.communicate()
-        assert "Traceback" not in err, err
+        _stop(rig.process)
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -25,6 +26,7 @@ log = logging.getLogger("sealink.console")
 # A request whose latest result is one of these is settled: nothing more follows for it.
 FINAL_STATES = frozenset({"refused", "done", "expired"})
 _BUNDLE_TIMEOUT_S = 30.0
+_RESUME_S = 7 * 24 * 3600
 
 
 def _settled(body: dict[str, Any]) -> bool:
@@ -65,7 +67,28 @@ class Actions:
     async def __aenter__(self) -> Actions:
         for client in self._clients.values():
             await self._stack.enter_async_context(client)
+        self._resume()
         return self
+
+    def _resume(self) -> None:
+        """Ask again for the state of each request not settled when the console last
+        stopped: its results came to a console that was not there. The same request id asks
+        for the first request's state, never a second command (SPEC §11.5)."""
+        for row in self._store.requests(("permit", "revoke", "release")):
+            client = self._clients.get(row.gateway)
+            if client is None or _settled({"state": row.state, **row.last}):
+                continue
+            if row.time_ms < time.time() * 1000 - _RESUME_S * 1000:
+                continue  # a week on, unanswered: the gateway has forgotten it or never knew
+            task = asyncio.create_task(self._again(client, row), name=f"console:{row.request}")
+            self._followers.add(task)
+            task.add_done_callback(self._followers.discard)
+
+    async def _again(self, client: ApprovalClient, row: RequestRow) -> None:
+        await client.request(
+            row.action, row.device, request_id=row.request, requested_by=row.user, **row.fields
+        )
+        await self._follow(client, row.request)
 
     async def __aexit__(
         self,

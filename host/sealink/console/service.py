@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,6 +25,19 @@ __all__ = ["serve"]
 log = logging.getLogger("sealink.console")
 
 _GRACE_S = 2  # open event streams never end by themselves: shutdown closes them after this
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the open event streams when told to stop."""
+
+    def __init__(self, console: Console, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._console = console
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # A signal handler: the streams are ended from the event loop itself.
+        asyncio.get_running_loop().call_soon_threadsafe(self._console.close_streams)
 
 
 def _bound(host: str, port: int) -> socket.socket:
@@ -61,14 +76,15 @@ async def serve(config: ConsoleConfig, on_listening: Callable[[str], None]) -> N
 
     try:
         host, port = config.listen
-        server = uvicorn.Server(
+        server = _Server(
+            console,
             uvicorn.Config(
                 build_app(console, secret, lifespan=lifespan),
                 host=host,
                 port=port,
                 log_level="warning",
                 timeout_graceful_shutdown=_GRACE_S,
-            )
+            ),
         )
         sock = _bound(host, port)
         on_listening(f"http://{host}:{sock.getsockname()[1]}")

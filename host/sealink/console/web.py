@@ -8,6 +8,7 @@ feed's (sealink.console.feed); this module only renders it and records what user
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import deque
@@ -32,6 +33,7 @@ __all__ = ["Console", "Held", "guarded", "login_routes", "view_routes"]
 
 _HERE = Path(__file__).parent
 _PING_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
+_QUEUE_KEEP = 999  # events a slow page may lag behind; it gets a resync past that
 _REPLAY = 2000  # events kept for pages that connect late or reconnect
 _Handler = Callable[[Request], Awaitable[Response]]
 _Event = tuple[int, str, str]  # id, SSE event name, data (a rendered row)
@@ -75,7 +77,7 @@ class Console:
         )
         self.env.filters["ms"] = _time_ms
         self.env.filters["s"] = _time_s
-        self._listeners: set[asyncio.Queue[_Event]] = set()
+        self._listeners: set[asyncio.Queue[_Event | None]] = set()  # None: the end
         # The latest events, numbered: a page asks for those after the one it was drawn at,
         # so nothing between its rendering and its stream's start (or a reconnect) is lost.
         self.last_id = 0
@@ -148,12 +150,19 @@ class Console:
         """Every device a followed gateway reported."""
         return sorted(self.feed.devices)
 
+    def close_streams(self) -> None:
+        """End every event stream (the console is stopping): a stream never ends by itself,
+        and one cut by the server's shutdown timeout would end in an error."""
+        for queue in self._listeners:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
     def _broadcast(self, event: str, data: str) -> None:
         self.last_id += 1
         item = (self.last_id, event, data)
         self._recent.append(item)
         for queue in self._listeners:
-            if not queue.full():
+            if queue.qsize() < _QUEUE_KEEP:  # room left for close_streams' None
                 queue.put_nowait(item)
 
     def fragment(self, name: str, **context: Any) -> str:
@@ -168,7 +177,7 @@ class Console:
         return [e for e in self._recent if e[0] > after]
 
     async def stream(self, after: int) -> AsyncIterator[str]:
-        queue: asyncio.Queue[_Event] = asyncio.Queue(1000)
+        queue: asyncio.Queue[_Event | None] = asyncio.Queue(1000)
         self._listeners.add(queue)
         try:
             missed = self._missed(after)
@@ -177,15 +186,17 @@ class Console:
                 return
             yield ": connected\n\n"
             sent = after
-            for item in missed:
-                sent = item[0]
-                yield _sse(item)
+            for old in missed:
+                sent = old[0]
+                yield _sse(old)
             while True:
                 try:
                     item = await asyncio.wait_for(queue.get(), _PING_S)
                 except TimeoutError:
                     yield ": ping\n\n"
                     continue
+                if item is None:
+                    return
                 if item[0] > sent:  # those replayed above may be queued too
                     sent = item[0]
                     yield _sse(item)
