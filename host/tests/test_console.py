@@ -297,6 +297,16 @@ def test_a_viewer_cannot_acknowledge_and_a_disabled_account_is_out(
             )
             assert refused.status == 403
             await _shot(page, console, "01-viewer")
+            copied = await page.context.cookies()
+            await page.click("#logout")
+            await page.wait_for_selector("#login", timeout=WAIT_MS)
+            await page.goto(f"{console.url}/alarms")
+            assert page.url.endswith("/login"), page.url  # the session ended with the logout
+            await page.context.add_cookies(copied)  # a copy of the cookie is of no use now
+            await page.goto(f"{console.url}/alarms")
+            assert page.url.endswith("/login"), page.url
+            await _login(page, console, "vera")
+            await page.wait_for_selector("#impressions", state="attached", timeout=WAIT_MS)
             done = await asyncio.to_thread(
                 sealink, "console", "user", "disable", "vera", "--config", str(console.config)
             )
@@ -308,6 +318,7 @@ def test_a_viewer_cannot_acknowledge_and_a_disabled_account_is_out(
     actions = [(r["user"], r["action"], r["outcome"]) for r in console.audit()]
     assert ("vera", "ack", "refused") in actions, actions
     assert ("vera", "permit", "refused") in actions, actions
+    assert ("vera", "logout", "ok") in actions, actions
 
 
 def test_failed_logins_are_throttled_and_no_password_goes_on_the_command_line(

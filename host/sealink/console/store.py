@@ -22,6 +22,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY, hash TEXT NOT NULL, role TEXT NOT NULL,
     disabled INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    sid TEXT PRIMARY KEY, user TEXT NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
@@ -39,6 +41,9 @@ CREATE TABLE IF NOT EXISTS requests (
     state TEXT NOT NULL DEFAULT 'sent', last TEXT NOT NULL DEFAULT '{}', updated_ms INTEGER);
 CREATE INDEX IF NOT EXISTS records_by_time ON records (device, received_ms);
 """
+
+
+_SESSION_MS = 8 * 3600 * 1000  # as long as the session cookie lives
 
 
 def _now_ms() -> int:
@@ -147,6 +152,29 @@ class Store:
         with self._db:
             cur = self._db.execute("UPDATE accounts SET disabled = 1 WHERE name = ?", (name,))
         return cur.rowcount == 1
+
+    # sessions: the cookie holds the id; logout deletes it ------------------------------------
+
+    def add_session(self, sid: str, user: str) -> None:
+        with self._db:
+            self._db.execute(
+                "DELETE FROM sessions WHERE created_ms < ?", (_now_ms() - _SESSION_MS,)
+            )
+            self._db.execute(
+                "INSERT INTO sessions (sid, user, created_ms) VALUES (?, ?, ?)",
+                (sid, user, _now_ms()),
+            )
+
+    def session_user(self, sid: str) -> str | None:
+        row = self._db.execute(
+            "SELECT user FROM sessions WHERE sid = ? AND created_ms >= ?",
+            (sid, _now_ms() - _SESSION_MS),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def end_session(self, sid: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
 
     # audit trail -----------------------------------------------------------------------------
 

@@ -217,9 +217,11 @@ class Console:
 
 
 def _user(console: Console, request: Request) -> Account | None:
-    """The session's account, looked up again each time: a disabled account is out at once."""
-    name = request.session.get("user")
-    account = console.store.account(name) if isinstance(name, str) else None
+    """The session's account, looked up again each time: a disabled account is out at once,
+    and a session ended by logout (its id deleted) is out even if its cookie was copied."""
+    sid = request.session.get("sid")
+    name = console.store.session_user(sid) if isinstance(sid, str) else None
+    account = console.store.account(name) if name is not None else None
     return account if account is not None and not account.disabled else None
 
 
@@ -296,13 +298,16 @@ def login_routes(console: Console) -> list[Route]:
             return RedirectResponse("/login?error=wrong", status_code=303)
         console.throttle.succeeded(name)
         request.session.clear()  # a new session on each login: no fixation of an old one
-        request.session.update({"user": name, "csrf": random_token(), "at": int(time.time())})
+        sid = random_token()
+        console.store.add_session(sid, name)
+        request.session.update({"sid": sid, "csrf": random_token(), "at": int(time.time())})
         console.store.audit(name, "login", _client(request), "ok")
         return RedirectResponse("/", status_code=303)
 
     @guarded(console, "viewer", "logout")
     async def logout(request: Request, user: Account, form: dict[str, str]) -> Response:
         console.store.audit(user.name, "logout", _client(request), "ok")
+        console.store.end_session(str(request.session.get("sid")))
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
