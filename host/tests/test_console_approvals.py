@@ -181,6 +181,8 @@ def test_an_approver_revokes_a_permit_and_releases_a_quarantined_seal(
     actions = {(r["user"], r["action"], r["outcome"]) for r in console.audit()}
     for action in ("permit", "revoke", "release"):
         assert ("alice", action, "sent") in actions, actions
+    for outcome in (("permit", "delivered"), ("revoke", "done"), ("release", "done")):
+        assert ("alice", *outcome) in actions, actions
 
 
 @pytest.mark.skipif(

@@ -27,6 +27,7 @@ log = logging.getLogger("sealink.console")
 FINAL_STATES = frozenset({"refused", "done", "expired"})
 _BUNDLE_TIMEOUT_S = 30.0
 _RESUME_S = 7 * 24 * 3600
+_OUTCOMES = frozenset({"delivered", "refused", "done", "expired"})
 
 
 def _settled(body: dict[str, Any]) -> bool:
@@ -121,9 +122,18 @@ class Actions:
 
     async def _follow(self, client: ApprovalClient, request: str) -> None:
         async for body in client.results(request):
+            before = self._store.request_row(request)
             row = self._store.add_result(request, body)
-            if row is not None:
-                self._on_result(row)
+            if row is None:
+                continue
+            self._on_result(row)
+            if before is not None and before.state != row.state and row.state in _OUTCOMES:
+                # The outcome the seal or the gateway gave, on the audit trail beside the ask.
+                why = str(body.get("reason") or body.get("result_name") or "")
+                target = f"{row.device}@{row.gateway}"
+                self._store.audit(
+                    row.user, row.action, target, row.state, f"request {request} {why}".strip()
+                )
             if _settled(body):
                 return
 
