@@ -499,7 +499,8 @@ def test_the_shipped_acl_confines_each_role(
     for topic in (
         "sealink/gateway/gw-2/status",
         f"sealink/{GW2_SEAL}/events",
-        "sealink/cmd/gw-1/x",
+        "sealink/cmd/gw-1/request",
+        "sealink/cmd/gw-2/result/approver-alice",
     ):
         assert attempt("gw-1", topic) == NOT_AUTHORIZED, topic
     # QoS 0 has no PUBACK: Mosquitto drops it without a word; the marker sent after it arrives
@@ -509,15 +510,20 @@ def test_the_shipped_acl_confines_each_role(
     # a consumer writes nothing, not even a topic named after itself
     for topic in (
         f"sealink/{OWN_SEAL}/events",
-        "sealink/cmd/gw-1/x",
+        "sealink/cmd/gw-1/request",
         "sealink/gateway/consumer-dashboard/status",
     ):
         assert attempt("consumer-dashboard", topic) == NOT_AUTHORIZED, topic
-    # only an approver writes the command topic (0x10: accepted, no one else subscribed to it)
-    assert attempt("approver-alice", "sealink/cmd/gw-1/x") in (0, 0x10)
-    consumer.wait(lambda: "sealink/cmd/gw-1/x" in consumer.topics(), "the approver's request")
+    # only an approver writes a request (0x10: accepted, no one else subscribed to it), and
+    # only the gateway its results (SPEC §11.5)
+    assert attempt("approver-alice", "sealink/cmd/gw-1/x") == NOT_AUTHORIZED
+    assert attempt("approver-alice", "sealink/cmd/gw-1/result/approver-alice") == NOT_AUTHORIZED
+    assert attempt("gw-1", "sealink/cmd/gw-1/result/approver-alice") in (0, 0x10)
+    assert attempt("approver-alice", "sealink/cmd/gw-1/request") in (0, 0x10)
+    consumer.wait(lambda: "sealink/cmd/gw-1/request" in consumer.topics(), "the approver's request")
     topics = consumer.topics()
-    assert topics.count("sealink/cmd/gw-1/x") == 1
+    assert topics.count("sealink/cmd/gw-1/request") == 1
+    assert topics.count("sealink/cmd/gw-1/result/approver-alice") == 1
     for refused in (
         "sealink/gateway/gw-2/status",
         "sealink/gateway/gw-2/alarms",

@@ -6,8 +6,9 @@ Mosquitto's ACL knows users, not roles, and a seal's topics (`<prefix>/<device>/
 §11.2) do not name the gateway that serves it: no `pattern` line can say "gw-1 writes for its
 own seals only". So every line here is for one user, with exact topics: a gateway writes its
 own `gateway/<id>/` topics and those of the seals the roster gives it; a witness its requests,
-cosignatures and alarms; a consumer reads only; an approver reads and writes the command
-topic. A user who is not in the roster may do nothing.
+cosignatures and alarms; a consumer reads only; an approver reads and writes the gateways'
+request topics (SPEC §11.5), and only a gateway writes its results. A user who is not in the
+roster may do nothing.
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ def _gateway_lines(roster: Roster, gateway: Gateway) -> Iterator[str]:
         yield f"topic write {topic}"
     yield f"topic read {topics.proof_request()}"
     yield f"topic read {topics.cosignatures()}"
-    yield f"topic read {roster.prefix}/cmd/{gateway.id}/#"
+    yield f"topic read {topics.approval_request()}"
+    # Its results go to `result/<approver>` or below (SPEC §11.5): the approver picks the level.
+    yield f"topic write {topics.approval_result('#')}"
     for device in gateway.devices:
         for topic in (
             topics.events(device),
@@ -210,8 +213,9 @@ def acl_text(roster: Roster, source: str) -> str:
         lines += [f"# consumer {consumer}: reads everything, writes nothing", f"user {consumer}"]
         lines += [f"topic read {roster.prefix}/#", ""]
     for approver in roster.approvers:
-        lines += [f"# approver {approver}: reads, and writes the command topic", f"user {approver}"]
-        lines += [f"topic read {roster.prefix}/#", f"topic write {roster.prefix}/cmd/#", ""]
+        lines += [f"# approver {approver}: reads, writes requests (SPEC §11.5)", f"user {approver}"]
+        requests = Topics(roster.prefix, "+").approval_request()
+        lines += [f"topic read {roster.prefix}/#", f"topic write {requests}", ""]
     return "\n".join(lines)
 
 
