@@ -18,6 +18,7 @@ import pytest
 from conftest import DEVICE, GatewayFiles, run, running, sealink, until
 from sealink.approvals import ACTIONS, ApprovalClient, ApproverKey, build_request, verify_result
 from sealink.config import Config, load_config
+from sealink.gateway.actions import CommandDone
 from sealink.gateway.service import Gateway
 from sealink_sim.broker import Mosquitto
 from sealink_sim.pipe import pipe_pair
@@ -25,6 +26,7 @@ from sealink_sim.simdevice import SimChip, SimDevice
 from sealink_verify.cli import EXIT_VERIFIED
 from sealink_verify.cli import main as verify
 from sealink_verify.mqtt import verify_message
+from sealproto import messages
 from test_witness import Tap, tap_factory
 
 __all__ = ["tap_factory"]  # a fixture, used by name
@@ -407,3 +409,54 @@ def test_approvers_cli_registers_lists_and_revokes_and_approve_waits_for_deliver
     assert listed["revoked_ms"] is not None and listed["highest_seq"] > 0
     gone = sealink("approvers", "revoke", *c, "erp")
     assert gone.returncode == 2 and "no registered approver erp" in gone.stderr
+
+
+# the other actions, the seal's refusal, a window that closes ---------------------------------
+
+
+def test_revoke_release_expiry_and_the_seals_refusal_each_get_their_state(
+    files: GatewayFiles, approvers: Approvers, conf: Path
+) -> None:
+    config = load_config(conf)
+
+    async def body() -> None:
+        async with running(config) as gateway, _client(config, files, approvers.erp) as client:
+            await gateway.approvals.ready(TIMEOUT_S)
+            async with _seal(gateway, files) as sim:
+                now = int(time.time())
+                short = {"count": 2, "not_before_s": now - 60, "not_after_s": now + 2}
+                request = await client.request("permit", DEVICE, **short)
+                await client.wait(request, {"delivered"}, TIMEOUT_S)
+                await sim.stamp(1, permit=1)
+                expired = await client.wait(request, {"expired"}, TIMEOUT_S)
+                assert (expired["used"], expired["count"]) == (1, 2)
+                revoke = await client.request("revoke", DEVICE, permit=1)
+                assert (await client.wait(revoke, {"done", "refused"}, TIMEOUT_S))[
+                    "state"
+                ] == "done"
+                # The simulated seal takes every command; what a real one answers EXPIRED to
+                # (SPEC §7) is handed to the desk as the session would hand it.
+                other = await client.request("permit", DEVICE, **_window(1))
+                queued = await client.wait(other, {"queued"}, TIMEOUT_S)
+                await client.wait(other, {"delivered"}, TIMEOUT_S)
+            refused = await client.request("permit", DEVICE, **_window(1))
+            command = (await client.wait(refused, {"queued"}, TIMEOUT_S))["command"]
+            gateway.command_done(CommandDone(command, "failed", messages.R_EXPIRED))
+            seal_said = await client.wait(refused, {"refused"}, TIMEOUT_S)
+            assert (seal_said["reason"], seal_said["result"]) == ("expired", messages.R_EXPIRED)
+            assert seal_said["result_name"] == "expired" and queued["command"] < command
+            # release: refused while the seal is not quarantined, done once it is
+            release = await client.request("release", DEVICE, note="checked the seal")
+            not_held = await client.wait(release, {"done", "refused"}, TIMEOUT_S)
+            assert (not_held["state"], not_held["field"]) == ("refused", "device")
+            await gateway.db(gateway.ledger.quarantine_device, DEVICE, "tester", "held")
+            release = await client.request("release", DEVICE, note="checked the seal")
+            assert (await client.wait(release, {"done", "refused"}, TIMEOUT_S))["state"] == "done"
+
+    run(body())
+    ledger = files.ledger()
+    try:
+        actions = ledger.operator_actions()
+        assert [(a.action, a.operator) for a in actions][-1] == ("release", "approver erp (erp)")
+    finally:
+        ledger.close()
