@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealink_verify import tlog
 
-__all__ = ["Epoch", "KeyHistory", "KeyHistoryError", "from_entries", "history_entries", "walk"]
+__all__ = [
+    "Epoch",
+    "KeyHistory",
+    "KeyHistoryError",
+    "from_document",
+    "from_entries",
+    "history_entries",
+    "walk",
+]
 
 _TEXT = re.compile(
     r"^(sealink/gateway/[^\s+]+/keys)\n([1-9][0-9]*)\n"
@@ -216,3 +225,14 @@ def from_entries(
     if [e.public for e in history.epochs] != [public for public, _ in entries]:
         raise KeyHistoryError("an entry's key is not the one its transition brings in")
     return history
+
+
+def from_document(first: bytes, payload: bytes | str, gateway_id: str) -> KeyHistory:
+    """Walk a key history document from the pinned first key: the gateway's retained
+    `<prefix>/gateway/<id>/keys` (SPEC §14.7), as `sealink keys history --json` prints it."""
+    try:
+        doc = json.loads(payload)
+        entries = history_entries(doc["keys"] if isinstance(doc, dict) else None)
+    except (ValueError, KeyError) as exc:
+        raise KeyHistoryError(f"not a key history document: {exc!r}") from None
+    return from_entries(first, entries, gateway_id)

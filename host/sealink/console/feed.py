@@ -11,12 +11,18 @@ countersigned `event` bytes (never from the unsigned JSON companion); status and
 signed messages (SPEC §11.4) checked by `sealink_verify.mqtt.verify_message`, and a retained
 status that goes back is refused by its `Freshness`. What fails a check is a `Rejected`
 update, shown as such.
+
+A gateway that rotates its key (SPEC §14.7) publishes its key history, retained, on
+`<prefix>/gateway/<id>/keys`; it is walked from the pinned key by `sealink_verify.keyhistory`
+(as the fleet does), and its later keys are trusted from then on. A message refused for a key
+nobody had is held a while and checked again once the history brings that key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +30,14 @@ from types import TracebackType
 from typing import Any
 
 from sealink_verify.audit import KINDS
-from sealink_verify.mqtt import Freshness, MessageError, SignedMessage, verify_message
+from sealink_verify.keyhistory import KeyHistoryError, from_document, history_entries
+from sealink_verify.mqtt import (
+    Freshness,
+    MessageError,
+    SignedMessage,
+    UnknownKey,
+    verify_message,
+)
 from sealink_verify.record import RecordError, RecordVerifier
 
 from sealink.config import MqttConfig
@@ -43,6 +56,8 @@ __all__ = [
 
 _RECENT = 500  # impressions and alarms kept in memory for a page's first view
 _QUEUE = 1000  # updates a slow subscriber may lag behind before it loses the oldest
+_HELD = 200  # messages of a key nobody had, kept for a key history that may bring it
+_AHEAD = 1024  # counters kept per device above its highest contiguous one (see _Seen)
 
 
 def kind_name(kind: int) -> str:
@@ -130,6 +145,45 @@ class Rejected:
 Update = Impression | Alarm | Health | GatewayState | Rejected
 
 
+def _current_key(payload: bytes) -> bytes | None:
+    """The last key of a key history document, unverified (None: no readable history)."""
+    with contextlib.suppress(ValueError, KeyError, TypeError, KeyHistoryError):
+        return history_entries(json.loads(payload)["keys"])[-1][0]
+    return None
+
+
+class _Seen:
+    """The (device, counter) pairs already shown, in bounded memory: per device the highest
+    counter below which all were seen, and the counters seen above it. Records are chained and
+    arrive mostly in order, so the set above stays small; if more than `ahead` pile up (a gap
+    that never fills, e.g. a console started mid-stream), the floor jumps over the gap and a
+    record from before it is taken for a redelivery."""
+
+    def __init__(self, ahead: int = _AHEAD) -> None:
+        self._ahead = ahead
+        self._floor: dict[str, int] = {}
+        self._above: dict[str, set[int]] = {}
+
+    def add(self, device: str, counter: int) -> bool:
+        """True: news (now remembered); False: seen before."""
+        floor = self._floor.get(device, 0)
+        above = self._above.setdefault(device, set())
+        if counter <= floor or counter in above:
+            return False
+        above.add(counter)
+        if len(above) > self._ahead:
+            floor = min(above) - 1
+        while floor + 1 in above:
+            floor += 1
+            above.discard(floor)
+        self._floor[device] = floor
+        return True
+
+    def size(self, device: str) -> int:
+        """How many counters are held for the device (the floor aside)."""
+        return len(self._above.get(device, ()))
+
+
 class Feed:
     """Subscribe to the fleet's topics, verify every message, keep the latest state, and hand
     typed updates to each subscriber (an asyncio queue apiece)."""
@@ -143,17 +197,19 @@ class Feed:
     ) -> None:
         self.prefix = mqtt.prefix.rstrip("/")
         self._gateway_keys = {g: list(keys) for g, keys in gateway_keys.items()}
+        self._pinned = {g: keys[0] for g, keys in self._gateway_keys.items() if keys}
         self._records = RecordVerifier(self._gateway_keys)
         self._sinks = list(sinks)  # called with each update before any subscriber sees it
         self._freshness = Freshness()
-        self._seen: set[tuple[str, int]] = set()
+        self._seen = _Seen()
+        self._held: deque[tuple[str, bytes]] = deque(maxlen=_HELD)
         self.impressions: deque[Impression] = deque(maxlen=_RECENT)
         self.alarms: deque[Alarm] = deque(maxlen=_RECENT)
         self.devices: dict[str, Health] = {}
         self.gateways: dict[str, GatewayState] = {}
         self._queues: set[asyncio.Queue[Update]] = set()
         topics = [f"{self.prefix}/+/{kind}" for kind in ("events", "alarms", "status")]
-        topics += [f"{self.prefix}/gateway/+/{kind}" for kind in ("alarms", "status")]
+        topics += [f"{self.prefix}/gateway/+/{kind}" for kind in ("alarms", "status", "keys")]
         self._client = MqttClient(mqtt, client_id, topics, self._on_message)
 
     async def __aenter__(self) -> Feed:
@@ -195,19 +251,26 @@ class Feed:
     # the event loop: one message at a time -----------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
-        update = self.handle(message.topic, message.payload)
-        if update is None:
-            return
-        for sink in self._sinks:
-            sink(update)
-        for queue in self._queues:
-            if queue.full():  # a stalled reader loses its oldest update, never blocks the feed
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-            queue.put_nowait(update)
+        for update in self.updates(message.topic, message.payload):
+            for sink in self._sinks:
+                sink(update)
+            for queue in self._queues:
+                if queue.full():  # a stalled reader loses its oldest update, never blocks
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        queue.get_nowait()
+                queue.put_nowait(update)
+
+    def updates(self, topic: str, payload: bytes) -> list[Update]:
+        """The updates one message makes: none for no news (a redelivery), those of the held
+        messages a key history lets verify now."""
+        levels = topic.split("/")
+        if levels[-1] == "keys" and len(levels) >= 3 and levels[-3] == "gateway":
+            return self._key_history(topic, levels[-2], payload)
+        update = self.handle(topic, payload)
+        return [] if update is None else [update]
 
     def handle(self, topic: str, payload: bytes) -> Update | None:
-        """The update one message makes (None: no news, e.g. a redelivery)."""
+        """The update one record, status or alarm makes (None: no news, e.g. a redelivery)."""
         levels = topic.split("/")
         kind = levels[-1]
         if kind == "events":
@@ -217,6 +280,8 @@ class Feed:
             if kind == "status" and not self._freshness.accept(signed):
                 return None
         except MessageError as exc:
+            if isinstance(exc, UnknownKey):
+                self._held.append((topic, payload))
             return Rejected(topic, f"{type(exc).__name__}: {exc}")
         on_gateway = len(levels) >= 3 and levels[-3] == "gateway"
         if kind == "alarms":
@@ -238,10 +303,11 @@ class Feed:
         try:
             record = self._records.open(device, cose)
         except RecordError as exc:
+            if exc.reason == "unknown_key":
+                self._held.append((topic, cose))
             return Rejected(topic, f"record {exc.reason}: {exc.detail}")
-        if (device, record.counter) in self._seen:
+        if not self._seen.add(device, record.counter):
             return None  # at-least-once delivery: (device, counter) names a record
-        self._seen.add((device, record.counter))
         impression = Impression(
             gateway=record.gateway,
             device=device,
@@ -256,3 +322,27 @@ class Feed:
         )
         self.impressions.appendleft(impression)
         return impression
+
+    def _key_history(self, topic: str, gateway: str, payload: bytes) -> list[Update]:
+        """Trust the later keys of a gateway's history walked from its pinned key; then check
+        again what was held for a key nobody had."""
+        if not payload:
+            return []  # a retained message cleared
+        pinned = self._pinned.get(gateway)
+        if pinned is None:
+            return [Rejected(topic, f"key history of gateway {gateway!r}, which is not followed")]
+        try:
+            history = from_document(pinned, payload, gateway)
+        except KeyHistoryError as exc:
+            if _current_key(payload) == pinned:
+                return []  # pinned at the latest key (`sealink watch` after a rotation)
+            return [Rejected(topic, f"key history: {exc}")]
+        known = self._gateway_keys[gateway]
+        keys = list(dict.fromkeys([*known, *(e.public for e in history.epochs)]))
+        if keys == known:
+            return []
+        self._gateway_keys[gateway] = keys
+        self._records = RecordVerifier(self._gateway_keys)
+        held, self._held = list(self._held), deque(maxlen=_HELD)
+        retried = (self.handle(t, p) for t, p in held)
+        return [u for u in retried if u is not None and not isinstance(u, Rejected)]

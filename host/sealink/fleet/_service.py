@@ -22,7 +22,6 @@ arrival order (batches are stored, and so acknowledged, in the order they arrive
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -36,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sealink_verify.audit import seal_public_key
-from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries, history_entries
+from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_document
 from sealink_verify.mqtt import MessageError, verify_message
 from sealink_verify.record import RecordError, RecordVerifier
 from sealink_verify.tlog import NoteError
@@ -288,12 +287,7 @@ class FleetService:
         key (SPEC §14.7); then take again the records refused for a key nobody had."""
         if gateway not in self.gateway_keys:
             raise KeyHistoryError(f"gateway {gateway!r} has no pinned key")
-        try:
-            doc = json.loads(payload)
-            entries = history_entries(doc["keys"] if isinstance(doc, dict) else None)
-        except (ValueError, KeyError) as exc:
-            raise KeyHistoryError(f"not a key history document: {exc!r}") from None
-        history = from_entries(self.gateway_keys[gateway][0], entries, gateway)
+        history = from_document(self.gateway_keys[gateway][0], payload, gateway)
         self._histories[gateway] = history
         keys = list(
             dict.fromkeys([*self.gateway_keys[gateway], *(e.public for e in history.epochs)])
