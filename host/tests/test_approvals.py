@@ -20,6 +20,7 @@ from sealink.approvals import ACTIONS, ApprovalClient, ApproverKey, build_reques
 from sealink.config import Config, load_config
 from sealink.gateway.actions import CommandDone
 from sealink.gateway.service import Gateway
+from sealink.ledger.approvals import ApprovalEntry
 from sealink_sim.broker import Mosquitto
 from sealink_sim.pipe import pipe_pair
 from sealink_sim.simdevice import SimChip, SimDevice
@@ -460,3 +461,35 @@ def test_revoke_release_expiry_and_the_seals_refusal_each_get_their_state(
         assert [(a.action, a.operator) for a in actions][-1] == ("release", "approver erp (erp)")
     finally:
         ledger.close()
+
+
+def test_a_request_accepted_just_before_a_crash_is_answered_by_the_next_run(
+    files: GatewayFiles, approvers: Approvers, conf: Path
+) -> None:
+    """The ledger row and its command are one transaction, the first result another: a gateway
+    killed between them answers `queued` when it starts again, and delivers the permit."""
+    ledger = files.ledger()
+    try:
+        row = ledger.record_request(
+            ApprovalEntry(
+                approver="erp",
+                request="po-crash",
+                body=_body("po-crash"),
+                seq=1,
+                response_topic=f"{PREFIX}/cmd/{GW}/result/erp",
+                correlation=b"po-crash",
+                refusal=None,
+            )
+        )
+        assert (row.outcome, row.last) == ("accepted", None)
+    finally:
+        ledger.close()
+    config = load_config(conf)
+
+    async def body() -> None:
+        async with _client(config, files, approvers.erp) as client, running(config) as gateway:
+            assert (await client.wait("po-crash", {"queued"}, TIMEOUT_S))["permit"] == 1
+            async with _seal(gateway, files):
+                await client.wait("po-crash", {"delivered"}, TIMEOUT_S)
+
+    run(body())

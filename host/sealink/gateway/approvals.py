@@ -112,6 +112,13 @@ class ApprovalDesk:
         )
         for row in rows:
             self._watch(row, (row.last or {}).get("used", 0))
+        # Accepted, then the gateway stopped before its first result was stored: answered now
+        # from the ledger's row (its command was queued with it; a release or a bundle, made
+        # only after that first result, is made now).
+        for row in await gateway.db(
+            gateway.ledger.approval_requests, "WHERE outcome = 'accepted' AND last IS NULL"
+        ):
+            await self._decided(row)
 
     def _watch(self, row: ApprovalRow, used: int) -> None:
         count, not_after = row.body["count"], row.body["not_after_s"]
