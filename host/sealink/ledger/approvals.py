@@ -223,7 +223,13 @@ def record_request(db: sqlite3.Connection, entry: ApprovalEntry) -> ApprovalRow:
         return _refused(db, entry, Refusal("invalid", str(exc), "device"))
     except CommandError as exc:
         return _refused(db, entry, Refusal("invalid", str(exc), "permit"))
-    return _insert(db, entry, "accepted", state="queued", command=command, permit=permit)
+    # Impressions under the permit can only follow it: counting starts after the last record.
+    last = db.execute(
+        "SELECT COALESCE(MAX(counter), 0) FROM events WHERE device = ?", (entry.body["device"],)
+    ).fetchone()[0]
+    return _insert(
+        db, entry, "accepted", state="queued", command=command, permit=permit, scanned=last
+    )
 
 
 def _queue(db: sqlite3.Connection, body: dict[str, Any]) -> tuple[int | None, int | None]:
