@@ -71,6 +71,7 @@ from sealink.topics import witness_name_problem
 __all__ = [
     "ApprovalsConfig",
     "Config",
+    "FleetLinkConfig",
     "LedgerConfig",
     "LogConfig",
     "MetricsConfig",
@@ -159,6 +160,23 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class FleetLinkConfig:
+    # The fleet's registry key (raw Ed25519, SPEC §11.6); None: the gateway takes no registry.
+    public_key: bytes | None = None
+
+
+def _fleet_key(key: str, value: Any) -> Any:
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(key, "must be the fleet's Ed25519 public key, 64 hex digits "
+                          "(`sealink fleet keys init` prints it)")  # fmt: skip
+    return raw
+
+
+@dataclass(frozen=True)
 class Config:
     gateway_id: str
     key_file: Path
@@ -181,6 +199,7 @@ class Config:
     # one at least every STATUS_INTERVAL_MS) is published offline (SPEC §11.2).
     offline_after_status_intervals: float = 3.0
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    fleet: FleetLinkConfig = field(default_factory=FleetLinkConfig)
 
     @property
     def client_id(self) -> str:
@@ -418,6 +437,9 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
     "approvals": {
         "max_skew_s": (_int_range(1, 86_400), False),
     },
+    "fleet": {
+        "public_key": (_fleet_key, False),
+    },
     "log": {
         "level": (_level, False),
         "json": (_type(bool, "true or false"), False),
@@ -622,6 +644,7 @@ def parse_config(
     log = _section("log", data.get("log", {}), "log")
     metrics = _section("metrics", data.get("metrics", {}), "metrics")
     approvals = _section("approvals", data.get("approvals", {}), "approvals")
+    fleet = _section("fleet", data.get("fleet", {}), "fleet")
     ports_raw = data.get("ports", [])
     if not isinstance(ports_raw, list):
         raise ConfigError("ports", "must be an array of tables ([[ports]])")
@@ -673,6 +696,7 @@ def parse_config(
         log=LogConfig(**log),
         metrics=MetricsConfig(**metrics),
         approvals=ApprovalsConfig(**approvals),
+        fleet=FleetLinkConfig(**fleet),
     )
 
 

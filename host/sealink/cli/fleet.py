@@ -8,6 +8,9 @@ sealink fleet records --device D [--since MS] [--until MS] [--json]
 sealink fleet gaps [--device D] [--json]         counters missing per seal, across gateways
 sealink fleet forks [--json]                     second records for a held (device, counter)
 sealink fleet alarms [--device D] [--json]       what the fleet raised and gateways signed
+sealink fleet keys init --config ...             the registry's signing key (0600) + public key
+sealink fleet devices revoke D --reason TEXT     a stolen seal disabled on every gateway
+sealink fleet devices reinstate D --reason TEXT  (SPEC §11.6: signed, retained, per seal)
 
 The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt): it is
 imported only when a fleet command runs.
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +115,50 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
         count = store.import_seal_keys(keys, source=f"import:{path.name}")
     print_json({"imported": count})
     return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from sealink.crypto import GatewayKey
+    from sealink.fleet import load_config
+
+    config = load_config(args.config)
+    key = GatewayKey.generate()
+    key.save(config.key_file)  # 0600, refused if it exists: a registry key is not replaced
+    # The public key goes into each gateway's config: [fleet] public_key = "<hex>".
+    print_json({"key_file": str(config.key_file), "public_key": key.public_raw().hex()})
+    return 0
+
+
+def _set_state(args: argparse.Namespace, state: str) -> int:
+    from sealink.crypto import GatewayKey
+    from sealink.fleet import change_state, mark_published, publish
+
+    config, store = _open(args)
+    key = GatewayKey.load(config.key_file)
+    by = args.by or os.environ.get("USER") or "unknown"
+    with store:
+        change = change_state(
+            store, key, config.name, config.prefix, args.device, state, args.reason, by
+        )
+        published = True
+        try:
+            publish(config.host, config.port, [change], f"{config.instance}-registry")
+            mark_published(store, change)
+        except FleetError as exc:
+            # Recorded: `sealink fleet run` publishes it once the broker takes it.
+            print(f"sealink: warning: {exc}; `sealink fleet run` publishes it", file=sys.stderr)
+            published = False
+    print_json({"device": change.device, "state": state, "seq": change.seq,
+                "topic": change.topic, "published": published})  # fmt: skip
+    return 0
+
+
+def cmd_devices_revoke(args: argparse.Namespace) -> int:
+    return _set_state(args, "revoked")
+
+
+def cmd_devices_reinstate(args: argparse.Namespace) -> int:
+    return _set_state(args, "active")
 
 
 def _query(args: argparse.Namespace, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -207,6 +256,18 @@ def register(sub: Any) -> None:
     p = add_command(dv, "import", cmd_devices_import, "import seals' public keys")
     p.add_argument("file", help="`sealink devices list` output, or provisioning JSON")
     _with_config(p)
+    for name, fn, what in (
+        ("revoke", cmd_devices_revoke, "disable a seal on every gateway (a stolen one)"),
+        ("reinstate", cmd_devices_reinstate, "lift the fleet's revocation of a seal"),
+    ):
+        p = add_command(dv, name, fn, what)
+        p.add_argument("device")
+        p.add_argument("--reason", required=True, help="why: kept on the record")
+        p.add_argument("--by", help="who (default: $USER)")
+        _with_config(p)
+    keys = fl.add_parser("keys", help="the fleet's registry signing key")
+    ks = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    _with_config(add_command(ks, "init", cmd_keys_init, "make the registry's signing key"))
     p = add_command(fl, "records", cmd_records, "a seal's records held by the fleet")
     _with_config(p)
     p.add_argument("--device", required=True)

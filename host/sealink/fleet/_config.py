@@ -5,6 +5,8 @@ database = "postgresql://fleet@db.example/sealink"
 instance = "fleet-1"        # the MQTT client id: stable, so a restart resumes its session
 batch_max = 500             # messages per transaction
 batch_ms = 20               # how long a batch may wait to fill once it holds one message
+key_file = "fleet.key"      # signs the registry (SPEC §11.6): `sealink fleet keys init`
+name = "fleet"              # the registry messages' signer name
 
 [mqtt]
 host = "127.0.0.1"
@@ -47,6 +49,8 @@ class FleetConfig:
     batch_ms: int = 20
     registry_refresh_s: int = 10
     gateways: tuple[tuple[str, bytes], ...] = ()  # (gateway id, raw Ed25519 public key)
+    key_file: Path = Path("fleet.key")  # the registry's signing key (SPEC §11.6)
+    name: str = "fleet"
 
 
 def _raw_key(gateway: str, path: Path) -> bytes:
@@ -85,6 +89,8 @@ def load_config(path: str | Path) -> FleetConfig:
         batch_max=_typed(fleet, "fleet", "batch_max", int, 500),
         batch_ms=_typed(fleet, "fleet", "batch_ms", int, 20),
         registry_refresh_s=_typed(fleet, "fleet", "registry_refresh_s", int, 10),
+        key_file=base / _typed(fleet, "fleet", "key_file", str, "fleet.key"),
+        name=_typed(fleet, "fleet", "name", str, "fleet"),
         host=_typed(mqtt, "mqtt", "host", str, "127.0.0.1"),
         port=_typed(mqtt, "mqtt", "port", int, 1883),
         prefix=_typed(mqtt, "mqtt", "prefix", str, "sealink").rstrip("/"),

@@ -41,6 +41,7 @@ from sealink_verify.record import RecordError, RecordVerifier
 from sealink_verify.tlog import NoteError
 
 from sealink.fleet._config import FleetConfig
+from sealink.fleet._registry import mark_published, unpublished
 from sealink.fleet._store import Batch, GatewayAlarm, Rejection, SignedCheckpoint, Store
 
 __all__ = ["FleetService", "Inbound"]
@@ -171,6 +172,24 @@ class FleetService:
             log.debug("fleet: registry not refreshed: %s", exc)
             return
         self.verifier.seal_keys = {d: seal_public_key(k) for d, k in keys.items()}
+        self._republish()
+
+    def _republish(self) -> None:
+        """Registry messages a `devices revoke` recorded while the broker was away (SPEC
+        §11.6): published retained now, marked once the broker acknowledged them."""
+        try:
+            changes = unpublished(self.store, self.config.prefix)
+        except psycopg.Error as exc:
+            log.debug("fleet: registry not republished: %s", exc)
+            return
+        for change in changes:
+            info = self._client.publish(change.topic, change.message, qos=1, retain=True)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # not connected: the next refresh tries again
+            info.wait_for_publish(1.0)
+            if info.is_published():
+                mark_published(self.store, change)
+                log.info("fleet: registry of %s published (seq %d)", change.device, change.seq)
 
     def _verify_loop(self) -> None:
         refreshed = time.monotonic()

@@ -40,6 +40,7 @@ from sealink.gateway.approvals import ApprovalDesk
 from sealink.gateway.checkpoints import Checkpoints
 from sealink.gateway.committer import GroupCommitter, OutboxEntry
 from sealink.gateway.companion import companion_body
+from sealink.gateway.fleetdesk import FleetDesk
 from sealink.gateway.machine import LinkMachine
 from sealink.gateway.metrics import GatewayMetrics, MetricsServer
 from sealink.gateway.registry import DeviceRegistry
@@ -106,6 +107,7 @@ class Gateway:
         self.checkpoints = Checkpoints(self)  # the transparency log's signed heads (SPEC §14)
         self.witnesses = WitnessDesk(self)  # proofs for witnesses, their cosignatures (§14.6)
         self.approvals = ApprovalDesk(self)  # the approval system's signed requests (§11.5)
+        self.fleet = FleetDesk(self)  # the fleet registry: revoked seals (§11.6)
         self.metrics = GatewayMetrics(self)
         self._metrics_server: MetricsServer | None = None
 
@@ -132,7 +134,13 @@ class Gateway:
             on_latency=self.metrics.committed,
         )
         self._watch = LedgerWatch(
-            ledger, self.db, self.registry, self.sessions, self._committer, self.link_keys
+            ledger,
+            self.db,
+            self.registry,
+            self.sessions,
+            self._committer,
+            self.link_keys,
+            on_loaded=lambda device: self._publish_quarantine([device]),
         )
         try:
             await self._watch.load()
@@ -267,6 +275,7 @@ class Gateway:
             tg.create_task(self.checkpoints.run(), name="checkpoints")
             tg.create_task(self.witnesses.run(), name="witnesses")
             tg.create_task(self.approvals.run(), name="approvals")
+            tg.create_task(self.fleet.run(), name="fleet-registry")
             tg.create_task(self._watch_liveness(), name="liveness")
             for port in self.config.ports:
                 self._start_port(port)
@@ -481,7 +490,12 @@ class Gateway:
     def session_open(self, session: Session, action: SessionOpen) -> None:
         fields = dataclasses.asdict(action)
         log.info("session open", extra={"fields": {**fields, "port": session.port}})
-        status = {"online": True, "firmware": action.firmware, "boot_id": action.boot_id}
+        status = {
+            "online": True,
+            "firmware": action.firmware,
+            "boot_id": action.boot_id,
+            "quarantined": self._quarantined(action.device),
+        }
         self._publish_status(action.device, session.port, status)
         self._wake_commands(session)
 
@@ -502,6 +516,10 @@ class Gateway:
         self.committer.submit(command_state=(action.command_id, action.state, action.code))
         self.approvals.command_done(action)
 
+    async def reload_device(self, device: str) -> None:
+        """The ledger's view of `device` again, now (the watch would within a poll)."""
+        await self._watch.load_device(device)
+
     async def stored_event(self, device: str, counter: int) -> bytes | None:
         return await self.db(self.ledger.event_bytes, device, counter)
 
@@ -516,6 +534,8 @@ class Gateway:
         self.publisher.offer(outbox)
         if devices:
             self.approvals.committed(devices)
+        # A quarantine the link machine decided is on disk now: say so at once.
+        self._publish_quarantine(list(self._status))
 
     def _published(self, ids: list[int]) -> None:
         self.committer.mark_published(ids)
@@ -595,6 +615,20 @@ class Gateway:
         body.update(device=device, gateway=self.gateway_id, port=port, time_ms=now_ms())
         self._status[device] = body
         self.publisher.publish_now(topic, self.signer.sign(topic, body), retain=True)
+
+    def _quarantined(self, device: str) -> bool:
+        state = self.registry.get(device)
+        return state is not None and state.quarantine is not None
+
+    def _publish_quarantine(self, devices: list[str]) -> None:
+        """Every consumer learns of a quarantine set or released (SPEC §11.2) from the seal's
+        retained status at once, not at its next STATUS: republished where it says otherwise
+        (only seals that have a status: one never heard gets it at its HELLO)."""
+        for device in devices:
+            body = self._status.get(device)
+            held = self._quarantined(device)
+            if body is not None and body.get("quarantined") is not held:
+                self._publish_status(device, str(body.get("port")), {"quarantined": held})
 
     async def _watch_liveness(self) -> None:
         """A seal in session but silent for `offline_after_status_intervals` STATUS intervals is

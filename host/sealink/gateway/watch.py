@@ -41,8 +41,10 @@ class LedgerWatch:
         sessions: Iterable[Session],
         committer: GroupCommitter,
         link_keys: LinkKeyStore,
+        on_loaded: Callable[[str], None] = lambda device: None,
     ) -> None:
         self._ledger = ledger
+        self._on_loaded = on_loaded  # the gateway publishes a quarantine set or released
         self._key_store = link_keys
         self._keys = LinkKeys({})
         self._keys_error: str | None = None
@@ -103,6 +105,7 @@ class LedgerWatch:
             if session.device == device:
                 # A release may have made stored events ackable.
                 session.committed()
+        self._on_loaded(device)
 
     async def _load_devices(self) -> None:
         self._shape = await self._db(self._ledger.registrations)

@@ -27,6 +27,7 @@ from sealink.ledger.records import GENESIS, DeviceUpdate, Gap, OperatorAction, Q
 __all__ = [
     "AHEAD_OF_LEDGER",
     "OPERATOR_HOLD",
+    "REVOKED_BY_FLEET",
     "adopt",
     "apply_device_update",
     "gap_payload",
@@ -42,6 +43,8 @@ __all__ = [
 AHEAD_OF_LEDGER = "ahead_of_ledger"
 # The reason of a quarantine an operator asked for.
 OPERATOR_HOLD = "operator"
+# The reason of a quarantine the fleet's registry set (SPEC §11.6): only the fleet lifts it.
+REVOKED_BY_FLEET = "revoked_by_fleet"
 
 
 def gap_payload(
@@ -134,6 +137,14 @@ def release(db: sqlite3.Connection, device: str, operator: str, note: str) -> Qu
     quarantine, ahead = _quarantine_of(db, device)
     if quarantine is None:
         raise DeviceError(f"device {device} is not quarantined")
+    revoked = db.execute(
+        "SELECT reason FROM fleet_registry WHERE device = ? AND state = 'revoked'", (device,)
+    ).fetchone()
+    if revoked is not None:
+        raise DeviceError(
+            f"device {device} is revoked by the fleet ({revoked[0]}): only `sealink fleet "
+            "devices reinstate` lifts that, on every gateway at once"
+        )
     stored, _ = stored_head(db, device)
     if quarantine.reason == AHEAD_OF_LEDGER and ahead is not None and ahead > stored:
         raise DeviceError(

@@ -32,6 +32,9 @@ v9: outbox.payload may be NULL: once the broker acknowledged an event's or a gap
 v10: approvers, approval_requests and approval_results (SPEC §11.5, ledger/approvals.py): the
     approval system's registered keys, every request it sent with its outcome, and the signed
     results not yet acknowledged by the broker; an older file has none.
+v11: fleet_registry (SPEC §11.6, ledger/fleetreg.py): each seal's state as the fleet last
+    signed it, with its seq (the floor below which a registry message is a rollback); an older
+    file has none.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ __all__ = [
     "stored_version",
 ]
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 _logger = logging.getLogger("sealink.ledger")
 
@@ -260,13 +263,25 @@ _TABLES_V10 = (
     "WHERE published_ms IS NULL",
 )
 
+# New in v11: the fleet registry's last applied message per seal (SPEC §11.6).
+_TABLES_V11 = (
+    """CREATE TABLE IF NOT EXISTS fleet_registry (
+        device TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL
+    )""",
+)
+
 _V4_COLUMNS = ("ALTER TABLE devices ADD COLUMN seal_key BLOB",)
 _V6_COLUMNS = ("ALTER TABLE devices ADD COLUMN enrolment TEXT",)
 
 # Every version before 5 keeps the link keys in devices.key.
 _WITH_LINK_KEYS = ("1", "2", "3", "4")
 _BEFORE_V9 = (*_WITH_LINK_KEYS, "5", "6", "7", "8")
-_KNOWN = (*_BEFORE_V9, "9", str(SCHEMA_VERSION))
+_KNOWN = (*_BEFORE_V9, "9", "10", str(SCHEMA_VERSION))
 
 # The published rows whose payload another table holds byte for byte: an event's
 # countersignature (events.cose) or an adopted gap's (gaps.cose); and a record's JSON
@@ -354,7 +369,7 @@ def create_or_migrate(
                 db.execute(statement)
         for statement in _TABLES_V2:
             db.execute(statement)
-        for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8, *_TABLES_V10):
+        for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8, *_TABLES_V10, *_TABLES_V11):
             db.execute(statement)
         if version in ("1", "2"):
             log.backfill(db)

@@ -32,7 +32,7 @@ from sealink.commands import validate_command
 from sealink.crypto.keystore import LINK_KEY_LEN, LinkKeyStore
 from sealink.crypto.sealkey import SEAL_KEY_LEN
 from sealink.errors import DeviceError, KeyFileError, LedgerError
-from sealink.ledger import approvals, backup, log, queue
+from sealink.ledger import approvals, backup, fleetreg, log, queue
 from sealink.ledger import operator as ops
 from sealink.ledger.db import LedgerMissing, describe, transaction
 from sealink.ledger.keyhistory import KeyHistoryStore
@@ -520,6 +520,17 @@ class Ledger:
     def revoke_approver(self, name: str) -> None:
         with self._write("revoke an approver") as db:
             approvals.revoke_approver(db, name)
+
+    def fleet_floor(self, device: str) -> tuple[int, bytes] | None:
+        """(seq, payload) of the fleet registry's last message applied for `device`."""
+        return fleetreg.floor(self._db, device)
+
+    def apply_fleet_state(
+        self, device: str, seq: int, state: str, reason: str, payload: bytes
+    ) -> str:
+        """Take a verified registry message (SPEC §11.6) in one transaction."""
+        with self._write("apply the fleet registry") as db:
+            return fleetreg.apply_state(db, device, seq, state, reason, payload)
 
     def approvers(self, name: str | None = None) -> list[approvals.Approver]:
         return approvals.approvers(self._db, name)

@@ -28,7 +28,7 @@ from sealink.crypto import GatewayKey
 from sealink.errors import KeyFileError
 from sealink.files import write_durably
 
-__all__ = ["GatewayStatus", "MessageSigner", "open_own"]
+__all__ = ["GatewayStatus", "MessageSigner", "envelope", "open_own"]
 
 
 def _read_floor(path: Path) -> int:
@@ -47,6 +47,13 @@ def _read_floor(path: Path) -> int:
 
 _TAG_SIGN1 = 18
 _SIG_STRUCTURE = "Signature1"
+
+
+def envelope(role: str, signer: str, topic: str, body: bytes, seq: int, time_ms: int) -> bytes:
+    """The payload a §11.4 message signs: `role` names the signer's field ("gateway"; the
+    fleet's registry, §11.6, has "fleet"), so one envelope serves every signer."""
+    payload = {"body": body, role: signer, "seq": seq, "time_ms": time_ms, "topic": topic}
+    return bytes(cbor2.dumps(payload, canonical=True))
 
 
 # How far past the last seq a floor file reserves: one durable write per hour of clock.
@@ -91,14 +98,7 @@ class MessageSigner:
 
     def sign_json(self, topic: str, body: bytes) -> bytes:
         seq, time_ms = self._next()
-        payload = {
-            "body": body,
-            "gateway": self.gateway_id,
-            "seq": seq,
-            "time_ms": time_ms,
-            "topic": topic,
-        }
-        return self._key.sign1(bytes(cbor2.dumps(payload, canonical=True)))
+        return self._key.sign1(envelope("gateway", self.gateway_id, topic, body, seq, time_ms))
 
 
 class GatewayStatus:

@@ -1,0 +1,142 @@
+"""The fleet registry's wire format (SPEC §11.6), sans-IO: what the fleet signs for each seal
+and what a gateway checks before it applies it.
+
+    topic   = <prefix>/fleet/registry/<device>            (retained, one per seal)
+    message = COSE_Sign1 by the fleet key over the §11.4 envelope with "fleet" for "gateway":
+              {"body": bstr (JSON), "fleet": tstr, "seq": uint, "time_ms": uint, "topic": tstr}
+    body    = {"device": tstr, "state": "active" | "revoked", "reason": tstr,
+               "seal_key": hex of the seal chip's public key (X || Y), "since_ms": uint}
+
+Both sides use this module (the fleet builds, the gateway opens), so one text decides what a
+field may hold. Freshness (seq above the floor the gateway keeps) and the key comparison are
+the gateway's, since they need its ledger; their refusal reasons are named here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sealink.crypto import GatewayKey
+from sealink.errors import SealinkError
+from sealink.mqtt.signed import envelope, open_own
+
+__all__ = [
+    "REFUSALS",
+    "STATES",
+    "RegistryEntry",
+    "RegistryRefused",
+    "build_entry",
+    "open_entry",
+    "registry_topic",
+]
+
+STATES = ("active", "revoked")
+# Why a gateway refuses a registry message (its alarm's `refusal`).
+REFUSALS = ("bad_signature", "wrong_topic", "invalid", "rollback", "key_substitution")
+_SEAL_KEY_LEN = 64
+_TEXT_MAX = 256
+MAX_ENTRY_BYTES = 4096
+
+
+class RegistryRefused(SealinkError):
+    """A registry message a gateway does not apply: `reason` one of REFUSALS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    fleet: str
+    device: str
+    state: str
+    reason: str
+    seal_key: bytes
+    since_ms: int
+    seq: int
+    time_ms: int
+
+
+def registry_topic(prefix: str, device: str) -> str:
+    return f"{prefix}/fleet/registry/{device}"
+
+
+def build_entry(key: GatewayKey, prefix: str, entry: RegistryEntry) -> bytes:
+    """The fleet's signed, retained message for `entry` (its seq chosen by the fleet's store)."""
+    body = {
+        "device": entry.device,
+        "reason": entry.reason,
+        "seal_key": entry.seal_key.hex(),
+        "since_ms": entry.since_ms,
+        "state": entry.state,
+    }
+    topic = registry_topic(prefix, entry.device)
+    raw = json.dumps(body, sort_keys=True).encode()
+    return key.sign1(envelope("fleet", entry.fleet, topic, raw, entry.seq, entry.time_ms))
+
+
+def _uint(fields: dict[str, Any], name: str) -> int:
+    value = fields.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RegistryRefused("invalid", f"{name} must be an unsigned integer")
+    return value
+
+
+def _body(raw: Any) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, TypeError):
+        raise RegistryRefused("invalid", "the body is not JSON (UTF-8)") from None
+    if not isinstance(body, dict) or set(body) != {
+        "device",
+        "reason",
+        "seal_key",
+        "since_ms",
+        "state",
+    }:
+        raise RegistryRefused("invalid", "the body must hold exactly device, reason, seal_key, "
+                              "since_ms, state")  # fmt: skip
+    if body["state"] not in STATES:
+        raise RegistryRefused("invalid", f"state must be one of {', '.join(STATES)}")
+    if not isinstance(body["reason"], str) or len(body["reason"]) > _TEXT_MAX:
+        raise RegistryRefused("invalid", f"reason must be a string of at most {_TEXT_MAX}")
+    try:
+        seal_key = bytes.fromhex(body["seal_key"])
+    except (ValueError, TypeError):
+        raise RegistryRefused("invalid", "seal_key must be hex") from None
+    if len(seal_key) != _SEAL_KEY_LEN:
+        raise RegistryRefused("invalid", f"seal_key must be {_SEAL_KEY_LEN} bytes (X || Y)")
+    body["seal_key"] = seal_key
+    _uint(body, "since_ms")
+    return body
+
+
+def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str) -> RegistryEntry:
+    """The verified entry that arrived on `topic`: signed by the fleet key, for this topic, for
+    the seal the topic names, each field of its form. RegistryRefused otherwise."""
+    if len(payload) > MAX_ENTRY_BYTES:
+        raise RegistryRefused("invalid", f"a registry message is at most {MAX_ENTRY_BYTES} bytes")
+    fields = open_own(payload, fleet_public_raw)
+    if fields is None or not isinstance(fields.get("fleet"), str):
+        raise RegistryRefused("bad_signature", "not a COSE_Sign1 by the fleet key")
+    if fields.get("topic") != topic:
+        signed = str(fields.get("topic"))[:200]
+        raise RegistryRefused("wrong_topic", f"signed for {signed!r}, arrived on {topic!r}")
+    seq, time_ms = _uint(fields, "seq"), _uint(fields, "time_ms")
+    body = _body(fields.get("body"))
+    if registry_topic(prefix, str(body["device"])) != topic:
+        raise RegistryRefused("wrong_topic", f"about {body['device']!r}, arrived on {topic!r}")
+    return RegistryEntry(
+        fields["fleet"],
+        body["device"],
+        body["state"],
+        body["reason"],
+        body["seal_key"],
+        body["since_ms"],
+        seq,
+        time_ms,
+    )
