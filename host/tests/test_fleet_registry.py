@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import stat
 import threading
 import time
@@ -30,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sealink.config import FleetLinkConfig
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import DeviceError
+from sealink.fleet import FleetService, Store, load_config
 from sealink.gateway.service import Gateway
 from sealink.mqtt.registry import (
     RegistryEntry,
@@ -243,6 +245,53 @@ def test_a_revoked_seal_is_quarantined_on_every_gateway_and_reinstated(
     ]
 
 
+def test_a_revocation_made_while_the_broker_is_away_is_published_by_fleet_run(
+    tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster
+) -> None:
+    seals = {"seal-z": os.urandom(32)}
+    files = _files(tmp_path, "gw-z", seals)
+    pem = files.root / "public.pem"
+    pem.write_bytes(files.key.public_pem())
+    dsn = cluster.database("fleet")
+
+    def fleet_toml(name: str, port: int) -> Path:
+        return write_fleet_config(
+            tmp_path / name, database=dsn, instance="fleet-z", port=port, prefix=PREFIX,
+            gateways={"gw-z": pem}, registry_refresh_s=1,
+        )  # fmt: skip
+
+    config = fleet_toml("fleet.toml", broker.port)
+    with socket.socket() as closed:  # a port nobody listens on: the broker is "away"
+        closed.bind(("127.0.0.1", 0))
+        away = fleet_toml("away.toml", closed.getsockname()[1])
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    init = sealink("fleet", "keys", "init", "--config", str(config))
+    fleet_key = bytes.fromhex(json.loads(init.stdout)["public_key"])
+    store = Store(dsn, instance="fleet-z")
+    store.import_seal_keys([("seal-z", SimChip.of(seals["seal-z"]).public)], source="test")
+    revoke = sealink("fleet", "devices", "revoke", "seal-z", "--reason", "stolen", "-c", str(away))
+    assert revoke.returncode == 0 and "fleet run` publishes it" in revoke.stderr, revoke.stderr
+    assert json.loads(revoke.stdout)["published"] is False
+
+    async def body() -> None:
+        async with _gateway(files, broker.port, fleet_key, ("seal-z",)) as (gw, sims):
+            await _acked(sims["seal-z"])  # nothing on the broker yet
+            service = FleetService(load_config(config), store).start()
+            try:
+                await until(_held(gw, "seal-z", "revoked_by_fleet"), _WAIT_S, "published late")
+                await _not_acked(gw, sims["seal-z"])
+            finally:
+                await asyncio.to_thread(service.stop)
+
+    try:
+        run(body(), timeout=60)
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT registry_published FROM devices").fetchone()
+        assert row == (True,)
+    finally:
+        store.close()
+
+
 # Refusals, without a fleet: the test signs registry messages itself with a fleet key.
 
 
@@ -263,10 +312,13 @@ def test_forged_rolled_back_misdirected_and_substituted_messages_change_nothing(
     publisher = _publisher(broker.port)
     alarms = Alarms(broker.port, {"gw-r": files.key})
 
-    def entry(key: GatewayKey, device: str, state: str, seq: int, **kw: object) -> bytes:
-        fields = {"seal_key": chip[device], "reason": "test", **kw}
-        e = RegistryEntry("fleet", device, state, since_ms=seq, seq=seq, time_ms=seq, **fields)  # type: ignore[arg-type]
-        return build_entry(key, PREFIX, e)
+    def entry(
+        key: GatewayKey, device: str, state: str, seq: int, seal_key: bytes | None = None
+    ) -> bytes:
+        held = chip[device] if seal_key is None else seal_key
+        return build_entry(
+            key, PREFIX, RegistryEntry("fleet", device, state, "test", held, seq, seq, seq)
+        )
 
     def put(device: str, payload: bytes) -> None:
         topic = registry_topic(PREFIX, device)
