@@ -142,7 +142,8 @@ async def _not_acked(gateway: Gateway, sim: SimDevice) -> None:
 
 def _quarantine(gateway: Gateway, device: str) -> str | None:
     state = gateway.registry.get(device)
-    assert state is not None
+    if state is None:
+        return "(not registered)"
     return state.quarantine.reason if state.quarantine is not None else None
 
 
@@ -363,6 +364,12 @@ def test_forged_rolled_back_misdirected_and_substituted_messages_change_nothing(
             put("seal-s", entry(fleet, "seal-s", "active", 700))
             await until(lambda: gw.fleet.taken >= 3, _WAIT_S, "seal-s's reinstatement")
             assert _quarantine(gw, "seal-s") == "operator"
+            # A seal the fleet revoked before it was registered here starts quarantined.
+            chip["seal-new"] = SimChip.of(new_key := os.urandom(32)).public
+            put("seal-new", entry(fleet, "seal-new", "revoked", 800))
+            await until(lambda: gw.fleet.taken >= 4, _WAIT_S, "seal-new's floor kept")
+            await asyncio.to_thread(files.add_device, "seal-new", new_key)
+            await until(_held(gw, "seal-new", "revoked_by_fleet"), _WAIT_S, "seal-new revoked")
 
     async def second_run() -> None:
         async with _gateway(files, broker.port, fleet.public_raw(), ("seal-r",)) as (gw, sims):
@@ -397,6 +404,7 @@ def test_forged_rolled_back_misdirected_and_substituted_messages_change_nothing(
     assert audit == [
         ("quarantine", "fleet", "test"),
         ("quarantine", "op", "hold"),
+        ("quarantine", "fleet", "test"),
         ("release", "fleet", "test"),
     ]
 

@@ -4,7 +4,8 @@ restart too) and the state it said.
 
 `revoked` quarantines the seal with reason REVOKED_BY_FLEET unless it is quarantined already
 (a quarantine is sticky: the gateway's own cause stays first); `active` clears only a
-REVOKED_BY_FLEET quarantine. Both are operator actions on the audit trail (operator "fleet"),
+REVOKED_BY_FLEET quarantine. A seal registered after the fleet revoked it (`registered`)
+starts quarantined. Each is an operator action on the audit trail (operator "fleet"),
 so the running service's watch and `sealink devices audit` see them like any other.
 """
 
@@ -15,7 +16,7 @@ import sqlite3
 from sealink.ledger.operator import REVOKED_BY_FLEET, record_action
 from sealink.ledger.records import now_ms
 
-__all__ = ["FLEET", "REVOKED_BY_FLEET", "apply_state", "fleet_state", "floor"]
+__all__ = ["FLEET", "REVOKED_BY_FLEET", "apply_state", "fleet_state", "floor", "registered"]
 
 FLEET = "fleet"  # the operator name of what the registry did
 
@@ -49,6 +50,21 @@ def apply_state(
         "payload = excluded.payload",
         (device, seq, state, reason, ms, payload),
     )
+    return _apply(db, device, seq, state, reason, ms)
+
+
+def registered(db: sqlite3.Connection, device: str) -> str:
+    """A seal registered here after the fleet revoked it (it moved from another gateway)
+    starts quarantined, as if the revocation had come after its registration."""
+    row = db.execute(
+        "SELECT seq, state, reason FROM fleet_registry WHERE device = ?", (device,)
+    ).fetchone()
+    if row is None or row[1] != "revoked":
+        return "unchanged"
+    return _apply(db, device, int(row[0]), "revoked", str(row[2]), now_ms())
+
+
+def _apply(db: sqlite3.Connection, device: str, seq: int, state: str, reason: str, ms: int) -> str:
     row = db.execute("SELECT quarantine_reason FROM devices WHERE id = ?", (device,)).fetchone()
     if row is None:
         return "unchanged"  # not registered here: the floor is kept for when it is

@@ -191,6 +191,7 @@ class Ledger:
                 "seal_key = excluded.seal_key, registered_ms = excluded.registered_ms",
                 (device, seal_key, now_ms()),
             )
+            fleetreg.registered(db, device)
 
     def device_record(self, device: str) -> DeviceRecord | None:
         """Everything the host keeps per device (SPEC §5.1), read in one snapshot."""
