@@ -73,8 +73,11 @@ def _approver(tmp_path: Path, files: GatewayFiles) -> str:
     return f'approver = "{APPROVER}"\napprover_key_file = "approver.key"'
 
 
-def _write_config(tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool) -> Path:
-    """The console's TOML; with `approver`, the console may change seals."""
+def _write_config(
+    tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool, extra: str = ""
+) -> Path:
+    """The console's TOML; with `approver`, the console may change seals; `extra`: more lines
+    of its [console] table."""
     pub = tmp_path / "gw-test.pub.pem"
     pub.write_bytes(files.key.public_pem())
     config = tmp_path / "console.toml"
@@ -85,6 +88,7 @@ listen = "127.0.0.1:0"
 data_dir = "console-data"
 secret_key_file = "console.secret"
 {_approver(tmp_path, files) if approver else ""}
+{extra}
 
 [mqtt]
 host = "127.0.0.1"
@@ -99,9 +103,11 @@ public_key = "{pub.name}"
     return config
 
 
-def _prepare(tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool) -> Path:
+def _prepare(
+    tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool, extra: str = ""
+) -> Path:
     """The console's files, made with its own commands as an operator would."""
-    config = _write_config(tmp_path, files, broker, approver)
+    config = _write_config(tmp_path, files, broker, approver, extra)
     done = sealink("console", "init", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "console.secret").stat().st_mode & 0o077 == 0

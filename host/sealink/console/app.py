@@ -53,7 +53,11 @@ class _SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def build_app(console: Console, secret: str, *, lifespan: Any = None) -> Starlette:
+def build_app(
+    console: Console, secret: str, *, lifespan: Any = None, https_only: bool = False
+) -> Starlette:
+    """`https_only`: served over TLS, so the session cookie is marked Secure (never sent in
+    clear to a plain-HTTP URL of the same host)."""
     routes: list[Route | Mount] = [
         *login_routes(console),
         *view_routes(console),
@@ -68,6 +72,7 @@ def build_app(console: Console, secret: str, *, lifespan: Any = None) -> Starlet
             session_cookie="sealink_console",
             max_age=_SESSION_S,
             same_site="strict",
+            https_only=https_only,
         ),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -6,6 +6,8 @@ data_dir = "console-data"            # its SQLite: accounts, sessions' audit, ac
 secret_key_file = "console.secret"   # signs session cookies; `sealink console init`, 0600
 approver = "ops-console"             # optional: the approver name its requests are signed as
 approver_key_file = "approver.key"   # optional: that approver's key (SPEC §11.5)
+tls_cert_file = "console.pem"        # optional: serve HTTPS with this certificate (chain, PEM)
+tls_key_file = "console.key"         # and its unencrypted private key, 0600
 
 [mqtt]                               # as the gateway's [mqtt] (host, port, prefix, tls, ...)
 host = "127.0.0.1"
@@ -18,6 +20,7 @@ public_key = "gw-1.pub.pem"          # `sealink keys show` on that gateway
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealink.config import NAME_RE, MqttConfig, parse_mqtt, read_toml
-from sealink.errors import ConfigError, SealinkError
+from sealink.crypto.signer import check_private_file
+from sealink.errors import ConfigError, KeyFileError, SealinkError
 
 __all__ = [
     "ConsoleConfig",
@@ -36,7 +40,15 @@ __all__ = [
     "parse_console_config",
 ]
 
-_CONSOLE_KEYS = ("listen", "data_dir", "secret_key_file", "approver", "approver_key_file")
+_CONSOLE_KEYS = (
+    "listen",
+    "data_dir",
+    "secret_key_file",
+    "approver",
+    "approver_key_file",
+    "tls_cert_file",
+    "tls_key_file",
+)
 _GATEWAY_KEYS = ("id", "public_key")
 
 
@@ -59,6 +71,12 @@ class ConsoleConfig:
     gateways: tuple[FollowedGateway, ...]
     approver: str | None = None
     approver_key_file: Path | None = None
+    tls_cert_file: Path | None = None  # None: plain HTTP (behind a TLS reverse proxy)
+    tls_key_file: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file is not None else "http"
 
     @property
     def database(self) -> Path:
@@ -127,6 +145,36 @@ def _gateways(raw: Any, resolve: Any) -> tuple[FollowedGateway, ...]:
     return tuple(out)
 
 
+def _tls(
+    console: dict[str, Any], resolve: Any, check_files: bool
+) -> tuple[Path | None, Path | None]:
+    """The HTTPS certificate and key files, checked as uvicorn will load them: a 0600 key that
+    goes with the certificate (else a named error now, not a traceback at the first request)."""
+    cert, key = console.get("tls_cert_file"), console.get("tls_key_file")
+    if (cert is None) != (key is None):
+        raise ConfigError("console.tls_cert_file", "tls_cert_file and tls_key_file go together")
+    if cert is None:
+        return None, None
+    cert_file = resolve(_str(console, "tls_cert_file", "console"))
+    key_file = resolve(_str(console, "tls_key_file", "console"))
+    if check_files:
+        try:
+            check_private_file(key_file, "console TLS key")
+        except KeyFileError as exc:
+            raise ConfigError("console.tls_key_file", str(exc)) from None
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                cert_file, key_file, password=lambda: b""
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                "console.tls_cert_file",
+                f"{cert_file} with {key_file}: not a PEM certificate and its unencrypted "
+                f"private key ({getattr(exc, 'reason', None) or exc})",
+            ) from None
+    return cert_file, key_file
+
+
 def parse_console_config(
     data: dict[str, Any], base: Path | None = None, check_files: bool = True
 ) -> ConsoleConfig:
@@ -143,6 +191,7 @@ def parse_console_config(
         raise ConfigError("console.approver", "approver and approver_key_file go together")
     if approver is not None and not NAME_RE.match(str(approver)):
         raise ConfigError("console.approver", f"{approver!r} is not an approver name")
+    tls_cert_file, tls_key_file = _tls(console, resolve, check_files)
     return ConsoleConfig(
         listen=_listen(_str(console, "listen", "console")),
         data_dir=resolve(_str(console, "data_dir", "console")),
@@ -153,6 +202,8 @@ def parse_console_config(
         approver_key_file=resolve(_str(console, "approver_key_file", "console"))
         if key_file is not None
         else None,
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
     )
 
 

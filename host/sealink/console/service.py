@@ -79,15 +79,18 @@ async def serve(config: ConsoleConfig, on_listening: Callable[[str], None]) -> N
         server = _Server(
             console,
             uvicorn.Config(
-                build_app(console, secret, lifespan=lifespan),
+                build_app(console, secret, lifespan=lifespan, https_only=config.scheme == "https"),
                 host=host,
                 port=port,
                 log_level="warning",
                 timeout_graceful_shutdown=_GRACE_S,
+                # None: plain HTTP (config.py checked the pair and the key's mode)
+                ssl_certfile=config.tls_cert_file,
+                ssl_keyfile=config.tls_key_file,
             ),
         )
         sock = _bound(host, port)
-        on_listening(f"http://{host}:{sock.getsockname()[1]}")
+        on_listening(f"{config.scheme}://{host}:{sock.getsockname()[1]}")
         await server.serve(sockets=[sock])
     finally:
         store.close()
