@@ -28,9 +28,9 @@ import pytest
 from conftest import GatewayFiles, run, running, sealink, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
-from sealink.config import FleetLinkConfig
+from sealink.config import FleetLinkConfig, parse_config
 from sealink.crypto.signer import GatewayKey
-from sealink.errors import DeviceError
+from sealink.errors import ConfigError, DeviceError
 from sealink.fleet import FleetService, Store, load_config
 from sealink.gateway.service import Gateway
 from sealink.mqtt.registry import (
@@ -491,3 +491,15 @@ def test_vector_file_is_current_and_each_forgery_gets_its_refusal() -> None:
         with pytest.raises(RegistryRefused) as refused:
             open_entry(bytes.fromhex(case["payload"]), case["topic"], key, "sealink")
         assert refused.value.reason == case["refused"], case["name"]
+
+
+def test_the_gateway_config_takes_the_fleet_key_in_hex_and_names_a_bad_one() -> None:
+    base = {"gateway": {"id": "gw-1", "key_file": "gw.key", "ledger": "ledger.sqlite"}}
+    key = GatewayKey.generate().public_raw()
+    config = parse_config({**base, "fleet": {"public_key": key.hex()}}, check_key_file=False)
+    assert config.fleet.public_key == key
+    assert parse_config(base, check_key_file=False).fleet.public_key is None
+    for bad in ("00" * 31, "zz" * 32, 7):
+        with pytest.raises(ConfigError) as error:
+            parse_config({**base, "fleet": {"public_key": bad}}, check_key_file=False)
+        assert "fleet.public_key" in str(error.value)
