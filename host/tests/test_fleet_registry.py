@@ -46,6 +46,8 @@ from sealink_sim.fleetrig import write_fleet_config
 from sealink_sim.pipe import pipe_pair
 from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimChip, SimDevice
+from sealproto import messages
+from sealproto.messages import K_TYPE
 
 PREFIX = "sealink-test"
 _WAIT_S = 20.0
@@ -206,7 +208,10 @@ def test_a_revoked_seal_is_quarantined_on_every_gateway_and_reinstated(
             for gw in (a, b):
                 await until(_held(gw, "seal-x", "revoked_by_fleet"), _WAIT_S,
                             f"{gw.gateway_id} quarantines seal-x")  # fmt: skip
-            await _not_acked(a, x)
+            now_s = int(time.time())
+            await a.issue_permit("seal-x", 1, now_s - 60, now_s + 3600)
+            await _not_acked(a, x)  # a round trip: the permit would have gone by now
+            assert not [c for c in x.commands if c[K_TYPE] == messages.PERMIT], "permit sent"
             await _acked(y)  # the other seal is unaffected
             assert _quarantine(b, "seal-y") is None
             await asyncio.to_thread(
@@ -231,6 +236,8 @@ def test_a_revoked_seal_is_quarantined_on_every_gateway_and_reinstated(
                             f"{gw.gateway_id} releases seal-x")  # fmt: skip
             await x.wait_acked(len(x.journal), _WAIT_S)  # the held stamp, now stored
             await _acked(x)
+            await until(lambda: any(c[K_TYPE] == messages.PERMIT for c in x.commands),
+                        _WAIT_S, "the held permit delivered once reinstated")  # fmt: skip
 
     try:
         run(body(), timeout=90)
