@@ -4,6 +4,11 @@ gateway's signed results by request id.
     async with ApprovalClient(config.mqtt, key, "erp", "sealink", "gw-1", gw_public) as client:
         request = await client.request("permit", "seal-0001", count=1, not_before_s=...)
         result = await client.wait(request, {"delivered", "refused"}, timeout=30)
+
+With a fixed `client_id` and `persistent=True` the broker keeps the client's session (MQTT 5
+session expiry: the config's session_expiry_s) while it is away, and the results the gateway
+sent meanwhile arrive when it connects again; past the expiry they are lost to it, and asking
+again with the same request id (SPEC §11.5) is the way back.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class ApprovalClient:
         gateway_public_raw: bytes,
         *,
         client_id: str | None = None,
+        persistent: bool = False,
     ) -> None:
         self._key = key
         self.approver = approver
@@ -55,6 +61,7 @@ class ApprovalClient:
             client_id or f"sealink-approver-{approver}-{secrets.token_hex(4)}",
             [self.result_topic],
             self._on_message,
+            persistent=persistent and client_id is not None,
         )
         self._results: dict[str, list[dict[str, Any]]] = {}
         # Set (and replaced) on every new result: the waiters look again.

@@ -58,7 +58,8 @@ class Actions:
                 config.mqtt.prefix,
                 g.gateway_id,
                 g.public_raw,
-                client_id=f"{config.client_id}-approver-{g.gateway_id}",
+                client_id=config.approver_client_id(g.gateway_id),
+                persistent=True,  # results sent while the console is away wait at the broker
             )
             for g in config.gateways
         }
@@ -73,8 +74,10 @@ class Actions:
 
     def _resume(self) -> None:
         """Ask again for the state of each request not settled when the console last
-        stopped: its results came to a console that was not there. The same request id asks
-        for the first request's state, never a second command (SPEC §11.5)."""
+        stopped. The clients' persistent sessions bring what the gateway sent meanwhile; this
+        is the fallback for a session the broker let expire (results would be lost to it).
+        The same request id asks for the first request's state, never a second command
+        (SPEC §11.5), and a result seen twice is kept once."""
         for row in self._store.requests(("permit", "revoke", "release")):
             client = self._clients.get(row.gateway)
             if client is None or _settled({"state": row.state, **row.last}):

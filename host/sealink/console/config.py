@@ -86,6 +86,12 @@ class ConsoleConfig:
     def client_id(self) -> str:
         return self.mqtt.client_id or f"sealink-console-{os.getpid()}"
 
+    def approver_client_id(self, gateway_id: str) -> str:
+        """Fixed across restarts, so the broker keeps the session that gathers the gateway's
+        results while the console is away: [mqtt] client_id, else the approver's name."""
+        base = self.mqtt.client_id or f"sealink-console-{self.approver}"
+        return f"{base}-approver-{gateway_id}"
+
     def gateway_keys(self) -> dict[str, list[bytes]]:
         """gateway id -> its keys, as sealink_verify.mqtt.verify_message takes them."""
         return {g.gateway_id: [g.public_raw] for g in self.gateways}

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from sealink.config import MqttConfig
-from sealink.mqtt.connection import Client, new_client, refusal
+from sealink.mqtt.connection import Client, connect_properties, new_client, refusal
 from sealink.mqtt.pahofast import properties
 
 __all__ = ["Message", "MqttClient"]
@@ -49,10 +49,15 @@ class MqttClient:
         subscriptions: Sequence[str],
         on_message: Callable[[Message], None],
         on_published: Callable[[int, bool], None] | None = None,
+        *,
+        persistent: bool = False,
     ) -> None:
         """`on_published(mid, ok)`: the broker's PUBACK of a publish (`ok`: a success reason
-        code), on the event loop; for messages that must be kept until the broker has them."""
+        code), on the event loop; for messages that must be kept until the broker has them.
+        `persistent`: resume the session of `client_id` (clean start off, the config's
+        session_expiry_s), so what the broker queued for it while away is delivered."""
         self.config = config
+        self._persistent = persistent
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._client = new_client(config, client_id, Client)
@@ -76,7 +81,11 @@ class MqttClient:
     async def __aenter__(self) -> MqttClient:
         self._loop = asyncio.get_running_loop()
         self._client.connect_async(
-            self.config.host, self.config.port, self.config.keepalive_s, clean_start=True
+            self.config.host,
+            self.config.port,
+            self.config.keepalive_s,
+            clean_start=not self._persistent,
+            properties=connect_properties(self.config) if self._persistent else None,
         )
         self._client.loop_start()
         return self
