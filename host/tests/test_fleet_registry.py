@@ -251,6 +251,12 @@ def test_a_revoked_seal_is_quarantined_on_every_gateway_and_reinstated(
         ("seal-x", "revoked", "stolen", "alice"),
         ("seal-x", "active", "found", "alice"),
     ]
+    shown = sealink("fleet", "alarms", "--device", "seal-x", "--json", "--config", str(config))
+    said = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [(a["reason"], a["detail"]["by"]) for a in said if a["source"] == "fleet"] == [
+        ("revoked", "alice"),
+        ("reinstated", "alice"),
+    ]
 
 
 def test_a_revocation_made_while_the_broker_is_away_is_published_by_fleet_run(

@@ -11,6 +11,7 @@ process or clock makes the change.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from sealink.mqtt.registry import RegistryEntry, build_entry, registry_topic
 __all__ = ["RegistryChange", "change_state", "mark_published", "publish", "unpublished"]
 
 _PUBLISH_TIMEOUT_S = 10.0
+_ALARM = {"revoked": "revoked", "active": "reinstated"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,14 @@ def change_state(
                 "VALUES (%s, %s, %s, %s, %s, %s)",
                 (device, state, reason, by, now_us // 1000, seq),
             )
+            # Also where every other fleet event is read (`sealink fleet alarms`).
+            detail = {"state": state, "reason": reason, "by": by, "seq": seq}
+            conn.execute(
+                "INSERT INTO alarms (time_ms, source, gateway, device, reason, detail, dedupe) "
+                "VALUES (%s, 'fleet', NULL, %s, %s, %s, %s)",
+                (now_us // 1000, device, _ALARM[state], json.dumps(detail),
+                 f"registry:{device}:{seq}"),
+            )  # fmt: skip
     except psycopg.Error as exc:
         raise FleetError(f"registry: {exc} (was `sealink fleet migrate` run?)") from None
     return RegistryChange(device, state, seq, registry_topic(prefix, device), message)
