@@ -11,5 +11,5 @@ LOW_BATTERY_MV = 3400
 # The links the launcher does not choose otherwise (SEAL_LINKS), in order of preference.
 LINKS = ("uart",)
 # Operator identity (SPEC §5.7): a 3x4 keypad and an NFC card reader, both driven by the
-# control channel ("keys", "pin", "card"), unless the launcher says otherwise (SEAL_INPUTS).
+# control channel ("keys", "card").
 INPUTS = ("keypad", "nfc")

@@ -27,7 +27,6 @@ _ENV_RESET_CAUSE = const("SEAL_RESET_CAUSE")
 _ENV_JOURNAL_CAPACITY = const("SEAL_JOURNAL_CAPACITY")
 _ENV_AUTHORITY = const("SEAL_AUTHORITY")
 _ENV_LINKS = const("SEAL_LINKS")
-_ENV_INPUTS = const("SEAL_INPUTS")
 
 _MOUNT_POINT = const("/flash")
 
@@ -79,8 +78,8 @@ def load_provisioning():
 # --- GPIO: the control channel -------------------------------------------------------------
 # The launcher writes one command a line on stdin: "press", "release", "open", "close",
 # "battery <mv>", "stamp" (press, hold, release, hold), "cut <n>" (power lost at the n-th
-# flash write from now), "keys <0-9*#...>" (each key pressed, held, released), "pin <digits>"
-# (the digits, then '#'), "card <uid hex>" (a card held to the reader, then taken away).
+# flash write from now), "keys <0-9*#...>" (each key pressed, held, released), "card <uid
+# hex>" (a card held to the reader, then taken away).
 # Holds are timed on the device's clock, so the debouncer sees real presses whatever the
 # host's scheduling. After each command the
 # board reports "@done <n>". Edges call the registered handlers from a task, as an IRQ would.
@@ -132,20 +131,6 @@ def _env_int(name, default):
     return int(v) if v else default
 
 
-class _Keypad(_Input):
-    # A 3x4 matrix keypad as the scan of a real one reads: the ASCII code of the key held, 0
-    # for none; its handler runs on every change, as the column lines' IRQ would.
-    def key(self):
-        return self._level
-
-
-class _Reader(_Input):
-    # An NFC reader (a PN532 on a real board): the UID of the card in the field, else None;
-    # its handler runs when a card comes into the field, as the reader's IRQ line would.
-    def uid(self):
-        return self._level
-
-
 # The board's journal size, unless the launcher makes it small (tests that fill it); and the
 # MCU reset this boot follows, which the launcher gives (a REBOOT cause bit of SPEC §4.1; 0, a
 # clean power-on, unless it gives one): there is no MCU here to have reset.
@@ -153,15 +138,16 @@ JOURNAL_CAPACITY = _env_int(_ENV_JOURNAL_CAPACITY, board.JOURNAL_CAPACITY)
 RESET_CAUSE = _env_int(_ENV_RESET_CAUSE, 0)
 # Which links this board has ("uart", "ble", in order of preference), as the launcher says.
 LINKS = tuple(os.getenv(_ENV_LINKS).split(",")) if os.getenv(_ENV_LINKS) else board.LINKS
-# Which operator inputs it has ("keypad", "nfc"; "none" for neither), as the launcher says.
-_inputs = os.getenv(_ENV_INPUTS)
-INPUTS = board.INPUTS if not _inputs else () if _inputs == "none" else tuple(_inputs.split(","))
-del _inputs
+# Its operator inputs ("keypad", "nfc"), as board.py declares them.
+INPUTS = board.INPUTS
 
 stamp = _Input(_env_int(_ENV_STAMP, 0))
 tamper = _Input(_env_int(_ENV_TAMPER, 0))
-keypad = _Keypad(0)
-nfc = _Reader(None)
+# A 3x4 matrix keypad as the scan of a real one reads it: value() the ASCII code of the key
+# held, 0 for none; and an NFC reader (a PN532 on a real board): value() the UID of the card in
+# the field, else None. Their handlers run on every change, as the lines' IRQs would.
+keypad = _Input(0)
+nfc = _Input(None)
 lock = _Output("lock")
 led = _Output("led")
 _battery_mv = _env_int(_ENV_BATTERY_MV, 3700)
@@ -187,8 +173,8 @@ async def _apply(words):
     elif cmd == "battery":
         _battery_mv = int(words[1])
         return
-    elif cmd == "keys" or cmd == "pin":
-        for key in words[1] + ("#" if cmd == "pin" else ""):
+    elif cmd == "keys":
+        for key in words[1]:
             keypad._set(ord(key))
             await asyncio.sleep_ms(_KEY_HOLD_MS)
             keypad._set(0)

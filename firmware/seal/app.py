@@ -11,10 +11,9 @@ import hal
 from seal.enrol import Enrolment
 from seal.events import Recorder, Uptime
 from seal.guard import Guard
-from seal.ident import Ident, cards, keys
 from seal.journal import Journal
 from seal.link import Link
-from seal.permits import Permits
+from seal.permits import Ident, Permits
 from seal.ports import Ports, serve
 from seal.sensor import count_presses, watch
 
@@ -81,11 +80,11 @@ async def _main(device_id, key, journal, ports):
     uptime = Uptime()
     chip = hal.chip()
     recorder = Recorder(journal, key, chip, hal.time_s, uptime)
-    permits = Permits(hal.time_s, journal)
     # Operator identity (SPEC §5.7) only on a board with a keypad or a card reader.
     ident = Ident(journal.root) if hal.INPUTS else None
+    permits = Permits(hal.time_s, journal, ident)
     guard = Guard(journal, recorder, permits, hal.lock, hal.led, hal.report, hal.time_s,
-                  hal.set_time_ms, board.LOW_BATTERY_MV, wake, ident)
+                  hal.set_time_ms, board.LOW_BATTERY_MV, wake)
     enrolment = Enrolment(journal.root + ".enrol", device_id, hal.authority_key(), chip)
     link = Link(device_id, key, FIRMWARE + "/" + board.NAME, journal, guard, enrolment,
                 hal.battery_mv, hal.urandom, ports.send, wake)
@@ -110,7 +109,10 @@ async def _main(device_id, key, journal, ports):
     asyncio.create_task(watch(hal.tamper, tamper_flag, guard.on_tamper))
     asyncio.create_task(serve(link, ports))
     if ident:
-        _identify(ident, guard)
+        inputs = hal.INPUTS
+        asyncio.create_task(ident.watch(hal.keypad if "keypad" in inputs else None,
+                                        hal.nfc if "nfc" in inputs else None, guard,
+                                        hal.report))
     rounds = 0
     while True:
         # The inputs' slow poll (seal/sensor.py): a lost edge is caught within a round.
@@ -123,6 +125,7 @@ async def _main(device_id, key, journal, ports):
             ports.refresh()
         guard.update_lock()
         rounds += 1
+        gc.collect()
         await asyncio.sleep_ms(_HOUSEKEEPING_MS)
 
 
@@ -139,14 +142,6 @@ def _ports(device_id):
 
             ports.append(StreamPort(hal.uart()))
     return ports
-
-
-def _identify(ident, guard):
-    # One task per input the board has, each waiting on its IRQ's flag.
-    if "keypad" in hal.INPUTS:
-        asyncio.create_task(keys(hal.keypad, asyncio.ThreadSafeFlag(), ident, guard, hal.report))
-    if "nfc" in hal.INPUTS:
-        asyncio.create_task(cards(hal.nfc, asyncio.ThreadSafeFlag(), ident, guard, hal.report))
 
 
 def _task_died(loop, context):

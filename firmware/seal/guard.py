@@ -59,7 +59,7 @@ _MAX_ALARMS = const(8)
 
 class Guard:
     def __init__(self, journal, recorder, permits, lock, led, report, clock, set_time_ms,
-                 low_battery_mv, wake, ident=None):
+                 low_battery_mv, wake):
         self._journal = journal
         self._recorder = recorder
         self._permits = permits
@@ -71,8 +71,6 @@ class Guard:
         self._low_battery_mv = low_battery_mv
         # Set whenever the link has something new to send: a record, an alarm, a changed flag.
         self._wake = wake
-        # Who identified at the seal (seal.ident), None on a board with neither keypad nor reader.
-        self._ident = ident
         # (code, time_s, detail) of each alarm not yet sent, oldest first; the link takes them.
         self.alarms = []
         self.unlocked = False
@@ -211,10 +209,7 @@ class Guard:
         # Decided now, not at the last tick: the permit may have expired or run out since.
         self.update_lock()
         if self.unlocked:
-            # Under a permit that names operators, the one who opened it (SPEC §4.1, §5.7).
-            permits = self._permits
-            operator = self._ident.who() if permits.operators else permits.operator
-            if self._record(_KIND_IMPRESSION, self.permit, operator):
+            if self._record(_KIND_IMPRESSION, self.permit, self._permits.operator):
                 self._permits.use()
         elif self._record(_KIND_FORCED):
             self.raise_alarm(_AL_FORCED_STAMP)
@@ -261,9 +256,6 @@ class Guard:
         permit = 0
         if not (full or self.case_open or self.faulted or self.chip_fault):
             permit = self._permits.active()
-            ops = self._permits.operators
-            if permit and ops and not (self._ident and self._ident.who() in ops):
-                permit = 0
         self.permit = permit
         unlocked = permit != 0
         if unlocked != self.unlocked:
@@ -283,10 +275,13 @@ class Guard:
         if kind in (_PERMIT, _REVOKE):
             code = self._permit_command(kind, msg)
         elif kind == _OPERATOR:
-            if self._ident is None:
+            # The operator table (SPEC §5.7), kept by the permits' Ident; a board with neither
+            # keypad nor reader has none.
+            ident = self._permits.ident
+            if ident is None:
                 return _R_BAD_FIELD
             try:
-                code = self._ident.command(msg)
+                code = ident.command(msg)
             except OSError:
                 return _R_BUSY
         elif kind == _TIME:

@@ -1,5 +1,5 @@
 # Operator inputs of the `machine` boards (SPEC §5.7): a 3x4 matrix keypad on GPIOs and a PN532
-# NFC reader on I2C, with the HAL's contract that seal.ident reads (key(), uid(), irq()).
+# NFC reader on I2C, with the HAL's contract that seal.ident reads (value(), irq()).
 # Written from the parts' datasheets; not yet run on hardware (the emulated board models both).
 from machine import Pin
 from micropython import const
@@ -18,8 +18,8 @@ _READY_MS = const(50)
 
 class Keypad:
     # Rows are outputs held low while idle; columns inputs with pull-ups, so any key pulls its
-    # column low and the column's IRQ fires. key() then drives one row low at a time to find
-    # which key it is. Debounce is seal.ident's: this only reads.
+    # column low and the column's IRQ fires. value() then drives one row low at a time to find
+    # which key it is (its ASCII code, 0: none). Debounce is seal.ident's: this only reads.
     def __init__(self, row_pins, col_pins):
         self._rows = [Pin(p, Pin.OUT, value=0) for p in row_pins]
         self._cols = [Pin(p, Pin.IN, Pin.PULL_UP) for p in col_pins]
@@ -28,7 +28,7 @@ class Keypad:
         for col in self._cols:
             col.irq(handler, Pin.IRQ_FALLING | Pin.IRQ_RISING)
 
-    def key(self):
+    def value(self):
         found = 0
         width = len(self._cols)
         for r, row in enumerate(self._rows):
@@ -44,8 +44,8 @@ class Keypad:
 
 class Pn532:
     # InListPassiveTarget waits for a card and the PN532 pulls its IRQ line low once one is in
-    # the field; uid() reads the answer and asks again for the next card. A reader that does
-    # not answer reads no card: the seal goes on without it (the emulated board has no bus).
+    # the field; value() reads the answer (the card's UID) and asks again for the next card. A
+    # reader that does not answer reads no card: the seal goes on without it.
     def __init__(self, i2c, irq_pin):
         self._i2c = i2c
         self._irq = Pin(irq_pin, Pin.IN, Pin.PULL_UP)
@@ -62,7 +62,7 @@ class Pn532:
         except OSError:
             self._armed = False
 
-    def uid(self):
+    def value(self):
         if not self._armed or self._irq.value():
             return None
         try:

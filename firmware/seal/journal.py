@@ -91,7 +91,7 @@ class Journal:
         self.permit = _NO_PERMIT
         self.permit_used = 0
         # The operator ids the permit names, () if none: then anyone may use it.
-        self.permit_ops = ()
+        self.operators = ()
         self._from = 1
         # Presses that got no record, and a bit per alarm code whose record could not be made:
         # counted in `state`, taken back by the UNRECORDED and ALARM records that report them.
@@ -158,7 +158,7 @@ class Journal:
         segs.sort()
         self.permit = _NO_PERMIT
         self.permit_used = 0
-        self.permit_ops = ()
+        self.operators = ()
         self._from = 1
         self.unrecorded = 0
         self.pending = 0
@@ -205,19 +205,20 @@ class Journal:
         if n >= _MISSED_STATE_SIZE:
             self.unrecorded, self.pending = struct.unpack_from("<II", st, 36)
         if n == _STATE_SIZE:
-            self.permit_ops = tuple(op for op in struct.unpack_from("<IIII", st, 44) if op)
+            ops = [struct.unpack_from("<I", st, 44 + 4 * i)[0] for i in range(4)]
+            self.operators = tuple(op for op in ops if op)
         return v[0], v[1]
 
     def _write_state(self, boot_id, acked, permit=None, used=0, unrecorded=-1, pending=-1,
-                     ops=None):
+                     operators=None):
         # Also a snapshot of what the records count: the impressions before next_counter are in
         # `used` from now on, the UNRECORDED and ALARM records before it are taken off
         # `unrecorded` and `pending`, so compaction may delete those records.
         if permit is None:
             permit = self.permit
             used = self.permit_used
-        if ops is None:
-            ops = self.permit_ops
+        if operators is None:
+            operators = self.operators
         if unrecorded < 0:
             unrecorded = self.unrecorded
         if pending < 0:
@@ -226,7 +227,7 @@ class Journal:
         struct.pack_into("<IIIIIIIIIII", st, 0, boot_id, acked, permit[0], permit[1], permit[2],
                          permit[3], permit[4], self.next_counter, used, unrecorded, pending)
         for i in range(4):
-            struct.pack_into("<I", st, 44 + 4 * i, ops[i] if i < len(ops) else 0)
+            struct.pack_into("<I", st, 44 + 4 * i, operators[i] if i < len(operators) else 0)
         struct.pack_into("<I", st, _STATE_SIZE - 4,
                          binascii.crc32(memoryview(st)[: _STATE_SIZE - 4]))
         tmp = self._path("state.tmp")
@@ -363,17 +364,17 @@ class Journal:
         self._broken = False
         return self.boot_id
 
-    def set_permit(self, permit, used=0, ops=None):
+    def set_permit(self, permit, used=0, operators=None):
         # Install (or, with used = its use so far, revoke) a permit durably; it takes effect,
         # in RAM too, only once `state` was replaced. Raises OSError with nothing changed.
-        # ops: the operators it names (None: those of the permit installed, for a revoke).
+        # operators: the ones it names (None: those of the permit installed, for a revoke).
         self._check()
         self._broken = True
-        self._write_state(self.boot_id, self.acked, permit, used, ops=ops)
+        self._write_state(self.boot_id, self.acked, permit, used, operators=operators)
         self.permit = permit
         self.permit_used = used
-        if ops is not None:
-            self.permit_ops = ops
+        if operators is not None:
+            self.operators = operators
         self._from = self.next_counter
         self._broken = False
 

@@ -11,7 +11,7 @@ from board import (
     CHIP_I2C_ID,
     CHIP_SCL_PIN,
     CHIP_SDA_PIN,
-    INPUTS,  # noqa: F401  (the HAL's: seal.app reads hal.INPUTS)
+    INPUTS,  # also the HAL's: seal.app reads hal.INPUTS
     JOURNAL_CAPACITY,  # noqa: F401  (the HAL's: seal.app reads hal.JOURNAL_CAPACITY)
     LED_PIN,
     LINKS,  # noqa: F401  (the HAL's: seal.app reads hal.LINKS)

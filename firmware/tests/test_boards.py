@@ -141,16 +141,17 @@ if "keypad" in board.INPUTS:
         assert ("Pin", p, machine.Pin.OUT, None, 0) in log, "rows driven low at boot"
     for col in cols:
         col.level = 1
-    assert hal.keypad.key() == 0
+    assert hal.keypad.value() == 0
     cols[1].value = lambda v=None: rows[1].level
-    assert hal.keypad.key() == ord("5")
+    assert hal.keypad.value() == ord("5")
     assert [r.level for r in rows] == [0] * len(rows), "rows low again: any key fires the IRQ"
     hal.keypad.irq(lambda p: None)
-    assert ("irq", board.KEYPAD_COL_PINS[0], machine.Pin.IRQ_RISING | machine.Pin.IRQ_FALLING) in log
+    both = machine.Pin.IRQ_RISING | machine.Pin.IRQ_FALLING
+    assert ("irq", board.KEYPAD_COL_PINS[0], both) in log
 if "nfc" in board.INPUTS:
     assert ("I2C", board.NFC_I2C_ID, board.NFC_SDA_PIN, board.NFC_SCL_PIN, 100000) in log
     hal.nfc.irq(lambda p: None)
-    assert hal.nfc.uid() is None
+    assert hal.nfc.value() is None
 print("battery", BATTERY_PROBE)
 # REBOOT causes (SPEC §4.1 key 10), read at import: a watchdog or a hard reset is unclean.
 import sys

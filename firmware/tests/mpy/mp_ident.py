@@ -2,7 +2,7 @@
 # Operator identity at the seal (SPEC §5.7): the operator table on flash (also across power
 # cuts while it is written), PINs and cards, the lockout after wrong PINs, the keypad's
 # debounce and digit timeout, and a permit that names operators. The keypad and the reader are
-# stand-ins with the HAL's contract (key(), uid(), irq()): the unix port has no GPIO or NFC.
+# stand-ins with the HAL's contract (value(), irq()): the unix port has no GPIO or NFC.
 import asyncio
 import hashlib
 
@@ -13,7 +13,7 @@ from sealproto import messages as M
 from sealproto import timers as T
 
 from seal.guard import Guard
-from seal.ident import Ident, cards, keys
+from seal.permits import Ident, Permits
 
 _SALT = bytes(range(16))
 
@@ -43,10 +43,21 @@ def _reboot(name):
 def _rig(name):
     rig = Rig(name)
     ticks = _Ticks()
-    ident = Ident(rig.journal.root, ticks)
+    ident = _Ident(rig.journal.root, ticks)
+    rig.permits = Permits(rig.clock, rig.journal, ident)
     rig.guard = Guard(rig.journal, rig.recorder, rig.permits, rig.lock, rig.led, rig._report,
-                      rig.clock, rig.clock.set_ms, 3400, rig.wake, ident)
+                      rig.clock, rig.clock.set_ms, 3400, rig.wake)
     return rig, ident, ticks
+
+
+class _Ident(Ident):
+    # The firmware's Ident, with names for its two checks (offsets of the table's entry): the
+    # firmware spells them _check(..., 20 or 52), since each name costs RAM on the board.
+    def pin(self, digits):
+        return self._check(digits, 20)
+
+    def card(self, uid):
+        return self._check(uid, 52)
 
 
 def _permit(rig, permit, ops):
@@ -66,8 +77,8 @@ def test_pin_and_card_identify_their_operator_and_survive_a_reboot():
     equal(ident.card(b"\x04\xa2\x2b\x91"), 2)
     equal(ident.card(b"\x04\xa2\x2b\x92"), 0, "an unknown card")
     _reboot("ident_table")
-    again = Ident(rig.journal.root)
-    equal((again.pin(b"9876"), again.who()), (2, 2), "the table is on flash")
+    again = _Ident(rig.journal.root)
+    equal((again.pin(b"9876"), again.active()), (2, 2), "the table is on flash")
     equal(again.command(_op(2)), M.R_OK, "neither credential: removed")
     equal(again.pin(b"9876"), 0)
     equal(again.pin(b"1234"), 1, "the others stay")
@@ -94,7 +105,7 @@ def test_wrong_pins_lock_out_with_one_alarm_and_the_lockout_survives_a_reboot():
     equal(ident.pin(b"2222"), -1, "locked out: not even the right PIN")
     equal(ident.card(b"\x01\x02\x03\x04"), -1, "nor a card")
     _reboot("ident_lockout")
-    rebooted = Ident(rig.journal.root, ticks)
+    rebooted = _Ident(rig.journal.root, ticks)
     equal(rebooted.pin(b"2222"), -1, "a power cycle gives no new tries")
     ticks.ms += T.PIN_LOCKOUT_MS
     equal(rebooted.pin(b"2222"), 2, "the lockout ends")
@@ -105,8 +116,7 @@ async def test_the_lockout_is_an_alarm_record():
     rig, ident, _ = _rig("ident_alarm")
     rig.guard.command(M.OPERATOR, _op(2, pin=b"2222"))
     pad = _Pad()
-    task = asyncio.create_task(keys(pad, asyncio.ThreadSafeFlag(), ident, rig.guard,
-                                    rig._report))
+    task = asyncio.create_task(ident.watch(pad, None, rig.guard, rig._report))
     await asyncio.sleep_ms(30)
     for _ in range(T.PIN_FAILURES + 1):
         await pad.type("0000#")
@@ -140,7 +150,7 @@ def test_a_permit_naming_operators_opens_only_for_one_of_them():
     rig.guard.update_lock()
     equal(rig.guard.unlocked, False, "the window closed")
     _reboot("ident_permit")
-    equal(rig.journal.open().permit_ops, (2, 5), "the named operators are in `state`")
+    equal(rig.journal.open().operators, (2, 5), "the named operators are in `state`")
 
 
 def test_a_permit_naming_none_behaves_as_before_and_id_0_is_refused():
@@ -153,12 +163,13 @@ def test_a_permit_naming_none_behaves_as_before_and_id_0_is_refused():
 
 
 class _Pad:
-    # The HAL's keypad contract: key() the ASCII code held (0: none), irq(handler) on a change.
-    def __init__(self):
-        self.level = 0
+    # The HAL's input contract: value() the key's ASCII code held (0: none) or a card's UID
+    # (None: none), irq(handler) on a change.
+    def __init__(self, level=0):
+        self.level = level
         self.handler = None
 
-    def key(self):
+    def value(self):
         return self.level
 
     def irq(self, handler):
@@ -207,8 +218,7 @@ async def test_keypad_debounce_clear_and_digit_timeout():
     ident.command(_op(4, pin=b"4455"))
     pad = _Pad()
     seen = _Seen()
-    task = asyncio.create_task(keys(pad, asyncio.ThreadSafeFlag(), ident, _Guard(), seen,
-                                    digit_timeout_ms=300))
+    task = asyncio.create_task(ident.watch(pad, None, _Guard(), seen, interval_ms=300))
     await asyncio.sleep_ms(30)
     await pad.type("4455#", bounce=True)
     equal(seen.ops, [4], "each bouncing key counted once")
@@ -227,17 +237,18 @@ async def test_keypad_debounce_clear_and_digit_timeout():
 async def test_a_card_in_the_field_identifies_once():
     _r, ident, _ = _rig("ident_card")
     ident.command(_op(6, card=b"\x04\x11\x22\x33\x44\x55\x66"))
-    reader = _Pad()
-    reader.level = None
-    reader.uid = reader.key
+    reader = _Pad(None)
+    pad = _Pad()
     seen = _Seen()
-    task = asyncio.create_task(cards(reader, asyncio.ThreadSafeFlag(), ident, _Guard(), seen))
+    task = asyncio.create_task(ident.watch(pad, reader, _Guard(), seen))
     await asyncio.sleep_ms(10)
     reader.set(b"\x04\x11\x22\x33\x44\x55\x66")
     await asyncio.sleep_ms(20)
     reader.set(None)
     await asyncio.sleep_ms(20)
     equal(seen.ops, [6])
+    await pad.type("1")
+    equal(seen.ops, [6], "a key with no card in the field reads no card")
     task.cancel()
 
 
@@ -251,18 +262,18 @@ def test_power_cut_while_the_table_is_written_leaves_the_old_or_the_new():
     while True:
         flashimg.fresh(path)
         root = flashimg.root()
-        ident = Ident(root)
+        ident = _Ident(root)
         ident.command(_op(1, pin=b"1111"))
         ident.command(_op(2, pin=b"2222"))
         dev = flashimg.mount(path, tear=cut % 2 == 0)
         dev.cut_at = dev.writes + cut
         try:
-            Ident(root).command(_op(1, pin=b"1212"))
+            _Ident(root).command(_op(1, pin=b"1212"))
             finished = not dev.dead
         except OSError:
             finished = False
         flashimg.mount(path)
-        after = Ident(root)
+        after = _Ident(root)
         old, new = after.pin(b"1111"), after.pin(b"1212")
         equal(sorted((old, new)), [0, 1], f"cut at write {cut}: the old PIN or the new")
         equal(after.pin(b"2222"), 2, f"cut at write {cut}: operator 2 kept")
