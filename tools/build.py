@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BOARDS = tuple(sorted(p.parent.name for p in (ROOT / "boards").glob("*/manifest.py")))
 MAIN = "main.py"
 ROMFS_IMAGE = "rom.img"
+# Where a board mounts the image (boards/emulated/main.py, `mpremote romfs deploy` on a device).
+_ROM_MOUNT = "/rom/"
 # The port's own manifests: what the MicroPython firmware on the board already holds.
 _PORT_VARS = ("$(PORT_DIR)", "$(MPY_DIR)")
 _FROZEN_ONLY = "_boot.py"
@@ -164,8 +166,13 @@ def build(
         if dest.endswith(".py"):
             shutil.copyfile(src, target)
         else:
-            # -s keeps tracebacks pointing at the repository path, not a temp name.
+            # -s keeps tracebacks pointing at the repository path, not a temp name. In a ROMFS
+            # image it is the module's own path there ("/rom/seal/link.mpy", its __file__):
+            # the two names are then one interned string, not two. A device keeps those in
+            # RAM pools of ~620 names, and the next pool costs ~8 KB of a 96 KB heap (SPEC §13).
             rel = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else src.name
+            if romfs:
+                rel = _ROM_MOUNT + dest
             proc = subprocess.run(
                 [compiler, "-s", rel, "-o", str(target), str(src)], capture_output=True, text=True
             )
