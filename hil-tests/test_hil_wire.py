@@ -322,3 +322,18 @@ def test_disconnect_hangs_up_the_host_side_and_plugs_a_new_pty_back_in(
         assert _read_until(reopened, 5) == b"after"
     finally:
         reopened.close()
+
+
+def test_every_alarm_code_is_named_from_sealproto(tmp_path: Path) -> None:
+    wire = WireLog(tmp_path / "wire.log")
+    alarm = {
+        m.K_TYPE: m.ALARM,
+        m.AL_CODE: m.AL_PIN_LOCKOUT,
+        m.AL_TIME: 1_718_000_000,
+        m.AL_DETAIL: 3,
+        m.K_SEQ: 4,
+    }
+    wire.tx(D2H, framing.encode_frame(m.encode(auth.sign(alarm, KEY))))
+    wire.close()
+    sent = wire.last("ALARM", D2H, TX)
+    assert sent is not None and sent.fields["code"] == "PIN_LOCKOUT", sent

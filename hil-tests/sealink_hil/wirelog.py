@@ -82,17 +82,22 @@ _FIELDS: dict[int, tuple[tuple[str, int], ...]] = {
     m.RESULT: (("command_seq", m.RE_SEQ), ("code", m.RE_CODE)),
     m.ENROL: (("serial", m.EN_SERIAL), ("device", m.EN_DEVICE), ("gateway_key", m.EN_GATEWAY)),
 }
+
+
+def _named(prefix: str, exclude: tuple[str, ...] = ()) -> dict[int, str]:
+    """{value: NAME} of sealproto's constants `<prefix>NAME`."""
+    return {
+        value: name[len(prefix) :]
+        for name, value in vars(m).items()
+        if name.startswith(prefix) and name not in exclude and isinstance(value, int)
+    }
+
+
 # The one field an `rx` line repeats: enough to pair it with its `tx` line.
 _KEY_FIELD = {m.HELLO: "next", m.EVENT: "counter", m.ACK: "counter", m.WELCOME: "acked"}
-_KINDS = {
-    m.KIND_IMPRESSION: "IMPRESSION",
-    m.KIND_FORCED: "FORCED",
-    m.KIND_TAMPER: "TAMPER",
-    m.KIND_LOW_BATTERY: "LOW_BATTERY",
-    m.KIND_REBOOT: "REBOOT",
-    m.KIND_ALARM: "ALARM",
-    m.KIND_UNRECORDED: "UNRECORDED",
-}
+# Names of the wire's numbers, taken from sealproto's constants (SPEC §4.1, §7.2, §7.3), so a
+# code added there is named here too.
+_KINDS = _named("KIND_")
 # A REBOOT record's cause bits (SPEC §4.1 key 10); the bits from CA_MISSING_SHIFT on count.
 _CAUSE_BITS = {
     m.CA_TORN: "torn",
@@ -102,27 +107,8 @@ _CAUSE_BITS = {
     m.CA_BROWNOUT: "brownout",
     m.CA_HARD_RESET: "hard_reset",
 }
-_ALARMS = {
-    m.AL_FORCED_STAMP: "FORCED_STAMP",
-    m.AL_TAMPER: "TAMPER",
-    m.AL_LOW_BATTERY: "LOW_BATTERY",
-    m.AL_JOURNAL_FULL: "JOURNAL_FULL",
-    m.AL_JOURNAL_FAULT: "JOURNAL_FAULT",
-    m.AL_CLOCK_UNSET: "CLOCK_UNSET",
-    m.AL_ROLLBACK: "ROLLBACK",
-    m.AL_CHIP_FAULT: "CHIP_FAULT",
-    m.AL_UNVERIFIED_ACK: "UNVERIFIED_ACK",
-    m.AL_RESERVE_EXHAUSTED: "RESERVE_EXHAUSTED",
-}
-_RESULTS = {
-    m.R_OK: "OK",
-    m.R_BAD_FIELD: "BAD_FIELD",
-    m.R_EXPIRED: "EXPIRED",
-    m.R_UNKNOWN_PERMIT: "UNKNOWN_PERMIT",
-    m.R_NO_TIME: "NO_TIME",
-    m.R_BUSY: "BUSY",
-    m.R_BAD_SIGNATURE: "BAD_SIGNATURE",
-}
+_ALARMS = _named("AL_", exclude=("AL_CODE", "AL_TIME", "AL_DETAIL"))
+_RESULTS = _named("R_")
 _NAMED = {
     (m.EVENT, "kind"): _KINDS,
     (m.ALARM, "code"): _ALARMS,
