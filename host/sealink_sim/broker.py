@@ -15,28 +15,21 @@ as a site runs one: `tls` (a TLS listener, client certificates optionally requir
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import shutil
-import signal
 import subprocess
-import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from sealink.errors import BrokerError
 
-from sealink_sim.loopback import accepts, free_port
+from sealink_sim.loopback import LoopbackServer
 
 __all__ = ["MOSQUITTO", "BrokerTls", "Mosquitto"]
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"  # in the mosquitto package too
-_PORT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -50,8 +43,14 @@ class BrokerTls:
     require_certificate: bool = False
 
 
-class Mosquitto:
-    """A real Mosquitto process with its own config, data dir and log, on 127.0.0.1."""
+class Mosquitto(LoopbackServer):
+    """A real Mosquitto process with its own config, data dir and log, on 127.0.0.1.
+    `stop()` is SIGTERM: Mosquitto saves its persistence file first; `kill()` loses whatever
+    was not yet autosaved."""
+
+    name = "mosquitto"
+    error = BrokerError
+    log_name = "mosquitto.log"
 
     def __init__(
         self,
@@ -67,22 +66,12 @@ class Mosquitto:
     ) -> None:
         if not Path(executable).exists():
             raise BrokerError(f"{executable} not found: install mosquitto (apt install mosquitto)")
+        super().__init__(workdir, port, start_timeout_s)
         self.tls = tls
         self.users = dict(users) if users is not None else None
         self.acl_file = Path(acl_file) if acl_file is not None else None
-        self._owns_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sealink-mosquitto-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.executable = executable
         self.autosave_s = autosave_s
-        self.start_timeout_s = start_timeout_s
-        self.port = port or 0
-        self._fixed_port = port is not None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "mosquitto.log"
 
     @property
     def config_path(self) -> Path:
@@ -95,14 +84,6 @@ class Mosquitto:
     @property
     def password_path(self) -> Path:
         return self.workdir / "passwd"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def _write_config(self) -> None:
         self.data_dir.mkdir(exist_ok=True)
@@ -164,88 +145,13 @@ class Mosquitto:
             if done.returncode != 0:
                 raise BrokerError(f"mosquitto_passwd failed for {user}: {done.stderr.strip()}")
 
-    def start(self) -> Mosquitto:
-        """Start (or restart, on the same port) and return once it accepts connections."""
-        if self.running:
-            return self
-        attempts = 1 if self._fixed_port or self.port else _PORT_ATTEMPTS
-        for _ in range(attempts):
-            if not self.port:
-                self.port = free_port()
-            self._write_config()
-            with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
-                    [self.executable, "-c", str(self.config_path)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            if self._wait_ready():
-                return self
-            if not self._fixed_port and self._proc.poll() is not None:
-                self.port = 0  # most likely another process took the port: try another
-        raise BrokerError(
-            f"mosquitto did not accept connections on 127.0.0.1:{self.port} within "
-            f"{self.start_timeout_s} s; see {self.log_path}"
-        )
-
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc is None or self._proc.poll() is not None:
-                return False
-            if accepts(self.port):
-                return True
-            time.sleep(0.02)
-        self.kill()
-        return False
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Clean shutdown (SIGTERM): Mosquitto saves its persistence file first."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL: a broker crash; messages not yet autosaved are lost."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill()
-        proc.wait()
-
-    def restart(self) -> Mosquitto:
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<Mosquitto 127.0.0.1:{self.port} {state} log={self.log_path}>"
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self._write_config()  # each attempt: the port is in it
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [self.executable, "-c", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
