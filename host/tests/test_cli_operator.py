@@ -140,6 +140,10 @@ def _has_alarm(ledger: Path) -> bool:
     return bool(row[0])
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Follower:
     """`sealink ... --follow` in a process of its own, its lines read by a thread."""
 
@@ -150,6 +154,10 @@ class _Follower:
             stderr=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).parent,
+            # As a terminal's foreground command gets it: a suite started in the background by
+            # a non-interactive shell ignores SIGINT, and a child inherits that (Python then
+            # installs no KeyboardInterrupt handler, and Ctrl-C would do nothing).
+            preexec_fn=_default_sigint,
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
