@@ -14,9 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 from conftest import DEVICE, GatewayFiles, PtyLink, run, running, sealink
@@ -123,29 +125,41 @@ def _prepare(
 
 
 def _start(config: Path) -> tuple[subprocess.Popen[str], str]:
-    """`sealink console --config` in its own process, and the URL it printed once bound."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sealink.cli", "console", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent,
-    )
+    """`sealink console --config` in its own process, and the URL it printed once bound. Its
+    log goes to `console.log` beside the config, named for a failing test to read; a pipe
+    nobody reads would also stop the console once some 64 KB of log lines filled it."""
+    log_path = config.with_name("console.log")
+    print(f"console log: {log_path}")
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sealink.cli", "console", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=Path(__file__).parent,
+        )
     assert process.stdout is not None
     line = process.stdout.readline()  # the console prints its URL once bound, or exits
     if "listening on " not in line:
-        _stop(process)
-        raise AssertionError(f"console did not start: {line!r}")
+        _stop(process, log_path)
+        raise AssertionError(f"console did not start: {line!r}; log {log_path}")
+    threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
     return process, line.rsplit(" ", 1)[1].strip()
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def _drain(out: IO[str]) -> None:
+    for _ in out:
+        pass
+
+
+def _stop(process: subprocess.Popen[str], log_path: Path) -> None:
     process.terminate()
     try:
-        _, err = process.communicate(timeout=10)
+        process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-        _, err = process.communicate()
+        process.wait()
+    err = log_path.read_text(errors="replace")
     assert "Traceback" not in err, err
 
 
@@ -164,7 +178,7 @@ def console(
     try:
         yield rig
     finally:
-        _stop(rig.process)
+        _stop(rig.process, rig.config.with_name("console.log"))
 
 
 @contextlib.asynccontextmanager

@@ -60,7 +60,7 @@ def tls_console(
     try:
         yield rig
     finally:
-        _stop(rig.process)
+        _stop(rig.process, rig.config.with_name("console.log"))
 
 
 def _get(url: str, context: ssl.SSLContext | None) -> tuple[int, str]:

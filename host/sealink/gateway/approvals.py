@@ -268,6 +268,10 @@ class ApprovalDesk:
 
     async def _bundle(self, row: ApprovalRow) -> None:
         gateway = self._gateway
+        # A bundle proves its record against a signed checkpoint (SPEC §14.5): one covering
+        # every stored record is signed first (none if the latest covers them), so a record
+        # acked a moment ago is not refused as not found until the next interval.
+        await gateway.checkpoints.make()
         try:
             bundle = await gateway.db(
                 bundle_base64,
