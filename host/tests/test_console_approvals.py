@@ -145,7 +145,7 @@ async def _issue_and_revoke(page: Page, rig: ConsoleRig, sim: SimDevice) -> None
     await page.wait_for_selector(f'{permit}:has-text("delivered")', timeout=WAIT_MS)
     number = int(await page.get_attribute(permit, "data-permit") or "0")
     # A result that comes while the console is down is asked for again when it is back.
-    await asyncio.to_thread(_stop, rig.process)
+    await asyncio.to_thread(_stop, rig.process, rig.config.with_name("console.log"))
     await sim.stamp(1, permit=number)
     await sim.wait_acked(1)
     rig.process, rig.url = await asyncio.to_thread(_start, rig.config)

@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sealink_verify.bundle import ed25519_raw
-
 from sealink.cli.common import add_command, load, with_config
 from sealink.crypto import GatewayKey
 from sealink.errors import SealinkError
@@ -25,6 +23,10 @@ def _pinned_keys(
     args: argparse.Namespace, gateway_id: str, key_file: Path
 ) -> dict[str, list[bytes]]:
     """The keys the view trusts: --gateway-key ID=PEM, else the configured gateway's own."""
+    # The verifier needs cwt, of the console extra (checked by the caller): not imported with
+    # the CLI, which a gateway installed without that extra must still run.
+    from sealink_verify.bundle import ed25519_raw
+
     if not args.gateway_key:
         return {gateway_id: [GatewayKey.load(key_file).public_raw()]}
     keys: dict[str, list[bytes]] = {}
@@ -44,12 +46,6 @@ def _pinned_keys(
 
 def cmd_watch(args: argparse.Namespace) -> int:
     config = load(args)
-    keys = _pinned_keys(args, config.gateway_id, config.key_file)
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise SealinkError(
-            "`sealink watch` draws on a terminal; without one use "
-            "`sealink events list --follow` or `sealink alarms list --follow`"
-        )
     try:
         from sealink.console.feed import Feed
         from sealink.console.terminal import WatchApp
@@ -57,6 +53,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise SealinkError(
             f"`sealink watch` needs the console extra: pip install 'sealink[console]' ({exc})"
         ) from None
+    keys = _pinned_keys(args, config.gateway_id, config.key_file)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise SealinkError(
+            "`sealink watch` draws on a terminal; without one use "
+            "`sealink events list --follow` or `sealink alarms list --follow`"
+        )
     client_id = f"{config.client_id}-watch-{os.getpid()}"
     WatchApp(Feed(config.mqtt, keys, client_id)).run()
     return 0
