@@ -20,7 +20,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 from sealink.errors import FleetError
@@ -56,11 +55,9 @@ class PostgresCluster(LoopbackServer):
             raise FleetError(
                 f"{bin_dir}/initdb not found: install postgresql (apt install postgresql)"
             )
-        # Not under pytest's tmp_path: that is 0700 root, which the `postgres` user cannot enter.
-        super().__init__(
-            workdir or tempfile.mkdtemp(prefix="sealink-postgres-"), port, start_timeout_s
-        )
-        self._owns_workdir = workdir is None
+        # By default a temp dir of its own (sealink-postgres-*), not under pytest's tmp_path:
+        # that is 0700 root, which the `postgres` user cannot enter.
+        super().__init__(workdir, port, start_timeout_s)
         self.bin_dir = bin_dir
         self._user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 

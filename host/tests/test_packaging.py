@@ -21,13 +21,9 @@ def test_every_package_on_disk_is_in_the_installed_list() -> None:
     on_disk = set()
     for name, where in config["package-dir"].items():
         root = _ROOT / where
-        top = name or None
+        top = (name,) if name else ()
         for init in root.rglob("__init__.py"):
-            parts = init.parent.relative_to(root).parts
-            if top is None:
-                on_disk.add(".".join(parts))
-            else:
-                on_disk.add(".".join((top, *parts)))
+            on_disk.add(".".join((*top, *init.parent.relative_to(root).parts)))
     on_disk = {p for p in on_disk if p and not p.startswith("tests")}
     assert on_disk - listed == set(), f"in the tree but not installed: {sorted(on_disk - listed)}"
 
