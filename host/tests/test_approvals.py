@@ -336,6 +336,26 @@ def test_results_survive_a_gateway_restart_and_a_broker_outage(
     assert not files_pending()
 
 
+def test_a_request_sent_while_the_gateway_is_away_waits_at_the_broker_and_is_answered(
+    files: GatewayFiles, approvers: Approvers, conf: Path
+) -> None:
+    """The desk's session is persistent: once it has subscribed, a request published while
+    the gateway is stopped is queued by the broker and judged by the next run (with a clean
+    session the broker would drop it and the approver would have to send it again)."""
+    config = load_config(conf)
+
+    async def body() -> None:
+        async with _client(config, files, approvers.erp) as client:
+            async with running(config) as gateway:
+                await gateway.approvals.ready(TIMEOUT_S)
+            request = await client.request("permit", DEVICE, **_window(1))
+            async with running(config):
+                result = await client.wait(request, {"queued"}, TIMEOUT_S)
+                assert result["permit"] == 1
+
+    run(body())
+
+
 def test_a_bundle_request_returns_a_bundle_sealink_verify_accepts(
     files: GatewayFiles, approvers: Approvers, conf: Path, tmp_path: Path
 ) -> None:

@@ -71,9 +71,10 @@ class ApprovalDesk:
         self._started = asyncio.Event()
 
     async def ready(self, timeout: float) -> None:
-        """Until the desk's subscription is in place (tests, and an operator's check): a
-        request published before that is dropped by the broker, and its approver sends it
-        again with the same request id."""
+        """Until the desk's subscription is in place (tests, and an operator's check). Its
+        session is persistent: once it has subscribed, requests sent while the gateway is away
+        wait at the broker (for `session_expiry_s`); only one published before the desk's
+        first subscription ever is dropped, and its approver sends it again with the same id."""
         async with asyncio.timeout(timeout):
             await self._started.wait()
             assert self._client is not None
@@ -87,6 +88,7 @@ class ApprovalDesk:
             [gateway.topics.approval_request()],
             self._on_message,
             on_published=self._on_published,
+            persistent=True,
         ) as client:
             self._client = client
             self._started.set()
