@@ -1,7 +1,9 @@
 """`sealink verify` (and the standalone `sealink-verify`): check an evidence export offline;
 `sealink-verify bundle FILE`: check one impression's evidence bundle (SPEC §14.5);
 `sealink-verify receipt FILE`: check one record's COSE Receipt (RFC 9942, SPEC §14.8);
-`sealink-verify message --topic T FILE`: check one signed MQTT status or alarm (SPEC §11.4).
+`sealink-verify message --topic T FILE`: check one signed MQTT status or alarm (SPEC §11.4);
+`sealink-verify registry --topic T --fleet-key HEX FILE`: check one fleet registry message
+(SPEC §11.6).
 
 Registered into the `sealink` command line through the `sealink.commands` entry point group, so
 the gateway's CLI offers it without importing this package's code into the product. The bundle
@@ -12,6 +14,7 @@ first argument.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -32,7 +35,7 @@ from sealink_verify.audit import (
 from sealink_verify.bundle import Bundle, BundleError, ed25519_raw, read_bundle, verify_bundle
 from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof, load_proof
 from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries, history_entries
-from sealink_verify.mqtt import MessageError, verify_message
+from sealink_verify.mqtt import MessageError, verify_message, verify_registry_message
 from sealink_verify.receipt import verify_receipt
 
 __all__ = ["main", "register"]
@@ -607,6 +610,51 @@ def run_message(args: argparse.Namespace) -> int:
     return EXIT_VERIFIED
 
 
+def _registry_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sealink-verify registry",
+        description="check one fleet registry message (SPEC §11.6: a seal's state as the fleet "
+        "signed it) and print it as JSON",
+        epilog="exit status: 0 verified, 1 it does not verify (the failed check is named), 2 an "
+        "input is unusable",
+    )
+    p.add_argument("payload", metavar="FILE", help="the message's payload bytes; - for stdin")
+    p.add_argument("--topic", required=True, help="the topic the message was delivered on")
+    p.add_argument(
+        "--fleet-key",
+        required=True,
+        metavar="HEX",
+        help="the fleet's registry public key (`sealink fleet keys init` prints it)",
+    )
+    return p
+
+
+def _fleet_key(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise VerifyInputError("--fleet-key: expected 64 hex digits (a raw Ed25519 public key)")
+    return raw
+
+
+def run_registry(args: argparse.Namespace) -> int:
+    """0: verified; 1: it does not verify; 2: an input is unusable."""
+    inputs = _usable(lambda: (_fleet_key(args.fleet_key), _payload(args.payload)))
+    if inputs is None:
+        return EXIT_UNUSABLE
+    key, payload = inputs
+    try:
+        message = verify_registry_message(args.topic, payload, key)
+    except MessageError as exc:
+        print(f"sealink-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    out = {**dataclasses.asdict(message), "seal_key": message.seal_key.hex()}
+    sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+    return EXIT_VERIFIED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["message"]:
@@ -615,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_bundle(_bundle_parser().parse_args(argv[1:]))
     if argv[:1] == ["receipt"]:
         return run_receipt(_receipt_parser().parse_args(argv[1:]))
+    if argv[:1] == ["registry"]:
+        return run_registry(_registry_parser().parse_args(argv[1:]))
     parser = argparse.ArgumentParser(
         prog="sealink-verify",
         description=__doc__,

@@ -1,4 +1,5 @@
-"""A consumer's check of the gateway's signed MQTT messages: status and alarms (SPEC §11.4).
+"""A consumer's check of the gateway's signed MQTT messages: status and alarms (SPEC §11.4),
+and of the fleet's registry messages (§11.6).
 
     body = verify_message(topic, payload, {"gw-1": [public_key_raw]}).body
 
@@ -15,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import cbor2
 from cwt import COSE, COSEKey
@@ -25,6 +26,7 @@ __all__ = [
     "Freshness",
     "MessageError",
     "NotSigned",
+    "RegistryMessage",
     "RolledBack",
     "SignedMessage",
     "UnknownKey",
@@ -32,6 +34,7 @@ __all__ = [
     "WrongTopic",
     "signing_kid",
     "verify_message",
+    "verify_registry_message",
 ]
 
 _TAG_SIGN1 = 18
@@ -107,6 +110,22 @@ def signing_kid(payload: bytes) -> bytes:
     return kid
 
 
+def _signed_fields(payload: bytes, kid: bytes, raw: bytes) -> dict[Any, Any]:
+    """The signed CBOR map of a COSE_Sign1 that verifies under the Ed25519 key `raw`."""
+    key = COSEKey.new({1: _OKP, 2: kid, 3: -8, -1: _ED25519, -2: raw})
+    try:
+        signed = COSE.new().decode(payload, key)
+    except Exception as exc:  # cwt raises several types; any of them means "not verified"
+        raise BadSignature(f"COSE_Sign1 does not verify under kid {kid.hex()}: {exc}") from None
+    try:
+        fields = cbor2.loads(signed)
+    except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
+        raise NotSigned(f"signed payload is not CBOR: {exc!r}") from None
+    if not isinstance(fields, dict):
+        raise NotSigned("signed payload is not the §11.4 map")
+    return fields
+
+
 def verify_message(
     topic: str, payload: bytes, gateway_keys: Mapping[str, Iterable[bytes]]
 ) -> SignedMessage:
@@ -117,13 +136,8 @@ def verify_message(
     if owner is None:
         raise UnknownKey(f"kid {kid.hex()} is not a key of {', '.join(sorted(gateway_keys))}")
     gateway, raw = owner
-    key = COSEKey.new({1: _OKP, 2: kid, 3: -8, -1: _ED25519, -2: raw})
+    fields = _signed_fields(payload, kid, raw)
     try:
-        signed = COSE.new().decode(payload, key)
-    except Exception as exc:  # cwt raises several types; any of them means "not verified"
-        raise BadSignature(f"COSE_Sign1 does not verify under kid {kid.hex()}: {exc}") from None
-    try:
-        fields = cbor2.loads(signed)
         message = SignedMessage(
             topic=fields["topic"],
             gateway=fields["gateway"],
@@ -133,7 +147,7 @@ def verify_message(
             body=json.loads(fields["body"]),
             body_bytes=fields["body"],
         )
-    except (cbor2.CBORDecodeError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise NotSigned(f"signed payload is not the §11.4 map: {exc!r}") from None
     types_ok = all(
         (
@@ -156,6 +170,73 @@ def verify_message(
     if message.body.get("gateway", gateway) != gateway:
         raise WrongGateway(f"body names gateway {message.body.get('gateway')!r}")
     return message
+
+
+@dataclass(frozen=True)
+class RegistryMessage:
+    topic: str
+    fleet: str
+    seq: int
+    time_ms: int
+    device: str
+    state: str
+    reason: str
+    seal_key: bytes
+    since_ms: int
+
+
+_REGISTRY_BODY = {"device", "reason", "seal_key", "since_ms", "state"}
+
+
+def _uint(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> RegistryMessage:
+    """A fleet registry message (SPEC §11.6) that verifies under the fleet's raw Ed25519 key
+    `fleet_key`, signed for `topic` (`<prefix>/fleet/registry/<device>`), its body about that
+    seal and of the §11.6 form; a MessageError naming the failed check otherwise. Its seq
+    orders it; `Freshness` is the caller's, as for §11.4 messages."""
+    kid = signing_kid(payload)
+    if kid != _kid(fleet_key):
+        raise UnknownKey(f"kid {kid.hex()} is not the fleet key's ({_kid(fleet_key).hex()})")
+    fields = _signed_fields(payload, kid, fleet_key)
+    fleet, seq, time_ms = fields.get("fleet"), fields.get("seq"), fields.get("time_ms")
+    if not (isinstance(fleet, str) and _uint(seq) and _uint(time_ms)):
+        raise NotSigned("signed payload is not the §11.6 map (fleet, seq, time_ms)")
+    if fields.get("topic") != topic:
+        raise WrongTopic(f"signed for {fields.get('topic')!r}, delivered on {topic!r}")
+    try:
+        body = json.loads(fields["body"])
+        seal_key = bytes.fromhex(body["seal_key"])
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise NotSigned(f"body is not the §11.6 object: {exc!r}") from None
+    well_formed = (
+        isinstance(body, dict)
+        and set(body) == _REGISTRY_BODY
+        and body["state"] in ("active", "revoked")
+        and isinstance(body["reason"], str)
+        and len(body["reason"]) <= 256
+        and len(seal_key) == 64
+        and _uint(body["since_ms"])
+        and isinstance(body["device"], str)
+    )
+    if not well_formed:
+        raise NotSigned("body is not the §11.6 object")
+    head, sep, device = topic.rpartition("/")
+    if not sep or not head.endswith("/fleet/registry") or device != body["device"]:
+        raise WrongTopic(f"about seal {body['device']!r}, delivered on {topic!r}")
+    return RegistryMessage(
+        topic,
+        fleet,
+        seq,
+        time_ms,
+        device,
+        body["state"],
+        body["reason"],
+        seal_key,
+        body["since_ms"],
+    )
 
 
 class Freshness:
