@@ -35,12 +35,18 @@ from sealink_verify.audit import (
 from sealink_verify.bundle import Bundle, BundleError, ed25519_raw, read_bundle, verify_bundle
 from sealink_verify.evidence import EvidenceAudit, check_checkpoints, check_proof, load_proof
 from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries, history_entries
-from sealink_verify.mqtt import MessageError, verify_message, verify_registry_message
+from sealink_verify.mqtt import (
+    MessageError,
+    SignedMessage,
+    verify_message,
+    verify_registry_message,
+)
 from sealink_verify.receipt import verify_receipt
 
 __all__ = ["main", "register"]
 
 _T = TypeVar("_T")
+_M = TypeVar("_M")
 
 EXIT_VERIFIED = 0
 EXIT_FAILED = 1
@@ -544,16 +550,41 @@ def run_receipt(args: argparse.Namespace) -> int:
     return EXIT_VERIFIED if report.ok else EXIT_FAILED
 
 
-def _message_parser() -> argparse.ArgumentParser:
+def _signed_message_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every check of one signed MQTT message takes."""
     p = argparse.ArgumentParser(
-        prog="sealink-verify message",
-        description="check one signed MQTT status or alarm of a gateway (SPEC §11.4) and print "
-        "its JSON body",
-        epilog="exit status: 0 verified (the body is printed), 1 it does not verify (the "
-        "failed check is named), 2 an input is unusable",
+        prog=f"sealink-verify {command}",
+        description=description,
+        epilog="exit status: 0 verified (printed as JSON), 1 it does not verify (the failed "
+        "check is named), 2 an input is unusable",
     )
     p.add_argument("payload", metavar="FILE", help="the message's payload bytes; - for stdin")
     p.add_argument("--topic", required=True, help="the topic the message was delivered on")
+    return p
+
+
+def _run_signed(
+    read: Callable[[], _T], check: Callable[[_T], _M], show: Callable[[_M], Any]
+) -> int:
+    """0: `check` verified what `read` gave (`show` of it printed); 1: it does not verify;
+    2: an input is unusable."""
+    inputs = _usable(read)
+    if inputs is None:
+        return EXIT_UNUSABLE
+    try:
+        message = check(inputs)
+    except MessageError as exc:
+        print(f"sealink-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(json.dumps(show(message), sort_keys=True) + "\n")
+    return EXIT_VERIFIED
+
+
+def _message_parser() -> argparse.ArgumentParser:
+    p = _signed_message_parser(
+        "message",
+        "check one signed MQTT status or alarm of a gateway (SPEC §11.4) and print its JSON body",
+    )
     p.add_argument(
         "--gateway-key",
         action="append",
@@ -586,17 +617,11 @@ def _payload(path: str) -> bytes:
 
 def run_message(args: argparse.Namespace) -> int:
     """0: verified; 1: it does not verify; 2: an input is unusable."""
-    inputs = _usable(lambda: (_gateway_keys(args.gateway_key), _payload(args.payload)))
-    if inputs is None:
-        return EXIT_UNUSABLE
-    keys, payload = inputs
-    try:
-        message = verify_message(args.topic, payload, keys)
-    except MessageError as exc:
-        print(f"sealink-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.json:
-        out: dict[str, Any] = {
+
+    def show(message: SignedMessage) -> Any:
+        if not args.json:
+            return message.body
+        return {
             "topic": message.topic,
             "gateway": message.gateway,
             "seq": message.seq,
@@ -604,22 +629,20 @@ def run_message(args: argparse.Namespace) -> int:
             "kid": message.kid.hex(),
             "body": message.body,
         }
-    else:
-        out = message.body
-    sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
-    return EXIT_VERIFIED
+
+    return _run_signed(
+        lambda: (_gateway_keys(args.gateway_key), _payload(args.payload)),
+        lambda inputs: verify_message(args.topic, inputs[1], inputs[0]),
+        show,
+    )
 
 
 def _registry_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sealink-verify registry",
-        description="check one fleet registry message (SPEC §11.6: a seal's state as the fleet "
-        "signed it) and print it as JSON",
-        epilog="exit status: 0 verified, 1 it does not verify (the failed check is named), 2 an "
-        "input is unusable",
+    p = _signed_message_parser(
+        "registry",
+        "check one fleet registry message (SPEC §11.6: a seal's state as the fleet signed it) "
+        "and print it as JSON",
     )
-    p.add_argument("payload", metavar="FILE", help="the message's payload bytes; - for stdin")
-    p.add_argument("--topic", required=True, help="the topic the message was delivered on")
     p.add_argument(
         "--fleet-key",
         required=True,
@@ -641,18 +664,11 @@ def _fleet_key(text: str) -> bytes:
 
 def run_registry(args: argparse.Namespace) -> int:
     """0: verified; 1: it does not verify; 2: an input is unusable."""
-    inputs = _usable(lambda: (_fleet_key(args.fleet_key), _payload(args.payload)))
-    if inputs is None:
-        return EXIT_UNUSABLE
-    key, payload = inputs
-    try:
-        message = verify_registry_message(args.topic, payload, key)
-    except MessageError as exc:
-        print(f"sealink-verify: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    out = {**dataclasses.asdict(message), "seal_key": message.seal_key.hex()}
-    sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
-    return EXIT_VERIFIED
+    return _run_signed(
+        lambda: (_fleet_key(args.fleet_key), _payload(args.payload)),
+        lambda inputs: verify_registry_message(args.topic, inputs[1], inputs[0]),
+        lambda message: {**dataclasses.asdict(message), "seal_key": message.seal_key.hex()},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
