@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -183,9 +184,16 @@ class RegistryMessage:
     reason: str
     seal_key: bytes
     since_ms: int
+    # A placement (`sealink fleet devices move`): the gateway the seal is assigned to, the
+    # highest counter the fleet held whole when it was moved, and that record's hash (hex).
+    gateway: str | None = None
+    counter: int | None = None
+    record_sha256: str | None = None
 
 
 _REGISTRY_BODY = {"device", "reason", "seal_key", "since_ms", "state"}
+_PLACEMENT = {"gateway", "counter", "record_sha256"}
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")  # SPEC §11.6: a gateway id
 
 
 def _uint(value: Any) -> TypeGuard[int]:
@@ -213,7 +221,7 @@ def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> Reg
         raise NotSigned(f"body is not the §11.6 object: {exc!r}") from None
     well_formed = (
         isinstance(body, dict)
-        and set(body) == _REGISTRY_BODY
+        and set(body) in (_REGISTRY_BODY, _REGISTRY_BODY | _PLACEMENT)
         and body["state"] in ("active", "revoked")
         and isinstance(body["reason"], str)
         and len(body["reason"]) <= 256
@@ -223,6 +231,7 @@ def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> Reg
     )
     if not well_formed:
         raise NotSigned("body is not the §11.6 object")
+    placement = _placement(body) if "gateway" in body else (None, None, None)
     head, sep, device = topic.rpartition("/")
     if not sep or not head.endswith("/fleet/registry") or device != body["device"]:
         raise WrongTopic(f"about seal {body['device']!r}, delivered on {topic!r}")
@@ -236,7 +245,21 @@ def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> Reg
         body["reason"],
         seal_key,
         body["since_ms"],
+        *placement,
     )
+
+
+def _placement(body: dict[str, Any]) -> tuple[str, int, str]:
+    gateway, counter, digest = body["gateway"], body["counter"], body["record_sha256"]
+    try:
+        whole = isinstance(digest, str) and len(bytes.fromhex(digest)) == 32
+    except ValueError:
+        whole = False
+    if not (isinstance(gateway, str) and _GATEWAY_ID.fullmatch(gateway) and _uint(counter)):
+        raise NotSigned("placement is not the §11.6 form (gateway id, counter)")
+    if not whole:
+        raise NotSigned("placement record_sha256 is not 32 bytes of hex")
+    return gateway, counter, digest.lower()
 
 
 class Freshness:

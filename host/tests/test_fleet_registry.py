@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import socket
+import sqlite3
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,27 +27,35 @@ import cbor2
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import GatewayFiles, run, running, sealink, until
+from conftest import DEVICE, GatewayFiles, run, running, sealink, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from sealink.config import FleetLinkConfig, parse_config
 from sealink.crypto.signer import GatewayKey
-from sealink.errors import ConfigError, DeviceError
-from sealink.fleet import FleetService, Store, load_config
+from sealink.errors import ConfigError, DeviceError, FleetError
+from sealink.fleet import Batch, FleetService, RegistryChange, Store, change_state, load_config
+from sealink.fleet import move as fleet_move
+from sealink.gateway.checks import event_fault
+from sealink.gateway.registry import DeviceRegistry
 from sealink.gateway.service import Gateway
+from sealink.ledger import AHEAD_OF_LEDGER, DeviceUpdate, EventRow
+from sealink.ledger import Batch as LedgerBatch
+from sealink.ledger.fleetreg import Standing
+from sealink.ledger.schema import SCHEMA_VERSION
 from sealink.mqtt.registry import (
+    Placement,
     RegistryEntry,
     RegistryRefused,
     build_entry,
     open_entry,
     registry_topic,
 )
-from sealink.mqtt.signed import open_own
+from sealink.mqtt.signed import envelope, open_own
 from sealink_sim.broker import Mosquitto
-from sealink_sim.fleetrig import write_fleet_config
+from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.pipe import pipe_pair
 from sealink_sim.postgres import PostgresCluster
-from sealink_sim.simdevice import SimChip, SimDevice
+from sealink_sim.simdevice import SimChip, SimDevice, make_event
 from sealproto import messages
 from sealproto.messages import K_TYPE
 
@@ -434,12 +444,35 @@ def _vector_key(label: str) -> GatewayKey:
     return GatewayKey(Ed25519PrivateKey.from_private_bytes(seed))
 
 
+def _v_body(entry: RegistryEntry) -> dict[str, Any]:
+    """The body as SPEC §11.6 writes it, from the text (not from `build_entry`)."""
+    body: dict[str, Any] = {
+        "device": entry.device,
+        "state": entry.state,
+        "reason": entry.reason,
+        "seal_key": entry.seal_key.hex(),
+        "since_ms": entry.since_ms,
+    }
+    if entry.placement is not None:
+        body |= {
+            "gateway": entry.placement.gateway,
+            "counter": entry.placement.counter,
+            "record_sha256": entry.placement.head.hex(),
+        }
+    return body
+
+
 def _vectors() -> dict[str, Any]:
     key, other = _vector_key("registry fleet key"), _vector_key("registry other key")
     seal_key = hashlib.sha512(b"sealink vectors/registry seal key").digest()
     revoked = RegistryEntry("fleet", "seal-0001", "revoked", "stolen", seal_key,
                             _V_SEQ // 1000, _V_SEQ, _V_SEQ // 1000)  # fmt: skip
     payload = build_entry(key, "sealink", revoked)
+    # The same seal moved to gateway gw-0002, where the fleet held its records 1..41.
+    placement = Placement("gw-0002", 41, hashlib.sha256(b"sealink vectors/record 41").digest())
+    moved = dataclasses.replace(
+        revoked, state="active", reason="office moved", seq=_V_SEQ + 1, placement=placement
+    )
     forgeries = [
         ("signed by another key", _V_TOPIC, build_entry(other, "sealink", revoked),
          "bad_signature"),
@@ -452,6 +485,16 @@ def _vectors() -> dict[str, Any]:
          "invalid"),
         ("a state that is not one", _V_TOPIC,
          build_entry(key, "sealink", dataclasses.replace(revoked, state="lost")), "invalid"),
+        ("a placement whose record hash is not 32 bytes", _V_TOPIC,
+         build_entry(key, "sealink", dataclasses.replace(moved, placement=dataclasses.replace(
+             placement, head=placement.head[:31]))), "invalid"),
+        ("a placement on a gateway id that is not one", _V_TOPIC,
+         build_entry(key, "sealink", dataclasses.replace(moved, placement=dataclasses.replace(
+             placement, gateway="gw/../other"))), "invalid"),
+        ("a placement without its counter", _V_TOPIC,
+         key.sign1(envelope("fleet", "fleet", _V_TOPIC, json.dumps(
+             {**_v_body(moved), "counter": None}).encode(), _V_SEQ + 1, _V_SEQ // 1000)),
+         "invalid"),
     ]  # fmt: skip
     return {
         "about": "SPEC \u00a711.6: the fleet's revocation of seal-0001 (Ed25519 seed "
@@ -463,14 +506,13 @@ def _vectors() -> dict[str, Any]:
         "kid": key.kid.hex(),
         "topic": _V_TOPIC,
         "payload": payload.hex(),
-        "body": {
-            "device": "seal-0001",
-            "state": "revoked",
-            "reason": "stolen",
-            "seal_key": seal_key.hex(),
-            "since_ms": _V_SEQ // 1000,
-        },
+        "body": _v_body(revoked),
         "seq": _V_SEQ,
+        "moved": {
+            "payload": build_entry(key, "sealink", moved).hex(),
+            "body": _v_body(moved),
+            "seq": moved.seq,
+        },
         "forgeries": [
             {"name": name, "topic": t, "payload": p.hex(), "refused": reason}
             for name, t, p, reason in forgeries
@@ -500,6 +542,15 @@ def test_vector_file_is_current_and_each_forgery_gets_its_refusal() -> None:
     fields = cbor2.loads(signed)
     assert sorted(fields) == ["body", "fleet", "seq", "time_ms", "topic"]
     assert json.loads(fields["body"]) == body and fields["topic"] == vectors["topic"]
+    moved = vectors["moved"]
+    opened = open_entry(bytes.fromhex(moved["payload"]), vectors["topic"], key, "sealink")
+    placement = opened.placement
+    assert placement is not None and opened.seq == moved["seq"]
+    assert (placement.gateway, placement.counter, placement.head.hex()) == (
+        moved["body"]["gateway"], moved["body"]["counter"], moved["body"]["record_sha256"],
+    )  # fmt: skip
+    signed = cbor2.loads(cbor2.loads(bytes.fromhex(moved["payload"])).value[2])
+    assert json.loads(signed["body"]) == moved["body"]
     for case in vectors["forgeries"]:
         with pytest.raises(RegistryRefused) as refused:
             open_entry(bytes.fromhex(case["payload"]), case["topic"], key, "sealink")
@@ -516,3 +567,298 @@ def test_the_gateway_config_takes_the_fleet_key_in_hex_and_names_a_bad_one() -> 
         with pytest.raises(ConfigError) as error:
             parse_config({**base, "fleet": {"public_key": bad}}, check_key_file=False)
         assert "fleet.public_key" in str(error.value)
+
+
+# A placement (`sealink fleet devices move`) as the ledger takes it, sans broker.
+
+
+def _placed(
+    files: GatewayFiles, to: str, counter: int, head: bytes, seq: int, state: str = "active"
+) -> tuple[str, str]:
+    standing = Standing(to, counter, head, seq)
+    ledger = files.ledger()
+    try:
+        return ledger.apply_fleet_state(
+            DEVICE, seq, state, "moved", b"message %d" % seq,
+            (standing, "gw-test", files.key.sign1, f"{PREFIX}/{DEVICE}/gaps"),
+        )  # fmt: skip
+    finally:
+        ledger.close()
+
+
+def _event_row(counter: int) -> EventRow:
+    return EventRow(DEVICE, counter, os.urandom(40), os.urandom(32), b"cose", counter)
+
+
+def test_a_placement_here_records_the_fleets_counters_as_a_gap_the_next_event_chains_to(
+    files: GatewayFiles,
+) -> None:
+    head = hashlib.sha256(b"record 5 as the fleet holds it").digest()
+    with contextlib.closing(files.ledger()) as ledger:
+        events = [_event_row(n) for n in (1, 2)]
+        ahead = DeviceUpdate(DEVICE, quarantine=(AHEAD_OF_LEDGER, "ahead"), ahead_acked=7)
+        ledger.commit(LedgerBatch(events=events, devices=[ahead]))
+    # The fleet held 1..5; the seal says it compacted up to 7: still held.
+    assert _placed(files, "gw-test", 5, head, 10) == ("anchored", "unchanged")
+    with contextlib.closing(files.ledger()) as ledger:
+        record = ledger.device_record(DEVICE)
+        assert record is not None and (record.stored, record.stored_hash) == (5, head)
+        assert record.quarantine is not None and record.quarantine.reason == AHEAD_OF_LEDGER
+        (gap,) = ledger.gaps(DEVICE)
+        assert (gap.first, gap.last, gap.operator) == (3, 5, "fleet")
+        assert head.hex() in gap.note
+        protected, _, signed, signature = cbor2.loads(gap.cose).value
+        public = Ed25519PublicKey.from_public_bytes(files.key.public_raw())
+        public.verify(signature, cbor2.dumps(["Signature1", protected, b"", signed]))
+        assert cbor2.loads(signed)["first"] == 3 and cbor2.loads(signed)["operator"] == "fleet"
+    # Taken again: nothing more. Placed at 7, the fleet covers the seal's claim: released,
+    # and 6..7 chained on.
+    assert _placed(files, "gw-test", 5, head, 10) == ("unchanged", "unchanged")
+    head7 = hashlib.sha256(b"record 7").digest()
+    assert _placed(files, "gw-test", 7, head7, 11) == ("anchored", "unchanged")
+    with contextlib.closing(files.ledger()) as ledger:
+        record = ledger.device_record(DEVICE)
+        assert record is not None and (record.stored, record.stored_hash) == (7, head7)
+        assert record.quarantine is None
+        assert [(g.first, g.last) for g in ledger.gaps(DEVICE)] == [(3, 5), (6, 7)]
+        actions = [(a.action, a.operator) for a in ledger.operator_actions(0)]
+    # The gateway checks the seal's next record against the head the fleet vouched for.
+    state = DeviceRegistry().load(record, files.device_keys[DEVICE], 0)
+    key = files.device_keys[DEVICE]
+    for prev, fault in ((head7, None), (hashlib.sha256(b"not record 7").digest(), "chain_break")):
+        payload = make_event(key, 8, prev, chip=SimChip.of(key))
+        found = event_fault(state, messages.decode(payload), payload, 1)
+        assert (found[0] if found else None) == fault
+    assert actions == [
+        ("quarantine", "gateway"),  # the seal's claim, as the gateway would have held it
+        ("adopt", "fleet"),
+        ("adopt", "fleet"),
+        ("release", "fleet"),
+    ]
+
+
+def test_a_placement_elsewhere_holds_the_seal_and_only_a_move_back_releases_it(
+    files: GatewayFiles,
+) -> None:
+    head = hashlib.sha256(b"record 2").digest()
+    with contextlib.closing(files.ledger()) as ledger:
+        ledger.commit(LedgerBatch(events=[_event_row(n) for n in (1, 2)]))
+    assert _placed(files, "gw-other", 2, head, 10) == ("moved_away", "unchanged")
+    with contextlib.closing(files.ledger()) as ledger:
+        record = ledger.device_record(DEVICE)
+        assert record is not None and record.quarantine is not None
+        assert record.quarantine.reason == "moved_by_fleet"
+        with pytest.raises(DeviceError, match="moved to another gateway"):
+            ledger.release(DEVICE, "op", "it is here")
+    # Revoked while away: the move's hold stays first; moved back, the revocation holds it.
+    assert _placed(files, "gw-other", 2, head, 11, "revoked") == ("unchanged", "unchanged")
+    assert _placed(files, "gw-test", 2, head, 12, "revoked") == ("released", "quarantined")
+    with contextlib.closing(files.ledger()) as ledger:
+        record = ledger.device_record(DEVICE)
+        assert record is not None and record.quarantine is not None
+        assert record.quarantine.reason == "revoked_by_fleet"
+        assert record.stored == 2 and ledger.gaps(DEVICE) == []
+
+
+def test_a_ledger_of_schema_11_gains_the_gap_head_and_keeps_its_gaps(
+    files: GatewayFiles,
+) -> None:
+    with contextlib.closing(files.ledger()) as ledger:
+        ahead = DeviceUpdate(DEVICE, quarantine=(AHEAD_OF_LEDGER, "x"), ahead_acked=3)
+        ledger.commit(LedgerBatch(devices=[ahead]))
+        ledger.adopt(DEVICE, "op", "moved by hand", files.key.sign1, "p/gaps")
+    with contextlib.closing(sqlite3.connect(files.ledger_path, isolation_level=None)) as db:
+        # gaps as schema 11 made it: no head.
+        db.executescript(
+            """
+            BEGIN;
+            ALTER TABLE gaps DROP COLUMN head;
+            UPDATE meta SET value = '11' WHERE key = 'schema';
+            COMMIT;
+            """
+        )
+    with contextlib.closing(files.ledger()) as ledger:
+        record = ledger.device_record(DEVICE)
+        assert record is not None and (record.stored, record.stored_hash) == (3, None)
+    with contextlib.closing(sqlite3.connect(files.ledger_path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
+        assert db.execute("SELECT first, last, head FROM gaps").fetchall() == [(1, 3, None)]
+
+
+# A move as the fleet signs it: only for a record it holds whole.
+
+
+def test_a_move_vouches_only_for_a_record_the_fleet_holds_whole(
+    tmp_path: Path, cluster: PostgresCluster
+) -> None:
+    seal, fresh = SimSeal("seal-m"), SimSeal("seal-n")
+    gw_1, gw_2 = SimGateway("gw-1"), SimGateway("gw-2")
+    dsn = cluster.database("fleet")
+    config = write_fleet_config(
+        tmp_path / "fleet.toml", database=dsn, instance="fleet-m", port=1, prefix=PREFIX,
+        gateways={g.id: g.write_public_key(tmp_path / f"{g.id}.pem") for g in (gw_1, gw_2)},
+    )  # fmt: skip
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    key = GatewayKey.generate()
+    with Store(dsn, instance="fleet-m") as store:
+        store.import_seal_keys([(s.device, s.chip.public) for s in (seal, fresh)], source="t")
+        service = FleetService(load_config(config), store)
+
+        def write(records: list[tuple[int, bytes]]) -> None:
+            batch = Batch()
+            for _, cose in records:
+                service.classify(f"{PREFIX}/{seal.device}/events", cose, batch)
+            assert store.write(batch).stored == len(records)
+
+        def moved(device: str, to: str) -> RegistryChange:
+            return fleet_move(store, key, "fleet", PREFIX, device, to, "office moved", "qa")
+
+        records = gw_1.records(seal, 4)
+        write(records[:2] + records[3:])
+        with pytest.raises(FleetError, match=r"1 of counters 1\.\.4 missing"):
+            moved("seal-m", "gw-2")
+        write(records[2:3])
+        with pytest.raises(FleetError, match="gw-9: not a gateway of this fleet"):
+            moved("seal-m", "gw-9")
+        with pytest.raises(FleetError, match="a reason is required"):
+            fleet_move(store, key, "fleet", PREFIX, "seal-m", "gw-2", " ", "qa")
+        change = moved("seal-m", "gw-2")
+        assert change.placement == Placement("gw-2", 4, seal.head)
+        opened = open_entry(change.message, change.topic, key.public_raw(), PREFIX)
+        assert (opened.state, opened.placement) == ("active", change.placement)
+        # Every later message of the seal carries where it was placed.
+        revoked = change_state(store, key, "fleet", PREFIX, "seal-m", "revoked", "stolen", "qa")
+        opened = open_entry(revoked.message, revoked.topic, key.public_raw(), PREFIX)
+        assert (opened.state, opened.placement, opened.seq > change.seq) == (
+            "revoked", change.placement, True,
+        )  # fmt: skip
+        # A seal the fleet holds nothing of is placed at its start.
+        assert moved("seal-n", "gw-1").placement == Placement("gw-1", 0, bytes(32))
+    with psycopg.connect(dsn) as conn:
+        states = conn.execute(
+            "SELECT device, state, gateway, counter FROM device_states ORDER BY id"
+        ).fetchall()
+        alarm = conn.execute(
+            "SELECT gateway, detail FROM alarms WHERE reason = 'moved' AND device = 'seal-m'"
+        ).fetchone()
+    assert states == [
+        ("seal-m", "active", "gw-2", 4),
+        ("seal-m", "revoked", "gw-2", 4),
+        ("seal-n", "active", "gw-1", 0),
+    ]
+    assert alarm is not None and alarm[0] == "gw-2"
+    assert {k: alarm[1][k] for k in ("to", "from", "counter", "by")} == {
+        "to": "gw-2", "from": "gw-1", "counter": 4, "by": "qa",
+    }  # fmt: skip
+
+
+def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_it(
+    tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster
+) -> None:
+    """The field engineer registers the seal on the new gateway (`devices add`) and carries it
+    there: the new gateway holds it as ahead of its ledger, until `sealink fleet devices move`
+    tells it where the seal stands in the fleet's record; then its records flow on, chained to
+    the old gateway's, and the old gateway holds it."""
+    seals = {"seal-m": os.urandom(32)}
+    gw_a, gw_b = _files(tmp_path, "gw-a", seals), _files(tmp_path, "gw-b", seals)
+    pems = {}
+    for files in (gw_a, gw_b):
+        pems[files.root.name] = files.root / "public.pem"
+        pems[files.root.name].write_bytes(files.key.public_pem())
+    dsn = cluster.database("fleet")
+    config = write_fleet_config(
+        tmp_path / "fleet.toml", database=dsn, instance="fleet-1",
+        port=broker.port, prefix=PREFIX, gateways=pems,
+    )  # fmt: skip
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    init = sealink("fleet", "keys", "init", "--config", str(config))
+    fleet_key = bytes.fromhex(json.loads(init.stdout)["public_key"])
+    store = Store(dsn, instance="fleet-1")
+    store.import_seal_keys([("seal-m", SimChip.of(seals["seal-m"]).public)], source="test")
+    alarms = Alarms(broker.port, {"gw-a": gw_a.key, "gw-b": gw_b.key})
+
+    def held_by_fleet() -> list[tuple[int, str, bool]]:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                "SELECT counter, gateway, chain_ok FROM records WHERE device = 'seal-m' "
+                "ORDER BY counter"
+            ).fetchall()
+        return [(int(c), str(g), bool(ok)) for c, g, ok in rows]
+
+    def move(*args: str) -> subprocess.CompletedProcess[str]:
+        return sealink("fleet", "devices", "move", "seal-m", *args, "--config", str(config))
+
+    async def body() -> None:
+        service = FleetService(load_config(config), store).start()
+        try:
+            async with (
+                _gateway(gw_a, broker.port, fleet_key, ("seal-m",)) as (a, sims),
+                _gateway(gw_b, broker.port, fleet_key, ()) as (b, _),
+            ):
+                seal = sims["seal-m"]
+                for _ in range(3):
+                    await _acked(seal)
+                await asyncio.to_thread(_wait, lambda: len(held_by_fleet()) == 3,
+                                        "the fleet holds records 1..3")  # fmt: skip
+                refused = await asyncio.to_thread(move, "--to", "gw-z", "--reason", "x")
+                assert refused.returncode == 2 and "gw-z: not a gateway" in refused.stderr
+                # Carried to gateway B, whose ledger has nothing of it.
+                await seal.stop()
+                host, device_end = pipe_pair("seal-m@gw-b")
+                seal.transport = device_end
+                b.attach(host)
+                await seal.start()
+                await until(_held(b, "seal-m", "ahead_of_ledger"), _WAIT_S, "B holds it")
+                await _not_acked(b, seal)  # record 4, kept by the seal
+                done = await asyncio.to_thread(move, "--to", "gw-b", "--reason", "office moved")
+                assert done.returncode == 0, done.stderr
+                said = json.loads(done.stdout)
+                assert (said["gateway"], said["counter"], said["published"]) == ("gw-b", 3, True)
+                assert said["record_sha256"] == hashlib.sha256(seal.journal[2]).hexdigest()
+                await until(_held(b, "seal-m", None), _WAIT_S, "B takes up the seal's chain")
+                await until(_held(a, "seal-m", "moved_by_fleet"), _WAIT_S, "A holds it")
+                await seal.wait_acked(4, _WAIT_S)
+                await _acked(seal)
+                state = b.registry.get("seal-m")
+                assert state is not None and state.stored == 5
+                with pytest.raises(DeviceError, match="moved to another gateway"):
+                    await asyncio.to_thread(_release, gw_a, "seal-m")
+                await asyncio.to_thread(_wait, lambda: len(held_by_fleet()) == 5,
+                                        "the fleet holds records 4..5 from B")  # fmt: skip
+                await asyncio.to_thread(
+                    _wait,
+                    lambda: (
+                        bool(alarms.having(reason="placed_by_fleet"))
+                        and bool(alarms.having(reason="moved_by_fleet"))
+                    ),
+                    "each gateway's signed alarm of the move",
+                )
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    try:
+        run(body(), timeout=120)
+    finally:
+        alarms.close()
+        store.close()
+    assert held_by_fleet() == [
+        (1, "gw-a", True), (2, "gw-a", True), (3, "gw-a", True),
+        (4, "gw-b", True), (5, "gw-b", True),
+    ]  # fmt: skip
+    assert {g for g, _, _ in alarms.having(reason="placed_by_fleet")} == {"gw-b"}
+    assert {g for g, _, _ in alarms.having(reason="moved_by_fleet")} == {"gw-a"}
+    with contextlib.closing(gw_b.ledger()) as ledger:
+        (gap,) = ledger.gaps("seal-m")
+        assert (gap.first, gap.last, gap.operator) == (1, 3, "fleet")
+        assert [e["counter"] for e in ledger.events("seal-m")] == [4, 5]
+    shown = sealink("fleet", "alarms", "--device", "seal-m", "--json", "--config", str(config))
+    fleet_said = [json.loads(line) for line in shown.stdout.splitlines()]
+    (moved,) = [a for a in fleet_said if a["reason"] == "moved"]
+    assert (moved["detail"]["from"], moved["detail"]["to"]) == ("gw-a", "gw-b")
+
+
+def _release(files: GatewayFiles, device: str) -> None:
+    with contextlib.closing(files.ledger()) as ledger:
+        ledger.release(device, "op", "it is back")

@@ -88,3 +88,17 @@ def test_the_cli_prints_the_verified_state_and_names_what_failed(
     assert verify([*args[:-1], "beef", str(good)]) == EXIT_UNUSABLE
     assert "--fleet-key" in capsys.readouterr().err
     assert verify([*args, str(tmp_path / "missing")]) == EXIT_UNUSABLE
+
+
+def test_a_move_verifies_with_its_placement_read_as_the_spec_says() -> None:
+    moved = VECTOR["moved"]
+    message = verify_registry_message(VECTOR["topic"], bytes.fromhex(moved["payload"]), FLEET_KEY)
+    body = moved["body"]
+    assert (message.gateway, message.counter, message.record_sha256) == (
+        body["gateway"],
+        body["counter"],
+        body["record_sha256"],
+    )
+    assert (message.state, message.seq) == (body["state"], moved["seq"])
+    plain = verify_registry_message(VECTOR["topic"], bytes.fromhex(VECTOR["payload"]), FLEET_KEY)
+    assert (plain.gateway, plain.counter, plain.record_sha256) == (None, None, None)

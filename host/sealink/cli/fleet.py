@@ -11,6 +11,8 @@ sealink fleet alarms [--device D] [--json]       what the fleet raised and gatew
 sealink fleet keys init --config ...             the registry's signing key (0600) + public key
 sealink fleet devices revoke D --reason TEXT     a stolen seal disabled on every gateway
 sealink fleet devices reinstate D --reason TEXT  (SPEC §11.6: signed, retained, per seal)
+sealink fleet devices move D --to GW --reason T  the seal moved to gateway GW: it learns where
+                                                 the seal stands, the others hold it
 
 The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt): it is
 imported only when a fleet command runs.
@@ -24,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +35,7 @@ from sealink.errors import FleetError
 from sealink.logs import configure_logging
 
 if TYPE_CHECKING:
-    from sealink.fleet import FleetConfig, Store
+    from sealink.fleet import FleetConfig, RegistryChange, Store
 
 __all__ = ["register"]
 
@@ -129,17 +132,16 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_state(args: argparse.Namespace, state: str) -> int:
+def _registry_change(args: argparse.Namespace, make: Callable[..., RegistryChange]) -> int:
+    """Sign one registry change (`make(store, key, fleet, prefix)`), publish it retained, and
+    say so; unpublished (no broker), it waits in the database for `sealink fleet run`."""
     from sealink.crypto import GatewayKey
-    from sealink.fleet import change_state, mark_published, publish
+    from sealink.fleet import mark_published, publish
 
     config, store = _open(args)
     key = GatewayKey.load(config.key_file)
-    by = args.by or os.environ.get("USER") or "unknown"
     with store:
-        change = change_state(
-            store, key, config.name, config.prefix, args.device, state, args.reason, by
-        )
+        change = make(store, key, config.name, config.prefix)
         published = True
         try:
             publish(config.host, config.port, [change], f"{config.instance}-registry")
@@ -148,9 +150,24 @@ def _set_state(args: argparse.Namespace, state: str) -> int:
             # Recorded: `sealink fleet run` publishes it once the broker takes it.
             print(f"sealink: warning: {exc}; `sealink fleet run` publishes it", file=sys.stderr)
             published = False
-    print_json({"device": change.device, "state": state, "seq": change.seq,
-                "topic": change.topic, "published": published})  # fmt: skip
+    said: dict[str, Any] = {"device": change.device, "state": change.state, "seq": change.seq,
+                            "topic": change.topic, "published": published}  # fmt: skip
+    if change.placement is not None:
+        said |= {"gateway": change.placement.gateway, "counter": change.placement.counter,
+                 "record_sha256": change.placement.head.hex()}  # fmt: skip
+    print_json(said)
     return 0
+
+
+def _by(args: argparse.Namespace) -> str:
+    return str(args.by or os.environ.get("USER") or "unknown")
+
+
+def _set_state(args: argparse.Namespace, state: str) -> int:
+    from sealink.fleet import change_state
+
+    return _registry_change(args, lambda store, key, fleet, prefix: change_state(
+        store, key, fleet, prefix, args.device, state, args.reason, _by(args)))  # fmt: skip
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
@@ -159,6 +176,13 @@ def cmd_devices_revoke(args: argparse.Namespace) -> int:
 
 def cmd_devices_reinstate(args: argparse.Namespace) -> int:
     return _set_state(args, "active")
+
+
+def cmd_devices_move(args: argparse.Namespace) -> int:
+    from sealink.fleet import move
+
+    return _registry_change(args, lambda store, key, fleet, prefix: move(
+        store, key, fleet, prefix, args.device, args.to, args.reason, _by(args)))  # fmt: skip
 
 
 def _query(args: argparse.Namespace, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -265,6 +289,12 @@ def register(sub: Any) -> None:
         p.add_argument("--reason", required=True, help="why: kept on the record")
         p.add_argument("--by", help="who (default: $USER)")
         _with_config(p)
+    p = add_command(dv, "move", cmd_devices_move, "place a seal on another gateway (SPEC §11.6)")
+    p.add_argument("device")
+    p.add_argument("--to", required=True, metavar="GATEWAY", help="the gateway it moves to")
+    p.add_argument("--reason", required=True, help="why: kept on the record")
+    p.add_argument("--by", help="who (default: $USER)")
+    _with_config(p)
     keys = fl.add_parser("keys", help="the fleet's registry signing key")
     ks = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     _with_config(add_command(ks, "init", cmd_keys_init, "make the registry's signing key"))

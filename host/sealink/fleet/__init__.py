@@ -11,7 +11,7 @@ records arrive in, and each MQTT message acknowledged only after its transaction
 """
 
 from sealink.fleet._config import FleetConfig, load_config
-from sealink.fleet._registry import RegistryChange, change_state, mark_published, publish
+from sealink.fleet._registry import RegistryChange, change_state, mark_published, move, publish
 from sealink.fleet._schema import migrate, migrations
 from sealink.fleet._service import FleetService, Inbound
 from sealink.fleet._store import (
@@ -39,5 +39,6 @@ __all__ = [
     "mark_published",
     "migrate",
     "migrations",
+    "move",
     "publish",
 ]

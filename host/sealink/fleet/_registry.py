@@ -1,5 +1,10 @@
-"""The fleet registry (SPEC §11.6): a seal revoked or reinstated in PostgreSQL, and the signed
-message that carries its state to every gateway, retained on `<prefix>/fleet/registry/<seal>`.
+"""The fleet registry (SPEC §11.6): a seal revoked, reinstated or moved in PostgreSQL, and the
+signed message that carries its state to every gateway, retained on
+`<prefix>/fleet/registry/<seal>`.
+
+A move places the seal on one gateway at where it stands in the fleet's record (the highest
+counter held whole, chained, and that record's hash), so the new gateway takes up its chain
+and every other holds it; every later message of the seal carries its placement.
 
 A change is one transaction: the seal's row (state, seq, the signed message, not yet
 published) and its `device_states` row (who, when, why). The message is then published
@@ -11,9 +16,11 @@ process or clock makes the change.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +31,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sealink.crypto import GatewayKey
 from sealink.errors import FleetError
 from sealink.fleet._store import Store
-from sealink.mqtt.registry import RegistryEntry, build_entry, registry_topic
+from sealink.mqtt.registry import Placement, RegistryEntry, build_entry, registry_topic
 
-__all__ = ["RegistryChange", "change_state", "mark_published", "publish", "unpublished"]
+__all__ = ["RegistryChange", "change_state", "mark_published", "move", "publish", "unpublished"]
+
+Connection = psycopg.Connection[tuple[Any, ...]]
 
 _PUBLISH_TIMEOUT_S = 10.0
+_GENESIS = bytes(32)
 _ALARM = {"revoked": "revoked", "active": "reinstated"}
 
 
@@ -39,6 +49,7 @@ class RegistryChange:
     seq: int
     topic: str
     message: bytes
+    placement: Placement | None = None
 
 
 def change_state(
@@ -53,46 +64,140 @@ def change_state(
 ) -> RegistryChange:
     """Record `device`'s new state and sign its registry message; FleetError if the seal is
     not registered with a key, or is in that state already."""
+    with _change(store, device, reason) as (conn, row):
+        if row.state == state:
+            raise FleetError(f"{device} is {state} already")
+        detail = {"state": state, "reason": reason, "by": by}
+        return _sign(conn, key, fleet, prefix, row, state, reason, by, row.placement,
+                     _ALARM[state], detail)  # fmt: skip
+
+
+def move(
+    store: Store,
+    key: GatewayKey,
+    fleet: str,
+    prefix: str,
+    device: str,
+    to: str,
+    reason: str,
+    by: str,
+) -> RegistryChange:
+    """Place `device` on gateway `to` where it stands in the fleet's record: the highest
+    counter the fleet holds with every counter before it, chained, and that record's hash.
+    FleetError if `to` is not a gateway of the fleet, or the record is not whole (a counter
+    missing, a fork, a broken chain): a placement must not vouch for what the fleet lacks."""
+    with _change(store, device, reason) as (conn, row):
+        if conn.execute("SELECT 1 FROM gateways WHERE id = %s", (to,)).fetchone() is None:
+            raise FleetError(f"{to}: not a gateway of this fleet (fleet.toml [gateways])")
+        # The writers' per-seal lock (Store.write): no record of the seal lands meanwhile.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device,))
+        placement, came_from = _standing(conn, device, to)
+        detail = {"to": to, "from": came_from, "counter": placement.counter,
+                  "record_sha256": placement.head.hex(), "reason": reason, "by": by}  # fmt: skip
+        return _sign(conn, key, fleet, prefix, row, row.state, reason, by, placement,
+                     "moved", detail)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Row:
+    device: str
+    seal_key: bytes
+    state: str
+    seq: int
+    placement: Placement | None
+
+
+@contextlib.contextmanager
+def _change(store: Store, device: str, reason: str) -> Iterator[tuple[Connection, _Row]]:
+    """The seal's registry row, locked, in a transaction that commits what the body did."""
     if not reason.strip():
         raise FleetError("a reason is required (--reason TEXT): it is kept on the record")
-    now_us = time.time_ns() // 1000
     try:
         with store.pool.connection() as conn, conn.transaction():
-            row = conn.execute(
-                "SELECT seal_key, state, registry_seq FROM devices WHERE id = %s FOR UPDATE",
+            found = conn.execute(
+                "SELECT seal_key, state, registry_seq, gateway, placed_counter, placed_head "
+                "FROM devices WHERE id = %s FOR UPDATE",
                 (device,),
             ).fetchone()
-            if row is None or row[0] is None:
+            if found is None or found[0] is None:
                 raise FleetError(f"{device}: not in the registry with a seal key "
                                  "(`sealink fleet devices import` first)")  # fmt: skip
-            if row[1] == state:
-                raise FleetError(f"{device} is {state} already")
-            seq = max(int(row[2] or 0) + 1, now_us)
-            entry = RegistryEntry(
-                fleet, device, state, reason, bytes(row[0]), now_us // 1000, seq, now_us // 1000
-            )
-            message = build_entry(key, prefix, entry)
-            conn.execute(
-                "UPDATE devices SET state = %s, registry_seq = %s, registry_message = %s, "
-                "registry_published = false WHERE id = %s",
-                (state, seq, message, device),
-            )
-            conn.execute(
-                "INSERT INTO device_states (device, state, reason, by_whom, time_ms, seq) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
-                (device, state, reason, by, now_us // 1000, seq),
-            )
-            # Also where every other fleet event is read (`sealink fleet alarms`).
-            detail = {"state": state, "reason": reason, "by": by, "seq": seq}
-            conn.execute(
-                "INSERT INTO alarms (time_ms, source, gateway, device, reason, detail, dedupe) "
-                "VALUES (%s, 'fleet', NULL, %s, %s, %s, %s)",
-                (now_us // 1000, device, _ALARM[state], json.dumps(detail),
-                 f"registry:{device}:{seq}"),
-            )  # fmt: skip
+            placement = None
+            if found[3] is not None:
+                placement = Placement(str(found[3]), int(found[4]), bytes(found[5]))
+            yield conn, _Row(device, bytes(found[0]), str(found[1]), int(found[2] or 0),
+                             placement)  # fmt: skip
     except psycopg.Error as exc:
         raise FleetError(f"registry: {exc} (was `sealink fleet migrate` run?)") from None
-    return RegistryChange(device, state, seq, registry_topic(prefix, device), message)
+
+
+def _standing(conn: Connection, device: str, to: str) -> tuple[Placement, str | None]:
+    whole = conn.execute(
+        "SELECT count(*), max(counter), bool_and(coalesce(chain_ok, false)), "
+        "(SELECT count(*) FROM forks f WHERE f.device = %s) FROM records WHERE device = %s",
+        (device, device),
+    ).fetchone()
+    assert whole is not None
+    count, top, chained, forks = int(whole[0]), whole[1], whole[2], int(whole[3])
+    if top is None:
+        return Placement(to, 0, _GENESIS), None
+    if count != top or not chained or forks:
+        missing = top - count
+        raise FleetError(
+            f"{device}: the fleet's record of it is not whole ({missing} of counters 1..{top} "
+            f"missing, {forks} forked, chain {'whole' if chained else 'broken or unjudged'}): "
+            "`sealink fleet gaps`/`forks` say which; a move must not vouch for them"
+        )
+    head = conn.execute(
+        "SELECT record_hash, gateway FROM records WHERE device = %s AND counter = %s",
+        (device, top),
+    ).fetchone()
+    assert head is not None
+    return Placement(to, int(top), bytes(head[0])), str(head[1])
+
+
+def _sign(
+    conn: Connection,
+    key: GatewayKey,
+    fleet: str,
+    prefix: str,
+    row: _Row,
+    state: str,
+    reason: str,
+    by: str,
+    placement: Placement | None,
+    alarm: str,
+    detail: dict[str, Any],
+) -> RegistryChange:
+    """Sign the seal's next registry message and record it: the seal's row, its history row
+    and the fleet event, in the caller's transaction (published after it commits)."""
+    now_us = time.time_ns() // 1000
+    seq = max(row.seq + 1, now_us)
+    entry = RegistryEntry(fleet, row.device, state, reason, row.seal_key, now_us // 1000, seq,
+                          now_us // 1000, placement)  # fmt: skip
+    message = build_entry(key, prefix, entry)
+    gateway, counter = (placement.gateway, placement.counter) if placement else (None, None)
+    conn.execute(
+        "UPDATE devices SET state = %s, registry_seq = %s, registry_message = %s, "
+        "registry_published = false, gateway = %s, placed_counter = %s, placed_head = %s "
+        "WHERE id = %s",
+        (state, seq, message, gateway, counter, placement.head if placement else None,
+         row.device),
+    )  # fmt: skip
+    conn.execute(
+        "INSERT INTO device_states (device, state, reason, by_whom, time_ms, seq, gateway, "
+        "counter) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (row.device, state, reason, by, now_us // 1000, seq, gateway, counter),
+    )
+    # Also where every other fleet event is read (`sealink fleet alarms`).
+    conn.execute(
+        "INSERT INTO alarms (time_ms, source, gateway, device, reason, detail, dedupe) "
+        "VALUES (%s, 'fleet', %s, %s, %s, %s, %s)",
+        (now_us // 1000, gateway, row.device, alarm, json.dumps({**detail, "seq": seq}),
+         f"registry:{row.device}:{seq}"),
+    )  # fmt: skip
+    topic = registry_topic(prefix, row.device)
+    return RegistryChange(row.device, state, seq, topic, message, placement)
 
 
 def unpublished(store: Store, prefix: str) -> list[RegistryChange]:

@@ -9,7 +9,12 @@ for that seal (an older message put back is a rollback; the same one again, as t
 redelivers a retained message at each connection, changes nothing and is not alarmed), and
 its seal key must be the one this gateway holds (another is a key substitution). A refused
 message changes nothing and raises a gateway alarm; an applied one is written in one ledger
-transaction (floor, quarantine or release, audit row) and takes effect at once.
+transaction (floor, placement, quarantine or release, audit rows) and takes effect at once.
+
+A placement (the seal moved to a gateway by `sealink fleet devices move`) holds the seal on
+every other gateway (`moved_by_fleet`), and on the one it names records what the fleet holds
+of it beyond this ledger as a gap whose head its next event must chain to (`placed_by_fleet`).
+A placement for a seal not registered here yet is taken when it is.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from sealink.errors import SealinkError
 from sealink.gateway.actions import Alarm
-from sealink.ledger.fleetreg import REVOKED_BY_FLEET
+from sealink.ledger import AHEAD_OF_LEDGER
+from sealink.ledger.fleetreg import MOVED_BY_FLEET, REVOKED_BY_FLEET, Standing
 from sealink.mqtt.client import Message, MqttClient
 from sealink.mqtt.registry import RegistryEntry, RegistryRefused, open_entry, registry_topic
 
@@ -41,6 +47,8 @@ class FleetDesk:
         self.taken = 0  # registry messages applied: their seq is the seal's floor now
         self.applied = 0  # of those, the ones that quarantined or released a seal
         self.refused: list[RegistryRefused] = []
+        # Placements for seals not registered here yet, taken again once they are.
+        self._waiting: dict[str, Message] = {}
 
     @property
     def enabled(self) -> bool:
@@ -90,24 +98,40 @@ class FleetDesk:
         entry = open_entry(message.payload, message.topic, key, gateway.config.mqtt.prefix)
         floor = await gateway.db(gateway.ledger.fleet_floor, entry.device)
         if floor is not None and entry.seq <= floor[0]:
-            if entry.seq == floor[0] and message.payload == floor[1]:
-                return  # the retained message again (a reconnection): already applied
-            raise RegistryRefused(
-                "rollback", f"seq {entry.seq} of {entry.device} is not above {floor[0]}"
-            )
+            if entry.seq != floor[0] or message.payload != floor[1]:
+                raise RegistryRefused(
+                    "rollback", f"seq {entry.seq} of {entry.device} is not above {floor[0]}"
+                )
+            # The retained message again (a reconnection): applied already, but its placement
+            # may be left to take (taking it again changes nothing else).
+            if not await self._placement_left(entry, message):
+                return
         await self._check_key(entry)
-        done = await gateway.db(
+        placed = None
+        if entry.placement is not None:
+            standing = Standing(entry.placement.gateway, entry.placement.counter,
+                                entry.placement.head, entry.seq)  # fmt: skip
+            topic = gateway.topics.gaps(entry.device)
+            placed = (standing, gateway.gateway_id, gateway.key.sign1, topic)
+        moved, done = await gateway.db(
             gateway.ledger.apply_fleet_state,
             entry.device,
             entry.seq,
             entry.state,
             entry.reason,
             message.payload,
+            placed,
         )
         self.taken += 1
+        if moved == "unregistered":
+            self._waiting[entry.device] = message
+        else:
+            self._waiting.pop(entry.device, None)
         await gateway.reload_device(entry.device)
-        fields = {"device": entry.device, "state": entry.state, "seq": entry.seq, "done": done}
+        fields = {"device": entry.device, "state": entry.state, "seq": entry.seq, "done": done,
+                  "moved": moved}  # fmt: skip
         log.warning("fleet registry applied", extra={"fields": fields})
+        self._alarm_placement(entry, moved)
         if done == "quarantined":
             self.applied += 1
             gateway.alarm("fleet", Alarm(entry.device, REVOKED_BY_FLEET, entry.reason,
@@ -116,6 +140,45 @@ class FleetDesk:
             self.applied += 1
             gateway.alarm("fleet", Alarm(entry.device, "reinstated_by_fleet", entry.reason,
                                          {"seq": entry.seq, "fleet": entry.fleet}))  # fmt: skip
+
+    def loaded(self, device: str) -> None:
+        """The ledger's view of a seal was (re)read, as after its registration here: a
+        placement that found it unregistered is taken now."""
+        message = self._waiting.pop(device, None)
+        if message is not None:
+            self._work.put_nowait(message)
+
+    async def _placement_left(self, entry: RegistryEntry, message: Message) -> bool:
+        """Whether an applied entry's placement has something left to do here, as when the
+        seal was registered after it was applied and a restart forgot `_waiting`; a seal still
+        not registered has it kept waiting again."""
+        if entry.placement is None:
+            return False
+        gateway = self._gateway
+        record = await gateway.db(gateway.ledger.device_record, entry.device)
+        if record is None:
+            self._waiting[entry.device] = message
+            return False
+        reason = record.quarantine.reason if record.quarantine is not None else None
+        if entry.placement.gateway != gateway.gateway_id:
+            return reason is None
+        return record.stored < entry.placement.counter or reason in (
+            MOVED_BY_FLEET,
+            AHEAD_OF_LEDGER,
+        )
+
+    def _alarm_placement(self, entry: RegistryEntry, moved: str) -> None:
+        placement = entry.placement
+        if placement is None or moved in ("unchanged", "unregistered"):
+            return
+        fields = {"seq": entry.seq, "fleet": entry.fleet, "gateway": placement.gateway,
+                  "counter": placement.counter, "record_sha256": placement.head.hex()}  # fmt: skip
+        if moved == "moved_away":
+            detail = f"moved to {placement.gateway} by the fleet: {entry.reason}"
+            self._gateway.alarm("fleet", Alarm(entry.device, MOVED_BY_FLEET, detail, fields))
+        else:
+            detail = f"placed here by the fleet at counter {placement.counter}: {entry.reason}"
+            self._gateway.alarm("fleet", Alarm(entry.device, "placed_by_fleet", detail, fields))
 
     async def _check_key(self, entry: RegistryEntry) -> None:
         gateway = self._gateway

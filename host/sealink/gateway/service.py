@@ -140,7 +140,7 @@ class Gateway:
             self.sessions,
             self._committer,
             self.link_keys,
-            on_loaded=lambda device: self._publish_quarantine([device]),
+            on_loaded=self._loaded,
         )
         try:
             await self._watch.load()
@@ -515,6 +515,10 @@ class Gateway:
         )
         self.committer.submit(command_state=(action.command_id, action.state, action.code))
         self.approvals.command_done(action)
+
+    def _loaded(self, device: str) -> None:
+        self._publish_quarantine([device])
+        self.fleet.loaded(device)
 
     async def reload_device(self, device: str) -> None:
         """The ledger's view of `device` again, now (the watch would within a poll)."""

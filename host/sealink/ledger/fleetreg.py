@@ -5,18 +5,40 @@ restart too) and the state it said.
 `revoked` quarantines the seal with reason REVOKED_BY_FLEET unless it is quarantined already
 (a quarantine is sticky: the gateway's own cause stays first); `active` clears only a
 REVOKED_BY_FLEET quarantine. A seal registered after the fleet revoked it (`registered`)
-starts quarantined. Each is an operator action on the audit trail (operator "fleet"),
-so the running service's watch and `sealink devices audit` see them like any other.
+starts quarantined. A placement (`place`, the seal moved to a gateway) holds the seal with
+MOVED_BY_FLEET on every other gateway, and on the one named records the counters the fleet
+holds beyond this ledger as a gap countersigned here, whose head the seal's next event must
+chain to. Each is an operator action on the audit trail (operator "fleet"), so the running
+service's watch and `sealink devices audit` see them like any other.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from sealink.ledger.operator import REVOKED_BY_FLEET, record_action
+from sealink.ledger.operator import (
+    AHEAD_OF_LEDGER,
+    MOVED_BY_FLEET,
+    REVOKED_BY_FLEET,
+    record_action,
+    record_gap,
+    stored_head,
+)
 from sealink.ledger.records import now_ms
 
-__all__ = ["FLEET", "REVOKED_BY_FLEET", "apply_state", "fleet_state", "floor", "registered"]
+__all__ = [
+    "FLEET",
+    "MOVED_BY_FLEET",
+    "REVOKED_BY_FLEET",
+    "Standing",
+    "apply_state",
+    "fleet_state",
+    "floor",
+    "place",
+    "registered",
+]
 
 FLEET = "fleet"  # the operator name of what the registry did
 
@@ -53,6 +75,78 @@ def apply_state(
     return _apply(db, device, seq, state, reason, ms)
 
 
+@dataclass(frozen=True)
+class Standing:
+    """Where the fleet placed a seal: on `gateway`, its records 1..counter held by the fleet,
+    record `counter`'s hash `head` (the §11.6 placement, as the ledger takes it)."""
+
+    gateway: str
+    counter: int
+    head: bytes
+    seq: int
+
+
+def place(
+    db: sqlite3.Connection,
+    device: str,
+    standing: Standing,
+    here: str,
+    sign: Callable[[bytes], bytes],
+    topic: str,
+) -> str:
+    """Take a verified placement (SPEC §11.6) in the caller's transaction; returns what it did:
+    "unregistered" (kept for when the seal is), "moved_away" (placed on another gateway: held
+    here), "anchored" (counters L+1..counter recorded as the fleet's gap, chained to `head`),
+    "released" (a move back, or a stand the fleet now covers, lifted the hold), "unchanged".
+    Idempotent: taken again, it does nothing more."""
+    row = db.execute(
+        "SELECT quarantine_reason, ahead_acked FROM devices WHERE id = ?", (device,)
+    ).fetchone()
+    if row is None:
+        return "unregistered"
+    ms = now_ms()
+    reason, ahead = row[0], None if row[1] is None else int(row[1])
+    seq, to, counter = standing.seq, standing.gateway, standing.counter
+    if to != here:
+        if reason is not None:
+            return "unchanged"  # a quarantine is sticky: its first cause stays
+        note = f"moved to {to} by the fleet (seq {seq})"
+        _hold(db, device, MOVED_BY_FLEET, note, ms)
+        detail = {"reason": MOVED_BY_FLEET, "seq": seq, "to": to}
+        record_action(db, device, "quarantine", FLEET, note, ms, detail)
+        return "moved_away"
+    done = "unchanged"
+    stored, _ = stored_head(db, device)
+    if counter > stored:
+        note = (
+            f"moved here by the fleet (seq {seq}): records 1..{counter} held by the fleet, "
+            f"record {counter} sha256 {standing.head.hex()}"
+        )
+        record_gap(db, device, (stored + 1, counter), FLEET, note, sign, topic, standing.head, ms)
+        detail = {"first": stored + 1, "last": counter, "seq": seq}
+        record_action(db, device, "adopt", FLEET, note, ms, detail)
+        done = "anchored"
+    covered = reason == AHEAD_OF_LEDGER and (ahead is None or ahead <= counter)
+    if reason == MOVED_BY_FLEET or covered:
+        db.execute(
+            "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
+            "quarantine_ms = NULL, ahead_acked = NULL WHERE id = ?",
+            (device,),
+        )
+        note = f"placed here by the fleet (seq {seq})"
+        record_action(db, device, "release", FLEET, note, ms, {"reason": reason, "seq": seq})
+        done = "anchored" if done == "anchored" else "released"
+    return done
+
+
+def _hold(db: sqlite3.Connection, device: str, reason: str, detail: str, ms: int) -> None:
+    db.execute(
+        "UPDATE devices SET quarantine_reason = ?, quarantine_detail = ?, quarantine_ms = ? "
+        "WHERE id = ?",
+        (reason, detail, ms, device),
+    )
+
+
 def registered(db: sqlite3.Connection, device: str) -> str:
     """A seal registered here after the fleet revoked it (it moved from another gateway)
     starts quarantined, as if the revocation had come after its registration."""
@@ -70,11 +164,7 @@ def _apply(db: sqlite3.Connection, device: str, seq: int, state: str, reason: st
         return "unchanged"  # not registered here: the floor is kept for when it is
     detail = {"reason": REVOKED_BY_FLEET, "seq": seq}
     if state == "revoked" and row[0] is None:
-        db.execute(
-            "UPDATE devices SET quarantine_reason = ?, quarantine_detail = ?, quarantine_ms = ? "
-            "WHERE id = ?",
-            (REVOKED_BY_FLEET, reason, ms, device),
-        )
+        _hold(db, device, REVOKED_BY_FLEET, reason, ms)
         record_action(db, device, "quarantine", FLEET, reason, ms, detail)
         return "quarantined"
     if state == "active" and row[0] == REVOKED_BY_FLEET:

@@ -26,6 +26,7 @@ from sealink.ledger.records import GENESIS, DeviceUpdate, Gap, OperatorAction, Q
 
 __all__ = [
     "AHEAD_OF_LEDGER",
+    "MOVED_BY_FLEET",
     "OPERATOR_HOLD",
     "REVOKED_BY_FLEET",
     "adopt",
@@ -35,6 +36,7 @@ __all__ = [
     "operator_actions",
     "quarantine_device",
     "record_action",
+    "record_gap",
     "release",
     "stored_head",
 ]
@@ -45,6 +47,8 @@ AHEAD_OF_LEDGER = "ahead_of_ledger"
 OPERATOR_HOLD = "operator"
 # The reason of a quarantine the fleet's registry set (SPEC §11.6): only the fleet lifts it.
 REVOKED_BY_FLEET = "revoked_by_fleet"
+# The reason of a seal the fleet moved to another gateway: only a move back lifts it.
+MOVED_BY_FLEET = "moved_by_fleet"
 
 
 def gap_payload(
@@ -66,16 +70,19 @@ def gap_payload(
 
 def stored_head(db: sqlite3.Connection, device: str) -> tuple[int, bytes | None]:
     """(L, hash of event L): L is the highest counter held as an event or as the end of an
-    adopted gap; the hash is GENESIS for L = 0 and None when L ends a gap (no event to chain
-    to: the next one anchors)."""
+    adopted gap; the hash is GENESIS for L = 0, and when L ends a gap the head the fleet
+    placed with it (SPEC §11.6), or None for an operator's gap (no event to chain to: the
+    next one anchors)."""
     event = db.execute(
         "SELECT counter, hash FROM events WHERE device = ? ORDER BY counter DESC LIMIT 1",
         (device,),
     ).fetchone()
-    gap_end = db.execute("SELECT MAX(last) FROM gaps WHERE device = ?", (device,)).fetchone()[0]
+    gap = db.execute(
+        "SELECT last, head FROM gaps WHERE device = ? ORDER BY last DESC LIMIT 1", (device,)
+    ).fetchone()
     counter = int(event[0]) if event else 0
-    if gap_end is not None and int(gap_end) > counter:
-        return int(gap_end), None
+    if gap is not None and int(gap[0]) > counter:
+        return int(gap[0]), None if gap[1] is None else bytes(gap[1])
     return (counter, bytes(event[1])) if event else (0, GENESIS)
 
 
@@ -145,6 +152,11 @@ def release(db: sqlite3.Connection, device: str, operator: str, note: str) -> Qu
             f"device {device} is revoked by the fleet ({revoked[0]}): only `sealink fleet "
             "devices reinstate` lifts that, on every gateway at once"
         )
+    if quarantine.reason == MOVED_BY_FLEET:
+        raise DeviceError(
+            f"device {device} was moved to another gateway by the fleet ({quarantine.detail}): "
+            "only `sealink fleet devices move` brings it back"
+        )
     stored, _ = stored_head(db, device)
     if quarantine.reason == AHEAD_OF_LEDGER and ahead is not None and ahead > stored:
         raise DeviceError(
@@ -191,17 +203,7 @@ def adopt(
             f"ledger's ({stored}): no gap to adopt; `sealink devices release` clears it"
         )
     first, last, ms = stored + 1, ahead, now_ms()
-    cose = sign(gap_payload(device, first, last, ms, operator, note))
-    db.execute(
-        "INSERT INTO gaps (device, first, last, adopted_ms, operator, note, cose) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (device, first, last, ms, operator, note, cose),
-    )
-    log.append(db, [(device, "gap", first, last, gap_leaf(device, first, last, cose))])
-    db.execute(
-        "INSERT INTO outbox (topic, payload, device, counter, created_ms) VALUES (?, ?, ?, ?, ?)",
-        (topic, cose, device, None, ms),
-    )
+    record_gap(db, device, (first, last), operator, note, sign, topic, None, ms)
     db.execute(
         "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
         "quarantine_ms = NULL, ahead_acked = NULL WHERE id = ?",
@@ -215,6 +217,33 @@ def adopt(
     }
     record_action(db, device, "adopt", operator, note, ms, detail)
     return first, last
+
+
+def record_gap(
+    db: sqlite3.Connection,
+    device: str,
+    counters: tuple[int, int],
+    operator: str,
+    note: str,
+    sign: Callable[[bytes], bytes],
+    topic: str,
+    head: bytes | None,
+    ms: int,
+) -> None:
+    """Counters first..last as a gap: its statement countersigned by `sign`, a leaf of the
+    log, queued on `topic`; `head` the hash the next event must chain to (None: it anchors)."""
+    first, last = counters
+    cose = sign(gap_payload(device, first, last, ms, operator, note))
+    db.execute(
+        "INSERT INTO gaps (device, first, last, adopted_ms, operator, note, cose, head) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (device, first, last, ms, operator, note, cose, head),
+    )
+    log.append(db, [(device, "gap", first, last, gap_leaf(device, first, last, cose))])
+    db.execute(
+        "INSERT INTO outbox (topic, payload, device, counter, created_ms) VALUES (?, ?, ?, ?, ?)",
+        (topic, cose, device, None, ms),
+    )
 
 
 def operator_actions(db: sqlite3.Connection, after_id: int) -> list[OperatorAction]:

@@ -95,9 +95,10 @@ class DeviceRecord:
     """The host's durable state of one device (SPEC §5.1).
 
     `stored` is L: the highest counter the ledger accounts for, an event or the end of an
-    operator-adopted gap. `stored_hash` is the record hash of event L (GENESIS when L = 0), or
-    None when L ends an adopted gap: the next event's `prev` cannot be checked, it anchors the
-    chain. `boot_id` is B, the highest boot_id seen. `ahead_acked` is the acked counter a seal
+    operator-adopted gap. `stored_hash` is the record hash of event L (GENESIS when L = 0), the
+    hash the fleet vouched for when L ends the gap of a seal it moved here (SPEC §11.6), or
+    None when L ends an operator's gap: the next event's `prev` cannot be checked, it anchors
+    the chain. `boot_id` is B, the highest boot_id seen. `ahead_acked` is the acked counter a seal
     claimed beyond the ledger (the upper end of the gap `adopt` would record). `seal_key` is
     the seal chip's public key, X || Y (SPEC §4.1), None if it was never registered. The link
     key is not here: it lives in the key store (crypto/keystore.py), never in the ledger.

@@ -35,6 +35,9 @@ v10: approvers, approval_requests and approval_results (SPEC §11.5, ledger/appr
 v11: fleet_registry (SPEC §11.6, ledger/fleetreg.py): each seal's state as the fleet last
     signed it, with its seq (the floor below which a registry message is a rollback); an older
     file has none.
+v12: gaps.head (SPEC §11.6): the record hash a gap the fleet placed ends on (a seal moved
+    here), which the seal's next event must chain to; NULL for an operator's gap and in an
+    older file.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ __all__ = [
     "stored_version",
 ]
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 _logger = logging.getLogger("sealink.ledger")
 
@@ -144,6 +147,9 @@ _TABLES_V2 = (
         operator TEXT NOT NULL,
         note TEXT NOT NULL,
         cose BLOB NOT NULL,
+        -- a gap the fleet placed (a seal moved here, SPEC §11.6): the hash of record `last`,
+        -- which the next event must chain to; NULL for an operator's gap
+        head BLOB,
         PRIMARY KEY (device, first)
     ) WITHOUT ROWID""",
     # `devices quarantine DEVICE` shows a device's newest rows: without this, a scan of every
@@ -277,11 +283,13 @@ _TABLES_V11 = (
 
 _V4_COLUMNS = ("ALTER TABLE devices ADD COLUMN seal_key BLOB",)
 _V6_COLUMNS = ("ALTER TABLE devices ADD COLUMN enrolment TEXT",)
+_V12_COLUMNS = ("ALTER TABLE gaps ADD COLUMN head BLOB",)
 
 # Every version before 5 keeps the link keys in devices.key.
 _WITH_LINK_KEYS = ("1", "2", "3", "4")
 _BEFORE_V9 = (*_WITH_LINK_KEYS, "5", "6", "7", "8")
-_KNOWN = (*_BEFORE_V9, "9", "10", str(SCHEMA_VERSION))
+_BEFORE_V12 = (*_BEFORE_V9, "9", "10", "11")
+_KNOWN = (*_BEFORE_V12, str(SCHEMA_VERSION))
 
 # The published rows whose payload another table holds byte for byte: an event's
 # countersignature (events.cose) or an adopted gap's (gaps.cose); and a record's JSON
@@ -369,6 +377,10 @@ def create_or_migrate(
                 db.execute(statement)
         for statement in _TABLES_V2:
             db.execute(statement)
+        # Every version before 12 made gaps without head (v1 files may have had none: made above).
+        if version in _BEFORE_V12 and "head" not in _columns(db, "gaps"):
+            for statement in _V12_COLUMNS:
+                db.execute(statement)
         for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8, *_TABLES_V10, *_TABLES_V11):
             db.execute(statement)
         if version in ("1", "2"):
@@ -390,6 +402,10 @@ def create_or_migrate(
         db.execute(f"PRAGMA secure_delete={int(secure_delete)}")
     if scrub:
         _scrub(db)
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def prune_published(db: sqlite3.Connection, first: int = 0, last: int | None = None) -> None:

@@ -527,11 +527,21 @@ class Ledger:
         return fleetreg.floor(self._db, device)
 
     def apply_fleet_state(
-        self, device: str, seq: int, state: str, reason: str, payload: bytes
-    ) -> str:
-        """Take a verified registry message (SPEC §11.6) in one transaction."""
+        self,
+        device: str,
+        seq: int,
+        state: str,
+        reason: str,
+        payload: bytes,
+        placed: tuple[fleetreg.Standing, str, Callable[[bytes], bytes], str] | None = None,
+    ) -> tuple[str, str]:
+        """Take a verified registry message (SPEC §11.6) in one transaction: its placement
+        first, `placed` = (standing, this gateway's id, the gap's signer, the gaps topic), then
+        its state, so that a seal both moved here and revoked ends revoked. Returns what each
+        did (`fleetreg.place`, `fleetreg.apply_state`; "unchanged" without a placement)."""
         with self._write("apply the fleet registry") as db:
-            return fleetreg.apply_state(db, device, seq, state, reason, payload)
+            moved = "unchanged" if placed is None else fleetreg.place(db, device, *placed)
+            return moved, fleetreg.apply_state(db, device, seq, state, reason, payload)
 
     def approvers(self, name: str | None = None) -> list[approvals.Approver]:
         return approvals.approvers(self._db, name)

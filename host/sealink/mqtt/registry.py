@@ -5,7 +5,8 @@ and what a gateway checks before it applies it.
     message = COSE_Sign1 by the fleet key over the §11.4 envelope with "fleet" for "gateway":
               {"body": bstr (JSON), "fleet": tstr, "seq": uint, "time_ms": uint, "topic": tstr}
     body    = {"device": tstr, "state": "active" | "revoked", "reason": tstr,
-               "seal_key": hex of the seal chip's public key (X || Y), "since_ms": uint}
+               "seal_key": hex of the seal chip's public key (X || Y), "since_ms": uint,
+               ? "gateway": tstr, "counter": uint, "record_sha256": hex}   ; a placement
 
 Both sides use this module (the fleet builds, the gateway opens), so one text decides what a
 field may hold. Freshness (seq above the floor the gateway keeps) and the key comparison are
@@ -18,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sealink.config import NAME_RE
 from sealink.crypto import GatewayKey
 from sealink.errors import SealinkError
 from sealink.mqtt.signed import envelope, open_own
@@ -25,6 +27,7 @@ from sealink.mqtt.signed import envelope, open_own
 __all__ = [
     "REFUSALS",
     "STATES",
+    "Placement",
     "RegistryEntry",
     "RegistryRefused",
     "build_entry",
@@ -36,6 +39,9 @@ STATES = ("active", "revoked")
 # Why a gateway refuses a registry message (its alarm's `refusal`).
 REFUSALS = ("bad_signature", "wrong_topic", "invalid", "rollback", "key_substitution")
 _SEAL_KEY_LEN = 64
+_HASH_LEN = 32
+_BODY = frozenset({"device", "reason", "seal_key", "since_ms", "state"})
+_PLACEMENT = frozenset({"gateway", "counter", "record_sha256"})
 _TEXT_MAX = 256
 MAX_ENTRY_BYTES = 4096
 
@@ -50,6 +56,16 @@ class RegistryRefused(SealinkError):
 
 
 @dataclass(frozen=True)
+class Placement:
+    """The gateway a seal is assigned to and where it stands (`sealink fleet devices move`):
+    the fleet holds its records 1..counter, chained, and `head` is record `counter`'s hash."""
+
+    gateway: str
+    counter: int
+    head: bytes
+
+
+@dataclass(frozen=True)
 class RegistryEntry:
     fleet: str
     device: str
@@ -59,6 +75,7 @@ class RegistryEntry:
     since_ms: int
     seq: int
     time_ms: int
+    placement: Placement | None = None
 
 
 def registry_topic(prefix: str, device: str) -> str:
@@ -74,6 +91,10 @@ def build_entry(key: GatewayKey, prefix: str, entry: RegistryEntry) -> bytes:
         "since_ms": entry.since_ms,
         "state": entry.state,
     }
+    if entry.placement is not None:
+        body["gateway"] = entry.placement.gateway
+        body["counter"] = entry.placement.counter
+        body["record_sha256"] = entry.placement.head.hex()
     topic = registry_topic(prefix, entry.device)
     raw = json.dumps(body, sort_keys=True).encode()
     return key.sign1(envelope("fleet", entry.fleet, topic, raw, entry.seq, entry.time_ms))
@@ -91,15 +112,10 @@ def _body(raw: Any) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, TypeError):
         raise RegistryRefused("invalid", "the body is not JSON (UTF-8)") from None
-    if not isinstance(body, dict) or set(body) != {
-        "device",
-        "reason",
-        "seal_key",
-        "since_ms",
-        "state",
-    }:
+    if not isinstance(body, dict) or set(body) not in (_BODY, _BODY | _PLACEMENT):
         raise RegistryRefused("invalid", "the body must hold exactly device, reason, seal_key, "
-                              "since_ms, state")  # fmt: skip
+                              "since_ms, state, and with a placement gateway, counter, "
+                              "record_sha256")  # fmt: skip
     if body["state"] not in STATES:
         raise RegistryRefused("invalid", f"state must be one of {', '.join(STATES)}")
     if not isinstance(body["reason"], str) or len(body["reason"]) > _TEXT_MAX:
@@ -112,7 +128,21 @@ def _body(raw: Any) -> dict[str, Any]:
         raise RegistryRefused("invalid", f"seal_key must be {_SEAL_KEY_LEN} bytes (X || Y)")
     body["seal_key"] = seal_key
     _uint(body, "since_ms")
+    body["placement"] = _placement(body) if "gateway" in body else None
     return body
+
+
+def _placement(body: dict[str, Any]) -> Placement:
+    gateway = body["gateway"]
+    if not isinstance(gateway, str) or not NAME_RE.fullmatch(gateway):
+        raise RegistryRefused("invalid", "gateway must be a gateway id")
+    try:
+        head = bytes.fromhex(body["record_sha256"])
+    except (ValueError, TypeError):
+        raise RegistryRefused("invalid", "record_sha256 must be hex") from None
+    if len(head) != _HASH_LEN:
+        raise RegistryRefused("invalid", f"record_sha256 must be {_HASH_LEN} bytes")
+    return Placement(gateway, _uint(body, "counter"), head)
 
 
 def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str) -> RegistryEntry:
@@ -139,4 +169,5 @@ def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str)
         body["since_ms"],
         seq,
         time_ms,
+        body["placement"],
     )
