@@ -757,12 +757,14 @@ def test_a_move_vouches_only_for_a_record_the_fleet_holds_whole(
 def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_it(
     tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster
 ) -> None:
-    """The field engineer registers the seal on the new gateway (`devices add`) and carries it
-    there: the new gateway holds it as ahead of its ledger, until `sealink fleet devices move`
-    tells it where the seal stands in the fleet's record; then its records flow on, chained to
-    the old gateway's, and the old gateway holds it."""
-    seals = {"seal-m": os.urandom(32)}
-    gw_a, gw_b = _files(tmp_path, "gw-a", seals), _files(tmp_path, "gw-b", seals)
+    """seal-m is registered on the new gateway (`devices add`) and carried there: the new
+    gateway holds it as ahead of its ledger until `sealink fleet devices move` tells it where
+    the seal stands in the fleet's record; then its records flow on, chained to the old
+    gateway's, and the old gateway holds it. seal-n is moved first and registered after: the
+    placement waits for its registration, and the seal is served as soon as it arrives."""
+    seals = {"seal-m": os.urandom(32), "seal-n": os.urandom(32)}
+    gw_a = _files(tmp_path, "gw-a", seals)
+    gw_b = _files(tmp_path, "gw-b", {"seal-m": seals["seal-m"]})
     pems = {}
     for files in (gw_a, gw_b):
         pems[files.root.name] = files.root / "public.pem"
@@ -776,43 +778,51 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     init = sealink("fleet", "keys", "init", "--config", str(config))
     fleet_key = bytes.fromhex(json.loads(init.stdout)["public_key"])
     store = Store(dsn, instance="fleet-1")
-    store.import_seal_keys([("seal-m", SimChip.of(seals["seal-m"]).public)], source="test")
+    store.import_seal_keys([(d, SimChip.of(k).public) for d, k in seals.items()], source="test")
     alarms = Alarms(broker.port, {"gw-a": gw_a.key, "gw-b": gw_b.key})
 
-    def held_by_fleet() -> list[tuple[int, str, bool]]:
+    def held_by_fleet(device: str) -> list[tuple[int, str, bool]]:
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(
-                "SELECT counter, gateway, chain_ok FROM records WHERE device = 'seal-m' "
-                "ORDER BY counter"
+                "SELECT counter, gateway, chain_ok FROM records WHERE device = %s ORDER BY counter",
+                (device,),
             ).fetchall()
         return [(int(c), str(g), bool(ok)) for c, g, ok in rows]
 
-    def move(*args: str) -> subprocess.CompletedProcess[str]:
-        return sealink("fleet", "devices", "move", "seal-m", *args, "--config", str(config))
+    async def holds(device: str, count: int) -> None:
+        await asyncio.to_thread(_wait, lambda: len(held_by_fleet(device)) == count,
+                                f"the fleet holds {count} records of {device}")  # fmt: skip
+
+    def move(device: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return sealink("fleet", "devices", "move", device, *args, "--config", str(config))
+
+    async def carry(seal: SimDevice, to: Gateway) -> None:
+        await seal.stop()
+        host, device_end = pipe_pair(f"{seal.device_id}@{to.gateway_id}")
+        seal.transport = device_end
+        to.attach(host)
+        await seal.start()
+        await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
 
     async def body() -> None:
         service = FleetService(load_config(config), store).start()
         try:
             async with (
-                _gateway(gw_a, broker.port, fleet_key, ("seal-m",)) as (a, sims),
+                _gateway(gw_a, broker.port, fleet_key, ("seal-m", "seal-n")) as (a, sims),
                 _gateway(gw_b, broker.port, fleet_key, ()) as (b, _),
             ):
-                seal = sims["seal-m"]
+                seal, other = sims["seal-m"], sims["seal-n"]
                 for _ in range(3):
                     await _acked(seal)
-                await asyncio.to_thread(_wait, lambda: len(held_by_fleet()) == 3,
-                                        "the fleet holds records 1..3")  # fmt: skip
-                refused = await asyncio.to_thread(move, "--to", "gw-z", "--reason", "x")
+                await _acked(other)
+                await holds("seal-m", 3)
+                refused = await asyncio.to_thread(move, "seal-m", "--to", "gw-z", "--reason", "x")
                 assert refused.returncode == 2 and "gw-z: not a gateway" in refused.stderr
                 # Carried to gateway B, whose ledger has nothing of it.
-                await seal.stop()
-                host, device_end = pipe_pair("seal-m@gw-b")
-                seal.transport = device_end
-                b.attach(host)
-                await seal.start()
+                await carry(seal, b)
                 await until(_held(b, "seal-m", "ahead_of_ledger"), _WAIT_S, "B holds it")
                 await _not_acked(b, seal)  # record 4, kept by the seal
-                done = await asyncio.to_thread(move, "--to", "gw-b", "--reason", "office moved")
+                done = await asyncio.to_thread(move, "seal-m", "--to", "gw-b", "--reason", "moved")
                 assert done.returncode == 0, done.stderr
                 said = json.loads(done.stdout)
                 assert (said["gateway"], said["counter"], said["published"]) == ("gw-b", 3, True)
@@ -825,15 +835,27 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
                 assert state is not None and state.stored == 5
                 with pytest.raises(DeviceError, match="moved to another gateway"):
                     await asyncio.to_thread(_release, gw_a, "seal-m")
-                await asyncio.to_thread(_wait, lambda: len(held_by_fleet()) == 5,
-                                        "the fleet holds records 4..5 from B")  # fmt: skip
+                # seal-n: moved before B knows it, registered there after.
+                await holds("seal-n", 1)
+                done = await asyncio.to_thread(move, "seal-n", "--to", "gw-b", "--reason", "moved")
+                assert done.returncode == 0, done.stderr
+                await until(_held(a, "seal-n", "moved_by_fleet"), _WAIT_S, "A holds seal-n")
+                assert _quarantine(b, "seal-n") == "(not registered)"
+                await asyncio.to_thread(gw_b.add_device, "seal-n", seals["seal-n"])
+                await until(lambda: (s := b.registry.get("seal-n")) is not None and s.stored == 1,
+                            _WAIT_S, "B takes seal-n's placement once registered")  # fmt: skip
+                await carry(other, b)
+                assert _quarantine(b, "seal-n") is None
+                await _acked(other)
+                await holds("seal-m", 5)
+                await holds("seal-n", 2)
                 await asyncio.to_thread(
                     _wait,
                     lambda: (
-                        bool(alarms.having(reason="placed_by_fleet"))
-                        and bool(alarms.having(reason="moved_by_fleet"))
+                        len(alarms.having(reason="placed_by_fleet")) >= 2
+                        and len(alarms.having(reason="moved_by_fleet")) >= 2
                     ),
-                    "each gateway's signed alarm of the move",
+                    "each gateway's signed alarms of the moves",
                 )
         finally:
             await asyncio.to_thread(service.stop)
@@ -843,10 +865,11 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     finally:
         alarms.close()
         store.close()
-    assert held_by_fleet() == [
+    assert held_by_fleet("seal-m") == [
         (1, "gw-a", True), (2, "gw-a", True), (3, "gw-a", True),
         (4, "gw-b", True), (5, "gw-b", True),
     ]  # fmt: skip
+    assert held_by_fleet("seal-n") == [(1, "gw-a", True), (2, "gw-b", True)]
     assert {g for g, _, _ in alarms.having(reason="placed_by_fleet")} == {"gw-b"}
     assert {g for g, _, _ in alarms.having(reason="moved_by_fleet")} == {"gw-a"}
     with contextlib.closing(gw_b.ledger()) as ledger:
