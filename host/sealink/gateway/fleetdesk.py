@@ -171,7 +171,8 @@ class FleetDesk:
         placement = entry.placement
         if placement is None or moved in ("unchanged", "unregistered"):
             return
-        fields = {"seq": entry.seq, "fleet": entry.fleet, "gateway": placement.gateway,
+        # "to", not "gateway": that field of an alarm names its signer (SPEC §11.4).
+        fields = {"seq": entry.seq, "fleet": entry.fleet, "to": placement.gateway,
                   "counter": placement.counter, "record_sha256": placement.head.hex()}  # fmt: skip
         if moved == "moved_away":
             detail = f"moved to {placement.gateway} by the fleet: {entry.reason}"

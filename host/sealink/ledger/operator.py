@@ -12,6 +12,7 @@ countersigned by the gateway (`gap_payload`), exported and verified like the eve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable
@@ -271,6 +272,15 @@ def gaps(db: sqlite3.Connection, device: str | None = None) -> list[Gap]:
 
 def apply_device_update(db: sqlite3.Connection, update: DeviceUpdate, ms: int) -> None:
     """What the gateway learnt about a device, in its group commit (see DeviceUpdate)."""
+    if (
+        update.quarantine is not None
+        and update.quarantine[0] == AHEAD_OF_LEDGER
+        and update.ahead_acked is not None
+        and update.ahead_acked <= stored_head(db, update.device)[0]
+    ):
+        # Judged against the link's view of L; the ledger has covered the seal's claim since
+        # (a fleet placement committed meanwhile, SPEC §11.6): there is nothing to hold.
+        update = dataclasses.replace(update, quarantine=None, ahead_acked=None)
     if update.boot_id is not None:
         db.execute(
             "UPDATE devices SET boot_id = MAX(boot_id, ?) WHERE id = ?",
