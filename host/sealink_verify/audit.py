@@ -91,13 +91,16 @@ def derive_kid(public_key_pem: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class GapStatement:
-    """A verified gap: counters first..last declared lost by `operator` at `adopted_ms`."""
+    """A verified gap: counters first..last declared lost by `operator` at `adopted_ms`, or,
+    with `head`, held elsewhere in the fleet's record when the seal was moved here (SPEC
+    §11.6): `head` is record `last`'s hash, which the next event must chain to."""
 
     first: int
     last: int
     adopted_ms: int
     operator: str
     note: str
+    head: bytes | None = None
 
 
 @dataclass
@@ -172,7 +175,9 @@ class _Checker:
         self._device_keys = device_keys
         self._seal_keys = {device: seal_public_key(raw) for device, raw in seal_keys.items()}
         self.devices: dict[str, DeviceAudit] = {}
-        self._last_event: dict[str, bytes | None] = {}
+        # Per device, the hash the next event's prev must equal: SHA-256 of the event before
+        # it, the head a fleet placement's gap names, or None after an operator's gap (lost).
+        self._next_prev: dict[str, bytes | None] = {}
         self.trailer: dict[str, Any] | None = None
 
     def line(self, number: int, text: str) -> None:
@@ -288,10 +293,10 @@ class _Checker:
         follows = audit.rows and counter == audit.last + 1
         if audit.rows and not follows:
             problems.append(f"counter follows {audit.last}: records missing or repeated")
-        # None after a gap: the record before this one is lost, this one anchors the chain.
-        previous = self._last_event.get(audit.device)
+        # None after an operator's gap: the record before this one is lost, it anchors the chain.
+        previous = self._next_prev.get(audit.device)
         if counter == 1 or (follows and previous is not None):
-            expected = _GENESIS if counter == 1 else hashlib.sha256(previous or b"").digest()
+            expected = _GENESIS if counter == 1 else previous
             if event and event.get(_EV_PREV) != expected:
                 problems.append("prev does not chain to the record before it")
         seal_key = self._seal_keys.get(audit.device)
@@ -322,7 +327,7 @@ class _Checker:
                 KINDS[kind] if isinstance(kind, int) and 0 <= kind < len(KINDS) else f"kind {kind}"
             )
             audit.kinds[name] = audit.kinds.get(name, 0) + 1
-        self._last_event[audit.device] = event_bytes
+        self._next_prev[audit.device] = hashlib.sha256(event_bytes).digest()
         return problems
 
     def _advance(self, audit: DeviceAudit, first: int, last: int) -> None:
@@ -341,6 +346,7 @@ class _Checker:
                 int(gap["adopted_ms"]),
                 str(gap["operator"]),
                 str(gap["note"]),
+                bytes.fromhex(gap["head"]) if "head" in gap else None,
             )
             cose = base64.b64decode(row["cose"], validate=True)
             leaf = None if row.get("leaf") is None else int(row["leaf"])
@@ -356,7 +362,7 @@ class _Checker:
         if not problems:
             audit.gaps.append(statement)
         self._advance(audit, statement.first, statement.last)
-        self._last_event[device] = None
+        self._next_prev[device] = statement.head if not problems else None
 
     def _gap(
         self, audit: DeviceAudit, gap: GapStatement, cose: bytes, leaf: int | None
@@ -378,6 +384,8 @@ class _Checker:
             "operator": gap.operator,
             "note": gap.note,
         }
+        if gap.head is not None:
+            expected["head"] = gap.head
         if signed != expected:
             problems.append("the signed statement is not this gap of this device")
         return problems

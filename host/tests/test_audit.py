@@ -163,10 +163,16 @@ def test_cli_exit_codes(
 
 
 def _gap_row(
-    key: GatewayKey, device: str, first: int, last: int, changes: dict[str, Any] | None = None
+    key: GatewayKey,
+    device: str,
+    first: int,
+    last: int,
+    changes: dict[str, Any] | None = None,
+    head: bytes | None = None,
 ) -> str:
-    """A gap row as exported, signed; `changes` alter the exported fields after signing."""
-    gap = {
+    """A gap row as exported, signed; `changes` alter the exported fields after signing; with
+    `head`, the gap a fleet placement records (SPEC §11.6)."""
+    gap: dict[str, Any] = {
         "device": device,
         "first": first,
         "last": last,
@@ -174,8 +180,10 @@ def _gap_row(
         "operator": "alice",
         "note": "ledger restored",
     }
+    if head is not None:
+        gap["head"] = head.hex()
     cose = key.sign1(
-        gap_payload(device, first, last, 1_700_000_000_000, "alice", "ledger restored")
+        gap_payload(device, first, last, 1_700_000_000_000, "alice", "ledger restored", head)
     )
     exported = {**gap, **(changes or {})}
     return json.dumps({"gap": exported, "cose": base64.b64encode(cose).decode()})
@@ -196,6 +204,23 @@ def test_a_signed_gap_is_accepted_listed_and_the_next_event_anchors(key: Gateway
     summary = audit.summary()
     assert summary["gaps"] == [[3, 6]] and summary["counters"] == [1, 8]
     assert summary["events"] == 4 and summary["complete_from_first_record"] is True
+
+
+def test_after_a_placed_gap_the_next_event_must_chain_to_its_signed_head(key: GatewayKey) -> None:
+    """A seal moved here (SPEC §11.6): records 1..3 are the old gateway's, the gap names record
+    3's hash, and record 4 must chain to it, so a gateway cannot splice in another history."""
+    rows = _export(key, "seal-1", 6)
+    head = auth.record_hash(bytes.fromhex(json.loads(rows[2])["event"]))
+    placed = _gap_row(key, "seal-1", 1, 3, head=head)
+    [audit] = verify_export([placed, *rows[3:]], key.public_pem(), SEAL_KEYS)
+    assert audit.problems == [] and [g.head for g in audit.gaps] == [head]
+    other = _gap_row(key, "seal-1", 1, 3, head=bytes(32))  # signed, for another history
+    problems = _problems([other, *rows[3:]], key, with_mac=False)
+    assert any("#4" in p and "prev does not chain" in p for p in problems), problems
+    altered = _gap_row(key, "seal-1", 1, 3, {"head": bytes(32).hex()}, head=head)
+    assert any("not this gap" in p for p in _problems([altered, *rows[3:]], key, with_mac=False))
+    unsigned_head = _gap_row(key, "seal-1", 1, 3, {"head": head.hex()})
+    assert any("not this gap" in p for p in _problems([unsigned_head, *rows[3:]], key))
 
 
 def test_a_gap_at_the_start_and_at_the_end(key: GatewayKey) -> None:

@@ -30,6 +30,7 @@ import pytest
 from conftest import DEVICE, GatewayFiles, run, running, sealink, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
+from sealink.cli.events import export_rows
 from sealink.config import FleetLinkConfig, parse_config
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import ConfigError, DeviceError, FleetError
@@ -56,6 +57,7 @@ from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.pipe import pipe_pair
 from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimChip, SimDevice, make_event
+from sealink_verify import verify_export
 from sealproto import messages
 from sealproto.messages import K_TYPE
 
@@ -606,11 +608,12 @@ def test_a_placement_here_records_the_fleets_counters_as_a_gap_the_next_event_ch
         assert record.quarantine is not None and record.quarantine.reason == AHEAD_OF_LEDGER
         (gap,) = ledger.gaps(DEVICE)
         assert (gap.first, gap.last, gap.operator) == (3, 5, "fleet")
-        assert head.hex() in gap.note
+        assert gap.head == head
         protected, _, signed, signature = cbor2.loads(gap.cose).value
         public = Ed25519PublicKey.from_public_bytes(files.key.public_raw())
         public.verify(signature, cbor2.dumps(["Signature1", protected, b"", signed]))
-        assert cbor2.loads(signed)["first"] == 3 and cbor2.loads(signed)["operator"] == "fleet"
+        statement = cbor2.loads(signed)
+        assert (statement["first"], statement["operator"], statement["head"]) == (3, "fleet", head)
     # Taken again: nothing more. Placed at 7, the fleet covers the seal's claim: released,
     # and 6..7 chained on.
     assert _placed(files, "gw-test", 5, head, 10) == ("unchanged", "unchanged")
@@ -820,6 +823,8 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
         await seal.start()
         await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
 
+    placed_at: dict[str, Any] = {}  # what `fleet devices move` said
+
     async def body() -> None:
         service = FleetService(load_config(config), store).start()
         try:
@@ -841,6 +846,7 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
                 done = await asyncio.to_thread(move, "seal-m", "--to", "gw-b", "--reason", "moved")
                 assert done.returncode == 0, done.stderr
                 said = json.loads(done.stdout)
+                placed_at.update(said)
                 assert (said["gateway"], said["counter"], said["published"]) == ("gw-b", 3, True)
                 assert said["record_sha256"] == hashlib.sha256(seal.journal[2]).hexdigest()
                 await until(_held(b, "seal-m", None), _WAIT_S, "B takes up the seal's chain")
@@ -892,6 +898,12 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
         (gap,) = ledger.gaps("seal-m")
         assert (gap.first, gap.last, gap.operator) == (1, 3, "fleet")
         assert [e["counter"] for e in ledger.events("seal-m")] == [4, 5]
+        exported = [json.dumps(row) for row in export_rows(ledger, "seal-m", 0)]
+    # The auditor, from B's export alone: record 4 chains to the record 3 the fleet vouched for.
+    seal_keys = {"seal-m": SimChip.of(seals["seal-m"]).public}
+    (audit,) = verify_export(exported, gw_b.key.public_pem(), seal_keys)
+    assert audit.problems == [] and [g.head for g in audit.gaps] == [gap.head]
+    assert gap.head is not None and gap.head.hex() == placed_at["record_sha256"]
     shown = sealink("fleet", "alarms", "--device", "seal-m", "--json", "--config", str(config))
     fleet_said = [json.loads(line) for line in shown.stdout.splitlines()]
     (moved,) = [a for a in fleet_said if a["reason"] == "moved"]

@@ -7,8 +7,9 @@ then prints each event the ledger stores from then on, in commit order, until Ct
 
 `export` writes the evidence an auditor checks with `sealink verify`: per device in counter
 order, one line per event {"device", "counter", "received_ms", "hash", "event" (hex), "cose"
-(base64 COSE_Sign1)} and, where an operator adopted lost counters, one line per gap
-{"gap": {"device", "first", "last", "adopted_ms", "operator", "note"}, "cose": base64}.
+(base64 COSE_Sign1)} and, where an operator adopted lost counters or the fleet placed a seal
+moved here, one line per gap {"gap": {"device", "first", "last", "adopted_ms", "operator",
+"note", ? "head" (hex: the placed record's hash)}, "cose": base64}.
 With `--with-checkpoint`, each row also names its leaf in the transparency log ("leaf") and a
 last line {"checkpoint": {...}, "heads": [...]} carries the latest signed checkpoint and the
 device heads it commits to (SPEC §14.4), read in the same snapshot as the rows. A gateway that
@@ -137,17 +138,17 @@ def _follow(ledger: Ledger, args: argparse.Namespace, printer: _Printer, next_le
 
 
 def _gap_row(gap: Gap) -> dict[str, Any]:
-    return {
-        "gap": {
-            "device": gap.device,
-            "first": gap.first,
-            "last": gap.last,
-            "adopted_ms": gap.adopted_ms,
-            "operator": gap.operator,
-            "note": gap.note,
-        },
-        "cose": base64.b64encode(gap.cose).decode(),
+    statement: dict[str, Any] = {
+        "device": gap.device,
+        "first": gap.first,
+        "last": gap.last,
+        "adopted_ms": gap.adopted_ms,
+        "operator": gap.operator,
+        "note": gap.note,
     }
+    if gap.head is not None:
+        statement["head"] = gap.head.hex()
+    return {"gap": statement, "cose": base64.b64encode(gap.cose).decode()}
 
 
 def export_rows(

@@ -118,10 +118,7 @@ def place(
     done = "unchanged"
     stored, _ = stored_head(db, device)
     if counter > stored:
-        note = (
-            f"moved here by the fleet (seq {seq}): records 1..{counter} held by the fleet, "
-            f"record {counter} sha256 {standing.head.hex()}"
-        )
+        note = f"moved here by the fleet (seq {seq}): records 1..{counter} held by the fleet"
         record_gap(db, device, (stored + 1, counter), FLEET, note, sign, topic, standing.head, ms)
         detail = {"first": stored + 1, "last": counter, "seq": seq}
         record_action(db, device, "adopt", FLEET, note, ms, detail)

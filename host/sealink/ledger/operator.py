@@ -53,11 +53,18 @@ MOVED_BY_FLEET = "moved_by_fleet"
 
 
 def gap_payload(
-    device: str, first: int, last: int, adopted_ms: int, operator: str, note: str
+    device: str,
+    first: int,
+    last: int,
+    adopted_ms: int,
+    operator: str,
+    note: str,
+    head: bytes | None = None,
 ) -> bytes:
     """The countersigned statement of a gap: deterministic CBOR with text keys, like the event
-    countersignature (SPEC §11.1), told apart from it by "kind"."""
-    statement = {
+    countersignature (SPEC §11.1), told apart from it by "kind"; with `head` (a seal the fleet
+    moved here, SPEC §11.6) the hash of record `last`, which the next event chains to."""
+    statement: dict[str, Any] = {
         "adopted_ms": adopted_ms,
         "device": device,
         "first": first,
@@ -66,6 +73,8 @@ def gap_payload(
         "note": note,
         "operator": operator,
     }
+    if head is not None:
+        statement["head"] = head
     return bytes(cbor2.dumps(statement, canonical=True))
 
 
@@ -234,7 +243,7 @@ def record_gap(
     """Counters first..last as a gap: its statement countersigned by `sign`, a leaf of the
     log, queued on `topic`; `head` the hash the next event must chain to (None: it anchors)."""
     first, last = counters
-    cose = sign(gap_payload(device, first, last, ms, operator, note))
+    cose = sign(gap_payload(device, first, last, ms, operator, note, head))
     db.execute(
         "INSERT INTO gaps (device, first, last, adopted_ms, operator, note, cose, head) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -263,11 +272,14 @@ def operator_actions(db: sqlite3.Connection, after_id: int) -> list[OperatorActi
 
 def gaps(db: sqlite3.Connection, device: str | None = None) -> list[Gap]:
     rows = db.execute(
-        "SELECT device, first, last, adopted_ms, operator, note, cose FROM gaps "
+        "SELECT device, first, last, adopted_ms, operator, note, cose, head FROM gaps "
         "WHERE (? IS NULL OR device = ?) ORDER BY device, first",
         (device, device),
     ).fetchall()
-    return [Gap(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows]
+    return [
+        Gap(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), None if r[7] is None else bytes(r[7]))
+        for r in rows
+    ]
 
 
 def apply_device_update(db: sqlite3.Connection, update: DeviceUpdate, ms: int) -> None:

@@ -141,7 +141,8 @@ class OperatorAction:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Counters first..last that an operator declared lost, with the countersigned evidence."""
+    """Counters first..last that an operator declared lost, or that the fleet holds of a seal
+    it moved here (`head`: record `last`'s hash), with the countersigned evidence."""
 
     device: str
     first: int
@@ -150,6 +151,7 @@ class Gap:
     operator: str
     note: str
     cose: bytes
+    head: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
