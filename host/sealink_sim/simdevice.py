@@ -151,6 +151,13 @@ class SimDevice:
                 await task
         self._tasks = []
 
+    async def reconnect(self, transport: Transport) -> None:
+        """Carried to another link (a seal moved to another gateway): the same journal and
+        counter, a new session over `transport`."""
+        await self.stop()
+        self.transport = transport
+        await self.start()
+
     async def __aenter__(self) -> SimDevice:
         return await self.start()
 

@@ -190,11 +190,9 @@ def _move(config: Path, dsn: str, devices: list[str], to: str) -> None:
 
 
 async def _carry(seal: SimDevice, to: Gateway) -> None:
-    await seal.stop()
     host, device_end = pipe_pair(f"{seal.device_id}@{to.gateway_id}")
-    seal.transport = device_end
     to.attach(host)
-    await seal.start()
+    await seal.reconnect(device_end)
     await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
 
 

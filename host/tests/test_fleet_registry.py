@@ -165,6 +165,26 @@ def _held(gateway: Gateway, device: str, reason: str | None) -> Callable[[], boo
     return lambda: _quarantine(gateway, device) == reason
 
 
+def _fleet(
+    tmp_path: Path, cluster: PostgresCluster, broker: Mosquitto, gateways: tuple[GatewayFiles, ...]
+) -> tuple[str, Path, bytes]:
+    """A fleet database that pins these gateways' keys, migrated, with its registry key made
+    by `sealink fleet keys init`: (dsn, fleet.toml, the registry's public key)."""
+    pems = {}
+    for files in gateways:
+        pems[files.root.name] = files.root / "public.pem"
+        pems[files.root.name].write_bytes(files.key.public_pem())
+    dsn = cluster.database("fleet")
+    config = write_fleet_config(
+        tmp_path / "fleet.toml", database=dsn, instance="fleet-1",
+        port=broker.port, prefix=PREFIX, gateways=pems,
+    )  # fmt: skip
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    init = sealink("fleet", "keys", "init", "--config", str(config))
+    assert init.returncode == 0, init.stderr
+    return dsn, config, bytes.fromhex(json.loads(init.stdout)["public_key"])
+
+
 @pytest.fixture
 def cluster() -> Iterator[PostgresCluster]:
     with PostgresCluster() as pg:
@@ -177,19 +197,7 @@ def test_a_revoked_seal_is_quarantined_on_every_gateway_and_reinstated(
     seals = {"seal-x": os.urandom(32), "seal-y": os.urandom(32)}
     # Both gateways know both seals (a seal may turn up at either); x is on A, y on B.
     gw_a, gw_b = _files(tmp_path, "gw-a", seals), _files(tmp_path, "gw-b", seals)
-    pems = {}
-    for files in (gw_a, gw_b):
-        pems[files.root.name] = files.root / "public.pem"
-        pems[files.root.name].write_bytes(files.key.public_pem())
-    dsn = cluster.database("fleet")
-    config = write_fleet_config(
-        tmp_path / "fleet.toml", database=dsn, instance="fleet-1",
-        port=broker.port, prefix=PREFIX, gateways=pems,
-    )  # fmt: skip
-    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
-    init = sealink("fleet", "keys", "init", "--config", str(config))
-    assert init.returncode == 0, init.stderr
-    fleet_key = bytes.fromhex(json.loads(init.stdout)["public_key"])
+    dsn, config, fleet_key = _fleet(tmp_path, cluster, broker, (gw_a, gw_b))
     assert stat.S_IMODE((tmp_path / "fleet.key").stat().st_mode) == 0o600
     again = sealink("fleet", "keys", "init", "--config", str(config))
     assert again.returncode == 2 and again.stderr.startswith("sealink: error:"), again.stderr
@@ -784,18 +792,7 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     seals = {"seal-m": os.urandom(32), "seal-n": os.urandom(32)}
     gw_a = _files(tmp_path, "gw-a", seals)
     gw_b = _files(tmp_path, "gw-b", {"seal-m": seals["seal-m"]})
-    pems = {}
-    for files in (gw_a, gw_b):
-        pems[files.root.name] = files.root / "public.pem"
-        pems[files.root.name].write_bytes(files.key.public_pem())
-    dsn = cluster.database("fleet")
-    config = write_fleet_config(
-        tmp_path / "fleet.toml", database=dsn, instance="fleet-1",
-        port=broker.port, prefix=PREFIX, gateways=pems,
-    )  # fmt: skip
-    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
-    init = sealink("fleet", "keys", "init", "--config", str(config))
-    fleet_key = bytes.fromhex(json.loads(init.stdout)["public_key"])
+    dsn, config, fleet_key = _fleet(tmp_path, cluster, broker, (gw_a, gw_b))
     store = Store(dsn, instance="fleet-1")
     store.import_seal_keys([(d, SimChip.of(k).public) for d, k in seals.items()], source="test")
     alarms = Alarms(broker.port, {"gw-a": gw_a.key, "gw-b": gw_b.key})
@@ -816,11 +813,9 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
         return sealink("fleet", "devices", "move", device, *args, "--config", str(config))
 
     async def carry(seal: SimDevice, to: Gateway) -> None:
-        await seal.stop()
         host, device_end = pipe_pair(f"{seal.device_id}@{to.gateway_id}")
-        seal.transport = device_end
         to.attach(host)
-        await seal.start()
+        await seal.reconnect(device_end)
         await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
 
     placed_at: dict[str, Any] = {}  # what `fleet devices move` said

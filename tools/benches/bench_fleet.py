@@ -27,8 +27,6 @@ instance (each instance verifies on its own core where the machine has them).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,10 +43,12 @@ from sealink_sim.postgres import PostgresCluster
 from sealink_verify.audit import seal_public_key
 from sealink_verify.record import RecordVerifier
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleetrun import TIMEOUT_S, Instance, count, register, wait
+
 RECORDS = int(os.environ.get("SEALINK_BENCH_FLEET_RECORDS", "12000"))
 SEALS = 40
 PREFIX = "bench"
-_TIMEOUT_S = 600.0
 _COLUMNS = (
     "device, counter, gateway, received_ms, stored_ms, stored_by, cose, record_hash, prev, "
     "kind, permit, operator, time_s, seal_verified"
@@ -105,41 +105,6 @@ def _copy_rows_per_s(
     return len(rows) / elapsed
 
 
-class _Instance:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.log = config.with_suffix(".log")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        seen = self.log.read_text().count("fleet: subscribed") if self.log.exists() else 0
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sealink.cli", "fleet", "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        _wait(lambda: self.log.read_text().count("fleet: subscribed") > seen, "subscribed")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-
-
-def _wait(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + _TIMEOUT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench fleet: timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _count(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM records WHERE chain_ok").fetchone()
-    return int(row[0]) if row else 0
-
-
 def _publish(port: int, records: list[tuple[str, bytes]]) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(1000)
@@ -147,30 +112,28 @@ def _publish(port: int, records: list[tuple[str, bytes]]) -> None:
     client.loop_start()
     infos = [client.publish(f"{PREFIX}/{d}/events", cose, qos=1) for d, cose in records]
     for info in infos:
-        info.wait_for_publish(_TIMEOUT_S)
+        info.wait_for_publish(TIMEOUT_S)
     client.disconnect()
     client.loop_stop()
 
 
-def _sealink(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "sealink.cli", *args], check=True, capture_output=True)
-
-
-def _instances(work: Path, dsn: str, port: int, gateway: SimGateway, count: int) -> list[_Instance]:
+def _instances(
+    work: Path, dsn: str, port: int, gateway: SimGateway, how_many: int
+) -> list[Instance]:
     pem = gateway.write_public_key(work / "gw.pem")
     return [
-        _Instance(
+        Instance(
             write_fleet_config(
-                work / f"fleet-{count}-{n}.toml",
+                work / f"fleet-{how_many}-{n}.toml",
                 database=dsn,
-                instance=f"fleet-{count}-{n}",
+                instance=f"fleet-{how_many}-{n}",
                 port=port,
                 prefix=PREFIX,
                 gateways={gateway.id: pem},
-                group=f"bench-{count}",
+                group=f"bench-{how_many}",
             )
         )
-        for n in range(count)
+        for n in range(how_many)
     ]
 
 
@@ -186,12 +149,7 @@ def _ingest(
     """(records/s, bytes of `records` with its indexes per record)."""
     dsn = pg.database(f"ingest_{instances}")
     fleet = _instances(work, dsn, broker.port, gateway, instances)
-    registry = work / "seals.jsonl"
-    registry.write_text(
-        "".join(f'{{"device": "{s.device}", "seal_key": "{s.chip.public.hex()}"}}\n' for s in seals)
-    )
-    _sealink("fleet", "migrate", "-c", str(fleet[0].config))
-    _sealink("fleet", "devices", "import", str(registry), "-c", str(fleet[0].config))
+    register(fleet[0].config, seals)
     for instance in fleet:  # make the sessions, then leave: the broker queues for them
         instance.start()
         instance.stop()
@@ -199,7 +157,7 @@ def _ingest(
     for instance in fleet:
         instance.start()
     start = time.perf_counter()
-    _wait(lambda: _count(dsn) >= len(records), f"{len(records)} records stored")
+    wait(lambda: count(dsn) >= len(records), f"{len(records)} records stored")
     elapsed = time.perf_counter() - start
     for instance in fleet:
         instance.stop()

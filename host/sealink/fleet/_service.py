@@ -68,8 +68,11 @@ class FleetService:
         keys = store.pinned_keys()
         self.gateway_keys = keys
         self._histories: dict[str, KeyHistory] = {}
+        # Each seal key as stored, beside the parsed one the verifier holds: a refresh parses
+        # only what changed (a province's registry is 100,000 keys, refreshed every few s).
+        self._seal_raw = store.seal_keys()
         self.verifier = RecordVerifier(
-            keys, {d: seal_public_key(k) for d, k in store.seal_keys().items()}
+            keys, {d: seal_public_key(k) for d, k in self._seal_raw.items()}
         )
         self._inbox: queue.Queue[Inbound] = queue.Queue()
         self._stopping = threading.Event()
@@ -171,7 +174,12 @@ class FleetService:
         except psycopg.Error as exc:  # the writer's retries report the outage
             log.debug("fleet: registry not refreshed: %s", exc)
             return
-        self.verifier.seal_keys = {d: seal_public_key(k) for d, k in keys.items()}
+        held, raw = self.verifier.seal_keys, self._seal_raw
+        self.verifier.seal_keys = {
+            d: held[d] if raw.get(d) == k and d in held else seal_public_key(k)
+            for d, k in keys.items()
+        }
+        self._seal_raw = keys
         self._republish()
 
     def _republish(self) -> None:
