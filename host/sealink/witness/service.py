@@ -32,10 +32,10 @@ from sealink.evidence import (
     open_note,
     split_note,
 )
+from sealink.evidence.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_proof
 from sealink.mqtt.client import Message, MqttClient
 from sealink.topics import Topics, WitnessTopics
 from sealink.witness.config import FollowedGateway, WitnessConfig
-from sealink.witness.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_proof
 from sealink.witness.state import Cosigned, StateDir
 
 __all__ = ["Witness", "load_witness_key"]
