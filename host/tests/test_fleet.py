@@ -86,7 +86,12 @@ def test_migrations_apply_once_and_a_rerun_is_a_no_op(
     with psycopg.connect(rig.dsn) as conn:
         assert migrate(conn) == []
     names = [r[0] for r in rig.rows("SELECT name FROM schema_migrations ORDER BY name")]
-    assert names == ["0001_ledger.sql", "0002_key_history.sql", "0003_registry.sql"]
+    assert names == [
+        "0001_ledger.sql",
+        "0002_key_history.sql",
+        "0003_registry.sql",
+        "0004_checkpoint_consistency.sql",
+    ]
     pinned = rig.rows("SELECT id FROM gateways ORDER BY id")
     assert pinned == [("gw-1",), ("gw-2",)]
     rig.store.close()
