@@ -9,12 +9,10 @@ cannot make a real gateway rewrite its log, go silent on cue, or sign a rollback
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import GatewayFiles, run, running, sealink
+from conftest import GatewayFiles, run, running, sealink, until
 from evidence_rig import GATEWAY, ORIGIN, Rig
 from sealink.config import LedgerConfig
 from sealink.evidence import heads_hash, sign_checkpoint
@@ -33,6 +31,7 @@ from sealink.gateway.witnesses import consistency_reply
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import write_fleet_config
 from sealink_sim.postgres import PostgresCluster
+from test_fleet_e2e import _wait
 from test_witness import Feed, Tap
 
 PREFIX = "sealink-test"
@@ -43,14 +42,6 @@ _WAIT_S = 30.0
 def cluster() -> Iterator[PostgresCluster]:
     with PostgresCluster() as pg:
         yield pg
-
-
-def _wait(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + _WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {_WAIT_S} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclasses.dataclass
@@ -176,8 +167,10 @@ def test_a_real_gateways_growing_log_is_proved_checkpoint_by_checkpoint(
             feed = Feed(files, gateway)
             for n in (1, 2, 3):
                 assert await feed.checkpoint() == n
-                await _async_wait(lambda n=n: len(fleet.states()) == n and fleet.states()[-1][1]
-                                  != "unproved", f"checkpoint {n} judged")  # fmt: skip
+                judged = list(range(1, n + 1))
+                # A quick query polled on the loop: the gateway answers the proof meanwhile.
+                await until(lambda judged=judged: [s for s, t in fleet.states() if t != "unproved"]
+                            == judged, _WAIT_S, f"checkpoint {n} judged")  # fmt: skip
 
     run(body())
     assert fleet.states() == [(1, "first"), (2, "proved"), (3, "proved")]
@@ -192,15 +185,6 @@ def test_a_real_gateways_growing_log_is_proved_checkpoint_by_checkpoint(
     assert fleet.listed("--gateway", "gw-other") == []
     text = sealink("fleet", "checkpoints", "--config", str(fleet.config))
     assert text.returncode == 0 and "proved" in text.stdout and "from 2" in text.stdout
-
-
-async def _async_wait(predicate: Callable[[], bool], what: str) -> None:
-    """_wait on the event loop: the gateway runs on it (and answers the proofs from it)."""
-    deadline = time.monotonic() + _WAIT_S
-    while not await asyncio.to_thread(predicate):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {_WAIT_S} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def test_a_rewritten_log_is_bad_proof_and_a_second_root_a_split_view_with_the_evidence(
