@@ -26,7 +26,7 @@ from conftest import GatewayFiles, run, running, sealink, until
 from evidence_rig import GATEWAY, ORIGIN, Rig
 from sealink.config import LedgerConfig
 from sealink.evidence import heads_hash, sign_checkpoint
-from sealink.fleet import FleetService, Store, load_config
+from sealink.fleet import FleetService, Store, load_config, migrate, migrations
 from sealink.gateway.witnesses import consistency_reply
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import write_fleet_config
@@ -51,6 +51,15 @@ class Fleet:
     dsn: str
     config: Path
     services: list[FleetService]
+    started: list[FleetService]  # every one started, for the teardown
+
+    def restart(self, n: int) -> None:
+        """Stop instance n and start it again (its client id, its session, the database)."""
+        old = self.services[n]
+        old.stop()
+        self.services[n] = FleetService(old.config, old.store).start()
+        self.started.append(self.services[n])
+        assert self.services[n].connected.wait(_WAIT_S), "fleet: not subscribed again"
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn) as conn:
@@ -70,7 +79,8 @@ class Fleet:
 def fleet_factory(
     cluster: PostgresCluster, broker: Mosquitto, tmp_path: Path
 ) -> Iterator[Callable[..., Fleet]]:
-    started: list[tuple[FleetService, Store]] = []
+    started: list[FleetService] = []
+    stores: list[Store] = []
 
     def make(
         gateway: str, public_pem: bytes, instances: int = 1, proof_timeout_s: float = 10.0
@@ -92,15 +102,17 @@ def fleet_factory(
                 load_config(path), proof_timeout_s=proof_timeout_s, proof_retry_s=1
             )
             store = Store(dsn, instance=config.instance)
+            stores.append(store)
             service = FleetService(config, store).start()
-            started.append((service, store))
+            started.append(service)
             assert service.connected.wait(_WAIT_S), "fleet: not subscribed"
             services.append(service)
-        return Fleet(dsn, tmp_path / "fleet-1.toml", services)
+        return Fleet(dsn, tmp_path / "fleet-1.toml", services, started)
 
     yield make
-    for service, store in started:
+    for service in started:
         service.stop()
+    for store in stores:
         store.close()
 
 
@@ -253,7 +265,7 @@ def test_a_rollback_is_alarmed_without_a_proof_and_a_late_older_checkpoint_is_pr
     assert kept == [("2", smaller.note, six.note), ("9", earlier.note, six.note)]
 
 
-def test_an_offline_gateways_checkpoint_stays_unproved_then_is_proved_when_it_answers(
+def test_an_offline_gateways_checkpoint_stays_unproved_and_is_proved_once_it_answers(
     tmp_path: Path, fleet_factory: Any, stand_in_factory: Any
 ) -> None:
     rig = Rig(tmp_path / "rig")
@@ -270,6 +282,7 @@ def test_an_offline_gateways_checkpoint_stays_unproved_then_is_proved_when_it_an
     assert fleet.rows("SELECT reason FROM alarms WHERE source = 'fleet'") == []
     listed = fleet.listed()
     assert listed[1]["state"] == "unproved" and listed[1]["attempts"] >= 2
+    fleet.restart(0)  # what is left to prove is in the database, not in the instance
     stand_in.online = True
     _wait(lambda: fleet.states() == [(3, "first"), (6, "proved")], "6 proved once answered")
     assert set(stand_in.requests) == {(3, 6)}
@@ -301,3 +314,26 @@ def test_two_instances_prove_each_checkpoint_once(
     assert len(stand_in.requests) == len(set(stand_in.requests)) == len(sizes) - 1
     assert {b for (b,) in fleet.rows("SELECT checked_by FROM checkpoints")} <= {
         "fleet-1", "fleet-2"}  # fmt: skip
+
+
+def test_checkpoints_stored_before_the_migration_get_their_time_and_wait_to_be_proved(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    rig = Rig(tmp_path / "rig")
+    (three,) = _grown(rig, 3)
+    dsn = cluster.database(f"t_{uuid.uuid4().hex[:12]}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_ms bigint)")
+        for name, sql in migrations():
+            if name >= "0004":
+                break
+            conn.execute(sql.encode())
+            conn.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (name,))
+        conn.execute(
+            "INSERT INTO checkpoints (gateway, size, root, note, received_ms) "
+            "VALUES (%s, 3, %s, %s, 0)",
+            (GATEWAY, three.root, three.note),
+        )
+        assert "0004_checkpoint_consistency.sql" in migrate(conn)
+        held = conn.execute("SELECT time_ms, state, attempts FROM checkpoints").fetchall()
+    assert held == [(three.time_ms, "unproved", 0)]
