@@ -97,19 +97,17 @@ class ConsistencyWorker:
             return True
         smaller, larger = (head, new) if new.size >= head.size else (new, head)
         decision = judge(smaller, larger)
-        reply: bytes | None = None
-        body: Any = None
+        body: Any = None  # the gateway's reply, kept as it came (JSON, or else its text)
         if isinstance(decision, NeedProof):
             reply = self._ask(gateway, decision.old_size, decision.new_size)
-            try:
-                body = None if reply is None else json.loads(reply)
-            except ValueError:
-                body = reply.decode(errors="replace") if reply is not None else None
-            decision = (
-                Refuse("no_proof", "no reply to the proof request")
-                if reply is None
-                else judge_proof(smaller, larger, body)
-            )
+            if reply is None:
+                decision = Refuse("no_proof", "no reply to the proof request")
+            else:
+                try:
+                    body = json.loads(reply)
+                except ValueError:
+                    body = reply.decode(errors="replace")
+                decision = judge_proof(smaller, larger, body)
         if isinstance(decision, Cosign | Seen):
             self._record(conn, gateway, new, "proved", head.size, body)
         elif decision.reason == "no_proof":
@@ -134,13 +132,13 @@ class ConsistencyWorker:
         log.warning("fleet: %s size %d stays unproved (retry in %d ms): %s",
                     gateway, row.size, self._retry_ms, refusal.detail)  # fmt: skip
         conn.execute(
-            "UPDATE checkpoints SET attempts = attempts + 1 WHERE gateway = %s AND size = %s",
-            (gateway, row.size),
+            "UPDATE checkpoints SET attempts = attempts + 1, proof = coalesce(%s, proof) "
+            "WHERE gateway = %s AND size = %s",
+            (None if reply is None else json.dumps(reply), gateway, row.size),
         )
         conn.execute(
-            "UPDATE checkpoints SET retry_ms = %s, proof = coalesce(%s, proof) "
-            "WHERE gateway = %s AND state = 'unproved'",
-            (_now_ms() + self._retry_ms, None if reply is None else json.dumps(reply), gateway),
+            "UPDATE checkpoints SET retry_ms = %s WHERE gateway = %s AND state = 'unproved'",
+            (_now_ms() + self._retry_ms, gateway),
         )
 
     def _refuse(
