@@ -4,6 +4,7 @@ fleet, §14.9), without I/O: what to do with a checkpoint given the last one it 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ __all__ = [
     "Seen",
     "judge",
     "judge_proof",
+    "judge_reply",
 ]
 
 
@@ -120,3 +122,15 @@ def judge_proof(last: Head, new: Offered, reply: Any) -> Cosign | Refuse:
             "new checkpoint does not extend the one held",
         )
     return Cosign()
+
+
+def judge_reply(last: Head, new: Offered, reply: bytes | None) -> Cosign | Refuse:
+    """judge_proof on the reply's bytes as they came: None (no reply in time) and bytes that
+    are not JSON carry no proof."""
+    if reply is None:
+        return Refuse("no_proof", "no reply to the proof request")
+    try:
+        body = json.loads(reply)
+    except ValueError:
+        body = None
+    return judge_proof(last, new, body)

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from sealink.evidence.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_proof
+from sealink.evidence.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_reply
 from sealink.fleet._store import Store, _alarm
 
 __all__ = ["ConsistencyWorker", "ProofRequester"]
@@ -97,17 +97,11 @@ class ConsistencyWorker:
             return True
         smaller, larger = (head, new) if new.size >= head.size else (new, head)
         decision = judge(smaller, larger)
-        body: Any = None  # the gateway's reply, kept as it came (JSON, or else its text)
+        body: Any = None
         if isinstance(decision, NeedProof):
             reply = self._ask(gateway, decision.old_size, decision.new_size)
-            if reply is None:
-                decision = Refuse("no_proof", "no reply to the proof request")
-            else:
-                try:
-                    body = json.loads(reply)
-                except ValueError:
-                    body = reply.decode(errors="replace")
-                decision = judge_proof(smaller, larger, body)
+            decision = judge_reply(smaller, larger, reply)
+            body = _kept(reply)
         if isinstance(decision, Cosign | Seen):
             self._record(conn, gateway, new, "proved", head.size, body)
         elif decision.reason == "no_proof":
@@ -162,3 +156,13 @@ def _one(conn: Conn, where: str, params: tuple[Any, ...]) -> _Row | None:
     if found is None:
         return None
     return _Row(int(found[0]), bytes(found[1]), int(found[2] or 0), str(found[3]))
+
+
+def _kept(reply: bytes | None) -> Any:
+    """The gateway's reply as evidence: its JSON, or its text when it is not JSON."""
+    if reply is None:
+        return None
+    try:
+        return json.loads(reply)
+    except ValueError:
+        return reply.decode(errors="replace")
