@@ -8,6 +8,8 @@ sealink fleet records --device D [--since MS] [--until MS] [--json]
 sealink fleet gaps [--device D] [--json]         counters missing per seal, across gateways
 sealink fleet forks [--json]                     second records for a held (device, counter)
 sealink fleet alarms [--device D] [--json]       what the fleet raised and gateways signed
+sealink fleet checkpoints [--gateway G] [--json] each gateway's checkpoints and whether each
+                                                 was proved consistent (SPEC §14.6)
 sealink fleet keys init --config ...             the registry's signing key (0600) + public key
 sealink fleet devices revoke D --reason TEXT     a stolen seal disabled on every gateway
 sealink fleet devices reinstate D --reason TEXT  (SPEC §11.6: signed, retained, per seal)
@@ -266,6 +268,31 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    # A split view's second note is not a row of its own (one per size): its alarm holds it.
+    rows = _query(
+        args,
+        "SELECT gateway, size, encode(root, 'hex'), time_ms, state, proved_from, attempts "
+        "FROM checkpoints WHERE %s::text IS NULL OR gateway = %s UNION ALL "
+        "SELECT gateway, (detail->>'size')::bigint, detail->'roots'->>1, "
+        "substring(detail->'notes'->>1 from '\\nsealink-time-ms ([0-9]+)\\n')::bigint, "
+        "reason, NULL, 0 FROM alarms WHERE reason = 'split_view' AND source = 'fleet' "
+        "AND (%s::text IS NULL OR gateway = %s) ORDER BY 1, 2, 5",
+        (args.gateway, args.gateway, args.gateway, args.gateway),
+    )
+    names = ("gateway", "size", "root", "time_ms", "state", "proved_from", "attempts")
+    for row in rows:
+        if args.json:
+            print_json(dict(zip(names, row, strict=True)))
+        else:
+            gateway, size, root, time_ms, state, proved_from, attempts = row
+            against = f"from {proved_from}" if proved_from is not None else ""
+            tries = f"{attempts} tries" if state == "unproved" and attempts else ""
+            print(f"{gateway:<12}  {size:>10}  {root[:16]}  {iso_ms(time_ms or 0):<24}  "
+                  f"{state:<10}  {against or tries}".rstrip())  # fmt: skip
+    return 0
+
+
 def _with_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="fleet.toml")
 
@@ -314,4 +341,8 @@ def register(sub: Any) -> None:
     p = add_command(fl, "alarms", cmd_alarms, "what the fleet raised and gateways signed")
     _with_config(p)
     p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="JSON Lines")
+    p = add_command(fl, "checkpoints", cmd_checkpoints, "each gateway's checkpoints, proved or not")
+    _with_config(p)
+    p.add_argument("--gateway")
     p.add_argument("--json", action="store_true", help="JSON Lines")

@@ -8,6 +8,8 @@
 Records are verified by the independent verifier (`sealink_verify.record`), stored
 idempotently on (device, counter), forks kept and alarmed, the chain judged whichever order
 records arrive in, and each MQTT message acknowledged only after its transaction committed.
+Each gateway's checkpoints are proved to extend one another (SPEC §14.6), by a thread of
+their own (_consistency.py) that asks the gateway for the consistency proofs.
 """
 
 from sealink.fleet._config import FleetConfig, load_config

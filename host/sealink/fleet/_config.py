@@ -7,6 +7,8 @@ batch_max = 500             # messages per transaction
 batch_ms = 20               # how long a batch may wait to fill once it holds one message
 key_file = "fleet.key"      # signs the registry (SPEC §11.6): `sealink fleet keys init`
 name = "fleet"              # the registry messages' signer name
+proof_timeout_s = 5         # how long a gateway has to answer a consistency proof request
+proof_retry_s = 30          # how soon a gateway that did not answer is asked again
 
 [mqtt]
 host = "127.0.0.1"
@@ -51,6 +53,8 @@ class FleetConfig:
     gateways: tuple[tuple[str, bytes], ...] = ()  # (gateway id, raw Ed25519 public key)
     key_file: Path = Path("fleet.key")  # the registry's signing key (SPEC §11.6)
     name: str = "fleet"
+    proof_timeout_s: float = 5.0  # consistency proofs (SPEC §14.6): the gateway's answer
+    proof_retry_s: float = 30.0  # a gateway that did not answer: asked again after this
 
 
 def _raw_key(gateway: str, path: Path) -> bytes:
@@ -91,6 +95,8 @@ def load_config(path: str | Path) -> FleetConfig:
         registry_refresh_s=_typed(fleet, "fleet", "registry_refresh_s", int, 10),
         key_file=base / _typed(fleet, "fleet", "key_file", str, "fleet.key"),
         name=_typed(fleet, "fleet", "name", str, "fleet"),
+        proof_timeout_s=_typed(fleet, "fleet", "proof_timeout_s", int, 5),
+        proof_retry_s=_typed(fleet, "fleet", "proof_retry_s", int, 30),
         host=_typed(mqtt, "mqtt", "host", str, "127.0.0.1"),
         port=_typed(mqtt, "mqtt", "port", int, 1883),
         prefix=_typed(mqtt, "mqtt", "prefix", str, "sealink").rstrip("/"),

@@ -17,15 +17,23 @@ refused meanwhile for a key nobody had are taken again once their key is learned
 
 Threads: paho's network thread only queues what arrives; a verifier thread checks a batch
 while the writer thread stores the one before in one transaction, then acknowledges it in
-arrival order (batches are stored, and so acknowledged, in the order they arrived).
+arrival order (batches are stored, and so acknowledged, in the order they arrived). A
+consistency thread proves the stored checkpoints (_consistency.py): its proof requests wait on
+the gateway, so they hold up neither the acknowledgements nor the storing of anything else.
+Their replies come on `<prefix>/fleet/<instance>/proof/<gateway>` (QoS 0: a lost reply is a
+request asked again) and go straight to the request waiting for them, never to the inbox.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +42,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sealink_verify import tlog
 from sealink_verify.audit import seal_public_key
 from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_document
 from sealink_verify.mqtt import MessageError, verify_message
@@ -41,8 +50,10 @@ from sealink_verify.record import RecordError, RecordVerifier
 from sealink_verify.tlog import NoteError
 
 from sealink.fleet._config import FleetConfig
+from sealink.fleet._consistency import ConsistencyWorker
 from sealink.fleet._registry import mark_published, unpublished
 from sealink.fleet._store import Batch, GatewayAlarm, Rejection, SignedCheckpoint, Store
+from sealink.topics import Topics
 
 __all__ = ["FleetService", "Inbound"]
 
@@ -95,6 +106,16 @@ class FleetService:
             target=self._verify_loop, name="fleet-verify", daemon=True
         )
         self._writer = threading.Thread(target=self._write_loop, name="fleet-writer", daemon=True)
+        self._responses = f"{config.prefix}/fleet/{config.instance}/proof/"
+        self._pending: dict[bytes, Future[bytes]] = {}
+        self._pending_lock = threading.Lock()
+        self._checkpoints_stored = threading.Event()
+        self.consistency = ConsistencyWorker(
+            store, config.instance, self.request_proof, config.proof_retry_s
+        )
+        self._prover = threading.Thread(
+            target=self._consistency_loop, name="fleet-consistency", daemon=True
+        )
 
     def start(self) -> FleetService:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -106,13 +127,16 @@ class FleetService:
         self._client.loop_start()
         self._verifier.start()
         self._writer.start()
+        self._prover.start()
         return self
 
     def stop(self) -> None:
         """Finish the batch in hand (stored and acknowledged), then disconnect."""
         self._stopping.set()
+        self._checkpoints_stored.set()
         self._verifier.join(timeout=30)
         self._writer.join(timeout=30)
+        self._prover.join(timeout=30)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -132,6 +156,7 @@ class FleetService:
                 (f"{share}/gateway/+/alarms", 1),
                 (f"{self.config.prefix}/gateway/+/checkpoint", 1),
                 (f"{self.config.prefix}/gateway/+/keys", 1),
+                (f"{self._responses}+", 0),
             ]
         )
         log.info("fleet: connected, session present: %s", flags.session_present)
@@ -148,7 +173,55 @@ class FleetService:
         self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(self._responses):
+            correlation = getattr(msg.properties, "CorrelationData", b"")
+            with self._pending_lock:
+                future = self._pending.pop(bytes(correlation), None)
+            if future is not None:
+                future.set_result(bytes(msg.payload))
+            return
         self._inbox.put(Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    # the consistency thread ------------------------------------------------------------------
+
+    def request_proof(self, gateway: str, old_size: int, new_size: int) -> bytes | None:
+        """Ask a gateway for a consistency proof (SPEC §14.6 "Proofs"); its reply, or None
+        when it does not answer in time (away, or the broker is)."""
+        correlation = os.urandom(16)
+        future: Future[bytes] = Future()
+        with self._pending_lock:
+            self._pending[correlation] = future
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = f"{self._responses}{gateway}"
+        props.CorrelationData = correlation
+        request = json.dumps({"old_size": old_size, "new_size": new_size}).encode()
+        topic = Topics(self.config.prefix, gateway).proof_request()
+        try:
+            info = self._client.publish(topic, request, qos=1, properties=props)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return None
+            return future.result(timeout=self.config.proof_timeout_s)
+        except FutureTimeout:
+            return None
+        finally:
+            with self._pending_lock:
+                self._pending.pop(correlation, None)
+
+    def _consistency_loop(self) -> None:
+        # Until subscribed, a reply could come before the broker routes it to us.
+        while not self.connected.wait(0.5):
+            if self._stopping.is_set():
+                return
+        while not self._stopping.is_set():
+            try:
+                busy = self.consistency.step()
+            except psycopg.Error as exc:  # the database away: the rows wait, nothing lost
+                log.error("fleet: consistency not checked: %s", exc)
+                busy = False
+            if not busy:
+                # A new checkpoint wakes it; the timeout takes up the retries coming due.
+                self._checkpoints_stored.wait(1.0)
+                self._checkpoints_stored.clear()
 
     # the writer thread -----------------------------------------------------------------------
 
@@ -229,6 +302,8 @@ class FleetService:
                 if item.qos > 0:
                     self._client.ack(item.mid, item.qos)
             self.stored += len(batch.records)
+            if batch.checkpoints:
+                self._checkpoints_stored.set()
 
     def _commit(self, batch: Batch) -> None:
         """Write until it commits: a database outage delays messages, never drops them (they
@@ -335,8 +410,7 @@ class FleetService:
     def _checkpoint(self, gateway: str, payload: bytes) -> SignedCheckpoint:
         walked = self._histories.get(gateway)
         if walked is not None:  # the key valid for the checkpoint's size
-            checkpoint = walked.open_checkpoint(payload.decode())
-            return SignedCheckpoint(gateway, checkpoint.size, checkpoint.root, checkpoint.note)
+            return _signed(gateway, walked.open_checkpoint(payload.decode()))
         error = NoteError(f"gateway {gateway!r} has no pinned key")
         # Until its retained history arrives (it follows at once): any key learned before.
         for key in self.gateway_keys.get(gateway, []):
@@ -345,5 +419,13 @@ class FleetService:
             except NoteError as exc:
                 error = exc
                 continue
-            return SignedCheckpoint(gateway, checkpoint.size, checkpoint.root, checkpoint.note)
+            return _signed(gateway, checkpoint)
         raise error
+
+
+def _signed(gateway: str, checkpoint: tlog.SignedCheckpoint) -> SignedCheckpoint:
+    if checkpoint.time_ms is None:  # a rollback is judged on it (SPEC §14.6)
+        raise NoteError("the checkpoint has no sealink-time-ms line (SPEC §14.2)")
+    return SignedCheckpoint(
+        gateway, checkpoint.size, checkpoint.root, checkpoint.note, checkpoint.time_ms
+    )

@@ -60,6 +60,7 @@ class SignedCheckpoint:
     size: int
     root: bytes
     note: str
+    time_ms: int
 
 
 @dataclass
@@ -334,12 +335,14 @@ def _gateway_alarm(conn: psycopg.Connection[tuple[Any, ...]], alarm: GatewayAlar
 
 def _checkpoint(conn: psycopg.Connection[tuple[Any, ...]], cp: SignedCheckpoint) -> None:
     row = conn.execute(
-        "INSERT INTO checkpoints (gateway, size, root, note, received_ms) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (gateway, size) DO UPDATE SET size = "
-        "checkpoints.size RETURNING root",
-        (cp.gateway, cp.size, cp.root, cp.note, _now_ms()),
+        "INSERT INTO checkpoints (gateway, size, root, note, received_ms, time_ms) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (gateway, size) DO UPDATE SET size = "
+        "checkpoints.size RETURNING root, note",
+        (cp.gateway, cp.size, cp.root, cp.note, _now_ms(), cp.time_ms),
     ).fetchone()
     if row is not None and bytes(row[0]) != cp.root:
-        detail = {"size": cp.size, "roots": [bytes(row[0]).hex(), cp.root.hex()]}
+        # Both signed notes are the evidence: together they prove the gateway forked its log.
+        detail = {"size": cp.size, "roots": [bytes(row[0]).hex(), cp.root.hex()],
+                  "notes": [str(row[1]), cp.note]}  # fmt: skip
         _alarm(conn, "split_view", None, cp.gateway, detail,
                f"split_view:{cp.gateway}:{cp.size}:{cp.root.hex()}")  # fmt: skip

@@ -2,8 +2,8 @@
 last one cosigned, and cosign it (SPEC §14.6). Split views, rollbacks and failing proofs are
 refused, alarmed and kept as evidence."""
 
+from sealink.evidence.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_proof
 from sealink.witness.config import FollowedGateway, WitnessConfig, load_witness_config
-from sealink.witness.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_proof
 from sealink.witness.service import Witness
 from sealink.witness.state import Cosigned, StateDir
 

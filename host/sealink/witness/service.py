@@ -32,10 +32,10 @@ from sealink.evidence import (
     open_note,
     split_note,
 )
+from sealink.evidence.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_reply
 from sealink.mqtt.client import Message, MqttClient
 from sealink.topics import Topics, WitnessTopics
 from sealink.witness.config import FollowedGateway, WitnessConfig
-from sealink.witness.judge import Cosign, NeedProof, Refuse, Seen, judge, judge_proof
 from sealink.witness.state import Cosigned, StateDir
 
 __all__ = ["Witness", "load_witness_key"]
@@ -138,14 +138,7 @@ class Witness:
         if isinstance(decision, NeedProof):
             assert last is not None
             reply = await self._request_proof(gateway, decision)
-            if reply is None:
-                decision = Refuse("no_proof", "no reply to the proof request")
-            else:
-                try:
-                    body = json.loads(reply)
-                except ValueError:
-                    body = None
-                decision = judge_proof(last, checkpoint, body)
+            decision = judge_reply(last, checkpoint, reply)
         if isinstance(decision, Seen):
             assert last is not None and last.note is not None and last.line is not None
             self._publish(gateway, add_signatures(last.note, [last.line]))
