@@ -1,0 +1,215 @@
+"""`sealink fleet serve` against a real PostgreSQL, served by real uvicorn on a loopback port
+and asked over real HTTP (urllib): keyset paging by device, organisation, permit and time (no
+row twice, none missed), bearer tokens (none, wrong, revoked: 401), organisations imported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import sealink
+from sealink_sim.fleetrig import SimSeal
+from sealink_sim.postgres import PostgresCluster
+from test_fleet import Rig, _rig, _topic, cluster  # noqa: F401 (cluster: a fixture)
+
+_START_S = 60.0
+
+
+@dataclass
+class Api:
+    url: str
+    token: str
+    rig: Rig
+
+    def get(self, path: str, token: str | None = None, **query: Any) -> tuple[int, Any]:
+        request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(query)}")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def all_records(self, limit: int, **query: Any) -> tuple[list[tuple[str, int]], int]:
+        """Every page's (device, counter), in order, and how many pages it took."""
+        keys: list[tuple[str, int]] = []
+        pages, cursor = 0, None
+        while True:
+            extra = {} if cursor is None else {"next": cursor}
+            status, body = self.get("/v1/records", self.token, limit=limit, **query, **extra)
+            assert status == 200, body
+            assert len(body["items"]) <= limit
+            keys += [(r["device"], r["counter"]) for r in body["items"]]
+            pages += 1
+            cursor = body["next"]
+            if cursor is None:
+                return keys, pages
+
+
+def _token(rig: Rig, name: str) -> str:
+    added = sealink("fleet", "tokens", "add", name, "--config", str(rig.config_path))
+    assert added.returncode == 0, added.stderr
+    return str(json.loads(added.stdout)["token"])
+
+
+@pytest.fixture
+def api(cluster: PostgresCluster, tmp_path: Path) -> Iterator[Api]:  # noqa: F811
+    seals = [SimSeal(f"seal-{i}") for i in range(4)]
+    rig = _rig(cluster, tmp_path, seals)  # keys known to its service; the CLI re-imports them
+    # coop-a by the --org flag for all four; then seal-3's own row says coop-b (a re-import
+    # of the same key is no conflict).
+    every, own = tmp_path / "keys.jsonl", tmp_path / "seal-3.jsonl"
+    rows = [{"device": s.device, "seal_key": s.chip.public.hex()} for s in seals]
+    every.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own.write_text(json.dumps({**rows[3], "org": "coop-b"}) + "\n")
+    for args in ([str(every), "--org", "coop-a"], [str(own)]):
+        done = sealink("fleet", "devices", "import", *args, "--config", str(rig.config_path))
+        assert done.returncode == 0, done.stderr
+    messages = []
+    for i, seal in enumerate(seals):
+        for counter in range(1, 16):
+            _, event = seal.next_event(permit=100 + counter % 3)
+            received_ms = 1_000_000 + counter * 1000 + i
+            cose = rig.gateways[i % 2].countersign(seal.device, counter, event, received_ms)
+            messages.append((_topic(seal.device), cose))
+    assert rig.write(messages).stored == 60
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sealink.cli", "fleet", "serve", "--config", str(rig.config_path),
+         "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # printed once the socket is bound
+        assert line, "fleet serve exited before listening"
+        yield Api(json.loads(line)["listening"], _token(rig, "credit"), rig)
+    finally:
+        server.terminate()
+        server.wait(timeout=_START_S)
+        rig.store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "where", "params"),
+    [
+        ({"device": "seal-2"}, "device = %s", ("seal-2",)),
+        ({"org": "coop-a"}, "device IN (SELECT id FROM devices WHERE org = %s)", ("coop-a",)),
+        ({"org": "coop-b"}, "device IN (SELECT id FROM devices WHERE org = %s)", ("coop-b",)),
+        ({"permit": 101}, "permit = %s", (101,)),
+        ({"since_ms": 1_004_000, "until_ms": 1_009_002},
+         "received_ms >= %s AND received_ms < %s", (1_004_000, 1_009_002)),
+        ({"org": "coop-a", "permit": 102, "since_ms": 1_003_000},
+         "device IN (SELECT id FROM devices WHERE org = 'coop-a') AND permit = %s "
+         "AND received_ms >= %s", (102, 1_003_000)),
+        ({}, "true", ()),
+    ],
+)  # fmt: skip
+def test_records_are_paged_by_key_with_no_row_twice_and_none_missed(
+    api: Api, query: dict[str, Any], where: str, params: tuple[Any, ...]
+) -> None:
+    expected = [
+        (str(d), int(c))
+        for d, c in api.rig.rows(
+            f"SELECT device, counter FROM records WHERE {where} ORDER BY device, counter", *params
+        )
+    ]
+    assert expected  # each filter selects something, and not everything but the last
+    keys, pages = api.all_records(7, **query)
+    assert keys == expected
+    assert pages == len(expected) // 7 + 1
+    whole, one_page = api.all_records(1000, **query)
+    assert (whole, one_page) == (expected, 1)
+
+
+def test_a_record_carries_its_cose_and_fields(api: Api) -> None:
+    status, body = api.get("/v1/records", api.token, device="seal-1", limit=1)
+    assert status == 200
+    (record,) = body["items"]
+    held = api.rig.rows(
+        "SELECT encode(cose, 'base64'), encode(record_hash, 'hex'), permit, received_ms "
+        "FROM records WHERE device = 'seal-1' AND counter = 1"
+    )
+    cose, digest, permit, received_ms = held[0]
+    assert record["cose"] == cose.replace("\n", "")
+    assert (record["record_sha256"], record["permit"], record["received_ms"]) == (
+        digest, permit, received_ms,
+    )  # fmt: skip
+    assert (record["seal_verified"], record["chain_ok"], record["gateway"]) == (True, True, "gw-2")
+
+
+def test_a_device_is_summarised_with_its_org_and_counter_range(api: Api) -> None:
+    status, body = api.get("/v1/devices/seal-3", api.token)
+    assert status == 200
+    assert (body["org"], body["state"], body["first_counter"], body["last_counter"]) == (
+        "coop-b", "active", 1, 15,
+    )  # fmt: skip
+    assert (body["records"], body["forks"], body["gaps"]) == (15, 0, [])
+    assert api.get("/v1/devices/nobody", api.token)[0] == 404
+
+
+def test_without_a_valid_token_every_path_is_401_and_a_revoked_token_is_refused(
+    api: Api,
+) -> None:
+    for path in ("/v1/records", "/v1/devices/seal-1", "/v1/alarms", "/v1/nothing", "/"):
+        assert api.get(path) == (401, {"error": "unauthorized"})
+        assert api.get(path, "not-a-token") == (401, {"error": "unauthorized"})
+    other = _token(api.rig, "audit")
+    assert api.get("/v1/records", other, limit=1)[0] == 200
+    config = str(api.rig.config_path)
+    revoked = sealink("fleet", "tokens", "revoke", "audit", "--config", config)
+    assert revoked.returncode == 0, revoked.stderr
+    assert api.get("/v1/records", other, limit=1) == (401, {"error": "unauthorized"})
+    assert api.get("/v1/records", api.token, limit=1)[0] == 200  # the other token still serves
+    listed = sealink("fleet", "tokens", "list", "--config", config)
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["name"], r["revoked_ms"] is None) for r in rows] == [
+        ("audit", False), ("credit", True),
+    ]  # fmt: skip
+    assert api.token not in listed.stdout and other not in listed.stdout
+    stored = api.rig.rows("SELECT encode(token_sha256, 'hex') FROM api_tokens")
+    assert all(api.token not in row[0] for row in stored)
+
+
+def test_bad_paging_arguments_are_400_not_a_traceback(api: Api) -> None:
+    for query in ({"limit": 1001}, {"limit": 0}, {"permit": "x"}, {"next": "garbage"}):
+        status, body = api.get("/v1/records", api.token, **query)
+        assert status == 400 and body["error"], (query, body)
+
+
+def test_alarms_are_paged_by_id(api: Api) -> None:
+    for n in range(5):
+        api.rig.rows(
+            "INSERT INTO alarms (time_ms, source, device, reason, detail, dedupe) "
+            "VALUES (%s, 'fleet', %s, 'chain_break', '{}', %s) RETURNING id",
+            1000 + n, f"seal-{n % 2}", f"t{n}",
+        )  # fmt: skip
+    expected = [r[0] for r in api.rig.rows("SELECT id FROM alarms WHERE device = 'seal-0' "
+                                           "AND time_ms >= 1001 ORDER BY id")]  # fmt: skip
+    assert len(expected) == 2
+    seen, cursor = [], None
+    while True:
+        extra = {} if cursor is None else {"next": cursor}
+        status, body = api.get("/v1/alarms", api.token, device="seal-0", since_ms=1001, limit=1,
+                               **extra)  # fmt: skip
+        assert status == 200, body
+        seen += [a["id"] for a in body["items"]]
+        if (cursor := body["next"]) is None:
+            break
+    assert seen == expected
+
+
+def test_a_bad_listen_address_is_a_clear_error(api: Api) -> None:
+    done = sealink("fleet", "serve", "--config", str(api.rig.config_path), "--listen", "nowhere")
+    assert done.returncode != 0
+    assert "HOST:PORT" in done.stderr and "Traceback" not in done.stderr
