@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 from conftest import sealink
+from sealink.mqtt.signed import MessageSigner
 from sealink_sim.fleetrig import SimSeal
 from sealink_sim.postgres import PostgresCluster
-from test_fleet import Rig, _rig, _topic, cluster  # noqa: F401 (cluster: a fixture)
+from test_fleet import PREFIX, Rig, _rig, _topic, cluster  # noqa: F401 (cluster: a fixture)
 
 _START_S = 60.0
 
@@ -213,3 +214,59 @@ def test_a_bad_listen_address_is_a_clear_error(api: Api) -> None:
     done = sealink("fleet", "serve", "--config", str(api.rig.config_path), "--listen", "nowhere")
     assert done.returncode != 0
     assert "HOST:PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+def _result(api: Api, gateway: int, device: str, permit: int, document: str, state: str) -> Any:
+    gw = api.rig.gateways[gateway]
+    topic = f"{PREFIX}/cmd/{gw.id}/result/approver-1"
+    body = {"request": f"r-{device}-{permit}", "action": "permit", "device": device,
+            "permit": permit, "state": state, "document_sha256": document,
+            "requested_by": "clerk", "count": 3}  # fmt: skip
+    return topic, MessageSigner(gw.key, gw.id).sign(topic, body)
+
+
+def test_permit_results_name_the_document_and_records_are_found_by_it(api: Api) -> None:
+    doc_a, doc_b, other = "aa" * 32, "bb" * 32, "cc" * 32
+    queued = _result(api, 0, "seal-0", 101, doc_a, "queued")
+    delivered = _result(api, 0, "seal-0", 101, doc_a, "delivered")
+    # seal-2 holds its records from gw-1 too (i % 2): its permit 102 is for doc_b
+    results = [
+        queued,
+        queued,
+        delivered,
+        delivered,
+        _result(api, 0, "seal-2", 102, doc_b, "queued"),
+    ]
+    api.rig.write(results)
+    held = api.rig.rows("SELECT device, permit, document_sha256, states FROM permits ORDER BY 1")
+    assert held == [("seal-0", 101, doc_a, ["queued", "delivered"]),
+                    ("seal-2", 102, doc_b, ["queued"])]  # fmt: skip
+    # Another document for a held permit: an alarm, the document held stays.
+    api.rig.write([_result(api, 0, "seal-0", 101, other, "queued")] * 2)
+    assert api.rig.rows("SELECT document_sha256 FROM permits WHERE device = 'seal-0'") == [(doc_a,)]
+    alarms = api.rig.rows("SELECT device, reason, detail->>'held_sha256' FROM alarms")
+    assert alarms == [("seal-0", "permit_document_mismatch", doc_a)]
+    # A result signed by gw-1 on gw-2's result topic is refused, not learned.
+    gw1 = api.rig.gateways[0]
+    topic = f"{PREFIX}/cmd/gw-2/result/approver-1"
+    forged = MessageSigner(gw1.key, gw1.id).sign(
+        topic, {"action": "permit", "device": "seal-1", "permit": 101, "state": "queued",
+                "document_sha256": other},
+    )  # fmt: skip
+    api.rig.write([(topic, forged)])
+    assert api.rig.rows("SELECT count(*) FROM permits WHERE device = 'seal-1'") == [(0,)]
+    assert api.rig.rows("SELECT reason FROM rejections") == [("WrongGateway",)]
+
+    expected = api.rig.rows(
+        "SELECT device, counter FROM records WHERE device = 'seal-0' AND permit = 101 "
+        "ORDER BY counter"
+    )
+    keys, pages = api.all_records(2, document_sha256=doc_a.upper())
+    assert keys == [(str(d), int(c)) for d, c in expected] and pages == 3
+    status, body = api.get("/v1/permits", api.token, limit=1)
+    assert status == 200 and [p["device"] for p in body["items"]] == ["seal-0"]
+    status, body = api.get("/v1/permits", api.token, limit=1, next=body["next"])
+    assert [(p["device"], p["document_sha256"]) for p in body["items"]] == [("seal-2", doc_b)]
+    assert body["next"] is None
+    status, body = api.get("/v1/permits", api.token, document_sha256=doc_b)
+    assert [p["permit"] for p in body["items"]] == [102]

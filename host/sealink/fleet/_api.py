@@ -87,6 +87,7 @@ def build_api(store: Store) -> Starlette:
             device=request.query_params.get("device"),
             org=request.query_params.get("org"),
             permit=_int(request, "permit"),
+            document_sha256=request.query_params.get("document_sha256"),
             since_ms=_int(request, "since_ms"),
             until_ms=_int(request, "until_ms"),
         )
@@ -109,6 +110,16 @@ def build_api(store: Store) -> Starlette:
         )
         return _page(page)
 
+    def permits(request: Request, conn: _query.Conn) -> JSONResponse:
+        page = _query.permits_page(
+            conn,
+            request.query_params.get("device"),
+            request.query_params.get("document_sha256"),
+            _after(request, (str, int)),
+            _limit(request),
+        )
+        return _page(page)
+
     def unknown(request: Request, conn: _query.Conn) -> JSONResponse:
         return JSONResponse({"error": "not found"}, status_code=404)
 
@@ -117,6 +128,7 @@ def build_api(store: Store) -> Starlette:
             Route("/v1/records", endpoint(records)),
             Route("/v1/devices/{device}", endpoint(device)),
             Route("/v1/alarms", endpoint(alarms)),
+            Route("/v1/permits", endpoint(permits)),
             # Any other path behind the token too: without one, not even which paths exist.
             Route("/{path:path}", endpoint(unknown)),
         ]

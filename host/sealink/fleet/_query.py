@@ -30,6 +30,7 @@ __all__ = [
     "decode_cursor",
     "device_summary",
     "list_tokens",
+    "permits_page",
     "records_page",
     "revoke_token",
     "set_org",
@@ -52,6 +53,7 @@ class RecordFilter:
     device: str | None = None
     org: str | None = None
     permit: int | None = None
+    document_sha256: str | None = None  # the records under a permit for that document
     since_ms: int | None = None
     until_ms: int | None = None
 
@@ -98,6 +100,11 @@ def records_page(conn: Conn, where: RecordFilter, after: list[Any] | None, limit
         ("r.device = %s", where.device),
         ("d.org = %s", where.org),
         ("r.permit = %s", where.permit),
+        (
+            "(r.device, r.permit) IN "
+            "(SELECT device, permit FROM permits WHERE document_sha256 = %s)",
+            None if where.document_sha256 is None else where.document_sha256.lower(),
+        ),
         ("r.received_ms >= %s", where.since_ms),
         ("r.received_ms < %s", where.until_ms),
     ):
@@ -136,6 +143,28 @@ def alarms_page(
     ).fetchall()  # fmt: skip
     names = ("id", "time_ms", "source", "gateway", "device", "reason", "detail")
     return _page([dict(zip(names, r, strict=True)) for r in rows], limit, ["id"])
+
+
+def permits_page(
+    conn: Conn,
+    device: str | None,
+    document_sha256: str | None,
+    after: list[Any] | None,
+    limit: int,
+) -> Page:
+    """What the fleet learned of each permit from the gateways' signed results (§11.5)."""
+    document = None if document_sha256 is None else document_sha256.lower()
+    start = [None, None, None] if after is None else [after[0], *after]
+    rows = conn.execute(
+        "SELECT device, permit, document_sha256, gateway, approver, requested_by, count, states, "
+        "first_ms FROM permits WHERE (%s::text IS NULL OR device = %s) "
+        "AND (%s::text IS NULL OR document_sha256 = %s) "
+        "AND (%s::text IS NULL OR (device, permit) > (%s, %s)) ORDER BY device, permit LIMIT %s",
+        (device, device, document, document, *start, limit + 1),
+    ).fetchall()  # fmt: skip
+    names = ("device", "permit", "document_sha256", "gateway", "approver", "requested_by",
+             "count", "states", "first_ms")  # fmt: skip
+    return _page([dict(zip(names, r, strict=True)) for r in rows], limit, ["device", "permit"])
 
 
 def device_summary(conn: Conn, device: str) -> dict[str, Any] | None:

@@ -17,3 +17,20 @@ CREATE TABLE api_tokens (
     created_ms   bigint NOT NULL,
     revoked_ms   bigint
 );
+
+-- Each permit's document (issue 14: records "by permit, by document hash"), from the gateways'
+-- signed approval results (SPEC §11.5). Results are redelivered: the states seen are a set.
+-- A result naming another document for a held (device, permit) is alarmed, never stored over it.
+CREATE TABLE permits (
+    device          text NOT NULL,
+    permit          bigint NOT NULL,
+    document_sha256 text NOT NULL,
+    gateway         text NOT NULL,
+    approver        text NOT NULL,
+    requested_by    text,
+    count           bigint,
+    states          text[] NOT NULL,
+    first_ms        bigint NOT NULL,
+    PRIMARY KEY (device, permit)
+);
+CREATE INDEX permits_document ON permits (document_sha256, device, permit);
