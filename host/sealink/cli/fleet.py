@@ -17,8 +17,8 @@ sealink fleet devices import FILE --org ORG      ... and put those seals in an o
 sealink fleet serve --config ... [--listen H:P]  the read-only JSON API for downstream systems
 sealink fleet tokens add NAME | list | revoke NAME   its bearer tokens (printed once, kept hashed)
 
-The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt): it is
-imported only when a fleet command runs.
+The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt, starlette,
+uvicorn): it is imported only when a fleet command runs.
 """
 
 from __future__ import annotations
