@@ -11,17 +11,22 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import sealink
+from sealink.fleet import FleetService, Store, load_config
 from sealink.mqtt.signed import MessageSigner
-from sealink_sim.fleetrig import SimSeal
+from sealink_sim.broker import Mosquitto
+from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.postgres import PostgresCluster
 from test_fleet import PREFIX, Rig, _rig, _topic, cluster  # noqa: F401 (cluster: a fixture)
+from test_fleet_e2e import _count, _publisher, _wait
 
 _START_S = 60.0
 
@@ -270,3 +275,41 @@ def test_permit_results_name_the_document_and_records_are_found_by_it(api: Api) 
     assert body["next"] is None
     status, body = api.get("/v1/permits", api.token, document_sha256=doc_b)
     assert [p["permit"] for p in body["items"]] == [102]
+
+
+def test_fleet_run_learns_a_permit_from_a_result_published_on_mqtt(
+    cluster: PostgresCluster,  # noqa: F811
+    tmp_path: Path,
+    broker: Mosquitto,
+) -> None:
+    gateway = SimGateway("gw-1")
+    pem = gateway.write_public_key(tmp_path / "gw-1.pem")
+    dsn = cluster.database(f"t_{uuid.uuid4().hex[:12]}")
+    config = write_fleet_config(
+        tmp_path / "fleet.toml", database=dsn, instance="fleet-p", port=broker.port,
+        prefix=PREFIX, gateways={"gw-1": pem},
+    )  # fmt: skip
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    store = Store(dsn, instance="fleet-p")
+    service = FleetService(load_config(config), store).start()
+    publisher = _publisher(broker.port)
+    topic = f"{PREFIX}/cmd/gw-1/result/approver-1/permits"  # a response topic below it
+    body = {"action": "permit", "device": "seal-m", "permit": 7, "state": "delivered",
+            "document_sha256": "dd" * 32, "requested_by": "clerk", "count": 2}  # fmt: skip
+    try:
+        assert service.connected.wait(_START_S)
+        signed = MessageSigner(gateway.key, "gw-1").sign(topic, body)
+        publisher.publish(topic, signed, qos=1).wait_for_publish()
+        held = "SELECT count(*) FROM permits"
+        _wait(lambda: _count(dsn, held) == 1, "the permit learned")
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        service.stop()
+        store.close()
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT device, permit, document_sha256, approver, requested_by, count, states "
+            "FROM permits"
+        ).fetchone()
+    assert row == ("seal-m", 7, "dd" * 32, "approver-1", "clerk", 2, ["delivered"])
