@@ -15,9 +15,12 @@ sealink fleet devices revoke D --reason TEXT     a stolen seal disabled on every
 sealink fleet devices reinstate D --reason TEXT  (SPEC §11.6: signed, retained, per seal)
 sealink fleet devices move D --to GW --reason T  the seal moved to gateway GW: it learns where
                                                  the seal stands, the others hold it
+sealink fleet devices import FILE --org ORG      ... and put those seals in an organisation
+sealink fleet serve --config ... [--listen H:P]  the read-only JSON API for downstream systems
+sealink fleet tokens add NAME | list | revoke NAME   its bearer tokens (printed once, kept hashed)
 
-The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt): it is
-imported only when a fleet command runs.
+The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt, starlette,
+uvicorn): it is imported only when a fleet command runs.
 """
 
 from __future__ import annotations
@@ -92,8 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seal_keys(path: Path) -> list[tuple[str, bytes]]:
-    """(device, 64-byte key) from JSON lines with `device`/`device_id` and `seal_key` (hex)."""
+def _seal_keys(path: Path, orgs: dict[str, list[str]]) -> list[tuple[str, bytes]]:
+    """(device, 64-byte key) from JSON lines with `device`/`device_id` and `seal_key` (hex);
+    a row's `org`, if any, adds its device to `orgs[org]`."""
     found = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip().startswith("{"):
@@ -109,16 +113,38 @@ def _seal_keys(path: Path) -> list[tuple[str, bytes]]:
             raise FleetError(f"{path}:{number}: {device}: a seal key is 64 bytes (X || Y)")
         if raw is not None:
             found.append((device, raw))
+        if isinstance(row.get("org"), str):
+            orgs.setdefault(row["org"], []).append(device)
     return found
 
 
 def cmd_devices_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    keys = _seal_keys(path)
+    orgs: dict[str, list[str]] = {}
+    keys = _seal_keys(path, orgs)
+    if args.org is not None:  # the flag wins over the rows' own `org`
+        orgs = {args.org: [device for device, _ in keys]}
     _config, store = _open(args)
     with store:
         count = store.import_seal_keys(keys, source=f"import:{path.name}")
+        _set_orgs(store, orgs)
     print_json({"imported": count})
+    return 0
+
+
+def _set_orgs(store: Store, orgs: dict[str, list[str]]) -> None:
+    from sealink.fleet._query import set_org
+
+    with store.pool.connection() as conn:
+        for org, devices in orgs.items():
+            set_org(conn, devices, org)
+
+
+def cmd_devices_set_org(args: argparse.Namespace) -> int:
+    _config, store = _open(args)
+    with store:
+        _set_orgs(store, {args.org: [args.device]})
+    print_json({"device": args.device, "org": args.org})
     return 0
 
 
@@ -293,6 +319,58 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from sealink.fleet._api import build_api
+    from sealink.fleet._config import parse_listen
+
+    configure_logging("info")
+    config, store = _open(args)
+    host, port = config.listen if args.listen is None else parse_listen("--listen", args.listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with store:
+        try:  # bound first, so the URL printed (port 0: the kernel's choice) is the one served
+            sock = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            raise FleetError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        print_json({"listening": f"http://{host}:{sock.getsockname()[1]}"})
+        sys.stdout.flush()
+        server = uvicorn.Server(uvicorn.Config(build_api(store), log_level="warning"))
+        asyncio.run(server.serve(sockets=[sock]))
+    return 0
+
+
+def _tokens(args: argparse.Namespace, use: Callable[..., Any]) -> Any:
+    from sealink.fleet import _query
+
+    _config, store = _open(args)
+    with store, store.pool.connection() as conn:
+        return use(_query, conn)
+
+
+def cmd_tokens_add(args: argparse.Namespace) -> int:
+    token = _tokens(args, lambda q, conn: q.add_token(conn, args.name))
+    print_json({"name": args.name, "token": token})
+    print("the token is shown only this once: keep it now", file=sys.stderr)
+    return 0
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    for row in _tokens(args, lambda q, conn: q.list_tokens(conn)):
+        print_json(row)
+    return 0
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    _tokens(args, lambda q, conn: q.revoke_token(conn, args.name))
+    print_json({"revoked": args.name})
+    return 0
+
+
 def _with_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="fleet.toml")
 
@@ -306,6 +384,11 @@ def register(sub: Any) -> None:
     dv = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     p = add_command(dv, "import", cmd_devices_import, "import seals' public keys")
     p.add_argument("file", help="`sealink devices list` output, or provisioning JSON")
+    p.add_argument("--org", help="the organisation of every seal imported (else each row's org)")
+    _with_config(p)
+    p = add_command(dv, "set-org", cmd_devices_set_org, "put a seal in an organisation")
+    p.add_argument("device")
+    p.add_argument("org")
     _with_config(p)
     for name, fn, what in (
         ("revoke", cmd_devices_revoke, "disable a seal on every gateway (a stolen one)"),
@@ -346,3 +429,16 @@ def register(sub: Any) -> None:
     _with_config(p)
     p.add_argument("--gateway")
     p.add_argument("--json", action="store_true", help="JSON Lines")
+    p = add_command(fl, "serve", cmd_serve, "the read-only JSON API for downstream systems")
+    _with_config(p)
+    p.add_argument("--listen", metavar="HOST:PORT", help="instead of [serve] listen")
+    tokens = fl.add_parser("tokens", help="the API's bearer tokens")
+    tk = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    for name, fn, what in (
+        ("add", cmd_tokens_add, "a new token, printed once"),
+        ("revoke", cmd_tokens_revoke, "refuse a token from now on"),
+    ):
+        p = add_command(tk, name, fn, what)
+        p.add_argument("name")
+        _with_config(p)
+    _with_config(add_command(tk, "list", cmd_tokens_list, "the tokens' names, not the tokens"))

@@ -18,6 +18,9 @@ group = "sealink-fleet"     # the shared subscription group all instances join
 session_expiry_s = 86400
 receive_maximum = 1000      # unacknowledged QoS 1 messages the broker may send at once
 
+[serve]                     # `sealink fleet serve`: the query API for downstream systems
+listen = "127.0.0.1:8470"
+
 [gateways]                  # gateway id = its public key file (PEM, `sealink keys show`)
 gw-1 = "keys/gw-1.pem"
 """
@@ -34,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealink.errors import ConfigError
 
-__all__ = ["FleetConfig", "load_config"]
+__all__ = ["FleetConfig", "load_config", "parse_listen"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class FleetConfig:
     name: str = "fleet"
     proof_timeout_s: float = 5.0  # consistency proofs (SPEC §14.6): the gateway's answer
     proof_retry_s: float = 30.0  # a gateway that did not answer: asked again after this
+    listen: tuple[str, int] = ("127.0.0.1", 8470)  # `sealink fleet serve`
 
 
 def _raw_key(gateway: str, path: Path) -> bytes:
@@ -76,6 +80,15 @@ def _typed(table: dict[str, Any], name: str, key: str, kind: type, default: Any)
     return value
 
 
+def parse_listen(name: str, value: str) -> tuple[str, int]:
+    """HOST:PORT ([::1]:8470 for IPv6; port 0: any free one); ConfigError names `name`."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(name, f"must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
 def load_config(path: str | Path) -> FleetConfig:
     """Read and check fleet.toml; ConfigError names the key at fault."""
     path = Path(path)
@@ -83,7 +96,7 @@ def load_config(path: str | Path) -> FleetConfig:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("", f"{path}: {exc}") from None
-    fleet, mqtt, gateways = (doc.get(k, {}) for k in ("fleet", "mqtt", "gateways"))
+    fleet, mqtt, gateways, serve = (doc.get(k, {}) for k in ("fleet", "mqtt", "gateways", "serve"))
     if "database" not in fleet or "instance" not in fleet:
         raise ConfigError("fleet", "database and instance are required")
     base = path.parent
@@ -103,6 +116,9 @@ def load_config(path: str | Path) -> FleetConfig:
         group=_typed(mqtt, "mqtt", "group", str, "sealink-fleet"),
         session_expiry_s=_typed(mqtt, "mqtt", "session_expiry_s", int, 86400),
         receive_maximum=_typed(mqtt, "mqtt", "receive_maximum", int, 1000),
+        listen=parse_listen(
+            "serve.listen", _typed(serve, "serve", "listen", str, "127.0.0.1:8470")
+        ),
         gateways=tuple(
             (gw, _raw_key(gw, base / str(_typed(gateways, "gateways", gw, str, ""))))
             for gw in sorted(gateways)

@@ -45,14 +45,21 @@ from paho.mqtt.properties import Properties
 from sealink_verify import tlog
 from sealink_verify.audit import seal_public_key
 from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_document
-from sealink_verify.mqtt import MessageError, verify_message
+from sealink_verify.mqtt import MessageError, WrongGateway, verify_message
 from sealink_verify.record import RecordError, RecordVerifier
 from sealink_verify.tlog import NoteError
 
 from sealink.fleet._config import FleetConfig
 from sealink.fleet._consistency import ConsistencyWorker
 from sealink.fleet._registry import mark_published, unpublished
-from sealink.fleet._store import Batch, GatewayAlarm, Rejection, SignedCheckpoint, Store
+from sealink.fleet._store import (
+    Batch,
+    GatewayAlarm,
+    PermitResult,
+    Rejection,
+    SignedCheckpoint,
+    Store,
+)
 from sealink.topics import Topics
 
 __all__ = ["FleetService", "Inbound"]
@@ -154,6 +161,7 @@ class FleetService:
                 (f"{share}/+/events", 1),
                 (f"{share}/+/alarms", 1),
                 (f"{share}/gateway/+/alarms", 1),
+                (f"{share}/cmd/+/result/#", 1),  # a permit's document (SPEC §11.5)
                 (f"{self.config.prefix}/gateway/+/checkpoint", 1),
                 (f"{self.config.prefix}/gateway/+/keys", 1),
                 (f"{self._responses}+", 0),
@@ -339,7 +347,7 @@ class FleetService:
                 self._commit(Batch(rejections=[rejection]))
         rest = Batch(
             rejections=batch.rejections, alarms=batch.alarms, checkpoints=batch.checkpoints,
-            key_histories=batch.key_histories, resolved=batch.resolved,
+            permits=batch.permits, key_histories=batch.key_histories, resolved=batch.resolved,
         )  # fmt: skip
         try:
             self._commit_or_raise(rest)
@@ -361,8 +369,11 @@ class FleetService:
         levels = topic.split("/")
         kind = levels[-1]
         device = levels[-2] if len(levels) >= 2 else ""
+        command = topic.removeprefix(f"{self.config.prefix}/").split("/")
         try:
-            if kind == "events":
+            if len(command) >= 4 and command[0] == "cmd" and command[2] == "result":
+                self._permit(topic, payload, command, batch)
+            elif kind == "events":
                 batch.records.append((self.verifier.open(device, payload), payload))
             elif kind == "alarms":
                 batch.alarms.append(self._alarm(topic, payload, levels))
@@ -383,6 +394,33 @@ class FleetService:
         message = verify_message(topic, payload, self.gateway_keys)
         device = None if len(levels) >= 3 and levels[-3] == "gateway" else levels[-2]
         return GatewayAlarm(message.gateway, device, message.seq, message.time_ms, message.body)
+
+    def _permit(self, topic: str, payload: bytes, command: list[str], batch: Batch) -> None:
+        """A gateway's result for a permit request: which document the permit is for."""
+        message = verify_message(topic, payload, self.gateway_keys)
+        if message.gateway != command[1]:
+            raise WrongGateway(f"gateway {message.gateway!r} signed for {command[1]!r}'s results")
+        body = message.body
+        if body.get("action") != "permit" or not isinstance(body.get("document_sha256"), str):
+            return  # another action's result, or a permit's without a document: nothing to learn
+        try:
+            result = PermitResult(
+                gateway=message.gateway,
+                approver=command[3],
+                device=str(body["device"]),
+                permit=int(body["permit"]),
+                document_sha256=str(body["document_sha256"]).lower(),
+                state=str(body["state"]),
+                requested_by=None
+                if body.get("requested_by") is None
+                else str(body["requested_by"]),
+                count=None if body.get("count") is None else int(body["count"]),
+                time_ms=message.time_ms,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            batch.rejections.append(Rejection(topic, "bad_permit_result", repr(exc), payload))
+            return
+        batch.permits.append(result)
 
     def _key_history(self, gateway: str, payload: bytes, batch: Batch) -> None:
         """Learn a gateway's later keys from its retained key history, walked from the pinned

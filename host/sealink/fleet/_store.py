@@ -26,7 +26,15 @@ from sealink_verify.record import CountersignedRecord
 
 from sealink.errors import FleetError
 
-__all__ = ["Batch", "GatewayAlarm", "Rejection", "SignedCheckpoint", "Store", "StoreOutcome"]
+__all__ = [
+    "Batch",
+    "GatewayAlarm",
+    "PermitResult",
+    "Rejection",
+    "SignedCheckpoint",
+    "Store",
+    "StoreOutcome",
+]
 
 _GENESIS = bytes(32)
 _STAGE_COLUMNS = (
@@ -63,19 +71,33 @@ class SignedCheckpoint:
     time_ms: int
 
 
+@dataclass(frozen=True)
+class PermitResult:
+    gateway: str
+    approver: str
+    device: str
+    permit: int
+    document_sha256: str
+    state: str
+    requested_by: str | None
+    count: int | None
+    time_ms: int
+
+
 @dataclass
 class Batch:
     records: list[tuple[CountersignedRecord, bytes]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     alarms: list[GatewayAlarm] = field(default_factory=list)
     checkpoints: list[SignedCheckpoint] = field(default_factory=list)
+    permits: list[PermitResult] = field(default_factory=list)
     # gateway -> every key of its history, walked from the pinned key (SPEC §14.7)
     key_histories: dict[str, list[bytes]] = field(default_factory=dict)
     # rejections (by id) whose record verified once its gateway's new key was learned
     resolved: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
-        parts = (self.records, self.rejections, self.alarms, self.checkpoints)
+        parts = (self.records, self.rejections, self.alarms, self.checkpoints, self.permits)
         return sum(len(p) for p in parts) + len(self.key_histories)
 
 
@@ -131,6 +153,8 @@ class Store:
                 _gateway_alarm(conn, alarm)
             for checkpoint in batch.checkpoints:
                 _checkpoint(conn, checkpoint)
+            for permit in batch.permits:
+                _permit(conn, permit)
             for gateway, keys in batch.key_histories.items():
                 conn.execute("UPDATE gateways SET history_keys = %s WHERE id = %s", (keys, gateway))
             if batch.resolved:
@@ -346,3 +370,30 @@ def _checkpoint(conn: psycopg.Connection[tuple[Any, ...]], cp: SignedCheckpoint)
                   "notes": [str(row[1]), cp.note]}  # fmt: skip
         _alarm(conn, "split_view", None, cp.gateway, detail,
                f"split_view:{cp.gateway}:{cp.size}:{cp.root.hex()}")  # fmt: skip
+
+
+def _permit(conn: psycopg.Connection[tuple[Any, ...]], result: PermitResult) -> None:
+    """Learn a permit's document; a result naming another one for it is an alarm."""
+    held = conn.execute(
+        "INSERT INTO permits (device, permit, document_sha256, gateway, approver, requested_by, "
+        "count, states, first_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, ARRAY[%s], %s) "
+        "ON CONFLICT (device, permit) DO UPDATE SET states = CASE "
+        "WHEN %s = ANY(permits.states) THEN permits.states "
+        "ELSE permits.states || EXCLUDED.states END "
+        "WHERE permits.document_sha256 = EXCLUDED.document_sha256 RETURNING 1",
+        (result.device, result.permit, result.document_sha256, result.gateway, result.approver,
+         result.requested_by, result.count, result.state, result.time_ms, result.state),
+    ).fetchone()  # fmt: skip
+    if held is None:
+        stored = conn.execute(
+            "SELECT document_sha256, gateway FROM permits WHERE device = %s AND permit = %s",
+            (result.device, result.permit),
+        ).fetchone()
+        assert stored is not None  # the conflict was on this very row
+        _alarm(
+            conn, "permit_document_mismatch", result.device, result.gateway,
+            {"permit": result.permit, "held_sha256": stored[0], "held_gateway": stored[1],
+             "document_sha256": result.document_sha256, "gateway": result.gateway,
+             "approver": result.approver},
+            f"permit:{result.device}:{result.permit}:{result.document_sha256}",
+        )  # fmt: skip
