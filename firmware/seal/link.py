@@ -71,6 +71,10 @@ _STATUS_INTERVAL_MS = const(60000)
 # it (a Verify, 27 ms typical: tools/benches/bench_firmware.py); one per 16 records frees two
 # whole journal segments at a time (seal/journal.py), for under 2 ms of chip time a record.
 _VERIFY_EVERY = const(16)
+# The chip's wait blocks the link (Nonce + Verify, ~57 ms on the emulated board: more than half
+# of a backlog's drain at MTU 247, `tools/bench.py ble`): while journaled records wait to be
+# sent the check waits for the end of the burst, or for this many records unfreed.
+_VERIFY_BUSY = const(256)
 # The longest payload the seal sends, an EVENT, is 186 bytes (SPEC §4.5). With its CRC any
 # payload up to 249 bytes is one COBS block (no run of 254 bytes without a zero), so it is
 # stuffed in place.
@@ -250,10 +254,12 @@ class Link:
         if self.acked < counter <= self._sent_max:
             self.acked = counter
             journal = self._journal
-            if counter >= self._verify_at or journal.full:
-                self._free(counter, stored_sig)
             if self._next <= counter:
                 self._next = counter + 1
+            if journal.full or (counter >= self._verify_at and (
+                    self._next >= journal.next_counter
+                    or counter >= journal.acked + _VERIFY_BUSY)):
+                self._free(counter, stored_sig)
             self._rto_ms = _RTO_MS
             self._fast_retransmitted = False
             self._timer_ms = now_ms
