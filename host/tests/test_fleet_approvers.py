@@ -22,7 +22,7 @@ from typing import Any
 import cbor2
 import psycopg
 import pytest
-from conftest import run, sealink, until
+from conftest import GatewayFiles, run, sealink, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sealink.approvals import (
     ACTIONS,
@@ -36,6 +36,8 @@ from sealink.approvals import (
 from sealink.crypto.signer import GatewayKey
 from sealink.fleet import FleetService, Store, load_config
 from sealink.gateway.service import Gateway
+from sealink.ledger.fleetapprovers import FleetApproverUpdate
+from sealink.ledger.schema import SCHEMA_VERSION
 from sealink.mqtt.registry import RegistryRefused
 from sealink.mqtt.signed import envelope
 from sealink_sim.broker import Mosquitto
@@ -290,6 +292,35 @@ def test_forged_rolled_back_misdirected_substituted_and_reactivating_messages_ch
         ("erp", "revoked", "fleet", "test"),
         ("gone", "revoked", "fleet", "test"),
     ]
+
+
+def test_a_ledger_of_schema_12_gains_the_fleet_floor_and_keeps_its_approvers(
+    files: GatewayFiles,
+) -> None:
+    erp = ApproverKey.generate()
+    with contextlib.closing(files.ledger()) as ledger:
+        ledger.add_approver("erp", erp.public_raw(), ACTIONS)
+    with contextlib.closing(sqlite3.connect(files.ledger_path, isolation_level=None)) as db:
+        # As schema 12 was: no fleet approvers.
+        db.executescript(
+            """
+            BEGIN;
+            DROP TABLE fleet_approvers;
+            DROP TABLE approver_actions;
+            UPDATE meta SET value = '12' WHERE key = 'schema';
+            COMMIT;
+            """
+        )
+    update = FleetApproverUpdate("erp", 7, "revoked", erp.public_raw(), ACTIONS, "lost", b"m")
+    with contextlib.closing(files.ledger()) as ledger:
+        assert [a.name for a in ledger.approvers() if a.revoked_ms is None] == ["erp"]
+        assert ledger.fleet_approver_floor("erp") is None
+        assert ledger.apply_fleet_approver(update) == "revoked"
+        assert ledger.fleet_approver_floor("erp") == (7, b"m")
+    with contextlib.closing(sqlite3.connect(files.ledger_path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
 
 
 # The wire, sans-IO: protocol/vectors/approvers.json is made here.
