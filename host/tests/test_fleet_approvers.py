@@ -135,6 +135,12 @@ def test_an_approver_the_fleet_issues_is_accepted_and_once_revoked_refused_for_g
     assert [(r["approver"], r["state"], r["actions"], r["published"]) for r in rows] == [
         ("erp", "revoked", ["permit", "bundle"], True)
     ]
+    shown = sealink("fleet", "alarms", "--json", "--config", str(config))
+    said = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [(a["reason"], a["detail"]["approver"], a["detail"]["by"]) for a in said] == [
+        ("approver_issued", "erp", "alice"),
+        ("approver_revoked", "erp", "alice"),
+    ]
     with psycopg.connect(dsn) as conn:
         history = conn.execute(
             "SELECT name, state, reason, by_whom FROM approver_states ORDER BY id"

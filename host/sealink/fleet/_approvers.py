@@ -11,6 +11,7 @@ so a name means one key on every gateway, as it does for an operator's approvers
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+
+_ALARM = {"active": "approver_issued", "revoked": "approver_revoked"}
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,14 @@ def _record(
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (entry.name, entry.state, entry.reason, by, entry.time_ms, entry.seq),
     )
+    # Also where every other fleet event is read (`sealink fleet alarms`).
+    detail = {"approver": entry.name, "reason": entry.reason, "by": by, "seq": entry.seq}
+    conn.execute(
+        "INSERT INTO alarms (time_ms, source, reason, detail, dedupe) "
+        "VALUES (%s, 'fleet', %s, %s, %s)",
+        (entry.time_ms, _ALARM[entry.state], json.dumps(detail),
+         f"approver:{entry.name}:{entry.seq}"),
+    )  # fmt: skip
     topic = approver_topic(prefix, entry.name)
     return ApproverChange(entry.name, entry.state, entry.seq, topic, message)
 
