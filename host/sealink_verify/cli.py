@@ -3,7 +3,8 @@
 `sealink-verify receipt FILE`: check one record's COSE Receipt (RFC 9942, SPEC §14.8);
 `sealink-verify message --topic T FILE`: check one signed MQTT status or alarm (SPEC §11.4);
 `sealink-verify registry --topic T --fleet-key HEX FILE`: check one fleet registry message
-(SPEC §11.6).
+(SPEC §11.6); `sealink-verify approver ...` (the same arguments): one fleet approver message
+(SPEC §11.7).
 
 Registered into the `sealink` command line through the `sealink.commands` entry point group, so
 the gateway's CLI offers it without importing this package's code into the product. The bundle
@@ -38,6 +39,7 @@ from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_entries,
 from sealink_verify.mqtt import (
     MessageError,
     SignedMessage,
+    verify_approver_message,
     verify_message,
     verify_registry_message,
 )
@@ -638,11 +640,23 @@ def run_message(args: argparse.Namespace) -> int:
 
 
 def _registry_parser() -> argparse.ArgumentParser:
-    p = _signed_message_parser(
+    return _fleet_message_parser(
         "registry",
         "check one fleet registry message (SPEC §11.6: a seal's state as the fleet signed it) "
         "and print it as JSON",
     )
+
+
+def _approver_parser() -> argparse.ArgumentParser:
+    return _fleet_message_parser(
+        "approver",
+        "check one fleet approver message (SPEC §11.7: an approver key as the fleet issued or "
+        "revoked it) and print it as JSON",
+    )
+
+
+def _fleet_message_parser(command: str, description: str) -> argparse.ArgumentParser:
+    p = _signed_message_parser(command, description)
     p.add_argument(
         "--fleet-key",
         required=True,
@@ -671,6 +685,19 @@ def run_registry(args: argparse.Namespace) -> int:
     )
 
 
+def run_approver(args: argparse.Namespace) -> int:
+    """0: verified; 1: it does not verify; 2: an input is unusable."""
+    return _run_signed(
+        lambda: (_fleet_key(args.fleet_key), _payload(args.payload)),
+        lambda inputs: verify_approver_message(args.topic, inputs[1], inputs[0]),
+        lambda message: {
+            **dataclasses.asdict(message),
+            "public_key": message.public_key.hex(),
+            "actions": list(message.actions),
+        },
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["message"]:
@@ -681,6 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_receipt(_receipt_parser().parse_args(argv[1:]))
     if argv[:1] == ["registry"]:
         return run_registry(_registry_parser().parse_args(argv[1:]))
+    if argv[:1] == ["approver"]:
+        return run_approver(_approver_parser().parse_args(argv[1:]))
     parser = argparse.ArgumentParser(
         prog="sealink-verify",
         description=__doc__,

@@ -1,5 +1,5 @@
 """A consumer's check of the gateway's signed MQTT messages: status and alarms (SPEC §11.4),
-and of the fleet's registry messages (§11.6).
+and of the fleet's registry messages (§11.6) and approver messages (§11.7).
 
     body = verify_message(topic, payload, {"gw-1": [public_key_raw]}).body
 
@@ -23,6 +23,7 @@ import cbor2
 from cwt import COSE, COSEKey
 
 __all__ = [
+    "ApproverMessage",
     "BadSignature",
     "Freshness",
     "MessageError",
@@ -34,6 +35,7 @@ __all__ = [
     "WrongGateway",
     "WrongTopic",
     "signing_kid",
+    "verify_approver_message",
     "verify_message",
     "verify_registry_message",
 ]
@@ -200,11 +202,11 @@ def _uint(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> RegistryMessage:
-    """A fleet registry message (SPEC §11.6) that verifies under the fleet's raw Ed25519 key
-    `fleet_key`, signed for `topic` (`<prefix>/fleet/registry/<device>`), its body about that
-    seal and of the §11.6 form; a MessageError naming the failed check otherwise. Its seq
-    orders it; `Freshness` is the caller's, as for §11.4 messages."""
+def _fleet_signed(
+    topic: str, payload: bytes, fleet_key: bytes
+) -> tuple[dict[str, Any], str, int, int]:
+    """The envelope of a message the fleet signs (§11.6, §11.7), verified under its key and for
+    `topic`: (its fields, fleet, seq, time_ms)."""
     kid = signing_kid(payload)
     if kid != _kid(fleet_key):
         raise UnknownKey(f"kid {kid.hex()} is not the fleet key's ({_kid(fleet_key).hex()})")
@@ -214,6 +216,15 @@ def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> Reg
         raise NotSigned("signed payload is not the §11.6 map (fleet, seq, time_ms)")
     if fields.get("topic") != topic:
         raise WrongTopic(f"signed for {fields.get('topic')!r}, delivered on {topic!r}")
+    return fields, fleet, seq, time_ms
+
+
+def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> RegistryMessage:
+    """A fleet registry message (SPEC §11.6) that verifies under the fleet's raw Ed25519 key
+    `fleet_key`, signed for `topic` (`<prefix>/fleet/registry/<device>`), its body about that
+    seal and of the §11.6 form; a MessageError naming the failed check otherwise. Its seq
+    orders it; `Freshness` is the caller's, as for §11.4 messages."""
+    fields, fleet, seq, time_ms = _fleet_signed(topic, payload, fleet_key)
     try:
         body = json.loads(fields["body"])
         seal_key = bytes.fromhex(body["seal_key"])
@@ -260,6 +271,71 @@ def _placement(body: dict[str, Any]) -> tuple[str, int, str]:
     if not whole:
         raise NotSigned("placement record_sha256 is not 32 bytes of hex")
     return gateway, counter, digest.lower()
+
+
+@dataclass(frozen=True)
+class ApproverMessage:
+    topic: str
+    fleet: str
+    seq: int
+    time_ms: int
+    name: str
+    state: str
+    reason: str
+    public_key: bytes
+    actions: tuple[str, ...]
+    since_ms: int
+
+
+_APPROVER_BODY = {"name", "state", "reason", "public_key", "actions", "since_ms"}
+_APPROVER_ACTIONS = {"permit", "revoke", "release", "bundle"}  # SPEC §11.5
+_APPROVER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # SPEC §11.5: an approver name
+
+
+def verify_approver_message(topic: str, payload: bytes, fleet_key: bytes) -> ApproverMessage:
+    """A fleet approver message (SPEC §11.7) that verifies under the fleet's raw Ed25519 key
+    `fleet_key`, signed for `topic` (`<prefix>/fleet/approvers/<name>`), its body about that
+    approver and of the §11.7 form; a MessageError naming the failed check otherwise. Its seq
+    orders it; `Freshness` is the caller's, as for §11.4 messages."""
+    fields, fleet, seq, time_ms = _fleet_signed(topic, payload, fleet_key)
+    try:
+        body = json.loads(fields["body"])
+        public_key = bytes.fromhex(body["public_key"])
+        actions = body["actions"]
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise NotSigned(f"body is not the §11.7 object: {exc!r}") from None
+    well_formed = (
+        isinstance(body, dict)
+        and set(body) == _APPROVER_BODY
+        and isinstance(body["name"], str)
+        and _APPROVER_NAME.fullmatch(body["name"]) is not None
+        and body["state"] in ("active", "revoked")
+        and isinstance(body["reason"], str)
+        and len(body["reason"]) <= 256
+        and len(public_key) == 32
+        and isinstance(actions, list)
+        and len(actions) > 0
+        and all(isinstance(a, str) and a in _APPROVER_ACTIONS for a in actions)
+        and len(set(actions)) == len(actions)
+        and _uint(body["since_ms"])
+    )
+    if not well_formed:
+        raise NotSigned("body is not the §11.7 object")
+    head, sep, name = topic.rpartition("/")
+    if not sep or not head.endswith("/fleet/approvers") or name != body["name"]:
+        raise WrongTopic(f"about approver {body['name']!r}, delivered on {topic!r}")
+    return ApproverMessage(
+        topic,
+        fleet,
+        seq,
+        time_ms,
+        name,
+        body["state"],
+        body["reason"],
+        public_key,
+        tuple(actions),
+        body["since_ms"],
+    )
 
 
 class Freshness:

@@ -24,7 +24,7 @@ from sealink.crypto.signer import key_id
 from sealink.errors import KeyFileError, SealinkError
 from sealink.topics import approver_name_problem
 
-__all__ = ["parse_public_key", "register"]
+__all__ = ["parse_actions", "parse_public_key", "register"]
 
 _RAW_LEN = 32
 
@@ -49,7 +49,7 @@ def parse_public_key(text: str, what: str) -> bytes:
     return raw
 
 
-def _actions(text: str) -> tuple[str, ...]:
+def parse_actions(text: str) -> tuple[str, ...]:
     actions = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
     unknown = [a for a in actions if a not in ACTIONS]
     if unknown or not actions:
@@ -74,7 +74,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     else:
         path = Path(args.public_key_file)
         raw = parse_public_key(path.read_text(encoding="ascii", errors="replace"), str(path))
-    actions = _actions(args.actions)
+    actions = parse_actions(args.actions)
     with open_ledger(load(args)) as ledger:
         ledger.add_approver(args.name, raw, actions)
     kid = key_id(Ed25519PublicKey.from_public_bytes(raw)).hex()

@@ -16,6 +16,8 @@ sealink fleet devices reinstate D --reason TEXT  (SPEC §11.6: signed, retained,
 sealink fleet devices move D --to GW --reason T  the seal moved to gateway GW: it learns where
                                                  the seal stands, the others hold it
 sealink fleet devices import FILE --org ORG      ... and put those seals in an organisation
+sealink fleet approvers add NAME --public-key HEX --actions a,b --reason T | revoke NAME
+                 --reason T | list               approver keys issued to every gateway (§11.7)
 sealink fleet serve --config ... [--listen H:P]  the read-only JSON API for downstream systems
 sealink fleet tokens add NAME | list | revoke NAME   its bearer tokens (printed once, kept hashed)
 
@@ -33,16 +35,18 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sealink.cli.common import add_command, iso_ms, print_json
 from sealink.errors import FleetError
 from sealink.logs import configure_logging
 
 if TYPE_CHECKING:
-    from sealink.fleet import FleetConfig, RegistryChange, Store
+    from sealink.fleet import ApproverChange, FleetConfig, RegistryChange, Store
 
 __all__ = ["register"]
+
+Change = TypeVar("Change", "RegistryChange", "ApproverChange")
 
 
 def _open(args: argparse.Namespace) -> tuple[FleetConfig, Store]:
@@ -160,24 +164,33 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_change(args: argparse.Namespace, make: Callable[..., RegistryChange]) -> int:
-    """Sign one registry change (`make(store, key, fleet, prefix)`), publish it retained, and
-    say so; unpublished (no broker), it waits in the database for `sealink fleet run`."""
+def _signed_change(
+    args: argparse.Namespace, make: Callable[..., Change], mark: Callable[[Store, Change], None]
+) -> tuple[Change, bool]:
+    """Sign one change (`make(store, key, fleet, prefix)`), publish it retained and `mark` it
+    published; unpublished (no broker), it waits in the database for `sealink fleet run`."""
     from sealink.crypto import GatewayKey
-    from sealink.fleet import mark_published, publish
+    from sealink.fleet import publish
 
     config, store = _open(args)
     key = GatewayKey.load(config.key_file)
     with store:
         change = make(store, key, config.name, config.prefix)
-        published = True
         try:
             publish(config.host, config.port, [change], f"{config.instance}-registry")
-            mark_published(store, change)
+            mark(store, change)
         except FleetError as exc:
             # Recorded: `sealink fleet run` publishes it once the broker takes it.
             print(f"sealink: warning: {exc}; `sealink fleet run` publishes it", file=sys.stderr)
-            published = False
+            return change, False
+    return change, True
+
+
+def _registry_change(args: argparse.Namespace, make: Callable[..., RegistryChange]) -> int:
+    """Sign, publish and say one registry change (SPEC §11.6)."""
+    from sealink.fleet import mark_published
+
+    change, published = _signed_change(args, make, mark_published)
     said: dict[str, Any] = {"device": change.device, "state": change.state, "seq": change.seq,
                             "topic": change.topic, "published": published}  # fmt: skip
     if change.placement is not None:
@@ -442,3 +455,6 @@ def register(sub: Any) -> None:
         p.add_argument("name")
         _with_config(p)
     _with_config(add_command(tk, "list", cmd_tokens_list, "the tokens' names, not the tokens"))
+    from sealink.cli import fleetapprovers  # it builds on this module's helpers
+
+    fleetapprovers.register(fl)

@@ -12,6 +12,14 @@ Each gateway's checkpoints are proved to extend one another (SPEC §14.6), by a 
 their own (_consistency.py) that asks the gateway for the consistency proofs.
 """
 
+from sealink.fleet._approvers import (
+    ApproverChange,
+    FleetApprover,
+    add_approver,
+    approvers,
+    mark_approver_published,
+    revoke_approver,
+)
 from sealink.fleet._config import FleetConfig, load_config
 from sealink.fleet._registry import RegistryChange, change_state, mark_published, move, publish
 from sealink.fleet._schema import migrate, migrations
@@ -26,7 +34,9 @@ from sealink.fleet._store import (
 )
 
 __all__ = [
+    "ApproverChange",
     "Batch",
+    "FleetApprover",
     "FleetConfig",
     "FleetService",
     "GatewayAlarm",
@@ -36,11 +46,15 @@ __all__ = [
     "SignedCheckpoint",
     "Store",
     "StoreOutcome",
+    "add_approver",
+    "approvers",
     "change_state",
     "load_config",
+    "mark_approver_published",
     "mark_published",
     "migrate",
     "migrations",
     "move",
     "publish",
+    "revoke_approver",
 ]

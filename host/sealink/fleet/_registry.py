@@ -20,9 +20,9 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -222,7 +222,17 @@ def mark_published(store: Store, change: RegistryChange) -> None:
         )
 
 
-def publish(host: str, port: int, changes: list[RegistryChange], client_id: str) -> None:
+class Retained(Protocol):
+    """A signed message the fleet keeps retained on its topic (a seal's, an approver's)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def message(self) -> bytes: ...
+
+
+def publish(host: str, port: int, changes: Sequence[Retained], client_id: str) -> None:
     """Publish retained (QoS 1) and wait for each PUBACK; FleetError if the broker does not
     take them (they stay unpublished in PostgreSQL for `sealink fleet run`)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)

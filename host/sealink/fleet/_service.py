@@ -26,12 +26,14 @@ request asked again) and go straight to the request waiting for them, never to t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -49,9 +51,10 @@ from sealink_verify.mqtt import MessageError, WrongGateway, verify_message
 from sealink_verify.record import RecordError, RecordVerifier
 from sealink_verify.tlog import NoteError
 
+from sealink.fleet._approvers import mark_approver_published, unpublished_approvers
 from sealink.fleet._config import FleetConfig
 from sealink.fleet._consistency import ConsistencyWorker
-from sealink.fleet._registry import mark_published, unpublished
+from sealink.fleet._registry import Retained, mark_published, unpublished
 from sealink.fleet._store import (
     Batch,
     GatewayAlarm,
@@ -264,21 +267,27 @@ class FleetService:
         self._republish()
 
     def _republish(self) -> None:
-        """Registry messages a `devices revoke` recorded while the broker was away (SPEC
-        §11.6): published retained now, marked once the broker acknowledged them."""
+        """Registry and approver messages a `devices revoke` or `approvers add|revoke`
+        recorded while the broker was away (SPEC §11.6, §11.7): published retained now,
+        marked once the broker acknowledged them."""
         try:
-            changes = unpublished(self.store, self.config.prefix)
+            seals = unpublished(self.store, self.config.prefix)
+            issued = unpublished_approvers(self.store, self.config.prefix)
         except psycopg.Error as exc:
             log.debug("fleet: registry not republished: %s", exc)
             return
-        for change in changes:
+        pending: list[tuple[Retained, Callable[[], None]]] = [
+            *((c, functools.partial(mark_published, self.store, c)) for c in seals),
+            *((c, functools.partial(mark_approver_published, self.store, c)) for c in issued),
+        ]
+        for change, mark in pending:
             info = self._client.publish(change.topic, change.message, qos=1, retain=True)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return  # not connected: the next refresh tries again
             info.wait_for_publish(1.0)
             if info.is_published():
-                mark_published(self.store, change)
-                log.info("fleet: registry of %s published (seq %d)", change.device, change.seq)
+                mark()
+                log.info("fleet: %s published", change.topic)
 
     def _verify_loop(self) -> None:
         refreshed = time.monotonic()

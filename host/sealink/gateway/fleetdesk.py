@@ -15,15 +15,20 @@ A placement (the seal moved to a gateway by `sealink fleet devices move`) holds 
 every other gateway (`moved_by_fleet`), and on the one it names records what the fleet holds
 of it beyond this ledger as a gap whose head its next event must chain to (`placed_by_fleet`).
 A placement for a seal not registered here yet is taken when it is.
+
+The fleet's approver keys (SPEC §11.7, fleetapprovers.py) come on the same client and queue,
+judged in the same order and refused with the same alarm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import TYPE_CHECKING
 
 from sealink.errors import SealinkError
+from sealink.gateway import fleetapprovers
 from sealink.gateway.actions import Alarm
 from sealink.ledger import AHEAD_OF_LEDGER
 from sealink.ledger.fleetreg import MOVED_BY_FLEET, REVOKED_BY_FLEET, Standing
@@ -47,6 +52,8 @@ class FleetDesk:
         self.taken = 0  # registry messages applied: their seq is the seal's floor now
         self.applied = 0  # of those, the ones that quarantined or released a seal
         self.refused: list[RegistryRefused] = []
+        # Approver messages taken (SPEC §11.7), by what each did ("same": applied already).
+        self.approvers_taken: collections.Counter[str] = collections.Counter()
         # Placements for seals not registered here yet, taken again once they are.
         self._waiting: dict[str, Message] = {}
 
@@ -65,9 +72,10 @@ class FleetDesk:
         if not self.enabled:
             return
         gateway = self._gateway
-        topic = registry_topic(gateway.config.mqtt.prefix, "+")
+        prefix = gateway.config.mqtt.prefix
+        topics = [registry_topic(prefix, "+"), fleetapprovers.topic_filter(prefix)]
         async with MqttClient(
-            gateway.config.mqtt, f"{gateway.config.client_id}-fleet", [topic], self._work.put_nowait
+            gateway.config.mqtt, f"{gateway.config.client_id}-fleet", topics, self._work.put_nowait
         ) as client:
             self._client = client
             self._started.set()
@@ -80,8 +88,13 @@ class FleetDesk:
     async def _worker(self) -> None:
         while True:
             message = await self._work.get()
+            gateway = self._gateway
             try:
-                await self._take(message)
+                if fleetapprovers.is_approver_topic(gateway.config.mqtt.prefix, message.topic):
+                    done = await fleetapprovers.take_approver(gateway, message)
+                    self.approvers_taken[done] += 1
+                else:
+                    await self._take(message)
             except RegistryRefused as exc:
                 self._refuse(message.topic, exc)
             except SealinkError as exc:

@@ -20,7 +20,7 @@ from sealproto import messages
 
 from sealink.commands import CommandFieldError, validate_command
 from sealink.errors import CommandError, DeviceError, SealinkError
-from sealink.ledger import queue
+from sealink.ledger import fleetapprovers, queue
 from sealink.ledger.records import now_ms
 
 __all__ = [
@@ -124,6 +124,12 @@ def _row(r: sqlite3.Row | tuple[Any, ...]) -> ApprovalRow:
 
 def add_approver(db: sqlite3.Connection, name: str, key: bytes, actions: tuple[str, ...]) -> None:
     known = db.execute("SELECT revoked_ms FROM approvers WHERE name = ?", (name,)).fetchone()
+    said = fleetapprovers.fleet_said(db, name)
+    if said is not None and said[0] == "revoked":
+        raise ApproverError(
+            f"approver {name} was revoked by the fleet (seq {said[1]}, SPEC §11.7): "
+            "an operator cannot make it active again; pick another name"
+        )
     if known is not None:
         state = "revoked; its history is kept, pick another name" if known[0] else "registered"
         raise ApproverError(f"approver {name} is already {state}")

@@ -38,6 +38,9 @@ v11: fleet_registry (SPEC §11.6, ledger/fleetreg.py): each seal's state as the 
 v12: gaps.head (SPEC §11.6): the record hash a gap the fleet placed ends on (a seal moved
     here), which the seal's next event must chain to; NULL for an operator's gap and in an
     older file.
+v13: fleet_approvers and approver_actions (SPEC §11.7, ledger/fleetapprovers.py): each approver
+    name's last fleet message applied, with its seq (the floor below which one is a rollback),
+    and the audit trail of what the fleet did to the approvers; an older file has none.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ __all__ = [
     "stored_version",
 ]
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 _logger = logging.getLogger("sealink.ledger")
 
@@ -281,6 +284,26 @@ _TABLES_V11 = (
     )""",
 )
 
+# New in v13: fleet approver keys (SPEC §11.7), the floor per approver name and the audit.
+_TABLES_V13 = (
+    """CREATE TABLE IF NOT EXISTS fleet_approvers (
+        name TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS approver_actions (
+        id INTEGER PRIMARY KEY,
+        approver TEXT NOT NULL,
+        action TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        note TEXT NOT NULL,
+        ms INTEGER NOT NULL,
+        detail TEXT
+    )""",
+)
+
 _V4_COLUMNS = ("ALTER TABLE devices ADD COLUMN seal_key BLOB",)
 _V6_COLUMNS = ("ALTER TABLE devices ADD COLUMN enrolment TEXT",)
 _V12_COLUMNS = ("ALTER TABLE gaps ADD COLUMN head BLOB",)
@@ -289,7 +312,7 @@ _V12_COLUMNS = ("ALTER TABLE gaps ADD COLUMN head BLOB",)
 _WITH_LINK_KEYS = ("1", "2", "3", "4")
 _BEFORE_V9 = (*_WITH_LINK_KEYS, "5", "6", "7", "8")
 _BEFORE_V12 = (*_BEFORE_V9, "9", "10", "11")
-_KNOWN = (*_BEFORE_V12, str(SCHEMA_VERSION))
+_KNOWN = (*_BEFORE_V12, "12", str(SCHEMA_VERSION))
 
 # The published rows whose payload another table holds byte for byte: an event's
 # countersignature (events.cose) or an adopted gap's (gaps.cose); and a record's JSON
@@ -381,7 +404,8 @@ def create_or_migrate(
         if version in _BEFORE_V12 and "head" not in _columns(db, "gaps"):
             for statement in _V12_COLUMNS:
                 db.execute(statement)
-        for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8, *_TABLES_V10, *_TABLES_V11):
+        for statement in (*_TABLES_V3, *_TABLES_V7, *_TABLES_V8, *_TABLES_V10, *_TABLES_V11,
+                          *_TABLES_V13):  # fmt: skip
             db.execute(statement)
         if version in ("1", "2"):
             log.backfill(db)

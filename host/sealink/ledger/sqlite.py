@@ -32,7 +32,7 @@ from sealink.commands import validate_command
 from sealink.crypto.keystore import LINK_KEY_LEN, LinkKeyStore
 from sealink.crypto.sealkey import SEAL_KEY_LEN
 from sealink.errors import DeviceError, KeyFileError, LedgerError
-from sealink.ledger import approvals, backup, fleetreg, log, queue
+from sealink.ledger import approvals, backup, fleetapprovers, fleetreg, log, queue
 from sealink.ledger import operator as ops
 from sealink.ledger.db import LedgerMissing, describe, transaction
 from sealink.ledger.keyhistory import KeyHistoryStore
@@ -542,6 +542,16 @@ class Ledger:
         with self._write("apply the fleet registry") as db:
             moved = "unchanged" if placed is None else fleetreg.place(db, device, *placed)
             return moved, fleetreg.apply_state(db, device, seq, state, reason, payload)
+
+    def fleet_approver_floor(self, name: str) -> tuple[int, bytes] | None:
+        """(seq, payload) of the last fleet approver message applied for `name` (§11.7)."""
+        return fleetapprovers.floor(self._db, name)
+
+    def apply_fleet_approver(self, update: fleetapprovers.FleetApproverUpdate) -> str:
+        """Take a verified fleet approver message in one transaction (`fleetapprovers.apply`);
+        FleetApproverRefused: nothing written."""
+        with self._write("apply a fleet approver") as db:
+            return fleetapprovers.apply(db, update)
 
     def approvers(self, name: str | None = None) -> list[approvals.Approver]:
         return approvals.approvers(self._db, name)

@@ -1,0 +1,135 @@
+"""Fleet approver keys' wire format (SPEC §11.7), sans-IO: what the fleet signs for each
+approver it issues and what a gateway checks before it applies it.
+
+    topic   = <prefix>/fleet/approvers/<name>             (retained, one per approver)
+    message = COSE_Sign1 by the fleet's registry key over the §11.4 envelope with "fleet":
+              {"body": bstr (JSON), "fleet": tstr, "seq": uint, "time_ms": uint, "topic": tstr}
+    body    = {"name": tstr, "state": "active" | "revoked", "public_key": hex (Ed25519, 32 bytes),
+               "actions": [tstr, ...], "reason": tstr, "since_ms": uint}
+
+The fleet builds, the gateway opens, so one text decides what a field may hold. A refusal is
+the registry's (RegistryRefused, alarmed `fleet_registry_refused`): the two are judged alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sealink.approvals._wire import ACTIONS
+from sealink.crypto import GatewayKey
+
+# The registry's rule for an unsigned field: the two messages are judged alike.
+from sealink.mqtt.registry import STATES, RegistryRefused, _uint
+from sealink.mqtt.signed import envelope, open_own
+from sealink.topics import approver_name_problem
+
+__all__ = ["ApproverEntry", "approver_topic", "build_approver", "open_approver"]
+
+_BODY = frozenset({"name", "state", "public_key", "actions", "reason", "since_ms"})
+_KEY_LEN = 32
+_TEXT_MAX = 256
+MAX_APPROVER_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class ApproverEntry:
+    fleet: str
+    name: str
+    state: str
+    public_key: bytes
+    actions: tuple[str, ...]
+    reason: str
+    since_ms: int
+    seq: int
+    time_ms: int
+
+
+def approver_topic(prefix: str, name: str) -> str:
+    return f"{prefix}/fleet/approvers/{name}"
+
+
+def build_approver(key: GatewayKey, prefix: str, entry: ApproverEntry) -> bytes:
+    """The fleet's signed, retained message for `entry` (its seq chosen by the fleet's store)."""
+    body = {
+        "actions": list(entry.actions),
+        "name": entry.name,
+        "public_key": entry.public_key.hex(),
+        "reason": entry.reason,
+        "since_ms": entry.since_ms,
+        "state": entry.state,
+    }
+    topic = approver_topic(prefix, entry.name)
+    raw = json.dumps(body, sort_keys=True).encode()
+    return key.sign1(envelope("fleet", entry.fleet, topic, raw, entry.seq, entry.time_ms))
+
+
+def _actions(value: Any) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(set(value)) != len(value)
+        or any(a not in ACTIONS for a in value)
+    ):
+        raise RegistryRefused(
+            "invalid", f"actions must be a non-empty list of distinct ones of {', '.join(ACTIONS)}"
+        )
+    return tuple(value)
+
+
+def _body(raw: Any) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, TypeError):
+        raise RegistryRefused("invalid", "the body is not JSON (UTF-8)") from None
+    if not isinstance(body, dict) or set(body) != _BODY:
+        raise RegistryRefused("invalid", f"the body must hold exactly {', '.join(sorted(_BODY))}")
+    if not isinstance(body["name"], str) or approver_name_problem(body["name"]) is not None:
+        raise RegistryRefused("invalid", "name must be an approver name (SPEC §11.5)")
+    if body["state"] not in STATES:
+        raise RegistryRefused("invalid", f"state must be one of {', '.join(STATES)}")
+    if not isinstance(body["reason"], str) or len(body["reason"]) > _TEXT_MAX:
+        raise RegistryRefused("invalid", f"reason must be a string of at most {_TEXT_MAX}")
+    try:
+        public_key = bytes.fromhex(body["public_key"])
+    except (ValueError, TypeError):
+        raise RegistryRefused("invalid", "public_key must be hex") from None
+    if len(public_key) != _KEY_LEN:
+        raise RegistryRefused("invalid", f"public_key must be {_KEY_LEN} bytes (Ed25519)")
+    body["public_key"] = public_key
+    body["actions"] = _actions(body["actions"])
+    _uint(body, "since_ms")
+    return body
+
+
+def open_approver(
+    payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str
+) -> ApproverEntry:
+    """The verified entry that arrived on `topic`: signed by the fleet key, for this topic, for
+    the approver the topic names, each field of its form. RegistryRefused otherwise."""
+    if len(payload) > MAX_APPROVER_BYTES:
+        raise RegistryRefused(
+            "invalid", f"an approver message is at most {MAX_APPROVER_BYTES} bytes"
+        )
+    fields = open_own(payload, fleet_public_raw)
+    if fields is None or not isinstance(fields.get("fleet"), str):
+        raise RegistryRefused("bad_signature", "not a COSE_Sign1 by the fleet key")
+    if fields.get("topic") != topic:
+        signed = str(fields.get("topic"))[:200]
+        raise RegistryRefused("wrong_topic", f"signed for {signed!r}, arrived on {topic!r}")
+    seq, time_ms = _uint(fields, "seq"), _uint(fields, "time_ms")
+    body = _body(fields.get("body"))
+    if approver_topic(prefix, body["name"]) != topic:
+        raise RegistryRefused("wrong_topic", f"about {body['name']!r}, arrived on {topic!r}")
+    return ApproverEntry(
+        fields["fleet"],
+        body["name"],
+        body["state"],
+        body["public_key"],
+        body["actions"],
+        body["reason"],
+        body["since_ms"],
+        seq,
+        time_ms,
+    )
