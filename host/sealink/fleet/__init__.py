@@ -13,7 +13,16 @@ their own (_consistency.py) that asks the gateway for the consistency proofs.
 """
 
 from sealink.fleet._config import FleetConfig, load_config
-from sealink.fleet._registry import RegistryChange, change_state, mark_published, move, publish
+from sealink.fleet._registry import (
+    Enrolling,
+    RegistryChange,
+    change_state,
+    enrol,
+    enrolling,
+    mark_published,
+    move,
+    publish,
+)
 from sealink.fleet._schema import migrate, migrations
 from sealink.fleet._service import FleetService, Inbound
 from sealink.fleet._store import (
@@ -27,6 +36,7 @@ from sealink.fleet._store import (
 
 __all__ = [
     "Batch",
+    "Enrolling",
     "FleetConfig",
     "FleetService",
     "GatewayAlarm",
@@ -37,6 +47,8 @@ __all__ = [
     "Store",
     "StoreOutcome",
     "change_state",
+    "enrol",
+    "enrolling",
     "load_config",
     "mark_published",
     "migrate",
