@@ -1116,6 +1116,10 @@ def test_fleet_toml_pins_the_authority_and_gateways_acknowledgement_keys(tmp_pat
         with pytest.raises(ConfigError, match=where) as error:
             load(authority_key=authority, ack_keys=ack_keys)
         assert "authority.ack_keys" in str(error.value)
+    keyless = tmp_path / "keyless.toml"
+    keyless.write_text('[fleet]\ndatabase = "x"\ninstance = "i"\n[authority.ack_keys]\n')
+    with pytest.raises(ConfigError, match="authority.key_file"):
+        load_config(keyless)
 
 
 def _held_by_fleet(dsn: str, device: str) -> list[tuple[int, str, bool]]:

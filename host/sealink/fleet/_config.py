@@ -82,6 +82,8 @@ def _authority(
         raise ConfigError("authority", "must be a table")
     if not table:
         return None, ()
+    if "key_file" not in table:
+        raise ConfigError("authority.key_file", "required with [authority]")
     key_file = base / _typed(table, "authority", "key_file", str, "")
     ack_keys = table.get("ack_keys", {})
     if not isinstance(ack_keys, dict):

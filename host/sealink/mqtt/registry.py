@@ -91,6 +91,7 @@ def registry_topic(prefix: str, device: str) -> str:
 
 def build_entry(key: GatewayKey, prefix: str, entry: RegistryEntry) -> bytes:
     """The fleet's signed, retained message for `entry` (its seq chosen by the fleet's store)."""
+    assert entry.enrolment is None or entry.placement is not None, "an enrolment needs a place"
     body = {
         "device": entry.device,
         "reason": entry.reason,
