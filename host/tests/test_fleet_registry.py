@@ -1118,7 +1118,7 @@ def test_fleet_toml_pins_the_authority_and_gateways_acknowledgement_keys(tmp_pat
         assert "authority.ack_keys" in str(error.value)
     keyless = tmp_path / "keyless.toml"
     keyless.write_text('[fleet]\ndatabase = "x"\ninstance = "i"\n[authority.ack_keys]\n')
-    with pytest.raises(ConfigError, match="authority.key_file"):
+    with pytest.raises(ConfigError, match=r"authority\.key_file"):
         load_config(keyless)
 
 
