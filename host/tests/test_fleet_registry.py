@@ -1021,6 +1021,13 @@ def test_a_seal_moved_by_a_fleet_with_the_authority_is_enrolled_with_its_new_gat
                     await _acked(seal)
                 await asyncio.to_thread(_wait, lambda: len(_held_by_fleet(dsn, "seal-m")) == 3,
                                         "the fleet holds seal-m's 3 records")  # fmt: skip
+                # Carried to B, which holds it (ahead of its ledger) in a session that stays
+                # open: the certificate must reach the seal in it.
+                host, device_end = pipe_pair("seal-m@gw-b")
+                b.attach(host)
+                await seal.reconnect(device_end)
+                await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
+                await until(_held(b, "seal-m", AHEAD_OF_LEDGER), _WAIT_S, "B holds seal-m")
                 # Signed by the fleet's key, but enrolling a key that is not B's.
                 stranger = certify(P256Key.generate(), "seal-m", P256Key.generate().public)
                 head = hashlib.sha256(seal.journal[2]).digest()
@@ -1040,14 +1047,9 @@ def test_a_seal_moved_by_a_fleet_with_the_authority_is_enrolled_with_its_new_gat
                                                "--reason", "office moved")  # fmt: skip
                 assert done.returncode == 0, done.stderr
                 said.update(json.loads(done.stdout))
-                await until(lambda: (s := b.registry.get("seal-m")) is not None
-                            and s.enrolment is not None,
-                            _WAIT_S, "B keeps the certificate")  # fmt: skip
-                host, device_end = pipe_pair("seal-m@gw-b")
-                b.attach(host)
-                await seal.reconnect(device_end)
+                await until(_held(b, "seal-m", None), _WAIT_S, "B takes up the seal's chain")
                 await until(lambda: seal.enrolment == said["serial"], _WAIT_S,
-                            "B hands the seal its certificate")  # fmt: skip
+                            "B hands the seal its certificate in the open session")  # fmt: skip
                 await _acked(seal)
                 (enrol,) = [c for c in seal.commands if c[K_TYPE] == messages.ENROL]
                 cert = Certificate(enrol[messages.EN_DEVICE], enrol[messages.EN_SERIAL],
