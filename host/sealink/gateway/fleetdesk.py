@@ -22,7 +22,6 @@ gateway's acknowledgement key, and handed to the seal at its next session (ENROL
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -233,4 +232,6 @@ class FleetDesk:
 def _held_serial(record: DeviceRecord) -> int:
     """The serial of the certificate the ledger holds for the seal (0: none), as
     `sealink devices enrol` or an earlier registry message left it."""
-    return 0 if record.enrolment is None else int(json.loads(record.enrolment)["serial"])
+    if record.enrolment is None:
+        return 0
+    return Certificate.from_json(record.enrolment, f"device {record.device}: enrolment").serial
