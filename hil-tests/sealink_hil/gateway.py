@@ -54,6 +54,9 @@ class HostProcess:
         ack_key_tpm: str | None = None,
     ) -> None:
         self.workdir = workdir
+        # The fleet's registry key (SPEC §11.6, `follow_fleet`): with it the gateway applies
+        # the fleet's registry messages ([fleet] public_key).
+        self.fleet_key: bytes | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir = state_dir or workdir
         # The gateway key and the seals' link keys live here: owner-only, like the files.
@@ -87,6 +90,7 @@ class HostProcess:
     def _write_config(self) -> None:
         ports = "".join(f"\n[[ports]]\nurl = {json.dumps(url)}\n" for url in self.ports)
         tpm = f"ack_key_tpm = {json.dumps(self.ack_key_tpm)}\n" if self.ack_key_tpm else ""
+        fleet = f'\n[fleet]\npublic_key = "{self.fleet_key.hex()}"\n' if self.fleet_key else ""
         self.config_path.write_text(
             f"[gateway]\nid = {json.dumps(self.gateway_id)}\n"
             f"key_file = {json.dumps(str(self.key_path))}\n"
@@ -96,7 +100,7 @@ class HostProcess:
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker_port}\nprefix = "{self.prefix}"\n'
             # Reconnect fast: a broker restart is a fault the suite injects on purpose.
             "reconnect_min_s = 0.1\nreconnect_max_s = 1.0\n"
-            f'{ports}\n[log]\nlevel = "info"\n'
+            f'{ports}{fleet}\n[log]\nlevel = "info"\n'
         )
 
     def cli(self, *args: str, config: bool = True) -> str:
@@ -151,6 +155,11 @@ class HostProcess:
                 *replace,
             )
         self.listen(port_url)
+
+    def follow_fleet(self, fleet_key: bytes) -> None:
+        """Apply the registry messages this fleet key signs (from the next start)."""
+        self.fleet_key = fleet_key
+        self._write_config()
 
     def listen(self, port_url: str) -> None:
         """Serve the board on this port too (from the next start)."""

@@ -75,7 +75,18 @@ def write_fleet_config(
     batch_max: int = 500,
     group: str = "sealink-fleet",
     registry_refresh_s: int = 10,
+    authority_key: Path | None = None,
+    ack_keys: dict[str, bytes] | None = None,
 ) -> Path:
+    """fleet.toml; with `authority_key`, the enrolment authority and the gateways' pinned
+    acknowledgement keys (`ack_keys`, X || Y) too."""
+    authority = [] if authority_key is None else [
+        "",
+        "[authority]",
+        f'key_file = "{authority_key}"',
+        "[authority.ack_keys]",
+        *(f'{gw} = "{key.hex()}"' for gw, key in sorted((ack_keys or {}).items())),
+    ]  # fmt: skip
     lines = [
         "[fleet]",
         f'database = "{database}"',
@@ -93,6 +104,7 @@ def write_fleet_config(
         "",
         "[gateways]",
         *(f'{gw} = "{key}"' for gw, key in sorted(gateways.items())),
+        *authority,
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

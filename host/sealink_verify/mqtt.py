@@ -25,6 +25,7 @@ from cwt import COSE, COSEKey
 __all__ = [
     "ApproverMessage",
     "BadSignature",
+    "Enrolment",
     "Freshness",
     "MessageError",
     "NotSigned",
@@ -191,10 +192,26 @@ class RegistryMessage:
     gateway: str | None = None
     counter: int | None = None
     record_sha256: str | None = None
+    # With a placement: the enrolment authority's certificate for the placement's gateway.
+    enrolment: Enrolment | None = None
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A §5.11 ENROL certificate as a registry message carries it (its fields in hex): the
+    seal's chip checks `signature` under the authority key built into its firmware."""
+
+    serial: int
+    gateway_key: str
+    signature: str
+    device: str
 
 
 _REGISTRY_BODY = {"device", "reason", "seal_key", "since_ms", "state"}
 _PLACEMENT = {"gateway", "counter", "record_sha256"}
+_REGISTRY_FORMS = (_REGISTRY_BODY, _REGISTRY_BODY | _PLACEMENT,
+                   _REGISTRY_BODY | _PLACEMENT | {"enrolment"})  # fmt: skip
+_ENROL = 12  # SPEC §4 message type; ENROL keys 1 serial, 2 gateway_key, 3 sig, 4 device_id
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")  # SPEC §11.6: a gateway id
 
 
@@ -232,7 +249,7 @@ def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> Reg
         raise NotSigned(f"body is not the §11.6 object: {exc!r}") from None
     well_formed = (
         isinstance(body, dict)
-        and set(body) in (_REGISTRY_BODY, _REGISTRY_BODY | _PLACEMENT)
+        and set(body) in _REGISTRY_FORMS
         and body["state"] in ("active", "revoked")
         and isinstance(body["reason"], str)
         and len(body["reason"]) <= 256
@@ -242,7 +259,8 @@ def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> Reg
     )
     if not well_formed:
         raise NotSigned("body is not the §11.6 object")
-    placement = _placement(body) if "gateway" in body else (None, None, None)
+    gateway, counter, digest = _placement(body) if "gateway" in body else (None, None, None)
+    enrolment = _enrolment(body) if "enrolment" in body else None
     head, sep, device = topic.rpartition("/")
     if not sep or not head.endswith("/fleet/registry") or device != body["device"]:
         raise WrongTopic(f"about seal {body['device']!r}, delivered on {topic!r}")
@@ -256,8 +274,39 @@ def verify_registry_message(topic: str, payload: bytes, fleet_key: bytes) -> Reg
         body["reason"],
         seal_key,
         body["since_ms"],
-        *placement,
+        gateway,
+        counter,
+        digest,
+        enrolment,
     )
+
+
+def _enrolment(body: dict[str, Any]) -> Enrolment:
+    """The certificate's form, from SPEC §5.11 and §11.6: the deterministic CBOR map of an
+    ENROL message without seq and MAC, enrolling a 64-byte key for the body's seal."""
+    try:
+        raw = bytes.fromhex(body["enrolment"])
+        msg = cbor2.loads(raw)
+    except (ValueError, TypeError, cbor2.CBORDecodeError):
+        raise NotSigned("enrolment is not hex of CBOR") from None
+    well_formed = (
+        isinstance(msg, dict)
+        and set(msg) == {0, 1, 2, 3, 4}
+        and msg[0] == _ENROL
+        and _uint(msg[1])
+        and 0 < msg[1] <= 0xFFFFFFFF
+        and isinstance(msg[2], bytes)
+        and len(msg[2]) == 64
+        and isinstance(msg[3], bytes)
+        and len(msg[3]) == 64
+        and isinstance(msg[4], str)
+        and cbor2.dumps(msg, canonical=True) == raw
+    )
+    if not well_formed:
+        raise NotSigned("enrolment is not a §5.11 ENROL certificate enrolling a gateway key")
+    if msg[4] != body["device"]:
+        raise NotSigned(f"enrolment enrols seal {msg[4]!r}, not {body['device']!r}")
+    return Enrolment(msg[1], msg[2].hex(), msg[3].hex(), msg[4])
 
 
 def _placement(body: dict[str, Any]) -> tuple[str, int, str]:

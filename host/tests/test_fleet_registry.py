@@ -32,9 +32,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from paho.mqtt.enums import CallbackAPIVersion
 from sealink.cli.events import export_rows
 from sealink.config import FleetLinkConfig, parse_config
+from sealink.crypto.enrolment import Certificate, certify
+from sealink.crypto.p256 import P256Key
+from sealink.crypto.sealkey import SealKey
 from sealink.crypto.signer import GatewayKey
-from sealink.errors import ConfigError, DeviceError, FleetError
-from sealink.fleet import Batch, FleetService, RegistryChange, Store, change_state, load_config
+from sealink.errors import ConfigError, DeviceError, FleetError, KeyFileError
+from sealink.fleet import (
+    Batch,
+    FleetConfig,
+    FleetService,
+    RegistryChange,
+    Store,
+    change_state,
+    enrolling,
+    load_config,
+)
 from sealink.fleet import move as fleet_move
 from sealink.gateway.checks import event_fault
 from sealink.gateway.registry import DeviceRegistry
@@ -58,7 +70,7 @@ from sealink_sim.pipe import pipe_pair
 from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimChip, SimDevice, make_event
 from sealink_verify import verify_export
-from sealproto import messages
+from sealproto import auth, messages
 from sealproto.messages import K_TYPE
 
 PREFIX = "sealink-test"
@@ -119,11 +131,16 @@ def _files(tmp_path: Path, name: str, seals: dict[str, bytes]) -> GatewayFiles:
 
 @contextlib.asynccontextmanager
 async def _gateway(
-    files: GatewayFiles, port: int, fleet_key: bytes, attach: tuple[str, ...]
+    files: GatewayFiles,
+    port: int,
+    fleet_key: bytes,
+    attach: tuple[str, ...],
+    ack_key_file: Path | None = None,
 ) -> AsyncIterator[tuple[Gateway, dict[str, SimDevice]]]:
     config = dataclasses.replace(
-        files.config(port), gateway_id=files.root.name, fleet=FleetLinkConfig(fleet_key)
-    )
+        files.config(port), gateway_id=files.root.name, fleet=FleetLinkConfig(fleet_key),
+        ack_key_file=ack_key_file,
+    )  # fmt: skip
     async with running(config) as gateway, contextlib.AsyncExitStack() as stack:
         await gateway.fleet.ready(_WAIT_S)
         sims = {}
@@ -166,10 +183,15 @@ def _held(gateway: Gateway, device: str, reason: str | None) -> Callable[[], boo
 
 
 def _fleet(
-    tmp_path: Path, cluster: PostgresCluster, broker: Mosquitto, gateways: tuple[GatewayFiles, ...]
+    tmp_path: Path,
+    cluster: PostgresCluster,
+    broker: Mosquitto,
+    gateways: tuple[GatewayFiles, ...],
+    **authority: Any,
 ) -> tuple[str, Path, bytes]:
     """A fleet database that pins these gateways' keys, migrated, with its registry key made
-    by `sealink fleet keys init`: (dsn, fleet.toml, the registry's public key)."""
+    by `sealink fleet keys init`: (dsn, fleet.toml, the registry's public key). `authority`:
+    write_fleet_config's authority_key and ack_keys."""
     pems = {}
     for files in gateways:
         pems[files.root.name] = files.root / "public.pem"
@@ -177,7 +199,7 @@ def _fleet(
     dsn = cluster.database("fleet")
     config = write_fleet_config(
         tmp_path / "fleet.toml", database=dsn, instance="fleet-1",
-        port=broker.port, prefix=PREFIX, gateways=pems,
+        port=broker.port, prefix=PREFIX, gateways=pems, **authority,
     )  # fmt: skip
     assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
     init = sealink("fleet", "keys", "init", "--config", str(config))
@@ -469,7 +491,20 @@ def _v_body(entry: RegistryEntry) -> dict[str, Any]:
             "counter": entry.placement.counter,
             "record_sha256": entry.placement.head.hex(),
         }
+    if entry.enrolment is not None:
+        cert = entry.enrolment
+        message = {0: messages.ENROL, 1: cert.serial, 2: cert.gateway_key, 3: cert.signature,
+                   4: cert.device}  # fmt: skip
+        body["enrolment"] = cbor2.dumps(message, canonical=True).hex()
     return body
+
+
+def _vector_certificate() -> Certificate:
+    """protocol/vectors/enrol.json's certificate: seal-0001 enrolled by its authority key."""
+    vectors = json.loads((VECTORS.parent / "enrol.json").read_text())["vectors"]
+    (cert,) = [v["message"] for v in vectors if v["name"] == "certificate"]
+    return Certificate(cert["4"], cert["1"], bytes.fromhex(cert["2"]["hex"]),
+                       bytes.fromhex(cert["3"]["hex"]))  # fmt: skip
 
 
 def _vectors() -> dict[str, Any]:
@@ -483,6 +518,11 @@ def _vectors() -> dict[str, Any]:
     moved = dataclasses.replace(
         revoked, state="active", reason="office moved", seq=_V_SEQ + 1, placement=placement
     )
+    # Moved again, enrolled with gw-0002's acknowledgement key by the authority.
+    cert = _vector_certificate()
+    enrolled = dataclasses.replace(moved, seq=_V_SEQ + 2, enrolment=cert)
+    enrolled_body = _v_body(enrolled)
+    other_seal = dataclasses.replace(cert, device="seal-0002")
     forgeries = [
         ("signed by another key", _V_TOPIC, build_entry(other, "sealink", revoked),
          "bad_signature"),
@@ -505,11 +545,26 @@ def _vectors() -> dict[str, Any]:
          key.sign1(envelope("fleet", "fleet", _V_TOPIC, json.dumps(
              {**_v_body(moved), "counter": None}).encode(), _V_SEQ + 1, _V_SEQ // 1000)),
          "invalid"),
+        ("an enrolment without a placement", _V_TOPIC,
+         key.sign1(envelope("fleet", "fleet", _V_TOPIC, json.dumps(
+             {**_v_body(revoked), "enrolment": enrolled_body["enrolment"]}).encode(),
+             _V_SEQ + 2, _V_SEQ // 1000)), "invalid"),
+        ("an enrolment of another seal", _V_TOPIC,
+         build_entry(key, "sealink", dataclasses.replace(enrolled, enrolment=other_seal)),
+         "invalid"),
+        ("an enrolment revoking every gateway", _V_TOPIC,
+         build_entry(key, "sealink", dataclasses.replace(enrolled, enrolment=dataclasses.replace(
+             cert, gateway_key=b""))), "invalid"),
+        ("an enrolment that is not an ENROL message", _V_TOPIC,
+         key.sign1(envelope("fleet", "fleet", _V_TOPIC, json.dumps(
+             {**enrolled_body, "enrolment": cbor2.dumps({0: 11, 1: 1}).hex()}).encode(),
+             _V_SEQ + 2, _V_SEQ // 1000)), "invalid"),
     ]  # fmt: skip
     return {
         "about": "SPEC \u00a711.6: the fleet's revocation of seal-0001 (Ed25519 seed "
-        "SHA-256('sealink vectors/registry fleet key')) and forgeries, each with the refusal a "
-        "gateway gives it; rollback and key_substitution need the gateway's ledger (tested in "
+        "SHA-256('sealink vectors/registry fleet key')), its move, its move with an enrolment "
+        "(enrol.json's certificate) and forgeries, each with the refusal a gateway gives it; "
+        "rollback, key_substitution and whose enrolment it is need the gateway (tested in "
         "host/tests/test_fleet_registry.py). Regenerate with SEALINK_WRITE_VECTORS=1 pytest "
         "host/tests/test_fleet_registry.py",
         "fleet_public_key": key.public_raw().hex(),
@@ -522,6 +577,12 @@ def _vectors() -> dict[str, Any]:
             "payload": build_entry(key, "sealink", moved).hex(),
             "body": _v_body(moved),
             "seq": moved.seq,
+        },
+        "enrolled": {
+            "payload": build_entry(key, "sealink", enrolled).hex(),
+            "body": enrolled_body,
+            "seq": enrolled.seq,
+            "certificate": "protocol/vectors/enrol.json: certificate",
         },
         "forgeries": [
             {"name": name, "topic": t, "payload": p.hex(), "refused": reason}
@@ -561,6 +622,16 @@ def test_vector_file_is_current_and_each_forgery_gets_its_refusal() -> None:
     )  # fmt: skip
     signed = cbor2.loads(cbor2.loads(bytes.fromhex(moved["payload"])).value[2])
     assert json.loads(signed["body"]) == moved["body"]
+    assert opened.enrolment is None
+    enrolled = vectors["enrolled"]
+    opened = open_entry(bytes.fromhex(enrolled["payload"]), vectors["topic"], key, "sealink")
+    cert, enrol_keys = opened.enrolment, json.loads((VECTORS.parent / "enrol.json").read_text())
+    assert cert is not None and opened.placement == placement
+    # The seal's check, by hand: the authority's signature over the ENROL without its sig.
+    assert cert.signed_by(bytes.fromhex(enrol_keys["vectors"][0]["authority_key"]))
+    assert cbor2.loads(bytes.fromhex(enrolled["body"]["enrolment"])) == {
+        0: messages.ENROL, 1: cert.serial, 2: cert.gateway_key, 3: cert.signature, 4: "seal-0001"
+    }  # fmt: skip
     for case in vectors["forgeries"]:
         with pytest.raises(RegistryRefused) as refused:
             open_entry(bytes.fromhex(case["payload"]), case["topic"], key, "sealink")
@@ -798,12 +869,7 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     alarms = Alarms(broker.port, {"gw-a": gw_a.key, "gw-b": gw_b.key})
 
     def held_by_fleet(device: str) -> list[tuple[int, str, bool]]:
-        with psycopg.connect(dsn) as conn:
-            rows = conn.execute(
-                "SELECT counter, gateway, chain_ok FROM records WHERE device = %s ORDER BY counter",
-                (device,),
-            ).fetchall()
-        return [(int(c), str(g), bool(ok)) for c, g, ok in rows]
+        return _held_by_fleet(dsn, device)
 
     async def holds(device: str, count: int) -> None:
         await asyncio.to_thread(_wait, lambda: len(held_by_fleet(device)) == count,
@@ -903,6 +969,169 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     fleet_said = [json.loads(line) for line in shown.stdout.splitlines()]
     (moved,) = [a for a in fleet_said if a["reason"] == "moved"]
     assert (moved["detail"]["from"], moved["detail"]["to"]) == ("gw-a", "gw-b")
+
+
+def test_a_seal_moved_by_a_fleet_with_the_authority_is_enrolled_with_its_new_gateway(
+    tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster
+) -> None:
+    """With fleet.toml [authority], `sealink fleet devices move` signs seal-m's certificate
+    for gateway B's acknowledgement key (pinned in fleet.toml): B keeps it and hands it to the
+    seal at its next session (ENROL after TIME), and B's acknowledgements are signed with the
+    key it enrols; A, which the placement does not name, keeps nothing. Before that, a
+    fleet-signed placement on B whose enrolment is for another key is refused by B as
+    `invalid` and changes nothing there. The simulated seal does not check signatures (its
+    chip is simulated): the test checks them as the seal's chip does, under the authority's
+    key and under the enrolled key."""
+    seals = {"seal-m": os.urandom(32)}
+    gw_a, gw_b = _files(tmp_path, "gw-a", seals), _files(tmp_path, "gw-b", seals)
+    ack_b, ack_b_file = P256Key.generate(), gw_b.root / "gateway.ack.key"
+    ack_b.save(ack_b_file, "acknowledgement key")
+    authority_file = tmp_path / "authority.key"
+    made = sealink("authority", "init", "--key", str(authority_file))
+    assert made.returncode == 0, made.stderr
+    authority = bytes.fromhex(made.stdout.strip())
+    dsn, config, fleet_key = _fleet(tmp_path, cluster, broker, (gw_a, gw_b),
+                                    authority_key=authority_file,
+                                    ack_keys={"gw-a": P256Key.generate().public,
+                                              "gw-b": ack_b.public})  # fmt: skip
+    store = Store(dsn, instance="fleet-1")
+    store.import_seal_keys([(d, SimChip.of(k).public) for d, k in seals.items()], source="test")
+    publisher = _publisher(broker.port)
+
+    def fleet_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return sealink("fleet", "devices", *args, "--config", str(config))
+
+    def enrolment(files: GatewayFiles) -> str | None:
+        with contextlib.closing(files.ledger()) as ledger:
+            record = ledger.device_record("seal-m")
+        assert record is not None
+        return record.enrolment
+
+    said: dict[str, Any] = {}
+
+    async def body() -> None:
+        service = FleetService(load_config(config), store).start()
+        try:
+            async with (
+                _gateway(gw_a, broker.port, fleet_key, ("seal-m",)) as (a, sims),
+                _gateway(gw_b, broker.port, fleet_key, (), ack_b_file) as (b, _),
+            ):
+                seal = sims["seal-m"]
+                for _ in range(3):
+                    await _acked(seal)
+                await asyncio.to_thread(_wait, lambda: len(_held_by_fleet(dsn, "seal-m")) == 3,
+                                        "the fleet holds seal-m's 3 records")  # fmt: skip
+                # Carried to B, which holds it (ahead of its ledger) in a session that stays
+                # open: the certificate must reach the seal in it.
+                host, device_end = pipe_pair("seal-m@gw-b")
+                b.attach(host)
+                await seal.reconnect(device_end)
+                await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
+                await until(_held(b, "seal-m", AHEAD_OF_LEDGER), _WAIT_S, "B holds seal-m")
+                # Signed by the fleet's key, but enrolling a key that is not B's.
+                stranger = certify(P256Key.generate(), "seal-m", P256Key.generate().public)
+                head = hashlib.sha256(seal.journal[2]).digest()
+                wrong = RegistryEntry("fleet", "seal-m", "active", "forged", SimChip.of(
+                    seals["seal-m"]).public, 1, time.time_ns() // 1000, 1,
+                    Placement("gw-b", 3, head), stranger)  # fmt: skip
+                payload = build_entry(GatewayKey.load(tmp_path / "fleet.key"), PREFIX, wrong)
+                topic = registry_topic(PREFIX, "seal-m")
+                publisher.publish(topic, payload, qos=1, retain=True).wait_for_publish(_WAIT_S)
+                await until(lambda: [r.reason for r in b.fleet.refused] == ["invalid"],
+                            _WAIT_S, "B refuses the enrolment of another key")  # fmt: skip
+                state = b.registry.get("seal-m")
+                assert state is not None and (state.stored, state.enrolment) == (0, None)
+                # A is not named: the placement holds the seal there, the certificate is B's.
+                await until(_held(a, "seal-m", "moved_by_fleet"), _WAIT_S, "A holds seal-m")
+                done = await asyncio.to_thread(fleet_cli, "move", "seal-m", "--to", "gw-b",
+                                               "--reason", "office moved")  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                said.update(json.loads(done.stdout))
+                await until(_held(b, "seal-m", None), _WAIT_S, "B takes up the seal's chain")
+                await until(lambda: seal.enrolment == said["serial"], _WAIT_S,
+                            "B hands the seal its certificate in the open session")  # fmt: skip
+                await _acked(seal)
+                (enrol,) = [c for c in seal.commands if c[K_TYPE] == messages.ENROL]
+                cert = Certificate(enrol[messages.EN_DEVICE], enrol[messages.EN_SERIAL],
+                                   enrol[messages.EN_GATEWAY], enrol[messages.EN_SIG])  # fmt: skip
+                assert (cert.device, cert.gateway_key) == ("seal-m", ack_b.public)
+                assert cert.signed_by(authority)
+                digest = auth.stored_digest("seal-m", 4, hashlib.sha256(seal.journal[3]).digest())
+                assert SealKey(ack_b.public).verify(digest, seal.proofs[4])
+                assert enrolment(gw_a) is None
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    try:
+        run(body(), timeout=120)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        store.close()
+    assert said["gateway"] == "gw-b" and said["counter"] == 3
+    held = enrolment(gw_b)
+    assert held is not None and Certificate.from_json(held, "b").serial == said["serial"]
+    with psycopg.connect(dsn) as conn:
+        issued = conn.execute(
+            "SELECT serial, gateway, gateway_key, reason FROM enrolments WHERE device = 'seal-m'"
+        ).fetchall()
+    assert issued == [(said["serial"], "gw-b", ack_b.public, "office moved")]
+    # Enrolled again where it is placed: a higher serial, the placement unchanged.
+    again = fleet_cli("enrol", "seal-m", "--gateway", "gw-b", "--reason", "key replaced")
+    assert again.returncode == 0, again.stderr
+    renewed = json.loads(again.stdout)
+    assert renewed["serial"] > said["serial"] and renewed["counter"] == 3
+    elsewhere = fleet_cli("enrol", "seal-m", "--gateway", "gw-a", "--reason", "x")
+    assert elsewhere.returncode == 2 and "placed on gw-b, not gw-a" in elsewhere.stderr
+
+
+def test_fleet_toml_pins_the_authority_and_gateways_acknowledgement_keys(tmp_path: Path) -> None:
+    gw = SimGateway("gw-1")
+    ack = P256Key.generate()
+    authority = tmp_path / "authority.key"
+    P256Key.generate().save(authority, "authority key")
+
+    def load(**authority_args: Any) -> FleetConfig:
+        path = write_fleet_config(
+            tmp_path / "fleet.toml", database="postgresql://x", instance="i", port=1,
+            prefix=PREFIX, gateways={"gw-1": gw.write_public_key(tmp_path / "gw-1.pem")},
+            **authority_args,
+        )  # fmt: skip
+        return load_config(path)
+
+    plain = load()
+    assert plain.authority_key_file is None
+    assert enrolling(plain, "gw-1", required=False) is None
+    with pytest.raises(FleetError, match=r"no enrolment authority"):
+        enrolling(plain, "gw-1", required=True)
+    config = load(authority_key=authority, ack_keys={"gw-1": ack.public})
+    assert config.ack_key("gw-1") == ack.public
+    found = enrolling(config, "gw-1", required=True)
+    assert found is not None and found.gateway_key == ack.public
+    with pytest.raises(FleetError, match=r"gw-2: no acknowledgement key in fleet.toml"):
+        enrolling(config, "gw-2", required=False)
+    authority.chmod(0o644)  # a key file others can read is refused, as every key file is
+    with pytest.raises(KeyFileError, match="mode 0644 lets others read it"):
+        enrolling(config, "gw-1", required=False)
+    for ack_keys, where in (({"gw-9": ack.public}, "not a gateway of"),
+                            ({"gw-1": bytes(64)}, "gw-1")):  # fmt: skip
+        with pytest.raises(ConfigError, match=where) as error:
+            load(authority_key=authority, ack_keys=ack_keys)
+        assert "authority.ack_keys" in str(error.value)
+    keyless = tmp_path / "keyless.toml"
+    keyless.write_text('[fleet]\ndatabase = "x"\ninstance = "i"\n[authority.ack_keys]\n')
+    with pytest.raises(ConfigError, match=r"authority\.key_file"):
+        load_config(keyless)
+
+
+def _held_by_fleet(dsn: str, device: str) -> list[tuple[int, str, bool]]:
+    """(counter, gateway, chain_ok) of each of `device`'s records in the fleet's PostgreSQL."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT counter, gateway, chain_ok FROM records WHERE device = %s ORDER BY counter",
+            (device,),
+        ).fetchall()
+    return [(int(c), str(g), bool(ok)) for c, g, ok in rows]
 
 
 def _release(files: GatewayFiles, device: str) -> None:

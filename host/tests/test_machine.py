@@ -719,6 +719,23 @@ def test_a_newer_certificate_goes_after_time_and_a_refusal_is_alarmed() -> None:
     assert [a.reason for a in alarms] == ["enrolment_refused"]
 
 
+def test_a_certificate_kept_during_a_session_is_sent_in_it_once() -> None:
+    # SPEC §11.6: the fleet's certificate for a seal already connected (carried here, held
+    # ahead of the ledger until its move) reaches it in the open session, at the next offer.
+    host, seal = Host(ack_key=ACK_KEY), Seal()
+    connect(host, seal)
+    link = host.link()
+    (time_cmd,) = [m for m in host_messages(link.tick(host.now)) if m[K_TYPE] == messages.TIME]
+    result = seal.session(messages.RESULT, RE_SEQ=time_cmd[K_SEQ], RE_CODE=messages.R_OK)
+    assert host_messages(link.feed(wire(result), host.now)) == []
+    host.state.enrolment = certify(P256Key.generate(), DEVICE, ACK_KEY.public, serial=10)
+    (enrol,) = host_messages(link.offer_commands([], host.now))
+    assert enrol[K_TYPE] == messages.ENROL and enrol[messages.EN_SERIAL] == 10
+    ok = seal.session(messages.RESULT, RE_SEQ=enrol[K_SEQ], RE_CODE=messages.R_OK)
+    assert of(Alarm, link.feed(wire(ok), host.now)) == []
+    assert host_messages(link.offer_commands([], host.now)) == []  # handed over: not again
+
+
 def test_a_seal_holding_the_certificate_gets_no_enrol() -> None:
     host, seal = Host(ack_key=ACK_KEY), Seal()
     host.state.enrolment = certify(P256Key.generate(), DEVICE, ACK_KEY.public, serial=10)

@@ -102,3 +102,24 @@ def test_a_move_verifies_with_its_placement_read_as_the_spec_says() -> None:
     assert (message.state, message.seq) == (body["state"], moved["seq"])
     plain = verify_registry_message(VECTOR["topic"], bytes.fromhex(VECTOR["payload"]), FLEET_KEY)
     assert (plain.gateway, plain.counter, plain.record_sha256) == (None, None, None)
+    assert message.enrolment is None and plain.enrolment is None
+
+
+def test_a_move_with_an_enrolment_prints_the_certificate_it_carries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enrolled = VECTOR["enrolled"]
+    cert = json.loads((Path(__file__).parents[2] / "protocol" / "vectors" / "enrol.json")
+                      .read_text())["vectors"][1]["message"]  # fmt: skip
+    path = tmp_path / "enrolled.cose"
+    path.write_bytes(bytes.fromhex(enrolled["payload"]))
+    args = ["registry", "--topic", VECTOR["topic"], "--fleet-key", FLEET_KEY.hex(), str(path)]
+    assert verify(args) == EXIT_VERIFIED
+    out = json.loads(capsys.readouterr().out)
+    assert out["gateway"] == enrolled["body"]["gateway"]
+    assert out["enrolment"] == {
+        "serial": cert["1"],
+        "gateway_key": cert["2"]["hex"],
+        "signature": cert["3"]["hex"],
+        "device": cert["4"],
+    }

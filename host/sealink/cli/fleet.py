@@ -14,7 +14,10 @@ sealink fleet keys init --config ...             the registry's signing key (060
 sealink fleet devices revoke D --reason TEXT     a stolen seal disabled on every gateway
 sealink fleet devices reinstate D --reason TEXT  (SPEC §11.6: signed, retained, per seal)
 sealink fleet devices move D --to GW --reason T  the seal moved to gateway GW: it learns where
-                                                 the seal stands, the others hold it
+                                                 the seal stands, the others hold it (with
+                                                 [authority]: and it is enrolled with GW)
+sealink fleet devices enrol D --gateway GW --reason T   enrol the seal with the gateway it is
+                                                 placed on (SPEC §5.11 certificate, §11.6)
 sealink fleet devices import FILE --org ORG      ... and put those seals in an organisation
 sealink fleet approvers add NAME --public-key HEX --actions a,b --reason T | revoke NAME
                  --reason T | list               approver keys issued to every gateway (§11.7)
@@ -42,6 +45,7 @@ from sealink.errors import FleetError
 from sealink.logs import configure_logging
 
 if TYPE_CHECKING:
+    from sealink.crypto import GatewayKey
     from sealink.fleet import ApproverChange, FleetConfig, RegistryChange, Store
 
 __all__ = ["register"]
@@ -167,7 +171,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 def _signed_change(
     args: argparse.Namespace, make: Callable[..., Change], mark: Callable[[Store, Change], None]
 ) -> tuple[Change, bool]:
-    """Sign one change (`make(store, key, fleet, prefix)`), publish it retained and `mark` it
+    """Sign one change (`make(store, key, config)`), publish it retained and `mark` it
     published; unpublished (no broker), it waits in the database for `sealink fleet run`."""
     from sealink.crypto import GatewayKey
     from sealink.fleet import publish
@@ -175,7 +179,7 @@ def _signed_change(
     config, store = _open(args)
     key = GatewayKey.load(config.key_file)
     with store:
-        change = make(store, key, config.name, config.prefix)
+        change = make(store, key, config)
         try:
             publish(config.host, config.port, [change], f"{config.instance}-registry")
             mark(store, change)
@@ -196,6 +200,8 @@ def _registry_change(args: argparse.Namespace, make: Callable[..., RegistryChang
     if change.placement is not None:
         said |= {"gateway": change.placement.gateway, "counter": change.placement.counter,
                  "record_sha256": change.placement.head.hex()}  # fmt: skip
+    if change.enrolment is not None:
+        said["serial"] = change.enrolment.serial
     print_json(said)
     return 0
 
@@ -207,8 +213,9 @@ def _by(args: argparse.Namespace) -> str:
 def _set_state(args: argparse.Namespace, state: str) -> int:
     from sealink.fleet import change_state
 
-    return _registry_change(args, lambda store, key, fleet, prefix: change_state(
-        store, key, fleet, prefix, args.device, state, args.reason, _by(args)))  # fmt: skip
+    return _registry_change(args, lambda store, key, config: change_state(
+        store, key, config.name, config.prefix, args.device, state, args.reason,
+        _by(args)))  # fmt: skip
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
@@ -220,10 +227,24 @@ def cmd_devices_reinstate(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_move(args: argparse.Namespace) -> int:
-    from sealink.fleet import move
+    from sealink.fleet import enrolling, move
 
-    return _registry_change(args, lambda store, key, fleet, prefix: move(
-        store, key, fleet, prefix, args.device, args.to, args.reason, _by(args)))  # fmt: skip
+    # With the authority configured, a move enrols the seal where it goes (SPEC §11.6).
+    return _registry_change(args, lambda store, key, config: move(
+        store, key, config.name, config.prefix, args.device, args.to, args.reason, _by(args),
+        enrolling(config, args.to, required=False)))  # fmt: skip
+
+
+def cmd_devices_enrol(args: argparse.Namespace) -> int:
+    from sealink.fleet import enrol, enrolling
+
+    def make(store: Store, key: GatewayKey, config: FleetConfig) -> RegistryChange:
+        enrolment = enrolling(config, args.gateway, required=True)
+        assert enrolment is not None
+        return enrol(store, key, config.name, config.prefix, args.device, enrolment,
+                     args.reason, _by(args))  # fmt: skip
+
+    return _registry_change(args, make)
 
 
 def _query(args: argparse.Namespace, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -415,6 +436,14 @@ def register(sub: Any) -> None:
     p = add_command(dv, "move", cmd_devices_move, "place a seal on another gateway (SPEC §11.6)")
     p.add_argument("device")
     p.add_argument("--to", required=True, metavar="GATEWAY", help="the gateway it moves to")
+    p.add_argument("--reason", required=True, help="why: kept on the record")
+    p.add_argument("--by", help="who (default: $USER)")
+    _with_config(p)
+    p = add_command(
+        dv, "enrol", cmd_devices_enrol, "enrol a seal with the gateway it is placed on (§5.11)"
+    )
+    p.add_argument("device")
+    p.add_argument("--gateway", required=True, help="the gateway the seal is placed on")
     p.add_argument("--reason", required=True, help="why: kept on the record")
     p.add_argument("--by", help="who (default: $USER)")
     _with_config(p)

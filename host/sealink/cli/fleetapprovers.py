@@ -20,7 +20,7 @@ from sealink.topics import approver_name_problem
 
 if TYPE_CHECKING:
     from sealink.crypto import GatewayKey
-    from sealink.fleet import ApproverChange, Store
+    from sealink.fleet import ApproverChange, FleetConfig, Store
 
 __all__ = ["register"]
 
@@ -47,9 +47,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     raw = parse_public_key(args.public_key, "--public-key")
     actions = parse_actions(args.actions)
 
-    def make(store: Store, key: GatewayKey, fleet: str, prefix: str) -> ApproverChange:
+    def make(store: Store, key: GatewayKey, config: FleetConfig) -> ApproverChange:
         return add_approver(
-            store, key, fleet, prefix, args.name, raw, actions, args.reason, _by(args)
+            store, key, config.name, config.prefix, args.name, raw, actions, args.reason,
+            _by(args),
         )
 
     return _said(*_signed_change(args, make, mark_approver_published))
@@ -58,8 +59,10 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     from sealink.fleet import mark_approver_published, revoke_approver
 
-    def make(store: Store, key: GatewayKey, fleet: str, prefix: str) -> ApproverChange:
-        return revoke_approver(store, key, fleet, prefix, args.name, args.reason, _by(args))
+    def make(store: Store, key: GatewayKey, config: FleetConfig) -> ApproverChange:
+        return revoke_approver(
+            store, key, config.name, config.prefix, args.name, args.reason, _by(args)
+        )
 
     return _said(*_signed_change(args, make, mark_approver_published))
 

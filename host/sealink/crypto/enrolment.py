@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sealproto import auth, messages
+from sealproto import auth, cbor, messages
 from sealproto.errors import DecodeError
 
 from sealink.crypto.ackkey import AckKey
@@ -66,6 +66,11 @@ class Certificate:
             }
         )
 
+    def to_cbor(self) -> bytes:
+        """The ENROL command without seq and MAC, deterministic CBOR: the form a fleet
+        registry message carries (SPEC §11.6 `enrolment`)."""
+        return cbor.dumps(self.message())
+
     @classmethod
     def from_json(cls, text: str, where: str) -> Certificate:
         try:
@@ -78,13 +83,39 @@ class Certificate:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise KeyFileError(f"{where}: not an enrolment certificate ({exc})") from None
+        return cert._checked(where)
+
+    @classmethod
+    def from_cbor(cls, data: bytes, where: str) -> Certificate:
+        """The certificate `to_cbor` wrote; KeyFileError for any other bytes."""
         try:
-            messages.encode(cert.message() | {messages.K_SEQ: 1})
+            msg = cbor.loads(data)
         except DecodeError as exc:
             raise KeyFileError(f"{where}: not an enrolment certificate ({exc})") from None
-        if cert.gateway_key and len(cert.gateway_key) != SEAL_KEY_LEN:
-            raise KeyFileError(f"{where}: gateway_key must be {SEAL_KEY_LEN} bytes or empty")
+        if not isinstance(msg, dict) or msg.get(messages.K_TYPE) != messages.ENROL:
+            raise KeyFileError(f"{where}: not an ENROL message")
+        try:
+            cert = cls(
+                msg[messages.EN_DEVICE],
+                msg[messages.EN_SERIAL],
+                msg[messages.EN_GATEWAY],
+                msg[messages.EN_SIG],
+            )
+        except KeyError as exc:
+            raise KeyFileError(f"{where}: not an enrolment certificate (no {exc})") from None
+        cert = cert._checked(where)
+        if cert.to_cbor() != data:
+            raise KeyFileError(f"{where}: not the deterministic encoding of an ENROL message")
         return cert
+
+    def _checked(self, where: str) -> Certificate:
+        try:
+            messages.encode(self.message() | {messages.K_SEQ: 1})
+        except DecodeError as exc:
+            raise KeyFileError(f"{where}: not an enrolment certificate ({exc})") from None
+        if self.gateway_key and len(self.gateway_key) != SEAL_KEY_LEN:
+            raise KeyFileError(f"{where}: gateway_key must be {SEAL_KEY_LEN} bytes or empty")
+        return self
 
     @classmethod
     def load(cls, path: Path) -> Certificate:

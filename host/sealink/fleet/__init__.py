@@ -21,7 +21,16 @@ from sealink.fleet._approvers import (
     revoke_approver,
 )
 from sealink.fleet._config import FleetConfig, load_config
-from sealink.fleet._registry import RegistryChange, change_state, mark_published, move, publish
+from sealink.fleet._registry import (
+    Enrolling,
+    RegistryChange,
+    change_state,
+    enrol,
+    enrolling,
+    mark_published,
+    move,
+    publish,
+)
 from sealink.fleet._schema import migrate, migrations
 from sealink.fleet._service import FleetService, Inbound
 from sealink.fleet._store import (
@@ -36,6 +45,7 @@ from sealink.fleet._store import (
 __all__ = [
     "ApproverChange",
     "Batch",
+    "Enrolling",
     "FleetApprover",
     "FleetConfig",
     "FleetService",
@@ -49,6 +59,8 @@ __all__ = [
     "add_approver",
     "approvers",
     "change_state",
+    "enrol",
+    "enrolling",
     "load_config",
     "mark_approver_published",
     "mark_published",

@@ -23,6 +23,11 @@ listen = "127.0.0.1:8470"
 
 [gateways]                  # gateway id = its public key file (PEM, `sealink keys show`)
 gw-1 = "keys/gw-1.pem"
+
+[authority]                 # optional: the fleet enrols the seals it places (SPEC §5.11, §11.6)
+key_file = "authority.key"  # `sealink authority init` (P-256, 0600)
+[authority.ack_keys]        # gateway id = its acknowledgement key (`sealink keys show`: ack_key)
+gw-1 = "<128 hex digits>"
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealink.errors import ConfigError
+from sealink.crypto.sealkey import parse_seal_key
+from sealink.errors import ConfigError, KeyFileError
 
 __all__ = ["FleetConfig", "load_config", "parse_listen"]
 
@@ -59,6 +65,39 @@ class FleetConfig:
     proof_timeout_s: float = 5.0  # consistency proofs (SPEC §14.6): the gateway's answer
     proof_retry_s: float = 30.0  # a gateway that did not answer: asked again after this
     listen: tuple[str, int] = ("127.0.0.1", 8470)  # `sealink fleet serve`
+    # The enrolment authority's key file (SPEC §5.11); None: moves enrol nobody.
+    authority_key_file: Path | None = None
+    ack_keys: tuple[tuple[str, bytes], ...] = ()  # (gateway id, its G as X || Y)
+
+    def ack_key(self, gateway: str) -> bytes | None:
+        return dict(self.ack_keys).get(gateway)
+
+
+def _authority(
+    table: Any, base: Path, gateways: dict[str, Any]
+) -> tuple[Path | None, tuple[tuple[str, bytes], ...]]:
+    """[authority]: its key file (read when a certificate is signed: 0600 checked then) and
+    the gateways' pinned acknowledgement keys, each of a gateway of [gateways]."""
+    if not isinstance(table, dict):
+        raise ConfigError("authority", "must be a table")
+    if not table:
+        return None, ()
+    if "key_file" not in table:
+        raise ConfigError("authority.key_file", "required with [authority]")
+    key_file = base / _typed(table, "authority", "key_file", str, "")
+    ack_keys = table.get("ack_keys", {})
+    if not isinstance(ack_keys, dict):
+        raise ConfigError("authority.ack_keys", "must be a table of gateway id = hex")
+    pinned = []
+    for gateway in sorted(ack_keys):
+        where = f"authority.ack_keys.{gateway}"
+        if gateway not in gateways:
+            raise ConfigError(where, "not a gateway of [gateways]")
+        try:
+            pinned.append((gateway, parse_seal_key(str(ack_keys[gateway]), where)))
+        except KeyFileError as exc:
+            raise ConfigError(where, str(exc)) from None
+    return key_file, tuple(pinned)
 
 
 def _raw_key(gateway: str, path: Path) -> bytes:
@@ -100,7 +139,10 @@ def load_config(path: str | Path) -> FleetConfig:
     if "database" not in fleet or "instance" not in fleet:
         raise ConfigError("fleet", "database and instance are required")
     base = path.parent
+    authority_key_file, ack_keys = _authority(doc.get("authority", {}), base, gateways)
     return FleetConfig(
+        authority_key_file=authority_key_file,
+        ack_keys=ack_keys,
         database=_typed(fleet, "fleet", "database", str, ""),
         instance=_typed(fleet, "fleet", "instance", str, ""),
         batch_max=_typed(fleet, "fleet", "batch_max", int, 500),

@@ -4,7 +4,11 @@ signed message that carries its state to every gateway, retained on
 
 A move places the seal on one gateway at where it stands in the fleet's record (the highest
 counter held whole, chained, and that record's hash), so the new gateway takes up its chain
-and every other holds it; every later message of the seal carries its placement.
+and every other holds it; every later message of the seal carries its placement. With the
+enrolment authority configured (fleet.toml [authority]) a move also signs the seal's §5.11
+certificate for the new gateway's acknowledgement key, pinned in fleet.toml, which the message
+carries beside the placement (`enrolment`), so that the seal frees its journal on that
+gateway's acknowledgements without a field engineer; `enrol` signs one for where a seal is.
 
 A change is one transaction: the seal's row (state, seq, the signed message, not yet
 published) and its `device_states` row (who, when, why). The message is then published
@@ -29,11 +33,24 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sealink.crypto import GatewayKey
+from sealink.crypto.enrolment import Certificate, certify
+from sealink.crypto.p256 import P256Key
 from sealink.errors import FleetError
+from sealink.fleet._config import FleetConfig
 from sealink.fleet._store import Store
 from sealink.mqtt.registry import Placement, RegistryEntry, build_entry, registry_topic
 
-__all__ = ["RegistryChange", "change_state", "mark_published", "move", "publish", "unpublished"]
+__all__ = [
+    "Enrolling",
+    "RegistryChange",
+    "change_state",
+    "enrol",
+    "enrolling",
+    "mark_published",
+    "move",
+    "publish",
+    "unpublished",
+]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -50,6 +67,32 @@ class RegistryChange:
     topic: str
     message: bytes
     placement: Placement | None = None
+    enrolment: Certificate | None = None
+
+
+@dataclass(frozen=True)
+class Enrolling:
+    """What a certificate for `gateway` is signed with: the authority's key and the gateway's
+    acknowledgement key (G) pinned in fleet.toml."""
+
+    gateway: str
+    authority: P256Key
+    gateway_key: bytes
+
+
+def enrolling(config: FleetConfig, gateway: str, *, required: bool) -> Enrolling | None:
+    """The authority and `gateway`'s G from fleet.toml; None without [authority] unless
+    `required`. FleetError if G is not pinned: a move with the authority configured must not
+    leave the seal enrolled with the gateway it left."""
+    if config.authority_key_file is None:
+        if required:
+            raise FleetError("no enrolment authority: fleet.toml [authority] key_file")
+        return None
+    gateway_key = config.ack_key(gateway)
+    if gateway_key is None:
+        raise FleetError(f"{gateway}: no acknowledgement key in fleet.toml [authority.ack_keys] "
+                         "(`sealink keys show` on that gateway: ack_key)")  # fmt: skip
+    return Enrolling(gateway, P256Key.load(config.authority_key_file, "authority key"), gateway_key)
 
 
 def change_state(
@@ -69,7 +112,7 @@ def change_state(
             raise FleetError(f"{device} is {state} already")
         detail = {"state": state, "reason": reason, "by": by}
         return _sign(conn, key, fleet, prefix, row, state, reason, by, row.placement,
-                     _ALARM[state], detail)  # fmt: skip
+                     _ALARM[state], detail, row.enrolment)  # fmt: skip
 
 
 def move(
@@ -81,21 +124,51 @@ def move(
     to: str,
     reason: str,
     by: str,
+    enrolment: Enrolling | None = None,
 ) -> RegistryChange:
     """Place `device` on gateway `to` where it stands in the fleet's record: the highest
-    counter the fleet holds with every counter before it, chained, and that record's hash.
-    FleetError if `to` is not a gateway of the fleet, or the record is not whole (a counter
-    missing, a fork, a broken chain): a placement must not vouch for what the fleet lacks."""
+    counter the fleet holds with every counter before it, chained, and that record's hash;
+    with `enrolment` (for `to`), enrol it there too. FleetError if `to` is not a gateway of
+    the fleet, or the record is not whole (a counter missing, a fork, a broken chain): a
+    placement must not vouch for what the fleet lacks."""
+    assert enrolment is None or enrolment.gateway == to
     with _change(store, device, reason) as (conn, row):
         if conn.execute("SELECT 1 FROM gateways WHERE id = %s", (to,)).fetchone() is None:
             raise FleetError(f"{to}: not a gateway of this fleet (fleet.toml [gateways])")
         # The writers' per-seal lock (Store.write): no record of the seal lands meanwhile.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device,))
         placement, came_from = _standing(conn, device, to)
+        cert = None if enrolment is None else _certificate(conn, row, enrolment)
         detail = {"to": to, "from": came_from, "counter": placement.counter,
-                  "record_sha256": placement.head.hex(), "reason": reason, "by": by}  # fmt: skip
+                  "record_sha256": placement.head.hex(), "reason": reason, "by": by,
+                  "serial": cert.serial if cert else None}  # fmt: skip
         return _sign(conn, key, fleet, prefix, row, row.state, reason, by, placement,
-                     "moved", detail)  # fmt: skip
+                     "moved", detail, cert)  # fmt: skip
+
+
+def enrol(
+    store: Store,
+    key: GatewayKey,
+    fleet: str,
+    prefix: str,
+    device: str,
+    enrolment: Enrolling,
+    reason: str,
+    by: str,
+) -> RegistryChange:
+    """Enrol `device` with the gateway it is placed on (a move made before the authority was
+    configured, or that gateway's acknowledgement key replaced): its registry message again,
+    the placement unchanged, with a new certificate. FleetError if it is placed elsewhere."""
+    with _change(store, device, reason) as (conn, row):
+        if row.placement is None or row.placement.gateway != enrolment.gateway:
+            where = row.placement.gateway if row.placement else "no gateway by the fleet"
+            raise FleetError(f"{device} is placed on {where}, not {enrolment.gateway}: "
+                             f"`sealink fleet devices move {device} --to {enrolment.gateway}` "
+                             "places and enrols it")  # fmt: skip
+        cert = _certificate(conn, row, enrolment)
+        detail = {"to": enrolment.gateway, "serial": cert.serial, "reason": reason, "by": by}
+        return _sign(conn, key, fleet, prefix, row, row.state, reason, by, row.placement,
+                     "enrolled", detail, cert)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,6 +178,21 @@ class _Row:
     state: str
     seq: int
     placement: Placement | None
+    enrolment: Certificate | None
+
+
+def _certificate(conn: Connection, row: _Row, enrolment: Enrolling) -> Certificate:
+    """A certificate of a serial above every one the fleet issued for the seal: the time in
+    seconds, as `sealink authority` chooses it, or one more than the last."""
+    last = conn.execute(
+        "SELECT max(serial) FROM enrolments WHERE device = %s", (row.device,)
+    ).fetchone()
+    assert last is not None
+    serial = max(int(last[0] or 0) + 1, int(time.time()))
+    try:
+        return certify(enrolment.authority, row.device, enrolment.gateway_key, serial)
+    except ValueError as exc:
+        raise FleetError(f"{row.device}: no certificate signed: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -115,8 +203,8 @@ def _change(store: Store, device: str, reason: str) -> Iterator[tuple[Connection
     try:
         with store.pool.connection() as conn, conn.transaction():
             found = conn.execute(
-                "SELECT seal_key, state, registry_seq, gateway, placed_counter, placed_head "
-                "FROM devices WHERE id = %s FOR UPDATE",
+                "SELECT seal_key, state, registry_seq, gateway, placed_counter, placed_head, "
+                "enrolment FROM devices WHERE id = %s FOR UPDATE",
                 (device,),
             ).fetchone()
             if found is None or found[0] is None:
@@ -125,8 +213,10 @@ def _change(store: Store, device: str, reason: str) -> Iterator[tuple[Connection
             placement = None
             if found[3] is not None:
                 placement = Placement(str(found[3]), int(found[4]), bytes(found[5]))
+            # Written by _sign from a certificate it signed: its bytes parse.
+            cert = None if found[6] is None else Certificate.from_cbor(bytes(found[6]), device)
             yield conn, _Row(device, bytes(found[0]), str(found[1]), int(found[2] or 0),
-                             placement)  # fmt: skip
+                             placement, cert)  # fmt: skip
     except psycopg.Error as exc:
         raise FleetError(f"registry: {exc} (was `sealink fleet migrate` run?)") from None
 
@@ -168,27 +258,37 @@ def _sign(
     placement: Placement | None,
     alarm: str,
     detail: dict[str, Any],
+    enrolment: Certificate | None,
 ) -> RegistryChange:
-    """Sign the seal's next registry message and record it: the seal's row, its history row
-    and the fleet event, in the caller's transaction (published after it commits)."""
+    """Sign the seal's next registry message and record it: the seal's row, its history row,
+    a certificate new in it, and the fleet event, in the caller's transaction (published
+    after it commits)."""
     now_us = time.time_ns() // 1000
     seq = max(row.seq + 1, now_us)
     entry = RegistryEntry(fleet, row.device, state, reason, row.seal_key, now_us // 1000, seq,
-                          now_us // 1000, placement)  # fmt: skip
+                          now_us // 1000, placement, enrolment)  # fmt: skip
     message = build_entry(key, prefix, entry)
     gateway, counter = (placement.gateway, placement.counter) if placement else (None, None)
+    encoded = enrolment.to_cbor() if enrolment else None
     conn.execute(
         "UPDATE devices SET state = %s, registry_seq = %s, registry_message = %s, "
-        "registry_published = false, gateway = %s, placed_counter = %s, placed_head = %s "
-        "WHERE id = %s",
+        "registry_published = false, gateway = %s, placed_counter = %s, placed_head = %s, "
+        "enrolment = %s WHERE id = %s",
         (state, seq, message, gateway, counter, placement.head if placement else None,
-         row.device),
+         encoded, row.device),
     )  # fmt: skip
     conn.execute(
         "INSERT INTO device_states (device, state, reason, by_whom, time_ms, seq, gateway, "
         "counter) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (row.device, state, reason, by, now_us // 1000, seq, gateway, counter),
     )
+    if enrolment is not None and enrolment != row.enrolment:
+        conn.execute(
+            "INSERT INTO enrolments (device, serial, gateway, gateway_key, certificate, "
+            "by_whom, reason, time_ms, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (row.device, enrolment.serial, gateway, enrolment.gateway_key, encoded, by,
+             reason, now_us // 1000, seq),
+        )  # fmt: skip
     # Also where every other fleet event is read (`sealink fleet alarms`).
     conn.execute(
         "INSERT INTO alarms (time_ms, source, gateway, device, reason, detail, dedupe) "
@@ -197,7 +297,7 @@ def _sign(
          f"registry:{row.device}:{seq}"),
     )  # fmt: skip
     topic = registry_topic(prefix, row.device)
-    return RegistryChange(row.device, state, seq, topic, message, placement)
+    return RegistryChange(row.device, state, seq, topic, message, placement, enrolment)
 
 
 def unpublished(store: Store, prefix: str) -> list[RegistryChange]:

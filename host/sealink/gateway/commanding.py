@@ -1,7 +1,8 @@
 """Host → device commands of one session (SPEC §5.7), sans-IO.
 
 One command in flight at a time, TIME first in every session, then ENROL when the gateway
-holds a newer enrolment certificate for the seal than the one its HELLO names (SPEC §5.11). A
+holds a newer enrolment certificate for the seal than the one its HELLO names (SPEC §5.11),
+or as soon as it keeps one during the session (the fleet's, §11.6). A
 command without RESULT after `COMMAND_TIMEOUT_MS` is sent again with a new seq,
 `COMMAND_ATTEMPTS` times in all; then the device is reported unreachable and nothing more is
 sent in this session (the command stays pending in the ledger for the next one). A RESULT
@@ -59,7 +60,12 @@ class CommandQueue:
         time_msg = {K_TYPE: messages.TIME, messages.TI_TIME: host_time_ms}
         self._queue.append(Outgoing(_TIME_ID, "time", time_msg))
         if enrol is not None:
-            self._queue.append(Outgoing(_ENROL_ID, "enrol", enrol))
+            self.enrol(enrol)
+
+    def enrol(self, enrol: dict[int, Any]) -> None:
+        """Hand over the enrolment certificate `enrol` (an ENROL message) after what is
+        queued: at the session's start, or a newer one kept during it."""
+        self._queue.append(Outgoing(_ENROL_ID, "enrol", enrol))
 
     def offer(self, commands: list[Command], *, hold_permits: bool) -> None:
         """Pending ledger commands, oldest first; ones already queued or in flight are kept.

@@ -14,7 +14,10 @@ transaction (floor, placement, quarantine or release, audit rows) and takes effe
 A placement (the seal moved to a gateway by `sealink fleet devices move`) holds the seal on
 every other gateway (`moved_by_fleet`), and on the one it names records what the fleet holds
 of it beyond this ledger as a gap whose head its next event must chain to (`placed_by_fleet`).
-A placement for a seal not registered here yet is taken when it is.
+A placement for a seal not registered here yet is taken when it is. The enrolment certificate
+that may come with it (SPEC §5.11) is kept by the gateway it names, if it enrols this
+gateway's acknowledgement key, and handed to the seal (ENROL after TIME, or at once in a
+session already open).
 
 The fleet's approver keys (SPEC §11.7, fleetapprovers.py) come on the same client and queue,
 judged in the same order and refused with the same alarm.
@@ -27,10 +30,11 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
+from sealink.crypto.enrolment import Certificate
 from sealink.errors import SealinkError
 from sealink.gateway import fleetapprovers
 from sealink.gateway.actions import Alarm
-from sealink.ledger import AHEAD_OF_LEDGER
+from sealink.ledger import AHEAD_OF_LEDGER, DeviceRecord
 from sealink.ledger.fleetreg import MOVED_BY_FLEET, REVOKED_BY_FLEET, Standing
 from sealink.mqtt.client import Message, MqttClient
 from sealink.mqtt.registry import RegistryEntry, RegistryRefused, open_entry, registry_topic
@@ -120,6 +124,7 @@ class FleetDesk:
             if not await self._placement_left(entry, message):
                 return
         await self._check_key(entry)
+        enrolment = self._enrolment_here(entry)
         placed = None
         if entry.placement is not None:
             standing = Standing(entry.placement.gateway, entry.placement.counter,
@@ -134,6 +139,7 @@ class FleetDesk:
             entry.reason,
             message.payload,
             placed,
+            enrolment,
         )
         self.taken += 1
         if moved == "unregistered":
@@ -142,7 +148,7 @@ class FleetDesk:
             self._waiting.pop(entry.device, None)
         await gateway.reload_device(entry.device)
         fields = {"device": entry.device, "state": entry.state, "seq": entry.seq, "done": done,
-                  "moved": moved}  # fmt: skip
+                  "moved": moved, "enrolment": enrolment.serial if enrolment else None}  # fmt: skip
         log.warning("fleet registry applied", extra={"fields": fields})
         self._alarm_placement(entry, moved)
         if done == "quarantined":
@@ -175,10 +181,33 @@ class FleetDesk:
         reason = record.quarantine.reason if record.quarantine is not None else None
         if entry.placement.gateway != gateway.gateway_id:
             return reason is None
-        return record.stored < entry.placement.counter or reason in (
-            MOVED_BY_FLEET,
-            AHEAD_OF_LEDGER,
+        return (
+            record.stored < entry.placement.counter
+            or reason in (MOVED_BY_FLEET, AHEAD_OF_LEDGER)
+            or (entry.enrolment is not None and _held_serial(record) < entry.enrolment.serial)
         )
+
+    def _enrolment_here(self, entry: RegistryEntry) -> Certificate | None:
+        """The entry's certificate if this gateway is to hand it to the seal: the placement
+        names this gateway, and the certificate must then enrol this gateway's own
+        acknowledgement key (else the whole message is refused). Another gateway's is not
+        kept: it is that gateway's to hand over, and this one holds the seal. The authority's
+        signature is the seal's to check (its firmware holds the authority key; a gateway
+        does not)."""
+        cert, placement = entry.enrolment, entry.placement
+        if cert is None or placement is None or placement.gateway != self._gateway.gateway_id:
+            return None
+        ack_key = self._gateway.ack_key
+        if ack_key is None:
+            raise RegistryRefused("invalid", "an enrolment for this gateway, which has no "
+                                  "acknowledgement key ([gateway] ack_key_file)")  # fmt: skip
+        if cert.gateway_key != ack_key.public:
+            raise RegistryRefused(
+                "invalid",
+                f"the enrolment for this gateway enrols key {cert.gateway_key[:8].hex()}..., "
+                f"not this gateway's ({ack_key.public[:8].hex()}...)",
+            )
+        return cert
 
     def _alarm_placement(self, entry: RegistryEntry, moved: str) -> None:
         placement = entry.placement
@@ -212,3 +241,11 @@ class FleetDesk:
         # The gateway's own alarm topic: nothing in a refused message can be trusted, its
         # device included.
         self._gateway.alarm("fleet", Alarm(None, "fleet_registry_refused", exc.detail, fields))
+
+
+def _held_serial(record: DeviceRecord) -> int:
+    """The serial of the certificate the ledger holds for the seal (0: none), as
+    `sealink devices enrol` or an earlier registry message left it."""
+    if record.enrolment is None:
+        return 0
+    return Certificate.from_json(record.enrolment, f"device {record.device}: enrolment").serial

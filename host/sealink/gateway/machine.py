@@ -89,6 +89,8 @@ class LinkMachine:
         # keeps everything (its journal fills and its lock shuts).
         self._ack_key = ack_key
         self._stored_proof = (0, b"")
+        # The serial of the certificate the seal holds, or is being handed, this session.
+        self._enrolment = 0
         self._rejector = Rejector(registry, limiter or RejectLimiter())
         self._decoder = FrameDecoder()
         self._out: list[Action] = []
@@ -176,6 +178,9 @@ class LinkMachine:
         state = self.state
         if state is None:
             return []
+        enrol = self._newer_enrolment(state)
+        if enrol is not None:
+            self.commands.enrol(enrol)
         self.commands.offer(commands, hold_permits=state.quarantine is not None)
         self._pump_commands(now_ms)
         return self._take()
@@ -288,9 +293,17 @@ class LinkMachine:
                 self._out.append(
                     Alarm(state.device, "quarantined", detail, {"since_ms": q.since_ms})
                 )
+        self._enrolment = hs.enrolment
+        self.commands.start(self._wall_ms(), self._newer_enrolment(state))
+
+    def _newer_enrolment(self, state: DeviceState) -> dict[int, Any] | None:
+        """The ENROL of a certificate above the serial the seal holds (HELLO key 7), once a
+        session: at its start, or when one is kept during it (a move by the fleet, §11.6)."""
         cert = state.enrolment
-        enrol = cert.message() if cert is not None and cert.serial > hs.enrolment else None
-        self.commands.start(self._wall_ms(), enrol)
+        if cert is None or cert.serial <= self._enrolment:
+            return None
+        self._enrolment = cert.serial
+        return cert.message()
 
     # events (SPEC §5.4) ----------------------------------------------------------------------
 

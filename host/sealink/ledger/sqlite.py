@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sealink.commands import validate_command
+from sealink.crypto.enrolment import Certificate
 from sealink.crypto.keystore import LINK_KEY_LEN, LinkKeyStore
 from sealink.crypto.sealkey import SEAL_KEY_LEN
 from sealink.errors import DeviceError, KeyFileError, LedgerError
@@ -80,6 +81,23 @@ def _enforce_private(path: Path) -> None:
                 "ledger file was readable by others; now 0600",
                 extra={"fields": {"file": str(file), "was": f"{mode:o}"}},
             )
+
+
+def _enrolment_serial(db: sqlite3.Connection, device: str) -> int | None:
+    """The serial of the certificate held for `device`; None: none. DeviceError if the
+    seal is not registered."""
+    row = db.execute("SELECT enrolment FROM devices WHERE id = ?", (device,)).fetchone()
+    if row is None:
+        raise DeviceError(f"device {device} is not registered")
+    return None if row[0] is None else int(json.loads(row[0])["serial"])
+
+
+def _keep_enrolment(db: sqlite3.Connection, device: str, certificate: str) -> None:
+    # A change of the registration, so that the running service takes it up at its next poll.
+    db.execute(
+        "UPDATE devices SET enrolment = ?, registered_ms = ? WHERE id = ?",
+        (certificate, now_ms(), device),
+    )
 
 
 class Ledger:
@@ -219,17 +237,12 @@ class Ledger:
         replacing one of a lower serial. It counts as a change of the registration, so that
         the running service takes it up at its next poll."""
         with self._write("enrol a device") as db:
-            row = db.execute("SELECT enrolment FROM devices WHERE id = ?", (device,)).fetchone()
-            if row is None:
-                raise DeviceError(f"device {device} is not registered")
-            if row[0] is not None and json.loads(row[0])["serial"] > serial:
+            held = _enrolment_serial(db, device)
+            if held is not None and held > serial:
                 raise DeviceError(
                     f"device {device}: holds a certificate of a later serial; not replacing it"
                 )
-            db.execute(
-                "UPDATE devices SET enrolment = ?, registered_ms = ? WHERE id = ?",
-                (certificate, now_ms(), device),
-            )
+            _keep_enrolment(db, device, certificate)
 
     def registrations(self) -> tuple[int, int]:
         """(devices registered, newest registration ms): changes with every `devices add`,
@@ -534,13 +547,20 @@ class Ledger:
         reason: str,
         payload: bytes,
         placed: tuple[fleetreg.Standing, str, Callable[[bytes], bytes], str] | None = None,
+        enrolment: Certificate | None = None,
     ) -> tuple[str, str]:
         """Take a verified registry message (SPEC §11.6) in one transaction: its placement
-        first, `placed` = (standing, this gateway's id, the gap's signer, the gaps topic), then
-        its state, so that a seal both moved here and revoked ends revoked. Returns what each
-        did (`fleetreg.place`, `fleetreg.apply_state`; "unchanged" without a placement)."""
+        first, `placed` = (standing, this gateway's id, the gap's signer, the gaps topic), with
+        its `enrolment` for this gateway kept unless a certificate of this serial or a later
+        one is (`sealink devices enrol` may have given one), then its state, so that a seal
+        both moved here and revoked ends revoked. Returns what each did (`fleetreg.place`,
+        `fleetreg.apply_state`; "unchanged" without a placement)."""
         with self._write("apply the fleet registry") as db:
             moved = "unchanged" if placed is None else fleetreg.place(db, device, *placed)
+            if enrolment is not None and moved != "unregistered":
+                held = _enrolment_serial(db, device)
+                if held is None or held < enrolment.serial:
+                    _keep_enrolment(db, device, enrolment.to_json())
             return moved, fleetreg.apply_state(db, device, seq, state, reason, payload)
 
     def fleet_approver_floor(self, name: str) -> tuple[int, bytes] | None:

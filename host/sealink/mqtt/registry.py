@@ -6,7 +6,8 @@ and what a gateway checks before it applies it.
               {"body": bstr (JSON), "fleet": tstr, "seq": uint, "time_ms": uint, "topic": tstr}
     body    = {"device": tstr, "state": "active" | "revoked", "reason": tstr,
                "seal_key": hex of the seal chip's public key (X || Y), "since_ms": uint,
-               ? "gateway": tstr, "counter": uint, "record_sha256": hex}   ; a placement
+               ? "gateway": tstr, "counter": uint, "record_sha256": hex,   ; a placement
+               ? "enrolment": hex}    ; with a placement: the §5.11 ENROL certificate for it
 
 Both sides use this module (the fleet builds, the gateway opens), so one text decides what a
 field may hold. Freshness (seq above the floor the gateway keeps) and the key comparison are
@@ -21,7 +22,8 @@ from typing import Any
 
 from sealink.config import NAME_RE
 from sealink.crypto import GatewayKey
-from sealink.errors import SealinkError
+from sealink.crypto.enrolment import Certificate
+from sealink.errors import KeyFileError, SealinkError
 from sealink.mqtt.signed import envelope, open_own
 
 __all__ = [
@@ -42,6 +44,8 @@ _SEAL_KEY_LEN = 64
 _HASH_LEN = 32
 _BODY = frozenset({"device", "reason", "seal_key", "since_ms", "state"})
 _PLACEMENT = frozenset({"gateway", "counter", "record_sha256"})
+# An enrolment names its gateway only by key: it comes with the placement naming it by id.
+_FORMS = (_BODY, _BODY | _PLACEMENT, _BODY | _PLACEMENT | {"enrolment"})
 _TEXT_MAX = 256
 MAX_ENTRY_BYTES = 4096
 
@@ -76,6 +80,9 @@ class RegistryEntry:
     seq: int
     time_ms: int
     placement: Placement | None = None
+    # The authority's certificate enrolling the seal with the placement's gateway (its
+    # acknowledgement key), which that gateway hands the seal; only with a placement.
+    enrolment: Certificate | None = None
 
 
 def registry_topic(prefix: str, device: str) -> str:
@@ -84,6 +91,7 @@ def registry_topic(prefix: str, device: str) -> str:
 
 def build_entry(key: GatewayKey, prefix: str, entry: RegistryEntry) -> bytes:
     """The fleet's signed, retained message for `entry` (its seq chosen by the fleet's store)."""
+    assert entry.enrolment is None or entry.placement is not None, "an enrolment needs a place"
     body = {
         "device": entry.device,
         "reason": entry.reason,
@@ -95,6 +103,8 @@ def build_entry(key: GatewayKey, prefix: str, entry: RegistryEntry) -> bytes:
         body["gateway"] = entry.placement.gateway
         body["counter"] = entry.placement.counter
         body["record_sha256"] = entry.placement.head.hex()
+        if entry.enrolment is not None:
+            body["enrolment"] = entry.enrolment.to_cbor().hex()
     topic = registry_topic(prefix, entry.device)
     raw = json.dumps(body, sort_keys=True).encode()
     return key.sign1(envelope("fleet", entry.fleet, topic, raw, entry.seq, entry.time_ms))
@@ -112,10 +122,10 @@ def _body(raw: Any) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, TypeError):
         raise RegistryRefused("invalid", "the body is not JSON (UTF-8)") from None
-    if not isinstance(body, dict) or set(body) not in (_BODY, _BODY | _PLACEMENT):
+    if not isinstance(body, dict) or set(body) not in _FORMS:
         raise RegistryRefused("invalid", "the body must hold exactly device, reason, seal_key, "
                               "since_ms, state, and with a placement gateway, counter, "
-                              "record_sha256")  # fmt: skip
+                              "record_sha256 (and perhaps enrolment)")  # fmt: skip
     if body["state"] not in STATES:
         raise RegistryRefused("invalid", f"state must be one of {', '.join(STATES)}")
     if not isinstance(body["reason"], str) or len(body["reason"]) > _TEXT_MAX:
@@ -129,7 +139,24 @@ def _body(raw: Any) -> dict[str, Any]:
     body["seal_key"] = seal_key
     _uint(body, "since_ms")
     body["placement"] = _placement(body) if "gateway" in body else None
+    body["enrolment"] = _enrolment(body) if "enrolment" in body else None
     return body
+
+
+def _enrolment(body: dict[str, Any]) -> Certificate:
+    """The certificate's form and its seal; whose key it enrols is the named gateway's to
+    judge, and its signature the seal's (the gateway may not know the authority's key)."""
+    try:
+        cert = Certificate.from_cbor(bytes.fromhex(body["enrolment"]), "enrolment")
+    except (ValueError, TypeError):
+        raise RegistryRefused("invalid", "enrolment must be hex") from None
+    except KeyFileError as exc:
+        raise RegistryRefused("invalid", str(exc)) from None
+    if cert.device != body["device"]:
+        raise RegistryRefused("invalid", f"the enrolment is {cert.device!r}'s, not the seal's")
+    if not cert.gateway_key:
+        raise RegistryRefused("invalid", "the enrolment enrols no gateway (a revocation)")
+    return cert
 
 
 def _placement(body: dict[str, Any]) -> Placement:
@@ -170,4 +197,5 @@ def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str)
         seq,
         time_ms,
         body["placement"],
+        body["enrolment"],
     )
