@@ -91,7 +91,7 @@ def build_api(store: Store) -> Starlette:
             since_ms=_int(request, "since_ms"),
             until_ms=_int(request, "until_ms"),
         )
-        after = _after(request, (str, int))
+        after = _after(request, _query.record_cursor_shape(where))
         return _page(_query.records_page(conn, where, after, _limit(request)))
 
     def device(request: Request, conn: _query.Conn) -> JSONResponse:
