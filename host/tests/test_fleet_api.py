@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -38,13 +39,14 @@ class Api:
     url: str
     token: str
     rig: Rig
+    tls: ssl.SSLContext | None = None  # the client's, trusting the server's CA
 
     def get(self, path: str, token: str | None = None, **query: Any) -> tuple[int, Any]:
         request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(query)}")
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30, context=self.tls) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
@@ -100,7 +102,7 @@ def api(cluster: PostgresCluster, tmp_path: Path) -> Iterator[Api]:  # noqa: F81
 
 
 @contextlib.contextmanager
-def _served(rig: Rig) -> Iterator[Api]:
+def _served(rig: Rig, tls: ssl.SSLContext | None = None) -> Iterator[Api]:
     """`sealink fleet serve` of the rig's config, on a free loopback port, with a token."""
     server = subprocess.Popen(
         [sys.executable, "-m", "sealink.cli", "fleet", "serve", "--config", str(rig.config_path),
@@ -111,7 +113,7 @@ def _served(rig: Rig) -> Iterator[Api]:
         assert server.stdout is not None
         line = server.stdout.readline()  # printed once the socket is bound
         assert line, "fleet serve exited before listening"
-        yield Api(json.loads(line)["listening"], _token(rig, "credit"), rig)
+        yield Api(json.loads(line)["listening"], _token(rig, "credit"), rig, tls)
     finally:
         server.terminate()
         server.wait(timeout=_START_S)

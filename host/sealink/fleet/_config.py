@@ -20,6 +20,8 @@ receive_maximum = 1000      # unacknowledged QoS 1 messages the broker may send 
 
 [serve]                     # `sealink fleet serve`: the query API for downstream systems
 listen = "127.0.0.1:8470"
+tls_cert_file = "api.pem"   # optional: serve HTTPS only, with this certificate (chain, PEM)
+tls_key_file = "api.key"    # and its unencrypted private key, 0600
 
 [gateways]                  # gateway id = its public key file (PEM, `sealink keys show`)
 gw-1 = "keys/gw-1.pem"
@@ -59,6 +61,8 @@ class FleetConfig:
     proof_timeout_s: float = 5.0  # consistency proofs (SPEC §14.6): the gateway's answer
     proof_retry_s: float = 30.0  # a gateway that did not answer: asked again after this
     listen: tuple[str, int] = ("127.0.0.1", 8470)  # `sealink fleet serve`
+    tls_cert_file: Path | None = None  # None: plain HTTP (loopback, or behind a TLS proxy)
+    tls_key_file: Path | None = None
 
 
 def _raw_key(gateway: str, path: Path) -> bytes:
@@ -100,6 +104,12 @@ def load_config(path: str | Path) -> FleetConfig:
     if "database" not in fleet or "instance" not in fleet:
         raise ConfigError("fleet", "database and instance are required")
     base = path.parent
+    if ("tls_cert_file" in serve) != ("tls_key_file" in serve):
+        raise ConfigError("serve.tls_cert_file", "tls_cert_file and tls_key_file go together")
+    tls_cert_file, tls_key_file = (
+        base / _typed(serve, "serve", key, str, "") if key in serve else None
+        for key in ("tls_cert_file", "tls_key_file")
+    )
     return FleetConfig(
         database=_typed(fleet, "fleet", "database", str, ""),
         instance=_typed(fleet, "fleet", "instance", str, ""),
@@ -119,6 +129,8 @@ def load_config(path: str | Path) -> FleetConfig:
         listen=parse_listen(
             "serve.listen", _typed(serve, "serve", "listen", str, "127.0.0.1:8470")
         ),
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
         gateways=tuple(
             (gw, _raw_key(gw, base / str(_typed(gateways, "gateways", gw, str, ""))))
             for gw in sorted(gateways)
