@@ -42,14 +42,18 @@ class Api:
     tls: ssl.SSLContext | None = None  # the client's, trusting the server's CA
 
     def get(self, path: str, token: str | None = None, **query: Any) -> tuple[int, Any]:
+        status, body = self.get_bytes(path, token, **query)
+        return status, json.loads(body)
+
+    def get_bytes(self, path: str, token: str | None = None, **query: Any) -> tuple[int, bytes]:
         request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(query)}")
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=30, context=self.tls) as response:
-                return response.status, json.loads(response.read())
+                return response.status, bytes(response.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+            return exc.code, bytes(exc.read())
 
     def all_records(self, limit: int, **query: Any) -> tuple[list[tuple[str, int]], int]:
         """Every page's (device, counter), in order, and how many pages it took."""

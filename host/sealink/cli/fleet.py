@@ -325,8 +325,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from sealink.approvals import ApproverKey
     from sealink.config import check_server_tls
     from sealink.fleet._api import build_api
+    from sealink.fleet._bundles import BundleFetcher
     from sealink.fleet._config import parse_listen
 
     configure_logging("info")
@@ -337,6 +339,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.tls_cert_file is not None and config.tls_key_file is not None:
         check_server_tls(config.tls_cert_file, config.tls_key_file, "serve", "fleet API")
         scheme = "https"
+    fetcher = None
+    if config.approver_key_file is not None:  # loaded now: a bad key stops serve at once
+        fetcher = BundleFetcher(config, ApproverKey.load(config.approver_key_file))
     with store:
         try:  # bound first, so the URL printed (port 0: the kernel's choice) is the one served
             sock = socket.create_server((host, port), family=family)
@@ -346,7 +351,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         server = uvicorn.Server(
             uvicorn.Config(
-                build_api(store),
+                build_api(store, fetcher),
                 log_level="warning",
                 # None: plain HTTP; set, the socket speaks TLS only (no plain HTTP beside it)
                 ssl_certfile=config.tls_cert_file,

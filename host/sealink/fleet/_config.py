@@ -22,6 +22,9 @@ receive_maximum = 1000      # unacknowledged QoS 1 messages the broker may send 
 listen = "127.0.0.1:8470"
 tls_cert_file = "api.pem"   # optional: serve HTTPS only, with this certificate (chain, PEM)
 tls_key_file = "api.key"    # and its unencrypted private key, 0600
+approver = "fleet-api"      # optional: evidence bundles asked of the record's gateway (SPEC
+approver_key_file = "approver.key"  # §11.5 `bundle`) as this approver, with this key
+bundle_timeout_s = 10       # how long a gateway has to answer a bundle request
 
 [gateways]                  # gateway id = its public key file (PEM, `sealink keys show`)
 gw-1 = "keys/gw-1.pem"
@@ -37,6 +40,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sealink.config import NAME_RE
 from sealink.errors import ConfigError
 
 __all__ = ["FleetConfig", "load_config", "parse_listen"]
@@ -63,6 +67,9 @@ class FleetConfig:
     listen: tuple[str, int] = ("127.0.0.1", 8470)  # `sealink fleet serve`
     tls_cert_file: Path | None = None  # None: plain HTTP (loopback, or behind a TLS proxy)
     tls_key_file: Path | None = None
+    approver: str | None = None  # None: no bundles from the gateways
+    approver_key_file: Path | None = None
+    bundle_timeout_s: float = 10.0
 
 
 def _raw_key(gateway: str, path: Path) -> bytes:
@@ -110,6 +117,11 @@ def load_config(path: str | Path) -> FleetConfig:
         base / _typed(serve, "serve", key, str, "") if key in serve else None
         for key in ("tls_cert_file", "tls_key_file")
     )
+    if ("approver" in serve) != ("approver_key_file" in serve):
+        raise ConfigError("serve.approver", "approver and approver_key_file go together")
+    approver = _typed(serve, "serve", "approver", str, "") if "approver" in serve else None
+    if approver is not None and not NAME_RE.match(approver):
+        raise ConfigError("serve.approver", f"{approver!r} is not an approver name")
     return FleetConfig(
         database=_typed(fleet, "fleet", "database", str, ""),
         instance=_typed(fleet, "fleet", "instance", str, ""),
@@ -131,6 +143,13 @@ def load_config(path: str | Path) -> FleetConfig:
         ),
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
+        approver=approver,
+        approver_key_file=(
+            base / _typed(serve, "serve", "approver_key_file", str, "")
+            if approver is not None
+            else None
+        ),
+        bundle_timeout_s=_typed(serve, "serve", "bundle_timeout_s", int, 10),
         gateways=tuple(
             (gw, _raw_key(gw, base / str(_typed(gateways, "gateways", gw, str, ""))))
             for gw in sorted(gateways)
