@@ -17,6 +17,8 @@ sealink fleet devices move D --to GW --reason T  the seal moved to gateway GW: i
                                                  the seal stands, the others hold it
 sealink fleet devices import FILE --org ORG      ... and put those seals in an organisation
 sealink fleet serve --config ... [--listen H:P]  the read-only JSON API for downstream systems
+                                                 (records, evidence bundles; HTTPS with
+                                                 [serve] tls_cert_file and tls_key_file)
 sealink fleet tokens add NAME | list | revoke NAME   its bearer tokens (printed once, kept hashed)
 
 The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt, starlette,
