@@ -288,6 +288,14 @@ def test_alarms_are_paged_by_id(api: Api) -> None:
     assert seen == expected
 
 
+def test_without_an_approver_a_bundle_not_kept_is_503_and_no_record_is_404(api: Api) -> None:
+    status, body = api.get("/v1/records/seal-1/3/bundle", api.token)
+    assert status == 503 and "[serve] approver" in body["error"], body
+    for path in ("/v1/records/seal-1/16/bundle", f"/v1/records/seal-1/{2**64}/bundle"):
+        assert api.get(path, api.token) == (404, {"error": "no such record"}), path
+    assert api.get("/v1/records/seal-1/x/bundle", api.token)[0] == 404  # no such path
+
+
 def test_a_bad_listen_address_is_a_clear_error(api: Api) -> None:
     done = sealink("fleet", "serve", "--config", str(api.rig.config_path), "--listen", "nowhere")
     assert done.returncode != 0
