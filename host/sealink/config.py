@@ -65,7 +65,7 @@ from urllib.parse import urlsplit
 
 from sealink.crypto.signer import check_private_file
 from sealink.crypto.vkey import COSIGNATURE_ALG, parse_vkey
-from sealink.errors import ConfigError
+from sealink.errors import ConfigError, KeyFileError
 from sealink.topics import witness_name_problem
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "MqttConfig",
     "PortConfig",
     "WitnessKey",
+    "check_server_tls",
     "load_config",
     "parse_mqtt",
     "read_toml",
@@ -607,6 +608,26 @@ def tls_context(mqtt: MqttConfig, key_prefix: str = "mqtt") -> ssl.SSLContext:
                 f"unencrypted private key ({_tls_why(exc)})",
             ) from None
     return context
+
+
+def check_server_tls(cert_file: Path, key_file: Path, section: str, what: str) -> None:
+    """An HTTPS server's certificate and key, checked as uvicorn will load them: a 0600 key
+    that goes with the certificate (else a ConfigError naming `section`'s key now, not a
+    traceback when the server starts)."""
+    try:
+        check_private_file(key_file, f"{what} TLS key")
+    except KeyFileError as exc:
+        raise ConfigError(f"{section}.tls_key_file", str(exc)) from None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            cert_file, key_file, _no_passphrase
+        )
+    except OSError as exc:  # ssl.SSLError is one
+        raise ConfigError(
+            f"{section}.tls_cert_file",
+            f"{cert_file} with {key_file}: not a PEM certificate and its unencrypted "
+            f"private key ({_tls_why(exc)})",
+        ) from None
 
 
 def _witnesses(raw: Any) -> tuple[WitnessKey, ...]:

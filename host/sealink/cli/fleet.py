@@ -22,6 +22,8 @@ sealink fleet devices import FILE --org ORG      ... and put those seals in an o
 sealink fleet approvers add NAME --public-key HEX --actions a,b --reason T | revoke NAME
                  --reason T | list               approver keys issued to every gateway (§11.7)
 sealink fleet serve --config ... [--listen H:P]  the read-only JSON API for downstream systems
+                                                 (records, evidence bundles; HTTPS with
+                                                 [serve] tls_cert_file and tls_key_file)
 sealink fleet tokens add NAME | list | revoke NAME   its bearer tokens (printed once, kept hashed)
 
 The package is an extra (`pip install sealink[fleet]`: psycopg, psycopg_pool, cwt, starlette,
@@ -359,21 +361,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from sealink.approvals import ApproverKey
+    from sealink.config import check_server_tls
     from sealink.fleet._api import build_api
+    from sealink.fleet._bundles import BundleFetcher
     from sealink.fleet._config import parse_listen
 
     configure_logging("info")
     config, store = _open(args)
     host, port = config.listen if args.listen is None else parse_listen("--listen", args.listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    scheme = "http"
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        check_server_tls(config.tls_cert_file, config.tls_key_file, "serve", "fleet API")
+        scheme = "https"
+    fetcher = None
+    if config.approver_key_file is not None:  # loaded now: a bad key stops serve at once
+        fetcher = BundleFetcher(config, ApproverKey.load(config.approver_key_file))
     with store:
         try:  # bound first, so the URL printed (port 0: the kernel's choice) is the one served
             sock = socket.create_server((host, port), family=family)
         except OSError as exc:
             raise FleetError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        print_json({"listening": f"http://{host}:{sock.getsockname()[1]}"})
+        print_json({"listening": f"{scheme}://{host}:{sock.getsockname()[1]}"})
         sys.stdout.flush()
-        server = uvicorn.Server(uvicorn.Config(build_api(store), log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_api(store, fetcher),
+                log_level="warning",
+                # None: plain HTTP; set, the socket speaks TLS only (no plain HTTP beside it)
+                ssl_certfile=config.tls_cert_file,
+                ssl_keyfile=config.tls_key_file,
+            )
+        )
         asyncio.run(server.serve(sockets=[sock]))
     return 0
 

@@ -20,7 +20,6 @@ public_key = "gw-1.pub.pem"          # `sealink keys show` on that gateway
 from __future__ import annotations
 
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealink.config import NAME_RE, MqttConfig, parse_mqtt, read_toml
-from sealink.crypto.signer import check_private_file
-from sealink.errors import ConfigError, KeyFileError, SealinkError
+from sealink.config import NAME_RE, MqttConfig, check_server_tls, parse_mqtt, read_toml
+from sealink.errors import ConfigError, SealinkError
 
 __all__ = [
     "ConsoleConfig",
@@ -154,8 +152,7 @@ def _gateways(raw: Any, resolve: Any) -> tuple[FollowedGateway, ...]:
 def _tls(
     console: dict[str, Any], resolve: Any, check_files: bool
 ) -> tuple[Path | None, Path | None]:
-    """The HTTPS certificate and key files, checked as uvicorn will load them: a 0600 key that
-    goes with the certificate (else a named error now, not a traceback at the first request)."""
+    """The HTTPS certificate and key files, checked (check_server_tls) unless told not to."""
     cert, key = console.get("tls_cert_file"), console.get("tls_key_file")
     if (cert is None) != (key is None):
         raise ConfigError("console.tls_cert_file", "tls_cert_file and tls_key_file go together")
@@ -164,20 +161,7 @@ def _tls(
     cert_file = resolve(_str(console, "tls_cert_file", "console"))
     key_file = resolve(_str(console, "tls_key_file", "console"))
     if check_files:
-        try:
-            check_private_file(key_file, "console TLS key")
-        except KeyFileError as exc:
-            raise ConfigError("console.tls_key_file", str(exc)) from None
-        try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                cert_file, key_file, password=lambda: b""
-            )
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise ConfigError(
-                "console.tls_cert_file",
-                f"{cert_file} with {key_file}: not a PEM certificate and its unencrypted "
-                f"private key ({getattr(exc, 'reason', None) or exc})",
-            ) from None
+        check_server_tls(cert_file, key_file, "console", "console")
     return cert_file, key_file
 
 

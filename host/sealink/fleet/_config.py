@@ -20,6 +20,11 @@ receive_maximum = 1000      # unacknowledged QoS 1 messages the broker may send 
 
 [serve]                     # `sealink fleet serve`: the query API for downstream systems
 listen = "127.0.0.1:8470"
+tls_cert_file = "api.pem"   # optional: serve HTTPS only, with this certificate (chain, PEM)
+tls_key_file = "api.key"    # and its unencrypted private key, 0600
+approver = "fleet-api"      # optional: evidence bundles asked of the record's gateway (SPEC
+approver_key_file = "approver.key"  # §11.5 `bundle`) as this approver, with this key
+bundle_timeout_s = 10       # how long a gateway has to answer a bundle request
 
 [gateways]                  # gateway id = its public key file (PEM, `sealink keys show`)
 gw-1 = "keys/gw-1.pem"
@@ -40,6 +45,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sealink.config import NAME_RE
 from sealink.crypto.sealkey import parse_seal_key
 from sealink.errors import ConfigError, KeyFileError
 
@@ -68,6 +74,11 @@ class FleetConfig:
     # The enrolment authority's key file (SPEC §5.11); None: moves enrol nobody.
     authority_key_file: Path | None = None
     ack_keys: tuple[tuple[str, bytes], ...] = ()  # (gateway id, its G as X || Y)
+    tls_cert_file: Path | None = None  # None: plain HTTP (loopback, or behind a TLS proxy)
+    tls_key_file: Path | None = None
+    approver: str | None = None  # None: no bundles from the gateways
+    approver_key_file: Path | None = None
+    bundle_timeout_s: float = 10.0
 
     def ack_key(self, gateway: str) -> bytes | None:
         return dict(self.ack_keys).get(gateway)
@@ -140,6 +151,17 @@ def load_config(path: str | Path) -> FleetConfig:
         raise ConfigError("fleet", "database and instance are required")
     base = path.parent
     authority_key_file, ack_keys = _authority(doc.get("authority", {}), base, gateways)
+    if ("tls_cert_file" in serve) != ("tls_key_file" in serve):
+        raise ConfigError("serve.tls_cert_file", "tls_cert_file and tls_key_file go together")
+    tls_cert_file, tls_key_file = (
+        base / _typed(serve, "serve", key, str, "") if key in serve else None
+        for key in ("tls_cert_file", "tls_key_file")
+    )
+    if ("approver" in serve) != ("approver_key_file" in serve):
+        raise ConfigError("serve.approver", "approver and approver_key_file go together")
+    approver = _typed(serve, "serve", "approver", str, "") if "approver" in serve else None
+    if approver is not None and not NAME_RE.match(approver):
+        raise ConfigError("serve.approver", f"{approver!r} is not an approver name")
     return FleetConfig(
         authority_key_file=authority_key_file,
         ack_keys=ack_keys,
@@ -161,6 +183,15 @@ def load_config(path: str | Path) -> FleetConfig:
         listen=parse_listen(
             "serve.listen", _typed(serve, "serve", "listen", str, "127.0.0.1:8470")
         ),
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
+        approver=approver,
+        approver_key_file=(
+            base / _typed(serve, "serve", "approver_key_file", str, "")
+            if approver is not None
+            else None
+        ),
+        bundle_timeout_s=_typed(serve, "serve", "bundle_timeout_s", int, 10),
         gateways=tuple(
             (gw, _raw_key(gw, base / str(_typed(gateways, "gateways", gw, str, ""))))
             for gw in sorted(gateways)

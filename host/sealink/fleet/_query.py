@@ -4,6 +4,10 @@ Every page is ordered by a unique key and the next one starts after the last key
 (`WHERE (device, counter) > (%s, %s)`), never at an OFFSET: a page costs the same on the
 millionth row as on the first, and a row stored meanwhile is neither served twice nor skipped
 past. A cursor is that last key, opaque to the client (base64url JSON).
+
+Records are keyed by (device, counter), except when time is their only filter: then by
+(received_ms, device, counter), so a consumer following the ledger by time gets it in the
+order it was received, from an index that walks that key (records_received_key).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ __all__ = [
     "device_summary",
     "list_tokens",
     "permits_page",
+    "record_cursor_shape",
+    "record_key",
     "records_page",
     "revoke_token",
     "set_org",
@@ -93,8 +99,26 @@ _RECORD_NAMES = ("device", "counter", "gateway", "received_ms", "kind", "permit"
                  "time_s", "record_sha256", "seal_verified", "chain_ok", "cose")  # fmt: skip
 
 
+_KEY_TYPES: dict[str, type] = {"received_ms": int, "device": str, "counter": int}
+
+
+def record_key(where: RecordFilter) -> tuple[str, ...]:
+    """The unique key the records of `where` are ordered and paged by."""
+    by_seal = (where.device, where.org, where.permit, where.document_sha256)
+    if all(v is None for v in by_seal) and (where.since_ms, where.until_ms) != (None, None):
+        return ("received_ms", "device", "counter")
+    return ("device", "counter")
+
+
+def record_cursor_shape(where: RecordFilter) -> tuple[type, ...]:
+    return tuple(_KEY_TYPES[k] for k in record_key(where))
+
+
 def records_page(conn: Conn, where: RecordFilter, after: list[Any] | None, limit: int) -> Page:
-    """Records matching every filter given, in (device, counter) order, `limit` at most."""
+    """Records matching every filter given, in record_key(where) order, `limit` at most;
+    `after`: the key a cursor of the same filter's page before decoded to."""
+    key = record_key(where)
+    columns = ", ".join(f"r.{k}" for k in key)
     clauses, params = [], []
     for sql, value in (
         ("r.device = %s", where.device),
@@ -112,12 +136,12 @@ def records_page(conn: Conn, where: RecordFilter, after: list[Any] | None, limit
             clauses.append(sql)
             params.append(value)
     if after is not None:
-        clauses.append("(r.device, r.counter) > (%s, %s)")
+        clauses.append(f"({columns}) > ({', '.join(['%s'] * len(key))})")
         params.extend(after)
     join = "JOIN devices d ON d.id = r.device " if where.org is not None else ""
     rows = conn.execute(
         f"SELECT {_RECORD_COLUMNS} FROM records r {join}"  # only the fixed clauses above
-        f"WHERE {' AND '.join(clauses) or 'true'} ORDER BY r.device, r.counter LIMIT %s",
+        f"WHERE {' AND '.join(clauses) or 'true'} ORDER BY {columns} LIMIT %s",
         (*params, limit + 1),
     ).fetchall()
     items = []
@@ -128,7 +152,7 @@ def records_page(conn: Conn, where: RecordFilter, after: list[Any] | None, limit
         item["time_s"] = int(item["time_s"])
         item["cose"] = base64.b64encode(bytes(item["cose"])).decode()
         items.append(item)
-    return _page(items, limit, ["device", "counter"])
+    return _page(items, limit, list(key))
 
 
 def alarms_page(
