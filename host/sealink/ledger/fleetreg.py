@@ -22,6 +22,8 @@ from sealink.ledger.operator import (
     AHEAD_OF_LEDGER,
     MOVED_BY_FLEET,
     REVOKED_BY_FLEET,
+    hold,
+    lift,
     record_action,
     record_gap,
     stored_head,
@@ -111,7 +113,7 @@ def place(
         if reason is not None:
             return "unchanged"  # a quarantine is sticky: its first cause stays
         note = f"moved to {to} by the fleet (seq {seq})"
-        _hold(db, device, MOVED_BY_FLEET, note, ms)
+        hold(db, device, MOVED_BY_FLEET, note, ms)
         detail = {"reason": MOVED_BY_FLEET, "seq": seq, "to": to}
         record_action(db, device, "quarantine", FLEET, note, ms, detail)
         return "moved_away"
@@ -125,23 +127,11 @@ def place(
         done = "anchored"
     covered = reason == AHEAD_OF_LEDGER and (ahead is None or ahead <= counter)
     if reason == MOVED_BY_FLEET or covered:
-        db.execute(
-            "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
-            "quarantine_ms = NULL, ahead_acked = NULL WHERE id = ?",
-            (device,),
-        )
+        lift(db, device, clear_ahead=True)
         note = f"placed here by the fleet (seq {seq})"
         record_action(db, device, "release", FLEET, note, ms, {"reason": reason, "seq": seq})
         done = "anchored" if done == "anchored" else "released"
     return done
-
-
-def _hold(db: sqlite3.Connection, device: str, reason: str, detail: str, ms: int) -> None:
-    db.execute(
-        "UPDATE devices SET quarantine_reason = ?, quarantine_detail = ?, quarantine_ms = ? "
-        "WHERE id = ?",
-        (reason, detail, ms, device),
-    )
 
 
 def registered(db: sqlite3.Connection, device: str) -> str:
@@ -161,15 +151,11 @@ def _apply(db: sqlite3.Connection, device: str, seq: int, state: str, reason: st
         return "unchanged"  # not registered here: the floor is kept for when it is
     detail = {"reason": REVOKED_BY_FLEET, "seq": seq}
     if state == "revoked" and row[0] is None:
-        _hold(db, device, REVOKED_BY_FLEET, reason, ms)
+        hold(db, device, REVOKED_BY_FLEET, reason, ms)
         record_action(db, device, "quarantine", FLEET, reason, ms, detail)
         return "quarantined"
     if state == "active" and row[0] == REVOKED_BY_FLEET:
-        db.execute(
-            "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
-            "quarantine_ms = NULL WHERE id = ?",
-            (device,),
-        )
+        lift(db, device, clear_ahead=False)
         record_action(db, device, "release", FLEET, reason, ms, detail)
         return "released"
     return "unchanged"
