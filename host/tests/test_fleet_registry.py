@@ -41,7 +41,7 @@ from sealink.gateway.registry import DeviceRegistry
 from sealink.gateway.service import Gateway
 from sealink.ledger import AHEAD_OF_LEDGER, DeviceUpdate, EventRow
 from sealink.ledger import Batch as LedgerBatch
-from sealink.ledger.fleetreg import Standing
+from sealink.ledger.fleetreg import Standing, placement_steps
 from sealink.ledger.schema import SCHEMA_VERSION
 from sealink.mqtt.registry import (
     Placement,
@@ -685,6 +685,28 @@ def test_a_placement_elsewhere_holds_the_seal_and_only_a_move_back_releases_it(
         assert record is not None and record.quarantine is not None
         assert record.quarantine.reason == "revoked_by_fleet"
         assert record.stored == 2 and ledger.gaps(DEVICE) == []
+
+
+def test_what_a_placement_has_left_is_exactly_what_taking_it_does(files: GatewayFiles) -> None:
+    """The gateway's desk takes a placement applied already again only when `placement_steps`
+    says something is left (the seal was registered since): each taken twice, the steps say
+    something is left exactly when `place` did something."""
+    head = hashlib.sha256(b"record 7").digest()
+    with contextlib.closing(files.ledger()) as ledger:
+        ahead = DeviceUpdate(DEVICE, quarantine=(AHEAD_OF_LEDGER, "ahead"), ahead_acked=7)
+        ledger.commit(LedgerBatch(events=[_event_row(n) for n in (1, 2)], devices=[ahead]))
+    # Here short of the seal's claim, here covering it, elsewhere, back here.
+    for to, counter, seq in (("gw-test", 5, 10), ("gw-test", 7, 11), ("gw-other", 7, 12),
+                             ("gw-test", 7, 13)):  # fmt: skip
+        for _ in range(2):
+            with contextlib.closing(files.ledger()) as ledger:
+                record = ledger.device_record(DEVICE)
+            assert record is not None
+            reason = record.quarantine.reason if record.quarantine is not None else None
+            standing = Standing(to, counter, head, seq)
+            steps = placement_steps(standing, "gw-test", reason, record.ahead_acked, record.stored)
+            moved, _ = _placed(files, to, counter, head, seq)
+            assert steps.left == (moved != "unchanged"), (to, counter, seq, moved, steps)
 
 
 def test_a_ledger_of_schema_11_gains_the_gap_head_and_keeps_its_gaps(

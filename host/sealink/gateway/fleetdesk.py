@@ -25,10 +25,15 @@ from typing import TYPE_CHECKING
 
 from sealink.errors import SealinkError
 from sealink.gateway.actions import Alarm
-from sealink.ledger import AHEAD_OF_LEDGER
-from sealink.ledger.fleetreg import MOVED_BY_FLEET, REVOKED_BY_FLEET, Standing
+from sealink.ledger.fleetreg import MOVED_BY_FLEET, REVOKED_BY_FLEET, Standing, placement_steps
 from sealink.mqtt.client import Message, MqttClient
-from sealink.mqtt.registry import RegistryEntry, RegistryRefused, open_entry, registry_topic
+from sealink.mqtt.registry import (
+    Placement,
+    RegistryEntry,
+    RegistryRefused,
+    open_entry,
+    registry_topic,
+)
 
 if TYPE_CHECKING:
     from sealink.gateway.service import Gateway
@@ -36,6 +41,10 @@ if TYPE_CHECKING:
 __all__ = ["FleetDesk"]
 
 log = logging.getLogger("sealink.gateway")
+
+
+def _standing(entry: RegistryEntry, placement: Placement) -> Standing:
+    return Standing(placement.gateway, placement.counter, placement.head, entry.seq)
 
 
 class FleetDesk:
@@ -109,8 +118,7 @@ class FleetDesk:
         await self._check_key(entry)
         placed = None
         if entry.placement is not None:
-            standing = Standing(entry.placement.gateway, entry.placement.counter,
-                                entry.placement.head, entry.seq)  # fmt: skip
+            standing = _standing(entry, entry.placement)
             topic = gateway.topics.gaps(entry.device)
             placed = (standing, gateway.gateway_id, gateway.key.sign1, topic)
         moved, done = await gateway.db(
@@ -160,12 +168,9 @@ class FleetDesk:
             self._waiting[entry.device] = message
             return False
         reason = record.quarantine.reason if record.quarantine is not None else None
-        if entry.placement.gateway != gateway.gateway_id:
-            return reason is None
-        return record.stored < entry.placement.counter or reason in (
-            MOVED_BY_FLEET,
-            AHEAD_OF_LEDGER,
-        )
+        standing = _standing(entry, entry.placement)
+        here = gateway.gateway_id
+        return placement_steps(standing, here, reason, record.ahead_acked, record.stored).left
 
     def _alarm_placement(self, entry: RegistryEntry, moved: str) -> None:
         placement = entry.placement
