@@ -22,13 +22,17 @@ from typing import Any, TypeVar
 import pytest
 from sealink.config import Config, LedgerConfig, MqttConfig, PortConfig
 from sealink.crypto.keystore import LinkKeyStore
-from sealink.crypto.signer import GatewayKey
+from sealink.crypto.signer import GatewayKey, countersign_payload
 from sealink.gateway.service import Gateway
+from sealink.ledger import EventRow
 from sealink.ledger.sqlite import Ledger
+from sealink.logs import configure_logging
 from sealink_sim.broker import Mosquitto
 from sealink_sim.observer import Observer
 from sealink_sim.ptylink import PtyLink, open_pty_link
-from sealink_sim.simdevice import SimChip
+from sealink_sim.simdevice import SimChip, make_event
+from sealproto import auth
+from tap_rig import Tap
 
 T = TypeVar("T")
 
@@ -171,6 +175,26 @@ async def running(config: Config) -> AsyncIterator[Gateway]:
                     await asyncio.sleep(0.02)
 
 
+class Feed:
+    """Real events of the test seal, countersigned, submitted to the running gateway."""
+
+    def __init__(self, files: GatewayFiles, gateway: Gateway) -> None:
+        self.files, self.gateway = files, gateway
+        self.counter, self.prev = 0, auth.GENESIS
+
+    async def checkpoint(self) -> int:
+        self.counter += 1
+        event = make_event(self.files.device_keys[DEVICE], self.counter, self.prev)
+        self.prev = auth.record_hash(event)
+        cose = self.files.key.sign1(countersign_payload(DEVICE, self.counter, event, 1, "gw-test"))
+        await self.gateway.committer.submit(
+            event=EventRow(DEVICE, self.counter, event, self.prev, cose, 1)
+        )
+        made = await self.gateway.checkpoints.make()
+        assert made is not None
+        return made.size
+
+
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll a condition on the event loop (the gateway runs on the same loop)."""
     loop = asyncio.get_running_loop()
@@ -179,3 +203,69 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+class _Fd2:
+    """Whatever fd 2 is when a line is written, which capfd holds during the test: pytest swaps
+    sys.stderr (and fd 2) between a test's phases."""
+
+    def write(self, text: str) -> None:
+        os.write(2, text.encode())
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway_log(capfd: pytest.CaptureFixture[str]) -> Iterator[list[str]]:
+    """The gateway's log lines, its publisher's child process included (it logs to fd 2)."""
+    import logging
+
+    root = logging.getLogger("sealink")
+    saved = (root.handlers[:], root.level, root.propagate)
+    configure_logging("info")
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(_Fd2())  # type: ignore[arg-type]
+    lines: list[str] = []
+    yield lines
+    root.handlers[:], root.level, root.propagate = saved
+    lines += capfd.readouterr().err.splitlines()
+
+
+async def logged(
+    capfd: pytest.CaptureFixture[str],
+    lines: list[str],
+    *texts: str,
+    times: int = 1,
+    timeout: float = 15,
+) -> str:
+    """Wait until `times` log lines (of `gateway_log`) hold every one of `texts`; the first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        lines += capfd.readouterr().err.splitlines()
+        found = [line for line in lines if all(text in line for text in texts)]
+        if len(found) >= times:
+            return found[0]
+        if loop.time() > deadline:
+            raise AssertionError(
+                f"not {times} log lines with {texts!r} in {timeout} s; those with the first:\n"
+                + "\n".join(line for line in lines if texts[0] in line)
+                + "\nthe log's end:\n"
+                + "\n".join(lines[-30:])
+            )
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def tap_factory() -> Iterator[Callable[[int, list[str]], Tap]]:
+    taps: list[Tap] = []
+
+    def make(port: int, filters: list[str]) -> Tap:
+        taps.append(Tap(port, filters))
+        return taps[-1]
+
+    yield make
+    for tap in taps:
+        tap.close()

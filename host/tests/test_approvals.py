@@ -28,9 +28,7 @@ from sealink_verify.cli import EXIT_VERIFIED
 from sealink_verify.cli import main as verify
 from sealink_verify.mqtt import verify_message
 from sealproto import messages
-from test_witness import Tap, tap_factory
-
-__all__ = ["tap_factory"]  # a fixture, used by name
+from tap_rig import Tap
 
 PREFIX = "sealink-test"
 GW = "gw-test"

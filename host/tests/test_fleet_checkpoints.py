@@ -22,7 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import GatewayFiles, run, running, sealink, until
+from conftest import Feed, GatewayFiles, run, running, sealink, until
 from evidence_rig import GATEWAY, ORIGIN, Rig
 from sealink.config import LedgerConfig
 from sealink.evidence import heads_hash, sign_checkpoint
@@ -31,8 +31,8 @@ from sealink.gateway.witnesses import consistency_reply
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import write_fleet_config
 from sealink_sim.postgres import PostgresCluster
+from tap_rig import Tap
 from test_fleet_e2e import _wait
-from test_witness import Feed, Tap
 
 PREFIX = "sealink-test"
 _WAIT_S = 30.0
