@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GatewayFiles, run, sealink
-from pki_rig import Pki, make_pki
-from sealink_sim.broker import Mosquitto
-from test_console import (
+from console_rig import (
     CHROMIUM,
     WAIT_MS,
     ConsoleRig,
@@ -33,6 +31,8 @@ from test_console import (
     _write_config,
     browser,
 )
+from pki_rig import Pki, make_pki
+from sealink_sim.broker import Mosquitto
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium (tools/setup-system.sh installs it)"

@@ -20,13 +20,12 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import sealink
+from fleet_rig import PREFIX, Rig, _count, _publisher, _rig, _topic, _wait
 from sealink.fleet import FleetService, Store, load_config
 from sealink.mqtt.signed import MessageSigner
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.postgres import PostgresCluster
-from test_fleet import PREFIX, Rig, _rig, _topic, cluster  # noqa: F401 (cluster: a fixture)
-from test_fleet_e2e import _count, _publisher, _wait
 
 _START_S = 60.0
 
@@ -70,7 +69,7 @@ def _token(rig: Rig, name: str) -> str:
 
 
 @pytest.fixture
-def api(cluster: PostgresCluster, tmp_path: Path) -> Iterator[Api]:  # noqa: F811
+def api(cluster: PostgresCluster, tmp_path: Path) -> Iterator[Api]:
     seals = [SimSeal(f"seal-{i}") for i in range(4)]
     rig = _rig(cluster, tmp_path, seals)  # keys known to its service; the CLI re-imports them
     # coop-a by the --org flag for all four; then seal-3's own row says coop-b (a re-import
@@ -278,7 +277,7 @@ def test_permit_results_name_the_document_and_records_are_found_by_it(api: Api) 
 
 
 def test_fleet_run_learns_a_permit_from_a_result_published_on_mqtt(
-    cluster: PostgresCluster,  # noqa: F811
+    cluster: PostgresCluster,
     tmp_path: Path,
     broker: Mosquitto,
 ) -> None:

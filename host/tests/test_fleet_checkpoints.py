@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from conftest import Feed, GatewayFiles, run, running, sealink, until
 from evidence_rig import GATEWAY, ORIGIN, Rig
+from fleet_rig import _wait
 from sealink.config import LedgerConfig
 from sealink.evidence import heads_hash, sign_checkpoint
 from sealink.fleet import FleetService, Store, load_config, migrate, migrations
@@ -32,16 +33,9 @@ from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import write_fleet_config
 from sealink_sim.postgres import PostgresCluster
 from tap_rig import Tap
-from test_fleet_e2e import _wait
 
 PREFIX = "sealink-test"
 _WAIT_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    with PostgresCluster() as pg:
-        yield pg
 
 
 @dataclasses.dataclass
