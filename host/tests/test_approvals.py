@@ -14,75 +14,22 @@ from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import DEVICE, GatewayFiles, run, running, sealink, until
+from approvals_rig import TIMEOUT_S, _seal, _window
+from conftest import DEVICE, GW, PREFIX, Approvers, GatewayFiles, run, running, sealink, until
 from sealink.approvals import ACTIONS, ApprovalClient, ApproverKey, build_request, verify_result
 from sealink.config import Config, load_config
 from sealink.gateway.actions import CommandDone
-from sealink.gateway.service import Gateway
 from sealink.ledger.approvals import ApprovalEntry
 from sealink_sim.broker import Mosquitto
-from sealink_sim.pipe import pipe_pair
-from sealink_sim.simdevice import SimChip, SimDevice
+from sealink_sim.simdevice import SimChip
 from sealink_verify.cli import EXIT_VERIFIED
 from sealink_verify.cli import main as verify
 from sealink_verify.mqtt import verify_message
 from sealproto import messages
-from test_witness import Tap, tap_factory
+from tap_rig import Tap
 
-__all__ = ["tap_factory"]  # a fixture, used by name
-
-PREFIX = "sealink-test"
-GW = "gw-test"
 REQUEST_TOPIC = f"{PREFIX}/cmd/{GW}/request"
 ALARMS = f"{PREFIX}/gateway/{GW}/alarms"
-TIMEOUT_S = 20.0
-
-
-def _config_file(files: GatewayFiles, port: int) -> Path:
-    path = files.root / "sealink.toml"
-    path.write_text(
-        f"""[gateway]
-id = "{GW}"
-key_file = "{files.key_file}"
-ledger = "{files.ledger_path}"
-link_keys = "{files.link_keys}"
-
-[mqtt]
-port = {port}
-prefix = "{PREFIX}"
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-
-[ledger]
-checkpoint_interval_s = 1
-"""
-    )
-    return path
-
-
-class Approvers:
-    """The approvers a test registers: erp may do everything, viewer only fetch bundles."""
-
-    def __init__(self, files: GatewayFiles) -> None:
-        self.erp = ApproverKey.generate()
-        self.viewer = ApproverKey.generate()
-        ledger = files.ledger()
-        try:
-            ledger.add_approver("erp", self.erp.public_raw(), ACTIONS)
-            ledger.add_approver("viewer", self.viewer.public_raw(), ("bundle",))
-        finally:
-            ledger.close()
-
-
-@pytest.fixture
-def approvers(files: GatewayFiles) -> Approvers:
-    return Approvers(files)
-
-
-@pytest.fixture
-def conf(files: GatewayFiles, broker: Mosquitto) -> Path:
-    return _config_file(files, broker.port)
 
 
 @asynccontextmanager
@@ -92,21 +39,6 @@ async def _client(
     async with ApprovalClient(config.mqtt, key, name, PREFIX, GW, files.key.public_raw()) as client:
         await client.wait_connected(TIMEOUT_S)
         yield client
-
-
-@asynccontextmanager
-async def _seal(gateway: Gateway, files: GatewayFiles) -> AsyncIterator[SimDevice]:
-    host, dev = pipe_pair("approvals")
-    gateway.attach(host)
-    async with SimDevice(DEVICE, files.device_keys[DEVICE], dev) as sim:
-        async with asyncio.timeout(TIMEOUT_S):
-            await sim.welcomed.wait()
-        yield sim
-
-
-def _window(count: int = 2, **fields: Any) -> dict[str, Any]:
-    now = int(time.time())
-    return {"count": count, "not_before_s": now - 60, "not_after_s": now + 3600, **fields}
 
 
 async def _collect(

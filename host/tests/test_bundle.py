@@ -7,7 +7,6 @@ by pymerkle and by the gateway's own RFC 9162 code."""
 from __future__ import annotations
 
 import copy
-import datetime
 import hashlib
 import json
 import os
@@ -20,22 +19,23 @@ import cbor2
 import pymerkle
 import pytest
 from conftest import sealink
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from evidence_rig import DEVICE_KEY, FORGER_CHIP, ORIGIN, Rig
-from sealink.cli import main as sealink_main
-from sealink.crypto.keystore import LinkKeyStore
-from sealink.crypto.signer import GatewayKey, countersign_payload
-from sealink.evidence import checkpoint_origin, heads_hash, merkle, note, sign_checkpoint
-from sealink.ledger import Batch, EventRow, Ledger
-from sealink_sim.simdevice import SimChip, make_event
+from evidence_rig import (
+    FORGER_CHIP,
+    MADE_S,
+    ORIGIN,
+    SEAL_KEY,
+    SIGNED_MS,
+    Bundle,
+    Rig,
+    as_pymerkle,
+    vector_bundle,
+)
+from sealink.crypto.signer import GatewayKey
+from sealink.evidence import merkle, note
 from sealink_verify.cli import EXIT_FAILED, EXIT_UNPINNED, EXIT_UNUSABLE, EXIT_VERIFIED
 from sealink_verify.cli import main as verify
-from sealproto import auth
-from test_evidence import _as_pymerkle
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "bundle.json"
-SEAL_KEY = SimChip.of(DEVICE_KEY).public
-Bundle = dict[str, Any]
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_the_proof_is_checked_by_pymerkle_and_the_gateways_code(rig: Rig) -> Non
     index, size = bundle["leaf"]["index"], bundle["inclusion"]["tree_size"]
     checkpoint = note.open_note(bundle["checkpoint"]["note"], rig.key.public, rig.key.public_raw())
     assert merkle.verify_inclusion(leaf, index, size, path, checkpoint.root)
-    pymerkle.verify_inclusion(leaf, checkpoint.root, _as_pymerkle(path, leaf, index, size))
+    pymerkle.verify_inclusion(leaf, checkpoint.root, as_pymerkle(path, leaf, index, size))
 
 
 def _flip_prev(bundle: Bundle) -> None:
@@ -443,57 +443,6 @@ def test_unusable_verifier_input_exits_2_with_a_message(
 # the fixed vector ---------------------------------------------------------------------------
 
 
-def _fixed(label: str) -> bytes:
-    return hashlib.sha256(b"sealink vectors/" + label.encode()).digest()
-
-
-_MADE_S = int(datetime.datetime(2026, 12, 1, 9, 14, 3, tzinfo=datetime.UTC).timestamp())
-_SIGNED_MS = int(datetime.datetime(2026, 12, 1, 9, 20, tzinfo=datetime.UTC).timestamp()) * 1000
-
-
-def _vector_bundle(root: Path) -> tuple[Bundle, GatewayKey]:
-    """A bundle from a ledger built only from fixed inputs: two seals, five records, one
-    checkpoint signed at a fixed time (Ed25519 and the chips' RFC 6979 signatures are
-    deterministic)."""
-    root.mkdir()
-    key = GatewayKey(Ed25519PrivateKey.from_private_bytes(_fixed("bundle gateway key")))
-    key.save(root / "gateway.key")
-    conf = root / "sealink.toml"
-    conf.write_text(
-        '[gateway]\nid = "gw-vectors"\nkey_file = "gateway.key"\nledger = "ledger.sqlite"\n'
-    )
-    ledger = Ledger(root / "ledger.sqlite", LinkKeyStore(root / "link-keys"), create=True)
-    try:
-        for device in ("S-0001", "S-0002"):
-            ledger.add_device(device, DEVICE_KEY, SEAL_KEY)
-        prev = {"S-0001": auth.GENESIS, "S-0002": auth.GENESIS}
-        for n, (device, counter) in enumerate(
-            [("S-0001", 1), ("S-0002", 1), ("S-0001", 2), ("S-0001", 3), ("S-0002", 2)]
-        ):
-            made = _MADE_S + 60 * (n - 2)
-            event = make_event(
-                DEVICE_KEY, counter, prev[device], permit=5, operator=42, time_s=made
-            )
-            received = (made + 2) * 1000
-            payload = countersign_payload(device, counter, event, received, "gw-vectors")
-            prev[device] = auth.record_hash(event)
-            row = EventRow(device, counter, event, prev[device], key.sign1(payload), received)
-            ledger.commit(Batch(events=[row]))
-        size, root_hash, heads = ledger.log.tree_head()
-        origin = checkpoint_origin("gw-vectors")
-        checkpoint = sign_checkpoint(key, origin, size, root_hash, heads_hash(heads), _SIGNED_MS)
-        ledger.log.add_checkpoint(checkpoint)
-    finally:
-        ledger.close()
-    out = root / "bundle.json"
-    assert (
-        sealink_main(["evidence", "bundle", "--config", str(conf), "S-0001", "2", "-o", str(out)])
-        == 0
-    )
-    bundle: Bundle = json.loads(out.read_text())
-    return bundle, key
-
-
 def _tampered(bundle: Bundle, tamper: Callable[[Bundle], None]) -> Bundle:
     changed = copy.deepcopy(bundle)
     tamper(changed)
@@ -501,7 +450,7 @@ def _tampered(bundle: Bundle, tamper: Callable[[Bundle], None]) -> Bundle:
 
 
 def _vectors(root: Path) -> dict[str, Any]:
-    bundle, key = _vector_bundle(root)
+    bundle, key = vector_bundle(root)
     return {
         "about": "SPEC §14.5: the evidence bundle of impression 2 of seal S-0001 (ledger of two "
         "seals, five records, one checkpoint), made from fixed keys (gateway Ed25519 seed "
@@ -549,8 +498,8 @@ def test_vector_file_is_current_and_verifies(
     code, report = _check(tmp_path, vectors["valid"], capsys, pem, seal_key)
     assert (code, report["problems"]) == (EXIT_VERIFIED, [])
     facts = report["facts"]
-    assert (facts["time_s"], facts["permit"], facts["operator"]) == (_MADE_S, 5, 42)
-    assert facts["checkpoint_time_ms"] == _SIGNED_MS
+    assert (facts["time_s"], facts["permit"], facts["operator"]) == (MADE_S, 5, 42)
+    assert facts["checkpoint_time_ms"] == SIGNED_MS
     for case in vectors["tampered"]:
         code, report = _check(tmp_path, case["bundle"], capsys, pem, seal_key)
         assert (code, sorted(_failed(report))) == (EXIT_FAILED, case["fails"]), case["name"]

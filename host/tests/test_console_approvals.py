@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import DEVICE, GatewayFiles, PtyLink, run, running
+from console_rig import CHROMIUM, WAIT_MS, ConsoleRig, _login, _shot, _start, _stop, browser
 from playwright.async_api import Page
 from sealink.config import LedgerConfig, PortConfig
 from sealink_sim.broker import Mosquitto
@@ -23,24 +24,12 @@ from sealink_verify.cli import EXIT_VERIFIED
 from sealink_verify.cli import main as verify
 from sealproto import messages
 from sealproto.messages import K_TYPE
-from test_console import (
-    CHROMIUM,
-    WAIT_MS,
-    ConsoleRig,
-    _login,
-    _shot,
-    _start,
-    _stop,
-    browser,
-    console,
-)
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium"),
-    # The `console` fixture of test_console, with an approver key registered at the gateway.
+    # The `console` fixture (conftest), with an approver key registered at the gateway.
     pytest.mark.parametrize("console", [True], indirect=True),
 ]
-__all__ = ["console"]  # the fixture, imported to be found here
 
 if TYPE_CHECKING:
     from sealink_sim.emulator import EmulatedBoard

@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conftest import DEVICE, GatewayFiles, run, running
+from approvals_rig import TIMEOUT_S, _seal, _window
+from conftest import DEVICE, GW, PREFIX, Approvers, GatewayFiles, run, running
 from sealink.approvals import ApprovalClient
 from sealink.config import load_config
 from sealink.console.config import parse_console_config
 from sealink.gateway.service import Gateway
-from test_approvals import GW, PREFIX, TIMEOUT_S, Approvers, _seal, _window
-from test_approvals import approvers as approvers  # the fixture, used by name
-from test_approvals import conf as conf  # the fixture, used by name
 
 
 async def _published(gateway: Gateway, request: str, state: str) -> None:

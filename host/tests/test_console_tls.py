@@ -3,7 +3,7 @@ gets its live stream over TLS, the certificate the console serves chains to the 
 it, the session cookie is Secure; a key readable by others, a key that is not the
 certificate's, or half of the pair is refused with one error line.
 
-The certificates are made as the Mosquitto TLS tests make theirs (test_mqtt_tls.make_pki).
+The certificates are made as the Mosquitto TLS tests make theirs (pki_rig.make_pki).
 Headless Chromium does not know that test CA: the browser's context ignores certificate
 errors, and Python's ssl, given the CA, checks the chain and the name instead.
 """
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GatewayFiles, run, sealink
-from sealink_sim.broker import Mosquitto
-from test_console import (
+from console_rig import (
     CHROMIUM,
     WAIT_MS,
     ConsoleRig,
@@ -32,7 +31,8 @@ from test_console import (
     _write_config,
     browser,
 )
-from test_mqtt_tls import Pki, make_pki
+from pki_rig import Pki, make_pki
+from sealink_sim.broker import Mosquitto
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium (tools/setup-system.sh installs it)"

@@ -19,7 +19,7 @@ import cbor2
 import pymerkle
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from evidence_rig import DEVICE_KEY, ORIGIN, Rig, seal_keys_file
+from evidence_rig import DEVICE_KEY, ORIGIN, Rig, as_pymerkle, seal_keys_file
 from hypothesis import given
 from hypothesis import strategies as st
 from sealink.crypto.keystore import LinkKeyStore
@@ -57,15 +57,6 @@ def _lookup(nodes: dict[tuple[int, int], bytes]) -> merkle.NodeLookup:
     return lambda level, index: nodes[(level, index)]
 
 
-def _as_pymerkle(path: list[bytes], leaf: bytes, index: int, size: int) -> Any:
-    """Our RFC 9162 audit path in pymerkle's shape (its path: the leaf, then the same siblings
-    bottom-up; its rule bits it derives itself from index and size)."""
-    from pymerkle.core import _inclusion_path_layout
-
-    rule, _ = _inclusion_path_layout(index + 1, size)
-    return pymerkle.InclusionProof("sha256", True, size, index + 1, rule, [leaf, *path])
-
-
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 8, 9, 31, 64, 100])
 def test_roots_and_proofs_agree_with_pymerkle_and_sealink_verify(n: int) -> None:
     data, nodes, reference = _tree(n)
@@ -78,7 +69,7 @@ def test_roots_and_proofs_agree_with_pymerkle_and_sealink_verify(n: int) -> None
         for index in range(size):
             leaf = merkle.leaf_hash(data[index])
             path = merkle.inclusion_path(node, index, size)
-            pymerkle.verify_inclusion(leaf, root, _as_pymerkle(path, leaf, index, size))
+            pymerkle.verify_inclusion(leaf, root, as_pymerkle(path, leaf, index, size))
             assert tlog.verify_inclusion(leaf, index, size, path, root)
         for old in range(0, size + 1):
             path = merkle.consistency_path(node, old, size)
@@ -259,7 +250,7 @@ def test_the_ledger_log_matches_the_records_and_the_cli_proofs_verify(
     leaf = bytes.fromhex(proof["leaf_hash"])
     path = [bytes.fromhex(p) for p in proof["path"]]
     pymerkle.verify_inclusion(
-        leaf, latest.root, _as_pymerkle(path, leaf, proof["leaf_index"], proof["tree_size"])
+        leaf, latest.root, as_pymerkle(path, leaf, proof["leaf_index"], proof["tree_size"])
     )
     # A proof edited by one hash fails, and says so in the JSON.
     proof["path"][0] = "00" * 32

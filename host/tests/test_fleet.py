@@ -10,70 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cbor2
 import psycopg
 import pytest
 from conftest import sealink
+from fleet_rig import PREFIX, _rig, _topic
 from sealink.crypto.signer import GatewayKey
 from sealink.evidence.keys import history_document, keys_origin, sign_transition
 from sealink.evidence.note import sign_checkpoint
-from sealink.fleet import Batch, FleetService, Store, StoreOutcome, load_config, migrate, migrations
+from sealink.fleet import Batch, FleetService, StoreOutcome, load_config, migrate, migrations
 from sealink.mqtt.signed import MessageSigner
-from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
+from sealink_sim.fleetrig import SimGateway, SimSeal
 from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimChip, make_event
-
-PREFIX = "sealink-test"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    with PostgresCluster() as pg:
-        yield pg
-
-
-@dataclass
-class Rig:
-    dsn: str
-    config_path: Path
-    gateways: list[SimGateway]
-    store: Store
-    service: FleetService
-
-    def write(self, messages: list[tuple[str, bytes]]) -> StoreOutcome:
-        batch = Batch()
-        for topic, payload in messages:
-            self.service.classify(topic, payload, batch)
-        return self.store.write(batch)
-
-    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.dsn) as conn:
-            return list(conn.execute(sql, params).fetchall())
-
-
-def _rig(cluster: PostgresCluster, tmp_path: Path, seals: list[SimSeal] | None = None) -> Rig:
-    dsn = cluster.database(f"t_{uuid.uuid4().hex[:12]}")
-    gateways = [SimGateway("gw-1"), SimGateway("gw-2")]
-    keys = {gw.id: gw.write_public_key(tmp_path / f"{gw.id}.pem") for gw in gateways}
-    config_path = write_fleet_config(
-        tmp_path / "fleet.toml", database=dsn, instance="fleet-t", port=1, prefix=PREFIX,
-        gateways=keys,
-    )  # fmt: skip
-    assert sealink("fleet", "migrate", "--config", str(config_path)).returncode == 0
-    store = Store(dsn)
-    if seals:
-        store.import_seal_keys([(s.device, s.chip.public) for s in seals], source="test")
-    return Rig(dsn, config_path, gateways, store, FleetService(load_config(config_path), store))
-
-
-def _topic(device: str) -> str:
-    return f"{PREFIX}/{device}/events"
 
 
 def test_migrations_apply_once_and_a_rerun_is_a_no_op(

@@ -5,80 +5,37 @@ row twice, none missed), bearer tokens (none, wrong, revoked: 401), organisation
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import ssl
-import subprocess
-import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from conftest import sealink
+from fleet_rig import (
+    _START_S,
+    PREFIX,
+    Api,
+    _count,
+    _publisher,
+    _rig,
+    _served,
+    _token,
+    _topic,
+    _wait,
+)
 from sealink.fleet import FleetService, Store, load_config
 from sealink.mqtt.signed import MessageSigner
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.postgres import PostgresCluster
-from test_fleet import PREFIX, Rig, _rig, _topic, cluster  # noqa: F401 (cluster: a fixture)
-from test_fleet_e2e import _count, _publisher, _wait
-
-_START_S = 60.0
-
-
-@dataclass
-class Api:
-    url: str
-    token: str
-    rig: Rig
-    tls: ssl.SSLContext | None = None  # the client's, trusting the server's CA
-
-    def get(self, path: str, token: str | None = None, **query: Any) -> tuple[int, Any]:
-        status, body = self.get_bytes(path, token, **query)
-        return status, json.loads(body)
-
-    def get_bytes(self, path: str, token: str | None = None, **query: Any) -> tuple[int, bytes]:
-        request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(query)}")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30, context=self.tls) as response:
-                return response.status, bytes(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, bytes(exc.read())
-
-    def all_records(self, limit: int, **query: Any) -> tuple[list[tuple[str, int]], int]:
-        """Every page's (device, counter), in order, and how many pages it took."""
-        keys: list[tuple[str, int]] = []
-        pages, cursor = 0, None
-        while True:
-            extra = {} if cursor is None else {"next": cursor}
-            status, body = self.get("/v1/records", self.token, limit=limit, **query, **extra)
-            assert status == 200, body
-            assert len(body["items"]) <= limit
-            keys += [(r["device"], r["counter"]) for r in body["items"]]
-            pages += 1
-            cursor = body["next"]
-            if cursor is None:
-                return keys, pages
-
-
-def _token(rig: Rig, name: str) -> str:
-    added = sealink("fleet", "tokens", "add", name, "--config", str(rig.config_path))
-    assert added.returncode == 0, added.stderr
-    return str(json.loads(added.stdout)["token"])
 
 
 @pytest.fixture
-def api(cluster: PostgresCluster, tmp_path: Path) -> Iterator[Api]:  # noqa: F811
+def api(cluster: PostgresCluster, tmp_path: Path) -> Iterator[Api]:
     seals = [SimSeal(f"seal-{i}") for i in range(4)]
     rig = _rig(cluster, tmp_path, seals)  # keys known to its service; the CLI re-imports them
     # coop-a by the --org flag for all four; then seal-3's own row says coop-b (a re-import
@@ -103,24 +60,6 @@ def api(cluster: PostgresCluster, tmp_path: Path) -> Iterator[Api]:  # noqa: F81
             yield served
     finally:
         rig.store.close()
-
-
-@contextlib.contextmanager
-def _served(rig: Rig, tls: ssl.SSLContext | None = None) -> Iterator[Api]:
-    """`sealink fleet serve` of the rig's config, on a free loopback port, with a token."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sealink.cli", "fleet", "serve", "--config", str(rig.config_path),
-         "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()  # printed once the socket is bound
-        assert line, "fleet serve exited before listening"
-        yield Api(json.loads(line)["listening"], _token(rig, "credit"), rig, tls)
-    finally:
-        server.terminate()
-        server.wait(timeout=_START_S)
 
 
 _BY_SEAL, _BY_TIME = "device, counter", "received_ms, device, counter"
@@ -162,7 +101,7 @@ def test_records_are_paged_by_key_with_no_row_twice_and_none_missed(
 
 
 def test_records_by_time_alone_come_in_the_order_received_each_once(
-    cluster: PostgresCluster,  # noqa: F811
+    cluster: PostgresCluster,
     tmp_path: Path,
     seed: int,
 ) -> None:
@@ -359,7 +298,7 @@ def test_permit_results_name_the_document_and_records_are_found_by_it(api: Api) 
 
 
 def test_fleet_run_learns_a_permit_from_a_result_published_on_mqtt(
-    cluster: PostgresCluster,  # noqa: F811
+    cluster: PostgresCluster,
     tmp_path: Path,
     broker: Mosquitto,
 ) -> None:

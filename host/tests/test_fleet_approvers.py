@@ -22,8 +22,19 @@ from typing import Any
 import cbor2
 import psycopg
 import pytest
-from conftest import GatewayFiles, run, sealink, until
+from conftest import GatewayFiles, gateway_toml, run, sealink, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fleet_rig import (
+    _WAIT_S,
+    PREFIX,
+    Alarms,
+    _files,
+    _fleet,
+    _gateway,
+    _publisher,
+    _vector_key,
+    _wait,
+)
 from sealink.approvals import (
     ACTIONS,
     ApprovalClient,
@@ -43,18 +54,6 @@ from sealink.mqtt.signed import envelope
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import write_fleet_config
 from sealink_sim.postgres import PostgresCluster
-from test_approvals import _config_file
-from test_fleet_registry import (
-    _WAIT_S,
-    PREFIX,
-    Alarms,
-    _files,
-    _fleet,
-    _gateway,
-    _publisher,
-    _vector_key,
-    _wait,
-)
 
 SEAL = "seal-p"
 
@@ -127,7 +126,7 @@ def test_an_approver_the_fleet_issues_is_accepted_and_once_revoked_refused_for_g
     assert again.returncode == 2 and "already revoked" in again.stderr, again.stderr
     # The gateway's operator cannot make the fleet's revoked approver active again.
     local = sealink("approvers", "add", "erp", "--public-key", erp.public_raw().hex(),
-                    "--config", str(_config_file(files, broker.port)))  # fmt: skip
+                    "--config", str(gateway_toml(files, broker.port)))  # fmt: skip
     assert local.returncode != 0 and "revoked by the fleet" in local.stderr, local.stderr
     assert "Traceback" not in local.stderr
     listed = sealink("fleet", "approvers", "list", "--json", "--config", str(config))

@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from conftest import DEVICE, GatewayFiles, run, running, sealink, until
+from approvals_rig import TIMEOUT_S, _seal
+from conftest import DEVICE, GW, PREFIX, GatewayFiles, gateway_toml, run, running, sealink, until
+from fleet_rig import Api, Rig, _count, _rig, _served
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -37,10 +39,6 @@ from sealink_sim.fleetrig import write_fleet_config
 from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimChip
 from sealink_verify.bundle import read_bundle, verify_bundle
-from test_approvals import GW, PREFIX, TIMEOUT_S, _config_file, _seal
-from test_fleet import Rig, _rig, cluster  # noqa: F401 (cluster: a fixture)
-from test_fleet_api import Api, _served
-from test_fleet_e2e import _count
 
 APPROVER = "fleet-api"
 _SILENT_S = 3  # [serve] bundle_timeout_s: how long the test waits for a gateway that is gone
@@ -56,7 +54,7 @@ def _fleet_config(tmp_path: Path, dsn: str, broker: Mosquitto, files: GatewayFil
     made = sealink("approvers", "keygen", "--out", str(key_file))
     assert made.returncode == 0, made.stderr
     public = json.loads(made.stdout)["public_key"]
-    gateway_config = _config_file(files, broker.port)
+    gateway_config = gateway_toml(files, broker.port)
     added = sealink("approvers", "add", "--config", str(gateway_config), APPROVER,
                     "--public-key", public, "--actions", "bundle")  # fmt: skip
     assert added.returncode == 0, added.stderr
@@ -131,7 +129,7 @@ def _tampered(bundle: bytes) -> bytes:
 
 
 def test_a_bundle_is_fetched_from_its_gateway_once_then_served_by_the_fleet(
-    cluster: PostgresCluster,  # noqa: F811
+    cluster: PostgresCluster,
     tmp_path: Path,
     files: GatewayFiles,
     broker: Mosquitto,
@@ -173,7 +171,7 @@ def test_a_bundle_is_fetched_from_its_gateway_once_then_served_by_the_fleet(
 
 
 def test_an_approver_that_will_not_load_stops_serve_with_one_line(
-    cluster: PostgresCluster,  # noqa: F811
+    cluster: PostgresCluster,
     tmp_path: Path,
 ) -> None:
     rig = _rig(cluster, tmp_path)

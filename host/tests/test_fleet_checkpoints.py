@@ -22,8 +22,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import GatewayFiles, run, running, sealink, until
+from conftest import Feed, GatewayFiles, run, running, sealink, until
 from evidence_rig import GATEWAY, ORIGIN, Rig
+from fleet_rig import _wait
 from sealink.config import LedgerConfig
 from sealink.evidence import heads_hash, sign_checkpoint
 from sealink.fleet import FleetService, Store, load_config, migrate, migrations
@@ -31,17 +32,10 @@ from sealink.gateway.witnesses import consistency_reply
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import write_fleet_config
 from sealink_sim.postgres import PostgresCluster
-from test_fleet_e2e import _wait
-from test_witness import Feed, Tap
+from tap_rig import Tap
 
 PREFIX = "sealink-test"
 _WAIT_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    with PostgresCluster() as pg:
-        yield pg
 
 
 @dataclasses.dataclass

@@ -20,14 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from conftest import GatewayFiles, run, running, sealink, until
-from paho.mqtt.enums import CallbackAPIVersion
+from fleet_rig import _count, _publisher, _wait
 from sealink.config import FleetLinkConfig, PortConfig
 from sealink.crypto.signer import GatewayKey
 from sealink.fleet import FleetService, Store, load_config, mark_published, publish
@@ -63,20 +62,6 @@ def cluster() -> Iterator[PostgresCluster]:
 
 def _sims(name: str) -> list[str]:
     return [f"{name}-seal-{i}" for i in range(SEALS - 1)]
-
-
-def _count(dsn: str, sql: str = "SELECT count(*) FROM records") -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(sql).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = _WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclasses.dataclass
@@ -362,13 +347,6 @@ def _expected(offices: dict[str, Office], device: str) -> int:
         if device == office.board.device_id:
             return office.board.counter or 0
     return sum(ROUNDS)
-
-
-def _publisher(port: int) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
 
 
 def test_a_database_outage_delays_records_and_loses_none(

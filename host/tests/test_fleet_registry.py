@@ -17,21 +17,29 @@ import socket
 import sqlite3
 import stat
 import subprocess
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import cbor2
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import DEVICE, GatewayFiles, run, running, sealink, until
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from paho.mqtt.enums import CallbackAPIVersion
+from conftest import DEVICE, GatewayFiles, run, sealink, until
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fleet_rig import (
+    _WAIT_S,
+    PREFIX,
+    Alarms,
+    _files,
+    _fleet,
+    _gateway,
+    _publisher,
+    _vector_key,
+    _wait,
+)
 from sealink.cli.events import export_rows
-from sealink.config import FleetLinkConfig, parse_config
+from sealink.config import parse_config
 from sealink.crypto.enrolment import Certificate, certify
 from sealink.crypto.p256 import P256Key
 from sealink.crypto.sealkey import SealKey
@@ -53,7 +61,7 @@ from sealink.gateway.registry import DeviceRegistry
 from sealink.gateway.service import Gateway
 from sealink.ledger import AHEAD_OF_LEDGER, DeviceUpdate, EventRow
 from sealink.ledger import Batch as LedgerBatch
-from sealink.ledger.fleetreg import Standing
+from sealink.ledger.fleetreg import Standing, placement_steps
 from sealink.ledger.schema import SCHEMA_VERSION
 from sealink.mqtt.registry import (
     Placement,
@@ -63,7 +71,7 @@ from sealink.mqtt.registry import (
     open_entry,
     registry_topic,
 )
-from sealink.mqtt.signed import envelope, open_own
+from sealink.mqtt.signed import envelope
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.pipe import pipe_pair
@@ -72,85 +80,6 @@ from sealink_sim.simdevice import SimChip, SimDevice, make_event
 from sealink_verify import verify_export
 from sealproto import auth, messages
 from sealproto.messages import K_TYPE
-
-PREFIX = "sealink-test"
-_WAIT_S = 20.0
-
-
-class Alarms:
-    """Every alarm on the broker, opened with the gateway keys it is given (signed, §11.4)."""
-
-    def __init__(self, port: int, keys: dict[str, GatewayKey]) -> None:
-        self._keys = keys
-        self.seen: list[tuple[str, str, dict[str, object]]] = []  # (gateway, topic, body)
-        self._lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self._client.on_message = self._message
-        subscribed = threading.Event()
-        self._client.on_subscribe = lambda *_: subscribed.set()
-        self._client.on_connect = lambda c, *_: c.subscribe(
-            [(f"{PREFIX}/+/alarms", 1), (f"{PREFIX}/gateway/+/alarms", 1)]
-        )
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        assert subscribed.wait(_WAIT_S)
-
-    def _message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        for name, key in self._keys.items():
-            fields = open_own(bytes(msg.payload), key.public_raw())
-            if fields is not None and fields["topic"] == msg.topic:
-                with self._lock:
-                    self.seen.append((name, msg.topic, json.loads(fields["body"])))
-
-    def having(self, **want: object) -> list[tuple[str, str, dict[str, object]]]:
-        with self._lock:
-            return [a for a in self.seen if all(a[2].get(k) == v for k, v in want.items())]
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = _WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _files(tmp_path: Path, name: str, seals: dict[str, bytes]) -> GatewayFiles:
-    root = tmp_path / name
-    root.mkdir()
-    files = GatewayFiles(root, GatewayKey.generate())
-    files.key.save(files.key_file)
-    for device, key in seals.items():
-        files.add_device(device, key)
-    return files
-
-
-@contextlib.asynccontextmanager
-async def _gateway(
-    files: GatewayFiles,
-    port: int,
-    fleet_key: bytes,
-    attach: tuple[str, ...],
-    ack_key_file: Path | None = None,
-) -> AsyncIterator[tuple[Gateway, dict[str, SimDevice]]]:
-    config = dataclasses.replace(
-        files.config(port), gateway_id=files.root.name, fleet=FleetLinkConfig(fleet_key),
-        ack_key_file=ack_key_file,
-    )  # fmt: skip
-    async with running(config) as gateway, contextlib.AsyncExitStack() as stack:
-        await gateway.fleet.ready(_WAIT_S)
-        sims = {}
-        for device in attach:
-            host, dev = pipe_pair(device)
-            gateway.attach(host)
-            sim = SimDevice(device, files.device_keys[device], dev)
-            sims[device] = await stack.enter_async_context(sim)
-            await asyncio.wait_for(sim.welcomed.wait(), _WAIT_S)
-        yield gateway, sims
 
 
 async def _acked(sim: SimDevice) -> None:
@@ -180,31 +109,6 @@ def _quarantine(gateway: Gateway, device: str) -> str | None:
 
 def _held(gateway: Gateway, device: str, reason: str | None) -> Callable[[], bool]:
     return lambda: _quarantine(gateway, device) == reason
-
-
-def _fleet(
-    tmp_path: Path,
-    cluster: PostgresCluster,
-    broker: Mosquitto,
-    gateways: tuple[GatewayFiles, ...],
-    **authority: Any,
-) -> tuple[str, Path, bytes]:
-    """A fleet database that pins these gateways' keys, migrated, with its registry key made
-    by `sealink fleet keys init`: (dsn, fleet.toml, the registry's public key). `authority`:
-    write_fleet_config's authority_key and ack_keys."""
-    pems = {}
-    for files in gateways:
-        pems[files.root.name] = files.root / "public.pem"
-        pems[files.root.name].write_bytes(files.key.public_pem())
-    dsn = cluster.database("fleet")
-    config = write_fleet_config(
-        tmp_path / "fleet.toml", database=dsn, instance="fleet-1",
-        port=broker.port, prefix=PREFIX, gateways=pems, **authority,
-    )  # fmt: skip
-    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
-    init = sealink("fleet", "keys", "init", "--config", str(config))
-    assert init.returncode == 0, init.stderr
-    return dsn, config, bytes.fromhex(json.loads(init.stdout)["public_key"])
 
 
 @pytest.fixture
@@ -351,13 +255,6 @@ def test_a_revocation_made_while_the_broker_is_away_is_published_by_fleet_run(
 # Refusals, without a fleet: the test signs registry messages itself with a fleet key.
 
 
-def _publisher(port: int) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
-
-
 def test_forged_rolled_back_misdirected_and_substituted_messages_change_nothing(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
@@ -469,11 +366,6 @@ def test_forged_rolled_back_misdirected_and_substituted_messages_change_nothing(
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "registry.json"
 _V_SEQ = 1_767_225_600_000_000
 _V_TOPIC = "sealink/fleet/registry/seal-0001"
-
-
-def _vector_key(label: str) -> GatewayKey:
-    seed = hashlib.sha256(b"sealink vectors/" + label.encode()).digest()
-    return GatewayKey(Ed25519PrivateKey.from_private_bytes(seed))
 
 
 def _v_body(entry: RegistryEntry) -> dict[str, Any]:
@@ -756,6 +648,28 @@ def test_a_placement_elsewhere_holds_the_seal_and_only_a_move_back_releases_it(
         assert record is not None and record.quarantine is not None
         assert record.quarantine.reason == "revoked_by_fleet"
         assert record.stored == 2 and ledger.gaps(DEVICE) == []
+
+
+def test_what_a_placement_has_left_is_exactly_what_taking_it_does(files: GatewayFiles) -> None:
+    """The gateway's desk takes a placement applied already again only when `placement_steps`
+    says something is left (the seal was registered since): each taken twice, the steps say
+    something is left exactly when `place` did something."""
+    head = hashlib.sha256(b"record 7").digest()
+    with contextlib.closing(files.ledger()) as ledger:
+        ahead = DeviceUpdate(DEVICE, quarantine=(AHEAD_OF_LEDGER, "ahead"), ahead_acked=7)
+        ledger.commit(LedgerBatch(events=[_event_row(n) for n in (1, 2)], devices=[ahead]))
+    # Here short of the seal's claim, here covering it, elsewhere, back here.
+    for to, counter, seq in (("gw-test", 5, 10), ("gw-test", 7, 11), ("gw-other", 7, 12),
+                             ("gw-test", 7, 13)):  # fmt: skip
+        for _ in range(2):
+            with contextlib.closing(files.ledger()) as ledger:
+                record = ledger.device_record(DEVICE)
+            assert record is not None
+            reason = record.quarantine.reason if record.quarantine is not None else None
+            standing = Standing(to, counter, head, seq)
+            steps = placement_steps(standing, "gw-test", reason, record.ahead_acked, record.stored)
+            moved, _ = _placed(files, to, counter, head, seq)
+            assert steps.left == (moved != "unchanged"), (to, counter, seq, moved, steps)
 
 
 def test_a_ledger_of_schema_11_gains_the_gap_head_and_keeps_its_gaps(

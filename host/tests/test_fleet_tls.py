@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import sealink
+from fleet_rig import Rig, _rig, _served
+from pki_rig import Pki, make_pki
 from sealink_sim.postgres import PostgresCluster
-from test_fleet import Rig, _rig, cluster  # noqa: F401 (cluster: a fixture)
-from test_fleet_api import _served
-from test_mqtt_tls import Pki, make_pki
 
 
 def _tls_config(rig: Rig, name: str, **files: Path) -> Path:
@@ -37,7 +36,7 @@ def pki(tmp_path: Path) -> Pki:
 
 
 def test_the_api_is_served_over_https_only(
-    cluster: PostgresCluster,  # noqa: F811
+    cluster: PostgresCluster,
     tmp_path: Path,
     pki: Pki,
 ) -> None:
@@ -60,7 +59,7 @@ def test_the_api_is_served_over_https_only(
 
 
 def test_a_tls_pair_that_will_not_load_is_one_error_line(
-    cluster: PostgresCluster,  # noqa: F811
+    cluster: PostgresCluster,
     tmp_path: Path,
     pki: Pki,
 ) -> None:

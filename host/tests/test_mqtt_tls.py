@@ -1,7 +1,7 @@
 """The gateway on a locked-down broker: a real Mosquitto with a TLS listener that requires client
 certificates, logins from a password file, and the ACL the project ships
 (tools/mosquitto/acl, generated from tools/mosquitto/roster.example.toml). Certificates are made
-here with `cryptography`. Nothing is mocked.
+with `cryptography` (pki_rig). Nothing is mocked.
 
 The gateway is gw-1 of the shipped roster, serving seal-0001 (its own) and, in one test,
 seal-0003 (gw-2's). Every failure to connect must be named in one log line and lose nothing:
@@ -11,29 +11,23 @@ the records stay in the ledger's outbox and are published once the settings are 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import GatewayFiles, PtyLink, run, until
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from conftest import GatewayFiles, PtyLink, logged, run, until
 from paho.mqtt.enums import CallbackAPIVersion
+from pki_rig import Pki, make_pki
 from sealink.config import Config, MqttConfig, PortConfig, parse_mqtt
 from sealink.gateway.service import Gateway
-from sealink.logs import configure_logging
 from sealink_sim.broker import BrokerTls, Mosquitto
 from sealink_sim.simdevice import SimDevice
 
@@ -52,92 +46,6 @@ GW2_SEAL = "seal-0003"  # gw-2's in the roster
 
 
 # certificates --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    other_ca: Path  # a CA the broker's certificate does not chain to
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.write_bytes(pem)
-    os.chmod(path, 0o600)
-    return key
-
-
-def _cert(
-    path: Path,
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> x509.Name:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, issuer_key = issuer or (name, key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
-        )
-    )
-    if ca:
-        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-        builder = builder.add_extension(usage, critical=True)
-    else:
-        eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-    if server:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    path.write_bytes(
-        builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-    )
-    return name
-
-
-def make_pki(root: Path) -> Pki:
-    root.mkdir(parents=True, exist_ok=True)
-    pki = Pki(
-        *(
-            root / n
-            for n in (
-                "ca.pem",
-                "other-ca.pem",
-                "server.pem",
-                "server.key",
-                "client.pem",
-                "client.key",
-            )
-        )
-    )
-    ca_key = _key(root / "ca.key")
-    ca_name = _cert(pki.ca, "sealink test CA", ca_key, None, ca=True)
-    _cert(pki.other_ca, "another CA", _key(root / "other-ca.key"), None, ca=True)
-    _cert(pki.server_cert, "localhost", _key(pki.server_key), (ca_name, ca_key), server=True)
-    _cert(pki.client_cert, "sealink client", _key(pki.client_key), (ca_name, ca_key))
-    return pki
 
 
 @pytest.fixture(scope="module")
@@ -256,59 +164,6 @@ def consumer(site_broker: Mosquitto, pki: Pki) -> Iterator[Consumer]:
     c.close()
 
 
-class _Fd2:
-    """Whatever fd 2 is when a line is written, which capfd holds during the test: pytest swaps
-    sys.stderr (and fd 2) between a test's phases."""
-
-    def write(self, text: str) -> None:
-        os.write(2, text.encode())
-
-    def flush(self) -> None:
-        pass
-
-
-@pytest.fixture
-def gateway_log(capfd: pytest.CaptureFixture[str]) -> Iterator[list[str]]:
-    """The gateway's log lines, its publisher's child process included (it logs to fd 2)."""
-    import logging
-
-    root = logging.getLogger("sealink")
-    saved = (root.handlers[:], root.level, root.propagate)
-    configure_logging("info")
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(_Fd2())  # type: ignore[arg-type]
-    lines: list[str] = []
-    yield lines
-    root.handlers[:], root.level, root.propagate = saved
-    lines += capfd.readouterr().err.splitlines()
-
-
-async def _logged(
-    capfd: pytest.CaptureFixture[str],
-    lines: list[str],
-    *texts: str,
-    times: int = 1,
-    timeout: float = 15,
-) -> str:
-    """Wait until `times` log lines hold every one of `texts`; the first of them."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        lines += capfd.readouterr().err.splitlines()
-        found = [line for line in lines if all(text in line for text in texts)]
-        if len(found) >= times:
-            return found[0]
-        if loop.time() > deadline:
-            raise AssertionError(
-                f"not {times} log lines with {texts!r} in {timeout} s; those with the first:\n"
-                + "\n".join(line for line in lines if texts[0] in line)
-                + "\nthe log's end:\n"
-                + "\n".join(lines[-30:])
-            )
-        await asyncio.sleep(0.05)
-
-
 def _config(files: GatewayFiles, mqtt_config: MqttConfig, link: PtyLink | None) -> Config:
     ports = (PortConfig(link.host_path),) if link is not None else ()
     return replace(files.config(mqtt_config.port, ports=ports), gateway_id="gw-1", mqtt=mqtt_config)
@@ -413,9 +268,9 @@ def test_a_refused_connection_is_named_and_loses_nothing(
             await _stamp(files, pty_link, OWN_SEAL, 3)
             # one line for each attempt, retried with the backoff (reconnect_max_s 0.5)
             publisher = "sealink.publisher: mqtt connect failed"
-            await _logged(capfd, gateway_log, publisher, *expected, times=2)
+            await logged(capfd, gateway_log, publisher, *expected, times=2)
             # the witness desk's connection is set up in the same place, and says the same
-            await _logged(capfd, gateway_log, "sealink.mqtt: mqtt unavailable", *expected)
+            await logged(capfd, gateway_log, "sealink.mqtt: mqtt unavailable", *expected)
             assert await gateway.db(gateway.ledger.unpublished_count) >= 3
             assert gateway.publisher.published == 0
         async with Gateway(good) as gateway:  # the settings fixed: the outbox drains
@@ -449,14 +304,14 @@ def test_the_gateway_logs_what_the_acl_refuses_and_keeps_the_rows(
         async with Gateway(config) as gateway:
             await _stamp(files, pty_link, GW2_SEAL, 2)
             refused = "puback refused, the row stays in the outbox"
-            line = await _logged(capfd, gateway_log, refused)
+            line = await logged(capfd, gateway_log, refused)
             assert f"topic=sealink/{GW2_SEAL}/events" in line and "reason=Not authorized" in line
             # Mosquitto then closes the connection: the log says why
             closed = "closed by the broker after it refused a publish (Not authorized)"
-            await _logged(capfd, gateway_log, "mqtt disconnected", closed)
+            await logged(capfd, gateway_log, "mqtt disconnected", closed)
             # the seal's retained status is refused too, and not sent again at each reconnect
             status = f"publish refused topic=sealink/{GW2_SEAL}/status retained_dropped=True"
-            await _logged(capfd, gateway_log, status)
+            await logged(capfd, gateway_log, status)
             await _stamp(files, pty_link, OWN_SEAL, 3)
             own = f"sealink/{OWN_SEAL}/events"
             await asyncio.to_thread(

@@ -19,15 +19,13 @@ import pymerkle
 import pytest
 from conftest import sealink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from evidence_rig import Rig
+from evidence_rig import Rig, as_pymerkle, vector_bundle
 from sealink.crypto.signer import GatewayKey
 from sealink.evidence import merkle
 from sealink.evidence.receipt import make_receipt
 from sealink_verify import tlog
 from sealink_verify.cli import EXIT_FAILED, EXIT_UNUSABLE, EXIT_VERIFIED
 from sealink_verify.cli import main as verify
-from test_bundle import _vector_bundle
-from test_evidence import _as_pymerkle
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "receipt.json"
 Parts = list[Any]  # [protected header map, unprotected map, payload, signature]
@@ -131,7 +129,7 @@ def test_the_structure_is_rfc_9942s_and_checked_without_cwt_and_by_pymerkle(rig:
     root = tlog.inclusion_root(leaf, index, size, path)
     checkpoint = rig.ledger.log.checkpoint(11)
     assert checkpoint is not None and root == checkpoint.root
-    pymerkle.verify_inclusion(leaf, root, _as_pymerkle(path, leaf, index, size))
+    pymerkle.verify_inclusion(leaf, root, as_pymerkle(path, leaf, index, size))
     # RFC 9052 §4.4 by hand: the detached payload is the root.
     to_sign = cbor2.dumps(["Signature1", protected_raw, b"", root])
     Ed25519PublicKey.from_public_bytes(rig.key.public_raw()).verify(signature, to_sign)
@@ -403,9 +401,9 @@ def test_unusable_verifier_input_exits_2_with_a_message(
 
 
 def _vectors(root: Path) -> dict[str, Any]:
-    """The receipt inside test_bundle's fixed bundle (impression 2 of seal S-0001, leaf 2 of a
-    checkpoint of size 5, fixed gateway key), and tampered copies."""
-    bundle, key = _vector_bundle(root)
+    """The receipt inside evidence_rig's fixed bundle (impression 2 of seal S-0001, leaf 2 of
+    a checkpoint of size 5, fixed gateway key), and tampered copies."""
+    bundle, key = vector_bundle(root)
     receipt = bytes.fromhex(bundle["receipt"])
     pem = key.public_pem()
     root_hash = tlog.open_checkpoint(bundle["checkpoint"]["note"], pem).root

@@ -17,7 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import GatewayFiles, run, running
+from conftest import GatewayFiles, logged, run, running
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,9 +30,6 @@ from sealink_verify import mqtt as verify_mqtt
 from sealink_verify.cli import EXIT_FAILED, EXIT_UNUSABLE, EXIT_VERIFIED
 from sealink_verify.cli import main as verify
 from sealink_verify.mqtt import Freshness, RolledBack, verify_message
-from test_mqtt_tls import _logged, gateway_log
-
-__all__ = ["gateway_log"]  # a fixture, used by name
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "message.json"
 PREFIX = "sealink-test"
@@ -255,7 +252,7 @@ def test_a_client_id_takeover_is_named_alarmed_and_backed_off(
                 # publishes its will; this client starts clean, so the session is gone too.
                 taker = await asyncio.to_thread(_Tap, broker.port, config.client_id)
                 await asyncio.to_thread(taker.close)
-                await _logged(
+                await logged(
                     capfd, gateway_log, "reason=session_taken_over", times=n, timeout=TIMEOUT_S
                 )
                 await gateway.publisher.wait_connected(TIMEOUT_S)
@@ -293,10 +290,10 @@ def test_two_gateways_with_one_id_find_each_other_and_back_off(
         async with running(files.config(broker.port)) as first:
             await first.publisher.wait_connected(TIMEOUT_S)
             async with running(twin.config(broker.port)):
-                await _logged(
+                await logged(
                     capfd, gateway_log, "reason=duplicate_gateway_id", times=2, timeout=TIMEOUT_S
                 )
-                await _logged(capfd, gateway_log, "backs off", times=2, timeout=TIMEOUT_S)
+                await logged(capfd, gateway_log, "backs off", times=2, timeout=TIMEOUT_S)
 
     run(body(), timeout=120)
     retries = _retries(gateway_log)

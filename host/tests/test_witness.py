@@ -18,19 +18,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import DEVICE, GatewayFiles, run, running, sealink, until
+from conftest import DEVICE, Feed, GatewayFiles, run, running, sealink, until
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evidence_rig import GATEWAY, ORIGIN, Rig
 from sealink.config import LedgerConfig, MqttConfig, WitnessKey
-from sealink.crypto.signer import GatewayKey, countersign_payload
+from sealink.crypto.signer import GatewayKey
 from sealink.crypto.vkey import COSIGNATURE_ALG, NOTE_ALG, parse_vkey, vkey
 from sealink.evidence import (
     add_signatures,
@@ -43,14 +43,10 @@ from sealink.evidence import (
 )
 from sealink.gateway.service import Gateway
 from sealink.gateway.witnesses import consistency_reply
-from sealink.ledger import EventRow
 from sealink.witness import FollowedGateway, Witness, WitnessConfig
-from sealink_sim.simdevice import make_event
 from sealink_verify import tlog
 from sealink_verify.cli import EXIT_FAILED, EXIT_VERIFIED
 from sealink_verify.cli import main as verify
-from sealink_verify.mqtt import verify_message
-from sealproto import auth
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "cosignature.json"
 PREFIX = "sealink-test"
@@ -61,69 +57,6 @@ TIMEOUT_S = 20.0
 
 def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-class Tap:
-    """A test's own MQTT 5 client: collects what arrives on some filters, publishes."""
-
-    def __init__(self, port: int, filters: list[str]) -> None:
-        self.got: list[mqtt.MQTTMessage] = []
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._message
-        self.client.on_subscribe = lambda *a: self._ready.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe([(f, 1) for f in filters])
-        assert self._ready.wait(10), "tap: no SUBACK"
-        self.on_message: Callable[[mqtt.MQTTMessage], None] | None = None
-
-    def _message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.got.append(msg)
-        if self.on_message is not None:
-            self.on_message(msg)
-
-    def on(self, topic: str) -> list[bytes]:
-        with self._lock:
-            return [bytes(m.payload) for m in self.got if m.topic == topic]
-
-    def alarms(self, topic: str, gateway_key: bytes | None = None) -> list[dict[str, Any]]:
-        """A witness's alarms are JSON; a gateway's are signed (SPEC §11.4): with its key,
-        each one is verified and its body returned."""
-        if gateway_key is None:
-            return [json.loads(p) for p in self.on(topic)]
-        return [verify_message(topic, p, {"gw-test": [gateway_key]}).body for p in self.on(topic)]
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False, **props: Any) -> None:
-        properties = None
-        if props:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            properties = Properties(PacketTypes.PUBLISH)
-            for name, value in props.items():
-                setattr(properties, name, value)
-        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
-        info.wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-@pytest.fixture
-def tap_factory() -> Iterator[Callable[[int, list[str]], Tap]]:
-    taps: list[Tap] = []
-
-    def make(port: int, filters: list[str]) -> Tap:
-        taps.append(Tap(port, filters))
-        return taps[-1]
-
-    yield make
-    for tap in taps:
-        tap.close()
 
 
 def witness_config(
@@ -137,26 +70,6 @@ def witness_config(
         gateways=(gateway,),
         proof_timeout_s=timeout_s,
     )
-
-
-class Feed:
-    """Real events of the test seal, countersigned, submitted to the running gateway."""
-
-    def __init__(self, files: GatewayFiles, gateway: Gateway) -> None:
-        self.files, self.gateway = files, gateway
-        self.counter, self.prev = 0, auth.GENESIS
-
-    async def checkpoint(self) -> int:
-        self.counter += 1
-        event = make_event(self.files.device_keys[DEVICE], self.counter, self.prev)
-        self.prev = auth.record_hash(event)
-        cose = self.files.key.sign1(countersign_payload(DEVICE, self.counter, event, 1, "gw-test"))
-        await self.gateway.committer.submit(
-            event=EventRow(DEVICE, self.counter, event, self.prev, cose, 1)
-        )
-        made = await self.gateway.checkpoints.make()
-        assert made is not None
-        return made.size
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:

@@ -34,10 +34,16 @@ from sealink.crypto.enrolment import Certificate
 from sealink.errors import SealinkError
 from sealink.gateway import fleetapprovers
 from sealink.gateway.actions import Alarm
-from sealink.ledger import AHEAD_OF_LEDGER, DeviceRecord
-from sealink.ledger.fleetreg import MOVED_BY_FLEET, REVOKED_BY_FLEET, Standing
+from sealink.ledger import DeviceRecord
+from sealink.ledger.fleetreg import MOVED_BY_FLEET, REVOKED_BY_FLEET, Standing, placement_steps
 from sealink.mqtt.client import Message, MqttClient
-from sealink.mqtt.registry import RegistryEntry, RegistryRefused, open_entry, registry_topic
+from sealink.mqtt.registry import (
+    Placement,
+    RegistryEntry,
+    RegistryRefused,
+    open_entry,
+    registry_topic,
+)
 
 if TYPE_CHECKING:
     from sealink.gateway.service import Gateway
@@ -45,6 +51,10 @@ if TYPE_CHECKING:
 __all__ = ["FleetDesk"]
 
 log = logging.getLogger("sealink.gateway")
+
+
+def _standing(entry: RegistryEntry, placement: Placement) -> Standing:
+    return Standing(placement.gateway, placement.counter, placement.head, entry.seq)
 
 
 class FleetDesk:
@@ -127,8 +137,7 @@ class FleetDesk:
         enrolment = self._enrolment_here(entry)
         placed = None
         if entry.placement is not None:
-            standing = Standing(entry.placement.gateway, entry.placement.counter,
-                                entry.placement.head, entry.seq)  # fmt: skip
+            standing = _standing(entry, entry.placement)
             topic = gateway.topics.gaps(entry.device)
             placed = (standing, gateway.gateway_id, gateway.key.sign1, topic)
         moved, done = await gateway.db(
@@ -179,13 +188,16 @@ class FleetDesk:
             self._waiting[entry.device] = message
             return False
         reason = record.quarantine.reason if record.quarantine is not None else None
-        if entry.placement.gateway != gateway.gateway_id:
-            return reason is None
-        return (
-            record.stored < entry.placement.counter
-            or reason in (MOVED_BY_FLEET, AHEAD_OF_LEDGER)
-            or (entry.enrolment is not None and _held_serial(record) < entry.enrolment.serial)
+        here = gateway.gateway_id
+        steps = placement_steps(
+            _standing(entry, entry.placement), here, reason, record.ahead_acked, record.stored
         )
+        enrols = (
+            entry.enrolment is not None
+            and entry.placement.gateway == here
+            and _held_serial(record) < entry.enrolment.serial
+        )
+        return steps.left or enrols
 
     def _enrolment_here(self, entry: RegistryEntry) -> Certificate | None:
         """The entry's certificate if this gateway is to hand it to the seal: the placement

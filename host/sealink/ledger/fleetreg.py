@@ -22,6 +22,8 @@ from sealink.ledger.operator import (
     AHEAD_OF_LEDGER,
     MOVED_BY_FLEET,
     REVOKED_BY_FLEET,
+    hold,
+    lift,
     record_action,
     record_gap,
     stored_head,
@@ -32,11 +34,13 @@ __all__ = [
     "FLEET",
     "MOVED_BY_FLEET",
     "REVOKED_BY_FLEET",
+    "PlacementSteps",
     "Standing",
     "apply_state",
     "fleet_state",
     "floor",
     "place",
+    "placement_steps",
     "registered",
 ]
 
@@ -86,6 +90,34 @@ class Standing:
     seq: int
 
 
+@dataclass(frozen=True)
+class PlacementSteps:
+    """What taking a placement does to a seal on this gateway (SPEC §11.6)."""
+
+    hold: bool  # placed on another gateway, the seal not quarantined yet: held MOVED_BY_FLEET
+    anchor: bool  # placed here beyond the ledger's L: the fleet's counters recorded as a gap
+    lift: bool  # placed here: the move's hold, or an ahead-of-ledger one it covers, lifted
+
+    @property
+    def left(self) -> bool:
+        """Whether anything is left to do: none, taking the placement changes nothing."""
+        return self.hold or self.anchor or self.lift
+
+
+def placement_steps(
+    standing: Standing, here: str, reason: str | None, ahead: int | None, stored: int
+) -> PlacementSteps:
+    """What `place` does to a seal quarantined for `reason` (None: not) that claims acks up to
+    `ahead` (None: no claim), its ledger at L = `stored`."""
+    if standing.gateway != here:
+        # A quarantine is sticky: its first cause stays.
+        return PlacementSteps(hold=reason is None, anchor=False, lift=False)
+    covered = reason == AHEAD_OF_LEDGER and (ahead is None or ahead <= standing.counter)
+    return PlacementSteps(
+        hold=False, anchor=standing.counter > stored, lift=reason == MOVED_BY_FLEET or covered
+    )
+
+
 def place(
     db: sqlite3.Connection,
     device: str,
@@ -107,41 +139,27 @@ def place(
     ms = now_ms()
     reason, ahead = row[0], None if row[1] is None else int(row[1])
     seq, to, counter = standing.seq, standing.gateway, standing.counter
-    if to != here:
-        if reason is not None:
-            return "unchanged"  # a quarantine is sticky: its first cause stays
+    stored, _ = stored_head(db, device)
+    steps = placement_steps(standing, here, reason, ahead, stored)
+    if steps.hold:
         note = f"moved to {to} by the fleet (seq {seq})"
-        _hold(db, device, MOVED_BY_FLEET, note, ms)
+        hold(db, device, MOVED_BY_FLEET, note, ms)
         detail = {"reason": MOVED_BY_FLEET, "seq": seq, "to": to}
         record_action(db, device, "quarantine", FLEET, note, ms, detail)
         return "moved_away"
     done = "unchanged"
-    stored, _ = stored_head(db, device)
-    if counter > stored:
+    if steps.anchor:
         note = f"moved here by the fleet (seq {seq}): records 1..{counter} held by the fleet"
         record_gap(db, device, (stored + 1, counter), FLEET, note, sign, topic, standing.head, ms)
         detail = {"first": stored + 1, "last": counter, "seq": seq}
         record_action(db, device, "adopt", FLEET, note, ms, detail)
         done = "anchored"
-    covered = reason == AHEAD_OF_LEDGER and (ahead is None or ahead <= counter)
-    if reason == MOVED_BY_FLEET or covered:
-        db.execute(
-            "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
-            "quarantine_ms = NULL, ahead_acked = NULL WHERE id = ?",
-            (device,),
-        )
+    if steps.lift:
+        lift(db, device, clear_ahead=True)
         note = f"placed here by the fleet (seq {seq})"
         record_action(db, device, "release", FLEET, note, ms, {"reason": reason, "seq": seq})
         done = "anchored" if done == "anchored" else "released"
     return done
-
-
-def _hold(db: sqlite3.Connection, device: str, reason: str, detail: str, ms: int) -> None:
-    db.execute(
-        "UPDATE devices SET quarantine_reason = ?, quarantine_detail = ?, quarantine_ms = ? "
-        "WHERE id = ?",
-        (reason, detail, ms, device),
-    )
 
 
 def registered(db: sqlite3.Connection, device: str) -> str:
@@ -161,15 +179,11 @@ def _apply(db: sqlite3.Connection, device: str, seq: int, state: str, reason: st
         return "unchanged"  # not registered here: the floor is kept for when it is
     detail = {"reason": REVOKED_BY_FLEET, "seq": seq}
     if state == "revoked" and row[0] is None:
-        _hold(db, device, REVOKED_BY_FLEET, reason, ms)
+        hold(db, device, REVOKED_BY_FLEET, reason, ms)
         record_action(db, device, "quarantine", FLEET, reason, ms, detail)
         return "quarantined"
     if state == "active" and row[0] == REVOKED_BY_FLEET:
-        db.execute(
-            "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
-            "quarantine_ms = NULL WHERE id = ?",
-            (device,),
-        )
+        lift(db, device, clear_ahead=False)
         record_action(db, device, "release", FLEET, reason, ms, detail)
         return "released"
     return "unchanged"

@@ -34,6 +34,8 @@ __all__ = [
     "apply_device_update",
     "gap_payload",
     "gaps",
+    "hold",
+    "lift",
     "operator_actions",
     "quarantine_device",
     "record_action",
@@ -112,6 +114,28 @@ def record_action(
     )
 
 
+def hold(db: sqlite3.Connection, device: str, reason: str, detail: str, ms: int) -> bool:
+    """Quarantine `device` for `reason` unless it is already: a quarantine is sticky, its
+    first cause stays. Returns whether it was held now."""
+    cur = db.execute(
+        "UPDATE devices SET quarantine_reason = ?, quarantine_detail = ?, quarantine_ms = ? "
+        "WHERE id = ? AND quarantine_reason IS NULL",
+        (reason, detail, ms, device),
+    )
+    return cur.rowcount > 0
+
+
+def lift(db: sqlite3.Connection, device: str, *, clear_ahead: bool) -> None:
+    """Clear `device`'s quarantine; `clear_ahead`: the ledger now covers the counters the seal
+    claimed beyond it, so that claim goes too."""
+    ahead = ", ahead_acked = NULL" if clear_ahead else ""
+    db.execute(
+        "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
+        f"quarantine_ms = NULL{ahead} WHERE id = ?",
+        (device,),
+    )
+
+
 def _quarantine_of(db: sqlite3.Connection, device: str) -> tuple[Quarantine | None, int | None]:
     row = db.execute(
         "SELECT quarantine_reason, quarantine_detail, quarantine_ms, ahead_acked "
@@ -140,11 +164,7 @@ def quarantine_device(db: sqlite3.Connection, device: str, operator: str, note: 
             f"device {device} is already quarantined ({quarantine.reason}: {quarantine.detail})"
         )
     ms = now_ms()
-    db.execute(
-        "UPDATE devices SET quarantine_reason = ?, quarantine_detail = ?, quarantine_ms = ? "
-        "WHERE id = ?",
-        (OPERATOR_HOLD, note, ms, device),
-    )
+    hold(db, device, OPERATOR_HOLD, note, ms)
     record_action(db, device, "quarantine", operator, note, ms, {"reason": OPERATOR_HOLD})
 
 
@@ -174,11 +194,7 @@ def release(db: sqlite3.Connection, device: str, operator: str, note: str) -> Qu
             "never stored; release cannot clear that: `sealink devices adopt` records the "
             "missing counters as a gap, countersigned, then clears it"
         )
-    db.execute(
-        "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
-        "quarantine_ms = NULL WHERE id = ?",
-        (device,),
-    )
+    lift(db, device, clear_ahead=False)
     detail = {
         "reason": quarantine.reason,
         "detail": quarantine.detail,
@@ -214,11 +230,7 @@ def adopt(
         )
     first, last, ms = stored + 1, ahead, now_ms()
     record_gap(db, device, (first, last), operator, note, sign, topic, None, ms)
-    db.execute(
-        "UPDATE devices SET quarantine_reason = NULL, quarantine_detail = NULL, "
-        "quarantine_ms = NULL, ahead_acked = NULL WHERE id = ?",
-        (device,),
-    )
+    lift(db, device, clear_ahead=True)
     detail = {
         "first": first,
         "last": last,
@@ -305,12 +317,7 @@ def apply_device_update(db: sqlite3.Connection, update: DeviceUpdate, ms: int) -
     if update.quarantine is not None:
         reason, detail = update.quarantine
         # The first cause stays: a quarantined device keeps its reason until an operator acts.
-        cur = db.execute(
-            "UPDATE devices SET quarantine_reason = ?, quarantine_detail = ?, quarantine_ms = ? "
-            "WHERE id = ? AND quarantine_reason IS NULL",
-            (reason, detail, ms, update.device),
-        )
-        if cur.rowcount:
+        if hold(db, update.device, reason, detail, ms):
             note = f"{reason}: {detail}"
             detail_ = {"reason": reason, "detail": detail}
             record_action(db, update.device, "quarantine", "gateway", note, ms, detail_)
