@@ -530,6 +530,84 @@ def test_vector_file_is_current_and_each_forgery_gets_its_refusal() -> None:
         assert refused.value.reason == case["refused"], case["name"]
 
 
+def test_a_seal_the_fleet_spoke_for_is_registered_with_the_fleets_key_and_no_other(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """`sealink devices add` takes the chip key from the registry message the gateway holds
+    (checked again under the fleet key) and refuses another: the retained message comes
+    again as the same bytes, so the gateway would never judge a substituted key against it."""
+    files = _files(tmp_path, "gw-k", {})
+    fleet = GatewayKey.generate()
+    link_key, chip = os.urandom(32), SimChip().public
+    publisher = _publisher(broker.port)
+    payload = build_entry(
+        fleet, PREFIX, RegistryEntry("fleet", "seal-k", "active", "issued", chip, 7, 7, 7)
+    )
+    publisher.publish(registry_topic(PREFIX, "seal-k"), payload, qos=1, retain=True)
+
+    async def floor_kept() -> None:
+        files.ledger(create=True).close()  # `sealink ledger init`
+        async with _gateway(files, broker.port, fleet.public_raw(), ()) as (gw, _):
+            await until(lambda: gw.fleet.taken >= 1, _WAIT_S, "seal-k's message taken")
+
+    try:
+        run(floor_kept(), timeout=60)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+    conf = files.root / "sealink.toml"
+    conf.write_text(
+        f"""[gateway]
+id = "gw-k"
+key_file = "{files.key_file}"
+ledger = "{files.ledger_path}"
+link_keys = "{files.link_keys}"
+
+[mqtt]
+port = {broker.port}
+prefix = "{PREFIX}"
+
+[fleet]
+public_key = "{fleet.public_raw().hex()}"
+"""
+    )
+    key_file = tmp_path / "seal-k.key"
+    key_file.write_text(link_key.hex())
+    key_file.chmod(0o600)
+
+    def add(*extra: str) -> subprocess.CompletedProcess[str]:
+        return sealink("devices", "add", "seal-k", "--key-file", str(key_file), *extra,
+                       "--config", str(conf))  # fmt: skip
+
+    other = SimChip().public
+    refused = add("--seal-key", other.hex())
+    assert refused.returncode == 2, refused.stderr
+    assert "key_substitution" in refused.stderr and chip.hex()[:16] in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ledger = files.ledger()
+    try:
+        assert ledger.device_record("seal-k") is None  # refused: nothing registered
+    finally:
+        ledger.close()
+    taken = add()
+    assert taken.returncode == 0, taken.stderr
+    assert add("--seal-key", chip.hex(), "--replace").returncode == 0  # the fleet's own: fine
+    ledger = files.ledger()
+    try:
+        record = ledger.device_record("seal-k")
+        assert record is not None and record.seal_key == chip
+        # A held message that no longer verifies (the ledger edited) vouches for nothing.
+        ledger._db.execute(
+            "UPDATE fleet_registry SET payload = ? WHERE device = 'seal-k'",
+            (build_entry(GatewayKey.generate(), PREFIX,
+                         RegistryEntry("fleet", "seal-k", "active", "x", other, 8, 8, 8)),),
+        )  # fmt: skip
+    finally:
+        ledger.close()
+    forged = add("--replace")
+    assert forged.returncode == 2 and "does not verify" in forged.stderr, forged.stderr
+
+
 def test_the_gateway_config_takes_the_fleet_key_in_hex_and_names_a_bad_one() -> None:
     base = {"gateway": {"id": "gw-1", "key_file": "gw.key", "ledger": "ledger.sqlite"}}
     key = GatewayKey.generate().public_raw()

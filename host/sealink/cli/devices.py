@@ -1,7 +1,8 @@
 """`sealink devices add|enrol|list|quarantine|release|adopt`: registered seals and their quarantine.
 
 `add` writes the seal's link key to the key store (gateway.link_keys, 0600), then its row to the
-ledger, which holds no keys; `list` says of each seal whether the key store has its key, never
+ledger, which holds no keys; its chip's public key, where the fleet's registry has spoken for
+the seal, is the registry's (SPEC §11.6); `list` says of each seal whether the key store has its key, never
 the key. `enrol` keeps the enrolment authority's certificate for the seal (SPEC §5.11), which
 the gateway hands to the seal at its next session: only then do the seal's records free its
 journal once this gateway signed them stored.
@@ -32,7 +33,7 @@ from sealink.cli.common import (
     with_config,
     with_operator,
 )
-from sealink.config import NAME_RE
+from sealink.config import NAME_RE, Config
 from sealink.crypto.ackkey import open_ack_key
 from sealink.crypto.enrolment import Certificate
 from sealink.crypto.keystore import LinkKeyStore
@@ -41,6 +42,7 @@ from sealink.crypto.signer import GatewayKey, check_private_file
 from sealink.errors import DeviceError, KeyFileError
 from sealink.ledger import AHEAD_OF_LEDGER, Ledger
 from sealink.ledger.keyhistory import service_lock
+from sealink.mqtt.registry import RegistryEntry, RegistryRefused, open_entry, registry_topic
 from sealink.topics import Topics
 
 __all__ = ["read_device_key", "read_seal_key", "register"]
@@ -67,21 +69,55 @@ def read_device_key(path: str | os.PathLike[str]) -> bytes:
     return key
 
 
-def read_seal_key(given: str | None, key_file: str | os.PathLike[str]) -> bytes:
-    """The seal chip's public key: --seal-key, else the provisioning JSON's "seal_key"."""
+def read_seal_key(
+    given: str | None, key_file: str | os.PathLike[str], fleet: RegistryEntry | None = None
+) -> bytes:
+    """The seal chip's public key: --seal-key, else the provisioning JSON's "seal_key", else
+    the one the fleet's registry names (`fleet`: its message this gateway holds). One given
+    must be the fleet's (SPEC §11.6): the registry is where a seal's key comes from."""
     if given is not None:
-        return parse_seal_key(given, "--seal-key")
+        return _fleets(parse_seal_key(given, "--seal-key"), fleet)
     text = Path(key_file).read_bytes().strip()
     try:
         found = json.loads(text).get("seal_key") if text.startswith(b"{") else None
     except (ValueError, AttributeError):
         found = None
-    if not isinstance(found, str):
-        raise KeyFileError(
-            f'no seal key: {key_file} has no "seal_key" (the chip\'s public key, printed '
-            "by tools/provision.py); give it with --seal-key HEX"
+    if isinstance(found, str):
+        return _fleets(parse_seal_key(found, f"{key_file}: seal_key"), fleet)
+    if fleet is not None:
+        return fleet.seal_key
+    raise KeyFileError(
+        f'no seal key: {key_file} has no "seal_key" (the chip\'s public key, printed '
+        "by tools/provision.py) and the fleet's registry names none; give it with --seal-key HEX"
+    )
+
+
+def _fleets(seal_key: bytes, fleet: RegistryEntry | None) -> bytes:
+    if fleet is not None and seal_key != fleet.seal_key:
+        raise DeviceError(
+            f"key_substitution: the fleet's registry (seq {fleet.seq}) names seal key "
+            f"{fleet.seal_key.hex()[:16]}... for {fleet.device}, not {seal_key.hex()[:16]}...; "
+            "register the seal without a seal key to take the fleet's"
         )
-    return parse_seal_key(found, f"{key_file}: seal_key")
+    return seal_key
+
+
+def _fleet_entry(config: Config, ledger: Ledger, device: str) -> RegistryEntry | None:
+    """The fleet's registry message for `device` this gateway applied (None: none, or no
+    `[fleet] public_key`), verified again under the fleet key: the ledger is not trusted to
+    vouch for a seal key on its own."""
+    key = config.fleet.public_key
+    floor = ledger.fleet_floor(device) if key is not None else None
+    if key is None or floor is None:
+        return None
+    prefix = config.mqtt.prefix
+    try:
+        return open_entry(floor[1], registry_topic(prefix, device), key, prefix)
+    except RegistryRefused as exc:
+        raise DeviceError(
+            f"the fleet registry message held for {device} does not verify under [fleet] "
+            f"public_key ({exc.reason}: {exc.detail})"
+        ) from None
 
 
 def cmd_devices_add(args: argparse.Namespace) -> int:
@@ -90,9 +126,10 @@ def cmd_devices_add(args: argparse.Namespace) -> int:
             f"device id {args.device!r}: 1..32 characters of A-Z a-z 0-9 . _ - (not 'gateway')"
         )
     key = read_device_key(args.key_file)
-    seal_key = read_seal_key(args.seal_key, args.key_file)
     config = load(args)
     with open_ledger(config) as ledger:
+        fleet = _fleet_entry(config, ledger, args.device)
+        seal_key = read_seal_key(args.seal_key, args.key_file, fleet)
         ledger.add_device(args.device, key, seal_key, replace=args.replace)
     print(
         f"registered {args.device} (seal key {seal_key[:8].hex()}…; link key in "
