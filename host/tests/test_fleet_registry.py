@@ -25,7 +25,7 @@ from typing import Any
 import cbor2
 import psycopg
 import pytest
-from conftest import DEVICE, GatewayFiles, run, sealink, until
+from conftest import DEVICE, GatewayFiles, gateway_toml, run, sealink, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleet_rig import (
     _WAIT_S,
@@ -555,22 +555,8 @@ def test_a_seal_the_fleet_spoke_for_is_registered_with_the_fleets_key_and_no_oth
     finally:
         publisher.disconnect()
         publisher.loop_stop()
-    conf = files.root / "sealink.toml"
-    conf.write_text(
-        f"""[gateway]
-id = "gw-k"
-key_file = "{files.key_file}"
-ledger = "{files.ledger_path}"
-link_keys = "{files.link_keys}"
-
-[mqtt]
-port = {broker.port}
-prefix = "{PREFIX}"
-
-[fleet]
-public_key = "{fleet.public_raw().hex()}"
-"""
-    )
+    conf = gateway_toml(files, broker.port)
+    conf.write_text(f'{conf.read_text()}\n[fleet]\npublic_key = "{fleet.public_raw().hex()}"\n')
     key_file = tmp_path / "seal-k.key"
     key_file.write_text(link_key.hex())
     key_file.chmod(0o600)
