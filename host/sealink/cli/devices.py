@@ -2,10 +2,10 @@
 
 `add` writes the seal's link key to the key store (gateway.link_keys, 0600), then its row to the
 ledger, which holds no keys; its chip's public key, where the fleet's registry has spoken for
-the seal, is the registry's (SPEC §11.6); `list` says of each seal whether the key store has its key, never
-the key. `enrol` keeps the enrolment authority's certificate for the seal (SPEC §5.11), which
-the gateway hands to the seal at its next session: only then do the seal's records free its
-journal once this gateway signed them stored.
+the seal, is the registry's (SPEC §11.6). `list` says of each seal whether the key store has
+its key, never the key. `enrol` keeps the enrolment authority's certificate for the seal
+(SPEC §5.11), which the gateway hands to the seal at its next session: only then do the seal's
+records free its journal once this gateway signed them stored.
 
 A quarantine (SPEC §5.8) is sticky: the gateway sets it when a seal's input fails a check, and
 only an operator clears it here; the running service learns of it from the ledger's audit trail

@@ -50,12 +50,12 @@ if TYPE_CHECKING:
     from sealink.crypto import GatewayKey
     from sealink.fleet import ApproverChange, FleetConfig, RegistryChange, Store
 
-__all__ = ["register"]
+__all__ = ["open_fleet", "register", "signed_change", "who_acts", "with_fleet_config"]
 
 Change = TypeVar("Change", "RegistryChange", "ApproverChange")
 
 
-def _open(args: argparse.Namespace) -> tuple[FleetConfig, Store]:
+def open_fleet(args: argparse.Namespace) -> tuple[FleetConfig, Store]:
     try:
         from sealink.fleet import Store, load_config
     except ImportError as exc:
@@ -82,7 +82,7 @@ def _migrate(config: FleetConfig, store: Store) -> list[str]:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    config, store = _open(args)
+    config, store = open_fleet(args)
     with store:
         applied = _migrate(config, store)
     print_json({"applied": applied})
@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sealink.fleet import FleetService
 
     configure_logging("info")
-    config, store = _open(args)
+    config, store = open_fleet(args)
     with store:
         _migrate(config, store)
         service = FleetService(config, store).start()
@@ -134,7 +134,7 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
     keys = _seal_keys(path, orgs)
     if args.org is not None:  # the flag wins over the rows' own `org`
         orgs = {args.org: [device for device, _ in keys]}
-    _config, store = _open(args)
+    _config, store = open_fleet(args)
     with store:
         count = store.import_seal_keys(keys, source=f"import:{path.name}")
         _set_orgs(store, orgs)
@@ -151,7 +151,7 @@ def _set_orgs(store: Store, orgs: dict[str, list[str]]) -> None:
 
 
 def cmd_devices_set_org(args: argparse.Namespace) -> int:
-    _config, store = _open(args)
+    _config, store = open_fleet(args)
     with store:
         _set_orgs(store, {args.org: [args.device]})
     print_json({"device": args.device, "org": args.org})
@@ -170,7 +170,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signed_change(
+def signed_change(
     args: argparse.Namespace, make: Callable[..., Change], mark: Callable[[Store, Change], None]
 ) -> tuple[Change, bool]:
     """Sign one change (`make(store, key, config)`), publish it retained and `mark` it
@@ -178,7 +178,7 @@ def _signed_change(
     from sealink.crypto import GatewayKey
     from sealink.fleet import publish
 
-    config, store = _open(args)
+    config, store = open_fleet(args)
     key = GatewayKey.load(config.key_file)
     with store:
         change = make(store, key, config)
@@ -196,7 +196,7 @@ def _registry_change(args: argparse.Namespace, make: Callable[..., RegistryChang
     """Sign, publish and say one registry change (SPEC §11.6)."""
     from sealink.fleet import mark_published
 
-    change, published = _signed_change(args, make, mark_published)
+    change, published = signed_change(args, make, mark_published)
     said: dict[str, Any] = {"device": change.device, "state": change.state, "seq": change.seq,
                             "topic": change.topic, "published": published}  # fmt: skip
     if change.placement is not None:
@@ -208,7 +208,7 @@ def _registry_change(args: argparse.Namespace, make: Callable[..., RegistryChang
     return 0
 
 
-def _by(args: argparse.Namespace) -> str:
+def who_acts(args: argparse.Namespace) -> str:
     return str(args.by or os.environ.get("USER") or "unknown")
 
 
@@ -217,7 +217,7 @@ def _set_state(args: argparse.Namespace, state: str) -> int:
 
     return _registry_change(args, lambda store, key, config: change_state(
         store, key, config.name, config.prefix, args.device, state, args.reason,
-        _by(args)))  # fmt: skip
+        who_acts(args)))  # fmt: skip
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
@@ -233,7 +233,7 @@ def cmd_devices_move(args: argparse.Namespace) -> int:
 
     # With the authority configured, a move enrols the seal where it goes (SPEC §11.6).
     return _registry_change(args, lambda store, key, config: move(
-        store, key, config.name, config.prefix, args.device, args.to, args.reason, _by(args),
+        store, key, config.name, config.prefix, args.device, args.to, args.reason, who_acts(args),
         enrolling(config, args.to, required=False)))  # fmt: skip
 
 
@@ -244,7 +244,7 @@ def cmd_devices_enrol(args: argparse.Namespace) -> int:
         enrolment = enrolling(config, args.gateway, required=True)
         assert enrolment is not None
         return enrol(store, key, config.name, config.prefix, args.device, enrolment,
-                     args.reason, _by(args))  # fmt: skip
+                     args.reason, who_acts(args))  # fmt: skip
 
     return _registry_change(args, make)
 
@@ -252,7 +252,7 @@ def cmd_devices_enrol(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     import psycopg
 
-    _config, store = _open(args)
+    _config, store = open_fleet(args)
     try:
         with store, store.pool.connection() as conn:
             return list(conn.execute(sql, params).fetchall())
@@ -368,7 +368,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sealink.fleet._config import parse_listen
 
     configure_logging("info")
-    config, store = _open(args)
+    config, store = open_fleet(args)
     host, port = config.listen if args.listen is None else parse_listen("--listen", args.listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     scheme = "http"
@@ -401,7 +401,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _tokens(args: argparse.Namespace, use: Callable[..., Any]) -> Any:
     from sealink.fleet import _query
 
-    _config, store = _open(args)
+    _config, store = open_fleet(args)
     with store, store.pool.connection() as conn:
         return use(_query, conn)
 
@@ -425,25 +425,25 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_config(p: argparse.ArgumentParser) -> None:
+def with_fleet_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="fleet.toml")
 
 
 def register(sub: Any) -> None:
     fleet = sub.add_parser("fleet", help="the fleet ledger in PostgreSQL (issue 14)")
     fl = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
-    _with_config(add_command(fl, "migrate", cmd_migrate, "apply the schema migrations"))
-    _with_config(add_command(fl, "run", cmd_run, "ingest every gateway's records from MQTT"))
+    with_fleet_config(add_command(fl, "migrate", cmd_migrate, "apply the schema migrations"))
+    with_fleet_config(add_command(fl, "run", cmd_run, "ingest every gateway's records from MQTT"))
     devices = fl.add_parser("devices", help="the fleet's registry of seals")
     dv = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     p = add_command(dv, "import", cmd_devices_import, "import seals' public keys")
     p.add_argument("file", help="`sealink devices list` output, or provisioning JSON")
     p.add_argument("--org", help="the organisation of every seal imported (else each row's org)")
-    _with_config(p)
+    with_fleet_config(p)
     p = add_command(dv, "set-org", cmd_devices_set_org, "put a seal in an organisation")
     p.add_argument("device")
     p.add_argument("org")
-    _with_config(p)
+    with_fleet_config(p)
     for name, fn, what in (
         ("revoke", cmd_devices_revoke, "disable a seal on every gateway (a stolen one)"),
         ("reinstate", cmd_devices_reinstate, "lift the fleet's revocation of a seal"),
@@ -452,13 +452,13 @@ def register(sub: Any) -> None:
         p.add_argument("device")
         p.add_argument("--reason", required=True, help="why: kept on the record")
         p.add_argument("--by", help="who (default: $USER)")
-        _with_config(p)
+        with_fleet_config(p)
     p = add_command(dv, "move", cmd_devices_move, "place a seal on another gateway (SPEC §11.6)")
     p.add_argument("device")
     p.add_argument("--to", required=True, metavar="GATEWAY", help="the gateway it moves to")
     p.add_argument("--reason", required=True, help="why: kept on the record")
     p.add_argument("--by", help="who (default: $USER)")
-    _with_config(p)
+    with_fleet_config(p)
     p = add_command(
         dv, "enrol", cmd_devices_enrol, "enrol a seal with the gateway it is placed on (§5.11)"
     )
@@ -466,33 +466,33 @@ def register(sub: Any) -> None:
     p.add_argument("--gateway", required=True, help="the gateway the seal is placed on")
     p.add_argument("--reason", required=True, help="why: kept on the record")
     p.add_argument("--by", help="who (default: $USER)")
-    _with_config(p)
+    with_fleet_config(p)
     keys = fl.add_parser("keys", help="the fleet's registry signing key")
     ks = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    _with_config(add_command(ks, "init", cmd_keys_init, "make the registry's signing key"))
+    with_fleet_config(add_command(ks, "init", cmd_keys_init, "make the registry's signing key"))
     p = add_command(fl, "records", cmd_records, "a seal's records held by the fleet")
-    _with_config(p)
+    with_fleet_config(p)
     p.add_argument("--device", required=True)
     p.add_argument("--since", type=int, metavar="MS", help="received at or after (Unix ms)")
     p.add_argument("--until", type=int, metavar="MS", help="received before (Unix ms)")
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p = add_command(fl, "gaps", cmd_gaps, "counters missing per seal, across gateways")
-    _with_config(p)
+    with_fleet_config(p)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p = add_command(fl, "forks", cmd_forks, "second records for a held (device, counter)")
-    _with_config(p)
+    with_fleet_config(p)
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p = add_command(fl, "alarms", cmd_alarms, "what the fleet raised and gateways signed")
-    _with_config(p)
+    with_fleet_config(p)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p = add_command(fl, "checkpoints", cmd_checkpoints, "each gateway's checkpoints, proved or not")
-    _with_config(p)
+    with_fleet_config(p)
     p.add_argument("--gateway")
     p.add_argument("--json", action="store_true", help="JSON Lines")
     p = add_command(fl, "serve", cmd_serve, "the read-only JSON API for downstream systems")
-    _with_config(p)
+    with_fleet_config(p)
     p.add_argument("--listen", metavar="HOST:PORT", help="instead of [serve] listen")
     tokens = fl.add_parser("tokens", help="the API's bearer tokens")
     tk = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -502,8 +502,8 @@ def register(sub: Any) -> None:
     ):
         p = add_command(tk, name, fn, what)
         p.add_argument("name")
-        _with_config(p)
-    _with_config(add_command(tk, "list", cmd_tokens_list, "the tokens' names, not the tokens"))
+        with_fleet_config(p)
+    with_fleet_config(add_command(tk, "list", cmd_tokens_list, "the tokens' names, not the tokens"))
     from sealink.cli import fleetapprovers  # it builds on this module's helpers
 
     fleetapprovers.register(fl)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sealink.approvals import ACTIONS
 from sealink.cli.approvers import parse_actions, parse_public_key
 from sealink.cli.common import add_command, iso_ms, print_json
-from sealink.cli.fleet import _by, _open, _signed_change, _with_config
+from sealink.cli.fleet import open_fleet, signed_change, who_acts, with_fleet_config
 from sealink.errors import SealinkError
 from sealink.topics import approver_name_problem
 
@@ -50,10 +50,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     def make(store: Store, key: GatewayKey, config: FleetConfig) -> ApproverChange:
         return add_approver(
             store, key, config.name, config.prefix, args.name, raw, actions, args.reason,
-            _by(args),
-        )
+            who_acts(args))  # fmt: skip
 
-    return _said(*_signed_change(args, make, mark_approver_published))
+    return _said(*signed_change(args, make, mark_approver_published))
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -61,16 +60,16 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
     def make(store: Store, key: GatewayKey, config: FleetConfig) -> ApproverChange:
         return revoke_approver(
-            store, key, config.name, config.prefix, args.name, args.reason, _by(args)
+            store, key, config.name, config.prefix, args.name, args.reason, who_acts(args)
         )
 
-    return _said(*_signed_change(args, make, mark_approver_published))
+    return _said(*signed_change(args, make, mark_approver_published))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from sealink.fleet import approvers
 
-    _config, store = _open(args)
+    _config, store = open_fleet(args)
     with store:
         issued = approvers(store)
     for a in issued:
@@ -108,12 +107,12 @@ def register(fl: Any) -> None:
     )
     p.add_argument("--reason", required=True, help="why: kept on the record")
     p.add_argument("--by", help="who (default: $USER)")
-    _with_config(p)
+    with_fleet_config(p)
     p = add_command(ap, "revoke", cmd_revoke, "refuse an approver on every gateway, for good")
     p.add_argument("name")
     p.add_argument("--reason", required=True, help="why: kept on the record")
     p.add_argument("--by", help="who (default: $USER)")
-    _with_config(p)
+    with_fleet_config(p)
     p = add_command(ap, "list", cmd_list, "the approvers the fleet issued")
     p.add_argument("--json", action="store_true", help="JSON Lines")
-    _with_config(p)
+    with_fleet_config(p)
