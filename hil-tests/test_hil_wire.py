@@ -49,11 +49,14 @@ def test_engine_drops_corrupts_and_duplicates_exactly_the_armed_bytes(
     engine.arm(WireFault("corrupt", H2D, 2), now=1.0)
     corrupted = engine.on_chunk(H2D, bytes(8), now=1.0).chunks
     assert len(corrupted) == 1 and sum(bin(b).count("1") for b in corrupted[0]) == 2
+    engine.arm(WireFault("corrupt", H2D, 3), now=1.5)  # 3 bytes, over short chunks
+    spread = [engine.on_chunk(H2D, bytes(2), now=1.5).chunks[0] for _ in range(3)]
+    assert [sum(bin(b).count("1") for b in chunk) for chunk in spread] == [2, 1, 0]
 
     engine.arm(WireFault("duplicate", D2H), now=2.0)
     assert engine.on_chunk(D2H, b"xyz", now=2.0).chunks == [b"xyz", b"xyz"]
     assert engine.on_chunk(D2H, b"xyz", now=2.0).chunks == [b"xyz"]
-    assert [f.kind for f in engine.applied] == ["drop", "corrupt", "duplicate"]
+    assert [f.kind for f in engine.applied] == ["drop", "corrupt", "corrupt", "duplicate"]
 
 
 def test_engine_times_delay_stall_and_disconnect_on_the_clock_it_is_given() -> None:

@@ -159,12 +159,17 @@ class LinkFaults:
                 chunks[-1] = chunk[cut:]
                 fault.amount -= cut
             elif fault.kind == "corrupt":
-                index = self.rng.randrange(len(chunk))
-                flipped = chunk[index] ^ (1 << self.rng.randrange(8))
-                detail = f"byte {index}: {chunk[index]:02x} -> {flipped:02x}"
-                effects.append(self._struck(fault, detail))
-                chunks[-1] = chunk[:index] + bytes([flipped]) + chunk[index + 1 :]
-                fault.amount -= 1
+                # Distinct bytes: one bit flipped twice would put the byte back, no fault at all.
+                struck = min(fault.amount, len(chunk))
+                out = bytearray(chunk)
+                for index in sorted(self.rng.sample(range(len(chunk)), struck)):
+                    out[index] ^= 1 << self.rng.randrange(8)
+                    detail = f"byte {index}: {chunk[index]:02x} -> {out[index]:02x}"
+                    effects.append(self._struck(fault, detail))
+                chunks[-1] = bytes(out)
+                fault.amount -= struck
+                if fault.amount > 0:
+                    break  # every byte of this chunk struck: the rest go to the next chunks
             elif fault.kind == "duplicate":
                 effects.append(self._struck(fault, f"{len(chunk)} bytes delivered twice"))
                 chunks.append(chunk)
