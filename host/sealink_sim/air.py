@@ -776,7 +776,8 @@ class Radio:
 
 async def _until(loop: asyncio.AbstractEventLoop, release_at: float) -> None:
     # Only a delayed chunk waits: a sleep(0) for each of the others was a loop turn more a
-    # chunk (the air's CPU a drained record at MTU 23: 0.98 -> 0.84 ms, tools/bench.py ble).
+    # chunk (the air thread's CPU a record of bench_ble's emulated drain at MTU 23, read from
+    # /proc: 0.98 -> 0.84 ms).
     delay = release_at - loop.time()
     if delay > 0:
         await asyncio.sleep(delay)
