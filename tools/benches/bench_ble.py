@@ -6,7 +6,8 @@ The whole gateway (a `ble://` port through bleak's public API on the bumble back
 Mosquitto behind) against two seals, one row each per MTU:
 
 - `"seal": "emulated"`: the real firmware on an EmulatedBoard (`-X heapsize=96k`, the chip
-  model at its typical times, enrolled so every 16th ACK costs a Verify), its BLE peripheral
+  model at its typical times, enrolled, so the drain waits for a Verify of the gateway's stored
+  signature every 256 records and at the burst's end, SPEC §5.11), its BLE peripheral
   the `bluetooth` stand-in bridged by sealink_sim.air to a bumble Device; the gateway's central
   reaches it over the Air's H4-over-TCP HCI port. Real HCI, L2CAP, ATT and GATT between them.
 - `"seal": "simulated"`: sealink_sim.bleseal, a bumble GATT peripheral in the gateway's process
