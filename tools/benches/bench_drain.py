@@ -6,8 +6,9 @@ The real firmware on an EmulatedBoard (`-X heapsize=96k`) records BACKLOG permit
 impressions while no gateway listens, then the whole gateway (in this process: its serial
 transport, sessions, group commit, signed ACKs, a real Mosquitto behind) drains them through
 sealink_sim.uartpace, which holds the pty to a UART's 115,200 baud 8N1 (11,520 bytes/s) in each
-direction. The seal is enrolled, so every 16th ACK costs it a Verify on the chip model and
-frees journal segments, as in the field. The impressions are signed with a chip that answers at
+direction. The seal is enrolled, so a Verify on the chip model of the gateway's stored
+signature (every 256 records during a drain, and at the end of the burst: SPEC §5.11) frees
+journal segments, as in the field. The impressions are signed with a chip that answers at
 once (at the datasheet's times the recording alone would take minutes); the drain runs with its
 typical times, the ones the other emulated benches use.
 
