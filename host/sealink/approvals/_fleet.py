@@ -19,9 +19,12 @@ from typing import Any
 
 from sealink.approvals._wire import ACTIONS
 from sealink.crypto import GatewayKey
-
-# The registry's rule for an unsigned field: the two messages are judged alike.
-from sealink.mqtt.registry import STATES, RegistryRefused, _uint
+from sealink.mqtt.registry import (  # the two messages' fields are judged alike
+    RegistryRefused,
+    check_state_and_reason,
+    key_field,
+    uint_field,
+)
 from sealink.mqtt.signed import envelope, open_own
 from sealink.topics import approver_name_problem
 
@@ -29,7 +32,6 @@ __all__ = ["ApproverEntry", "approver_topic", "build_approver", "open_approver"]
 
 _BODY = frozenset({"name", "state", "public_key", "actions", "reason", "since_ms"})
 _KEY_LEN = 32
-_TEXT_MAX = 256
 MAX_APPROVER_BYTES = 4096
 
 
@@ -87,19 +89,10 @@ def _body(raw: Any) -> dict[str, Any]:
         raise RegistryRefused("invalid", f"the body must hold exactly {', '.join(sorted(_BODY))}")
     if not isinstance(body["name"], str) or approver_name_problem(body["name"]) is not None:
         raise RegistryRefused("invalid", "name must be an approver name (SPEC §11.5)")
-    if body["state"] not in STATES:
-        raise RegistryRefused("invalid", f"state must be one of {', '.join(STATES)}")
-    if not isinstance(body["reason"], str) or len(body["reason"]) > _TEXT_MAX:
-        raise RegistryRefused("invalid", f"reason must be a string of at most {_TEXT_MAX}")
-    try:
-        public_key = bytes.fromhex(body["public_key"])
-    except (ValueError, TypeError):
-        raise RegistryRefused("invalid", "public_key must be hex") from None
-    if len(public_key) != _KEY_LEN:
-        raise RegistryRefused("invalid", f"public_key must be {_KEY_LEN} bytes (Ed25519)")
-    body["public_key"] = public_key
+    check_state_and_reason(body)
+    body["public_key"] = key_field(body, "public_key", _KEY_LEN, "Ed25519")
     body["actions"] = _actions(body["actions"])
-    _uint(body, "since_ms")
+    uint_field(body, "since_ms")
     return body
 
 
@@ -118,7 +111,7 @@ def open_approver(
     if fields.get("topic") != topic:
         signed = str(fields.get("topic"))[:200]
         raise RegistryRefused("wrong_topic", f"signed for {signed!r}, arrived on {topic!r}")
-    seq, time_ms = _uint(fields, "seq"), _uint(fields, "time_ms")
+    seq, time_ms = uint_field(fields, "seq"), uint_field(fields, "time_ms")
     body = _body(fields.get("body"))
     if approver_topic(prefix, body["name"]) != topic:
         raise RegistryRefused("wrong_topic", f"about {body['name']!r}, arrived on {topic!r}")

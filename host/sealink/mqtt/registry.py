@@ -33,8 +33,11 @@ __all__ = [
     "RegistryEntry",
     "RegistryRefused",
     "build_entry",
+    "check_state_and_reason",
+    "key_field",
     "open_entry",
     "registry_topic",
+    "uint_field",
 ]
 
 STATES = ("active", "revoked")
@@ -110,11 +113,30 @@ def build_entry(key: GatewayKey, prefix: str, entry: RegistryEntry) -> bytes:
     return key.sign1(envelope("fleet", entry.fleet, topic, raw, entry.seq, entry.time_ms))
 
 
-def _uint(fields: dict[str, Any], name: str) -> int:
+def uint_field(fields: dict[str, Any], name: str) -> int:
     value = fields.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise RegistryRefused("invalid", f"{name} must be an unsigned integer")
     return value
+
+
+def check_state_and_reason(body: dict[str, Any]) -> None:
+    """The fields every fleet-signed body has (SPEC §11.6, §11.7): its state and reason."""
+    if body["state"] not in STATES:
+        raise RegistryRefused("invalid", f"state must be one of {', '.join(STATES)}")
+    if not isinstance(body["reason"], str) or len(body["reason"]) > _TEXT_MAX:
+        raise RegistryRefused("invalid", f"reason must be a string of at most {_TEXT_MAX}")
+
+
+def key_field(body: dict[str, Any], name: str, length: int, what: str) -> bytes:
+    """A public key in a fleet-signed body: hex of `length` bytes (`what`: its form)."""
+    try:
+        key = bytes.fromhex(body[name])
+    except (ValueError, TypeError):
+        raise RegistryRefused("invalid", f"{name} must be hex") from None
+    if len(key) != length:
+        raise RegistryRefused("invalid", f"{name} must be {length} bytes ({what})")
+    return key
 
 
 def _body(raw: Any) -> dict[str, Any]:
@@ -126,18 +148,9 @@ def _body(raw: Any) -> dict[str, Any]:
         raise RegistryRefused("invalid", "the body must hold exactly device, reason, seal_key, "
                               "since_ms, state, and with a placement gateway, counter, "
                               "record_sha256 (and perhaps enrolment)")  # fmt: skip
-    if body["state"] not in STATES:
-        raise RegistryRefused("invalid", f"state must be one of {', '.join(STATES)}")
-    if not isinstance(body["reason"], str) or len(body["reason"]) > _TEXT_MAX:
-        raise RegistryRefused("invalid", f"reason must be a string of at most {_TEXT_MAX}")
-    try:
-        seal_key = bytes.fromhex(body["seal_key"])
-    except (ValueError, TypeError):
-        raise RegistryRefused("invalid", "seal_key must be hex") from None
-    if len(seal_key) != _SEAL_KEY_LEN:
-        raise RegistryRefused("invalid", f"seal_key must be {_SEAL_KEY_LEN} bytes (X || Y)")
-    body["seal_key"] = seal_key
-    _uint(body, "since_ms")
+    check_state_and_reason(body)
+    body["seal_key"] = key_field(body, "seal_key", _SEAL_KEY_LEN, "X || Y")
+    uint_field(body, "since_ms")
     body["placement"] = _placement(body) if "gateway" in body else None
     body["enrolment"] = _enrolment(body) if "enrolment" in body else None
     return body
@@ -169,7 +182,7 @@ def _placement(body: dict[str, Any]) -> Placement:
         raise RegistryRefused("invalid", "record_sha256 must be hex") from None
     if len(head) != _HASH_LEN:
         raise RegistryRefused("invalid", f"record_sha256 must be {_HASH_LEN} bytes")
-    return Placement(gateway, _uint(body, "counter"), head)
+    return Placement(gateway, uint_field(body, "counter"), head)
 
 
 def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str) -> RegistryEntry:
@@ -183,7 +196,7 @@ def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str)
     if fields.get("topic") != topic:
         signed = str(fields.get("topic"))[:200]
         raise RegistryRefused("wrong_topic", f"signed for {signed!r}, arrived on {topic!r}")
-    seq, time_ms = _uint(fields, "seq"), _uint(fields, "time_ms")
+    seq, time_ms = uint_field(fields, "seq"), uint_field(fields, "time_ms")
     body = _body(fields.get("body"))
     if registry_topic(prefix, str(body["device"])) != topic:
         raise RegistryRefused("wrong_topic", f"about {body['device']!r}, arrived on {topic!r}")
