@@ -23,9 +23,10 @@ from sealink.mqtt.registry import (  # the two messages' fields are judged alike
     RegistryRefused,
     check_state_and_reason,
     key_field,
+    open_fleet_signed,
     uint_field,
 )
-from sealink.mqtt.signed import envelope, open_own
+from sealink.mqtt.signed import envelope
 from sealink.topics import approver_name_problem
 
 __all__ = ["ApproverEntry", "approver_topic", "build_approver", "open_approver"]
@@ -101,17 +102,9 @@ def open_approver(
 ) -> ApproverEntry:
     """The verified entry that arrived on `topic`: signed by the fleet key, for this topic, for
     the approver the topic names, each field of its form. RegistryRefused otherwise."""
-    if len(payload) > MAX_APPROVER_BYTES:
-        raise RegistryRefused(
-            "invalid", f"an approver message is at most {MAX_APPROVER_BYTES} bytes"
-        )
-    fields = open_own(payload, fleet_public_raw)
-    if fields is None or not isinstance(fields.get("fleet"), str):
-        raise RegistryRefused("bad_signature", "not a COSE_Sign1 by the fleet key")
-    if fields.get("topic") != topic:
-        signed = str(fields.get("topic"))[:200]
-        raise RegistryRefused("wrong_topic", f"signed for {signed!r}, arrived on {topic!r}")
-    seq, time_ms = uint_field(fields, "seq"), uint_field(fields, "time_ms")
+    fields, seq, time_ms = open_fleet_signed(
+        payload, topic, fleet_public_raw, MAX_APPROVER_BYTES, "an approver message"
+    )
     body = _body(fields.get("body"))
     if approver_topic(prefix, body["name"]) != topic:
         raise RegistryRefused("wrong_topic", f"about {body['name']!r}, arrived on {topic!r}")

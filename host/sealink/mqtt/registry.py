@@ -36,6 +36,7 @@ __all__ = [
     "check_state_and_reason",
     "key_field",
     "open_entry",
+    "open_fleet_signed",
     "registry_topic",
     "uint_field",
 ]
@@ -185,18 +186,28 @@ def _placement(body: dict[str, Any]) -> Placement:
     return Placement(gateway, uint_field(body, "counter"), head)
 
 
-def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str) -> RegistryEntry:
-    """The verified entry that arrived on `topic`: signed by the fleet key, for this topic, for
-    the seal the topic names, each field of its form. RegistryRefused otherwise."""
-    if len(payload) > MAX_ENTRY_BYTES:
-        raise RegistryRefused("invalid", f"a registry message is at most {MAX_ENTRY_BYTES} bytes")
+def open_fleet_signed(
+    payload: bytes, topic: str, fleet_public_raw: bytes, max_bytes: int, what: str
+) -> tuple[dict[str, Any], int, int]:
+    """The §11.4 envelope of a fleet-signed message (§11.6, §11.7) that arrived on `topic`:
+    (fields, seq, time_ms), signed by the fleet key for this topic. RegistryRefused otherwise."""
+    if len(payload) > max_bytes:
+        raise RegistryRefused("invalid", f"{what} is at most {max_bytes} bytes")
     fields = open_own(payload, fleet_public_raw)
     if fields is None or not isinstance(fields.get("fleet"), str):
         raise RegistryRefused("bad_signature", "not a COSE_Sign1 by the fleet key")
     if fields.get("topic") != topic:
         signed = str(fields.get("topic"))[:200]
         raise RegistryRefused("wrong_topic", f"signed for {signed!r}, arrived on {topic!r}")
-    seq, time_ms = uint_field(fields, "seq"), uint_field(fields, "time_ms")
+    return fields, uint_field(fields, "seq"), uint_field(fields, "time_ms")
+
+
+def open_entry(payload: bytes, topic: str, fleet_public_raw: bytes, prefix: str) -> RegistryEntry:
+    """The verified entry that arrived on `topic`: signed by the fleet key, for this topic, for
+    the seal the topic names, each field of its form. RegistryRefused otherwise."""
+    fields, seq, time_ms = open_fleet_signed(
+        payload, topic, fleet_public_raw, MAX_ENTRY_BYTES, "a registry message"
+    )
     body = _body(fields.get("body"))
     if registry_topic(prefix, str(body["device"])) != topic:
         raise RegistryRefused("wrong_topic", f"about {body['device']!r}, arrived on {topic!r}")
