@@ -298,9 +298,11 @@ class Link:
         self._send_window(now_ms)
         alarms = self._guard.alarms
         while alarms:
-            code, time_s, detail = alarms.pop(0)
+            code, time_s, detail = alarms[0]
             self._send_session({_K_TYPE: _ALARM, _AL_CODE: code, _AL_TIME: time_s,
                                 _AL_DETAIL: detail})
+            # Taken off once sent: a MemoryError on the way leaves it for the next tick.
+            alarms.pop(0)
         if self._status_wanted(now_ms):
             self._send_status(now_ms)
 

@@ -2,7 +2,13 @@
 # reader task per port sleeps until its port is readable, the sender until the link's wake
 # event, its next deadline, or a port that can take more output.
 import asyncio
+import gc
+from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
+
+# How long the link waits after a MemoryError before it tries again: a few of the other
+# tasks' turns (a BLE chunk, an ACK read), whose objects then are garbage.
+_COLLECTED_MS = const(20)
 
 
 class Ports:
@@ -49,9 +55,14 @@ async def serve(link, ports, ticks=ticks_ms):
             now = ticks()
             if ports.choose():
                 link.start(now)
-            link.tick(now)
             port = ports.active
-            if port is not None and port.flush():
+            try:
+                link.tick(now)
+                busy = port is not None and port.flush()
+            except MemoryError:
+                await _collected()
+                continue
+            if busy:
                 await port.writable()
                 continue
             ms = link.next_deadline_ms(now)
@@ -81,10 +92,25 @@ async def _read(link, ports, port, ticks):
         if ports.choose():
             link.start(ticks())
             link.wake.set()
-        data = port.receive()
-        if data and port is ports.active:
-            link.feed(data, ticks())
+        try:
+            data = port.receive()
+            if data and port is ports.active:
+                link.feed(data, ticks())
+                link.wake.set()
+        except MemoryError:
+            # What was not read is written again: the host resends what goes unanswered.
+            await _collected()
             link.wake.set()
+
+
+async def _collected():
+    # MicroPython raises MemoryError only after a collection found no block large enough:
+    # the heap is cut up by objects alive at that moment, not full. The link must not stop
+    # for it (a task that dies stops the firmware, seal/app.py): what tick() did not send is
+    # on flash and sent again (SPEC §5.5), so the other tasks run a while, their objects die,
+    # and the caller tries again.
+    gc.collect()
+    await asyncio.sleep_ms(_COLLECTED_MS)
 
 
 async def _ring(wake, ms):
