@@ -543,10 +543,13 @@ class Radio:
             self._tasks.append(asyncio.create_task(job, name=f"radio-{self.device_id}-{name}"))
 
     async def _close(self) -> None:
+        await asyncio.shield(self._begin_close())
+
+    def _begin_close(self) -> asyncio.Future[None]:
         # Once, whoever asks first (the board's end of the socket closing, close(), the Air).
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._power_off())
-        await asyncio.shield(self._closing)
+        return self._closing
 
     async def _power_off(self) -> None:
         self.closed.set()
@@ -579,7 +582,9 @@ class Radio:
                 await self._on_frame(kind, payload)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the board lost power
-        await self._close()
+        # Not awaited: the power-off waits for this task to end (about one teardown in ten
+        # hung for 20 s when this task waited on it in turn, and missed its cancellation).
+        self._begin_close()
 
     async def _on_frame(self, kind: int, payload: bytes) -> None:
         device = self._device
