@@ -21,6 +21,7 @@ import psycopg
 from sealink.approvals import ApproverEntry, approver_topic, build_approver
 from sealink.crypto import GatewayKey
 from sealink.errors import FleetError
+from sealink.fleet._registry import require_reason
 from sealink.fleet._store import Store
 
 __all__ = [
@@ -72,7 +73,7 @@ def add_approver(
 ) -> ApproverChange:
     """Issue approver `name` with its key and actions; FleetError if the name was ever issued
     (revoked ones included: their history is kept, pick another name)."""
-    _require(reason)
+    require_reason(reason)
     try:
         with store.pool.connection() as conn, conn.transaction():
             known = conn.execute(
@@ -112,7 +113,7 @@ def revoke_approver(
 ) -> ApproverChange:
     """Revoke approver `name` on every gateway, for good; FleetError if the fleet never
     issued it or revoked it already."""
-    _require(reason)
+    require_reason(reason)
     try:
         with store.pool.connection() as conn, conn.transaction():
             row = conn.execute(
@@ -146,11 +147,6 @@ def revoke_approver(
             return _record(conn, prefix, entry, message, by)
     except psycopg.Error as exc:
         raise FleetError(f"approvers: {exc} (was `sealink fleet migrate` run?)") from None
-
-
-def _require(reason: str) -> None:
-    if not reason.strip():
-        raise FleetError("a reason is required (--reason TEXT): it is kept on the record")
 
 
 def _record(

@@ -49,6 +49,7 @@ __all__ = [
     "mark_published",
     "move",
     "publish",
+    "require_reason",
     "unpublished",
 ]
 
@@ -195,11 +196,16 @@ def _certificate(conn: Connection, row: _Row, enrolment: Enrolling) -> Certifica
         raise FleetError(f"{row.device}: no certificate signed: {exc}") from None
 
 
+def require_reason(reason: str) -> None:
+    """Every signed change of the fleet (a seal's, §11.6; an approver's, §11.7) says why."""
+    if not reason.strip():
+        raise FleetError("a reason is required (--reason TEXT): it is kept on the record")
+
+
 @contextlib.contextmanager
 def _change(store: Store, device: str, reason: str) -> Iterator[tuple[Connection, _Row]]:
     """The seal's registry row, locked, in a transaction that commits what the body did."""
-    if not reason.strip():
-        raise FleetError("a reason is required (--reason TEXT): it is kept on the record")
+    require_reason(reason)
     try:
         with store.pool.connection() as conn, conn.transaction():
             found = conn.execute(
