@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import struct
+import threading
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from sealink.crypto.sealkey import SealKey
 from sealink.crypto.signer import GatewayKey, countersign_payload, countersign_payload_reference
 from sealink.gateway.fastpath import (
@@ -27,8 +30,11 @@ from sealink.gateway.fastpath import (
     seal_signature,
 )
 from sealink.mqtt.pahofast import LeanClient as _Client
+from sealink.mqtt.pahofast import LeanSubscriber
 from sealink.mqtt.pahofast import UserProperties as _UserProperties
 from sealink.mqtt.pahofast import properties as _properties
+from sealink_hil.waits import until
+from sealink_sim.broker import Mosquitto
 from sealink_sim.simdevice import SimChip, make_event
 from sealproto import auth, framing, messages
 from sealproto.errors import DecodeError
@@ -257,6 +263,143 @@ def test_puback_with_properties_takes_pahos_own_path() -> None:
     client._in_packet["packet"] = bytearray(b"\x00\x01\x10\x04\x1f\x00\x01x")
     client._handle_pubackcomp("PUBACK")
     assert (lean, full) == ([], [0x10])
+
+
+def _publish_packet(topic: bytes, qos: int, mid: int, properties: bytes, payload: bytes) -> bytes:
+    """A PUBLISH's variable header and payload as _packet_read hands them over (MQTT v5 §3.3.2)."""
+    packet_id = struct.pack("!H", mid) if qos else b""
+    return struct.pack("!H", len(topic)) + topic + packet_id + properties + payload
+
+
+def _received(
+    client: mqtt.Client, command: int, packet: bytes
+) -> tuple[list[tuple[int, int, str, bytes]], list[tuple[int, int, str, bytes]]]:
+    """What one PUBLISH reached: (on_publish_raw's calls, on_message's calls)."""
+    lean: list[tuple[int, int, str, bytes]] = []
+    full: list[tuple[int, int, str, bytes]] = []
+    if isinstance(client, LeanSubscriber):
+        client.on_publish_raw = lambda mid, qos, topic, payload: lean.append(
+            (mid, qos, topic, payload)
+        )
+
+    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        try:
+            topic = m.topic
+        except UnicodeDecodeError:  # paho hands such a message over; its topic raises
+            topic = "<not UTF-8>"
+        full.append((m.mid, m.qos, topic, bytes(m.payload)))
+
+    client.on_message = on_message
+    client._in_packet["command"] = command
+    client._in_packet["packet"] = bytearray(packet)
+    client._handle_publish()
+    return lean, full
+
+
+def _subscriber(kind: type[mqtt.Client]) -> mqtt.Client:
+    return kind(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5, manual_ack=True)
+
+
+@given(
+    st.text(min_size=1, max_size=60).filter(lambda t: "\x00" not in t),
+    st.sampled_from([0, 1]),
+    st.integers(1, 65535),
+    st.binary(max_size=600),
+    st.booleans(),
+)
+def test_lean_publish_path_hands_over_what_pahos_own_path_does(
+    topic: str, qos: int, mid: int, payload: bytes, dup: bool
+) -> None:
+    """The fleet stores what on_publish_raw hands it: it must be, field for field, what paho's
+    own path puts in an MQTTMessage."""
+    command = 0x30 | qos << 1 | (0x08 if dup else 0)
+    packet = _publish_packet(topic.encode(), qos, mid, b"\x00", payload)
+    lean, _ = _received(_subscriber(LeanSubscriber), command, packet)
+    _, full = _received(_subscriber(mqtt.Client), command, packet)
+    assert lean == full
+    assert lean[0][3].__class__ is bytes
+
+
+@pytest.mark.parametrize(
+    ("command", "properties", "topic"),
+    [
+        (0x32, b"\x02\x01\x01", b"t/x"),  # a payload format indicator (0x01)
+        (0x32, b"\x00", b"t/\xff"),  # a topic that is not UTF-8
+    ],
+)
+def test_what_the_lean_publish_path_does_not_take_goes_to_pahos(
+    command: int, properties: bytes, topic: bytes
+) -> None:
+    packet = _publish_packet(topic, 1, 7, properties, b"payload")
+    lean, full = _received(_subscriber(LeanSubscriber), command, packet)
+    assert (len(lean), [m[0] for m in full]) == (0, [7])
+
+
+def test_a_qos_2_publish_takes_pahos_own_path() -> None:
+    client = _subscriber(LeanSubscriber)
+    lean, full = _received(client, 0x34, _publish_packet(b"t/x", 2, 7, b"\x00", b"payload"))
+    assert (lean, full) == ([], [])
+    assert 7 in client._in_messages  # paho holds it for the PUBREL (MQTT v5 §4.3.3)
+
+
+def test_lean_subscriber_takes_every_message_and_its_acks_reach_the_broker(
+    broker: Mosquitto, seed: int
+) -> None:
+    """Through a real Mosquitto: messages queued in the session while the subscriber was away,
+    of sizes that cross the 64 KiB read chunks anywhere, arrive whole and in order; the ones
+    acknowledged with ack_all are gone from the session, and only the others come back."""
+    rng = random.Random(seed)
+    payloads = [rng.randbytes(rng.choice([0, 1, 200, 5_000, 70_000])) for _ in range(400)]
+    connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    connect.SessionExpiryInterval = 300
+
+    def session(client: mqtt.Client) -> threading.Event:
+        gone = threading.Event()
+        client.on_disconnect = lambda *_: gone.set()
+        client.connect("127.0.0.1", broker.port, clean_start=False, properties=connect)
+        client.loop_start()
+        return gone
+
+    client = _subscriber(LeanSubscriber)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_connect = lambda c, *_: c.subscribe("t/#", 1)
+    gone = session(client)
+    assert subscribed.wait(10), "no SUBACK"
+    client.disconnect()
+    assert gone.wait(10)
+    client.loop_stop()
+
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    infos = [publisher.publish(f"t/{n}", p, qos=1) for n, p in enumerate(payloads)]
+    for info in infos:
+        info.wait_for_publish(30)
+    publisher.disconnect()
+    publisher.loop_stop()
+
+    got: list[tuple[int, str, bytes]] = []
+    client = _subscriber(LeanSubscriber)
+    client.on_publish_raw = lambda mid, qos, topic, payload: got.append((mid, topic, payload))
+    gone = session(client)
+    until(lambda: len(got), lambda n: n >= len(payloads), 30, "every queued message")
+    assert [(t, p) for _, t, p in got] == [(f"t/{n}", p) for n, p in enumerate(payloads)]
+    acked = set(rng.sample(range(len(payloads)), len(payloads) // 2))
+    client.ack_all(got[n][0] for n in sorted(acked))
+    client.disconnect()  # written after the PUBACKs queued before it
+    assert gone.wait(10)
+    client.loop_stop()
+
+    again: list[str] = []
+    client = _subscriber(mqtt.Client)
+    client.on_message = lambda c, u, m: again.append(m.topic)
+    session(client)
+    unacked = [f"t/{n}" for n in range(len(payloads)) if n not in acked]
+    until(lambda: len(again), lambda n: n >= len(unacked), 30, "the unacknowledged messages")
+    assert sorted(again) == sorted(unacked)
+    client.disconnect()
+    client.loop_stop()
 
 
 @given(st.text(min_size=1, max_size=40), st.integers(1, 2**32 - 1))

@@ -2,7 +2,8 @@
 
 Every instance joins one MQTT 5 shared subscription group, so the broker hands each event to
 one of them. paho runs with manual acknowledgement: a PUBLISH is acknowledged (PUBACK) only
-after the transaction holding what it carried committed, so an instance killed at any instant
+after the transaction holding what it carried committed (a batch's PUBACKs in one write,
+`LeanSubscriber.ack_all`), so an instance killed at any instant
 has acknowledged nothing it did not store, and the broker delivers the rest again. Each
 instance keeps a persistent session under its own fixed client id (clean start off, a session
 expiry): Mosquitto 2.0.11 keeps the messages in flight to a member that went away queued in
@@ -15,7 +16,9 @@ subscription (MQTT 5 §4.8.2): every instance subscribes to them directly; stori
 idempotent. A key history (SPEC §14.7) is walked from the gateway's pinned key; the records
 refused meanwhile for a key nobody had are taken again once their key is learned.
 
-Threads: paho's network thread only queues what arrives; a verifier thread checks a batch
+Threads: paho's network thread only queues what arrives (sealink.mqtt.pahofast.LeanSubscriber:
+the ingest shares one GIL with the verification, and paho's generic receive path cost a
+quarter of a record's time: tools/benches/bench_fleet.py); a verifier thread checks a batch
 while the writer thread stores the one before in one transaction, then acknowledges it in
 arrival order (batches are stored, and so acknowledged, in the order they arrived). A
 consistency thread proves the stored checkpoints (_consistency.py): its proof requests wait on
@@ -63,6 +66,7 @@ from sealink.fleet._store import (
     SignedCheckpoint,
     Store,
 )
+from sealink.mqtt.pahofast import LeanSubscriber
 from sealink.topics import Topics
 
 __all__ = ["FleetService", "Inbound"]
@@ -101,7 +105,7 @@ class FleetService:
         self._stopping = threading.Event()
         self.connected = threading.Event()
         self.stored = 0
-        self._client = mqtt.Client(
+        self._client = LeanSubscriber(
             CallbackAPIVersion.VERSION2,
             client_id=config.instance,
             protocol=mqtt.MQTTv5,
@@ -110,6 +114,7 @@ class FleetService:
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_publish_raw = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         # Verified batches waiting for the store: two, so verification (CPU, holding the GIL)
         # overlaps the transaction of the batch before (I/O, psycopg releases the GIL).
@@ -185,7 +190,13 @@ class FleetService:
         log.info("fleet: subscribed as %s in group %s", self.config.instance, self.config.group)
         self.connected.set()
 
+    def _on_publish(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        if topic.startswith(self._responses):
+            return  # a proof reply without its CorrelationData: no request is waiting for it
+        self._inbox.put(Inbound(mid, qos, topic, payload))
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """A PUBLISH with properties: a proof reply, or an event that came with some."""
         if msg.topic.startswith(self._responses):
             correlation = getattr(msg.properties, "CorrelationData", b"")
             with self._pending_lock:
@@ -317,9 +328,8 @@ class FleetService:
         while (work := self._verified.get()) is not None:
             batch, taken = work
             self._commit(batch)
-            for item in taken:  # only now: what they carried is committed
-                if item.qos > 0:
-                    self._client.ack(item.mid, item.qos)
+            # Only now: what they carried is committed.
+            self._client.ack_all(item.mid for item in taken if item.qos > 0)
             self.stored += len(batch.records)
             if batch.checkpoints:
                 self._checkpoints_stored.set()

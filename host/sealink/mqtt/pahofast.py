@@ -1,21 +1,25 @@
-"""paho-mqtt 2.x, lean where the gateway spends its time: user properties packed once per
-row instead of through paho's generic property objects, and plain PUBACKs handled without
-paho's per-packet objects (`LeanClient._handle_pubackcomp`). paho is pinned below 2.3 because this
-relies on its packet handling; host/tests/test_fastpath.py pins the behaviour.
+"""paho-mqtt 2.x, lean where the gateway and the fleet spend their time: user properties packed
+once per row instead of through paho's generic property objects, plain PUBACKs handled without
+paho's per-packet objects (`LeanClient._handle_pubackcomp`), and, for a subscriber, the socket
+read in chunks, plain PUBLISHes handed over without paho's message objects and acknowledgements
+written together (`LeanSubscriber`). paho is pinned below 2.3 because this relies on its packet
+handling; host/tests/test_fastpath.py pins the behaviour.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from paho.mqtt.client import PUBACK, MQTTv5
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 
 from sealink.config import MqttConfig
 from sealink.mqtt.connection import Client, new_client
 
-__all__ = ["LeanClient", "UserProperties", "lean_client", "properties"]
+__all__ = ["LeanClient", "LeanSubscriber", "UserProperties", "lean_client", "properties"]
 
 
 def properties(packet: int) -> Properties:
@@ -103,3 +107,81 @@ def lean_client(
     client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     return client
+
+
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet identifier (§3.4)
+# One receive takes what the kernel holds up to this: at the fleet's rate a read of one packet
+# cost a select and three recv calls (its type, its length, its body), each a system call.
+_RX_CHUNK = 64 * 1024
+
+
+class LeanSubscriber(Client):
+    """paho's client for a subscriber that takes PUBLISHes by the thousand (the fleet, bound by
+    the one GIL its verification needs: README "Fleet ledger").
+
+    - The socket is read in chunks of up to 64 KiB and paho's per-packet reads are served from
+      the chunk; `loop_read` goes on while the chunk holds bytes, so none wait behind a select.
+    - A QoS 0/1 PUBLISH without properties (MQTT v5 §3.3.2.3: property length 0) goes to
+      `on_publish_raw(mid, qos, topic, payload)` without paho's MQTTMessage, Properties, debug
+      log line and topic matching. Anything else
+      (properties, QoS 2, a topic that is not UTF-8, no on_publish_raw) takes paho's own path
+      to `on_message`.
+    - `ack_all` writes the PUBACKs of many messages as one packet queue entry: one wake of the
+      network thread and one send, not one of each per message."""
+
+    on_publish_raw: Callable[[int, int, str, bytes], None] | None = None
+    _rx: bytes = b""
+    _rx_at = 0
+    _rx_sock: object = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rx_sock is not self._sock:  # a new connection: the old one's bytes are void
+            self._rx, self._rx_at, self._rx_sock = b"", 0, self._sock
+        if self._rx_at >= len(self._rx):
+            chunk: bytes = super()._sock_recv(_RX_CHUNK)  # BlockingIOError when none wait
+            if not chunk:
+                return chunk  # the broker closed the connection
+            self._rx, self._rx_at = chunk, 0
+        start = self._rx_at
+        self._rx_at = min(start + bufsize, len(self._rx))
+        return self._rx[start : self._rx_at]
+
+    def _chunk_holds_bytes(self) -> bool:
+        return (
+            self._sock is not None and self._rx_sock is self._sock and self._rx_at < len(self._rx)
+        )
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc: MQTTErrorCode = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._chunk_holds_bytes():
+            rc = super().loop_read(1)
+        return rc
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        callback = self.on_publish_raw
+        packet: bytearray = self._in_packet["packet"]
+        qos = (self._in_packet["command"] & 0x06) >> 1
+        if callback is None or self._protocol != MQTTv5 or qos == 2:
+            return super()._handle_publish()
+        topic_end = 2 + int.from_bytes(packet[:2], "big")
+        mid = int.from_bytes(packet[topic_end : topic_end + 2], "big") if qos else 0
+        at = topic_end + 2 if qos else topic_end
+        if at >= len(packet) or packet[at] != 0:  # properties, or malformed: paho judges it
+            return super()._handle_publish()
+        try:
+            topic = packet[2:topic_end].decode()
+        except UnicodeDecodeError:
+            return super()._handle_publish()
+        with self._in_callback_mutex:
+            callback(mid, qos, topic, bytes(packet[at + 1 :]))
+        if qos and not self._manual_ack:
+            return self._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_all(self, mids: Iterable[int]) -> MQTTErrorCode:
+        """PUBACK each of `mids` (QoS 1 messages taken with manual acknowledgement), in order."""
+        packet = b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids)
+        if not packet:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        rc: MQTTErrorCode = self._packet_queue(PUBACK, packet, 0, 1)
+        return rc
