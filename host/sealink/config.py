@@ -82,6 +82,7 @@ __all__ = [
     "load_config",
     "parse_mqtt",
     "read_toml",
+    "require_together",
     "tls_context",
 ]
 
@@ -510,15 +511,29 @@ def parse_mqtt(
     return mqtt
 
 
+def require_together(
+    table: Mapping[str, object],
+    key_prefix: str,
+    first: str,
+    second: str,
+    *,
+    name_missing: bool = False,
+) -> None:
+    """`first` and `second` are both in `table` (and not None) or both left out. The
+    ConfigError names `first`, or with `name_missing` the key that is left out."""
+    first_missing, second_missing = table.get(first) is None, table.get(second) is None
+    if first_missing != second_missing:
+        key = (first if first_missing else second) if name_missing else first
+        raise ConfigError(f"{key_prefix}.{key}", f"{first} and {second} go together")
+
+
 def _check_mqtt_keys(mqtt: MqttConfig, key_prefix: str) -> None:
     """Settings that make sense only together."""
     if not mqtt.tls:
         for key in ("ca_file", "cert_file", "key_file", "server_name"):
             if getattr(mqtt, key):
                 raise ConfigError(f"{key_prefix}.{key}", "needs tls = true")
-    if (mqtt.cert_file is None) != (mqtt.key_file is None):
-        missing = "key_file" if mqtt.key_file is None else "cert_file"
-        raise ConfigError(f"{key_prefix}.{missing}", "cert_file and key_file go together")
+    require_together(vars(mqtt), key_prefix, "cert_file", "key_file", name_missing=True)
     if mqtt.password_file is not None and not mqtt.username:
         raise ConfigError(f"{key_prefix}.username", "missing: password_file needs a username")
 

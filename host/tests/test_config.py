@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sealink.config import load_config
+from sealink.config import load_config, require_together
 from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import ConfigError
@@ -253,6 +253,25 @@ def test_mqtt_tls_and_login_errors_name_the_key(
     with pytest.raises(ConfigError) as err:
         load_config(_write(conf_dir, MQTT_TLS.replace(*edit)))
     assert err.value.key == key and problem in err.value.problem
+
+
+@pytest.mark.parametrize(
+    ("table", "name_missing", "key"),
+    [
+        ({"cert": "c.pem"}, False, "s.cert"),
+        ({"key": "k.pem"}, False, "s.cert"),
+        ({"cert": "c.pem", "key": None}, True, "s.key"),
+        ({"key": "k.pem"}, True, "s.cert"),
+    ],
+)
+def test_keys_that_go_together_name_the_first_or_the_one_left_out(
+    table: dict[str, object], name_missing: bool, key: str
+) -> None:
+    require_together({"cert": "c.pem", "key": "k.pem"}, "s", "cert", "key")
+    require_together({"other": 1}, "s", "cert", "key", name_missing=name_missing)
+    with pytest.raises(ConfigError) as err:
+        require_together(table, "s", "cert", "key", name_missing=name_missing)
+    assert (err.value.key, err.value.problem) == (key, "cert and key go together")
 
 
 def test_a_password_file_others_may_read_is_refused_and_never_shown(conf_dir: Path) -> None:

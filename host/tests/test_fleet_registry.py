@@ -53,6 +53,7 @@ from sealink.fleet import (
     Store,
     change_state,
     enrolling,
+    enrolling_if_authority,
     load_config,
 )
 from sealink.fleet import move as fleet_move
@@ -1079,18 +1080,20 @@ def test_fleet_toml_pins_the_authority_and_gateways_acknowledgement_keys(tmp_pat
 
     plain = load()
     assert plain.authority_key_file is None
-    assert enrolling(plain, "gw-1", required=False) is None
+    assert enrolling_if_authority(plain, "gw-1") is None
     with pytest.raises(FleetError, match=r"no enrolment authority"):
-        enrolling(plain, "gw-1", required=True)
+        enrolling(plain, "gw-1")
     config = load(authority_key=authority, ack_keys={"gw-1": ack.public})
     assert config.ack_key("gw-1") == ack.public
-    found = enrolling(config, "gw-1", required=True)
-    assert found is not None and found.gateway_key == ack.public
-    with pytest.raises(FleetError, match=r"gw-2: no acknowledgement key in fleet.toml"):
-        enrolling(config, "gw-2", required=False)
+    assert enrolling(config, "gw-1").gateway_key == ack.public
+    found = enrolling_if_authority(config, "gw-1")
+    assert found is not None and (found.gateway, found.gateway_key) == ("gw-1", ack.public)
+    for find in (enrolling, enrolling_if_authority):
+        with pytest.raises(FleetError, match=r"gw-2: no acknowledgement key in fleet.toml"):
+            find(config, "gw-2")
     authority.chmod(0o644)  # a key file others can read is refused, as every key file is
     with pytest.raises(KeyFileError, match="mode 0644 lets others read it"):
-        enrolling(config, "gw-1", required=False)
+        enrolling_if_authority(config, "gw-1")
     for ack_keys, where in (({"gw-9": ack.public}, "not a gateway of"),
                             ({"gw-1": bytes(64)}, "gw-1")):  # fmt: skip
         with pytest.raises(ConfigError, match=where) as error:

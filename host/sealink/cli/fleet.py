@@ -229,22 +229,20 @@ def cmd_devices_reinstate(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_move(args: argparse.Namespace) -> int:
-    from sealink.fleet import enrolling, move
+    from sealink.fleet import enrolling_if_authority, move
 
     # With the authority configured, a move enrols the seal where it goes (SPEC §11.6).
     return _registry_change(args, lambda store, key, config: move(
         store, key, config.name, config.prefix, args.device, args.to, args.reason, who_acts(args),
-        enrolling(config, args.to, required=False)))  # fmt: skip
+        enrolling_if_authority(config, args.to)))  # fmt: skip
 
 
 def cmd_devices_enrol(args: argparse.Namespace) -> int:
     from sealink.fleet import enrol, enrolling
 
     def make(store: Store, key: GatewayKey, config: FleetConfig) -> RegistryChange:
-        enrolment = enrolling(config, args.gateway, required=True)
-        assert enrolment is not None
-        return enrol(store, key, config.name, config.prefix, args.device, enrolment,
-                     args.reason, who_acts(args))  # fmt: skip
+        return enrol(store, key, config.name, config.prefix, args.device,
+                     enrolling(config, args.gateway), args.reason, who_acts(args))  # fmt: skip
 
     return _registry_change(args, make)
 

@@ -27,7 +27,14 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealink.config import NAME_RE, MqttConfig, check_server_tls, parse_mqtt, read_toml
+from sealink.config import (
+    NAME_RE,
+    MqttConfig,
+    check_server_tls,
+    parse_mqtt,
+    read_toml,
+    require_together,
+)
 from sealink.errors import ConfigError, SealinkError
 
 __all__ = [
@@ -153,10 +160,8 @@ def _tls(
     console: dict[str, Any], resolve: Any, check_files: bool
 ) -> tuple[Path | None, Path | None]:
     """The HTTPS certificate and key files, checked (check_server_tls) unless told not to."""
-    cert, key = console.get("tls_cert_file"), console.get("tls_key_file")
-    if (cert is None) != (key is None):
-        raise ConfigError("console.tls_cert_file", "tls_cert_file and tls_key_file go together")
-    if cert is None:
+    require_together(console, "console", "tls_cert_file", "tls_key_file")
+    if console.get("tls_cert_file") is None:
         return None, None
     cert_file = resolve(_str(console, "tls_cert_file", "console"))
     key_file = resolve(_str(console, "tls_key_file", "console"))
@@ -175,10 +180,8 @@ def parse_console_config(
         path = Path(os.path.expanduser(p))
         return path if path.is_absolute() or base is None else base / path
 
+    require_together(console, "console", "approver", "approver_key_file")
     approver = console.get("approver")
-    key_file = console.get("approver_key_file")
-    if (approver is None) != (key_file is None):
-        raise ConfigError("console.approver", "approver and approver_key_file go together")
     if approver is not None and not NAME_RE.match(str(approver)):
         raise ConfigError("console.approver", f"{approver!r} is not an approver name")
     tls_cert_file, tls_key_file = _tls(console, resolve, check_files)
@@ -190,7 +193,7 @@ def parse_console_config(
         gateways=_gateways(data.get("gateways"), resolve),
         approver=approver,
         approver_key_file=resolve(_str(console, "approver_key_file", "console"))
-        if key_file is not None
+        if approver is not None
         else None,
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,

@@ -45,7 +45,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealink.config import NAME_RE
+from sealink.config import NAME_RE, require_together
 from sealink.crypto.sealkey import parse_seal_key
 from sealink.errors import ConfigError, KeyFileError
 
@@ -151,14 +151,12 @@ def load_config(path: str | Path) -> FleetConfig:
         raise ConfigError("fleet", "database and instance are required")
     base = path.parent
     authority_key_file, ack_keys = _authority(doc.get("authority", {}), base, gateways)
-    if ("tls_cert_file" in serve) != ("tls_key_file" in serve):
-        raise ConfigError("serve.tls_cert_file", "tls_cert_file and tls_key_file go together")
+    require_together(serve, "serve", "tls_cert_file", "tls_key_file")
     tls_cert_file, tls_key_file = (
         base / _typed(serve, "serve", key, str, "") if key in serve else None
         for key in ("tls_cert_file", "tls_key_file")
     )
-    if ("approver" in serve) != ("approver_key_file" in serve):
-        raise ConfigError("serve.approver", "approver and approver_key_file go together")
+    require_together(serve, "serve", "approver", "approver_key_file")
     approver = _typed(serve, "serve", "approver", str, "") if "approver" in serve else None
     if approver is not None and not NAME_RE.match(approver):
         raise ConfigError("serve.approver", f"{approver!r} is not an approver name")

@@ -46,6 +46,7 @@ __all__ = [
     "change_state",
     "enrol",
     "enrolling",
+    "enrolling_if_authority",
     "mark_published",
     "move",
     "publish",
@@ -81,14 +82,18 @@ class Enrolling:
     gateway_key: bytes
 
 
-def enrolling(config: FleetConfig, gateway: str, *, required: bool) -> Enrolling | None:
-    """The authority and `gateway`'s G from fleet.toml; None without [authority] unless
-    `required`. FleetError if G is not pinned: a move with the authority configured must not
-    leave the seal enrolled with the gateway it left."""
+def enrolling_if_authority(config: FleetConfig, gateway: str) -> Enrolling | None:
+    """As `enrolling`, but None without [authority]. With it, FleetError if G is not pinned:
+    a move with the authority configured must not leave the seal enrolled with the gateway
+    it left."""
+    return None if config.authority_key_file is None else enrolling(config, gateway)
+
+
+def enrolling(config: FleetConfig, gateway: str) -> Enrolling:
+    """The authority and `gateway`'s G from fleet.toml; FleetError without [authority] or if
+    G is not pinned."""
     if config.authority_key_file is None:
-        if required:
-            raise FleetError("no enrolment authority: fleet.toml [authority] key_file")
-        return None
+        raise FleetError("no enrolment authority: fleet.toml [authority] key_file")
     gateway_key = config.ack_key(gateway)
     if gateway_key is None:
         raise FleetError(f"{gateway}: no acknowledgement key in fleet.toml [authority.ack_keys] "
