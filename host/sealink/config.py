@@ -511,19 +511,12 @@ def parse_mqtt(
     return mqtt
 
 
-def require_together(
-    table: Mapping[str, object],
-    key_prefix: str,
-    first: str,
-    second: str,
-    *,
-    name_missing: bool = False,
-) -> None:
-    """`first` and `second` are both in `table` (and not None) or both left out. The
-    ConfigError names `first`, or with `name_missing` the key that is left out."""
+def require_together(table: Mapping[str, object], key_prefix: str, first: str, second: str) -> None:
+    """`first` and `second` are both in `table` (and not None) or both left out; the
+    ConfigError names the one left out, the key the user has to add."""
     first_missing, second_missing = table.get(first) is None, table.get(second) is None
     if first_missing != second_missing:
-        key = (first if first_missing else second) if name_missing else first
+        key = first if first_missing else second
         raise ConfigError(f"{key_prefix}.{key}", f"{first} and {second} go together")
 
 
@@ -533,7 +526,7 @@ def _check_mqtt_keys(mqtt: MqttConfig, key_prefix: str) -> None:
         for key in ("ca_file", "cert_file", "key_file", "server_name"):
             if getattr(mqtt, key):
                 raise ConfigError(f"{key_prefix}.{key}", "needs tls = true")
-    require_together(vars(mqtt), key_prefix, "cert_file", "key_file", name_missing=True)
+    require_together(vars(mqtt), key_prefix, "cert_file", "key_file")
     if mqtt.password_file is not None and not mqtt.username:
         raise ConfigError(f"{key_prefix}.username", "missing: password_file needs a username")
 

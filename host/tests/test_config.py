@@ -256,21 +256,18 @@ def test_mqtt_tls_and_login_errors_name_the_key(
 
 
 @pytest.mark.parametrize(
-    ("table", "name_missing", "key"),
+    ("table", "key"),
     [
-        ({"cert": "c.pem"}, False, "s.cert"),
-        ({"key": "k.pem"}, False, "s.cert"),
-        ({"cert": "c.pem", "key": None}, True, "s.key"),
-        ({"key": "k.pem"}, True, "s.cert"),
+        ({"cert": "c.pem"}, "s.key"),
+        ({"cert": "c.pem", "key": None}, "s.key"),
+        ({"key": "k"}, "s.cert"),
     ],
 )
-def test_keys_that_go_together_name_the_first_or_the_one_left_out(
-    table: dict[str, object], name_missing: bool, key: str
-) -> None:
+def test_keys_that_go_together_name_the_one_left_out(table: dict[str, object], key: str) -> None:
     require_together({"cert": "c.pem", "key": "k.pem"}, "s", "cert", "key")
-    require_together({"other": 1}, "s", "cert", "key", name_missing=name_missing)
+    require_together({"other": 1}, "s", "cert", "key")
     with pytest.raises(ConfigError) as err:
-        require_together(table, "s", "cert", "key", name_missing=name_missing)
+        require_together(table, "s", "cert", "key")
     assert (err.value.key, err.value.problem) == (key, "cert and key go together")
 
 

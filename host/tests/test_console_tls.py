@@ -115,4 +115,5 @@ def test_a_bad_tls_pair_is_one_error_line(
     os.chmod(pki.server_key, 0o600)
     error = refused(_tls_lines(pki.server_cert, pki.client_key))  # another certificate's key
     assert "console.tls_cert_file" in error and "not a PEM certificate and its" in error
-    assert "go together" in refused(f'tls_cert_file = "{pki.server_cert}"')
+    error = refused(f'tls_cert_file = "{pki.server_cert}"')
+    assert "console.tls_key_file" in error and "go together" in error

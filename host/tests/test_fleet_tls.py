@@ -70,7 +70,7 @@ def test_a_tls_pair_that_will_not_load_is_one_error_line(
     os.chmod(readable, 0o644)
     cert = pki.server_cert
     for files, key, words in (
-        ({"tls_cert_file": cert}, "serve.tls_cert_file", "go together"),
+        ({"tls_cert_file": cert}, "serve.tls_key_file", "go together"),
         ({"tls_cert_file": cert, "tls_key_file": tmp_path / "none.key"},
          "serve.tls_key_file", "cannot read"),
         ({"tls_cert_file": cert, "tls_key_file": readable}, "serve.tls_key_file", "chmod 600"),
