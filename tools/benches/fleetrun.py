@@ -3,6 +3,7 @@ deployment would, and the waits on PostgreSQL. Not a bench itself (no `bench_` p
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 import psycopg
 from sealink_sim.fleetrig import SimSeal
 
-__all__ = ["TIMEOUT_S", "Instance", "count", "register", "sealink", "wait"]
+__all__ = ["TIMEOUT_S", "Instance", "count", "cpu_s", "register", "sealink", "wait"]
 
 TIMEOUT_S = 900.0
 
@@ -33,10 +34,39 @@ class Instance:
             )  # fmt: skip
         wait(lambda: self.log.read_text().count("fleet: subscribed") > seen, "subscribed")
 
+    def pause(self) -> None:
+        """SIGSTOP: holds what it was handed (unacknowledged, so the broker sends it no more
+        than its receive maximum) while the others start."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
+
+
+def cpu_s(leaders: list[int]) -> float:
+    """CPU seconds (user and system, with reaped children's) of the processes `leaders` and of
+    every process in their sessions: a PostgreSQL cluster is its postmaster's session, its
+    backends come and go."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        # After the command: state ppid pgrp session ... utime(12) stime cutime cstime (proc(5))
+        if int(entry.name) in leaders or int(fields[3]) in leaders:
+            total += sum(int(x) for x in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait(predicate: Any, what: str) -> None:
