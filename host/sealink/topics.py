@@ -1,12 +1,18 @@
-"""The MQTT topics a gateway publishes to (protocol/SPEC.md §11.2), all under one prefix, and
-those of the witnesses that cosign its checkpoints (§14.6)."""
+"""The MQTT topics a gateway publishes to (protocol/SPEC.md §11.2), all under one prefix, those
+of the witnesses that cosign its checkpoints (§14.6), and the fleet's (§11.6, §11.7)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-__all__ = ["Topics", "WitnessTopics", "approver_name_problem", "witness_name_problem"]
+__all__ = [
+    "FleetTopics",
+    "Topics",
+    "WitnessTopics",
+    "approver_name_problem",
+    "witness_name_problem",
+]
 
 # A witness name is also the last levels of its topics: no wildcards, no empty level.
 _WITNESS_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -109,3 +115,20 @@ class WitnessTopics:
 
     def alarms(self) -> str:
         return f"{self.prefix}/witness/{self.name}/alarms"
+
+
+@dataclass(frozen=True)
+class FleetTopics:
+    """The fleet's: its signed, retained registry and approver messages, and the replies to one
+    instance's consistency proof requests."""
+
+    prefix: str
+
+    def registry(self, device: str) -> str:
+        return f"{self.prefix}/fleet/registry/{device}"
+
+    def approver(self, name: str) -> str:
+        return f"{self.prefix}/fleet/approvers/{name}"
+
+    def proof_response(self, instance: str, gateway_id: str) -> str:
+        return f"{self.prefix}/fleet/{instance}/proof/{gateway_id}"

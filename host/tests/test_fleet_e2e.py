@@ -169,7 +169,7 @@ def _move(config: Path, dsn: str, devices: list[str], to: str) -> None:
             fleet_move(store, key, fleet.name, fleet.prefix, d, to, "office moved", "e2e")
             for d in devices
         ]
-        publish(fleet.host, fleet.port, changes, "e2e-mover")
+        publish(fleet.mqtt, changes, "e2e-mover")
         for change in changes:
             mark_published(store, change)
 

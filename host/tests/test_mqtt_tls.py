@@ -1,5 +1,5 @@
-"""The gateway on a locked-down broker: a real Mosquitto with a TLS listener that requires client
-certificates, logins from a password file, and the ACL the project ships
+"""The gateway and the fleet on a locked-down broker: a real Mosquitto with a TLS listener that
+requires client certificates, logins from a password file, and the ACL the project ships
 (tools/mosquitto/acl, generated from tools/mosquitto/roster.example.toml). Certificates are made
 with `cryptography` (pki_rig). Nothing is mocked.
 
@@ -23,12 +23,16 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import GatewayFiles, PtyLink, logged, run, until
+from conftest import GatewayFiles, PtyLink, logged, run, sealink, until
 from paho.mqtt.enums import CallbackAPIVersion
 from pki_rig import Pki, make_pki
 from sealink.config import Config, MqttConfig, PortConfig, parse_mqtt
+from sealink.fleet import FleetService, Store, load_config
 from sealink.gateway.service import Gateway
+from sealink_hil.waits import until as until_true
 from sealink_sim.broker import BrokerTls, Mosquitto
+from sealink_sim.fleetrig import SimGateway, SimSeal
+from sealink_sim.postgres import PostgresCluster
 from sealink_sim.simdevice import SimDevice
 
 REPO = Path(__file__).parents[2]
@@ -40,6 +44,7 @@ PASSWORDS = {
     "gw-2": "gw-2 secret",
     "consumer-dashboard": "dashboard secret",
     "approver-alice": "alice secret",
+    "fleet": "fleet secret",
 }
 OWN_SEAL = "seal-0001"
 GW2_SEAL = "seal-0003"  # gw-2's in the roster
@@ -386,6 +391,92 @@ def test_the_shipped_acl_confines_each_role(
     ):
         assert refused not in topics
     assert "sealink/gateway/gw-1/alarms" in topics
+
+
+def _fleet_toml(tmp: Path, dsn: str, broker: Mosquitto, pki: Pki, gateway: SimGateway,
+                password: str = PASSWORDS["fleet"]) -> Path:  # fmt: skip
+    """fleet.toml as a site writes it for the locked-down broker: [mqtt] as the gateway's."""
+    (tmp / "fleet.password").write_text(password + "\n")
+    os.chmod(tmp / "fleet.password", 0o600)
+    path = tmp / "fleet.toml"
+    path.write_text(
+        f'[fleet]\ndatabase = "{dsn}"\ninstance = "fleet-1"\n\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nprefix = "sealink"\n'
+        f'group = "fleet-tls"\ntls = true\nca_file = "{pki.ca}"\n'
+        f'cert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"\n'
+        f'username = "fleet"\npassword_file = "fleet.password"\nreconnect_max_s = 1\n\n'
+        f'[gateways]\n{gateway.id} = "{gateway.write_public_key(tmp / "gw.pem")}"\n'
+    )
+    return path
+
+
+def test_the_fleet_takes_records_over_tls_with_its_login_and_the_acl_confines_it(
+    site_broker: Mosquitto, pki: Pki, cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """The fleet's [mqtt] takes what the gateway's does (TLS, client certificate, login), and
+    the shipped ACL's fleet role lets it do its work and nothing else: it reads the records,
+    writes the registry the gateways read, asks gateways for proofs, which they answer on
+    its topics, each only for itself."""
+    gateway, seal = SimGateway("gw-1"), SimSeal(OWN_SEAL)
+    dsn = cluster.database("fleet_tls")
+    config = _fleet_toml(tmp_path, dsn, site_broker, pki, gateway)
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    store = Store(dsn)
+    store.import_seal_keys([(seal.device, seal.chip.public)], source="test")
+    service = FleetService(load_config(config), store).start()
+    registry_reader = Consumer(site_broker, pki, "gw-1", subscribe="sealink/fleet/registry/+")
+    try:
+        assert service.connected.wait(20), site_broker.log_tail(20)
+        publisher = Consumer(site_broker, pki, "gw-1")
+        for _, cose in gateway.records(seal, 5):
+            assert publisher.puback(f"sealink/{OWN_SEAL}/events", cose) == 0
+        publisher.close()
+        until_true(lambda: service.stored, lambda n: n >= 5, 20, "the 5 records stored")
+
+        def attempt(user: str, topic: str) -> int | None:
+            return _attempt(site_broker, pki, user, topic)
+
+        allowed = ("sealink/fleet/registry/x", "sealink/fleet/approvers/x",
+                   "sealink/gateway/gw-2/proof/request", "sealink/cmd/gw-1/request")  # fmt: skip
+        for topic in allowed:
+            assert attempt("fleet", topic) in (0, 0x10), topic
+        for topic in (f"sealink/{OWN_SEAL}/events", "sealink/gateway/gw-1/checkpoint",
+                      "sealink/cmd/gw-1/result/fleet"):  # fmt: skip
+            assert attempt("fleet", topic) == NOT_AUTHORIZED, topic
+        registry_reader.wait(
+            lambda: "sealink/fleet/registry/x" in registry_reader.topics(),
+            "gw-1 reading the fleet's registry",
+        )
+        assert attempt("gw-1", "sealink/fleet/fleet-1/proof/gw-1") in (0, 0x10)
+        for topic in ("sealink/fleet/fleet-1/proof/gw-2", "sealink/fleet/registry/x"):
+            assert attempt("gw-1", topic) == NOT_AUTHORIZED, topic
+    finally:
+        registry_reader.close()
+        service.stop()
+        store.close()
+
+
+_WRONG = "not-the-fleet-password-7731"
+
+
+def test_a_fleet_refused_its_login_says_so_and_never_shows_the_password(
+    site_broker: Mosquitto, pki: Pki, cluster: PostgresCluster, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    gateway = SimGateway("gw-1")
+    dsn = cluster.database("fleet_tls_refused")
+    config = _fleet_toml(tmp_path, dsn, site_broker, pki, gateway, password=_WRONG)
+    assert sealink("fleet", "migrate", "--config", str(config)).returncode == 0
+    store = Store(dsn)
+    service = FleetService(load_config(config), store).start()
+    try:
+        until_true(lambda: caplog.text, lambda text: "broker refused the login" in text, 20,
+                   "the refusal logged")  # fmt: skip
+        assert not service.connected.is_set()
+        assert PASSWORDS["fleet"] not in caplog.text and _WRONG not in caplog.text
+    finally:
+        service.stop()
+        store.close()
 
 
 def test_no_login_no_connection(site_broker: Mosquitto, pki: Pki) -> None:

@@ -7,8 +7,10 @@ Mosquitto's ACL knows users, not roles, and a seal's topics (`<prefix>/<device>/
 own seals only". So every line here is for one user, with exact topics: a gateway writes its
 own `gateway/<id>/` topics and those of the seals the roster gives it; a witness its requests,
 cosignatures and alarms; a consumer reads only; an approver reads and writes the gateways'
-request topics (SPEC §11.5), and only a gateway writes its results. A user who is not in the
-roster may do nothing.
+request topics (SPEC §11.5), and only a gateway writes its results; a fleet reads everything
+and writes its registry and approver messages (§11.6, §11.7) and its proof requests, and the
+gateways read the former and answer the latter. A user who is not in the roster may do
+nothing.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from sealink.config import NAME_RE
-from sealink.topics import Topics, WitnessTopics, witness_name_problem
+from sealink.topics import FleetTopics, Topics, WitnessTopics, witness_name_problem
 
 __all__ = ["Roster", "RosterError", "acl_text", "load_roster", "main"]
 
 # Mosquitto reads `user <name>` up to the end of the line; a wildcard in a user name would
 # also make it match others' topics through %u, so none of these.
 _USER_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-_ROLES = ("gateways", "witnesses", "consumers", "approvers")
+_ROLES = ("gateways", "witnesses", "consumers", "approvers", "fleets")
 
 
 class RosterError(Exception):
@@ -52,12 +54,20 @@ class Witness:
 
 
 @dataclass(frozen=True)
+class Fleet:
+    user: str
+    instances: tuple[str, ...]  # their [fleet] instance: client ids, proof reply topics
+    bundles: bool  # `sealink fleet serve` asks the gateways for bundles ([serve] approver)
+
+
+@dataclass(frozen=True)
 class Roster:
     prefix: str
     gateways: tuple[Gateway, ...]
     witnesses: tuple[Witness, ...]
     consumers: tuple[str, ...]
     approvers: tuple[str, ...]
+    fleets: tuple[Fleet, ...] = ()
 
 
 def _strings(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -98,6 +108,22 @@ def _witness(raw: Any, where: str) -> Witness:
     return Witness(_user(user, f"{where}.user"), name, _strings(raw, "gateways", where))
 
 
+def _fleet(raw: Any, where: str) -> Fleet:
+    if not isinstance(raw, dict) or set(raw) - {"user", "instances", "bundles"}:
+        raise RosterError(where, "must be a table with user, instances and bundles")
+    user = raw.get("user")
+    if not isinstance(user, str):
+        raise RosterError(f"{where}.user", "must be a string")
+    instances = _strings(raw, "instances", where) or (user,)
+    for instance in instances:
+        if not NAME_RE.match(instance):
+            raise RosterError(f"{where}.instances", f"{instance!r} is not a [fleet] instance")
+    bundles = raw.get("bundles", False)
+    if not isinstance(bundles, bool):
+        raise RosterError(f"{where}.bundles", "must be true or false")
+    return Fleet(_user(user, f"{where}.user"), instances, bundles)
+
+
 def parse_roster(data: Mapping[str, Any]) -> Roster:
     unknown = set(data) - {"prefix", *_ROLES}
     if unknown:
@@ -113,14 +139,16 @@ def parse_roster(data: Mapping[str, Any]) -> Roster:
     ):
         raise RosterError("prefix", "must be the gateways' mqtt.prefix")
     raw_gateways, raw_witnesses = data.get("gateways", []), data.get("witnesses", [])
-    if not isinstance(raw_gateways, list) or not isinstance(raw_witnesses, list):
-        raise RosterError("", "gateways and witnesses are arrays of tables ([[gateways]])")
+    raw_fleets = data.get("fleets", [])
+    if not all(isinstance(raw, list) for raw in (raw_gateways, raw_witnesses, raw_fleets)):
+        raise RosterError("", "gateways, witnesses and fleets are arrays of tables ([[gateways]])")
     roster = Roster(
         prefix,
         tuple(_gateway(g, f"gateways[{i}]") for i, g in enumerate(raw_gateways)),
         tuple(_witness(w, f"witnesses[{i}]") for i, w in enumerate(raw_witnesses)),
         tuple(_user(u, "consumers") for u in _strings(data, "consumers", "")),
         tuple(_user(u, "approvers") for u in _strings(data, "approvers", "")),
+        tuple(_fleet(f, f"fleets[{i}]") for i, f in enumerate(raw_fleets)),
     )
     _check_unique(roster)
     return roster
@@ -129,7 +157,7 @@ def parse_roster(data: Mapping[str, Any]) -> Roster:
 def _check_unique(roster: Roster) -> None:
     """One role a user; one gateway a seal (the ACL decides who may speak for it)."""
     users = [g.id for g in roster.gateways] + [w.user for w in roster.witnesses]
-    users += [*roster.consumers, *roster.approvers]
+    users += [*roster.consumers, *roster.approvers, *(f.user for f in roster.fleets)]
     for i, user in enumerate(users):
         if user in users[:i]:
             raise RosterError("", f"user {user!r} appears twice: one role a user")
@@ -184,6 +212,12 @@ def _gateway_lines(roster: Roster, gateway: Gateway) -> Iterator[str]:
         if gateway.id in witness.gateways:
             reply = WitnessTopics(roster.prefix, witness.name).proof_response(gateway.id)
             yield f"topic write {reply}"
+    if roster.fleets:  # the fleet's signed registry and approvers (SPEC §11.6, §11.7)
+        fleet = FleetTopics(roster.prefix)
+        yield f"topic read {fleet.registry('+')}"
+        yield f"topic read {fleet.approver('+')}"
+        for instance in (i for f in roster.fleets for i in f.instances):
+            yield f"topic write {fleet.proof_response(instance, gateway.id)}"
 
 
 def _witness_lines(roster: Roster, witness: Witness) -> Iterator[str]:
@@ -197,6 +231,18 @@ def _witness_lines(roster: Roster, witness: Witness) -> Iterator[str]:
         yield f"topic write {topics.cosignature(witness.name)}"
     yield f"topic read {own.proof_responses()}"
     yield f"topic write {own.alarms()}"
+
+
+def _fleet_lines(roster: Roster, fleet: Fleet) -> Iterator[str]:
+    topics, every = FleetTopics(roster.prefix), Topics(roster.prefix, "+")
+    yield f"# fleet {fleet.user}: instances {', '.join(fleet.instances)} (SPEC §11.6)"
+    yield f"user {fleet.user}"
+    yield f"topic read {roster.prefix}/#"  # its shared subscriptions, and the retained topics
+    yield f"topic write {topics.registry('+')}"
+    yield f"topic write {topics.approver('+')}"
+    yield f"topic write {every.proof_request()}"
+    if fleet.bundles:  # signed requests as [serve] approver (SPEC §11.5 `bundle`)
+        yield f"topic write {every.approval_request()}"
 
 
 def acl_text(roster: Roster, source: str) -> str:
@@ -216,6 +262,8 @@ def acl_text(roster: Roster, source: str) -> str:
         lines += [f"# approver {approver}: reads, writes requests (SPEC §11.5)", f"user {approver}"]
         requests = Topics(roster.prefix, "+").approval_request()
         lines += [f"topic read {roster.prefix}/#", f"topic write {requests}", ""]
+    for fleet in roster.fleets:
+        lines += [*_fleet_lines(roster, fleet), ""]
     return "\n".join(lines)
 
 

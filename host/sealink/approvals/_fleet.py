@@ -27,7 +27,7 @@ from sealink.mqtt.registry import (  # the two messages' fields are judged alike
     uint_field,
 )
 from sealink.mqtt.signed import envelope
-from sealink.topics import approver_name_problem
+from sealink.topics import FleetTopics, approver_name_problem
 
 __all__ = ["ApproverEntry", "approver_topic", "build_approver", "open_approver"]
 
@@ -50,7 +50,7 @@ class ApproverEntry:
 
 
 def approver_topic(prefix: str, name: str) -> str:
-    return f"{prefix}/fleet/approvers/{name}"
+    return FleetTopics(prefix).approver(name)
 
 
 def build_approver(key: GatewayKey, prefix: str, entry: ApproverEntry) -> bytes:

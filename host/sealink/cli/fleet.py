@@ -183,7 +183,7 @@ def signed_change(
     with store:
         change = make(store, key, config)
         try:
-            publish(config.host, config.port, [change], f"{config.instance}-registry")
+            publish(config.mqtt, [change], f"{config.instance}-registry")
             mark(store, change)
         except FleetError as exc:
             # Recorded: `sealink fleet run` publishes it once the broker takes it.

@@ -23,7 +23,6 @@ import psycopg
 from sealink_verify.bundle import BundleError, read_bundle, verify_bundle
 
 from sealink.approvals import ApprovalClient, ApprovalTimeout, ApproverKey
-from sealink.config import MqttConfig
 from sealink.errors import FleetError
 from sealink.fleet._config import FleetConfig
 
@@ -118,7 +117,7 @@ class BundleFetcher:
             raise FleetError("bundles from the gateways need [serve] approver")
         self._approver = config.approver
         self._key = key
-        self._mqtt = MqttConfig(host=config.host, port=config.port, prefix=config.prefix)
+        self._mqtt = config.mqtt
         self._timeout_s = config.bundle_timeout_s
 
     async def fetch(self, held: HeldRecord, device: str, counter: int) -> bytes:

@@ -10,9 +10,9 @@ name = "fleet"              # the registry messages' signer name
 proof_timeout_s = 5         # how long a gateway has to answer a consistency proof request
 proof_retry_s = 30          # how soon a gateway that did not answer is asked again
 
-[mqtt]
-host = "127.0.0.1"
-port = 1883
+[mqtt]                      # as the gateway's [mqtt]: tls, ca_file, cert_file, key_file,
+host = "127.0.0.1"          # server_name, username, password_file (0600), keepalive_s,
+port = 1883                 # reconnect_min_s/max_s; host/examples/sealink.toml documents each
 prefix = "sealink"
 group = "sealink-fleet"     # the shared subscription group all instances join
 session_expiry_s = 86400
@@ -38,14 +38,14 @@ gw-1 = "<128 hex digits>"
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealink.config import NAME_RE, require_together
+from sealink.config import NAME_RE, MqttConfig, parse_mqtt, require_together
 from sealink.crypto.sealkey import parse_seal_key
 from sealink.errors import ConfigError, KeyFileError
 
@@ -56,11 +56,9 @@ __all__ = ["FleetConfig", "load_config", "parse_listen"]
 class FleetConfig:
     database: str
     instance: str
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "sealink"
+    # The broker as every sealink client takes it (TLS, login: sealink.mqtt.connection).
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     group: str = "sealink-fleet"
-    session_expiry_s: int = 86400
     receive_maximum: int = 1000
     batch_max: int = 500
     batch_ms: int = 20
@@ -79,6 +77,10 @@ class FleetConfig:
     approver: str | None = None  # None: no bundles from the gateways
     approver_key_file: Path | None = None
     bundle_timeout_s: float = 10.0
+
+    @property
+    def prefix(self) -> str:
+        return self.mqtt.prefix
 
     def ack_key(self, gateway: str) -> bytes | None:
         return dict(self.ack_keys).get(gateway)
@@ -139,6 +141,18 @@ def parse_listen(name: str, value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _broker(table: Any, base: Path) -> MqttConfig:
+    """[mqtt] less the fleet's own two keys, as the gateway's [mqtt] is taken."""
+    if not isinstance(table, dict):
+        raise ConfigError("mqtt", "must be a table")
+    if "client_id" in table:  # one per instance, resumed across restarts: README "Fleet ledger"
+        raise ConfigError("mqtt.client_id", "the fleet's client id is [fleet] instance")
+    broker = parse_mqtt(
+        {k: v for k, v in table.items() if k not in ("group", "receive_maximum")}, base=base
+    )
+    return replace(broker, prefix=broker.prefix.rstrip("/"))
+
+
 def load_config(path: str | Path) -> FleetConfig:
     """Read and check fleet.toml; ConfigError names the key at fault."""
     path = Path(path)
@@ -172,11 +186,8 @@ def load_config(path: str | Path) -> FleetConfig:
         name=_typed(fleet, "fleet", "name", str, "fleet"),
         proof_timeout_s=_typed(fleet, "fleet", "proof_timeout_s", int, 5),
         proof_retry_s=_typed(fleet, "fleet", "proof_retry_s", int, 30),
-        host=_typed(mqtt, "mqtt", "host", str, "127.0.0.1"),
-        port=_typed(mqtt, "mqtt", "port", int, 1883),
-        prefix=_typed(mqtt, "mqtt", "prefix", str, "sealink").rstrip("/"),
+        mqtt=_broker(mqtt, base),
         group=_typed(mqtt, "mqtt", "group", str, "sealink-fleet"),
-        session_expiry_s=_typed(mqtt, "mqtt", "session_expiry_s", int, 86400),
         receive_maximum=_typed(mqtt, "mqtt", "receive_maximum", int, 1000),
         listen=parse_listen(
             "serve.listen", _typed(serve, "serve", "listen", str, "127.0.0.1:8470")

@@ -30,14 +30,15 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
+from sealink.config import MqttConfig
 from sealink.crypto import GatewayKey
 from sealink.crypto.enrolment import Certificate, certify
 from sealink.crypto.p256 import P256Key
 from sealink.errors import FleetError
 from sealink.fleet._config import FleetConfig
 from sealink.fleet._store import Store
+from sealink.mqtt.connection import Client, connect_failure, new_client, refusal
 from sealink.mqtt.registry import Placement, RegistryEntry, build_entry, registry_topic
 
 __all__ = [
@@ -343,20 +344,31 @@ class Retained(Protocol):
     def message(self) -> bytes: ...
 
 
-def publish(host: str, port: int, changes: Sequence[Retained], client_id: str) -> None:
+def publish(broker: MqttConfig, changes: Sequence[Retained], client_id: str) -> None:
     """Publish retained (QoS 1) and wait for each PUBACK; FleetError if the broker does not
     take them (they stay unpublished in PostgreSQL for `sealink fleet run`)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    host, port = broker.host, broker.port
+    client = new_client(broker, client_id, Client)
     connected = threading.Event()
-    client.on_connect = lambda *args: connected.set()
+    refused: list[str] = []
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            refused.append(refusal(reason))
+        connected.set()
+
+    client.on_connect = on_connect
     try:
         client.connect(host, port, keepalive=10)
-    except OSError as exc:
-        raise FleetError(f"broker {host}:{port} unreachable: {exc}") from None
+    except (OSError, ValueError) as exc:
+        failure = connect_failure(exc, broker.cert_file is not None)
+        raise FleetError(f"broker {host}:{port} unreachable: {failure}") from None
     client.loop_start()
     try:
         if not connected.wait(_PUBLISH_TIMEOUT_S):
             raise FleetError(f"broker {host}:{port}: no CONNACK in {_PUBLISH_TIMEOUT_S} s")
+        if refused:
+            raise FleetError(f"broker {host}:{port}: {refused[0]}")
         infos: list[Any] = [client.publish(c.topic, c.message, qos=1, retain=True) for c in changes]
         for info in infos:
             info.wait_for_publish(_PUBLISH_TIMEOUT_S)

@@ -44,7 +44,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sealink_verify import tlog
@@ -66,8 +65,9 @@ from sealink.fleet._store import (
     SignedCheckpoint,
     Store,
 )
+from sealink.mqtt.connection import connect_properties, new_client, refusal
 from sealink.mqtt.pahofast import LeanSubscriber
-from sealink.topics import Topics
+from sealink.topics import FleetTopics, Topics
 
 __all__ = ["FleetService", "Inbound"]
 
@@ -105,14 +105,11 @@ class FleetService:
         self._stopping = threading.Event()
         self.connected = threading.Event()
         self.stored = 0
-        self._client = LeanSubscriber(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.instance,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self._client = new_client(config.mqtt, config.instance, LeanSubscriber)
+        self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish_raw = self._on_publish
         self._client.on_subscribe = self._on_subscribe
@@ -123,7 +120,7 @@ class FleetService:
             target=self._verify_loop, name="fleet-verify", daemon=True
         )
         self._writer = threading.Thread(target=self._write_loop, name="fleet-writer", daemon=True)
-        self._responses = f"{config.prefix}/fleet/{config.instance}/proof/"
+        self._responses = FleetTopics(config.prefix).proof_response(config.instance, "")
         self._pending: dict[bytes, Future[bytes]] = {}
         self._pending_lock = threading.Lock()
         self._checkpoints_stored = threading.Event()
@@ -135,11 +132,11 @@ class FleetService:
         )
 
     def start(self) -> FleetService:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.config.session_expiry_s
+        props = connect_properties(self.config.mqtt)
         props.ReceiveMaximum = self.config.receive_maximum
+        broker = self.config.mqtt
         self._client.connect_async(
-            self.config.host, self.config.port, keepalive=10, clean_start=False, properties=props
+            broker.host, broker.port, broker.keepalive_s, clean_start=False, properties=props
         )
         self._client.loop_start()
         self._verifier.start()
@@ -163,7 +160,7 @@ class FleetService:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.error("fleet: broker refused the connection: %s", reason)
+            log.error("fleet: %s", refusal(reason))
             return
         share = f"$share/{self.config.group}/{self.config.prefix}"
         client.subscribe(
@@ -178,6 +175,20 @@ class FleetService:
             ]
         )
         log.info("fleet: connected, session present: %s", flags.session_present)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        broker = self.config.mqtt
+        failure = getattr(client, "failure", "") or "no answer"
+        log.error("fleet: cannot connect to the broker at %s:%d: %s", broker.host, broker.port,
+                  failure)  # fmt: skip
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self.connected.clear()
+        if not self._stopping.is_set():
+            failure = getattr(client, "failure", "") or str(reason)
+            log.error("fleet: connection to the broker lost (retrying): %s", failure)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any

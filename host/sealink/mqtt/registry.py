@@ -25,6 +25,7 @@ from sealink.crypto import GatewayKey
 from sealink.crypto.enrolment import Certificate
 from sealink.errors import KeyFileError, SealinkError
 from sealink.mqtt.signed import envelope, open_own
+from sealink.topics import FleetTopics
 
 __all__ = [
     "REFUSALS",
@@ -90,7 +91,7 @@ class RegistryEntry:
 
 
 def registry_topic(prefix: str, device: str) -> str:
-    return f"{prefix}/fleet/registry/{device}"
+    return FleetTopics(prefix).registry(device)
 
 
 def build_entry(key: GatewayKey, prefix: str, entry: RegistryEntry) -> bytes:
