@@ -3,10 +3,11 @@ of countersigned, chained records (evidence_rig) ingested by the fleet (FleetSer
 real PostgreSQL, `sealink fleet serve` over HTTPS with a test CA (pki_rig), `sealink console`
 in its own process pointed at it by [fleet], and Debian's headless Chromium through Playwright.
 
-Search by seal and by document returns exactly the records stored; paging through every
-record shows each once; a bundle downloads and the auditor's verifier accepts it; a token the
-fleet refuses, a fleet that is down or a certificate not of the CA are said plainly on the
-page; a token file others may read or plain HTTP to another host stop the console's config.
+Search by seal, document, permit, organisation and time returns exactly the records stored;
+paging through every record shows each once; a bundle downloads and the auditor's verifier
+accepts it; a token the fleet refuses, a fleet that is down or a certificate not of the CA
+are said plainly on the page; a redirect is not followed (the token stays with [fleet] url);
+a token file others may read or plain HTTP to another host stop the console's config.
 
 The bundle the fleet serves is one it keeps in PostgreSQL (`bundles`), made by `sealink
 evidence bundle` from the same ledger: how the fleet fetches one from a gateway is
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.server
 import socket
 import ssl
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -98,6 +102,9 @@ def fleet(cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) ->
     store = Store(dsn)
     try:
         store.import_seal_keys([(device, SEAL_KEY) for device in STAMPS], source="test")
+        for device, org in (("seal-a", "coop-a"), ("seal-c", "coop-c")):
+            done = sealink("fleet", "devices", "set-org", device, org, "--config", str(config))
+            assert done.returncode == 0, done.stderr
         rig = Rig(dsn, config, [], store, FleetService(load_config(config), store))
         events = [(f"{PREFIX}/{e['device']}/events", e["cose"]) for e in ledger.ledger.events()]
         assert rig.write(events).stored == sum(n for runs in STAMPS.values() for n, _ in runs)
@@ -176,7 +183,54 @@ async def _bundle(page: Page, counter: int, tmp_path: Path) -> Path:
     return path
 
 
-def test_records_found_by_seal_and_document_paged_each_once_and_a_bundle_that_verifies(
+async def _found_by_each_filter(page: Page, console: ConsoleRig, fleet: Fleet) -> None:
+    """Each filter alone finds exactly the records the test stored for it."""
+    assert await _search(page, device="seal-b") == [("seal-b", c) for c in range(1, 26)]
+    assert await page.locator("#records-next").count() == 0  # one page holds them
+    await _shot(page, console, "01-by-seal")
+    by_doc = await _search(page, device="", document=DOC_A.upper())
+    assert by_doc == [("seal-a", c) for c in range(11, 16)]
+    assert await _search(page, document=DOC_B) == [("seal-c", c) for c in range(1, 13)]
+    under_7 = [*by_doc, *(("seal-c", c) for c in range(1, 13))]
+    assert await _search(page, document="", permit="7") == under_7
+    assert await _search(page, permit="", org="coop-c") == [("seal-c", c) for c in range(1, 21)]
+    # Received at 22:13:20.001 + counter ms (evidence_rig): an hour before it holds none.
+    assert await _search(page, org="", since="2023-11-14T21:13", until="2023-11-14T22:13") == []
+    await _search(page, since="", until="", permit="seven")
+    assert "permit: a whole number" in await page.inner_text("#error")
+    await page.fill("#records-permit", "")
+
+
+async def _every_record_once(page: Page, console: ConsoleRig, fleet: Fleet) -> None:
+    """Paged through, every record comes once: by key, and by time when time alone filters."""
+    await _search(page)
+    seen, pages = await _every_page(page)
+    assert seen == fleet.records  # in (device, counter) order: none twice, none missed
+    assert pages == -(-len(fleet.records) // PAGE) > 1
+    await _shot(page, console, "02-last-page")
+    await _search(page, since="2023-11-14T22:13", until="2023-11-14T22:14")
+    seen, pages = await _every_page(page)
+    assert seen == sorted(fleet.records, key=lambda r: (r[1], r[0]))  # (received_ms, device)
+    assert pages == -(-len(fleet.records) // PAGE)
+    await page.fill("#records-since", "")
+    await page.fill("#records-until", "")
+
+
+async def _bundles(page: Page, console: ConsoleRig, fleet: Fleet, tmp_path: Path) -> None:
+    """The kept bundle downloads and verifies; one the fleet cannot give is said so."""
+    await _search(page, device=KEPT[0])
+    bundle = await _bundle(page, KEPT[1], tmp_path)
+    # Under the keys the test pinned, not the bundle's own.
+    report = verify_bundle(read_bundle(bundle.read_text()), fleet.gateway_key, SEAL_KEY)
+    assert report.status == "verified", report.problems
+    await page.click('tr.record[data-counter="4"] .bundle-button')
+    error = await page.wait_for_selector("#error", timeout=WAIT_MS)
+    text = await error.inner_text()
+    assert "answered 503" in text and "not configured" in text, text
+    await _shot(page, console, "03-bundle-not-kept")
+
+
+def test_records_found_by_each_filter_paged_each_once_and_a_bundle_that_verifies(
     fleet: Fleet, tmp_path: Path, files: GatewayFiles, broker: Mosquitto
 ) -> None:
     table = _fleet_table(tmp_path, fleet.api.url, fleet.api.token, fleet.pki.ca)
@@ -188,29 +242,9 @@ def test_records_found_by_seal_and_document_paged_each_once_and_a_bundle_that_ve
                 await _login(page, console, "oscar")
                 await page.click("#nav-records")
                 await page.wait_for_selector("#records-search", timeout=WAIT_MS)
-                assert await _search(page, device="seal-b") == [
-                    r for r in fleet.records if r[0] == "seal-b"
-                ]
-                await _shot(page, console, "01-by-seal")
-                assert await page.locator("#records-next").count() == 0
-                by_doc = await _search(page, device="", document=DOC_A.upper())
-                assert by_doc == [("seal-a", c) for c in range(11, 16)]
-                assert await _search(page, document=DOC_B) == [("seal-c", c) for c in range(1, 13)]
-                await _search(page, document="")
-                seen, pages = await _every_page(page)
-                assert seen == fleet.records  # every row, in key order: none twice, none missed
-                assert pages == -(-len(fleet.records) // PAGE) > 1
-                await _shot(page, console, "02-last-page")
-                await _search(page, device=KEPT[0])
-                bundle = await _bundle(page, KEPT[1], tmp_path)
-                # Under the keys the test pinned, not the bundle's own.
-                report = verify_bundle(read_bundle(bundle.read_text()), fleet.gateway_key, SEAL_KEY)
-                assert report.status == "verified", report.problems
-                await page.click('tr.record[data-counter="4"] .bundle-button')
-                error = await page.wait_for_selector("#error", timeout=WAIT_MS)
-                text = await error.inner_text()
-                assert "answered 503" in text and "not configured" in text, text
-                await _shot(page, console, "03-bundle-not-kept")
+                await _found_by_each_filter(page, console, fleet)
+                await _every_record_once(page, console, fleet)
+                await _bundles(page, console, fleet, tmp_path)
 
         run(body(), timeout=120)
         audit = {(r["user"], r["action"], r["target"], r["outcome"]) for r in console.audit()}
@@ -262,6 +296,59 @@ def _said_on_the_page(console: ConsoleRig, case: str, words: str, url: str) -> N
             await _shot(page, console, f"01-{case}")
 
     run(body(), timeout=60)
+
+
+class _Listener(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with `answer` (a status and its headers), noting who asked with what
+    Authorization header."""
+
+    answer: tuple[int, dict[str, str]] = (204, {})
+    asked: list[tuple[str, str | None]]
+
+    def do_GET(self) -> None:
+        self.asked.append((self.path, self.headers.get("authorization")))
+        status, headers = self.answer
+        self.send_response(status)
+        for name, value in {**headers, "content-length": "0"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _listening(answer: tuple[int, dict[str, str]]) -> Iterator[tuple[str, list[Any]]]:
+    asked: list[tuple[str, str | None]] = []
+    handler = type("Handler", (_Listener,), {"answer": answer, "asked": asked})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_redirect_is_not_followed_so_the_token_goes_nowhere_else(
+    tmp_path: Path, files: GatewayFiles, broker: Mosquitto
+) -> None:
+    # Stand-ins for a fleet that redirects (a real one never does: a misconfigured proxy in
+    # front of it could) and for where it points: plain HTTP servers on loopback.
+    ca = make_pki(tmp_path / "pki").ca
+    with (
+        _listening((204, {})) as (elsewhere, asked_elsewhere),
+        _listening((302, {"location": f"{elsewhere}/v1/records"})) as (url, asked),
+    ):
+        table = _fleet_table(tmp_path, url, "t0ken-for-the-fleet", ca)
+        with _console(tmp_path, files, broker, "fleet-redirect", table) as console:
+            _said_on_the_page(console, "redirect", "answered 302", url)
+    assert [(path.split("?")[0], auth) for path, auth in asked] == [
+        ("/v1/records", "Bearer t0ken-for-the-fleet")
+    ]
+    assert asked_elsewhere == []
 
 
 def test_without_a_fleet_the_records_page_is_not_offered(console: ConsoleRig) -> None:

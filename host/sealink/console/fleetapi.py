@@ -64,9 +64,9 @@ class FleetTlsFailed(FleetProblem):
 
 
 class FleetAnswered(FleetProblem):
-    def __init__(self, status: int, why: str) -> None:
+    def __init__(self, url: str, status: int, why: str) -> None:
         self.status = status
-        super().__init__(f"the fleet ledger answered {status}: {why}")
+        super().__init__(f"the fleet ledger at {url} answered {status}: {why}")
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -111,9 +111,9 @@ class FleetApi:
             page = json.loads(body)
             items, after = page["items"], page["next"]
         except (ValueError, TypeError, KeyError):
-            raise FleetAnswered(200, "not a page of records") from None
+            raise FleetAnswered(self._url, 200, "not a page of records") from None
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise FleetAnswered(200, "not a page of records")
+            raise FleetAnswered(self._url, 200, "not a page of records")
         return RecordsPage(items, after if isinstance(after, str) else None)
 
     async def bundle(self, device: str, counter: int) -> bytes:
@@ -138,7 +138,7 @@ class FleetApi:
         except (OSError, http.client.HTTPException) as exc:  # after connecting
             raise self._failure(exc) from None
         if len(body) > _MAX_BYTES:
-            raise FleetAnswered(200, f"an answer over {_MAX_BYTES} bytes")
+            raise FleetAnswered(self._url, 200, f"an answer over {_MAX_BYTES} bytes")
         return body
 
     def _failure(self, reason: object) -> FleetProblem:
@@ -157,4 +157,4 @@ class FleetApi:
                 why = json.loads(exc.read(64 * 1024))["error"]
             except (OSError, ValueError, TypeError, KeyError, http.client.HTTPException):
                 why = exc.reason
-        return FleetAnswered(exc.code, str(why))
+        return FleetAnswered(self._url, exc.code, str(why))
