@@ -199,6 +199,11 @@ async def _found_by_each_filter(page: Page, console: ConsoleRig, fleet: Fleet) -
     await _search(page, since="", until="", permit="seven")
     assert "permit: a whole number" in await page.inner_text("#error")
     await page.fill("#records-permit", "")
+    markup = '"><b id="injected">coop</b>'  # echoed in the form, and passed to the fleet
+    assert await _search(page, org=markup) == []
+    assert await page.locator("#injected").count() == 0
+    assert await page.input_value("#records-org") == markup
+    await page.fill("#records-org", "")
 
 
 async def _every_record_once(page: Page, console: ConsoleRig, fleet: Fleet) -> None:
