@@ -380,6 +380,7 @@ def test_a_readable_token_file_or_plain_http_to_another_host_is_a_config_error(
     for table, key, words in (
         (good, "fleet.token_file", "chmod 600"),  # the same file, made readable below
         (good.replace("https://fleet.example", "http://fleet.example"), "fleet.url", "loopback"),
+        (good.replace("https://", "https://ops:secret@"), "fleet.url", "no user"),
         (good.replace("https://fleet.example:8470", "http://127.0.0.1:8470"), None, None),
         (good.replace(str(ca), str(files.key_file)), "fleet.ca_file", "not PEM CA"),
         (good + "timeout_s = 0\n", "fleet.timeout_s", "above 0"),
@@ -396,4 +397,4 @@ def test_a_readable_token_file_or_plain_http_to_another_host_is_a_config_error(
         done = sealink("console", "--config", str(config))
         assert done.returncode != 0 and key in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-        assert "t0ken" not in done.stderr
+        assert "t0ken" not in done.stderr and "secret" not in done.stderr

@@ -214,13 +214,14 @@ def _fleet_url(value: str) -> str:
         port = parts.port  # ValueError for a port that is not one
     except ValueError as exc:
         raise ConfigError("fleet.url", f"not a URL: {exc}") from None
+    # First, and not echoed: a URL with a user may carry a password.
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ConfigError("fleet.url", "no user, query or fragment: the token authenticates")
     if parts.scheme not in ("https", "http") or not parts.hostname or port == 0:
         raise ConfigError("fleet.url", f"must be https://HOST[:PORT][/PATH], got {value!r}")
     # The bearer token travels in every request: in clear only where it cannot leave the host.
     if parts.scheme == "http" and not _loopback(parts.hostname):
         raise ConfigError("fleet.url", f"http:// only to a loopback host; use https:// for {value}")
-    if parts.username is not None or parts.query or parts.fragment:
-        raise ConfigError("fleet.url", "no user, query or fragment: the token authenticates")
     return value.rstrip("/")
 
 
