@@ -60,7 +60,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sealink.crypto.signer import check_private_file
@@ -78,9 +78,12 @@ __all__ = [
     "MqttConfig",
     "PortConfig",
     "WitnessKey",
+    "check_private",
     "check_server_tls",
+    "https_client_context",
     "load_config",
     "parse_mqtt",
+    "read_line_file",
     "read_toml",
     "require_together",
     "tls_context",
@@ -500,12 +503,10 @@ def parse_mqtt(
         path = getattr(mqtt, key)
         if path is not None:
             _readable(path, f"{key_prefix}.{key}")
-            try:
-                check_private_file(path, what)
-            except Exception as exc:
-                raise ConfigError(f"{key_prefix}.{key}", str(exc)) from None
+            check_private(path, f"{key_prefix}.{key}", what)
     if mqtt.password_file is not None:
-        mqtt = replace(mqtt, password=_read_password(mqtt.password_file, key_prefix))
+        password = read_line_file(mqtt.password_file, f"{key_prefix}.password_file", "password")
+        mqtt = replace(mqtt, password=password)
     if mqtt.tls:
         tls_context(mqtt, key_prefix)  # a bad PEM or a key that is not the certificate's
     return mqtt
@@ -539,19 +540,28 @@ def _readable(path: Path, key: str) -> None:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
 
 
-def _read_password(path: Path, key_prefix: str) -> str:
-    key = f"{key_prefix}.password_file"
+def check_private(path: Path, key: str, what: str) -> None:
+    """check_private_file, its refusal a ConfigError naming the config's `key`."""
+    try:
+        check_private_file(path, what)
+    except KeyFileError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def read_line_file(path: Path, key: str, what: str) -> str:
+    """The secret a file holds on its one line (a password, a bearer token); ConfigError
+    naming `key` if it cannot be read or holds no such line."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(key, f"{path}: not UTF-8 text") from None
-    # One line: the line ending an editor adds is not part of the password.
-    password = text.removesuffix("\n").removesuffix("\r")
-    if not password or "\n" in password:
-        raise ConfigError(key, f"{path}: must hold the password on one line")
-    return password
+    # One line: the line ending an editor adds is not part of the secret.
+    line = text.removesuffix("\n").removesuffix("\r")
+    if not line or "\n" in line:
+        raise ConfigError(key, f"{path}: must hold the {what} on one line")
+    return line
 
 
 class _NamedContext(ssl.SSLContext):
@@ -590,22 +600,37 @@ def _tls_why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def tls_context(mqtt: MqttConfig, key_prefix: str = "mqtt") -> ssl.SSLContext:
-    """The TLS context of a connection to the broker: TLS 1.2 or later, the broker's chain and
-    name verified (no setting turns that off). ConfigError naming the key if a file is not
-    what it should be."""
-    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
+_Context = TypeVar("_Context", bound=ssl.SSLContext)
+
+
+def _trusting(context: _Context, ca_file: Path | None, section: str) -> _Context:
+    """`context` (a PROTOCOL_TLS_CLIENT one: it verifies the chain and the name) on TLS 1.2 or
+    later, trusting `ca_file`, else the system's CAs; ConfigError naming `section`.ca_file."""
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.server_name = mqtt.server_name or None
     try:
-        if mqtt.ca_file is not None:
-            context.load_verify_locations(cafile=str(mqtt.ca_file))
+        if ca_file is not None:
+            context.load_verify_locations(cafile=str(ca_file))
         else:
             context.load_default_certs()
     except OSError as exc:  # ssl.SSLError is one
         raise ConfigError(
-            f"{key_prefix}.ca_file", f"{mqtt.ca_file}: not PEM CA certificates ({_tls_why(exc)})"
+            f"{section}.ca_file", f"{ca_file}: not PEM CA certificates ({_tls_why(exc)})"
         ) from None
+    return context
+
+
+def https_client_context(ca_file: Path | None, section: str) -> ssl.SSLContext:
+    """The TLS context of an HTTPS client: TLS 1.2 or later, the server's chain (to `ca_file`,
+    else to the system's CAs) and name verified; ConfigError naming `section`.ca_file."""
+    return _trusting(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ca_file, section)
+
+
+def tls_context(mqtt: MqttConfig, key_prefix: str = "mqtt") -> ssl.SSLContext:
+    """The TLS context of a connection to the broker: TLS 1.2 or later, the broker's chain and
+    name verified (no setting turns that off). ConfigError naming the key if a file is not
+    what it should be."""
+    context = _trusting(_NamedContext(ssl.PROTOCOL_TLS_CLIENT), mqtt.ca_file, key_prefix)
+    context.server_name = mqtt.server_name or None
     if mqtt.cert_file is not None:
         try:
             context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file), _no_passphrase)
@@ -622,10 +647,7 @@ def check_server_tls(cert_file: Path, key_file: Path, section: str, what: str) -
     """An HTTPS server's certificate and key, checked as uvicorn will load them: a 0600 key
     that goes with the certificate (else a ConfigError naming `section`'s key now, not a
     traceback when the server starts)."""
-    try:
-        check_private_file(key_file, f"{what} TLS key")
-    except KeyFileError as exc:
-        raise ConfigError(f"{section}.tls_key_file", str(exc)) from None
+    check_private(key_file, f"{section}.tls_key_file", f"{what} TLS key")
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
             cert_file, key_file, _no_passphrase
@@ -695,21 +717,12 @@ def parse_config(
     if check_key_file:
         if not os.access(key_file, os.R_OK):
             raise ConfigError("gateway.key_file", f"cannot read {key_file}")
-        try:
-            check_private_file(key_file, "key file")
-        except Exception as exc:
-            raise ConfigError("gateway.key_file", str(exc)) from None
+        check_private(key_file, "gateway.key_file", "key file")
         # Absent until the first `sealink devices add`; once there, as private as the key.
         if link_keys.exists():
-            try:
-                check_private_file(link_keys, "link key store")
-            except Exception as exc:
-                raise ConfigError("gateway.link_keys", str(exc)) from None
+            check_private(link_keys, "gateway.link_keys", "link key store")
         if ack_key_file.exists():
-            try:
-                check_private_file(ack_key_file, "acknowledgement key")
-            except Exception as exc:
-                raise ConfigError("gateway.ack_key_file", str(exc)) from None
+            check_private(ack_key_file, "gateway.ack_key_file", "acknowledgement key")
     return Config(
         gateway_id=gateway["id"],
         key_file=key_file,

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -184,20 +183,12 @@ def console(
 ) -> Iterator[ConsoleRig]:
     """`sealink console` started for the test, its screenshots' folder made."""
     # Imported here: console_rig imports this module, and only the console tests need Playwright.
-    from console_rig import ARTIFACTS, ConsoleRig, _prepare, _start, _stop
+    from console_rig import started
 
     # Indirect parametrisation (True) gives the console an approver key (test_console_approvals).
-    config = _prepare(tmp_path, files, broker, getattr(request, "param", False))
-    shots = ARTIFACTS / request.node.name
-    shutil.rmtree(shots, ignore_errors=True)
-    shots.mkdir(parents=True)
-    print(f"console screenshots: {shots}")
-    process, url = _start(config)
-    rig = ConsoleRig(config, url, process, shots)
-    try:
+    approver = getattr(request, "param", False)
+    with started(tmp_path, files, broker, request.node.name, approver) as rig:
         yield rig
-    finally:
-        _stop(rig.process, rig.config.with_name("console.log"))
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -62,10 +63,15 @@ def _approver(tmp_path: Path, files: GatewayFiles) -> str:
 
 
 def _write_config(
-    tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool, extra: str = ""
+    tmp_path: Path,
+    files: GatewayFiles,
+    broker: Mosquitto,
+    approver: bool,
+    extra: str = "",
+    tables: str = "",
 ) -> Path:
     """The console's TOML; with `approver`, the console may change seals; `extra`: more lines
-    of its [console] table."""
+    of its [console] table; `tables`: more tables (a [fleet])."""
     pub = tmp_path / "gw-test.pub.pem"
     pub.write_bytes(files.key.public_pem())
     config = tmp_path / "console.toml"
@@ -86,16 +92,23 @@ prefix = "sealink-test"
 [[gateways]]
 id = "gw-test"
 public_key = "{pub.name}"
+
+{tables}
 """
     )
     return config
 
 
 def _prepare(
-    tmp_path: Path, files: GatewayFiles, broker: Mosquitto, approver: bool, extra: str = ""
+    tmp_path: Path,
+    files: GatewayFiles,
+    broker: Mosquitto,
+    approver: bool,
+    extra: str = "",
+    tables: str = "",
 ) -> Path:
     """The console's files, made with its own commands as an operator would."""
-    config = _write_config(tmp_path, files, broker, approver, extra)
+    config = _write_config(tmp_path, files, broker, approver, extra, tables)
     done = sealink("console", "init", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "console.secret").stat().st_mode & 0o077 == 0
@@ -131,6 +144,30 @@ def _start(config: Path) -> tuple[subprocess.Popen[str], str]:
         raise AssertionError(f"console did not start: {line!r}; log {log_path}")
     threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
     return process, line.rsplit(" ", 1)[1].strip()
+
+
+@contextlib.contextmanager
+def started(
+    tmp_path: Path,
+    files: GatewayFiles,
+    broker: Mosquitto,
+    test: str,
+    approver: bool = False,
+    tables: str = "",
+) -> Iterator[ConsoleRig]:
+    """`sealink console` prepared (_prepare) and running, its screenshots' folder made for
+    `test` (its name)."""
+    config = _prepare(tmp_path, files, broker, approver, tables=tables)
+    shots = ARTIFACTS / test
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
+    print(f"console screenshots: {shots}")
+    process, url = _start(config)
+    rig = ConsoleRig(config, url, process, shots)
+    try:
+        yield rig
+    finally:
+        _stop(rig.process, rig.config.with_name("console.log"))
 
 
 def _drain(out: IO[str]) -> None:

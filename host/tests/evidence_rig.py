@@ -43,10 +43,17 @@ class Rig:
             f'[gateway]\nid = "{GATEWAY}"\nkey_file = "gateway.key"\nledger = "ledger.sqlite"\n'
         )
 
-    def add(self, device: str, count: int, per_commit: int = 3, rewrite: int | None = None) -> None:
-        """Store `count` more events; `rewrite`: that counter gets other (validly MACed and
-        countersigned) bytes, as someone holding every key on the host could make: signed by
-        a chip of their own, since the seal's never leaves the seal."""
+    def add(
+        self,
+        device: str,
+        count: int,
+        per_commit: int = 3,
+        rewrite: int | None = None,
+        permit: int = 0,
+    ) -> None:
+        """Store `count` more events (under `permit`); `rewrite`: that counter gets other
+        (validly MACed and countersigned) bytes, as someone holding every key on the host could
+        make: signed by a chip of their own, since the seal's never leaves the seal."""
         if device not in self.prev:
             self.ledger.add_device(device, DEVICE_KEY, SimChip.of(DEVICE_KEY).public)
         batch = Batch()
@@ -55,7 +62,7 @@ class Rig:
             time_s = 999 if counter == rewrite else 0
             prev = self.prev.get(device, auth.GENESIS)
             chip = FORGER_CHIP if counter == rewrite else None
-            event = make_event(DEVICE_KEY, counter, prev, time_s=time_s, chip=chip)
+            event = make_event(DEVICE_KEY, counter, prev, time_s=time_s, chip=chip, permit=permit)
             received = 1_700_000_000_000 + counter
             cose = self.key.sign1(countersign_payload(device, counter, event, received, GATEWAY))
             digest = auth.record_hash(event)

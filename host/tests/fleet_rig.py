@@ -35,7 +35,7 @@ from sealink.config import FleetLinkConfig
 from sealink.crypto.signer import GatewayKey
 from sealink.fleet import Batch, FleetService, Store, StoreOutcome, load_config
 from sealink.gateway.service import Gateway
-from sealink.mqtt.signed import open_own
+from sealink.mqtt.signed import MessageSigner, open_own
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.pipe import pipe_pair
@@ -267,3 +267,23 @@ def _served(rig: Rig, tls: ssl.SSLContext | None = None) -> Iterator[Api]:
     finally:
         server.terminate()
         server.wait(timeout=_START_S)
+
+
+def _tls_config(rig: Rig, name: str, **files: Path) -> Path:
+    """A copy of the rig's fleet.toml with a [serve] table of these keys."""
+    lines = "".join(f'{key} = "{path}"\n' for key, path in files.items())
+    config = rig.config_path.with_name(f"{name}.toml")
+    config.write_text(f"{rig.config_path.read_text(encoding='utf-8')}\n[serve]\n{lines}")
+    return config
+
+
+def _permit_result(
+    key: GatewayKey, gateway: str, device: str, permit: int, document: str, state: str
+) -> tuple[str, bytes]:
+    """A gateway's signed result of a permit request for `document` (SPEC §11.5), on the
+    result topic the fleet learns permits from: (topic, payload)."""
+    topic = f"{PREFIX}/cmd/{gateway}/result/approver-1"
+    body = {"request": f"r-{device}-{permit}", "action": "permit", "device": device,
+            "permit": permit, "state": state, "document_sha256": document,
+            "requested_by": "clerk", "count": 3}  # fmt: skip
+    return topic, MessageSigner(key, gateway).sign(topic, body)

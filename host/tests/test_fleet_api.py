@@ -20,6 +20,7 @@ from fleet_rig import (
     PREFIX,
     Api,
     _count,
+    _permit_result,
     _publisher,
     _rig,
     _served,
@@ -243,11 +244,7 @@ def test_a_bad_listen_address_is_a_clear_error(api: Api) -> None:
 
 def _result(api: Api, gateway: int, device: str, permit: int, document: str, state: str) -> Any:
     gw = api.rig.gateways[gateway]
-    topic = f"{PREFIX}/cmd/{gw.id}/result/approver-1"
-    body = {"request": f"r-{device}-{permit}", "action": "permit", "device": device,
-            "permit": permit, "state": state, "document_sha256": document,
-            "requested_by": "clerk", "count": 3}  # fmt: skip
-    return topic, MessageSigner(gw.key, gw.id).sign(topic, body)
+    return _permit_result(gw.key, gw.id, device, permit, document, state)
 
 
 def test_permit_results_name_the_document_and_records_are_found_by_it(api: Api) -> None:

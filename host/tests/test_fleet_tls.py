@@ -17,17 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import sealink
-from fleet_rig import Rig, _rig, _served
+from fleet_rig import _rig, _served, _tls_config
 from pki_rig import Pki, make_pki
 from sealink_sim.postgres import PostgresCluster
-
-
-def _tls_config(rig: Rig, name: str, **files: Path) -> Path:
-    """A copy of the rig's fleet.toml with a [serve] table of these keys."""
-    lines = "".join(f'{key} = "{path}"\n' for key, path in files.items())
-    config = rig.config_path.with_name(f"{name}.toml")
-    config.write_text(f"{rig.config_path.read_text(encoding='utf-8')}\n[serve]\n{lines}")
-    return config
 
 
 @pytest.fixture

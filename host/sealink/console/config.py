@@ -15,14 +15,22 @@ host = "127.0.0.1"
 [[gateways]]                         # each gateway it follows, with its pinned public key
 id = "gw-1"
 public_key = "gw-1.pub.pem"          # `sealink keys show` on that gateway
+
+[fleet]                              # optional: the fleet ledger's query API (Records page)
+url = "https://fleet.example:8470"   # https://; http:// only to a loopback host
+token_file = "fleet.token"           # its bearer token, one line (`sealink fleet tokens add`), 0600
+ca_file = "fleet-ca.pem"             # optional: the CA of its certificate (default: the system's)
+timeout_s = 10                       # optional: per request
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -30,8 +38,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sealink.config import (
     NAME_RE,
     MqttConfig,
+    check_private,
     check_server_tls,
+    https_client_context,
     parse_mqtt,
+    read_line_file,
     read_toml,
     require_together,
 )
@@ -40,6 +51,7 @@ from sealink.errors import ConfigError, SealinkError
 __all__ = [
     "ConsoleConfig",
     "ConsoleError",
+    "FleetLink",
     "FollowedGateway",
     "load_console_config",
     "parse_console_config",
@@ -55,6 +67,9 @@ _CONSOLE_KEYS = (
     "tls_key_file",
 )
 _GATEWAY_KEYS = ("id", "public_key")
+_FLEET_KEYS = ("url", "token_file", "ca_file", "timeout_s")
+_FLEET_TIMEOUT_S = 10.0
+_FLEET_TIMEOUT_MAX_S = 300.0
 
 
 class ConsoleError(SealinkError):
@@ -68,6 +83,18 @@ class FollowedGateway:
 
 
 @dataclass(frozen=True)
+class FleetLink:
+    """The fleet ledger's query API the Records page reads (`sealink fleet serve`)."""
+
+    url: str  # no trailing slash: API paths are appended
+    token_file: Path
+    ca_file: Path | None = None  # None: the system's CAs
+    timeout_s: float = _FLEET_TIMEOUT_S
+    # Read at load when files are checked (None when not); never in a repr, so never logged.
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class ConsoleConfig:
     listen: tuple[str, int]
     data_dir: Path
@@ -78,6 +105,7 @@ class ConsoleConfig:
     approver_key_file: Path | None = None
     tls_cert_file: Path | None = None  # None: plain HTTP (behind a TLS reverse proxy)
     tls_key_file: Path | None = None
+    fleet: FleetLink | None = None  # None: no Records page
 
     @property
     def scheme(self) -> str:
@@ -170,10 +198,63 @@ def _tls(
     return cert_file, key_file
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _fleet_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError for a port that is not one
+    except ValueError as exc:
+        raise ConfigError("fleet.url", f"not a URL: {exc}") from None
+    # First, and not echoed: a URL with a user may carry a password.
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ConfigError("fleet.url", "no user, query or fragment: the token authenticates")
+    if parts.scheme not in ("https", "http") or not parts.hostname or port == 0:
+        raise ConfigError("fleet.url", f"must be https://HOST[:PORT][/PATH], got {value!r}")
+    # The bearer token travels in every request: in clear only where it cannot leave the host.
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ConfigError("fleet.url", f"http:// only to a loopback host; use https:// for {value}")
+    return value.rstrip("/")
+
+
+def _fleet(raw: Any, resolve: Any, check_files: bool) -> FleetLink | None:
+    """The [fleet] table; with `check_files`, the token read (its file 0600) and the CA
+    file tried on a TLS context."""
+    if raw is None:
+        return None
+    table = _table(raw, "fleet", _FLEET_KEYS)
+    timeout_s = table.get("timeout_s", _FLEET_TIMEOUT_S)
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not 0 < timeout_s <= _FLEET_TIMEOUT_MAX_S
+    ):
+        raise ConfigError("fleet.timeout_s", f"seconds, above 0, at most {_FLEET_TIMEOUT_MAX_S:g}")
+    link = FleetLink(
+        url=_fleet_url(_str(table, "url", "fleet")),
+        token_file=resolve(_str(table, "token_file", "fleet")),
+        ca_file=resolve(_str(table, "ca_file", "fleet")) if "ca_file" in table else None,
+        timeout_s=float(timeout_s),
+    )
+    if not check_files:
+        return link
+    check_private(link.token_file, "fleet.token_file", "fleet token file")
+    token = read_line_file(link.token_file, "fleet.token_file", "bearer token")
+    https_client_context(link.ca_file, "fleet")  # a CA file that is not PEM CA certificates
+    return replace(link, token=token)
+
+
 def parse_console_config(
     data: dict[str, Any], base: Path | None = None, check_files: bool = True
 ) -> ConsoleConfig:
-    _table(data, "", ("console", "mqtt", "gateways"))
+    _table(data, "", ("console", "mqtt", "gateways", "fleet"))
     console = _table(data.get("console"), "console", _CONSOLE_KEYS)
 
     def resolve(p: str) -> Path:
@@ -197,6 +278,7 @@ def parse_console_config(
         else None,
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
+        fleet=_fleet(data.get("fleet"), resolve, check_files),
     )
 
 

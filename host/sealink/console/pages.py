@@ -1,20 +1,25 @@
 """The console's pages that change a seal or fetch its evidence (permits, quarantine release,
-bundles), and the search over what it stored. Each action is checked for its role on the
-server, sent on the approval path (`Actions`) and written to the audit trail with its outcome.
+bundles), the search over what it stored, and the Records page over the fleet ledger
+([fleet], `FleetApi`). Each action is checked for its role on the server, sent on the approval
+path (`Actions`) or to the fleet, and written to the audit trail with its outcome.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from sealink.config import NAME_RE
 from sealink.console.config import ConsoleError
+from sealink.console.fleetapi import FleetProblem
 from sealink.console.store import Account
 from sealink.console.web import Console, guarded
 from sealink.errors import SealinkError
@@ -31,7 +36,7 @@ class BadInput(ConsoleError):
     """A form field that is not what the action takes; the message names it."""
 
 
-def _int(form: dict[str, str], name: str, lo: int, hi: int, default: int | None = None) -> int:
+def _int(form: Mapping[str, str], name: str, lo: int, hi: int, default: int | None = None) -> int:
     text = form.get(name, "").strip()
     if not text and default is not None:
         return default
@@ -48,12 +53,20 @@ def _permit_fields(form: dict[str, str]) -> dict[str, Any]:
         "not_after_s": now + 60 * _int(form, "minutes", 1, _MAX_MINUTES, 60),
         "operator": _int(form, "operator", 0, 2**32 - 1, 0),
     }
-    digest = form.get("document_sha256", "").strip().lower()
-    if digest:
-        if not _DIGEST_RE.match(digest):
-            raise BadInput("document_sha256: 64 hex digits (the SHA-256 of the document)")
+    digest = _document(form)
+    if digest is not None:
         fields["document_sha256"] = digest
     return fields
+
+
+def _document(form: Mapping[str, str]) -> str | None:
+    """The form's document_sha256 (lower case), if it gives one."""
+    digest = form.get("document_sha256", "").strip().lower()
+    if not digest:
+        return None
+    if not _DIGEST_RE.match(digest):
+        raise BadInput("document_sha256: 64 hex digits (the SHA-256 of the document)")
+    return digest
 
 
 def _device(console: Console, form: dict[str, str]) -> tuple[str, str]:
@@ -180,5 +193,92 @@ def _evidence_routes(console: Console) -> list[Route]:
     ]
 
 
+def _fleet_query(q: Mapping[str, str]) -> dict[str, str | int]:
+    """The Records form's filters as `/v1/records` takes them (empty fields: no filter)."""
+    query: dict[str, str | int] = {}
+    device = q.get("device", "").strip()
+    if device:
+        query["device"] = _seal(device)
+    org = q.get("org", "").strip()
+    if org:
+        query["org"] = org
+    if q.get("permit", "").strip():
+        query["permit"] = _int(q, "permit", 0, 2**32 - 1)
+    digest = _document(q)
+    if digest is not None:
+        query["document_sha256"] = digest
+    for field, key in (("since", "since_ms"), ("until", "until_ms")):
+        moment = _when(q.get(field))
+        if moment is not None:
+            query[key] = moment
+    return query
+
+
+def _seal(device: str) -> str:
+    if not NAME_RE.match(device):
+        raise BadInput(f"device: 1..32 of A-Z a-z 0-9 . _ -, got {device!r}")
+    return device
+
+
+def _records_page(
+    console: Console, request: Request, user: Account, status: int = 200, **context: Any
+) -> Response:
+    context = {
+        "records": [],
+        "q": request.query_params,
+        "next_page": None,
+        "error": None,
+        **context,
+    }
+    response = console.page(request, "records.html", user, **context)
+    response.status_code = status
+    return response
+
+
+def _failed_status(exc: SealinkError) -> int:
+    """502 Bad Gateway for what the fleet refused or could not give (the console answers for
+    it); 400 for a form the console refused itself."""
+    return 502 if isinstance(exc, FleetProblem) else 400
+
+
+def _fleet_routes(console: Console) -> list[Route]:
+    @guarded(console, "viewer")
+    async def records(request: Request, user: Account, form: dict[str, str]) -> Response:
+        q = request.query_params
+        if console.fleet is None or not q:  # the form's first view: nothing asked yet
+            return _records_page(console, request, user)
+        try:
+            page = await console.fleet.records(_fleet_query(q), q.get("next") or None)
+        except SealinkError as exc:
+            return _records_page(console, request, user, _failed_status(exc), error=str(exc))
+        next_page = None
+        if page.next is not None:
+            kept = [(k, v) for k, v in q.multi_items() if k != "next"]
+            next_page = f"/records?{urlencode([*kept, ('next', page.next)])}"
+        return _records_page(console, request, user, records=page.items, next_page=next_page)
+
+    @guarded(console, "operator", "bundle")
+    async def bundle(request: Request, user: Account, form: dict[str, str]) -> Response:
+        target = f"{form.get('device', '')}#{form.get('counter', '')}@fleet"
+        try:
+            if console.fleet is None:
+                raise ConsoleError("this console is not connected to a fleet ledger ([fleet])")
+            device = _seal(form.get("device", "").strip())
+            counter = _int(form, "counter", 1, 2**63 - 1)
+            data = await console.fleet.bundle(device, counter)
+        except SealinkError as exc:
+            console.store.audit(user.name, "bundle", target, "failed", str(exc))
+            return _records_page(console, request, user, _failed_status(exc), error=str(exc))
+        console.store.audit(user.name, "bundle", f"{device}#{counter}@fleet", "ok")
+        name = f"{device}-{counter}.bundle.json"  # a device id needs no quoting (_seal)
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        return Response(data, media_type="application/json", headers=headers)
+
+    return [
+        Route("/records", records),
+        Route("/records/bundle", bundle, methods=["POST"]),
+    ]
+
+
 def action_routes(console: Console) -> list[Route]:
-    return [*_permit_routes(console), *_evidence_routes(console)]
+    return [*_permit_routes(console), *_evidence_routes(console), *_fleet_routes(console)]

@@ -17,6 +17,7 @@ from sealink.console.app import build_app
 from sealink.console.auth import load_secret
 from sealink.console.config import ConsoleConfig, ConsoleError
 from sealink.console.feed import Feed
+from sealink.console.fleetapi import FleetApi
 from sealink.console.store import Store
 from sealink.console.web import Console
 
@@ -65,6 +66,9 @@ async def serve(config: ConsoleConfig, on_listening: Callable[[str], None]) -> N
         console.actions = Actions(config, store, console.on_result)
     else:
         log.warning("no approver key: the console is read-only (no permits, releases, bundles)")
+    if config.fleet is not None:
+        console.fleet = FleetApi(config.fleet)
+        log.info("records from the fleet ledger", extra={"fields": {"url": config.fleet.url}})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -25,7 +25,8 @@ from starlette.routing import Route
 
 from sealink.console.actions import Actions
 from sealink.console.auth import Throttle, check_password, random_token
-from sealink.console.feed import Alarm, Feed, Health, Impression, Update
+from sealink.console.feed import Alarm, Feed, Health, Impression, Update, kind_name
+from sealink.console.fleetapi import FleetApi
 from sealink.console.roles import role_at_least
 from sealink.console.store import Account, RequestRow, Store
 
@@ -55,6 +56,11 @@ def _time_s(s: Any) -> str:
     return _time_ms(s * 1000) if isinstance(s, int) and s > 0 else "unset"
 
 
+def _kind(kind: Any) -> str:
+    """A record's kind by name; the fleet's JSON gives it as a number."""
+    return kind_name(kind) if isinstance(kind, int) else "?"
+
+
 @dataclass(frozen=True)
 class Held:
     device: str
@@ -70,6 +76,7 @@ class Console:
         self.feed = feed
         self.store = store
         self.actions: Actions | None = None  # the approval path (None: read-only)
+        self.fleet: FleetApi | None = None  # the fleet ledger's query API (None: not linked)
         self.throttle = Throttle()
         self.env = Environment(
             loader=FileSystemLoader(_HERE / "templates"),
@@ -77,6 +84,7 @@ class Console:
         )
         self.env.filters["ms"] = _time_ms
         self.env.filters["s"] = _time_s
+        self.env.filters["kind"] = _kind
         self._listeners: set[asyncio.Queue[_Event | None]] = set()  # None: the end
         # The latest events, numbered: a page asks for those after the one it was drawn at,
         # so nothing between its rendering and its stream's start (or a reconnect) is lost.
@@ -211,6 +219,7 @@ class Console:
             csrf=request.session.get("csrf", ""),
             path=request.url.path,
             after=self.last_id,
+            fleet_linked=self.fleet is not None,
             **context,
         )
         return HTMLResponse(body)
