@@ -154,10 +154,11 @@ def started(
     test: str,
     approver: bool = False,
     tables: str = "",
+    extra: str = "",
 ) -> Iterator[ConsoleRig]:
     """`sealink console` prepared (_prepare) and running, its screenshots' folder made for
     `test` (its name)."""
-    config = _prepare(tmp_path, files, broker, approver, tables=tables)
+    config = _prepare(tmp_path, files, broker, approver, extra, tables)
     shots = ARTIFACTS / test
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)

@@ -26,10 +26,9 @@ from console_rig import (
     _login,
     _prepare,
     _shot,
-    _start,
-    _stop,
     _write_config,
     browser,
+    started,
 )
 from pki_rig import Pki, make_pki
 from sealink_sim.broker import Mosquitto
@@ -52,15 +51,9 @@ def pki(tmp_path: Path) -> Pki:
 def tls_console(
     tmp_path: Path, files: GatewayFiles, broker: Mosquitto, pki: Pki
 ) -> Iterator[ConsoleRig]:
-    config = _prepare(tmp_path, files, broker, False, _tls_lines(pki.server_cert, pki.server_key))
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    process, url = _start(config)
-    rig = ConsoleRig(config, url, process, shots)
-    try:
+    tls = _tls_lines(pki.server_cert, pki.server_key)
+    with started(tmp_path, files, broker, "tls_console", extra=tls) as rig:
         yield rig
-    finally:
-        _stop(rig.process, rig.config.with_name("console.log"))
 
 
 def _get(url: str, context: ssl.SSLContext | None) -> tuple[int, str]:
