@@ -31,6 +31,7 @@ from fleet_rig import (
     _WAIT_S,
     PREFIX,
     Alarms,
+    _count,
     _files,
     _fleet,
     _gateway,
@@ -919,6 +920,10 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
                     ),
                     "each gateway's signed alarms of the moves",
                 )
+                # B's statements of the placements, published on the seals' gaps topics.
+                statements = "SELECT count(*) FROM gap_statements WHERE gateway = 'gw-b'"
+                await asyncio.to_thread(_wait, lambda: _count(dsn, statements) == 2,
+                                        "the fleet keeps B's gap statements")  # fmt: skip
         finally:
             await asyncio.to_thread(service.stop)
 
@@ -944,6 +949,15 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     (audit,) = verify_export(exported, gw_b.key.public_pem(), seal_keys)
     assert audit.problems == [] and [g.head for g in audit.gaps] == [gap.head]
     assert gap.head is not None and gap.head.hex() == placed_at["record_sha256"]
+    # The fleet checked B's statement of the move against the record 3 it holds: it matches.
+    with psycopg.connect(dsn) as conn:
+        kept = conn.execute(
+            "SELECT device, first, last, operator, head, cose FROM gap_statements ORDER BY device"
+        ).fetchall()
+        checked = conn.execute("SELECT reason FROM alarms WHERE reason LIKE 'gap%'").fetchall()
+    assert kept[0] == ("seal-m", 1, 3, "fleet", gap.head, gap.cose)
+    assert [row[:4] for row in kept[1:]] == [("seal-n", 1, 1, "fleet")]
+    assert checked == []
     shown = sealink("fleet", "alarms", "--device", "seal-m", "--json", "--config", str(config))
     fleet_said = [json.loads(line) for line in shown.stdout.splitlines()]
     (moved,) = [a for a in fleet_said if a["reason"] == "moved"]
