@@ -11,6 +11,7 @@ test_fleet_registry's move test.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -20,15 +21,33 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from conftest import sealink
-from fleet_rig import PREFIX, Rig, _count, _publisher, _rig, _served, _topic, _wait
+from conftest import gateway_toml, run, sealink, until
+from fleet_rig import (
+    _WAIT_S,
+    PREFIX,
+    Rig,
+    _acked,
+    _carry,
+    _count,
+    _files,
+    _fleet,
+    _gateway,
+    _held,
+    _publisher,
+    _rig,
+    _served,
+    _topic,
+    _wait,
+)
 from sealink.crypto.signer import GatewayKey
 from sealink.evidence.keys import history_document, keys_origin, sign_transition
 from sealink.fleet import FleetService, Store, load_config
 from sealink_sim.broker import Mosquitto
 from sealink_sim.fleetrig import SimGateway, SimSeal, write_fleet_config
 from sealink_sim.postgres import PostgresCluster
+from sealink_sim.simdevice import SimChip
 
 _ADOPTED_MS = 1_790_000_000_000
 
@@ -235,6 +254,62 @@ def test_two_instances_storing_a_statement_and_the_records_at_once_find_the_mism
     assert _named(found) == {f"seal-{n}": [1, 2, 3] for n in range(rounds)}
     store.close()
     rig.store.close()
+
+
+def test_an_operator_adopting_on_a_real_gateway_records_the_fleet_holds_is_alarmed(
+    tmp_path: Path, broker: Mosquitto, cluster: PostgresCluster
+) -> None:
+    """seal-m stamps 3 records on gateway A; carried to B without a move, it is ahead of B's
+    ledger, and B's operator runs `sealink devices adopt`: B signs 1..3 as lost and publishes
+    that on the seal's gaps topic. The fleet holds all three from A: it alarms."""
+    seals = {"seal-m": os.urandom(32)}
+    gw_a, gw_b = _files(tmp_path, "gw-a", seals), _files(tmp_path, "gw-b", seals)
+    dsn, config, fleet_key = _fleet(tmp_path, cluster, broker, (gw_a, gw_b))
+    store = Store(dsn, instance="fleet-1")
+    store.import_seal_keys([("seal-m", SimChip.of(seals["seal-m"]).public)], source="test")
+    adopt = ["devices", "adopt", "seal-m", "--operator", "mallory", "--note", "lost"]
+    found = "SELECT count(*) FROM alarms WHERE reason = 'gap_declared_over_held_records'"
+
+    async def body() -> None:
+        service = FleetService(load_config(config), store).start()
+        try:
+            async with (
+                _gateway(gw_a, broker.port, fleet_key, ("seal-m",)) as (_, sims),
+                _gateway(gw_b, broker.port, fleet_key, ()) as (b, _),
+            ):
+                seal = sims["seal-m"]
+                for _ in range(3):
+                    await _acked(seal)
+                held = "SELECT count(*) FROM records WHERE device = 'seal-m'"
+                await asyncio.to_thread(_wait, lambda: _count(dsn, held) == 3, "A's 3 records")
+                await _carry(seal, b)
+                await until(_held(b, "seal-m", "ahead_of_ledger"), _WAIT_S, "B holds it")
+                toml = gateway_toml(gw_b, broker.port)
+                adopted = await asyncio.to_thread(sealink, *adopt, "--config", str(toml))
+                assert adopted.returncode == 0, adopted.stderr
+                # Released, the seal's next record anchors; B's publisher takes the CLI's
+                # outbox row (the statement) with the rows of its next commit.
+                await _acked(seal)
+                await asyncio.to_thread(_wait, lambda: _count(dsn, found) == 1, "the alarm")
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    try:
+        run(body(), timeout=120)
+    finally:
+        store.close()
+    with psycopg.connect(dsn) as conn:
+        alarm = conn.execute(
+            "SELECT device, gateway, detail FROM alarms "
+            "WHERE reason = 'gap_declared_over_held_records'"
+        ).fetchone()
+        kept = conn.execute("SELECT gateway, first, last, operator FROM gap_statements").fetchall()
+    assert alarm is not None
+    device, gateway, detail = alarm
+    assert (device, gateway, detail["counters"], detail["operator"]) == (
+        "seal-m", "gw-b", [[1, 3]], "mallory",
+    )  # fmt: skip
+    assert kept == [("gw-b", 1, 3, "mallory")]
 
 
 def test_fleet_run_takes_gap_statements_from_mqtt_once(
