@@ -5,8 +5,8 @@ JSON API.
 
 A real PostgreSQL (`cluster`) and, where MQTT is the point, a real Mosquitto (`broker`).
 Statements come from sealink_sim.fleetrig.SimGateway, built by the gateway's own
-`gap_payload` and signed with its key; the real gateway's statement of a move is in
-test_fleet_registry's move test.
+`gap_payload` and signed with its key; real gateways make them in the adopt test here
+(`sealink devices adopt`) and in test_fleet_registry's move test (a placement's statement).
 """
 
 from __future__ import annotations
