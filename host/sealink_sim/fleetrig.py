@@ -3,7 +3,9 @@ and bench.
 
 `SimGateway` makes exactly what a gateway publishes on `<prefix>/<device>/events` (SPEC
 §11.1): each simulated seal's EVENTs (sealink_sim.simdevice.make_event: its chip signs, its
-link key MACs), chained by `prev`, countersigned with the gateway's key. Forgeries for tests
+link key MACs), chained by `prev`, countersigned with the gateway's key; and its gap
+statements on `<prefix>/<device>/gaps` (§11.2), built by the gateway's own `gap_payload`
+and signed with the same key. Forgeries for tests
 are made from the same pieces (`countersign`), with another key or other bytes.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sealink.crypto.signer import GatewayKey, countersign_payload
+from sealink.ledger.operator import gap_payload
 
 from sealink_sim.simdevice import SimChip, make_event
 
@@ -48,6 +51,23 @@ class SimGateway:
     def countersign(self, device: str, counter: int, event: bytes, received_ms: int = 0) -> bytes:
         payload = countersign_payload(
             device, counter, event, received_ms or int(time.time() * 1000), self.id
+        )
+        return self.key.sign1(payload)
+
+    def gap_statement(
+        self,
+        device: str,
+        counters: tuple[int, int],
+        operator: str,
+        note: str,
+        head: bytes | None = None,
+        adopted_ms: int = 0,
+    ) -> bytes:
+        """What the gateway publishes on `<prefix>/<device>/gaps` (SPEC §11.2): counters
+        first..last declared lost by `operator`, or, with `head`, placed by the fleet."""
+        first, last = counters
+        payload = gap_payload(
+            device, first, last, adopted_ms or int(time.time() * 1000), operator, note, head
         )
         return self.key.sign1(payload)
 

@@ -1,5 +1,6 @@
 """A consumer's check of the gateway's signed MQTT messages: status and alarms (SPEC §11.4),
-and of the fleet's registry messages (§11.6) and approver messages (§11.7).
+gap statements (§11.2 `gaps`), and of the fleet's registry messages (§11.6) and approver
+messages (§11.7).
 
     body = verify_message(topic, payload, {"gw-1": [public_key_raw]}).body
 
@@ -22,11 +23,14 @@ from typing import Any, TypeGuard
 import cbor2
 from cwt import COSE, COSEKey
 
+from sealink_verify.audit import GapStatement
+
 __all__ = [
     "ApproverMessage",
     "BadSignature",
     "Enrolment",
     "Freshness",
+    "GapMessage",
     "MessageError",
     "NotSigned",
     "RegistryMessage",
@@ -37,6 +41,7 @@ __all__ = [
     "WrongTopic",
     "signing_kid",
     "verify_approver_message",
+    "verify_gap_message",
     "verify_message",
     "verify_registry_message",
 ]
@@ -174,6 +179,63 @@ def verify_message(
     if message.body.get("gateway", gateway) != gateway:
         raise WrongGateway(f"body names gateway {message.body.get('gateway')!r}")
     return message
+
+
+@dataclass(frozen=True)
+class GapMessage:
+    """A verified gap statement: `gateway` (whose key signed it) says that counters
+    first..last of `device` have no record there, declared lost by `statement.operator`
+    (§5.8), or, with `statement.head`, held by the fleet when it moved the seal there (§11.6)."""
+
+    gateway: str
+    kid: bytes
+    device: str
+    statement: GapStatement
+
+
+_GAP_FIELDS = {"adopted_ms", "device", "first", "kind", "last", "note", "operator"}
+
+
+def verify_gap_message(
+    topic: str, payload: bytes, gateway_keys: Mapping[str, Iterable[bytes]]
+) -> GapMessage:
+    """A gap statement from `<prefix>/<device>/gaps` (SPEC §11.2): a COSE_Sign1 of §11.1's
+    form under a key of a gateway in `gateway_keys` (the statement names no gateway: the key
+    does), its payload the gap map about the seal the topic names; a MessageError naming the
+    failed check otherwise."""
+    kid = signing_kid(payload)
+    owner = _keys_by_kid(gateway_keys).get(kid)
+    if owner is None:
+        raise UnknownKey(f"kid {kid.hex()} is not a key of {', '.join(sorted(gateway_keys))}")
+    gateway, raw = owner
+    fields = _signed_fields(payload, kid, raw)
+    head = fields.get("head")
+    well_formed = (
+        set(fields) in (_GAP_FIELDS, _GAP_FIELDS | {"head"})
+        and fields["kind"] == "gap"
+        and isinstance(fields["device"], str)
+        and _uint(fields["first"])
+        and _uint(fields["last"])
+        and 1 <= fields["first"] <= fields["last"] < 2**32  # §4: counters are uint32 from 1
+        and _uint(fields["adopted_ms"])
+        and isinstance(fields["operator"], str)
+        and isinstance(fields["note"], str)
+        and (head is None or (isinstance(head, bytes) and len(head) == 32))
+    )
+    if not well_formed:
+        raise NotSigned("signed payload is not the §11.2 gap statement")
+    levels = topic.split("/")
+    if len(levels) < 3 or levels[-1] != "gaps" or levels[-2] != fields["device"]:
+        raise WrongTopic(f"a gap of seal {fields['device']!r}, delivered on {topic!r}")
+    statement = GapStatement(
+        fields["first"],
+        fields["last"],
+        fields["adopted_ms"],
+        fields["operator"],
+        fields["note"],
+        head,
+    )
+    return GapMessage(gateway, kid, fields["device"], statement)
 
 
 @dataclass(frozen=True)

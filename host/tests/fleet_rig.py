@@ -175,6 +175,30 @@ async def _gateway(
         yield gateway, sims
 
 
+async def _acked(sim: SimDevice) -> None:
+    await sim.stamp(1)
+    await sim.wait_acked(len(sim.journal), _WAIT_S)
+
+
+def _quarantine(gateway: Gateway, device: str) -> str | None:
+    state = gateway.registry.get(device)
+    if state is None:
+        return "(not registered)"
+    return state.quarantine.reason if state.quarantine is not None else None
+
+
+def _held(gateway: Gateway, device: str, reason: str | None) -> Callable[[], bool]:
+    return lambda: _quarantine(gateway, device) == reason
+
+
+async def _carry(seal: SimDevice, to: Gateway) -> None:
+    """The seal carried to gateway `to`: a new link there, its session open."""
+    host, device_end = pipe_pair(f"{seal.device_id}@{to.gateway_id}")
+    to.attach(host)
+    await seal.reconnect(device_end)
+    await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
+
+
 def _fleet(
     tmp_path: Path,
     cluster: PostgresCluster,

@@ -18,7 +18,7 @@ import sqlite3
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,15 @@ from fleet_rig import (
     _WAIT_S,
     PREFIX,
     Alarms,
+    _acked,
+    _carry,
+    _count,
     _files,
     _fleet,
     _gateway,
+    _held,
     _publisher,
+    _quarantine,
     _vector_key,
     _wait,
 )
@@ -83,11 +88,6 @@ from sealproto import auth, messages
 from sealproto.messages import K_TYPE
 
 
-async def _acked(sim: SimDevice) -> None:
-    await sim.stamp(1)
-    await sim.wait_acked(len(sim.journal), _WAIT_S)
-
-
 async def _not_acked(gateway: Gateway, sim: SimDevice) -> None:
     """A stamp the gateway refuses as a quarantined seal's (counted), and never acks."""
     before = gateway.metrics.rejected["quarantined_event"]
@@ -99,17 +99,6 @@ async def _not_acked(gateway: Gateway, sim: SimDevice) -> None:
         "the quarantined seal's stamp refused",
     )
     assert sim.acked == acked
-
-
-def _quarantine(gateway: Gateway, device: str) -> str | None:
-    state = gateway.registry.get(device)
-    if state is None:
-        return "(not registered)"
-    return state.quarantine.reason if state.quarantine is not None else None
-
-
-def _held(gateway: Gateway, device: str, reason: str | None) -> Callable[[], bool]:
-    return lambda: _quarantine(gateway, device) == reason
 
 
 @pytest.fixture
@@ -857,12 +846,6 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     def move(device: str, *args: str) -> subprocess.CompletedProcess[str]:
         return sealink("fleet", "devices", "move", device, *args, "--config", str(config))
 
-    async def carry(seal: SimDevice, to: Gateway) -> None:
-        host, device_end = pipe_pair(f"{seal.device_id}@{to.gateway_id}")
-        to.attach(host)
-        await seal.reconnect(device_end)
-        await asyncio.wait_for(seal.welcomed.wait(), _WAIT_S)
-
     placed_at: dict[str, Any] = {}  # what `fleet devices move` said
 
     async def body() -> None:
@@ -880,7 +863,7 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
                 refused = await asyncio.to_thread(move, "seal-m", "--to", "gw-z", "--reason", "x")
                 assert refused.returncode == 2 and "gw-z: not a gateway" in refused.stderr
                 # Carried to gateway B, whose ledger has nothing of it.
-                await carry(seal, b)
+                await _carry(seal, b)
                 await until(_held(b, "seal-m", "ahead_of_ledger"), _WAIT_S, "B holds it")
                 await _not_acked(b, seal)  # record 4, kept by the seal
                 done = await asyncio.to_thread(move, "seal-m", "--to", "gw-b", "--reason", "moved")
@@ -906,7 +889,7 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
                 await asyncio.to_thread(gw_b.add_device, "seal-n", seals["seal-n"])
                 await until(lambda: (s := b.registry.get("seal-n")) is not None and s.stored == 1,
                             _WAIT_S, "B takes seal-n's placement once registered")  # fmt: skip
-                await carry(other, b)
+                await _carry(other, b)
                 assert _quarantine(b, "seal-n") is None
                 await _acked(other)
                 await holds("seal-m", 5)
@@ -919,6 +902,10 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
                     ),
                     "each gateway's signed alarms of the moves",
                 )
+                # B's statements of the placements, published on the seals' gaps topics.
+                statements = "SELECT count(*) FROM gap_statements WHERE gateway = 'gw-b'"
+                await asyncio.to_thread(_wait, lambda: _count(dsn, statements) == 2,
+                                        "the fleet keeps B's gap statements")  # fmt: skip
         finally:
             await asyncio.to_thread(service.stop)
 
@@ -944,6 +931,15 @@ def test_a_seal_moved_to_another_gateway_keeps_its_chain_and_the_old_one_holds_i
     (audit,) = verify_export(exported, gw_b.key.public_pem(), seal_keys)
     assert audit.problems == [] and [g.head for g in audit.gaps] == [gap.head]
     assert gap.head is not None and gap.head.hex() == placed_at["record_sha256"]
+    # The fleet checked B's statement of the move against the record 3 it holds: it matches.
+    with psycopg.connect(dsn) as conn:
+        kept = conn.execute(
+            "SELECT device, first, last, operator, head, cose FROM gap_statements ORDER BY device"
+        ).fetchall()
+        checked = conn.execute("SELECT reason FROM alarms WHERE reason LIKE 'gap%'").fetchall()
+    assert kept[0] == ("seal-m", 1, 3, "fleet", gap.head, gap.cose)
+    assert [row[:4] for row in kept[1:]] == [("seal-n", 1, 1, "fleet")]
+    assert checked == []
     shown = sealink("fleet", "alarms", "--device", "seal-m", "--json", "--config", str(config))
     fleet_said = [json.loads(line) for line in shown.stdout.splitlines()]
     (moved,) = [a for a in fleet_said if a["reason"] == "moved"]

@@ -5,7 +5,9 @@ sealink fleet run --config fleet.toml            ingest every gateway's records 
 sealink fleet devices import FILE --config ...   seals' public keys, from `sealink devices list`
                                                  or provisioning files (JSON lines)
 sealink fleet records --device D [--since MS] [--until MS] [--json]
-sealink fleet gaps [--device D] [--json]         counters missing per seal, across gateways
+sealink fleet gaps [--device D] [--json]         counters missing per seal, across gateways,
+                                                 and the gateways' signed statements that
+                                                 declare each missing (or "undeclared")
 sealink fleet forks [--json]                     second records for a held (device, counter)
 sealink fleet alarms [--device D] [--json]       what the fleet raised and gateways signed
 sealink fleet checkpoints [--gateway G] [--json] each gateway's checkpoints and whether each
@@ -258,6 +260,20 @@ def _query(args: argparse.Namespace, sql: str, params: tuple[Any, ...]) -> list[
         raise FleetError(f"query: {exc} (was `sealink fleet migrate` run?)") from None
 
 
+def _with_query(args: argparse.Namespace, use: Callable[..., Any]) -> Any:
+    """`use(sealink.fleet._query, conn)` on a connection of the config's database."""
+    import psycopg
+
+    from sealink.fleet import _query
+
+    _config, store = open_fleet(args)
+    try:
+        with store, store.pool.connection() as conn:
+            return use(_query, conn)
+    except psycopg.Error as exc:
+        raise FleetError(f"query: {exc} (was `sealink fleet migrate` run?)") from None
+
+
 def cmd_records(args: argparse.Namespace) -> int:
     rows = _query(
         args,
@@ -279,17 +295,17 @@ def cmd_records(args: argparse.Namespace) -> int:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    rows = _query(
-        args,
-        "SELECT device, first, last FROM gaps WHERE %s::text IS NULL OR device = %s "
-        "ORDER BY device, first",
-        (args.device, args.device),
-    )
-    for device, first, last in rows:
+    for gap in _with_query(args, lambda q, conn: q.gap_coverage(conn, args.device)):
         if args.json:
-            print_json({"device": device, "first": first, "last": last})
-        else:
-            print(f"{device}: {first}..{last} missing")
+            print_json(gap)
+            continue
+        declared = [
+            f"declared by {s['gateway']} (operator {s['operator']!r}, "
+            f"{iso_ms(s['adopted_ms'])}: {s['note']!r})"
+            for s in gap["declared_by"]
+        ]
+        print(f"{gap['device']}: {gap['first']}..{gap['last']} missing, "
+              f"{'; '.join(declared) or 'undeclared'}")  # fmt: skip
     return 0
 
 
@@ -396,29 +412,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokens(args: argparse.Namespace, use: Callable[..., Any]) -> Any:
-    from sealink.fleet import _query
-
-    _config, store = open_fleet(args)
-    with store, store.pool.connection() as conn:
-        return use(_query, conn)
-
-
 def cmd_tokens_add(args: argparse.Namespace) -> int:
-    token = _tokens(args, lambda q, conn: q.add_token(conn, args.name))
+    token = _with_query(args, lambda q, conn: q.add_token(conn, args.name))
     print_json({"name": args.name, "token": token})
     print("the token is shown only this once: keep it now", file=sys.stderr)
     return 0
 
 
 def cmd_tokens_list(args: argparse.Namespace) -> int:
-    for row in _tokens(args, lambda q, conn: q.list_tokens(conn)):
+    for row in _with_query(args, lambda q, conn: q.list_tokens(conn)):
         print_json(row)
     return 0
 
 
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
-    _tokens(args, lambda q, conn: q.revoke_token(conn, args.name))
+    _with_query(args, lambda q, conn: q.revoke_token(conn, args.name))
     print_json({"revoked": args.name})
     return 0
 
@@ -474,7 +482,9 @@ def register(sub: Any) -> None:
     p.add_argument("--since", type=int, metavar="MS", help="received at or after (Unix ms)")
     p.add_argument("--until", type=int, metavar="MS", help="received before (Unix ms)")
     p.add_argument("--json", action="store_true", help="JSON Lines")
-    p = add_command(fl, "gaps", cmd_gaps, "counters missing per seal, across gateways")
+    p = add_command(
+        fl, "gaps", cmd_gaps, "counters missing per seal, and the gap statements covering them"
+    )
     with_fleet_config(p)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="JSON Lines")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
 import secrets
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "alarms_page",
     "decode_cursor",
     "device_summary",
+    "gap_coverage",
     "list_tokens",
     "permits_page",
     "record_cursor_shape",
@@ -207,12 +209,67 @@ def device_summary(conn: Conn, device: str) -> dict[str, Any] | None:
              "first_counter", "last_counter", "records", "forks")  # fmt: skip
     summary = dict(zip(names, row, strict=True))
     summary["gaps"] = [
-        {"first": first, "last": last}
-        for first, last in conn.execute(
-            "SELECT first, last FROM gaps WHERE device = %s ORDER BY first", (device,)
-        )
+        {k: v for k, v in gap.items() if k != "device"} for gap in gap_coverage(conn, device)
     ]
     return summary
+
+
+def gap_coverage(conn: Conn, device: str | None) -> list[dict[str, Any]]:
+    """Counters missing per seal, across gateways (the `gaps` view, and those a gateway's
+    statement declares past the last record held), each run cut where a statement starts or
+    ends: every piece is covered whole by the statements in its `declared_by` (the gateway
+    that signed, operator, note, adopted_ms, head), or by none (`declared` false)."""
+    missing: dict[str, list[tuple[int, int]]] = {}
+    for name, first, last in conn.execute(
+        "SELECT device, first, last FROM gaps WHERE %s::text IS NULL OR device = %s "
+        "ORDER BY device, first",
+        (device, device),
+    ):
+        missing.setdefault(name, []).append((first, last))
+    statements: dict[str, list[dict[str, Any]]] = {}
+    for name, *row in conn.execute(
+        "SELECT g.device, g.first, g.last, g.gateway, g.operator, g.note, g.adopted_ms, "
+        "encode(g.head, 'hex'), encode(g.cose_sha256, 'hex'), "
+        "(SELECT max(counter) FROM records r WHERE r.device = g.device) "
+        "FROM gap_statements g WHERE %s::text IS NULL OR g.device = %s ORDER BY g.device, g.id",
+        (device, device),
+    ):
+        *fields, top = row
+        keys = ("first", "last", "gateway", "operator", "note", "adopted_ms", "head",
+                "statement_sha256")  # fmt: skip
+        statements.setdefault(name, []).append(dict(zip(keys, fields, strict=True)))
+        held = top or 0
+        if fields[1] > held:  # declared past the last record held: missing up to its last
+            runs = missing.setdefault(name, [])
+            if runs and runs[-1][0] == held + 1:
+                runs[-1] = (held + 1, max(runs[-1][1], fields[1]))
+            else:
+                runs.append((held + 1, fields[1]))
+    return [
+        piece
+        for name in sorted(missing)
+        for first, last in sorted(missing[name])
+        for piece in _pieces(name, first, last, statements.get(name, []))
+    ]
+
+
+def _pieces(
+    device: str, first: int, last: int, statements: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Missing run first..last, cut at every statement boundary inside it."""
+    cuts = {first, last + 1}
+    for s in statements:
+        cuts.update(c for c in (s["first"], s["last"] + 1) if first < c <= last)
+    pieces = []
+    for start, end in itertools.pairwise(sorted(cuts)):
+        covering = [
+            {k: v for k, v in s.items() if k not in ("first", "last")}
+            for s in statements
+            if s["first"] <= start and end - 1 <= s["last"]
+        ]
+        pieces.append({"device": device, "first": start, "last": end - 1,
+                       "declared": bool(covering), "declared_by": covering})  # fmt: skip
+    return pieces
 
 
 def set_org(conn: Conn, devices: list[str], org: str) -> int:

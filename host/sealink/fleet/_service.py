@@ -49,7 +49,7 @@ from paho.mqtt.properties import Properties
 from sealink_verify import tlog
 from sealink_verify.audit import seal_public_key
 from sealink_verify.keyhistory import KeyHistory, KeyHistoryError, from_document
-from sealink_verify.mqtt import MessageError, WrongGateway, verify_message
+from sealink_verify.mqtt import MessageError, WrongGateway, verify_gap_message, verify_message
 from sealink_verify.record import RecordError, RecordVerifier
 from sealink_verify.tlog import NoteError
 
@@ -167,6 +167,7 @@ class FleetService:
             [
                 (f"{share}/+/events", 1),
                 (f"{share}/+/alarms", 1),
+                (f"{share}/+/gaps", 1),  # gap statements (SPEC §11.2, §11.6)
                 (f"{share}/gateway/+/alarms", 1),
                 (f"{share}/cmd/+/result/#", 1),  # a permit's document (SPEC §11.5)
                 (f"{self.config.prefix}/gateway/+/checkpoint", 1),
@@ -362,7 +363,7 @@ class FleetService:
                 log.error("fleet: a batch was refused (%s): storing it a message at a time", exc)
                 self._commit_singly(batch)
                 return
-            if outcome.forks or outcome.chain_breaks or outcome.rejected:
+            if outcome.forks or outcome.chain_breaks or outcome.rejected or outcome.gap_mismatches:
                 log.error("fleet: alarms raised: %s", outcome)
             return
 
@@ -380,6 +381,7 @@ class FleetService:
         rest = Batch(
             rejections=batch.rejections, alarms=batch.alarms, checkpoints=batch.checkpoints,
             permits=batch.permits, key_histories=batch.key_histories, resolved=batch.resolved,
+            gap_statements=batch.gap_statements,
         )  # fmt: skip
         try:
             self._commit_or_raise(rest)
@@ -397,7 +399,8 @@ class FleetService:
                 log.error("fleet: database write failed: %s", exc)
 
     def classify(self, topic: str, payload: bytes, batch: Batch) -> None:
-        """Verify one message into the batch: a record, an alarm, a checkpoint, or a rejection."""
+        """Verify one message into the batch: a record, an alarm, a gap statement, a
+        checkpoint, or a rejection."""
         levels = topic.split("/")
         kind = levels[-1]
         device = levels[-2] if len(levels) >= 2 else ""
@@ -409,6 +412,9 @@ class FleetService:
                 batch.records.append((self.verifier.open(device, payload), payload))
             elif kind == "alarms":
                 batch.alarms.append(self._alarm(topic, payload, levels))
+            elif kind == "gaps":
+                gap = verify_gap_message(topic, payload, self.gateway_keys)
+                batch.gap_statements.append((gap, payload))
             elif kind == "checkpoint":
                 batch.checkpoints.append(self._checkpoint(device, payload))
             elif kind == "keys" and payload:
@@ -456,7 +462,8 @@ class FleetService:
 
     def _key_history(self, gateway: str, payload: bytes, batch: Batch) -> None:
         """Learn a gateway's later keys from its retained key history, walked from the pinned
-        key (SPEC §14.7); then take again the records refused for a key nobody had."""
+        key (SPEC §14.7); then take again the records and gap statements refused for a key
+        nobody had."""
         if gateway not in self.gateway_keys:
             raise KeyHistoryError(f"gateway {gateway!r} has no pinned key")
         history = from_document(self.gateway_keys[gateway][0], payload, gateway)
@@ -473,8 +480,9 @@ class FleetService:
         for rejection_id, topic, held in self.store.unknown_key_rejections():
             retried = Batch()
             self.classify(topic, held, retried)
-            if retried.records:
+            if retried.records or retried.gap_statements:
                 batch.records.extend(retried.records)
+                batch.gap_statements.extend(retried.gap_statements)
                 batch.resolved.append(rejection_id)
 
     def _checkpoint(self, gateway: str, payload: bytes) -> SignedCheckpoint:

@@ -7,6 +7,10 @@ kept in `forks` and alarmed. The chain is judged in the same transaction, both w
 record against counter - 1, counter + 1 against the new record), under a per-device advisory
 lock taken in device order: two instances storing neighbouring counters of one seal take turns,
 so each sees the other's committed row and no link of the chain is left unjudged.
+
+A gateway's gap statement (SPEC §11.6 "Gap statements at the fleet") is judged the same way,
+under the same lock: a new statement against the records held, and each record newly stored
+against the statements held, so whichever arrives second finds the mismatch, once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import cbor2
 import psycopg
 from psycopg_pool import ConnectionPool
 from sealink_verify.audit import seal_public_key, seal_signature_ok
+from sealink_verify.mqtt import GapMessage
 from sealink_verify.record import CountersignedRecord
 
 from sealink.errors import FleetError
@@ -95,9 +100,12 @@ class Batch:
     key_histories: dict[str, list[bytes]] = field(default_factory=dict)
     # rejections (by id) whose record verified once its gateway's new key was learned
     resolved: list[int] = field(default_factory=list)
+    # verified gap statements (SPEC §11.2 `gaps`) and their COSE bytes
+    gap_statements: list[tuple[GapMessage, bytes]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        parts = (self.records, self.rejections, self.alarms, self.checkpoints, self.permits)
+        parts = (self.records, self.rejections, self.alarms, self.checkpoints, self.permits,
+                 self.gap_statements)  # fmt: skip
         return sum(len(p) for p in parts) + len(self.key_histories)
 
 
@@ -108,6 +116,8 @@ class StoreOutcome:
     forks: int = 0
     chain_breaks: int = 0
     rejected: int = 0
+    gap_statements: int = 0  # new ones; a redelivered statement is not counted again
+    gap_mismatches: int = 0  # gap_head_mismatch and gap_declared_over_held_records raised
 
 
 def _now_ms() -> int:
@@ -141,12 +151,18 @@ class Store:
         """Store a batch in one transaction; returns what it did once committed."""
         outcome = StoreOutcome()
         with self.pool.connection() as conn, conn.transaction():
-            devices = sorted({r.device for r, _ in batch.records})
+            devices = sorted(
+                {r.device for r, _ in batch.records} | {g.device for g, _ in batch.gap_statements}
+            )
             for device in devices:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device,))
             if batch.records:
                 _stage(conn, batch.records, self.instance)
-                _records(conn, outcome)
+                # Before this batch's statements are stored: each of those is judged against
+                # every record once stored, these records included.
+                _judge_new_records(conn, _records(conn, outcome), outcome)
+            for message, cose in batch.gap_statements:
+                _gap_statement(conn, message, cose, self.instance, outcome)
             for rejection in batch.rejections:
                 _reject(conn, rejection, outcome)
             for alarm in batch.alarms:
@@ -162,11 +178,12 @@ class Store:
         return outcome
 
     def unknown_key_rejections(self) -> list[tuple[int, str, bytes]]:
-        """(id, topic, payload) of records refused for a key no gateway had, oldest first."""
+        """(id, topic, payload) of records and gap statements refused for a key no gateway
+        had, oldest first."""
         with self.pool.connection() as conn:
             rows = conn.execute(
                 "SELECT id, topic, payload FROM rejections WHERE reason = 'unknown_key' "
-                "ORDER BY id LIMIT 100000"
+                "OR (reason = 'UnknownKey' AND topic LIKE '%/gaps') ORDER BY id LIMIT 100000"
             ).fetchall()
         return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
@@ -242,13 +259,18 @@ def _stage(
             )  # fmt: skip
 
 
-def _records(conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome) -> None:
+def _records(
+    conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome
+) -> list[tuple[str, int]]:
+    """Move the staged records into `records`; returns the (device, counter) stored now."""
     staged = conn.execute("SELECT count(*) FROM staging").fetchone()
-    inserted = conn.execute(
+    keys = conn.execute(
         f"INSERT INTO records ({_STAGE_COLUMNS}) "
         f"SELECT DISTINCT ON (device, counter) {_STAGE_COLUMNS} FROM staging "
-        "ORDER BY device, counter, received_ms ON CONFLICT (device, counter) DO NOTHING"
-    ).rowcount
+        "ORDER BY device, counter, received_ms ON CONFLICT (device, counter) DO NOTHING "
+        "RETURNING device, counter"
+    ).fetchall()
+    inserted = len(keys)
     outcome.stored += inserted
     conn.execute(
         "INSERT INTO devices (id, first_seen_ms) SELECT device, min(stored_ms) FROM staging "
@@ -267,6 +289,115 @@ def _records(conn: psycopg.Connection[tuple[Any, ...]], outcome: StoreOutcome) -
         _alarm(conn, "fork", device, gateway, {"counter": counter, "record_sha256": digest},
                f"fork:{device}:{counter}:{digest}")  # fmt: skip
     _judge_chain(conn, outcome)
+    return [(str(device), int(counter)) for device, counter in keys]
+
+
+# What _gap_findings reads of a statement, then the record it is judged with.
+_FINDING_COLUMNS = (
+    "g.device, g.gateway, g.first, g.last, g.operator, g.note, g.head, g.cose_sha256, "
+    "r.counter, r.record_hash"
+)
+# A move's statement covers records the fleet holds (it placed the seal on them): only record
+# `last`, the head, is compared. Any held record under an operator's statement is a finding.
+_JUDGED = "(g.head IS NULL OR r.counter = g.last)"
+
+
+def _gap_statement(
+    conn: psycopg.Connection[tuple[Any, ...]],
+    message: GapMessage,
+    cose: bytes,
+    instance: str,
+    outcome: StoreOutcome,
+) -> None:
+    """Keep a verified statement once; a new one is judged against the records held."""
+    s = message.statement
+    row = conn.execute(
+        "INSERT INTO gap_statements (device, gateway, first, last, adopted_ms, operator, note, "
+        "head, cose, cose_sha256, stored_ms, stored_by) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (cose_sha256) DO NOTHING RETURNING id",
+        (message.device, message.gateway, s.first, s.last, s.adopted_ms, s.operator, s.note,
+         s.head, cose, hashlib.sha256(cose).digest(), _now_ms(), instance),
+    ).fetchone()  # fmt: skip
+    if row is None:
+        return  # delivered again: judged when it was first stored
+    outcome.gap_statements += 1
+    found = conn.execute(
+        f"SELECT {_FINDING_COLUMNS} FROM gap_statements g JOIN records r "
+        f"ON r.device = g.device AND r.counter BETWEEN g.first AND g.last AND {_JUDGED} "
+        "WHERE g.id = %s ORDER BY r.counter",
+        (row[0],),
+    ).fetchall()
+    _gap_findings(conn, found, outcome)
+
+
+def _judge_new_records(
+    conn: psycopg.Connection[tuple[Any, ...]], keys: list[tuple[str, int]], outcome: StoreOutcome
+) -> None:
+    """Each record stored now against the statements held that cover its counter."""
+    devices = list({device for device, _ in keys})
+    # Most seals have no statement: asked first, the join runs only for those that have one
+    # (run for every batch, it cost a fifth of the batch's write).
+    stated = {
+        str(r[0])
+        for r in conn.execute(
+            "SELECT DISTINCT device FROM gap_statements WHERE device = ANY(%s)", (devices,)
+        )
+    }
+    keys = [(device, counter) for device, counter in keys if device in stated]
+    if not keys:
+        return
+    found = conn.execute(
+        f"SELECT {_FINDING_COLUMNS} FROM unnest(%s::text[], %s::bigint[]) AS k(device, counter) "
+        "JOIN records r USING (device, counter) JOIN gap_statements g "
+        f"ON g.device = r.device AND r.counter BETWEEN g.first AND g.last AND {_JUDGED} "
+        "ORDER BY g.id, r.counter",
+        ([d for d, _ in keys], [c for _, c in keys]),
+    ).fetchall()
+    _gap_findings(conn, found, outcome)
+
+
+def _gap_findings(
+    conn: psycopg.Connection[tuple[Any, ...]],
+    found: list[tuple[Any, ...]],
+    outcome: StoreOutcome,
+) -> None:
+    """Alarms for (statement, held record) pairs, ordered by statement then counter: a head
+    that is not the held record's hash, and records held under a statement that says lost."""
+    over: dict[bytes, tuple[tuple[Any, ...], list[int]]] = {}
+    for *statement, counter, record_hash in found:
+        device, gateway, first, last, operator, note, head, digest = statement
+        if head is None:
+            over.setdefault(bytes(digest), (tuple(statement), []))[1].append(int(counter))
+        elif bytes(head) != bytes(record_hash):
+            outcome.gap_mismatches += 1
+            sha = bytes(digest).hex()
+            detail = {"counter": counter, "held_sha256": bytes(record_hash).hex(),
+                      "stated_sha256": bytes(head).hex(), "first": first, "operator": operator,
+                      "statement_sha256": sha}  # fmt: skip
+            # One per statement: its record `last` is held once.
+            _alarm(conn, "gap_head_mismatch", device, gateway, detail,
+                   f"gap_head_mismatch:{device}:{sha}")  # fmt: skip
+    for (device, gateway, first, last, operator, note, _, digest), counters in over.values():
+        # Each record is stored once, so each is found once: by its statement's arrival or its
+        # own. The first counter found tells one finding from another of the same statement.
+        outcome.gap_mismatches += 1
+        sha = bytes(digest).hex()
+        detail = {"first": first, "last": last, "operator": operator, "note": note,
+                  "counters": _spans(counters), "statement_sha256": sha}  # fmt: skip
+        reason = "gap_declared_over_held_records"
+        _alarm(conn, reason, device, gateway, detail, f"{reason}:{device}:{sha}:{counters[0]}")
+
+
+def _spans(counters: list[int]) -> list[list[int]]:
+    """Sorted counters as [first, last] runs: [1, 2, 3, 7] -> [[1, 3], [7, 7]]."""
+    spans: list[list[int]] = []
+    for counter in counters:
+        if spans and spans[-1][1] + 1 == counter:
+            spans[-1][1] = counter
+        else:
+            spans.append([counter, counter])
+    return spans
 
 
 def _check_held(conn: psycopg.Connection[tuple[Any, ...]], device: str, key: bytes) -> None:
