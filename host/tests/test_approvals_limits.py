@@ -91,7 +91,8 @@ def _results(tap: Tap, key: bytes) -> dict[str, dict[str, Any]]:
 
 
 def _ledger_state(files: GatewayFiles) -> tuple[list[ApprovalRow], list[dict[str, Any]]]:
-    """(every approval_requests row, every gateway alarm's verified body) of the ledger."""
+    """(every approval_requests row, the verified body of every approval alarm) of the ledger.
+    Only the approval alarms: the gateway's others (say, its MQTT link's) are not counted."""
     ledger = files.ledger()
     try:
         rows = ledger.approval_requests()
@@ -101,11 +102,11 @@ def _ledger_state(files: GatewayFiles) -> tuple[list[ApprovalRow], list[dict[str
         ]
     finally:
         ledger.close()
-    return rows, alarms
+    return rows, [a for a in alarms if str(a["reason"]).startswith("approval_")]
 
 
-def _frozen(config: Config, **limits: int) -> Config:
-    return dataclasses.replace(config, approvals=ApprovalsConfig(**limits))
+def _with_limits(config: Config, **limits: int) -> Config:
+    return dataclasses.replace(config, approvals=dataclasses.replace(config.approvals, **limits))
 
 
 def _forgeries(rng: random.Random) -> list[tuple[str, bytes, str | None]]:
@@ -125,7 +126,9 @@ def _forgeries(rng: random.Random) -> list[tuple[str, bytes, str | None]]:
     return sends
 
 
-def _individually_handled(sends: list[tuple[str, bytes, str | None]], limits: Any) -> set[str]:
+def _individually_handled(
+    sends: list[tuple[str, bytes, str | None]], limits: ApprovalsConfig
+) -> set[str]:
     """Which refusals get tokens with the clock frozen (no refill): the oracle."""
     total = limits.refusals_per_min
     per_name: Counter[str | None] = Counter()
@@ -153,6 +156,7 @@ def test_a_flood_of_forged_requests_is_summarised_and_a_valid_permit_in_it_is_se
     gw_key = files.key.public_raw()
     forged = _forgeries(rng)
     handled = _individually_handled(forged, limits)
+    named = {c for c, _, n in forged if c in handled and n is not None}  # these get results
     valid = build_request(approvers.erp, "erp", REQUEST_TOPIC, _body("valid"))
     # Requests are handled one at a time in arrival order: once the result of `end` (valid
     # too) is in, every request of the flood has been handled.
@@ -174,6 +178,8 @@ def test_a_flood_of_forged_requests_is_summarised_and_a_valid_permit_in_it_is_se
             clock[0] += REFUSAL_SUMMARY_MS
             await asyncio.to_thread(_send, tap, [("closer", closer)])
             await until(lambda: "closer" in _results(tap, gw_key), 120, "the closer's result")
+            # Results go to many topics: each one's order is kept, not their order among them.
+            await until(lambda: len(_results(tap, gw_key)) >= len(named) + 3, 120, "all results")
 
     run(body(), timeout=300)
     results = _results(tap, gw_key)
@@ -187,7 +193,6 @@ def test_a_flood_of_forged_requests_is_summarised_and_a_valid_permit_in_it_is_se
         max(Counter(r.approver for r in refused).values()) <= limits.refusals_per_approver_per_min
     )
     # Results were signed for the refusals handled one by one, only (none to no name).
-    named = {c for c, _, n in forged if c in handled and n is not None}
     assert {c for c in results if c.startswith("f")} == named
     (summary_row,) = [r for r in rows if r.outcome == "suppressed"]
     summary = summary_row.body
@@ -208,7 +213,7 @@ def test_a_flood_of_forged_requests_is_summarised_and_a_valid_permit_in_it_is_se
 def test_refusals_a_registered_key_signed_are_all_recorded_and_answered_beyond_the_limits(
     files: GatewayFiles, approvers: Approvers, conf: Path, broker: Mosquitto, tap_factory: Any
 ) -> None:
-    config = _frozen(load_config(conf), refusals_per_approver_per_min=3, refusals_per_min=5)
+    config = _with_limits(load_config(conf), refusals_per_approver_per_min=3, refusals_per_min=5)
     tap = tap_factory(broker.port, [RESULTS])
     gw_key = files.key.public_raw()
     # viewer may only fetch bundles: each permit it asks for is `not_allowed`, each a new seq.
@@ -220,18 +225,21 @@ def test_refusals_a_registered_key_signed_are_all_recorded_and_answered_beyond_t
     forged = [
         (f"n{i}", build_request(nobody, "nobody", REQUEST_TOPIC, _body(f"n{i}"))) for i in range(4)
     ]
+    end = [("end", build_request(approvers.erp, "erp", REQUEST_TOPIC, _body("end")))]
     clock = [T0_MS]
 
     async def body() -> None:
         async with running(config) as gateway:
             gateway.approvals.clock = lambda: clock[0]
             await gateway.approvals.ready(TIMEOUT_S)
-            await asyncio.to_thread(_send, tap, accountable + forged)
-            await until(lambda: len(_results(tap, gw_key)) == 8, TIMEOUT_S, "8 results")
+            await asyncio.to_thread(_send, tap, accountable + forged + end)
+            await until(lambda: "end" in _results(tap, gw_key), TIMEOUT_S, "all handled")
+            await until(lambda: len(_results(tap, gw_key)) >= 9, TIMEOUT_S, "all results")
         # The gateway stopped with the summary still open: it was recorded and alarmed then.
 
     run(body())
     results = _results(tap, gw_key)
+    assert results.pop("end")["state"] == "queued"
     assert {c: (r["state"], r["reason"]) for c, r in results.items()} == {
         **{c: ("refused", "not_allowed") for c, _ in accountable},
         **{c: ("refused", "unknown_approver") for c, _ in forged[:2]},  # the total's last two
@@ -248,3 +256,41 @@ def test_refusals_a_registered_key_signed_are_all_recorded_and_answered_beyond_t
     individual = [a for a in alarms if a["reason"] == "approval_refused"]
     assert sorted(a["request"] for a in individual) == ["n0", "n1", "v0", "v1", "v2"]
     assert [a["count"] for a in alarms if a["reason"] == "approval_refusals_suppressed"] == [5]
+
+
+def test_copies_of_a_signed_request_are_replays_and_limited_like_forgeries(
+    files: GatewayFiles, approvers: Approvers, conf: Path, broker: Mosquitto, tap_factory: Any
+) -> None:
+    """A captured request is validly signed, and anybody on the broker can send it again: its
+    copies are `replay`s, recorded only within the limits."""
+    config = _with_limits(load_config(conf), refusals_per_approver_per_min=3, refusals_per_min=10)
+    tap = tap_factory(broker.port, [RESULTS])
+    gw_key = files.key.public_raw()
+    captured = build_request(approvers.erp, "erp", REQUEST_TOPIC, _body("captured"))
+    copies = [(f"c{i}", captured) for i in range(8)]  # c0 is the original
+    end = [("end", build_request(approvers.erp, "erp", REQUEST_TOPIC, _body("end")))]
+
+    async def body() -> None:
+        async with running(config) as gateway:
+            gateway.approvals.clock = lambda: T0_MS
+            await gateway.approvals.ready(TIMEOUT_S)
+            await asyncio.to_thread(_send, tap, copies + end)
+            await until(lambda: "end" in _results(tap, gw_key), TIMEOUT_S, "all handled")
+            await until(lambda: len(_results(tap, gw_key)) >= 5, TIMEOUT_S, "all results")
+
+    run(body())
+    results = _results(tap, gw_key)
+    assert {c: (r["state"], r.get("reason")) for c, r in results.items()} == {
+        "c0": ("queued", None),
+        **{f"c{i}": ("refused", "replay") for i in (1, 2, 3)},
+        "end": ("queued", None),
+    }
+    rows, alarms = _ledger_state(files)
+    assert Counter(r.outcome for r in rows) == {"accepted": 2, "refused": 3, "suppressed": 1}
+    (summary_row,) = [r for r in rows if r.outcome == "suppressed"]
+    assert summary_row.body["by_reason"] == {"replay": 4} and summary_row.body["recorded"] == 0
+    assert summary_row.body["names"] == {"erp": 4}
+    assert Counter((a["reason"], a.get("count")) for a in alarms) == {
+        ("approval_refused", None): 3,
+        ("approval_refusals_suppressed", 4): 1,
+    }
