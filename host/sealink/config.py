@@ -162,6 +162,12 @@ class ApprovalsConfig:
     # A request whose time_ms is further than this from the gateway's clock is refused as
     # stale (SPEC §11.5): with seq, it bounds how long a captured request stays usable.
     max_skew_s: int = 300
+    # Refusals handled one by one (a ledger row, a signed result, an alarm) per claimed
+    # approver name and in all, a minute's worth at once (SPEC §11.5); beyond them a refusal
+    # is counted into one summary a minute. 30 a name records every retry of an approval
+    # system with a wrong key or clock (one each 2 s); 120 in all, four of those at once.
+    refusals_per_approver_per_min: int = 30
+    refusals_per_min: int = 120
 
 
 @dataclass(frozen=True)
@@ -441,6 +447,9 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
     },
     "approvals": {
         "max_skew_s": (_int_range(1, 86_400), False),
+        # At most one a millisecond: a bucket refills in whole milliseconds.
+        "refusals_per_approver_per_min": (_int_range(1, 60_000), False),
+        "refusals_per_min": (_int_range(1, 60_000), False),
     },
     "fleet": {
         "public_key": (_fleet_key, False),
@@ -660,6 +669,22 @@ def check_server_tls(cert_file: Path, key_file: Path, section: str, what: str) -
         ) from None
 
 
+def _approvals(table: Any) -> ApprovalsConfig:
+    fields = _section("approvals", table, "approvals")
+    approvals = ApprovalsConfig(**fields)
+    if approvals.refusals_per_approver_per_min > approvals.refusals_per_min:
+        # The key the user set is the one to change (the other may be its default).
+        key = "refusals_per_approver_per_min"
+        if key not in fields:
+            key = "refusals_per_min"
+        raise ConfigError(
+            f"approvals.{key}",
+            f"refusals_per_approver_per_min ({approvals.refusals_per_approver_per_min}) must "
+            f"not be above refusals_per_min ({approvals.refusals_per_min})",
+        )
+    return approvals
+
+
 def _witnesses(raw: Any) -> tuple[WitnessKey, ...]:
     if not isinstance(raw, list):
         raise ConfigError("witnesses", "must be an array of tables ([[witnesses]])")
@@ -694,7 +719,7 @@ def parse_config(
     ledger = _section("ledger", data.get("ledger", {}), "ledger")
     log = _section("log", data.get("log", {}), "log")
     metrics = _section("metrics", data.get("metrics", {}), "metrics")
-    approvals = _section("approvals", data.get("approvals", {}), "approvals")
+    approvals = _approvals(data.get("approvals", {}))
     fleet = _section("fleet", data.get("fleet", {}), "fleet")
     ports_raw = data.get("ports", [])
     if not isinstance(ports_raw, list):
@@ -737,7 +762,7 @@ def parse_config(
         ports=ports,
         log=LogConfig(**log),
         metrics=MetricsConfig(**metrics),
-        approvals=ApprovalsConfig(**approvals),
+        approvals=approvals,
         fleet=FleetLinkConfig(**fleet),
     )
 

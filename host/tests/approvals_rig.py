@@ -1,6 +1,6 @@
-"""Shared by the approval tests (SPEC §11.5): the test seal attached to a running gateway and
-a permit's window. The names are those they had in test_approvals, kept so that moving them
-here changed no test."""
+"""Shared by the approval tests (SPEC §11.5): the test seal attached to a running gateway,
+a permit's window and a permit request's body. The names are those they had in
+test_approvals, kept so that moving them here changed no test."""
 
 from __future__ import annotations
 
@@ -31,3 +31,15 @@ async def _seal(gateway: Gateway, files: GatewayFiles) -> AsyncIterator[SimDevic
 def _window(count: int = 2, **fields: Any) -> dict[str, Any]:
     now = int(time.time())
     return {"count": count, "not_before_s": now - 60, "not_after_s": now + 3600, **fields}
+
+
+def _body(request: str, **fields: Any) -> dict[str, Any]:
+    """A request body: a permit of one impression for the test seal."""
+    return {
+        "request": request,
+        "action": "permit",
+        "device": DEVICE,
+        "requested_by": "A. Approver",
+        **_window(1),
+        **fields,
+    }

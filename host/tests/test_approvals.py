@@ -14,7 +14,7 @@ from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from approvals_rig import TIMEOUT_S, _seal, _window
+from approvals_rig import TIMEOUT_S, _body, _seal, _window
 from conftest import DEVICE, GW, PREFIX, Approvers, GatewayFiles, run, running, sealink, until
 from sealink.approvals import ACTIONS, ApprovalClient, ApproverKey, build_request, verify_result
 from sealink.config import Config, load_config
@@ -95,17 +95,6 @@ def test_a_permit_requested_while_the_seal_is_away_is_delivered_used_and_waited_
 
 
 # every refusal the gateway MUST make -----------------------------------------------------------
-
-
-def _body(request: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "request": request,
-        "action": "permit",
-        "device": DEVICE,
-        "requested_by": "A. Approver",
-        **_window(1),
-        **fields,
-    }
 
 
 def _refusal_cases(approvers: Approvers, old: ApproverKey) -> list[tuple[str, bytes, str, str]]:

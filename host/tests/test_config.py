@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sealink.config import load_config, require_together
+from sealink.config import ApprovalsConfig, load_config, require_together
 from sealink.crypto.keystore import LinkKeyStore
 from sealink.crypto.signer import GatewayKey
 from sealink.errors import ConfigError
@@ -87,6 +87,26 @@ def test_a_good_config_loads_with_paths_relative_to_the_file(conf_dir: Path) -> 
             "ports[0].transport",
             "does not match url",
         ),
+        (
+            ("[log]", "[approvals]\nrefusals_per_min = 0\n$&"),
+            "approvals.refusals_per_min",
+            "between 1 and 60000",
+        ),
+        (
+            ("[log]", "[approvals]\nrefusals_per_approver_per_min = '9'\n$&"),
+            "approvals.refusals_per_approver_per_min",
+            "an integer",
+        ),
+        (
+            ("[log]", "[approvals]\nrefusals_per_approver_per_min = 200\n$&"),
+            "approvals.refusals_per_approver_per_min",
+            "not be above refusals_per_min (120)",
+        ),
+        (
+            ("[log]", "[approvals]\nrefusals_per_min = 10\n$&"),
+            "approvals.refusals_per_min",
+            "(30) must not be above",
+        ),
         (("json = true", 'json = "yes"'), "log.json", "true or false"),
         (('level = "debug"', 'level = "loud"'), "log.level", "one of"),
         (
@@ -148,6 +168,7 @@ def test_the_example_config_is_valid() -> None:
     config = load_config(example, check_key_file=False)
     assert config.link_keys == Path("/etc/sealink/link-keys")
     assert config.key_file == Path("/etc/sealink/gateway.key")
+    assert config.approvals == ApprovalsConfig()  # it documents the defaults
 
 
 def test_not_toml_and_unreadable_file(conf_dir: Path) -> None:

@@ -23,8 +23,15 @@ from sealink.approvals import ApprovalRefused, claimed, open_request
 from sealink.errors import DeviceError, SealinkError
 from sealink.gateway.actions import CommandDone
 from sealink.gateway.bundles import bundle_base64
+from sealink.gateway.limits import RefusalLimiter
 from sealink.ledger import now_ms
-from sealink.ledger.approvals import ApprovalEntry, ApprovalRow, Approver, Refusal
+from sealink.ledger.approvals import (
+    ApprovalEntry,
+    ApprovalRow,
+    Approver,
+    Refusal,
+    replay_refusal,
+)
 from sealink.mqtt.client import Message, MqttClient
 from sealink.topics import approver_name_problem
 
@@ -69,6 +76,14 @@ class ApprovalDesk:
         self._watched: dict[int, _Watched] = {}  # approval_requests id -> its permit
         self._rewatch = asyncio.Event()
         self._started = asyncio.Event()
+        limits = gateway.config.approvals
+        self._refusals = RefusalLimiter(
+            limits.refusals_per_approver_per_min, limits.refusals_per_min
+        )
+        self._folded = asyncio.Event()  # a refusal was counted into the open summary
+        # The refusal limits' time, Unix ms: a test sets its own, so that a bucket refills and
+        # a summary falls due without waiting.
+        self.clock: Callable[[], int] = now_ms
 
     async def ready(self, timeout: float) -> None:
         """Until the desk's subscription is in place (tests, and an operator's check). Its
@@ -97,6 +112,7 @@ class ApprovalDesk:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._worker(), name="approvals:work")
                     tg.create_task(self._expiries(), name="approvals:expiry")
+                    tg.create_task(self._summaries(), name="approvals:refusals")
             finally:
                 self._client = None
                 self._started.clear()
@@ -186,12 +202,23 @@ class ApprovalDesk:
         try:
             key = approver.public_key if approver and approver.revoked_ms is None else None
             opened = open_request(message.payload, message.topic, key)
-            refusal = self._judge(approver, opened.body["action"], opened.time_ms)
+            assert approver is not None  # open_request verified under its key
+            refusal = replay_refusal(opened.seq, approver.highest_seq) or self._judge(
+                approver, opened.body["action"], opened.time_ms
+            )
         except ApprovalRefused as exc:
             detail = exc.detail
             if exc.reason == "unknown_approver" and approver is not None:
                 detail = f"approver {name} was revoked"
             refusal = Refusal(exc.reason, detail, exc.field)
+        # Accountable: the approver's key signed it and its seq is new, so its refusal is an
+        # act of that key, recorded and answered every time (its alarm alone is limited). Any
+        # other refusal (not signed by a registered key, not opened, a copy of a signed one)
+        # anybody who can write the request topic can send without end: beyond the limits it
+        # is only counted, or a flood of them would fill the ledger and drown the alarms.
+        accountable = opened is not None and (refusal is None or refusal.reason != "replay")
+        if refusal is not None and not accountable and not self._admitted(name, refusal, False):
+            return
         entry = ApprovalEntry(
             approver=name,
             request=opened.body["request"] if opened else request,
@@ -202,10 +229,26 @@ class ApprovalDesk:
             refusal=refusal,
         )
         row = await gateway.db(gateway.ledger.record_request, entry)
-        await self._decided(row)
+        # An accountable request the ledger refused (its device, its command's fields) takes
+        # a token now; an unaccountable one took its token above.
+        alarmed = row.refusal is not None and (
+            not accountable or self._admitted(name, row.refusal, True)
+        )
+        await self._decided(row, alarmed=alarmed)
 
-    def _judge(self, approver: Approver | None, action: str, time_ms: int) -> Refusal | None:
-        assert approver is not None  # open_request verified under its key
+    def _admitted(self, name: str | None, refusal: Refusal, recorded: bool) -> bool:
+        """May this refusal be handled one by one? If not, it is counted in the summary."""
+        now = self.clock()
+        due = self._refusals.take(now)
+        if due is not None:
+            self._work.put_nowait(lambda: self._summarise(due))
+        if self._refusals.admit(name, now):
+            return True
+        self._refusals.fold(refusal.reason, name, recorded, now)
+        self._folded.set()
+        return False
+
+    def _judge(self, approver: Approver, action: str, time_ms: int) -> Refusal | None:
         if action not in approver.actions:
             allowed = ", ".join(approver.actions) or "nothing"
             return Refusal("not_allowed", f"approver {approver.name} may ask for {allowed}")
@@ -223,10 +266,12 @@ class ApprovalDesk:
             return asked
         return own
 
-    async def _decided(self, row: ApprovalRow) -> None:
+    async def _decided(self, row: ApprovalRow, *, alarmed: bool = False) -> None:
+        """Answer `row`; `alarmed`: its refusal raises an alarm of its own."""
         if row.outcome == "refused":
             assert row.refusal is not None
-            self._alarm(row)
+            if alarmed:
+                self._alarm(row)
             if row.approver is not None and approver_name_problem(row.approver) is None:
                 await self._emit(row, "refused", self._refusal_fields(row.refusal), store=False)
         elif row.outcome == "duplicate":
@@ -343,7 +388,6 @@ class ApprovalDesk:
         self._send(result, topic, correlation, payload)
 
     def _alarm(self, row: ApprovalRow) -> None:
-        gateway = self._gateway
         refusal = row.refusal
         assert refusal is not None
         fields = {
@@ -354,6 +398,56 @@ class ApprovalDesk:
             "refusal": refusal.reason,
         }
         log.warning("approval refused", extra={"fields": fields})
+        self._raise(fields)
+
+    # refusals beyond the limits --------------------------------------------------------------
+
+    async def _summaries(self) -> None:
+        """Closes the open summary when its interval has passed by `clock`, even if no other
+        refusal comes to close it."""
+        while True:
+            await self._folded.wait()
+            self._folded.clear()
+            due_ms = self._refusals.due_ms
+            if due_ms is not None:
+                await asyncio.sleep(max(due_ms - self.clock(), 0) / 1000)
+                self._work.put_nowait(self._summary_due)
+
+    async def _summary_due(self) -> None:
+        summary = self._refusals.take(self.clock())
+        if summary is not None:
+            await self._summarise(summary)
+        elif self._refusals.due_ms is not None:
+            self._folded.set()  # not due yet by `clock` (moved by a test): look again later
+
+    async def close(self) -> None:
+        """The gateway stops: the open summary is recorded and alarmed now, not lost."""
+        summary = self._refusals.take(self.clock(), closing=True)
+        if summary is None:
+            return
+        try:
+            await self._summarise(summary)
+        except SealinkError as exc:
+            # The ledger failed (a full disk): the stop goes on; the counts stay in the log.
+            fields = {"error": str(exc), **summary}
+            log.error("approval refusal summary not recorded", extra={"fields": fields})
+
+    async def _summarise(self, summary: dict[str, Any]) -> None:
+        gateway = self._gateway
+        topic = gateway.topics.alarms(None)
+        await gateway.db(gateway.ledger.record_suppressed_refusals, summary, topic)
+        fields = {
+            "reason": "approval_refusals_suppressed",
+            "detail": f"{summary['count']} approval refusals beyond the limits, "
+            f"{summary['recorded']} of them recorded",
+            **summary,
+        }
+        log.warning("approval refusals suppressed", extra={"fields": fields})
+        self._raise(fields)
+
+    def _raise(self, fields: dict[str, Any]) -> None:
+        """A signed gateway alarm (SPEC §11.4), through the ledger's outbox."""
+        gateway = self._gateway
         topic = gateway.topics.alarms(None)
         body = {
             "device": None,

@@ -5,6 +5,8 @@ alarm. Per link and reason, both follow a token bucket: alarms `ALARM_BURST` at 
 per `ALARM_INTERVAL_MS`, each carrying the number suppressed since the last one; rows
 `ROW_BURST` at once, then one per `ROW_INTERVAL_MS`. A 115,200-baud line of garbage thus keeps
 a few frames a minute as samples instead of every frame (`make bench`: the `line_cost` lines).
+Approval refusals (SPEC §11.5) follow two buckets, per claimed approver name and in total;
+those beyond them are counted into one summary a minute (`RefusalLimiter`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ __all__ = [
     "ALARM_BURST",
     "ALARM_INTERVAL_MS",
     "NOISY_BYTES_PER_S",
+    "REFUSAL_SUMMARY_MS",
     "ROW_BURST",
     "ROW_INTERVAL_MS",
+    "SUMMARY_NAMES",
     "FloodMeter",
     "RateGate",
+    "RefusalLimiter",
     "RejectLimiter",
     "Rejector",
     "SeenOnce",
@@ -50,16 +55,28 @@ class RateGate:
     last_ms: int = 0
 
     def allow(self, now_ms: int) -> bool:
+        if self.ready(now_ms):
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def ready(self, now_ms: int) -> bool:
+        """Would `allow(now)` be true? (Takes nothing.)"""
+        self._refill(now_ms)
+        return self.tokens >= 1.0
+
+    def full(self, now_ms: int) -> bool:
+        """Refilled to `burst`: no different from a new gate."""
+        self._refill(now_ms)
+        return self.tokens >= self.burst
+
+    def _refill(self, now_ms: int) -> None:
         if self.tokens < 0:
             self.tokens, self.last_ms = float(self.burst), now_ms
         elapsed = now_ms - self.last_ms
         if elapsed > 0:
             self.tokens = min(float(self.burst), self.tokens + elapsed / self.interval_ms)
             self.last_ms = now_ms
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(slots=True)
@@ -94,6 +111,108 @@ class RejectLimiter:
             return row, alarm
         limit.suppressed += 1
         return row, None
+
+
+# Approval refusals (SPEC §11.5): the summary of those beyond the limits is closed this long
+# after the first it counts.
+REFUSAL_SUMMARY_MS = 60_000
+# Claimed names a summary lists with their counts; the others' refusals are one number, so a
+# flood under random names does not make the summary as big as the flood.
+SUMMARY_NAMES = 16
+_NAME_CHARS = 64
+_MINUTE_MS = 60_000
+
+
+@dataclass
+class _Summary:
+    first_ms: int
+    last_ms: int
+    count: int = 0
+    recorded: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    names: dict[str, int] = field(default_factory=dict)
+    other_names: int = 0
+
+    def add(self, reason: str, name: str, recorded: bool, now_ms: int) -> None:
+        self.count += 1
+        self.recorded += recorded
+        self.last_ms = max(self.last_ms, now_ms)
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if name in self.names or len(self.names) < SUMMARY_NAMES:
+            self.names[name] = self.names.get(name, 0) + 1
+        else:
+            self.other_names += 1
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "recorded": self.recorded,
+            "by_reason": self.by_reason,
+            "names": self.names,
+            "other_names": self.other_names,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+        }
+
+
+class RefusalLimiter:
+    """Approval refusals against two token buckets, one per claimed approver name and one for
+    the gateway, each `per_min` at once and refilled at that rate: `admit` says whether a
+    refusal is handled one by one; one that is not is `fold`ed into the open summary, which
+    `take` closes `REFUSAL_SUMMARY_MS` after its first refusal. Sans-IO: the caller's clock."""
+
+    def __init__(self, per_name_per_min: int, per_min: int) -> None:
+        self._per_name = per_name_per_min
+        self._total = RateGate(per_min, _MINUTE_MS // per_min)
+        self._names: dict[str, RateGate] = {}
+        # A name's gate is made only with a gateway token in hand, and is full again a minute
+        # after its last token: at most 2 * per_min gates are not full at any time (a burst
+        # and a minute's refill of the gateway's), and full ones are dropped at this size.
+        self._names_max = 4 * per_min
+        self._summary: _Summary | None = None
+
+    def __len__(self) -> int:
+        """Names that hold a bucket."""
+        return len(self._names)
+
+    def admit(self, name: str | None, now_ms: int) -> bool:
+        """Take a token of `name` (None: the request claims none) and one of the gateway's,
+        or neither."""
+        if not self._total.ready(now_ms):
+            return False
+        key = _name_key(name)
+        gate = self._names.get(key)
+        if gate is None:
+            if len(self._names) >= self._names_max:
+                self._names = {k: g for k, g in self._names.items() if not g.full(now_ms)}
+            gate = self._names[key] = RateGate(self._per_name, _MINUTE_MS // self._per_name)
+        if not gate.allow(now_ms):
+            return False
+        self._total.allow(now_ms)
+        return True
+
+    def fold(self, reason: str, name: str | None, recorded: bool, now_ms: int) -> None:
+        """Count a refusal `admit` turned away; `recorded`: its row was kept all the same."""
+        if self._summary is None:
+            self._summary = _Summary(now_ms, now_ms)
+        self._summary.add(reason, _name_key(name), recorded, now_ms)
+
+    @property
+    def due_ms(self) -> int | None:
+        """When the open summary is to be closed; None: none is open."""
+        return None if self._summary is None else self._summary.first_ms + REFUSAL_SUMMARY_MS
+
+    def take(self, now_ms: int, *, closing: bool = False) -> dict[str, Any] | None:
+        """The open summary's fields if it is due (or, `closing`, at all); it is closed."""
+        due = self.due_ms
+        if self._summary is None or not (closing or (due is not None and now_ms >= due)):
+            return None
+        summary, self._summary = self._summary, None
+        return summary.fields()
+
+
+def _name_key(name: str | None) -> str:
+    return "-" if name is None else name[:_NAME_CHARS]
 
 
 # Rejections that happen in normal operation now and then (a WELCOME lost, so the seal said

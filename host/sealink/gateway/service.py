@@ -227,6 +227,7 @@ class Gateway:
                         session.port,
                         {"online": False, "offline_reason": "gateway_stopped"},
                     )
+            await self.approvals.close()  # its summary of refusals, before the drain sends it
             await self._drain(drain_timeout_s)
             await self.checkpoints.make()  # the last one, published while the broker link lives
         if main is not None:

@@ -3,7 +3,9 @@
 approvers: the registered keys, the actions each may ask for, the highest seq accepted from
 each (durable: a replay after a gateway restart is still one), revoked ones kept for history.
 approval_requests: every request that arrived, accepted or refused, with who, when, what and
-the outcome; an accepted one also its command, its state and its latest result body.
+the outcome; an accepted one also its command, its state and its latest result body. A refusal
+that nobody answers for (SPEC §11.5: unsigned, forged, a copy) beyond the gateway's limits is
+no row of its own: one `suppressed` row a minute counts those.
 approval_results: the signed results, kept until the broker acknowledged them, so a result is
 sent (again) after a broker outage or a gateway restart.
 """
@@ -198,6 +200,31 @@ def _refused(db: sqlite3.Connection, entry: ApprovalEntry, refusal: Refusal) -> 
     )
 
 
+def replay_refusal(seq: int, highest: int) -> Refusal | None:
+    """`replay` if `seq` is not above the approver's highest accepted one."""
+    if seq <= highest:
+        return Refusal("replay", f"seq {seq} is not above {highest}, the highest accepted")
+    return None
+
+
+def record_suppressed(
+    db: sqlite3.Connection, summary: dict[str, Any], alarm_topic: str
+) -> ApprovalRow:
+    """A summary of refusals the limits kept from being recorded one by one (SPEC §11.5): a
+    `suppressed` row, no approver nor request, the summary as its body, `alarm_topic` (where
+    its alarm went) as the topic it was answered on."""
+    detail = (
+        f"{summary['count']} refusals beyond the limits, {summary['recorded']} of them "
+        "recorded one by one all the same"
+    )
+    cur = db.execute(
+        "INSERT INTO approval_requests (received_ms, outcome, body, response_topic, reason, "
+        "detail) VALUES (?, 'suppressed', ?, ?, 'suppressed', ?)",
+        (now_ms(), json.dumps(summary, sort_keys=True), alarm_topic, detail),
+    )
+    return request_row(db, int(cur.lastrowid or 0))
+
+
 def record_request(db: sqlite3.Connection, entry: ApprovalEntry) -> ApprovalRow:
     """Decide and record one request (inside the caller's write transaction): a replayed seq,
     an earlier refusal, the same request id again (a `duplicate` row naming the first), a
@@ -206,9 +233,9 @@ def record_request(db: sqlite3.Connection, entry: ApprovalEntry) -> ApprovalRow:
         highest = db.execute(
             "SELECT highest_seq FROM approvers WHERE name = ?", (entry.approver,)
         ).fetchone()[0]
-        if entry.seq <= highest:
-            detail = f"seq {entry.seq} is not above {highest}, the highest accepted"
-            return _refused(db, entry, Refusal("replay", detail))
+        replay = replay_refusal(entry.seq, highest)
+        if replay is not None:
+            return _refused(db, entry, replay)
         db.execute(
             "UPDATE approvers SET highest_seq = ? WHERE name = ?", (entry.seq, entry.approver)
         )

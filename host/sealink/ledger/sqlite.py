@@ -581,6 +581,13 @@ class Ledger:
         with self._write("record an approval request") as db:
             return approvals.record_request(db, entry)
 
+    def record_suppressed_refusals(
+        self, summary: dict[str, Any], alarm_topic: str
+    ) -> approvals.ApprovalRow:
+        """One summary of refusals not recorded one by one (`approvals.record_suppressed`)."""
+        with self._write("record a summary of approval refusals") as db:
+            return approvals.record_suppressed(db, summary, alarm_topic)
+
     def approval_request(self, row_id: int) -> approvals.ApprovalRow:
         return approvals.request_row(self._db, row_id)
 
