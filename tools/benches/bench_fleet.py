@@ -23,11 +23,11 @@ which is MB per million), after the ingest.
 instance (each instance verifies on its own core where the machine has them).
 
 `stack_cpu_us_per_record`: the CPU the whole ingest spent on a record, the instances', the
-broker's and PostgreSQL's together (/proc). On the 2 instances' row, `cores_allow` is how many
-times the 1 instance rate the machine's cores could carry at the 1 instance run's CPU per
-record (cores / that CPU / that rate, at most 2): where broker and database share the
-instances' cores, two instances cannot double one that already keeps a core busy.
-`scaling` = 2 instances' rate / 1 instance's.
+broker's and PostgreSQL's (its backends included) together (/proc). On the 2 instances' row,
+`cores_allow` is how many times the 1 instance rate the machine's cores could carry at the 1
+instance run's CPU per record (cores / that CPU / that rate, at most 2): where broker and
+database share the instances' cores, two instances cannot double one that already keeps a
+core busy. `scaling` = 2 instances' rate / 1 instance's.
 
 `fleet_receive`: what taking a PUBLISH costs the instance, paho's own path against
 sealink.mqtt.pahofast.LeanSubscriber's: the CPU (this process) per message of draining the

@@ -52,8 +52,8 @@ class Instance:
 
 def cpu_s(leaders: list[int]) -> float:
     """CPU seconds (user and system, with reaped children's) of the processes `leaders` and of
-    every process in their sessions: a PostgreSQL cluster is its postmaster's session, its
-    backends come and go."""
+    their children: a PostgreSQL cluster is its postmaster and the backends it forks (each
+    in a session of its own), which come and go."""
     total = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -64,7 +64,7 @@ def cpu_s(leaders: list[int]) -> float:
         except OSError:  # gone meanwhile
             continue
         # After the command: state ppid pgrp session ... utime(12) stime cutime cstime (proc(5))
-        if int(entry.name) in leaders or int(fields[3]) in leaders:
+        if int(entry.name) in leaders or int(fields[1]) in leaders:
             total += sum(int(x) for x in fields[11:15])
     return total / os.sysconf("SC_CLK_TCK")
 
