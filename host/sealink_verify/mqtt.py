@@ -135,17 +135,25 @@ def _signed_fields(payload: bytes, kid: bytes, raw: bytes) -> dict[Any, Any]:
     return fields
 
 
-def verify_message(
-    topic: str, payload: bytes, gateway_keys: Mapping[str, Iterable[bytes]]
-) -> SignedMessage:
-    """The verified message, or a MessageError naming the check that failed. `gateway_keys`:
-    gateway id -> its raw Ed25519 public keys (every key of its history, SPEC §14.7)."""
+def _signed_by_gateway(
+    payload: bytes, gateway_keys: Mapping[str, Iterable[bytes]]
+) -> tuple[str, bytes, dict[Any, Any]]:
+    """(the gateway whose key signed `payload`, the key's kid, the verified fields);
+    UnknownKey if no key of `gateway_keys` has that kid."""
     kid = signing_kid(payload)
     owner = _keys_by_kid(gateway_keys).get(kid)
     if owner is None:
         raise UnknownKey(f"kid {kid.hex()} is not a key of {', '.join(sorted(gateway_keys))}")
     gateway, raw = owner
-    fields = _signed_fields(payload, kid, raw)
+    return gateway, kid, _signed_fields(payload, kid, raw)
+
+
+def verify_message(
+    topic: str, payload: bytes, gateway_keys: Mapping[str, Iterable[bytes]]
+) -> SignedMessage:
+    """The verified message, or a MessageError naming the check that failed. `gateway_keys`:
+    gateway id -> its raw Ed25519 public keys (every key of its history, SPEC §14.7)."""
+    gateway, kid, fields = _signed_by_gateway(payload, gateway_keys)
     try:
         message = SignedMessage(
             topic=fields["topic"],
@@ -203,12 +211,7 @@ def verify_gap_message(
     form under a key of a gateway in `gateway_keys` (the statement names no gateway: the key
     does), its payload the gap map about the seal the topic names; a MessageError naming the
     failed check otherwise."""
-    kid = signing_kid(payload)
-    owner = _keys_by_kid(gateway_keys).get(kid)
-    if owner is None:
-        raise UnknownKey(f"kid {kid.hex()} is not a key of {', '.join(sorted(gateway_keys))}")
-    gateway, raw = owner
-    fields = _signed_fields(payload, kid, raw)
+    gateway, kid, fields = _signed_by_gateway(payload, gateway_keys)
     head = fields.get("head")
     well_formed = (
         set(fields) in (_GAP_FIELDS, _GAP_FIELDS | {"head"})
