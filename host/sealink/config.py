@@ -57,7 +57,7 @@ import re
 import socket
 import ssl
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -461,14 +461,24 @@ _SCHEMA: dict[str, dict[str, tuple[_Check, bool]]] = {
 }
 
 
-def _section(name: str, table: Any, key_prefix: str) -> dict[str, Any]:
+def _section(
+    name: str,
+    table: Any,
+    key_prefix: str,
+    own: Collection[str] = (),
+    unused: Collection[str] = (),
+) -> dict[str, Any]:
+    """The checked values of `table` by section `name`'s schema, less the keys in `unused`
+    (refused as unknown) and the keys in `own` (skipped: the caller takes them)."""
     if not isinstance(table, Mapping):
         raise ConfigError(key_prefix, f"must be a table, got {type(table).__name__}")
-    schema = _SCHEMA[name]
+    schema = {k: v for k, v in _SCHEMA[name].items() if k not in unused}
     out: dict[str, Any] = {}
     for key, value in table.items():
+        if key in own:
+            continue
         if key not in schema:
-            known = ", ".join(schema)
+            known = ", ".join([*schema, *own])
             raise ConfigError(f"{key_prefix}.{key}", f"unknown key (known: {known})")
         check, _ = schema[key]
         out[key] = check(f"{key_prefix}.{key}", value)
@@ -483,14 +493,21 @@ _MQTTS_PORT = 8883
 
 
 def parse_mqtt(
-    table: Any, key_prefix: str = "mqtt", base: Path | None = None, check_files: bool = True
+    table: Any,
+    key_prefix: str = "mqtt",
+    base: Path | None = None,
+    check_files: bool = True,
+    own: Collection[str] = (),
+    unused: Collection[str] = (),
 ) -> MqttConfig:
     """An [mqtt] table as the gateway takes it (the witness's config has the same). Relative
     paths resolve against `base`. With `check_files`, the TLS files and the password file must
     be readable (the private ones by their owner only), the password is read, and the TLS
     settings are tried on a TLS context; without, only their syntax is checked (commands that
-    do not connect, run by users who may not read them)."""
-    fields = _section("mqtt", table, key_prefix)
+    do not connect, run by users who may not read them). A caller with keys of its own in the
+    table names them in `own` (skipped here), and the gateway's keys it has no use for in
+    `unused` (refused, so a setting that would do nothing is not silently taken)."""
+    fields = _section("mqtt", table, key_prefix, own, unused)
     for key in _MQTT_FILES:
         if key in fields:
             fields[key] = _resolve(fields[key], base)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 import cbor2
@@ -18,6 +19,7 @@ import pytest
 from conftest import sealink
 from fleet_rig import PREFIX, _rig, _topic
 from sealink.crypto.signer import GatewayKey
+from sealink.errors import ConfigError
 from sealink.evidence.keys import history_document, keys_origin, sign_transition
 from sealink.evidence.note import sign_checkpoint
 from sealink.fleet import Batch, FleetService, StoreOutcome, load_config, migrate, migrations
@@ -185,6 +187,31 @@ def test_fleet_cli_errors_are_one_line(tmp_path: Path) -> None:
     done = sealink("fleet", "gaps", "--config", str(config))
     assert done.returncode == 2
     assert done.stderr.startswith("sealink: error: database")
+
+
+def test_the_fleet_mqtt_table_takes_its_own_keys_and_refuses_the_gateways_it_has_no_use_for(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "fleet.toml"
+    head = '[fleet]\ndatabase = "x"\ninstance = "fleet-1"\n[mqtt]\nprefix = "site/a"\n'
+    config.write_text(head + 'group = "g2"\nreceive_maximum = 64\nkeepalive_s = 7\n')
+    loaded = load_config(config)
+    assert (loaded.group, loaded.receive_maximum, loaded.mqtt.keepalive_s) == ("g2", 64, 7)
+    assert loaded.prefix == "site/a"
+    for line, key, why in (
+        ("inflight = 8", "mqtt.inflight", "unknown key"),
+        ("json_companion = true", "mqtt.json_companion", "unknown key"),
+        ('client_id = "x"', "mqtt.client_id", "[fleet] instance"),
+        ("hots = 'x'", "mqtt.hots", "unknown key"),
+    ):
+        config.write_text(head + line + "\n")
+        with pytest.raises(ConfigError, match=re.escape(key)) as error:
+            load_config(config)
+        assert why in str(error.value)
+        if why == "unknown key":  # the keys named as known are the ones the fleet takes
+            known = str(error.value).partition("known: ")[2]
+            assert "group" in known and "receive_maximum" in known
+            assert "inflight" not in known and "json_companion" not in known
 
 
 def test_signed_alarms_are_kept_once_and_forged_ones_refused(

@@ -13,6 +13,7 @@ proof_retry_s = 30          # how soon a gateway that did not answer is asked ag
 [mqtt]                      # as the gateway's [mqtt]: tls, ca_file, cert_file, key_file,
 host = "127.0.0.1"          # server_name, username, password_file (0600), keepalive_s,
 port = 1883                 # reconnect_min_s/max_s; host/examples/sealink.toml documents each
+                            # (client_id, inflight and json_companion are the gateway's only)
 prefix = "sealink"
 group = "sealink-fleet"     # the shared subscription group all instances join
 session_expiry_s = 86400
@@ -38,7 +39,7 @@ gw-1 = "<128 hex digits>"
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +148,11 @@ def _broker(table: Any, base: Path) -> MqttConfig:
         raise ConfigError("mqtt", "must be a table")
     if "client_id" in table:  # one per instance, resumed across restarts: README "Fleet ledger"
         raise ConfigError("mqtt.client_id", "the fleet's client id is [fleet] instance")
-    broker = parse_mqtt(
-        {k: v for k, v in table.items() if k not in ("group", "receive_maximum")}, base=base
+    # The fleet publishes no records (json_companion) and bounds what it is sent, not what it
+    # sends (receive_maximum, not inflight).
+    return parse_mqtt(
+        table, base=base, own=("group", "receive_maximum"), unused=("inflight", "json_companion")
     )
-    return replace(broker, prefix=broker.prefix.rstrip("/"))
 
 
 def load_config(path: str | Path) -> FleetConfig:
